@@ -1,0 +1,21 @@
+// Shared jest settings: swc for speed, and the "development" export condition so
+// tests read each lib's TypeScript source rather than a possibly stale dist/.
+module.exports = {
+  testEnvironment: 'node',
+  transform: {
+    '^.+\\.(t|j)s$': [
+      '@swc/jest',
+      {
+        jsc: {
+          parser: { syntax: 'typescript', decorators: true },
+          transform: { legacyDecorator: true, decoratorMetadata: true },
+          target: 'es2022',
+        },
+        module: { type: 'commonjs' },
+      },
+    ],
+  },
+  moduleFileExtensions: ['ts', 'js', 'json'],
+  testEnvironmentOptions: { customExportConditions: ['development', 'node', 'require', 'default'] },
+  testPathIgnorePatterns: ['/node_modules/', '/dist/'],
+};
