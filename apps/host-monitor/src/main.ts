@@ -1,0 +1,15 @@
+import 'reflect-metadata';
+import { HostMonitorEnv, loadConfig, runOrExit } from '@kiln/config';
+import { natsServerOptions } from '@kiln/messaging';
+import { startHttpService } from '@kiln/telemetry';
+import { AppModule, SERVICE_NAME } from './app.module';
+
+void runOrExit(SERVICE_NAME, async () => {
+  const env = loadConfig(HostMonitorEnv);
+  await startHttpService(AppModule.forRoot(env), {
+    port: env.HTTP_PORT,
+    configure: (app) => {
+      app.connectMicroservice(natsServerOptions(env.NATS_URL, SERVICE_NAME), { inheritAppConfig: true });
+    },
+  });
+});

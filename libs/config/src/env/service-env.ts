@@ -1,0 +1,155 @@
+import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
+import { IsServiceUrl } from './validators';
+
+/**
+ * Environment variables of every Kiln app. The names are the deployment contract:
+ * deploy/ ConfigMaps and Secrets use exactly these (a test checks it).
+ */
+export class CommonEnv {
+  @IsIn(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+  LOG_LEVEL = 'info';
+
+  @IsIn(['development', 'production', 'test'])
+  NODE_ENV = 'development';
+}
+
+export class GatewayEnv extends CommonEnv {
+  @IsInt() @Min(1) @Max(65535)
+  HTTP_PORT = 3000;
+
+  /** Listener for sandbox traffic (`E2B_SANDBOX_URL`, and `{port}-{id}.{domain}` hosts). */
+  @IsInt() @Min(1) @Max(65535)
+  SANDBOX_PROXY_PORT = 3080;
+
+  /** Base domain of sandbox hosts, as returned to SDKs in `domain`. */
+  @IsString() @MinLength(1)
+  KILN_DOMAIN = 'localhost';
+
+  @IsServiceUrl(['postgres', 'postgresql'])
+  DATABASE_URL: string;
+
+  @IsServiceUrl(['nats'])
+  NATS_URL = 'nats://127.0.0.1:4222';
+
+  @IsServiceUrl(['redis'])
+  REDIS_URL = 'redis://127.0.0.1:6379';
+
+  @IsInt() @Min(1)
+  RATE_LIMIT_PER_MINUTE = 1200;
+
+  @IsInt() @Min(100)
+  NATS_REQUEST_TIMEOUT_MS = 60_000;
+}
+
+export class SchedulerEnv extends CommonEnv {
+  @IsInt() @Min(1) @Max(65535)
+  HTTP_PORT = 3001;
+
+  @IsServiceUrl(['postgres', 'postgresql'])
+  DATABASE_URL: string;
+
+  @IsServiceUrl(['nats'])
+  NATS_URL = 'nats://127.0.0.1:4222';
+
+  @IsServiceUrl(['redis'])
+  REDIS_URL = 'redis://127.0.0.1:6379';
+
+  /** Shared secret host agents present when they register. */
+  @IsString() @MinLength(16)
+  HOST_REGISTRATION_TOKEN: string;
+
+  /** A host whose last heartbeat is older than this is not placed on. */
+  @IsInt() @Min(1)
+  HOST_HEARTBEAT_TTL_SECONDS = 15;
+
+  @IsInt() @Min(1)
+  RECONCILE_INTERVAL_SECONDS = 30;
+}
+
+export class TemplateBuilderEnv extends CommonEnv {
+  @IsInt() @Min(1) @Max(65535)
+  HTTP_PORT = 3002;
+
+  @IsServiceUrl(['postgres', 'postgresql'])
+  DATABASE_URL: string;
+
+  @IsServiceUrl(['nats'])
+  NATS_URL = 'nats://127.0.0.1:4222';
+
+  @IsServiceUrl(['redis'])
+  REDIS_URL = 'redis://127.0.0.1:6379';
+
+  @IsInt() @Min(1) @Max(16)
+  BUILD_CONCURRENCY = 1;
+}
+
+export class HostMonitorEnv extends CommonEnv {
+  @IsInt() @Min(1) @Max(65535)
+  HTTP_PORT = 3003;
+
+  @IsServiceUrl(['postgres', 'postgresql'])
+  DATABASE_URL: string;
+
+  @IsServiceUrl(['nats'])
+  NATS_URL = 'nats://127.0.0.1:4222';
+
+  @IsInt() @Min(1)
+  HOST_HEARTBEAT_TTL_SECONDS = 15;
+}
+
+export class HostAgentEnv extends CommonEnv {
+  @IsInt() @Min(1) @Max(65535)
+  HTTP_PORT = 3004;
+
+  @IsInt() @Min(1) @Max(65535)
+  GRPC_PORT = 50051;
+
+  /** Sandbox-traffic reverse proxy: `/{sandboxId}/{port}/...` or E2b-Sandbox-* headers. */
+  @IsInt() @Min(1) @Max(65535)
+  PROXY_PORT = 5007;
+
+  @IsServiceUrl(['nats'])
+  NATS_URL = 'nats://127.0.0.1:4222';
+
+  /** Stable identity of this host; defaults to the machine's hostname. */
+  @IsOptional() @IsString() @Matches(/^[a-zA-Z0-9._-]{1,63}$/)
+  KILN_HOST_ID?: string;
+
+  /** Address the control plane uses to reach this agent's gRPC and proxy ports. */
+  @IsString() @MinLength(1)
+  KILN_HOST_ADDRESS = '127.0.0.1';
+
+  @IsString() @MinLength(16)
+  HOST_REGISTRATION_TOKEN: string;
+
+  @IsString() @Matches(/^\//, { message: 'KILN_DATA_DIR must be an absolute path' })
+  KILN_DATA_DIR = '/var/lib/kiln';
+
+  @IsIn(['auto', 'kvm', 'tcg'])
+  KILN_VMM_ACCEL = 'auto';
+
+  @IsIn(['auto', 'qcow2', 'reflink', 'copy'])
+  KILN_ROOTFS_DRIVER = 'auto';
+
+  /** Upper bound on live sandboxes on this host (also bounded by network slots). */
+  @IsInt() @Min(1) @Max(4096)
+  KILN_MAX_SANDBOXES = 32;
+
+  /** Network slots kept ready ahead of demand. */
+  @IsInt() @Min(0) @Max(256)
+  KILN_NETWORK_PREFILL = 4;
+
+  /** Pool the per-slot host-side addresses come from; only ever assigned inside agent-made namespaces. */
+  @IsString() @Matches(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, { message: 'KILN_SLOT_CIDR must be an IPv4 CIDR' })
+  KILN_SLOT_CIDR = '10.200.0.0/16';
+
+  /** vCPUs and memory this host offers to sandboxes; 0 means "detect from the machine". */
+  @IsInt() @Min(0)
+  KILN_CAPACITY_VCPUS = 0;
+
+  @IsInt() @Min(0)
+  KILN_CAPACITY_MEMORY_MIB = 0;
+
+  @IsInt() @Min(1)
+  HEARTBEAT_INTERVAL_SECONDS = 5;
+}

@@ -1,0 +1,32 @@
+import { SandboxState } from '../states/sandbox-state';
+
+/** The scheduler's view of a sandbox, as returned over NATS to the gateway. */
+export interface SandboxView {
+  sandboxId: string;
+  teamId: string;
+  templateId: string;
+  alias?: string;
+  buildId?: string;
+  hostId?: string;
+  state: SandboxState;
+  stateReason?: string;
+  vcpus: number;
+  memoryMib: number;
+  diskMib: number;
+  metadata: Record<string, string>;
+  envdAccessToken?: string;
+  envdVersion: string;
+  autoPause: boolean;
+  startedAt: string;
+  expiresAt: string;
+  endedAt?: string;
+}
+
+/** Where traffic for a sandbox goes: the owning host agent's proxy. */
+export interface SandboxRoute {
+  sandboxId: string;
+  teamId: string;
+  state: SandboxState;
+  proxyUrl: string;
+  envdAccessToken?: string;
+}

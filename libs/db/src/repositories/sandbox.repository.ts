@@ -1,0 +1,177 @@
+import { Injectable } from '@nestjs/common';
+import { Prisma, Sandbox } from '@prisma/client';
+import { LIVE_SANDBOX_STATES, SandboxState, canTransition } from '@kiln/contracts';
+import { PrismaService } from '../prisma.service';
+
+export type SandboxRecord = Sandbox;
+
+export interface NewSandboxRecord {
+  id: string;
+  teamId: string;
+  templateId: string;
+  buildId?: string;
+  alias?: string;
+  vcpus: number;
+  memoryMib: number;
+  diskMib: number;
+  timeoutSeconds: number;
+  autoPause: boolean;
+  metadata: Record<string, string>;
+  envVars: Record<string, string>;
+  envdAccessToken?: string;
+  requestKey?: string;
+}
+
+export interface TransitionPatch {
+  hostId?: string | null;
+  reason?: string;
+  startedAt?: Date;
+  expiresAt?: Date;
+  endedAt?: Date;
+}
+
+export interface SandboxListFilter {
+  teamId: string;
+  states: SandboxState[];
+  metadata?: Record<string, string>;
+  limit: number;
+  /** Opaque cursor: the id of the last sandbox of the previous page (ids sort by creation). */
+  afterCreatedAt?: Date;
+  afterId?: string;
+}
+
+/**
+ * The sandbox table and its state machine. Every state change is a conditional
+ * update on the current state (compare-and-set) plus an event row, in one transaction.
+ */
+@Injectable()
+export class SandboxRepository {
+  constructor(private readonly prisma: PrismaService) {}
+
+  /** Inserts a pending sandbox; with a request key, a retry returns the existing row instead. */
+  async createPending(input: NewSandboxRecord): Promise<{ sandbox: SandboxRecord; created: boolean }> {
+    if (input.requestKey) {
+      const existing = await this.prisma.sandbox.findUnique({ where: { requestKey: input.requestKey } });
+      if (existing) return { sandbox: existing, created: false };
+    }
+    try {
+      const sandbox = await this.prisma.$transaction(async (tx) => {
+        const row = await tx.sandbox.create({
+          data: {
+            id: input.id,
+            teamId: input.teamId,
+            templateId: input.templateId,
+            buildId: input.buildId,
+            alias: input.alias,
+            state: SandboxState.Pending,
+            vcpus: input.vcpus,
+            memoryMib: input.memoryMib,
+            diskMib: input.diskMib,
+            timeoutSeconds: input.timeoutSeconds,
+            expiresAt: new Date(Date.now() + input.timeoutSeconds * 1000),
+            autoPause: input.autoPause,
+            metadata: input.metadata,
+            envVars: input.envVars,
+            envdAccessToken: input.envdAccessToken,
+            requestKey: input.requestKey,
+          },
+        });
+        await tx.sandboxEvent.create({ data: { sandboxId: row.id, toState: SandboxState.Pending, reason: 'requested' } });
+        return row;
+      });
+      return { sandbox, created: true };
+    } catch (error) {
+      if (input.requestKey && error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2002') {
+        const existing = await this.prisma.sandbox.findUnique({ where: { requestKey: input.requestKey } });
+        if (existing) return { sandbox: existing, created: false };
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Moves the sandbox to `to` if it is currently in one of `from`. Returns the
+   * updated row, or null when another caller changed the state first.
+   */
+  async transition(id: string, from: SandboxState[], to: SandboxState, patch: TransitionPatch = {}): Promise<SandboxRecord | null> {
+    const allowedFrom = from.filter((state) => canTransition(state, to));
+    if (allowedFrom.length === 0) return null;
+    return this.prisma.$transaction(async (tx) => {
+      const current = await tx.sandbox.findUnique({ where: { id }, select: { state: true } });
+      if (!current || !allowedFrom.includes(current.state as SandboxState)) return null;
+      const { count } = await tx.sandbox.updateMany({
+        where: { id, state: current.state },
+        data: {
+          state: to,
+          version: { increment: 1 },
+          ...(patch.hostId !== undefined ? { hostId: patch.hostId } : {}),
+          ...(patch.reason !== undefined ? { stateReason: patch.reason } : {}),
+          ...(patch.startedAt ? { startedAt: patch.startedAt } : {}),
+          ...(patch.expiresAt ? { expiresAt: patch.expiresAt } : {}),
+          ...(patch.endedAt ? { endedAt: patch.endedAt } : {}),
+        },
+      });
+      if (count !== 1) return null;
+      await tx.sandboxEvent.create({
+        data: { sandboxId: id, fromState: current.state, toState: to, reason: patch.reason },
+      });
+      return tx.sandbox.findUnique({ where: { id } });
+    });
+  }
+
+  findForTeam(id: string, teamId: string): Promise<SandboxRecord | null> {
+    return this.prisma.sandbox.findFirst({ where: { id, teamId } });
+  }
+
+  find(id: string): Promise<SandboxRecord | null> {
+    return this.prisma.sandbox.findUnique({ where: { id } });
+  }
+
+  async list(filter: SandboxListFilter): Promise<SandboxRecord[]> {
+    const metadataFilters = Object.entries(filter.metadata ?? {}).map(([key, value]) => ({
+      metadata: { path: [key], equals: value },
+    }));
+    const cursor: Prisma.SandboxWhereInput[] =
+      filter.afterCreatedAt && filter.afterId
+        ? [
+            {
+              OR: [
+                { createdAt: { lt: filter.afterCreatedAt } },
+                { createdAt: filter.afterCreatedAt, id: { lt: filter.afterId } },
+              ],
+            },
+          ]
+        : [];
+    return this.prisma.sandbox.findMany({
+      where: { teamId: filter.teamId, state: { in: filter.states }, AND: [...metadataFilters, ...cursor] },
+      orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+      take: filter.limit,
+    });
+  }
+
+  async setExpiry(id: string, expiresAt: Date, timeoutSeconds?: number): Promise<SandboxRecord | null> {
+    const { count } = await this.prisma.sandbox.updateMany({
+      where: { id, state: { in: [...LIVE_SANDBOX_STATES, SandboxState.Paused] } },
+      data: { expiresAt, ...(timeoutSeconds !== undefined ? { timeoutSeconds } : {}) },
+    });
+    return count === 1 ? this.find(id) : null;
+  }
+
+  /** Live sandboxes placed on a host, for reconcile against what the host reports. */
+  liveOnHost(hostId: string): Promise<SandboxRecord[]> {
+    return this.prisma.sandbox.findMany({
+      where: { hostId, state: { in: [SandboxState.Starting, SandboxState.Running, SandboxState.Pausing, SandboxState.Resuming] } },
+    });
+  }
+
+  /** Sandboxes stuck in a transient state longer than `olderThanSeconds`. */
+  stuck(states: SandboxState[], olderThanSeconds: number): Promise<SandboxRecord[]> {
+    return this.prisma.sandbox.findMany({
+      where: { state: { in: states }, updatedAt: { lt: new Date(Date.now() - olderThanSeconds * 1000) } },
+    });
+  }
+
+  events(id: string) {
+    return this.prisma.sandboxEvent.findMany({ where: { sandboxId: id }, orderBy: { id: 'asc' } });
+  }
+}

@@ -1,0 +1,92 @@
+import { Injectable } from '@nestjs/common';
+import { BuildState } from '@kiln/contracts';
+import { PrismaService } from '../prisma.service';
+
+export interface ResolvedTemplate {
+  templateId: string;
+  alias?: string;
+  buildId?: string;
+  vcpus: number;
+  memoryMib: number;
+  diskMib: number;
+  envdVersion?: string;
+}
+
+@Injectable()
+export class TemplateRepository {
+  constructor(private readonly prisma: PrismaService) {}
+
+  /**
+   * Resolves an id or alias visible to the team (its own or public) to the
+   * template and its latest ready build. Null when the team may not see it.
+   */
+  async resolve(ref: string, teamId: string): Promise<ResolvedTemplate | null> {
+    const name = ref.split(':')[0];
+    const alias = await this.prisma.templateAlias.findUnique({ where: { alias: name } });
+    const templateId = alias?.templateId ?? name;
+    const template = await this.prisma.template.findFirst({
+      where: { id: templateId, OR: [{ public: true }, { teamId }] },
+      include: { builds: { where: { state: BuildState.Ready }, orderBy: { createdAt: 'desc' }, take: 1 }, aliases: true },
+    });
+    if (!template) return null;
+    const build = template.builds[0];
+    return {
+      templateId: template.id,
+      alias: alias?.alias ?? template.aliases[0]?.alias,
+      buildId: build?.id,
+      vcpus: build?.vcpus ?? template.vcpus,
+      memoryMib: build?.memoryMib ?? template.memoryMib,
+      diskMib: build?.diskMib ?? template.diskMib,
+      envdVersion: build?.envdVersion ?? undefined,
+    };
+  }
+
+  listVisible(teamId: string) {
+    return this.prisma.template.findMany({
+      where: { OR: [{ public: true }, { teamId }] },
+      include: { aliases: true, builds: { orderBy: { createdAt: 'desc' }, take: 1 } },
+      orderBy: { createdAt: 'asc' },
+    });
+  }
+
+  /** Registers a platform template (public) with one alias and a ready build; idempotent. */
+  async ensurePublicTemplate(input: {
+    templateId: string;
+    alias: string;
+    vcpus: number;
+    memoryMib: number;
+    diskMib: number;
+    envdVersion: string;
+    contentHash: string;
+  }): Promise<void> {
+    await this.prisma.$transaction(async (tx) => {
+      await tx.template.upsert({
+        where: { id: input.templateId },
+        update: { vcpus: input.vcpus, memoryMib: input.memoryMib, diskMib: input.diskMib, public: true },
+        create: { id: input.templateId, public: true, vcpus: input.vcpus, memoryMib: input.memoryMib, diskMib: input.diskMib },
+      });
+      await tx.templateAlias.upsert({
+        where: { alias: input.alias },
+        update: { templateId: input.templateId },
+        create: { alias: input.alias, templateId: input.templateId },
+      });
+      const existing = await tx.templateBuild.findFirst({
+        where: { templateId: input.templateId, contentHash: input.contentHash, state: BuildState.Ready },
+      });
+      if (!existing) {
+        await tx.templateBuild.create({
+          data: {
+            templateId: input.templateId,
+            state: BuildState.Ready,
+            contentHash: input.contentHash,
+            envdVersion: input.envdVersion,
+            vcpus: input.vcpus,
+            memoryMib: input.memoryMib,
+            diskMib: input.diskMib,
+            finishedAt: new Date(),
+          },
+        });
+      }
+    });
+  }
+}

@@ -1,0 +1,170 @@
+import type { ErrorPayload, SandboxRoute, SandboxState, SandboxView } from '@kiln/contracts';
+
+/**
+ * Every NATS subject Kiln uses, with its payload and reply types. Nothing else
+ * in the codebase spells a subject string: import it from here.
+ */
+export const Subjects = {
+  schedulerPing: 'kiln.scheduler.ping',
+  sandboxCreate: 'kiln.scheduler.sandboxes.create',
+  sandboxGet: 'kiln.scheduler.sandboxes.get',
+  sandboxList: 'kiln.scheduler.sandboxes.list',
+  sandboxKill: 'kiln.scheduler.sandboxes.kill',
+  sandboxSetTimeout: 'kiln.scheduler.sandboxes.set-timeout',
+  sandboxRefresh: 'kiln.scheduler.sandboxes.refresh',
+  sandboxPause: 'kiln.scheduler.sandboxes.pause',
+  sandboxResume: 'kiln.scheduler.sandboxes.resume',
+  sandboxRoute: 'kiln.scheduler.sandboxes.route',
+  sandboxLogs: 'kiln.scheduler.sandboxes.logs',
+  hostRegister: 'kiln.scheduler.hosts.register',
+  hostHeartbeat: 'kiln.hosts.heartbeat',
+} as const;
+
+export interface PingReply {
+  service: string;
+  at: string;
+}
+
+export interface TeamScoped {
+  teamId: string;
+}
+
+export interface CreateSandboxCommand extends TeamScoped {
+  templateRef: string;
+  timeoutSeconds: number;
+  autoPause: boolean;
+  secure: boolean;
+  allowInternetAccess: boolean;
+  metadata: Record<string, string>;
+  envVars: Record<string, string>;
+  /** Same key → same sandbox, so a client retry after a lost reply creates nothing new. */
+  requestKey?: string;
+}
+
+export interface SandboxRef extends TeamScoped {
+  sandboxId: string;
+}
+
+export interface ListSandboxesQuery extends TeamScoped {
+  states?: Array<'running' | 'paused'>;
+  metadata?: Record<string, string>;
+  limit: number;
+  nextToken?: string;
+}
+
+export interface SandboxPage {
+  sandboxes: SandboxView[];
+  nextToken?: string;
+}
+
+export interface SetTimeoutCommand extends SandboxRef {
+  timeoutSeconds: number;
+}
+
+export interface RefreshCommand extends SandboxRef {
+  durationSeconds?: number;
+}
+
+export interface ResumeCommand extends SandboxRef {
+  timeoutSeconds?: number;
+  autoPause?: boolean;
+}
+
+export interface KillReply {
+  /** False when the sandbox was already killed: kill is idempotent. */
+  killed: boolean;
+}
+
+export interface SandboxLogLine {
+  timestamp: string;
+  line: string;
+}
+
+export interface SandboxLogsReply {
+  logs: SandboxLogLine[];
+}
+
+export interface HostCapacity {
+  vcpus: number;
+  memoryMib: number;
+  sandboxes: number;
+}
+
+export interface HostRegistration {
+  hostId: string;
+  token: string;
+  /** host:port of the agent's gRPC server. */
+  grpcAddress: string;
+  /** Base URL of the agent's sandbox-traffic proxy. */
+  proxyUrl: string;
+  acceleration: 'kvm' | 'tcg';
+  version: string;
+  capacity: HostCapacity;
+  templates: string[];
+}
+
+export interface HostRegistrationReply {
+  accepted: boolean;
+  heartbeatIntervalSeconds: number;
+}
+
+export interface HostHeartbeat {
+  hostId: string;
+  at: string;
+  capacity: HostCapacity;
+  usage: HostCapacity;
+  templates: string[];
+  sandboxIds: string[];
+}
+
+/** Request/reply subjects: payload → reply. */
+export interface RequestMap {
+  [Subjects.schedulerPing]: [Record<string, never>, PingReply];
+  [Subjects.sandboxCreate]: [CreateSandboxCommand, SandboxView];
+  [Subjects.sandboxGet]: [SandboxRef, SandboxView];
+  [Subjects.sandboxList]: [ListSandboxesQuery, SandboxPage];
+  [Subjects.sandboxKill]: [SandboxRef, KillReply];
+  [Subjects.sandboxSetTimeout]: [SetTimeoutCommand, SandboxView];
+  [Subjects.sandboxRefresh]: [RefreshCommand, SandboxView];
+  [Subjects.sandboxPause]: [SandboxRef, SandboxView];
+  [Subjects.sandboxResume]: [ResumeCommand, SandboxView];
+  [Subjects.sandboxRoute]: [{ sandboxId: string }, SandboxRoute];
+  [Subjects.sandboxLogs]: [SandboxRef, SandboxLogsReply];
+  [Subjects.hostRegister]: [HostRegistration, HostRegistrationReply];
+}
+
+/** Fire-and-forget subjects (core NATS). */
+export interface EventMap {
+  [Subjects.hostHeartbeat]: HostHeartbeat;
+}
+
+export type RequestSubject = keyof RequestMap;
+export type RequestOf<S extends RequestSubject> = RequestMap[S][0];
+export type ReplyOf<S extends RequestSubject> = RequestMap[S][1];
+export type EventSubject = keyof EventMap;
+export type EventOf<S extends EventSubject> = EventMap[S];
+
+// ---- JetStream: durable sandbox lifecycle events -------------------------------------------
+
+export const SANDBOX_EVENTS_STREAM = 'KILN_SANDBOX_EVENTS';
+export const SANDBOX_EVENTS_SUBJECT_PREFIX = 'kiln.events.sandbox';
+
+export type SandboxLifecycleKind = 'created' | 'exited' | 'crashed' | 'destroyed' | 'transition';
+
+export interface SandboxLifecycleEvent {
+  kind: SandboxLifecycleKind;
+  sandboxId: string;
+  hostId?: string;
+  teamId?: string;
+  from?: SandboxState;
+  to?: SandboxState;
+  reason?: string;
+  exitCode?: number;
+  at: string;
+}
+
+export function sandboxEventSubject(kind: SandboxLifecycleKind): string {
+  return `${SANDBOX_EVENTS_SUBJECT_PREFIX}.${kind}`;
+}
+
+export type { ErrorPayload };
