@@ -1,0 +1,256 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Readable } from 'node:stream';
+import * as pty from 'node-pty';
+import { EventQueue } from './event-queue';
+import { exitStatusOf, type ExitStatus } from './exit-status';
+
+export type ProcessOutput =
+  | { kind: 'stdout' | 'stderr' | 'pty'; data: Buffer }
+  | { kind: 'end'; status: ExitStatus };
+
+export interface ProcessSpec {
+  cmd: string;
+  args: string[];
+  /** Only what the caller asked for, reported back by List; the full environment is in `env`. */
+  envs: Record<string, string>;
+  env: Record<string, string>;
+  cwd: string;
+  uid: number;
+  gid: number;
+  tag?: string;
+  stdin: boolean;
+  pty?: { cols: number; rows: number };
+}
+
+export class ProcessInputError extends Error {}
+
+/** A subscriber holding more than this pauses the process's output until it catches up. */
+const SUBSCRIBER_HIGH_WATER_BYTES = 1 << 20;
+const SUBSCRIBER_LOW_WATER_BYTES = 256 << 10;
+
+/**
+ * One process started by the agent, pipe- or PTY-backed. Output fans out to every subscriber (the Start stream and
+ * any Connect streams) in order; a slow subscriber pauses the source, and with no subscriber output is dropped so a
+ * background process never blocks on a client that went away.
+ */
+export abstract class ManagedProcess {
+  abstract readonly pid: number;
+  private readonly subscribers = new Set<EventQueue<ProcessOutput>>();
+  private paused = false;
+  private endStatus: ExitStatus | undefined;
+  private readonly endListeners: Array<(status: ExitStatus) => void> = [];
+
+  constructor(readonly spec: ProcessSpec) {}
+
+  get tag(): string | undefined {
+    return this.spec.tag;
+  }
+
+  get isPty(): boolean {
+    return this.spec.pty !== undefined;
+  }
+
+  get hasEnded(): boolean {
+    return this.endStatus !== undefined;
+  }
+
+  onEnd(listener: (status: ExitStatus) => void): void {
+    if (this.endStatus) listener(this.endStatus);
+    else this.endListeners.push(listener);
+  }
+
+  subscribe(): EventQueue<ProcessOutput> {
+    const queue: EventQueue<ProcessOutput> = new EventQueue<ProcessOutput>(SUBSCRIBER_LOW_WATER_BYTES, () =>
+      this.updateFlow(),
+    );
+    if (this.endStatus) {
+      queue.push({ kind: 'end', status: this.endStatus });
+      queue.close();
+    } else {
+      this.subscribers.add(queue);
+    }
+    return queue;
+  }
+
+  unsubscribe(queue: EventQueue<ProcessOutput>): void {
+    this.subscribers.delete(queue);
+    queue.discard();
+    this.updateFlow();
+  }
+
+  abstract writeInput(data: Buffer, target: 'stdin' | 'pty'): Promise<void>;
+  abstract closeStdin(): void;
+  abstract resize(cols: number, rows: number): void;
+
+  /** Signals the whole process group, so a shell's children die with it; falls back to the pid alone. */
+  signal(signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.pid, signal);
+    } catch {
+      try {
+        process.kill(this.pid, signal);
+      } catch {
+        // Already gone: the end event is on its way.
+      }
+    }
+  }
+
+  protected abstract pauseSource(): void;
+  protected abstract resumeSource(): void;
+
+  protected emitOutput(kind: 'stdout' | 'stderr' | 'pty', data: Buffer): void {
+    for (const queue of this.subscribers) queue.push({ kind, data }, data.length);
+    this.updateFlow();
+  }
+
+  protected emitEnd(status: ExitStatus): void {
+    if (this.endStatus) return;
+    this.endStatus = status;
+    for (const queue of this.subscribers) {
+      queue.push({ kind: 'end', status });
+      queue.close();
+    }
+    this.subscribers.clear();
+    for (const listener of this.endListeners.splice(0)) listener(status);
+  }
+
+  private updateFlow(): void {
+    let behind = false;
+    for (const queue of this.subscribers) if (queue.pendingBytes > SUBSCRIBER_HIGH_WATER_BYTES) behind = true;
+    if (behind && !this.paused) {
+      this.paused = true;
+      this.pauseSource();
+    } else if (!behind && this.paused) {
+      const caughtUp = [...this.subscribers].every((q) => q.pendingBytes <= SUBSCRIBER_LOW_WATER_BYTES);
+      if (caughtUp) {
+        this.paused = false;
+        this.resumeSource();
+      }
+    }
+  }
+}
+
+/** A process with plain pipes: stdout and stderr kept apart, stdin piped only when asked for. */
+export class PipeProcess extends ManagedProcess {
+  readonly pid: number;
+  private readonly child: ChildProcess;
+
+  private constructor(spec: ProcessSpec, child: ChildProcess) {
+    super(spec);
+    this.child = child;
+    this.pid = child.pid as number;
+    this.pipeOutput(child.stdout, 'stdout');
+    this.pipeOutput(child.stderr, 'stderr');
+    child.stdin?.on('error', () => {
+      // EPIPE after the process closed its stdin: surfaced to the caller by writeInput's callback.
+    });
+    // 'close' comes after both pipes reached EOF and the process was reaped, so the end event follows all output.
+    child.on('close', (code, signal) => this.emitEnd(exitStatusOf(code, signal)));
+  }
+
+  static async spawn(spec: ProcessSpec): Promise<PipeProcess> {
+    const child = spawn(spec.cmd, spec.args, {
+      cwd: spec.cwd,
+      env: spec.env,
+      uid: spec.uid,
+      gid: spec.gid,
+      stdio: [spec.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      // Own session and process group: signals from the agent's terminal do not reach it, and SendSignal can
+      // address the whole group.
+      detached: true,
+    });
+    if (child.pid === undefined) {
+      const error = await new Promise<Error>((resolve) => child.once('error', resolve));
+      throw error;
+    }
+    child.on('error', () => {
+      // Errors after a successful spawn (a failed kill) carry no information the close event does not.
+    });
+    return new PipeProcess(spec, child);
+  }
+
+  async writeInput(data: Buffer, target: 'stdin' | 'pty'): Promise<void> {
+    if (target === 'pty') throw new ProcessInputError('process was not started with a PTY');
+    const stdin = this.child.stdin;
+    if (!stdin) throw new ProcessInputError('stdin is not enabled for this process');
+    if (stdin.writableEnded || stdin.destroyed) throw new ProcessInputError('stdin is closed');
+    await new Promise<void>((resolve, reject) =>
+      stdin.write(data, (err) => (err ? reject(new ProcessInputError(`error writing to stdin: ${err.message}`)) : resolve())),
+    );
+  }
+
+  closeStdin(): void {
+    if (!this.child.stdin) throw new ProcessInputError('stdin is not enabled for this process');
+    this.child.stdin.end();
+  }
+
+  resize(): void {
+    throw new ProcessInputError('process was not started with a PTY');
+  }
+
+  protected pauseSource(): void {
+    this.child.stdout?.pause();
+    this.child.stderr?.pause();
+  }
+
+  protected resumeSource(): void {
+    this.child.stdout?.resume();
+    this.child.stderr?.resume();
+  }
+
+  private pipeOutput(stream: Readable | null, kind: 'stdout' | 'stderr'): void {
+    stream?.on('data', (chunk: Buffer) => this.emitOutput(kind, chunk));
+  }
+}
+
+/** A process on a pseudo-terminal: one combined output stream, resizable, input goes through the line discipline. */
+export class PtyProcess extends ManagedProcess {
+  readonly pid: number;
+  private readonly terminal: pty.IPty;
+
+  private constructor(spec: ProcessSpec, terminal: pty.IPty) {
+    super(spec);
+    this.terminal = terminal;
+    this.pid = terminal.pid;
+    terminal.onData((data) => this.emitOutput('pty', typeof data === 'string' ? Buffer.from(data) : data));
+    // node-pty reports exit only after the terminal's output has been read to the end.
+    terminal.onExit(({ exitCode, signal }) => this.emitEnd(exitStatusOf(exitCode, signal || null)));
+  }
+
+  static spawn(spec: ProcessSpec): PtyProcess {
+    const size = spec.pty ?? { cols: 80, rows: 24 };
+    const terminal = pty.spawn(spec.cmd, spec.args, {
+      name: spec.env.TERM ?? 'xterm-256color',
+      cols: Math.max(1, size.cols),
+      rows: Math.max(1, size.rows),
+      cwd: spec.cwd,
+      env: spec.env,
+      uid: spec.uid,
+      gid: spec.gid,
+      // Raw bytes: decoding here would corrupt multi-byte characters split across reads.
+      encoding: null,
+    });
+    return new PtyProcess(spec, terminal);
+  }
+
+  async writeInput(data: Buffer): Promise<void> {
+    this.terminal.write(data);
+  }
+
+  closeStdin(): void {
+    throw new ProcessInputError('cannot close stdin of a PTY process; send EOT (Ctrl-D) instead');
+  }
+
+  resize(cols: number, rows: number): void {
+    if (!(cols > 0 && rows > 0)) throw new ProcessInputError('PTY size must have positive cols and rows');
+    this.terminal.resize(cols, rows);
+  }
+
+  protected pauseSource(): void {
+    this.terminal.pause();
+  }
+
+  protected resumeSource(): void {
+    this.terminal.resume();
+  }
+}

@@ -1,0 +1,66 @@
+import { stat } from 'node:fs/promises';
+import { ManagedProcess, PipeProcess, PtyProcess, type ProcessSpec } from './managed-process';
+
+export class ProcessNotFoundError extends Error {}
+export class ProcessStartError extends Error {
+  constructor(
+    message: string,
+    readonly reason: 'invalid_argument' | 'internal',
+  ) {
+    super(message);
+  }
+}
+
+export type ProcessSelection = { by: 'pid'; pid: number } | { by: 'tag'; tag: string };
+
+/**
+ * The running processes, by pid. A process leaves the table when it ends; nothing here is tied to the request that
+ * started it, so a background process outlives its client.
+ */
+export class ProcessTable {
+  private readonly byPid = new Map<number, ManagedProcess>();
+
+  async start(spec: ProcessSpec): Promise<ManagedProcess> {
+    await this.assertDirectory(spec.cwd);
+    let started: ManagedProcess;
+    try {
+      started = spec.pty ? PtyProcess.spawn(spec) : await PipeProcess.spawn(spec);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const reason = code === 'ENOENT' || code === 'EACCES' ? 'invalid_argument' : 'internal';
+      throw new ProcessStartError(`error starting process '${spec.cmd}': ${(err as Error).message}`, reason);
+    }
+    this.byPid.set(started.pid, started);
+    started.onEnd(() => this.byPid.delete(started.pid));
+    return started;
+  }
+
+  find(selection: ProcessSelection): ManagedProcess {
+    if (selection.by === 'pid') {
+      const found = this.byPid.get(selection.pid);
+      if (!found) throw new ProcessNotFoundError(`process with pid ${selection.pid} not found`);
+      return found;
+    }
+    for (const candidate of this.byPid.values()) if (candidate.tag === selection.tag) return candidate;
+    throw new ProcessNotFoundError(`process with tag '${selection.tag}' not found`);
+  }
+
+  list(): ManagedProcess[] {
+    return [...this.byPid.values()];
+  }
+
+  /** On agent shutdown: take every process group down with it rather than leaving orphans behind. */
+  killAll(): void {
+    for (const running of this.byPid.values()) running.signal('SIGKILL');
+  }
+
+  private async assertDirectory(cwd: string): Promise<void> {
+    try {
+      const info = await stat(cwd);
+      if (!info.isDirectory()) throw new ProcessStartError(`cwd '${cwd}' is not a directory`, 'invalid_argument');
+    } catch (err) {
+      if (err instanceof ProcessStartError) throw err;
+      throw new ProcessStartError(`cwd '${cwd}' does not exist`, 'invalid_argument');
+    }
+  }
+}

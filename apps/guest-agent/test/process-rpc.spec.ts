@@ -1,0 +1,211 @@
+import { createHash } from 'node:crypto';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { Signal, type StartResponse, type ConnectResponse } from '@kiln/proto/process';
+import { RunningAgent } from './support/running-agent';
+
+/** Collected view of a Start/Connect event stream. */
+interface Collected {
+  pid?: number;
+  stdout: Buffer;
+  stderr: Buffer;
+  pty: Buffer;
+  end?: { exitCode: number; exited: boolean; status: string; error?: string };
+}
+
+async function collect(stream: AsyncIterable<StartResponse | ConnectResponse>, onPid?: (pid: number) => void): Promise<Collected> {
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const pty: Buffer[] = [];
+  const result: Collected = { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), pty: Buffer.alloc(0) };
+  for await (const message of stream) {
+    const event = message.event?.event;
+    if (event?.case === 'start') {
+      result.pid = event.value.pid;
+      onPid?.(event.value.pid);
+    } else if (event?.case === 'data') {
+      const output = event.value.output;
+      if (output.case === 'stdout') out.push(Buffer.from(output.value));
+      if (output.case === 'stderr') err.push(Buffer.from(output.value));
+      if (output.case === 'pty') pty.push(Buffer.from(output.value));
+    } else if (event?.case === 'end') {
+      result.end = { ...event.value };
+    }
+  }
+  result.stdout = Buffer.concat(out);
+  result.stderr = Buffer.concat(err);
+  result.pty = Buffer.concat(pty);
+  return result;
+}
+
+function bash(script: string) {
+  return { cmd: '/bin/bash', args: ['-l', '-c', script], envs: {} };
+}
+
+async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('process.Process over Connect', () => {
+  let agent: RunningAgent;
+
+  beforeAll(async () => {
+    agent = await RunningAgent.start();
+  });
+
+  afterAll(async () => {
+    await agent.stop();
+  });
+
+  it.each(['1.1', '2'] as const)('runs a command and reports stdout, stderr and exit code (HTTP/%s)', async (httpVersion) => {
+    const client = agent.processClient({ httpVersion });
+    const result = await collect(client.start({ process: bash('echo hello; echo err >&2; exit 3') }));
+    expect(result.pid).toBeGreaterThan(0);
+    expect(result.stdout.toString()).toBe('hello\n');
+    expect(result.stderr.toString()).toBe('err\n');
+    expect(result.end).toMatchObject({ exitCode: 3, exited: true, status: 'exit status 3', error: 'exit status 3' });
+  });
+
+  it('runs commands as the default user with a login environment, or as root when asked', async () => {
+    const asDefault = await collect(agent.processClient().start({ process: bash('id -un; echo $HOME; pwd') }));
+    expect(asDefault.stdout.toString()).toBe('user\n/home/user\n/home/user\n');
+    const asRoot = await collect(
+      agent.processClient({ user: 'root' }).start({ process: { ...bash('id -un; pwd; echo $FOO'), envs: { FOO: 'bar' }, cwd: '/tmp' } }),
+    );
+    expect(asRoot.stdout.toString()).toBe('root\n/tmp\nbar\n');
+  });
+
+  it('keeps a background process after its client leaves; lists it, connects by tag and kills it', async () => {
+    const client = agent.processClient();
+    const abort = new AbortController();
+    const started = client.start({ process: bash('sleep 1000'), tag: 'sleeper' }, { signal: abort.signal });
+    const first = await started[Symbol.asyncIterator]().next();
+    const pid = (first.value as StartResponse).event!.event.value as { pid: number };
+    abort.abort(); // The client goes away; the process must not.
+
+    const listed = await waitFor(async () => {
+      const { processes } = await client.list({});
+      return processes.find((p) => p.tag === 'sleeper');
+    });
+    expect(listed.pid).toBe(pid.pid);
+    expect(listed.config?.cmd).toBe('/bin/bash');
+    expect(listed.config?.args).toEqual(['-l', '-c', 'sleep 1000']);
+
+    const watching = collect(client.connect({ process: { selector: { case: 'tag', value: 'sleeper' } } }));
+    await new Promise((r) => setTimeout(r, 200));
+    await client.sendSignal({ process: { selector: { case: 'pid', value: pid.pid } }, signal: Signal.SIGKILL });
+    const seen = await watching;
+    expect(seen.pid).toBe(pid.pid);
+    expect(seen.end).toMatchObject({ exited: false, status: 'signal: killed', exitCode: -1 });
+    const { processes } = await client.list({});
+    expect(processes.find((p) => p.pid === pid.pid)).toBeUndefined();
+  });
+
+  it('SIGTERM ends a process with the terminated status', async () => {
+    const client = agent.processClient();
+    let pid = 0;
+    const run = collect(client.start({ process: bash('exec sleep 1000') }), (p) => (pid = p));
+    await waitFor(async () => (pid ? pid : undefined));
+    await client.sendSignal({ process: { selector: { case: 'pid', value: pid } }, signal: Signal.SIGTERM });
+    expect((await run).end).toMatchObject({ exited: false, status: 'signal: terminated' });
+  });
+
+  it('pipes stdin to cat, and CloseStdin ends it', async () => {
+    const client = agent.processClient();
+    let pid = 0;
+    const run = collect(client.start({ process: { cmd: 'cat', args: [], envs: {} }, stdin: true }), (p) => (pid = p));
+    await waitFor(async () => (pid ? pid : undefined));
+    await client.sendInput({ process: { selector: { case: 'pid', value: pid } }, input: { input: { case: 'stdin', value: Buffer.from('first\n') } } });
+    await client.streamInput(
+      (async function* () {
+        yield { event: { case: 'start' as const, value: { process: { selector: { case: 'pid' as const, value: pid } } } } };
+        yield { event: { case: 'data' as const, value: { input: { input: { case: 'stdin' as const, value: Buffer.from('second\n') } } } } };
+      })(),
+    );
+    await client.closeStdin({ process: { selector: { case: 'pid', value: pid } } });
+    const result = await run;
+    expect(result.stdout.toString()).toBe('first\nsecond\n');
+    expect(result.end).toMatchObject({ exitCode: 0, exited: true });
+  });
+
+  it('refuses stdin for a process started without it', async () => {
+    const client = agent.processClient();
+    let pid = 0;
+    const run = collect(client.start({ process: bash('sleep 2') }), (p) => (pid = p));
+    await waitFor(async () => (pid ? pid : undefined));
+    const err = await client
+      .sendInput({ process: { selector: { case: 'pid', value: pid } }, input: { input: { case: 'stdin', value: Buffer.from('x') } } })
+      .catch((e: unknown) => e);
+    expect(ConnectError.from(err).code).toBe(Code.FailedPrecondition);
+    await client.sendSignal({ process: { selector: { case: 'pid', value: pid } }, signal: Signal.SIGKILL });
+    await run;
+  });
+
+  it('delivers 5 MB of output complete and in order', async () => {
+    const client = agent.processClient();
+    // 5 MiB of numbered lines: order and completeness are checked by hashing against the same generator locally.
+    const script = 'seq 1 1000000 | head -c 5242880';
+    const result = await collect(client.start({ process: bash(script) }));
+    const expected = Buffer.from(Array.from({ length: 1000000 }, (_, i) => `${i + 1}\n`).join('')).subarray(0, 5242880);
+    expect(result.stdout.length).toBe(5242880);
+    expect(createHash('sha256').update(result.stdout).digest('hex')).toBe(createHash('sha256').update(expected).digest('hex'));
+    expect(result.end?.exitCode).toBe(0);
+  });
+
+  it('runs a real terminal: tty, resize followed by stty size, Ctrl-C interrupts', async () => {
+    const client = agent.processClient();
+    let pid = 0;
+    const chunks: string[] = [];
+    const run = (async () => {
+      for await (const message of client.start({
+        process: { cmd: '/bin/bash', args: ['-i', '-l'], envs: { TERM: 'xterm-256color', PS1: '$ ' } },
+        pty: { size: { cols: 80, rows: 24 } },
+      })) {
+        const event = message.event?.event;
+        if (event?.case === 'start') pid = event.value.pid;
+        if (event?.case === 'data' && event.value.output.case === 'pty') chunks.push(Buffer.from(event.value.output.value).toString());
+        if (event?.case === 'end') return event.value;
+      }
+      return undefined;
+    })();
+    const output = () => chunks.join('');
+    const type = (text: string) =>
+      client.sendInput({ process: { selector: { case: 'pid', value: pid } }, input: { input: { case: 'pty', value: Buffer.from(text) } } });
+    await waitFor(async () => (pid ? pid : undefined));
+
+    await type('tty && stty size && echo MARK-A\n');
+    await waitFor(async () => (/MARK-A\r?\n/.test(output().split('echo MARK-A')[1] ?? '') ? true : undefined));
+    expect(output()).toMatch(/\/dev\/pts\/\d+/);
+    expect(output()).toMatch(/24 80/);
+
+    await client.update({ process: { selector: { case: 'pid', value: pid } }, pty: { size: { cols: 120, rows: 40 } } });
+    await type('stty size; echo MARK-B\n');
+    await waitFor(async () => (/MARK-B\r?\n/.test(output().split('echo MARK-B')[1] ?? '') ? true : undefined));
+    expect(output().split('echo MARK-B')[1]).toMatch(/40 120/);
+
+    await type('sleep 1000\n');
+    await new Promise((r) => setTimeout(r, 300));
+    await type('\x03');
+    await type('echo after-interrupt-$((6*7))\n');
+    await waitFor(async () => (output().includes('after-interrupt-42') ? true : undefined));
+
+    await type('exit 5\n');
+    expect(await run).toMatchObject({ exitCode: 5, exited: true });
+  });
+
+  it('reports not_found for unknown processes and invalid_argument for a bad cwd or command', async () => {
+    const client = agent.processClient();
+    const codeOf = async (p: Promise<unknown>) => ConnectError.from(await p.then(() => undefined, (e: unknown) => e)).code;
+    expect(await codeOf(client.sendSignal({ process: { selector: { case: 'pid', value: 999999 } }, signal: Signal.SIGKILL }))).toBe(Code.NotFound);
+    expect(await codeOf(collect(client.connect({ process: { selector: { case: 'tag', value: 'no-such-tag' } } })))).toBe(Code.NotFound);
+    expect(await codeOf(collect(client.start({ process: { ...bash('true'), cwd: '/does/not/exist' } })))).toBe(Code.InvalidArgument);
+    expect(await codeOf(collect(client.start({ process: { cmd: '/no/such/binary', args: [], envs: {} } })))).toBe(Code.InvalidArgument);
+    expect(await codeOf(collect(agent.processClient({ user: 'nobody-here' }).start({ process: bash('true') })))).toBe(Code.Unauthenticated);
+    expect(agent.isAlive).toBe(true);
+  });
+});

@@ -1,0 +1,48 @@
+// Builds the self-contained guest-agent directory that is installed into VM root filesystems:
+//   dist/bundle/guest-agent.js                       everything except node-pty, in one file
+//   dist/bundle/node_modules/node-pty/{package.json,lib/,build/Release/pty.node}
+// Run: npx nx run guest-agent:bundle   (or node apps/guest-agent/tools/bundle.mjs)
+import { build } from 'esbuild';
+import { cp, mkdir, rm, readFile, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const appRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+const outDir = join(appRoot, 'dist', 'bundle');
+const require = createRequire(join(appRoot, 'package.json'));
+const ptyRoot = dirname(require.resolve('node-pty/package.json'));
+
+await rm(outDir, { recursive: true, force: true });
+await mkdir(outDir, { recursive: true });
+
+await build({
+  entryPoints: [join(appRoot, 'src', 'main.ts')],
+  outfile: join(outDir, 'guest-agent.js'),
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  // Read the libs' TypeScript source (their package.json "development" export), not a possibly stale dist/.
+  conditions: ['development'],
+  // A native addon cannot be bundled; it is copied next to the bundle below and resolved from node_modules.
+  external: ['node-pty'],
+  sourcemap: 'linked',
+  minify: false,
+  legalComments: 'none',
+  logLevel: 'warning',
+});
+
+const ptyOut = join(outDir, 'node_modules', 'node-pty');
+await mkdir(join(ptyOut, 'build', 'Release'), { recursive: true });
+await cp(join(ptyRoot, 'lib'), join(ptyOut, 'lib'), {
+  recursive: true,
+  // Tests and source maps are not needed at run time.
+  filter: (src) => !/\.test\.js$|\.map$/.test(src),
+});
+await cp(join(ptyRoot, 'build', 'Release', 'pty.node'), join(ptyOut, 'build', 'Release', 'pty.node'));
+const ptyPackage = JSON.parse(await readFile(join(ptyRoot, 'package.json'), 'utf8'));
+const { name, version, main, license } = ptyPackage;
+await writeFile(join(ptyOut, 'package.json'), JSON.stringify({ name, version, main, license }, null, 2) + '\n');
+
+console.log(`guest-agent bundle written to ${outDir}`);
