@@ -1,0 +1,297 @@
+import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
+import { NETWORK_OPTIONS, type ResolvedNetworkOptions } from './network.options';
+import {
+  SlotConflictError,
+  SlotNotFoundError,
+  SlotNotLeasedError,
+  SlotPoolNotReadyError,
+  SlotsExhaustedError,
+} from './network.errors';
+import type { NetworkSlot } from './network-slot';
+import { SlotProvisioner } from './slot-provisioner';
+
+export interface SlotReconcileReport {
+  /** In-use indexes whose slot was found intact and is now leased to its sandbox again. */
+  adopted: number[];
+  /** In-use indexes that could not be adopted (namespace gone or broken); their sandboxes have no network. */
+  lost: { index: number; reason: string }[];
+  /** Leftover slots nobody claimed, removed. */
+  destroyed: number[];
+}
+
+export interface SlotPoolStats {
+  leased: number;
+  free: number;
+  preparing: number;
+  maxSlots: number;
+}
+
+type PoolState = 'uninitialized' | 'initializing' | 'ready' | 'destroying';
+
+/** Delay before the background refill retries after a failed slot creation, so a broken host is not hammered. */
+const REFILL_RETRY_MS = 2_000;
+
+/**
+ * Hands out network slots to sandboxes. Keeps `prefill` free slots built ahead of demand so acquire() is normally a
+ * pop from a list; released slots are reset and reused. Every index the pool knows is in exactly one of: free,
+ * leased, or preparing (being created, reset or destroyed), and together they never exceed `maxSlots`.
+ */
+@Injectable()
+export class NetworkSlotPool implements OnApplicationShutdown {
+  private readonly logger = new Logger(NetworkSlotPool.name);
+  private state: PoolState = 'uninitialized';
+  private readonly free: NetworkSlot[] = [];
+  private readonly leased = new Map<number, NetworkSlot>();
+  /** Indexes whose slot is being created, reset or destroyed, with the work's completion. */
+  private readonly preparing = new Map<number, Promise<unknown>>();
+  private refilling = false;
+  private refillTimer: NodeJS.Timeout | undefined;
+  /** Resolved whenever a slot becomes free or a preparation ends, waking acquire() calls waiting for capacity. */
+  private changeWaiters: (() => void)[] = [];
+
+  constructor(
+    @Inject(NETWORK_OPTIONS) private readonly options: ResolvedNetworkOptions,
+    private readonly provisioner: SlotProvisioner,
+  ) {}
+
+  /**
+   * Call once at agent start. `inUse` are the slot indexes recorded in the state of sandboxes that are still alive:
+   * those slots are adopted as they are (their VMs keep running); every other slot with our name prefix is removed.
+   * Then the free pool starts filling in the background.
+   */
+  async init(inUse: readonly number[] = []): Promise<SlotReconcileReport> {
+    if (this.state !== 'uninitialized') throw new SlotPoolNotReadyError(this.state);
+    this.state = 'initializing';
+    try {
+      await this.provisioner.assertPoolUnused();
+      await this.provisioner.ensureHost();
+      const existing = await this.provisioner.listExisting();
+      const report: SlotReconcileReport = { adopted: [], lost: [], destroyed: [] };
+      const claimed = new Set(inUse);
+      for (const index of claimed) {
+        try {
+          this.leased.set(index, await this.checkAdoptable(index));
+          report.adopted.push(index);
+        } catch (err) {
+          report.lost.push({ index, reason: err instanceof Error ? err.message : String(err) });
+        }
+      }
+      const leftovers = [...new Set([...existing.namespaces, ...existing.hostVeths])].filter((i) => !this.leased.has(i));
+      await this.provisioner.destroy(leftovers);
+      report.destroyed = leftovers.sort((a, b) => a - b);
+      this.state = 'ready';
+      this.logger.log(
+        `slot pool ready: adopted ${report.adopted.length}, lost ${report.lost.length}, removed ${report.destroyed.length}`,
+      );
+      this.scheduleRefill();
+      return report;
+    } catch (err) {
+      this.leased.clear();
+      this.state = 'uninitialized';
+      throw err;
+    }
+  }
+
+  /** A slot for a new sandbox. Throws SlotsExhaustedError when `maxSlots` are leased. */
+  async acquire(): Promise<NetworkSlot> {
+    for (;;) {
+      this.assertReady();
+      const slot = this.free.pop();
+      if (slot) {
+        this.leased.set(slot.index, slot);
+        this.scheduleRefill();
+        return slot;
+      }
+      const index = this.nextFreeIndex();
+      if (index !== undefined) {
+        const created = await this.prepare(
+          index,
+          () => this.provisioner.create(index),
+          (slot) => this.state === 'ready' && this.leased.set(index, slot),
+        );
+        // destroyAll waits for in-flight creations and then removes whatever exists, this slot included.
+        this.assertReady();
+        this.scheduleRefill();
+        return created;
+      }
+      if (this.preparing.size === 0) throw new SlotsExhaustedError(this.options.maxSlots);
+      // Every index is taken but some are still being built or reset: one of them may become free.
+      await this.nextChange();
+    }
+  }
+
+  /**
+   * Takes a slot back once its sandbox's VMM has exited. The slot is reset in the background before it becomes
+   * available again (or destroyed when enough free slots are kept); the returned promise settles when that is done.
+   */
+  async release(slot: Pick<NetworkSlot, 'index'>): Promise<void> {
+    const leased = this.leased.get(slot.index);
+    if (!leased) throw new SlotNotLeasedError(slot.index);
+    this.leased.delete(slot.index);
+    // While destroyAll runs it removes every slot that exists; resetting this one would only race with it.
+    if (this.state !== 'ready') return;
+    const keep = this.free.length + this.preparing.size < this.options.prefill + this.options.maxIdle;
+    try {
+      if (keep) {
+        await this.prepare(
+          slot.index,
+          () => this.provisioner.reset(leased),
+          () => this.state === 'ready' && this.free.push(leased),
+        );
+      } else {
+        await this.prepare(slot.index, () => this.provisioner.destroy([slot.index]));
+      }
+    } catch (err) {
+      this.logger.error(`slot ${slot.index}: reset failed, destroying it: ${String(err)}`);
+      await this.prepare(slot.index, () => this.provisioner.destroy([slot.index])).catch((destroyErr: unknown) =>
+        this.logger.error(`slot ${slot.index}: destroy failed: ${String(destroyErr)}`),
+      );
+    }
+  }
+
+  /**
+   * Marks an existing slot as held by a sandbox discovered after init (init already adopts the indexes passed to
+   * it). The slot's namespace, veth and tap must be intact; a missing rule table is re-applied.
+   */
+  async adopt(index: number): Promise<NetworkSlot> {
+    this.assertReady();
+    const leased = this.leased.get(index);
+    if (leased) return leased;
+    if (this.free.some((s) => s.index === index) || this.preparing.has(index)) throw new SlotConflictError(index);
+    const slot = await this.checkAdoptable(index);
+    this.assertReady();
+    if (this.leased.has(index) || this.preparing.has(index)) throw new SlotConflictError(index);
+    this.leased.set(index, slot);
+    return slot;
+  }
+
+  /**
+   * Removes every namespace, veth, tap and rule the pool made, leased slots included (shutdown of the whole node,
+   * tests). The pool can be initialised again afterwards.
+   */
+  async destroyAll(): Promise<void> {
+    if (this.state === 'initializing') throw new SlotPoolNotReadyError(this.state);
+    this.state = 'destroying';
+    this.stopRefill();
+    await Promise.allSettled([...this.preparing.values()]);
+    const existing = await this.provisioner.listExisting();
+    const all = new Set([...existing.namespaces, ...existing.hostVeths, ...this.leased.keys(), ...this.free.map((s) => s.index)]);
+    await this.provisioner.destroy([...all]);
+    await this.provisioner.removeHost();
+    this.free.length = 0;
+    this.leased.clear();
+    this.state = 'uninitialized';
+    this.notifyChange();
+  }
+
+  leasedSlot(index: number): NetworkSlot | undefined {
+    return this.leased.get(index);
+  }
+
+  stats(): SlotPoolStats {
+    return { leased: this.leased.size, free: this.free.length, preparing: this.preparing.size, maxSlots: this.options.maxSlots };
+  }
+
+  /** Resolves once the background refill has nothing left to do (for tests and orderly startup). */
+  async whenFilled(): Promise<void> {
+    while (this.state === 'ready' && (this.refilling || this.needsRefill() || this.preparing.size > 0)) {
+      await this.nextChange();
+    }
+  }
+
+  /** Agent shutdown leaves slots in place for the next agent to adopt; it only stops background work. */
+  onApplicationShutdown(): void {
+    this.stopRefill();
+  }
+
+  private async checkAdoptable(index: number) {
+    const slot = this.provisioner.describe(index);
+    const { problems } = await this.provisioner.inspect(index).catch((err: unknown) => ({ problems: [String(err)] }));
+    if (problems.length > 0) throw new SlotNotFoundError(index, problems.join('; '));
+    await this.provisioner.repairRules(index);
+    return slot;
+  }
+
+  private assertReady(): void {
+    if (this.state !== 'ready') throw new SlotPoolNotReadyError(this.state);
+  }
+
+  private usedCount(): number {
+    return this.free.length + this.leased.size + this.preparing.size;
+  }
+
+  private nextFreeIndex(): number | undefined {
+    if (this.usedCount() >= this.options.maxSlots) return undefined;
+    const used = new Set([...this.leased.keys(), ...this.preparing.keys(), ...this.free.map((s) => s.index)]);
+    for (let i = 0; i < this.options.maxSlots; i++) if (!used.has(i)) return i;
+    return undefined;
+  }
+
+  /**
+   * Runs work on an index while it counts as preparing, so no one else hands it out or counts it as free. `place`
+   * files the result (free or leased) in the same synchronous step that ends the reservation: a waiter woken in
+   * between would otherwise see the index as unused and build it a second time.
+   * When the pool is no longer ready `place` files nothing; destroyAll removes whatever exists once work is done.
+   */
+  private async prepare<T>(index: number, work: () => Promise<T>, place?: (result: T) => unknown): Promise<T> {
+    const promise = work();
+    this.preparing.set(index, promise);
+    try {
+      const result = await promise;
+      place?.(result);
+      return result;
+    } finally {
+      this.preparing.delete(index);
+      this.notifyChange();
+    }
+  }
+
+  private needsRefill(): boolean {
+    const building = [...this.preparing.keys()].filter((i) => !this.leased.has(i)).length;
+    return this.free.length + building < this.options.prefill && this.usedCount() < this.options.maxSlots;
+  }
+
+  /** Creates free slots one at a time until `prefill` are ready; serial so a burst never starves the host's CPUs. */
+  private scheduleRefill(): void {
+    if (this.refilling || this.refillTimer || this.state !== 'ready') return;
+    this.refilling = true;
+    void (async () => {
+      try {
+        while (this.state === 'ready' && this.free.length < this.options.prefill) {
+          const index = this.nextFreeIndex();
+          if (index === undefined) return;
+          await this.prepare(
+            index,
+            () => this.provisioner.create(index),
+            (slot) => this.state === 'ready' && this.free.push(slot),
+          );
+        }
+      } catch (err) {
+        this.logger.error(`background slot creation failed, retrying in ${REFILL_RETRY_MS} ms: ${String(err)}`);
+        this.refillTimer = setTimeout(() => {
+          this.refillTimer = undefined;
+          this.scheduleRefill();
+        }, REFILL_RETRY_MS);
+        this.refillTimer.unref();
+      } finally {
+        this.refilling = false;
+        this.notifyChange();
+      }
+    })();
+  }
+
+  private stopRefill(): void {
+    if (this.refillTimer) clearTimeout(this.refillTimer);
+    this.refillTimer = undefined;
+  }
+
+  private nextChange(): Promise<void> {
+    return new Promise((resolve) => this.changeWaiters.push(resolve));
+  }
+
+  private notifyChange(): void {
+    const waiters = this.changeWaiters;
+    this.changeWaiters = [];
+    for (const wake of waiters) wake();
+  }
+}

@@ -1,0 +1,72 @@
+import { NetworkConfigError } from './network.errors';
+import { parseSlotPool, type SlotPool } from './slot-addressing';
+
+export const NETWORK_OPTIONS = Symbol('NETWORK_OPTIONS');
+
+export interface NetworkOptions {
+  /**
+   * Prefix of everything the pool creates: namespaces `<prefix>-slot-<n>`, host veths `<prefix>-v<n>` and the host
+   * nftables table `<prefix>`. Reconcile and destroyAll only ever touch names with this prefix, so two pools with
+   * different prefixes (e.g. tests next to a running agent) never interfere. At most 8 characters: interface names
+   * are limited to 15.
+   */
+  namePrefix: string;
+  /**
+   * IPv4 block carved into one /31 per slot. Must not be used anywhere else: the pool refuses to start when a host
+   * address or route outside its own veths overlaps it. Default 10.200.0.0/16 (32768 slots).
+   */
+  slotCidr: string;
+  /** Upper bound on slots alive at once (leased + free + being prepared). */
+  maxSlots: number;
+  /** Free slots kept ready ahead of demand; the pool refills in the background after each acquire. */
+  prefill: number;
+  /** Released slots kept for reuse beyond which further released slots are destroyed. */
+  maxIdle: number;
+  /** Time limit for each ip/nft/sysctl invocation. */
+  commandTimeoutMs: number;
+  /** Set net.ipv4.ip_forward=1 on the host at init (egress NAT needs it). */
+  enableHostForwarding: boolean;
+}
+
+export const DEFAULT_NETWORK_OPTIONS: NetworkOptions = {
+  namePrefix: 'kiln',
+  slotCidr: '10.200.0.0/16',
+  maxSlots: 1024,
+  prefill: 4,
+  maxIdle: 32,
+  commandTimeoutMs: 10_000,
+  enableHostForwarding: true,
+};
+
+export interface ResolvedNetworkOptions extends NetworkOptions {
+  pool: SlotPool;
+}
+
+export function resolveNetworkOptions(partial: Partial<NetworkOptions> = {}): ResolvedNetworkOptions {
+  const options: NetworkOptions = { ...DEFAULT_NETWORK_OPTIONS, ...stripUndefined(partial) };
+  if (!/^[a-z][a-z0-9]{0,7}$/.test(options.namePrefix)) {
+    throw new NetworkConfigError(
+      `namePrefix must be 1-8 lowercase letters/digits starting with a letter, got ${JSON.stringify(options.namePrefix)}`,
+    );
+  }
+  const pool = parseSlotPool(options.slotCidr);
+  for (const key of ['maxSlots', 'prefill', 'maxIdle', 'commandTimeoutMs'] as const) {
+    if (!Number.isInteger(options[key]) || options[key] < 0) {
+      throw new NetworkConfigError(`${key} must be a non-negative integer, got ${options[key]}`);
+    }
+  }
+  if (options.maxSlots < 1) throw new NetworkConfigError('maxSlots must be at least 1');
+  if (options.maxSlots > pool.capacity) {
+    throw new NetworkConfigError(`maxSlots ${options.maxSlots} exceeds the ${pool.capacity} slots that fit in ${pool.cidr}`);
+  }
+  // 5 digits of index keep `<prefix>-v<n>` within the 15-character interface name limit.
+  if (options.maxSlots > 99_999) throw new NetworkConfigError('maxSlots must be at most 99999');
+  if (options.prefill > options.maxSlots) {
+    throw new NetworkConfigError(`prefill ${options.prefill} exceeds maxSlots ${options.maxSlots}`);
+  }
+  return { ...options, pool };
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
