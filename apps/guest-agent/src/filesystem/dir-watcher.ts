@@ -107,7 +107,7 @@ export class DirWatcher {
   }
 
   private async classify(batch: Array<{ kind: 'rename' | 'change'; path: string }>): Promise<void> {
-    const changes: Array<DirChange & { ino?: number }> = [];
+    const changes: Array<DirChange & { identity?: string }> = [];
     for (const { kind, path } of batch) {
       if (this.closed) return;
       const before = this.known.get(path);
@@ -115,14 +115,14 @@ export class DirWatcher {
       if (kind === 'rename') {
         if (before && !now) {
           this.forget(path);
-          changes.push({ ...this.change(path, EventType.REMOVE), ino: before.ino });
+          changes.push({ ...this.change(path, EventType.REMOVE), identity: identityOf(before) });
         } else if (before && now && before.ino === now.ino) {
           // A second event for an entry already recorded (e.g. create then a fast metadata event): nothing new.
           continue;
         } else if (now) {
-          if (before) changes.push({ ...this.change(path, EventType.REMOVE), ino: before.ino });
+          if (before) changes.push({ ...this.change(path, EventType.REMOVE), identity: identityOf(before) });
           this.known.set(path, snapshot(now));
-          changes.push({ ...this.change(path, EventType.CREATE), ino: now.ino });
+          changes.push({ ...this.change(path, EventType.CREATE), identity: identityOf(snapshot(now)) });
           if (this.recursive && now.isDirectory()) await this.watchDirectory(path);
         } else {
           // Created and removed before we could look: both happened.
@@ -138,10 +138,11 @@ export class DirWatcher {
         changes.push(this.change(path, type));
       }
     }
-    // An entry that vanished while one with the same inode appeared was moved: fsnotify calls the old name RENAME.
-    const created = new Set(changes.filter((c) => c.type === EventType.CREATE && c.ino).map((c) => c.ino));
+    // An entry that vanished while the same inode, unchanged, appeared elsewhere was moved: fsnotify calls the old
+    // name RENAME. Size and mtime are compared too, because a freed inode number is quickly reused by a new file.
+    const created = new Set(changes.filter((c) => c.type === EventType.CREATE && c.identity).map((c) => c.identity));
     for (const c of changes) {
-      if (c.type === EventType.REMOVE && c.ino !== undefined && created.has(c.ino)) c.type = EventType.RENAME;
+      if (c.type === EventType.REMOVE && c.identity !== undefined && created.has(c.identity)) c.type = EventType.RENAME;
       if (!this.closed) this.onChange({ name: c.name, type: c.type, path: c.path });
     }
   }
@@ -172,4 +173,8 @@ function snapshot(info: Stats): KnownEntry {
     gid: info.gid,
     isDirectory: info.isDirectory(),
   };
+}
+
+function identityOf(entry: KnownEntry): string {
+  return `${entry.ino}:${entry.size}:${entry.mtimeMs}`;
 }

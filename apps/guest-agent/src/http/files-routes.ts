@@ -96,7 +96,7 @@ export class FilesRoutes {
   ): Promise<string[]> {
     let parser: busboy.Busboy;
     try {
-      parser = busboy({ headers: req.headers as import("node:http").IncomingHttpHeaders, limits: { files: MAX_FILES_PER_UPLOAD } });
+      parser = busboy({ headers: req.headers as import('node:http').IncomingHttpHeaders, preservePath: true, limits: { files: MAX_FILES_PER_UPLOAD } });
     } catch (err) {
       drain(req);
       throw new HttpError(400, `invalid multipart request: ${(err as Error).message}`);

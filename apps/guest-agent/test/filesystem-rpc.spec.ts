@@ -1,0 +1,149 @@
+import { mkdir, rm, writeFile, symlink, chown } from 'node:fs/promises';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { EventType, FileType, type WatchDirResponse } from '@kiln/proto/filesystem';
+import { RunningAgent, scratchDirName } from './support/running-agent';
+
+const codeOf = async (p: Promise<unknown>) => ConnectError.from(await p.then(() => undefined, (e: unknown) => e)).code;
+
+describe('filesystem.Filesystem over Connect', () => {
+  let agent: RunningAgent;
+  let dir: string;
+
+  beforeAll(async () => {
+    agent = await RunningAgent.start();
+    dir = scratchDirName('fs');
+    await mkdir(dir, { recursive: true });
+    await chown(dir, 1001, 1001).catch(() => undefined);
+  });
+
+  afterAll(async () => {
+    await agent.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('stats a file with envd EntryInfo fields', async () => {
+    const path = `${dir}/hello.txt`;
+    await writeFile(path, 'hello', { mode: 0o644 });
+    const { entry } = await agent.filesystemClient().stat({ path });
+    expect(entry).toMatchObject({
+      name: 'hello.txt',
+      type: FileType.FILE,
+      path,
+      size: 5n,
+      mode: 0o644,
+      permissions: '-rw-r--r--',
+      owner: 'root',
+      group: 'root',
+    });
+    expect(Number(entry!.modifiedTime!.seconds)).toBeGreaterThan(Date.now() / 1000 - 60);
+  });
+
+  it('makes directories (as the user, with parents), lists with depth, moves and removes', async () => {
+    const fs = agent.filesystemClient();
+    const { entry } = await fs.makeDir({ path: `${dir}/a/b/c` });
+    expect(entry).toMatchObject({ type: FileType.DIRECTORY, permissions: 'drwxr-xr-x', owner: 'user', group: 'user' });
+    expect(await codeOf(fs.makeDir({ path: `${dir}/a/b/c` }))).toBe(Code.AlreadyExists);
+    await writeFile(`${dir}/a/top.txt`, 'x');
+    await writeFile(`${dir}/a/b/mid.txt`, 'y');
+    await symlink(`${dir}/a/top.txt`, `${dir}/a/link`);
+
+    const shallow = await fs.listDir({ path: `${dir}/a`, depth: 1 });
+    expect(shallow.entries.map((e) => e.name).sort()).toEqual(['b', 'link', 'top.txt']);
+    const link = shallow.entries.find((e) => e.name === 'link')!;
+    expect(link.symlinkTarget).toBe(`${dir}/a/top.txt`);
+    expect(link.type).toBe(FileType.FILE);
+    expect(link.permissions.startsWith('L')).toBe(true);
+
+    const deep = await fs.listDir({ path: `${dir}/a`, depth: 3 });
+    expect(deep.entries.map((e) => e.path).sort()).toEqual(
+      [`${dir}/a/b`, `${dir}/a/b/c`, `${dir}/a/b/mid.txt`, `${dir}/a/link`, `${dir}/a/top.txt`].sort(),
+    );
+
+    const moved = await fs.move({ source: `${dir}/a/top.txt`, destination: `${dir}/moved/top.txt` });
+    expect(moved.entry).toMatchObject({ name: 'top.txt', path: `${dir}/moved/top.txt`, type: FileType.FILE });
+    expect(await codeOf(fs.stat({ path: `${dir}/a/top.txt` }))).toBe(Code.NotFound);
+
+    await fs.remove({ path: `${dir}/a` });
+    expect(await codeOf(fs.stat({ path: `${dir}/a` }))).toBe(Code.NotFound);
+  });
+
+  it('resolves relative and ~ paths against the user home', async () => {
+    const name = dir.split('/').pop()!;
+    const viaTilde = await agent.filesystemClient().stat({ path: `~/${name}` });
+    const viaRelative = await agent.filesystemClient().stat({ path: name });
+    expect(viaTilde.entry?.path).toBe(dir);
+    expect(viaRelative.entry?.path).toBe(dir);
+  });
+
+  it('answers envd error codes for missing, wrong-type and forbidden paths', async () => {
+    const fs = agent.filesystemClient();
+    expect(await codeOf(fs.stat({ path: `${dir}/missing` }))).toBe(Code.NotFound);
+    expect(await codeOf(fs.listDir({ path: `${dir}/missing`, depth: 1 }))).toBe(Code.NotFound);
+    await writeFile(`${dir}/plain`, '');
+    expect(await codeOf(fs.listDir({ path: `${dir}/plain`, depth: 1 }))).toBe(Code.InvalidArgument);
+    expect(await codeOf(fs.makeDir({ path: `${dir}/plain` }))).toBe(Code.InvalidArgument);
+    expect(await codeOf(fs.move({ source: `${dir}/missing`, destination: `${dir}/x` }))).toBe(Code.NotFound);
+    // /root is 0700 root: the default user may not look inside; root may.
+    expect(await codeOf(fs.listDir({ path: '/root', depth: 1 }))).toBe(Code.PermissionDenied);
+    expect(await codeOf(fs.makeDir({ path: '/root/kiln-forbidden' }))).toBe(Code.PermissionDenied);
+    expect(await codeOf(fs.remove({ path: '/etc/hostname' }))).toBe(Code.PermissionDenied);
+    await expect(agent.filesystemClient({ user: 'root' }).listDir({ path: '/root', depth: 1 })).resolves.toBeDefined();
+  });
+
+  it('streams create, write and remove made by a command (WatchDir), recursively when asked', async () => {
+    const watched = `${dir}/watched`;
+    await mkdir(`${watched}/sub`, { recursive: true });
+    const abort = new AbortController();
+    const events: Array<{ name: string; type: EventType }> = [];
+    const stream = agent.filesystemClient().watchDir({ path: watched, recursive: true }, { signal: abort.signal });
+    const iterator = stream[Symbol.asyncIterator]();
+    const first = (await iterator.next()).value as WatchDirResponse;
+    expect(first.event.case).toBe('start');
+    const reading = (async () => {
+      try {
+        for (;;) {
+          const next = await iterator.next();
+          if (next.done) return;
+          const event = next.value.event;
+          if (event.case === 'filesystem') events.push({ name: event.value.name, type: event.value.type });
+        }
+      } catch {
+        // Aborted at the end of the test.
+      }
+    })();
+
+    const script = `cd ${watched} && echo one > f.txt && sleep 0.2 && echo two >> f.txt && sleep 0.2 && rm f.txt && echo deep > sub/g.txt`;
+    for await (const _ of agent.processClient({ user: 'root' }).start({ process: { cmd: '/bin/bash', args: ['-c', script], envs: {} } })) {
+      // Drain until the command ends.
+    }
+    const deadline = Date.now() + 3000;
+    while (Date.now() < deadline && !events.some((e) => e.name === 'sub/g.txt')) await new Promise((r) => setTimeout(r, 50));
+    abort.abort();
+    await reading;
+
+    const forF = events.filter((e) => e.name === 'f.txt').map((e) => e.type);
+    expect(forF).toContain(EventType.CREATE);
+    expect(forF).toContain(EventType.WRITE);
+    expect(forF).toContain(EventType.REMOVE);
+    expect(forF.indexOf(EventType.CREATE)).toBeLessThan(forF.lastIndexOf(EventType.REMOVE));
+    expect(events.filter((e) => e.name === 'sub/g.txt').map((e) => e.type)).toContain(EventType.CREATE);
+  });
+
+  it('polling watchers collect events until removed', async () => {
+    const fs = agent.filesystemClient();
+    const watched = `${dir}/polled`;
+    await mkdir(watched);
+    const { watcherId } = await fs.createWatcher({ path: watched, recursive: false });
+    await writeFile(`${watched}/n.txt`, 'n');
+    let events: Array<{ name: string; type: EventType }> = [];
+    const deadline = Date.now() + 3000;
+    while (Date.now() < deadline && events.length === 0) {
+      await new Promise((r) => setTimeout(r, 50));
+      events = events.concat((await fs.getWatcherEvents({ watcherId })).events);
+    }
+    expect(events.map((e) => [e.name, e.type])).toContainEqual(['n.txt', EventType.CREATE]);
+    await fs.removeWatcher({ watcherId });
+    expect(await codeOf(fs.getWatcherEvents({ watcherId }))).toBe(Code.NotFound);
+    expect(await codeOf(fs.createWatcher({ path: `${dir}/missing` }))).toBe(Code.NotFound);
+  });
+});

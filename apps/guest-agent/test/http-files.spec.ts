@@ -1,0 +1,173 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { request } from 'node:http';
+import { mkdir, readFile, rm, stat, writeFile, chown } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { spawnSync } from 'node:child_process';
+import { RunningAgent, scratchDirName } from './support/running-agent';
+
+const MiB = 1024 * 1024;
+
+/** `count` MiB of incompressible data, each MiB stamped with its index so reordering would change the hash. */
+function generated(count: number): { stream: Readable; digest: () => string } {
+  const base = randomBytes(MiB);
+  const hash = createHash('sha256');
+  let i = 0;
+  const stream = new Readable({
+    read() {
+      if (i === count) return void this.push(null);
+      const chunk = Buffer.from(base);
+      chunk.writeUInt32BE(i++, 0);
+      hash.update(chunk);
+      this.push(chunk);
+    },
+  });
+  return { stream, digest: () => hash.digest('hex') };
+}
+
+function upload(agent: RunningAgent, query: string, body: Readable, headers: Record<string, string>): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(`${agent.url}/files?${query}`, { method: 'POST', headers }, (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (d: Buffer) => parts.push(d));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(parts).toString() }));
+    });
+    req.on('error', reject);
+    body.pipe(req);
+  });
+}
+
+function downloadDigest(agent: RunningAgent, query: string): Promise<{ status: number; digest: string; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    request(`${agent.url}/files?${query}`, (res) => {
+      const hash = createHash('sha256');
+      let bytes = 0;
+      res.on('data', (d: Buffer) => {
+        bytes += d.length;
+        hash.update(d);
+      });
+      res.on('end', () => resolve({ status: res.statusCode!, digest: hash.digest('hex'), bytes }));
+      res.on('error', reject);
+    })
+      .on('error', reject)
+      .end();
+  });
+}
+
+describe('HTTP /files, /metrics, /envs, /init', () => {
+  let agent: RunningAgent;
+  let dir: string;
+  const userIds = () => {
+    const uid = Number(spawnSync('id', ['-u', 'user'], { encoding: 'utf8' }).stdout.trim());
+    const gid = Number(spawnSync('id', ['-g', 'user'], { encoding: 'utf8' }).stdout.trim());
+    return { uid, gid };
+  };
+
+  beforeAll(async () => {
+    agent = await RunningAgent.start();
+    dir = scratchDirName('http');
+    await mkdir(dir, { recursive: true });
+    const { uid, gid } = userIds();
+    await chown(dir, uid, gid);
+  });
+
+  afterAll(async () => {
+    await agent.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('round-trips a binary file byte for byte, owned by the user, creating parent directories', async () => {
+    const content = randomBytes(300_000);
+    content[0] = 0;
+    content[1] = 0xff;
+    const path = `${dir}/nested/deeper/blob.bin`;
+    const up = await upload(agent, `path=${encodeURIComponent(path)}`, Readable.from([content]), {
+      'content-type': 'application/octet-stream',
+    });
+    expect(up.status).toBe(200);
+    expect(JSON.parse(up.body)).toEqual([{ path, name: 'blob.bin', type: 'file' }]);
+    const { uid, gid } = userIds();
+    const info = await stat(path);
+    expect([info.uid, info.gid]).toEqual([uid, gid]);
+    expect((await stat(`${dir}/nested/deeper`)).uid).toBe(uid);
+    expect(Buffer.compare(await readFile(path), content)).toBe(0);
+
+    const res = await fetch(`${agent.url}/files?path=${encodeURIComponent(path)}`);
+    expect(res.status).toBe(200);
+    expect(Buffer.compare(Buffer.from(await res.arrayBuffer()), content)).toBe(0);
+  });
+
+  it('accepts multipart uploads of several files named by their part filenames', async () => {
+    const form = new FormData();
+    form.append('file', new Blob([Buffer.from('alpha')]), `${dir}/multi/a.txt`);
+    form.append('file', new Blob([Buffer.from([0, 1, 2, 3])]), `${dir}/multi/b.bin`);
+    const res = await fetch(`${agent.url}/files`, { method: 'POST', body: form });
+    expect(res.status).toBe(200);
+    expect((await res.json()).map((e: { path: string }) => e.path)).toEqual([`${dir}/multi/a.txt`, `${dir}/multi/b.bin`]);
+    expect(await readFile(`${dir}/multi/a.txt`, 'utf8')).toBe('alpha');
+    expect([...(await readFile(`${dir}/multi/b.bin`))]).toEqual([0, 1, 2, 3]);
+  });
+
+  it('answers 404, 400 and 403 as envd does, and stays up', async () => {
+    const missing = await fetch(`${agent.url}/files?path=${encodeURIComponent(`${dir}/nope`)}`);
+    expect(missing.status).toBe(404);
+    expect(await missing.json()).toMatchObject({ code: 404, message: expect.stringContaining('does not exist') });
+    expect((await fetch(`${agent.url}/files?path=${encodeURIComponent(dir)}`)).status).toBe(400);
+    expect((await fetch(`${agent.url}/files`)).status).toBe(400);
+    const forbidden = await fetch(`${agent.url}/files?path=/root/.bashrc`);
+    expect(forbidden.status).toBe(403);
+    const asRoot = await fetch(`${agent.url}/files?path=/etc/hostname&username=root`);
+    expect(asRoot.status).toBe(200);
+    const unknownUser = await fetch(`${agent.url}/files?path=/etc/hostname&username=nobody-like-this`);
+    expect(unknownUser.status).toBe(401);
+    const badMultipart = await fetch(`${agent.url}/files?path=${encodeURIComponent(`${dir}/x`)}`, {
+      method: 'POST',
+      headers: { 'content-type': 'multipart/form-data; boundary=zzz' },
+      body: '--zzz\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\npartial',
+    });
+    expect(badMultipart.status).toBe(400);
+    const notJson = await fetch(`${agent.url}/init`, { method: 'POST', body: '{nope' });
+    expect(notJson.status).toBe(400);
+    expect((await fetch(`${agent.url}/no-such-route`)).status).toBe(404);
+    expect(agent.isAlive).toBe(true);
+  });
+
+  it('streams a 200 MB upload and download with agent peak RSS below 150 MB', async () => {
+    const path = `${dir}/big.bin`;
+    const source = generated(200);
+    const up = await upload(agent, `path=${encodeURIComponent(path)}`, source.stream, { 'content-type': 'application/octet-stream' });
+    expect(up.status).toBe(200);
+    expect((await stat(path)).size).toBe(200 * MiB);
+    const down = await downloadDigest(agent, `path=${encodeURIComponent(path)}`);
+    expect(down.status).toBe(200);
+    expect(down.bytes).toBe(200 * MiB);
+    expect(down.digest).toBe(source.digest());
+    expect(agent.peakRssBytes()).toBeLessThan(150 * MiB);
+    await rm(path);
+  });
+
+  it('serves gzip when the client accepts it', async () => {
+    const path = `${dir}/text.txt`;
+    await writeFile(path, 'compress me '.repeat(1000));
+    const res = await fetch(`${agent.url}/files?path=${encodeURIComponent(path)}`, { headers: { 'accept-encoding': 'gzip' } });
+    expect(res.headers.get('content-encoding')).toBe('gzip');
+    expect(await res.text()).toBe('compress me '.repeat(1000)); // fetch decodes it
+  });
+
+  it('reports metrics with envd field names, and /init env vars via /envs and in processes', async () => {
+    const metrics = await (await fetch(`${agent.url}/metrics`)).json();
+    for (const field of ['ts', 'cpu_count', 'cpu_used_pct', 'mem_total', 'mem_used', 'mem_total_mib', 'mem_used_mib', 'disk_used', 'disk_total']) {
+      expect(typeof metrics[field]).toBe('number');
+    }
+    expect(metrics.mem_total).toBeGreaterThan(metrics.mem_used);
+    const init = { envVars: { KILN_TEST_VAR: 'from-init' }, timestamp: new Date().toISOString(), defaultWorkdir: '/tmp' };
+    expect((await agent.init(init)).status).toBe(204);
+    expect((await agent.init(init)).status).toBe(204); // idempotent
+    expect(await (await fetch(`${agent.url}/envs`)).json()).toEqual({ KILN_TEST_VAR: 'from-init' });
+    let out = '';
+    for await (const m of agent.processClient().start({ process: { cmd: '/bin/bash', args: ['-c', 'echo $KILN_TEST_VAR; pwd'], envs: {} } })) {
+      const e = m.event?.event;
+      if (e?.case === 'data' && e.value.output.case === 'stdout') out += Buffer.from(e.value.output.value).toString();
+    }
+    expect(out).toBe('from-init\n/tmp\n');
+  });
+});
