@@ -26,7 +26,7 @@ export interface SlotPoolStats {
   maxSlots: number;
 }
 
-type PoolState = 'uninitialized' | 'initializing' | 'ready' | 'destroying';
+type PoolState = 'uninitialized' | 'initializing' | 'ready' | 'destroying' | 'shut down';
 
 /** Delay before the background refill retries after a failed slot creation, so a broken host is not hammered. */
 const REFILL_RETRY_MS = 2_000;
@@ -199,9 +199,15 @@ export class NetworkSlotPool implements OnApplicationShutdown {
     }
   }
 
-  /** Agent shutdown leaves slots in place for the next agent to adopt; it only stops background work. */
-  onApplicationShutdown(): void {
+  /**
+   * Agent shutdown leaves slots in place for the next agent to adopt; it only stops handing out slots and waits for
+   * background work. Slots finished after this point stay unfiled and the next agent's init removes them.
+   */
+  async onApplicationShutdown(): Promise<void> {
+    if (this.state === 'ready') this.state = 'shut down';
     this.stopRefill();
+    await Promise.allSettled([...this.preparing.values()]);
+    this.notifyChange();
   }
 
   private async checkAdoptable(index: number) {

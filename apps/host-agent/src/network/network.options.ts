@@ -16,7 +16,7 @@ export interface NetworkOptions {
    * address or route outside its own veths overlaps it. Default 10.200.0.0/16 (32768 slots).
    */
   slotCidr: string;
-  /** Upper bound on slots alive at once (leased + free + being prepared). */
+  /** Upper bound on slots alive at once (leased + free + being prepared). Default 1024, or fewer if the block is smaller. */
   maxSlots: number;
   /** Free slots kept ready ahead of demand; the pool refills in the background after each acquire. */
   prefill: number;
@@ -50,6 +50,8 @@ export function resolveNetworkOptions(partial: Partial<NetworkOptions> = {}): Re
     );
   }
   const pool = parseSlotPool(options.slotCidr);
+  // The default cap shrinks to fit a small slot block; an explicit one must fit or is an error.
+  if (partial.maxSlots === undefined) options.maxSlots = Math.min(options.maxSlots, pool.capacity);
   for (const key of ['maxSlots', 'prefill', 'maxIdle', 'commandTimeoutMs'] as const) {
     if (!Number.isInteger(options[key]) || options[key] < 0) {
       throw new NetworkConfigError(`${key} must be a non-negative integer, got ${options[key]}`);

@@ -1,0 +1,317 @@
+import 'reflect-metadata';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { Module, type INestApplicationContext } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { runHostCommand } from '../../src/host-command/host-command';
+import {
+  GATEWAY_IP,
+  GUEST_IP,
+  GUEST_MAC,
+  NetworkConfigError,
+  NetworkModule,
+  NetworkSlotPool,
+  SlotNotLeasedError,
+  SlotsExhaustedError,
+  TAP_MAC,
+  TAP_NAME,
+  type NetworkOptions,
+  type NetworkSlot,
+} from '../../src/network';
+import {
+  attachFakeGuest,
+  createOutsideNetns,
+  deleteLinkIfPresent,
+  deleteNetnsIfPresent,
+  ip,
+  NetnsEchoServer,
+  probeFromHost,
+  probeFromNetns,
+} from './netns-fixtures';
+
+jest.setTimeout(60_000);
+
+// Names and addresses private to this test file, so it never touches a running agent's slots.
+const PREFIX = 'ktnet';
+const SLOT_CIDR = '10.201.0.0/24';
+const OUTSIDE_NETNS = 'ktnet-outside';
+const OUTSIDE_HOST_IF = 'ktnet-out';
+const OUTSIDE_HOST_IP = '198.51.100.1';
+const OUTSIDE_PEER_IP = '198.51.100.2';
+const GUEST_NETNS = (n: number) => `ktnet-guest-${n}`;
+const MAX_GUEST_NETNS = 8;
+/** What an explicit `reject with icmpx admin-prohibited` looks like to a TCP client (a timeout would not prove it). */
+const REJECTED = { ok: false, code: 'EHOSTUNREACH' };
+
+async function startPool(options: Partial<NetworkOptions>): Promise<{ app: INestApplicationContext; pool: NetworkSlotPool }> {
+  @Module({ imports: [NetworkModule.register({ namePrefix: PREFIX, slotCidr: SLOT_CIDR, ...options })] })
+  class TestAppModule {}
+  const app = await NestFactory.createApplicationContext(TestAppModule, { logger: false, abortOnError: false });
+  return { app, pool: app.get(NetworkSlotPool) };
+}
+
+async function listNetns(): Promise<string[]> {
+  const { stdout } = await ip('-j', 'netns', 'list');
+  return (JSON.parse(stdout || '[]') as { name: string }[]).map((n) => n.name);
+}
+
+async function listLinks(): Promise<string[]> {
+  const { stdout } = await ip('-j', 'link', 'show');
+  return (JSON.parse(stdout || '[]') as { ifname: string }[]).map((l) => l.ifname);
+}
+
+async function slotTableRules(slot: NetworkSlot): Promise<string> {
+  const { stdout } = await runHostCommand('ip', ['netns', 'exec', slot.netnsName, 'nft', '-s', 'list', 'table', 'inet', 'kiln']);
+  return stdout;
+}
+
+async function tapDetails(slot: NetworkSlot) {
+  const { stdout } = await ip('-n', slot.netnsName, '-d', '-j', 'addr', 'show', 'dev', TAP_NAME);
+  const [link] = JSON.parse(stdout) as {
+    address: string;
+    linkinfo?: { info_kind: string; info_data?: { type: string } };
+    addr_info: { family: string; local: string; prefixlen: number }[];
+  }[];
+  return {
+    kind: `${link.linkinfo?.info_kind}/${link.linkinfo?.info_data?.type}`,
+    mac: link.address,
+    ipv4: link.addr_info.filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`),
+  };
+}
+
+async function tapNeighbours(slot: NetworkSlot): Promise<string[]> {
+  const { stdout } = await ip('-n', slot.netnsName, '-j', 'neigh', 'show', 'dev', TAP_NAME);
+  return (JSON.parse(stdout || '[]') as { dst: string; lladdr?: string; state?: string[] }[]).map(
+    (n) => `${n.dst} ${n.lladdr} ${(n.state ?? []).join(',')}`,
+  );
+}
+
+async function removeTestNamespaces(): Promise<void> {
+  for (let n = 0; n < MAX_GUEST_NETNS; n++) await deleteNetnsIfPresent(GUEST_NETNS(n));
+  await deleteLinkIfPresent(OUTSIDE_HOST_IF);
+  await deleteNetnsIfPresent(OUTSIDE_NETNS);
+}
+
+describe('NetworkSlotPool on real network namespaces', () => {
+  let originalIpForward: string;
+  let app: INestApplicationContext | undefined;
+  let pool: NetworkSlotPool;
+  const servers: NetnsEchoServer[] = [];
+  let hostService: Server | undefined;
+  let guestCounter = 0;
+
+  const nextGuestNetns = () => GUEST_NETNS(guestCounter++);
+  const startEcho = async (netns: string, host: string, port: number) => {
+    const server = await NetnsEchoServer.start(netns, host, port);
+    servers.push(server);
+    return server;
+  };
+
+  beforeAll(async () => {
+    originalIpForward = await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8');
+    // Leftovers of an earlier run that was killed before its cleanup.
+    await removeTestNamespaces();
+    const leftover = await startPool({ prefill: 0 });
+    await leftover.pool.destroyAll();
+    await leftover.app.close();
+
+    await createOutsideNetns(OUTSIDE_NETNS, OUTSIDE_HOST_IF, OUTSIDE_HOST_IP, OUTSIDE_PEER_IP);
+    ({ app, pool } = await startPool({ maxSlots: 6, prefill: 2, maxIdle: 4 }));
+    await pool.init([]);
+    await pool.whenFilled();
+  });
+
+  afterAll(async () => {
+    await Promise.allSettled(servers.map((s) => s.stop()));
+    await new Promise<void>((resolve) => (hostService ? hostService.close(() => resolve()) : resolve()));
+    try {
+      if (app) {
+        await app.get(NetworkSlotPool).destroyAll();
+        await app.close();
+      }
+    } finally {
+      await removeTestNamespaces();
+      await writeFile('/proc/sys/net/ipv4/ip_forward', originalIpForward);
+    }
+  });
+
+  it('hands out prefilled slots with the fixed guest addressing and distinct host addresses', async () => {
+    expect(pool.stats()).toMatchObject({ free: 2, leased: 0 });
+    const a = await pool.acquire();
+    const b = await pool.acquire();
+    try {
+      expect(a.hostAddress).not.toEqual(b.hostAddress);
+      for (const slot of [a, b]) {
+        expect(slot).toMatchObject({ guestIp: GUEST_IP, guestMac: GUEST_MAC, gatewayIp: GATEWAY_IP, tapName: TAP_NAME });
+        expect(slot.netnsName).toBe(`${PREFIX}-slot-${slot.index}`);
+        expect(slot.netnsPath).toBe(`/run/netns/${slot.netnsName}`);
+        expect(await listNetns()).toContain(slot.netnsName);
+        expect(await listLinks()).toContain(slot.hostVeth);
+        expect(await tapDetails(slot)).toEqual({ kind: 'tun/tap', mac: TAP_MAC, ipv4: [`${GATEWAY_IP}/30`] });
+        expect(await tapNeighbours(slot)).toEqual([`${GUEST_IP} ${GUEST_MAC} PERMANENT`]);
+      }
+    } finally {
+      await pool.release(a);
+      await pool.release(b);
+    }
+  });
+
+  it('reaches a server in the guest at hostAddress on any port, with replies routed back through the slot', async () => {
+    const slot = await pool.acquire();
+    try {
+      const guest = nextGuestNetns();
+      await attachFakeGuest(slot, guest);
+      await startEcho(guest, GUEST_IP, 8080);
+      await startEcho(guest, GUEST_IP, 49983);
+      // The guest sees its gateway as the peer: the slot SNATs inbound traffic so replies never need a guest route.
+      expect(await probeFromHost(slot.hostAddress, 8080)).toEqual({ ok: true, seenFrom: GATEWAY_IP });
+      expect(await probeFromHost(slot.hostAddress, 49983)).toEqual({ ok: true, seenFrom: GATEWAY_IP });
+    } finally {
+      await pool.release(slot);
+    }
+  });
+
+  it('lets the guest out through NAT on the host, but not into other slots or the host itself', async () => {
+    const a = await pool.acquire();
+    const b = await pool.acquire();
+    try {
+      const guestA = nextGuestNetns();
+      const guestB = nextGuestNetns();
+      await attachFakeGuest(a, guestA);
+      await attachFakeGuest(b, guestB);
+      await startEcho(OUTSIDE_NETNS, OUTSIDE_PEER_IP, 8081);
+      await startEcho(guestB, GUEST_IP, 8082);
+      hostService = createServer((s) => s.end(JSON.stringify({ seenFrom: s.remoteAddress })));
+      await new Promise<void>((resolve) => hostService!.listen(8083, '0.0.0.0', resolve));
+
+      // Egress: the outside world sees the host's address on its link, not the slot's.
+      expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8081)).toEqual({ ok: true, seenFrom: OUTSIDE_HOST_IP });
+
+      // Slot B's guest serves the host fine, but slot A's guest may not connect to it.
+      expect(await probeFromHost(b.hostAddress, 8082)).toMatchObject({ ok: true });
+      expect(await probeFromNetns(guestA, b.hostAddress, 8082)).toEqual(REJECTED);
+
+      // A host service on all interfaces answers locally but not to the guest, on any host address.
+      expect(await probeFromHost('127.0.0.1', 8083)).toMatchObject({ ok: true });
+      const hostSideOfA = (await ip('-j', '-4', 'addr', 'show', 'dev', a.hostVeth)).stdout;
+      const hostSideIp = (JSON.parse(hostSideOfA) as { addr_info: { local: string }[] }[])[0].addr_info[0].local;
+      expect(await probeFromNetns(guestA, hostSideIp, 8083)).toEqual(REJECTED);
+      expect(await probeFromNetns(guestA, OUTSIDE_HOST_IP, 8083)).toEqual(REJECTED);
+      // Nor can it reach the slot namespace itself (its own hostAddress) or the gateway.
+      expect(await probeFromNetns(guestA, a.hostAddress, 8083)).toEqual(REJECTED);
+      expect(await probeFromNetns(guestA, GATEWAY_IP, 8083)).toEqual(REJECTED);
+
+      // Defence in depth: with slot A's own egress filter opened up, the host's table still isolates it.
+      await runHostCommand('ip', ['netns', 'exec', a.netnsName, 'nft', '-f', '-'], {
+        input: 'flush chain inet kiln egress\nadd rule inet kiln egress accept\n',
+      });
+      expect(await probeFromNetns(guestA, b.hostAddress, 8082)).toEqual(REJECTED);
+      expect(await probeFromNetns(guestA, hostSideIp, 8083)).toEqual(REJECTED);
+      expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8081)).toMatchObject({ ok: true });
+    } finally {
+      await pool.release(a);
+      await pool.release(b);
+    }
+  });
+
+  it('returns a released slot clean: fresh tap, pristine rules and neighbours, reachable again', async () => {
+    const pristine = await pool.acquire();
+    const pristineRules = await slotTableRules(pristine);
+    const slot = await pool.acquire();
+    try {
+      const guest = nextGuestNetns();
+      await attachFakeGuest(slot, guest);
+      // What a sandbox's life may leave behind: a per-sandbox egress rule and a learned neighbour.
+      await runHostCommand('ip', ['netns', 'exec', slot.netnsName, 'nft', 'insert', 'rule', 'inet', 'kiln', 'egress', 'tcp', 'dport', '8081', 'drop']);
+      await ip('-n', slot.netnsName, 'neigh', 'replace', '169.254.0.23', 'lladdr', '02:00:00:00:00:99', 'dev', TAP_NAME);
+      expect(await slotTableRules(slot)).not.toEqual(pristineRules);
+    } finally {
+      await pool.release(slot);
+    }
+    const again = await pool.acquire();
+    try {
+      expect(again.index).toBe(slot.index);
+      expect(await tapDetails(again)).toEqual({ kind: 'tun/tap', mac: TAP_MAC, ipv4: [`${GATEWAY_IP}/30`] });
+      expect(await tapNeighbours(again)).toEqual([`${GUEST_IP} ${GUEST_MAC} PERMANENT`]);
+      expect((await slotTableRules(again)).replaceAll(again.hostAddress, 'HOST')).toEqual(
+        pristineRules.replaceAll(pristine.hostAddress, 'HOST'),
+      );
+      const guest = nextGuestNetns();
+      await attachFakeGuest(again, guest);
+      await startEcho(guest, GUEST_IP, 8084);
+      expect(await probeFromHost(again.hostAddress, 8084)).toEqual({ ok: true, seenFrom: GATEWAY_IP });
+      expect(await probeFromNetns(guest, OUTSIDE_PEER_IP, 8081)).toMatchObject({ ok: true });
+    } finally {
+      await pool.release(again);
+      await pool.release(pristine);
+    }
+  });
+
+  it('throws SlotsExhaustedError at maxSlots and typed errors for bad releases', async () => {
+    const held: NetworkSlot[] = [];
+    try {
+      for (let i = 0; i < 6; i++) held.push(await pool.acquire());
+      expect(new Set(held.map((s) => s.index)).size).toBe(6);
+      await expect(pool.acquire()).rejects.toBeInstanceOf(SlotsExhaustedError);
+    } finally {
+      for (const slot of held) await pool.release(slot);
+    }
+    await expect(pool.release(held[0])).rejects.toBeInstanceOf(SlotNotLeasedError);
+    await expect(pool.release({ index: 9999 })).rejects.toBeInstanceOf(SlotNotLeasedError);
+  });
+
+  it('on restart adopts slots of live sandboxes untouched and removes the rest', async () => {
+    const kept = await pool.acquire();
+    const dropped = await pool.acquire();
+    const guest = nextGuestNetns();
+    await attachFakeGuest(kept, guest);
+    await startEcho(guest, GUEST_IP, 8085);
+
+    // A new agent process: the old pool object is simply abandoned, as after a crash.
+    await app!.close();
+    ({ app, pool } = await startPool({ maxSlots: 6, prefill: 1, maxIdle: 4 }));
+    const report = await pool.init([kept.index, 5000]);
+    expect(report).toMatchObject({ adopted: [kept.index] });
+    expect(report.lost.map((l) => l.index)).toEqual([5000]);
+    expect(report.destroyed).toContain(dropped.index);
+    expect(await listNetns()).not.toContain(dropped.netnsName);
+
+    // The adopted slot still carries the running guest's traffic, and is never handed out again while leased.
+    expect(await probeFromHost(kept.hostAddress, 8085)).toEqual({ ok: true, seenFrom: GATEWAY_IP });
+    expect(pool.leasedSlot(kept.index)).toEqual(kept);
+    await pool.whenFilled();
+    const fresh = await pool.acquire();
+    expect(fresh.index).not.toBe(kept.index);
+    await pool.release(fresh);
+    await pool.release(kept);
+  });
+
+  it('refuses a slot block that overlaps addresses already on the host', async () => {
+    const clash = await startPool({ namePrefix: 'ktclash', slotCidr: '198.51.100.0/25' });
+    try {
+      await expect(clash.pool.init([])).rejects.toBeInstanceOf(NetworkConfigError);
+      await expect(clash.pool.acquire()).rejects.toThrow(/not ready/);
+    } finally {
+      await clash.app.close();
+    }
+  });
+
+  it('rejects unusable options when the module starts', async () => {
+    await expect(startPool({ namePrefix: 'much-too-long-prefix' })).rejects.toBeInstanceOf(NetworkConfigError);
+    await expect(startPool({ slotCidr: '10.201.0.1/24' })).rejects.toBeInstanceOf(NetworkConfigError);
+    await expect(startPool({ maxSlots: 1000 })).rejects.toBeInstanceOf(NetworkConfigError);
+  });
+
+  it('destroyAll removes every namespace, veth, tap and rule table it made', async () => {
+    const slot = await pool.acquire();
+    await pool.destroyAll();
+    const netns = await listNetns();
+    expect(netns.filter((n) => n.startsWith(`${PREFIX}-slot-`))).toEqual([]);
+    expect((await listLinks()).filter((l) => l.startsWith(`${PREFIX}-v`))).toEqual([]);
+    const { stdout: tables } = await runHostCommand('nft', ['list', 'tables']);
+    expect(tables).not.toMatch(new RegExp(`\\b${PREFIX}\\b`));
+    // Taps lived only inside the slot namespaces; with those gone, none is left anywhere.
+    expect(netns).not.toContain(slot.netnsName);
+    await expect(pool.acquire()).rejects.toThrow(/not ready/);
+  });
+});
