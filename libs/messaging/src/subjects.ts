@@ -14,6 +14,7 @@ export const Subjects = {
   sandboxRefresh: 'kiln.scheduler.sandboxes.refresh',
   sandboxPause: 'kiln.scheduler.sandboxes.pause',
   sandboxResume: 'kiln.scheduler.sandboxes.resume',
+  sandboxConnect: 'kiln.scheduler.sandboxes.connect',
   sandboxRoute: 'kiln.scheduler.sandboxes.route',
   sandboxLogs: 'kiln.scheduler.sandboxes.logs',
   hostRegister: 'kiln.scheduler.hosts.register',
@@ -128,6 +129,7 @@ export interface RequestMap {
   [Subjects.sandboxRefresh]: [RefreshCommand, SandboxView];
   [Subjects.sandboxPause]: [SandboxRef, SandboxView];
   [Subjects.sandboxResume]: [ResumeCommand, SandboxView];
+  [Subjects.sandboxConnect]: [ResumeCommand, SandboxView];
   [Subjects.sandboxRoute]: [{ sandboxId: string }, SandboxRoute];
   [Subjects.sandboxLogs]: [SandboxRef, SandboxLogsReply];
   [Subjects.hostRegister]: [HostRegistration, HostRegistrationReply];

@@ -1,6 +1,7 @@
 import { INestApplication } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import type { FastifyServerOptions } from 'fastify';
 import { Logger } from 'nestjs-pino';
 
 export interface HttpServiceOptions {
@@ -8,6 +9,8 @@ export interface HttpServiceOptions {
   host?: string;
   /** Largest request body Fastify accepts before answering 413. */
   bodyLimitBytes?: number;
+  /** Extra Fastify server options (e.g. `frameworkErrors`, which can only be set at construction). */
+  fastifyOptions?: FastifyServerOptions;
   /** Runs after the app is created and before it starts listening (microservices, hooks). */
   configure?: (app: NestFastifyApplication) => Promise<void> | void;
 }
@@ -20,7 +23,7 @@ export interface HttpServiceOptions {
 export async function startHttpService(module: unknown, options: HttpServiceOptions): Promise<NestFastifyApplication> {
   const app = await NestFactory.create<NestFastifyApplication>(
     module as never,
-    new FastifyAdapter({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, trustProxy: true }),
+    new FastifyAdapter({ ...options.fastifyOptions, bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, trustProxy: true }),
     { bufferLogs: true, abortOnError: false },
   );
   app.useLogger(app.get(Logger));

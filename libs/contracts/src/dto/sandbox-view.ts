@@ -30,3 +30,10 @@ export interface SandboxRoute {
   proxyUrl: string;
   envdAccessToken?: string;
 }
+
+/**
+ * The envd protocol version Kiln's guest agent implements. The e2b SDK gates
+ * features on it (closeStdin ≥ 0.5.2, octet-stream uploads ≥ 0.5.7), so it must
+ * only be raised together with the guest agent.
+ */
+export const ENVD_COMPAT_VERSION = '0.5.7';

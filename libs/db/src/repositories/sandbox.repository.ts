@@ -93,7 +93,12 @@ export class SandboxRepository {
    * Moves the sandbox to `to` if it is currently in one of `from`. Returns the
    * updated row, or null when another caller changed the state first.
    */
-  async transition(id: string, from: SandboxState[], to: SandboxState, patch: TransitionPatch = {}): Promise<SandboxRecord | null> {
+  async transition(
+    id: string,
+    from: SandboxState[],
+    to: SandboxState,
+    patch: TransitionPatch = {},
+  ): Promise<{ sandbox: SandboxRecord; from: SandboxState } | null> {
     const allowedFrom = from.filter((state) => canTransition(state, to));
     if (allowedFrom.length === 0) return null;
     return this.prisma.$transaction(async (tx) => {
@@ -115,8 +120,18 @@ export class SandboxRepository {
       await tx.sandboxEvent.create({
         data: { sandboxId: id, fromState: current.state, toState: to, reason: patch.reason },
       });
-      return tx.sandbox.findUnique({ where: { id } });
+      const sandbox = await tx.sandbox.findUniqueOrThrow({ where: { id } });
+      return { sandbox, from: current.state as SandboxState };
     });
+  }
+
+  /** Points a starting sandbox at another host (placement fell through to the next candidate). */
+  async reassignHost(id: string, hostId: string): Promise<SandboxRecord | null> {
+    const { count } = await this.prisma.sandbox.updateMany({
+      where: { id, state: SandboxState.Starting },
+      data: { hostId, version: { increment: 1 } },
+    });
+    return count === 1 ? this.find(id) : null;
   }
 
   findForTeam(id: string, teamId: string): Promise<SandboxRecord | null> {
@@ -168,6 +183,29 @@ export class SandboxRepository {
   stuck(states: SandboxState[], olderThanSeconds: number): Promise<SandboxRecord[]> {
     return this.prisma.sandbox.findMany({
       where: { state: { in: states }, updatedAt: { lt: new Date(Date.now() - olderThanSeconds * 1000) } },
+    });
+  }
+
+  /** Resources held per host by sandboxes that are placed and not yet ended. */
+  async usageByHost(): Promise<Map<string, { vcpus: number; memoryMib: number; sandboxes: number }>> {
+    const rows = await this.prisma.sandbox.groupBy({
+      by: ['hostId'],
+      where: { hostId: { not: null }, state: { in: [...LIVE_SANDBOX_STATES] } },
+      _sum: { vcpus: true, memoryMib: true },
+      _count: { _all: true },
+    });
+    return new Map(
+      rows
+        .filter((r) => r.hostId !== null)
+        .map((r) => [r.hostId as string, { vcpus: r._sum.vcpus ?? 0, memoryMib: r._sum.memoryMib ?? 0, sandboxes: r._count._all }]),
+    );
+  }
+
+  /** Live sandboxes whose expiry passed more than `graceSeconds` ago (a safety net behind the timeout jobs). */
+  overdue(graceSeconds: number): Promise<SandboxRecord[]> {
+    return this.prisma.sandbox.findMany({
+      where: { state: SandboxState.Running, expiresAt: { lt: new Date(Date.now() - graceSeconds * 1000) } },
+      take: 100,
     });
   }
 

@@ -1,0 +1,52 @@
+import { Injectable, OnApplicationShutdown } from '@nestjs/common';
+import { ClientGrpcProxy, ClientProxyFactory, Transport } from '@nestjs/microservices';
+import { ErrorCode, KilnError, errorCodeForGrpcStatus } from '@kiln/contracts';
+import { GRPC_LOADER_OPTIONS, HOSTAGENT_PACKAGE, HOSTAGENT_PROTO_PATH } from '@kiln/proto';
+import { HOST_AGENT_SERVICE_NAME, HostAgentClient } from '@kiln/proto/hostagent';
+import { Observable, TimeoutError, firstValueFrom, timeout } from 'rxjs';
+
+interface CachedClient {
+  address: string;
+  proxy: ClientGrpcProxy;
+  service: HostAgentClient;
+}
+
+/** One gRPC channel per host agent, keyed by host id and replaced when the address changes. */
+@Injectable()
+export class HostAgentClients implements OnApplicationShutdown {
+  private readonly clients = new Map<string, CachedClient>();
+
+  for(hostId: string, address: string): HostAgentClient {
+    const cached = this.clients.get(hostId);
+    if (cached && cached.address === address) return cached.service;
+    cached?.proxy.close();
+    const proxy = ClientProxyFactory.create({
+      transport: Transport.GRPC,
+      options: {
+        url: address,
+        package: HOSTAGENT_PACKAGE,
+        protoPath: HOSTAGENT_PROTO_PATH,
+        loader: { ...GRPC_LOADER_OPTIONS, includeDirs: [...GRPC_LOADER_OPTIONS.includeDirs] },
+      },
+    }) as ClientGrpcProxy;
+    const service = proxy.getService<HostAgentClient>(HOST_AGENT_SERVICE_NAME);
+    this.clients.set(hostId, { address, proxy, service });
+    return service;
+  }
+
+  /** Awaits one unary call with a deadline, mapping gRPC status codes onto Kiln error codes. */
+  async call<T>(what: string, call: Observable<T>, deadlineMs = 30_000): Promise<T> {
+    try {
+      return await firstValueFrom(call.pipe(timeout(deadlineMs)));
+    } catch (error) {
+      if (error instanceof TimeoutError) throw new KilnError(ErrorCode.Unavailable, `${what}: host agent did not answer within ${deadlineMs} ms`);
+      const grpc = error as { code?: number; details?: string; message?: string };
+      throw new KilnError(errorCodeForGrpcStatus(grpc.code), `${what}: ${grpc.details ?? grpc.message ?? String(error)}`);
+    }
+  }
+
+  onApplicationShutdown(): void {
+    for (const { proxy } of this.clients.values()) proxy.close();
+    this.clients.clear();
+  }
+}

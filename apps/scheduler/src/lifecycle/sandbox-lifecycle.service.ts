@@ -1,0 +1,345 @@
+import { Injectable, Logger, OnModuleInit } from '@nestjs/common';
+import {
+  DEFAULT_SANDBOX_TIMEOUT_SECONDS,
+  ErrorCode,
+  KilnError,
+  SandboxRoute,
+  SandboxState,
+  SandboxView,
+  TERMINAL_SANDBOX_STATES,
+} from '@kiln/contracts';
+import { HostRepository, SandboxRecord, SandboxRepository, TemplateRepository, TransitionPatch } from '@kiln/db';
+import {
+  CreateSandboxCommand,
+  KillReply,
+  ListSandboxesQuery,
+  RefreshCommand,
+  ResumeCommand,
+  SandboxEventStream,
+  SandboxLogsReply,
+  SandboxPage,
+  SandboxRef,
+  SetTimeoutCommand,
+} from '@kiln/messaging';
+import { MetricsRegistry } from '@kiln/telemetry';
+import { HostAgentClients } from '../hosts/host-agent-clients';
+import { PlacementCandidate, PlacementService } from '../placement/placement.service';
+import { SandboxTimeoutJob, SandboxTimeouts } from '../timeouts/sandbox-timeouts';
+import { newEnvdAccessToken, newSandboxId } from './sandbox-ids';
+import { decodeCursor, encodeCursor, toSandboxView } from './sandbox-view.mapper';
+
+const LIVE_OR_PAUSED: SandboxState[] = [
+  SandboxState.Pending,
+  SandboxState.Starting,
+  SandboxState.Running,
+  SandboxState.Pausing,
+  SandboxState.Paused,
+  SandboxState.Resuming,
+];
+const PUBLIC_RUNNING: SandboxState[] = [SandboxState.Pending, SandboxState.Starting, SandboxState.Running, SandboxState.Resuming];
+const PUBLIC_PAUSED: SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
+/** Restoring a snapshot is sub-second, but a cold host may first verify or build the template snapshot. */
+const CREATE_DEADLINE_MS = 180_000;
+const RETRY_AFTER_SECONDS = 5;
+
+/**
+ * The sandbox state machine: every change goes through a conditional transition in
+ * Postgres, so concurrent callers (two kills, a kill racing a create, an expiry racing
+ * a refresh) cannot both win.
+ */
+@Injectable()
+export class SandboxLifecycleService implements OnModuleInit {
+  private readonly logger = new Logger(SandboxLifecycleService.name);
+  private readonly createLatency;
+  private readonly transitions;
+
+  constructor(
+    private readonly sandboxes: SandboxRepository,
+    private readonly templates: TemplateRepository,
+    private readonly hosts: HostRepository,
+    private readonly placement: PlacementService,
+    private readonly agents: HostAgentClients,
+    private readonly timeouts: SandboxTimeouts,
+    private readonly events: SandboxEventStream,
+    metrics: MetricsRegistry,
+  ) {
+    this.createLatency = metrics.histogram('kiln_sandbox_create_seconds', 'Create request to running', ['outcome'], [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]);
+    this.transitions = metrics.counter('kiln_sandbox_transitions_total', 'Sandbox state transitions', ['to']);
+  }
+
+  onModuleInit(): void {
+    this.timeouts.startWorker((job) => this.expire(job));
+  }
+
+  async create(command: CreateSandboxCommand): Promise<SandboxView> {
+    const started = performance.now();
+    const template = await this.templates.resolve(command.templateRef, command.teamId);
+    if (!template) throw new KilnError(ErrorCode.NotFound, `template '${command.templateRef}' not found`);
+
+    const timeoutSeconds = command.timeoutSeconds ?? DEFAULT_SANDBOX_TIMEOUT_SECONDS;
+    const { sandbox, created } = await this.sandboxes.createPending({
+      id: newSandboxId(),
+      teamId: command.teamId,
+      templateId: template.templateId,
+      buildId: template.buildId,
+      alias: template.alias,
+      vcpus: template.vcpus,
+      memoryMib: template.memoryMib,
+      diskMib: template.diskMib,
+      timeoutSeconds,
+      autoPause: command.autoPause,
+      metadata: command.metadata ?? {},
+      envVars: command.envVars ?? {},
+      envdAccessToken: command.secure ? newEnvdAccessToken() : undefined,
+      requestKey: command.requestKey,
+    });
+    if (!created) return this.retriedCreate(sandbox);
+
+    try {
+      const view = await this.start(sandbox, command.envVars ?? {});
+      this.createLatency.observe({ outcome: 'ok' }, (performance.now() - started) / 1000);
+      return view;
+    } catch (error) {
+      this.createLatency.observe({ outcome: 'error' }, (performance.now() - started) / 1000);
+      throw error;
+    }
+  }
+
+  /** A retried create with the same request key answers with the sandbox the first attempt made. */
+  private retriedCreate(sandbox: SandboxRecord): SandboxView {
+    if (TERMINAL_SANDBOX_STATES.includes(sandbox.state as SandboxState)) {
+      throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} for this request already ended (${sandbox.stateReason ?? sandbox.state})`);
+    }
+    return toSandboxView(sandbox);
+  }
+
+  private async start(sandbox: SandboxRecord, envVars: Record<string, string>): Promise<SandboxView> {
+    const candidates = await this.placement.candidates({ templateId: sandbox.templateId, vcpus: sandbox.vcpus, memoryMib: sandbox.memoryMib });
+    if (candidates.length === 0) {
+      await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Error, { reason: 'no host with free capacity' });
+      throw new KilnError(ErrorCode.ResourceExhausted, 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
+    }
+
+    let lastError: KilnError | undefined;
+    for (const [attempt, host] of candidates.entries()) {
+      const starting =
+        attempt === 0
+          ? await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Starting, { hostId: host.hostId })
+          : await this.sandboxes.reassignHost(sandbox.id, host.hostId);
+      if (!starting) throw await this.endedWhileStarting(sandbox.id);
+      try {
+        await this.createOnHost(starting, host, envVars);
+      } catch (error) {
+        lastError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, String(error));
+        // A full host is a reason to try the next one; anything else is the sandbox's failure.
+        if (lastError.code === ErrorCode.ResourceExhausted) continue;
+        await this.moveTo(starting, [SandboxState.Starting], SandboxState.Error, { reason: lastError.message });
+        throw lastError;
+      }
+      const now = new Date();
+      const running = await this.moveTo(starting, [SandboxState.Starting], SandboxState.Running, {
+        startedAt: now,
+        expiresAt: new Date(now.getTime() + sandbox.timeoutSeconds * 1000),
+      });
+      if (!running) {
+        // Killed while the VM was being made: the kill saw no VM yet, so this path removes it.
+        await this.destroyOnHost(host.hostId, host.grpcAddress, sandbox.id);
+        throw await this.endedWhileStarting(sandbox.id);
+      }
+      await this.timeouts.schedule(running.id, running.expiresAt);
+      return toSandboxView(running);
+    }
+    await this.moveTo(sandbox, [SandboxState.Pending, SandboxState.Starting], SandboxState.Error, { reason: 'every candidate host was full' });
+    throw new KilnError(ErrorCode.ResourceExhausted, lastError?.message ?? 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
+  }
+
+  private async createOnHost(sandbox: SandboxRecord, host: PlacementCandidate, envVars: Record<string, string>): Promise<void> {
+    const agent = this.agents.for(host.hostId, host.grpcAddress);
+    await this.agents.call(
+      `create ${sandbox.id} on ${host.hostId}`,
+      agent.createSandbox({
+        sandboxId: sandbox.id,
+        templateId: sandbox.templateId,
+        buildId: '',
+        vcpus: sandbox.vcpus,
+        memoryMib: sandbox.memoryMib,
+        envVars,
+        metadata: (sandbox.metadata ?? {}) as Record<string, string>,
+        envdAccessToken: sandbox.envdAccessToken ?? '',
+        timeoutSeconds: sandbox.timeoutSeconds,
+        teamId: sandbox.teamId,
+      }),
+      CREATE_DEADLINE_MS,
+    );
+  }
+
+  private async endedWhileStarting(id: string): Promise<KilnError> {
+    const now = await this.sandboxes.find(id);
+    return new KilnError(ErrorCode.NotFound, `sandbox ${id} was ${now?.state ?? 'removed'} while starting`);
+  }
+
+  async get(ref: SandboxRef): Promise<SandboxView> {
+    return toSandboxView(await this.requireLive(ref));
+  }
+
+  async list(query: ListSandboxesQuery): Promise<SandboxPage> {
+    const wanted = query.states?.length ? query.states : ['running', 'paused'];
+    const states = [...(wanted.includes('running') ? PUBLIC_RUNNING : []), ...(wanted.includes('paused') ? PUBLIC_PAUSED : [])];
+    const cursor = query.nextToken ? decodeCursor(query.nextToken) : undefined;
+    if (query.nextToken && !cursor) throw new KilnError(ErrorCode.InvalidArgument, 'nextToken is not a token this API issued');
+    const limit = Math.min(Math.max(query.limit || 100, 1), 1000);
+    const rows = await this.sandboxes.list({
+      teamId: query.teamId,
+      states,
+      metadata: query.metadata,
+      limit: limit + 1,
+      afterCreatedAt: cursor?.createdAt,
+      afterId: cursor?.id,
+    });
+    const page = rows.slice(0, limit);
+    return { sandboxes: page.map(toSandboxView), nextToken: rows.length > limit ? encodeCursor(page[page.length - 1]) : undefined };
+  }
+
+  async kill(ref: SandboxRef, reason = 'killed by request'): Promise<KillReply> {
+    const sandbox = await this.sandboxes.findForTeam(ref.sandboxId, ref.teamId);
+    if (!sandbox) throw KilnError.notFound(`sandbox ${ref.sandboxId}`);
+    return this.killRecord(sandbox, reason);
+  }
+
+  private async killRecord(sandbox: SandboxRecord, reason: string): Promise<KillReply> {
+    const killed = await this.moveTo(sandbox, [...LIVE_OR_PAUSED, SandboxState.Error], SandboxState.Killed, { reason, endedAt: new Date() });
+    if (!killed) return { killed: false };
+    await this.timeouts.cancel(sandbox.id);
+    if (killed.hostId) {
+      const host = await this.hosts.get(killed.hostId);
+      if (host) await this.destroyOnHost(host.id, host.address, sandbox.id);
+    }
+    return { killed: true };
+  }
+
+  async setTimeout(command: SetTimeoutCommand): Promise<SandboxView> {
+    await this.requireLive(command);
+    return this.extendTo(command.sandboxId, new Date(Date.now() + command.timeoutSeconds * 1000), command.timeoutSeconds);
+  }
+
+  async refresh(command: RefreshCommand): Promise<SandboxView> {
+    const sandbox = await this.requireLive(command);
+    const wanted = new Date(Date.now() + (command.durationSeconds ?? sandbox.timeoutSeconds) * 1000);
+    const expiresAt = wanted > sandbox.expiresAt ? wanted : sandbox.expiresAt;
+    return this.extendTo(sandbox.id, expiresAt);
+  }
+
+  private async extendTo(id: string, expiresAt: Date, timeoutSeconds?: number): Promise<SandboxView> {
+    const updated = await this.sandboxes.setExpiry(id, expiresAt, timeoutSeconds);
+    if (!updated) throw KilnError.notFound(`sandbox ${id}`);
+    await this.timeouts.schedule(id, expiresAt);
+    return toSandboxView(updated);
+  }
+
+  async pause(ref: SandboxRef): Promise<SandboxView> {
+    const sandbox = await this.requireLive(ref);
+    if (sandbox.state === SandboxState.Paused) throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} is already paused`);
+    throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} cannot be paused: pause is not available on this deployment yet`);
+  }
+
+  /** Resume: only a paused sandbox can be resumed; a running one answers 409 as E2B does. */
+  async resume(command: ResumeCommand): Promise<SandboxView> {
+    const sandbox = await this.requireLive(command);
+    if (sandbox.state !== SandboxState.Paused) throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} is already running`);
+    throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} cannot be resumed: pause/resume is not available on this deployment yet`);
+  }
+
+  /** Connect: a running sandbox is returned (and its timeout applied); a paused one would be resumed. */
+  async connect(command: ResumeCommand): Promise<SandboxView> {
+    const sandbox = await this.requireLive(command);
+    if (sandbox.state === SandboxState.Paused) return this.resume(command);
+    if (command.timeoutSeconds !== undefined) {
+      const wanted = new Date(Date.now() + command.timeoutSeconds * 1000);
+      if (wanted > sandbox.expiresAt) return this.extendTo(sandbox.id, wanted);
+    }
+    return toSandboxView(sandbox);
+  }
+
+  async route(sandboxId: string): Promise<SandboxRoute> {
+    const sandbox = await this.sandboxes.find(sandboxId);
+    if (!sandbox || TERMINAL_SANDBOX_STATES.includes(sandbox.state as SandboxState) || !sandbox.hostId) {
+      throw KilnError.notFound(`sandbox ${sandboxId}`);
+    }
+    const host = await this.hosts.get(sandbox.hostId);
+    if (!host) throw new KilnError(ErrorCode.Unavailable, `host of sandbox ${sandboxId} is not registered`);
+    return {
+      sandboxId,
+      teamId: sandbox.teamId,
+      state: sandbox.state as SandboxState,
+      proxyUrl: host.proxyUrl,
+      envdAccessToken: sandbox.envdAccessToken ?? undefined,
+    };
+  }
+
+  async logs(ref: SandboxRef): Promise<SandboxLogsReply> {
+    const sandbox = await this.sandboxes.findForTeam(ref.sandboxId, ref.teamId);
+    if (!sandbox) throw KilnError.notFound(`sandbox ${ref.sandboxId}`);
+    const events = await this.sandboxes.events(sandbox.id);
+    return {
+      logs: events.map((e) => ({
+        timestamp: e.createdAt.toISOString(),
+        line: `${e.fromState ?? 'new'} -> ${e.toState}${e.reason ? `: ${e.reason}` : ''}`,
+      })),
+    };
+  }
+
+  /** Timeout job: kills (autoPause falls back to kill until pause exists) unless extended since. */
+  async expire(job: SandboxTimeoutJob): Promise<void> {
+    const sandbox = await this.sandboxes.find(job.sandboxId);
+    if (!sandbox || !LIVE_OR_PAUSED.includes(sandbox.state as SandboxState)) return;
+    if (sandbox.expiresAt.getTime() > Date.now() + 250) return; // refreshed after this job was queued
+    this.logger.log(`sandbox ${sandbox.id} reached its timeout`);
+    await this.killRecord(sandbox, 'timeout');
+  }
+
+  /** Called by reconcile and host events: the VM is gone, so the record follows. */
+  async markGone(sandboxId: string, to: SandboxState.Killed | SandboxState.Error, reason: string): Promise<boolean> {
+    const sandbox = await this.sandboxes.find(sandboxId);
+    if (!sandbox) return false;
+    const moved = await this.moveTo(sandbox, LIVE_OR_PAUSED, to, { reason, endedAt: new Date() });
+    if (moved) await this.timeouts.cancel(sandboxId);
+    return moved !== null;
+  }
+
+  private async requireLive(ref: SandboxRef): Promise<SandboxRecord> {
+    const sandbox = await this.sandboxes.findForTeam(ref.sandboxId, ref.teamId);
+    if (!sandbox || !LIVE_OR_PAUSED.includes(sandbox.state as SandboxState)) throw KilnError.notFound(`sandbox ${ref.sandboxId}`);
+    return sandbox;
+  }
+
+  private async moveTo(sandbox: SandboxRecord, from: SandboxState[], to: SandboxState, patch: TransitionPatch = {}): Promise<SandboxRecord | null> {
+    const result = await this.sandboxes.transition(sandbox.id, from, to, patch);
+    if (!result) return null;
+    const moved = result.sandbox;
+    {
+      this.transitions.inc({ to });
+      this.events
+        .publish({
+          kind: 'transition',
+          sandboxId: sandbox.id,
+          teamId: sandbox.teamId,
+          hostId: moved.hostId ?? undefined,
+          from: result.from,
+          to,
+          reason: patch.reason,
+          at: new Date().toISOString(),
+        })
+        .catch((error) => this.logger.warn(`event publish failed for ${sandbox.id}: ${String(error)}`));
+    }
+    return moved;
+  }
+
+  async destroyOnHost(hostId: string, address: string, sandboxId: string): Promise<void> {
+    try {
+      await this.agents.call(`destroy ${sandboxId} on ${hostId}`, this.agents.for(hostId, address).destroySandbox({ sandboxId }), 30_000);
+    } catch (error) {
+      // Reconcile destroys VMs the database no longer counts as live, so this is retried later.
+      this.logger.warn(`destroy of ${sandboxId} on ${hostId} failed; reconcile will retry: ${String(error)}`);
+    }
+  }
+}

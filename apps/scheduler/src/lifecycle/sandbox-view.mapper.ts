@@ -1,0 +1,41 @@
+import { ENVD_COMPAT_VERSION, SandboxState, SandboxView } from '@kiln/contracts';
+import { SandboxRecord } from '@kiln/db';
+
+export function toSandboxView(record: SandboxRecord): SandboxView {
+  return {
+    sandboxId: record.id,
+    teamId: record.teamId,
+    templateId: record.templateId,
+    alias: record.alias ?? undefined,
+    buildId: record.buildId ?? undefined,
+    hostId: record.hostId ?? undefined,
+    state: record.state as SandboxState,
+    stateReason: record.stateReason ?? undefined,
+    vcpus: record.vcpus,
+    memoryMib: record.memoryMib,
+    diskMib: record.diskMib,
+    metadata: (record.metadata ?? {}) as Record<string, string>,
+    envdAccessToken: record.envdAccessToken ?? undefined,
+    envdVersion: ENVD_COMPAT_VERSION,
+    autoPause: record.autoPause,
+    startedAt: (record.startedAt ?? record.createdAt).toISOString(),
+    expiresAt: record.expiresAt.toISOString(),
+    endedAt: record.endedAt?.toISOString(),
+  };
+}
+
+/** Opaque paging cursor: creation time and id of the last row served. */
+export function encodeCursor(record: SandboxRecord): string {
+  return Buffer.from(JSON.stringify({ c: record.createdAt.toISOString(), i: record.id })).toString('base64url');
+}
+
+export function decodeCursor(token: string): { createdAt: Date; id: string } | null {
+  try {
+    const { c, i } = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as { c: unknown; i: unknown };
+    const createdAt = new Date(String(c));
+    if (typeof i !== 'string' || Number.isNaN(createdAt.getTime())) return null;
+    return { createdAt, id: i };
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,79 @@
+import { Controller, UseFilters } from '@nestjs/common';
+import { MessagePattern, Payload } from '@nestjs/microservices';
+import { SandboxRoute, SandboxView } from '@kiln/contracts';
+import {
+  CreateSandboxCommand,
+  KillReply,
+  ListSandboxesQuery,
+  RefreshCommand,
+  ResumeCommand,
+  SandboxLogsReply,
+  SandboxPage,
+  SandboxRef,
+  SetTimeoutCommand,
+  Subjects,
+  KilnRpcExceptionFilter,
+} from '@kiln/messaging';
+import { SandboxLifecycleService } from './sandbox-lifecycle.service';
+
+/** NATS request/reply surface of the scheduler; the gateway is its caller. */
+@Controller()
+@UseFilters(KilnRpcExceptionFilter)
+export class SandboxesController {
+  constructor(private readonly lifecycle: SandboxLifecycleService) {}
+
+  @MessagePattern(Subjects.sandboxCreate)
+  create(@Payload() command: CreateSandboxCommand): Promise<SandboxView> {
+    return this.lifecycle.create(command);
+  }
+
+  @MessagePattern(Subjects.sandboxGet)
+  get(@Payload() ref: SandboxRef): Promise<SandboxView> {
+    return this.lifecycle.get(ref);
+  }
+
+  @MessagePattern(Subjects.sandboxList)
+  list(@Payload() query: ListSandboxesQuery): Promise<SandboxPage> {
+    return this.lifecycle.list(query);
+  }
+
+  @MessagePattern(Subjects.sandboxKill)
+  kill(@Payload() ref: SandboxRef): Promise<KillReply> {
+    return this.lifecycle.kill(ref);
+  }
+
+  @MessagePattern(Subjects.sandboxSetTimeout)
+  setTimeout(@Payload() command: SetTimeoutCommand): Promise<SandboxView> {
+    return this.lifecycle.setTimeout(command);
+  }
+
+  @MessagePattern(Subjects.sandboxRefresh)
+  refresh(@Payload() command: RefreshCommand): Promise<SandboxView> {
+    return this.lifecycle.refresh(command);
+  }
+
+  @MessagePattern(Subjects.sandboxPause)
+  pause(@Payload() ref: SandboxRef): Promise<SandboxView> {
+    return this.lifecycle.pause(ref);
+  }
+
+  @MessagePattern(Subjects.sandboxResume)
+  resume(@Payload() command: ResumeCommand): Promise<SandboxView> {
+    return this.lifecycle.resume(command);
+  }
+
+  @MessagePattern(Subjects.sandboxConnect)
+  connect(@Payload() command: ResumeCommand): Promise<SandboxView> {
+    return this.lifecycle.connect(command);
+  }
+
+  @MessagePattern(Subjects.sandboxRoute)
+  route(@Payload() request: { sandboxId: string }): Promise<SandboxRoute> {
+    return this.lifecycle.route(request.sandboxId);
+  }
+
+  @MessagePattern(Subjects.sandboxLogs)
+  logs(@Payload() ref: SandboxRef): Promise<SandboxLogsReply> {
+    return this.lifecycle.logs(ref);
+  }
+}

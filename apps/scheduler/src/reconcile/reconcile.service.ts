@@ -1,0 +1,115 @@
+import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { SandboxState } from '@kiln/contracts';
+import { SchedulerEnv } from '@kiln/config';
+import { HostRepository, SandboxRepository } from '@kiln/db';
+import { SandboxEventStream, SandboxLifecycleEvent } from '@kiln/messaging';
+import { MetricsRegistry } from '@kiln/telemetry';
+import { HostAgentClients } from '../hosts/host-agent-clients';
+import { SandboxLifecycleService } from '../lifecycle/sandbox-lifecycle.service';
+
+/** A sandbox may legitimately be absent from its host while its create is in flight. */
+const STARTING_GRACE_SECONDS = 240;
+const EXPIRY_GRACE_SECONDS = 10;
+
+export interface ReconcileReport {
+  hostsChecked: number;
+  markedGone: string[];
+  destroyedOrphans: string[];
+  expired: string[];
+}
+
+/**
+ * Makes Postgres and the hosts agree: a sandbox the host no longer runs is marked
+ * ended; a VM the database does not count as live is destroyed. Host lifecycle events
+ * (exit, crash) arrive through JetStream and are applied at once.
+ */
+@Injectable()
+export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
+  private readonly logger = new Logger(ReconcileService.name);
+  private timer?: NodeJS.Timeout;
+  private stopConsuming?: () => Promise<void>;
+  private running = false;
+  private readonly fixes;
+
+  constructor(
+    private readonly env: SchedulerEnv,
+    private readonly hosts: HostRepository,
+    private readonly sandboxes: SandboxRepository,
+    private readonly agents: HostAgentClients,
+    private readonly lifecycle: SandboxLifecycleService,
+    private readonly events: SandboxEventStream,
+    metrics: MetricsRegistry,
+  ) {
+    this.fixes = metrics.counter('kiln_reconcile_fixes_total', 'Differences repaired by reconcile', ['kind']);
+  }
+
+  async onModuleInit(): Promise<void> {
+    this.stopConsuming = await this.events.consume('scheduler-host-events', (event) => this.onHostEvent(event));
+    this.timer = setInterval(() => void this.reconcileOnce(), this.env.RECONCILE_INTERVAL_SECONDS * 1000);
+    this.timer.unref();
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    clearInterval(this.timer);
+    await this.stopConsuming?.();
+  }
+
+  async onHostEvent(event: SandboxLifecycleEvent): Promise<void> {
+    if (event.kind === 'exited') {
+      if (await this.lifecycle.markGone(event.sandboxId, SandboxState.Killed, event.reason ?? 'sandbox exited')) this.fixes.inc({ kind: 'exited' });
+    } else if (event.kind === 'crashed') {
+      if (await this.lifecycle.markGone(event.sandboxId, SandboxState.Error, event.reason ?? 'sandbox crashed')) this.fixes.inc({ kind: 'crashed' });
+    }
+  }
+
+  async reconcileOnce(): Promise<ReconcileReport> {
+    const report: ReconcileReport = { hostsChecked: 0, markedGone: [], destroyedOrphans: [], expired: [] };
+    if (this.running) return report;
+    this.running = true;
+    try {
+      for (const host of await this.hosts.fresh(this.env.HOST_HEARTBEAT_TTL_SECONDS)) {
+        try {
+          await this.reconcileHost(host.id, host.address, report);
+          report.hostsChecked++;
+        } catch (error) {
+          this.logger.warn(`reconcile of host ${host.id} failed: ${String(error)}`);
+        }
+      }
+      for (const sandbox of await this.sandboxes.overdue(EXPIRY_GRACE_SECONDS)) {
+        await this.lifecycle.expire({ sandboxId: sandbox.id, expiresAt: sandbox.expiresAt.toISOString() });
+        report.expired.push(sandbox.id);
+        this.fixes.inc({ kind: 'expired' });
+      }
+    } finally {
+      this.running = false;
+    }
+    return report;
+  }
+
+  private async reconcileHost(hostId: string, address: string, report: ReconcileReport): Promise<void> {
+    const agent = this.agents.for(hostId, address);
+    const onHost = await this.agents.call(`list sandboxes on ${hostId}`, agent.listSandboxes({}), 15_000);
+    const hostIds = new Set((onHost.sandboxes ?? []).map((s) => s.sandboxId));
+    const live = await this.sandboxes.liveOnHost(hostId);
+    const liveIds = new Set(live.map((s) => s.id));
+
+    for (const sandbox of live) {
+      if (hostIds.has(sandbox.id)) continue;
+      const young = Date.now() - sandbox.updatedAt.getTime() < STARTING_GRACE_SECONDS * 1000;
+      if (sandbox.state === SandboxState.Starting && young) continue;
+      if (await this.lifecycle.markGone(sandbox.id, SandboxState.Error, `sandbox no longer exists on host ${hostId}`)) {
+        report.markedGone.push(sandbox.id);
+        this.fixes.inc({ kind: 'gone' });
+      }
+    }
+    for (const sandboxId of hostIds) {
+      if (liveIds.has(sandboxId)) continue;
+      const record = await this.sandboxes.find(sandboxId);
+      if (record && (record.state === SandboxState.Pending || record.state === SandboxState.Starting)) continue;
+      this.logger.warn(`destroying VM ${sandboxId} on ${hostId}: the database does not count it as live`);
+      await this.lifecycle.destroyOnHost(hostId, address, sandboxId);
+      report.destroyedOrphans.push(sandboxId);
+      this.fixes.inc({ kind: 'orphan' });
+    }
+  }
+}
