@@ -1,0 +1,98 @@
+import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
+import { HostAgentEnv, describeError } from '@kiln/config';
+import { MessagingClient, Subjects } from '@kiln/messaging';
+import { SandboxManager } from '../sandbox/sandbox-manager.service';
+import { SNAPSHOT_SOURCE, SnapshotSource } from '../sandbox/snapshot-source';
+import { ACCELERATOR_SOURCE, AcceleratorSource, HOST_AGENT_VERSION, HostInfoService } from './host-info.service';
+
+/** Re-registering is an idempotent upsert; doing it periodically heals a scheduler that lost its host table. */
+const REREGISTER_EVERY_MS = 60_000;
+const REGISTER_RETRY_MS = 2_000;
+
+/**
+ * The host agent's side of host registration: register with the scheduler (token
+ * from config) and heartbeat usage over NATS so placement only targets live hosts.
+ */
+@Injectable()
+export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationShutdown {
+  private readonly logger = new Logger(ControlPlaneLink.name);
+  private heartbeatTimer?: NodeJS.Timeout;
+  private registerTimer?: NodeJS.Timeout;
+  private registered = false;
+  private stopped = false;
+
+  constructor(
+    private readonly env: HostAgentEnv,
+    private readonly messaging: MessagingClient,
+    private readonly sandboxes: SandboxManager,
+    private readonly hostInfo: HostInfoService,
+    @Inject(SNAPSHOT_SOURCE) private readonly snapshots: SnapshotSource,
+    @Inject(ACCELERATOR_SOURCE) private readonly accelerators: AcceleratorSource,
+  ) {}
+
+  onApplicationBootstrap(): void {
+    void this.registerLoop();
+    this.heartbeatTimer = setInterval(() => void this.heartbeat(), this.env.HEARTBEAT_INTERVAL_SECONDS * 1000);
+    this.heartbeatTimer.unref();
+  }
+
+  onApplicationShutdown(): void {
+    this.stopped = true;
+    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.registerTimer);
+  }
+
+  get isRegistered(): boolean {
+    return this.registered;
+  }
+
+  private async registerLoop(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.register();
+      if (!this.registered) this.logger.log(`registered with the scheduler as ${this.sandboxes.hostId}`);
+      this.registered = true;
+      await this.heartbeat();
+      this.registerTimer = setTimeout(() => void this.registerLoop(), REREGISTER_EVERY_MS);
+    } catch (error) {
+      this.logger.warn(`registration failed (${describeError(error)}); retrying in ${REGISTER_RETRY_MS} ms`);
+      this.registerTimer = setTimeout(() => void this.registerLoop(), REGISTER_RETRY_MS);
+    }
+    this.registerTimer.unref();
+  }
+
+  async register(): Promise<void> {
+    const [accelerator, templates] = await Promise.all([this.accelerators.accelerator(), this.snapshots.cached()]);
+    await this.messaging.request(
+      Subjects.hostRegister,
+      {
+        hostId: this.sandboxes.hostId,
+        token: this.env.HOST_REGISTRATION_TOKEN,
+        grpcAddress: this.hostInfo.grpcAddress,
+        proxyUrl: this.hostInfo.proxyUrl,
+        acceleration: accelerator,
+        version: HOST_AGENT_VERSION,
+        capacity: this.sandboxes.capacity,
+        templates: templates.map((t) => t.templateId),
+      },
+      5_000,
+    );
+  }
+
+  async heartbeat(): Promise<void> {
+    if (!this.registered) return;
+    try {
+      const templates = await this.snapshots.cached();
+      await this.messaging.emit(Subjects.hostHeartbeat, {
+        hostId: this.sandboxes.hostId,
+        at: new Date().toISOString(),
+        capacity: this.sandboxes.capacity,
+        usage: this.sandboxes.usage(),
+        templates: templates.map((t) => t.templateId),
+        sandboxIds: this.sandboxes.list().map((s) => s.record.sandboxId),
+      });
+    } catch (error) {
+      this.logger.warn(`heartbeat failed: ${describeError(error)}`);
+    }
+  }
+}

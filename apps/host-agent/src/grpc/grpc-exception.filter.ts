@@ -1,0 +1,15 @@
+import { ArgumentsHost, Catch, Logger, RpcExceptionFilter } from '@nestjs/common';
+import { ErrorCode, GRPC_STATUS_BY_ERROR_CODE, KilnError } from '@kiln/contracts';
+import { Observable, throwError } from 'rxjs';
+
+/** Turns domain errors into gRPC status codes; anything unexpected is INTERNAL and logged here. */
+@Catch()
+export class GrpcExceptionFilter implements RpcExceptionFilter<unknown> {
+  private readonly logger = new Logger('grpc');
+
+  catch(exception: unknown, _host: ArgumentsHost): Observable<never> {
+    const error = exception instanceof KilnError ? exception : new KilnError(ErrorCode.Internal, 'internal error');
+    if (!(exception instanceof KilnError)) this.logger.error(exception instanceof Error ? exception.stack : String(exception));
+    return throwError(() => ({ code: GRPC_STATUS_BY_ERROR_CODE[error.code], message: error.message, details: error.message }));
+  }
+}

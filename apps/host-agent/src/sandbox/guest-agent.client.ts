@@ -1,0 +1,51 @@
+import { Agent, request } from 'node:http';
+import { GUEST_AGENT_PORT } from '../network';
+
+export interface GuestInit {
+  accessToken?: string;
+  envVars: Record<string, string>;
+  /** Host clock: a restored snapshot wakes up with the template's time. */
+  timestamp: string;
+}
+
+// Small keep-alive pool: /init right after restore is on the create hot path.
+const agent = new Agent({ keepAlive: true, maxSockets: 4 });
+
+function post(host: string, path: string, body: string, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host, port: GUEST_AGENT_PORT, path, method: 'POST', agent, timeout: timeoutMs, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer from guest agent at ${host} within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/**
+ * Sends the guest agent its per-sandbox settings, retrying until it answers: after a
+ * restore the guest needs a few hundred ms (TCG re-translation) before its socket works.
+ */
+export async function initGuestAgent(host: string, init: GuestInit, deadlineMs: number): Promise<{ attempts: number }> {
+  const body = JSON.stringify(init);
+  const deadline = Date.now() + deadlineMs;
+  let attempts = 0;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    attempts++;
+    try {
+      const status = await post(host, '/init', body, Math.min(2_000, Math.max(100, deadline - Date.now())));
+      if (status >= 200 && status < 300) return { attempts };
+      lastError = new Error(`guest agent answered /init with HTTP ${status}`);
+      if (status >= 400 && status < 500) break;
+    } catch (error) {
+      lastError = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error(`guest agent did not accept /init: ${lastError instanceof Error ? lastError.message : String(lastError)}`);
+}

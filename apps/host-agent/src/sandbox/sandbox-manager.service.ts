@@ -1,0 +1,278 @@
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { Inject, Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { ErrorCode, KilnError } from '@kiln/contracts';
+import { HostAgentEnv, describeError } from '@kiln/config';
+import { SandboxEventStream, SandboxLifecycleKind } from '@kiln/messaging';
+import { MetricsRegistry } from '@kiln/telemetry';
+import { NetworkSlot, NetworkSlotPool, SlotsExhaustedError } from '../network';
+import { RootfsLayer, RootfsLayers } from '../rootfs';
+import { VMM_DRIVER, VmExit, VmHandle, VmmDriver } from '../vmm/vmm-driver';
+import { initGuestAgent } from './guest-agent.client';
+import { HostCapacity, hostCapacityFrom } from './host-capacity';
+import { SandboxRecord, SandboxRecordStore } from './sandbox-record';
+import { SNAPSHOT_SOURCE, SnapshotSource, TemplateNotFoundError } from './snapshot-source';
+
+export interface CreateSandboxInput {
+  sandboxId: string;
+  templateId: string;
+  buildId?: string;
+  teamId: string;
+  vcpus?: number;
+  memoryMib?: number;
+  envVars: Record<string, string>;
+  metadata: Record<string, string>;
+  envdAccessToken?: string;
+}
+
+export type LiveSandboxState = 'starting' | 'running' | 'stopping';
+
+export interface LiveSandbox {
+  record: SandboxRecord;
+  state: LiveSandboxState;
+  slot: NetworkSlot;
+  vm?: VmHandle;
+  /** Set when the agent itself is ending the VM, so its exit is not reported as a crash. */
+  stopping: boolean;
+}
+
+const SANDBOX_ID = /^[a-z0-9][a-z0-9-]{0,63}$/;
+const GUEST_INIT_DEADLINE_MS = 30_000;
+
+/**
+ * Owns every sandbox on this host: the VMM process, its network slot and its disk
+ * layer, all tied to one on-disk record so a restarted agent can adopt or clean up.
+ */
+@Injectable()
+export class SandboxManager implements OnModuleInit, OnApplicationShutdown {
+  private readonly logger = new Logger(SandboxManager.name);
+  private readonly sandboxes = new Map<string, LiveSandbox>();
+  private readonly records: SandboxRecordStore;
+  readonly capacity: HostCapacity;
+  private readonly createSeconds;
+  private readonly liveGauge;
+
+  constructor(
+    private readonly env: HostAgentEnv,
+    private readonly slots: NetworkSlotPool,
+    private readonly layers: RootfsLayers,
+    @Inject(VMM_DRIVER) private readonly vmm: VmmDriver,
+    @Inject(SNAPSHOT_SOURCE) private readonly snapshots: SnapshotSource,
+    private readonly events: SandboxEventStream,
+    metrics: MetricsRegistry,
+  ) {
+    this.records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'));
+    this.capacity = hostCapacityFrom(env);
+    this.createSeconds = metrics.histogram('kiln_agent_sandbox_create_seconds', 'CreateSandbox on the host, by phase', ['phase'], [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]);
+    this.liveGauge = metrics.gauge('kiln_agent_sandboxes', 'Sandboxes on this host');
+  }
+
+  /** Adopts VMs that outlived a previous agent process and removes whatever is left of dead ones. */
+  async onModuleInit(): Promise<void> {
+    const found = await this.records.scan();
+    const adopted: Array<{ record: SandboxRecord; vm: VmHandle }> = [];
+    for (const { sandboxId, record } of found) {
+      if (!record) {
+        await this.records.remove(sandboxId);
+        continue;
+      }
+      try {
+        adopted.push({ record, vm: await this.vmm.adopt(record.vmStateDir) });
+      } catch (error) {
+        this.logger.warn(`sandbox ${sandboxId} did not survive the restart (${describeError(error)}); cleaning up`);
+        await this.layers.removeLayer({ path: record.rootfs.path, sandboxId }).catch(() => undefined);
+        await this.records.remove(sandboxId);
+        this.publish('crashed', record, 'VM was gone when the host agent restarted');
+      }
+    }
+    await this.slots.init(adopted.map((a) => a.record.slotIndex));
+    for (const { record, vm } of adopted) {
+      const slot = await this.slots.adopt(record.slotIndex);
+      const live: LiveSandbox = { record, state: 'running', slot, vm, stopping: false };
+      this.sandboxes.set(record.sandboxId, live);
+      this.watchExit(live, vm);
+      this.logger.log(`adopted sandbox ${record.sandboxId} (pid ${vm.pid}, slot ${record.slotIndex})`);
+    }
+    this.liveGauge.set(this.sandboxes.size);
+  }
+
+  list(): LiveSandbox[] {
+    return [...this.sandboxes.values()];
+  }
+
+  get(sandboxId: string): LiveSandbox | undefined {
+    return this.sandboxes.get(sandboxId);
+  }
+
+  usage(): HostCapacity {
+    let vcpus = 0;
+    let memoryMib = 0;
+    for (const { record } of this.sandboxes.values()) {
+      vcpus += record.vcpus;
+      memoryMib += record.memoryMib;
+    }
+    return { vcpus, memoryMib, sandboxes: this.sandboxes.size };
+  }
+
+  async create(input: CreateSandboxInput): Promise<LiveSandbox> {
+    if (!SANDBOX_ID.test(input.sandboxId)) throw new KilnError(ErrorCode.InvalidArgument, 'sandbox_id must be 1-64 lowercase letters, digits or dashes');
+    if (!input.templateId) throw new KilnError(ErrorCode.InvalidArgument, 'template_id is required');
+    if (this.sandboxes.has(input.sandboxId)) throw new KilnError(ErrorCode.AlreadyExists, `sandbox ${input.sandboxId} already exists on this host`);
+
+    const t0 = performance.now();
+    let snapshot;
+    try {
+      snapshot = await this.snapshots.ready(input.templateId, input.buildId || undefined);
+    } catch (error) {
+      if (error instanceof TemplateNotFoundError) throw new KilnError(ErrorCode.FailedPrecondition, error.message);
+      throw error;
+    }
+    // A sandbox restored from a memory snapshot has exactly the snapshot's shape.
+    const vcpus = snapshot.vcpus;
+    const memoryMib = snapshot.memoryMib;
+    this.reserveCapacity(input.sandboxId, vcpus, memoryMib);
+
+    const dir = await this.records.prepare(input.sandboxId);
+    let slot: NetworkSlot | undefined;
+    let layer: RootfsLayer | undefined;
+    let vm: VmHandle | undefined;
+    const placeholder: LiveSandbox = {
+      record: { sandboxId: input.sandboxId, vcpus, memoryMib } as SandboxRecord,
+      state: 'starting',
+      slot: undefined as unknown as NetworkSlot,
+      stopping: false,
+    };
+    this.sandboxes.set(input.sandboxId, placeholder);
+    try {
+      const t1 = performance.now();
+      [slot, layer] = await Promise.all([this.slots.acquire(), this.layers.createLayer(input.sandboxId, snapshot.disk, dir)]);
+      const record: SandboxRecord = {
+        sandboxId: input.sandboxId,
+        teamId: input.teamId,
+        templateId: snapshot.templateId,
+        buildId: snapshot.buildId,
+        vcpus,
+        memoryMib,
+        metadata: input.metadata,
+        envdAccessToken: input.envdAccessToken || undefined,
+        slotIndex: slot.index,
+        rootfs: { path: layer.path, format: layer.format, driver: layer.driver },
+        vmStateDir: join(dir, 'vm'),
+        serialLogPath: join(dir, 'serial.log'),
+        createdAt: new Date().toISOString(),
+      };
+      await this.records.save(record);
+      placeholder.record = record;
+      placeholder.slot = slot;
+      const t2 = performance.now();
+
+      vm = await this.vmm.restore(
+        {
+          id: input.sandboxId,
+          vcpus,
+          memoryMib,
+          kernelPath: snapshot.kernelPath,
+          initrdPath: snapshot.initrdPath,
+          kernelArgs: snapshot.kernelArgs,
+          rootDisk: { path: layer.path, format: layer.format },
+          network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+          memoryFile: { path: snapshot.memoryPath, share: false },
+          stateDir: record.vmStateDir,
+          serialLogPath: record.serialLogPath,
+        },
+        { statePath: snapshot.statePath },
+      );
+      placeholder.vm = vm;
+      this.watchExit(placeholder, vm);
+      const t3 = performance.now();
+
+      await initGuestAgent(
+        slot.hostAddress,
+        { accessToken: record.envdAccessToken, envVars: input.envVars, timestamp: new Date().toISOString() },
+        GUEST_INIT_DEADLINE_MS,
+      );
+      const t4 = performance.now();
+      placeholder.state = 'running';
+      this.liveGauge.set(this.sandboxes.size);
+      this.createSeconds.observe({ phase: 'prepare' }, (t2 - t1) / 1000);
+      this.createSeconds.observe({ phase: 'restore' }, (t3 - t2) / 1000);
+      this.createSeconds.observe({ phase: 'guest-init' }, (t4 - t3) / 1000);
+      this.createSeconds.observe({ phase: 'total' }, (t4 - t0) / 1000);
+      this.publish('created', record);
+      return placeholder;
+    } catch (error) {
+      placeholder.stopping = true;
+      await this.teardown(input.sandboxId, vm, slot, layer);
+      if (error instanceof SlotsExhaustedError) throw new KilnError(ErrorCode.ResourceExhausted, 'no free network slot on this host');
+      if (error instanceof KilnError) throw error;
+      throw new KilnError(ErrorCode.Unavailable, `sandbox ${input.sandboxId} failed to start: ${describeError(error)}`);
+    }
+  }
+
+  /** Idempotent: returns false when the sandbox was not here. */
+  async destroy(sandboxId: string): Promise<boolean> {
+    const live = this.sandboxes.get(sandboxId);
+    if (!live) return false;
+    if (live.state === 'stopping') {
+      await live.vm?.exited;
+      return true;
+    }
+    live.state = 'stopping';
+    live.stopping = true;
+    await this.teardown(sandboxId, live.vm, live.slot, live.record.rootfs ? { path: live.record.rootfs.path } : undefined);
+    this.publish('destroyed', live.record, 'destroyed on request');
+    return true;
+  }
+
+  private reserveCapacity(sandboxId: string, vcpus: number, memoryMib: number): void {
+    const used = this.usage();
+    if (used.sandboxes + 1 > this.capacity.sandboxes || used.vcpus + vcpus > this.capacity.vcpus || used.memoryMib + memoryMib > this.capacity.memoryMib) {
+      throw new KilnError(
+        ErrorCode.ResourceExhausted,
+        `host is full (sandboxes ${used.sandboxes}/${this.capacity.sandboxes}, vcpus ${used.vcpus}/${this.capacity.vcpus}, memory ${used.memoryMib}/${this.capacity.memoryMib} MiB); cannot place ${sandboxId}`,
+      );
+    }
+  }
+
+  /** Removes whatever exists of a sandbox, in reverse order of creation; never throws. */
+  private async teardown(sandboxId: string, vm?: VmHandle, slot?: NetworkSlot, layer?: Pick<RootfsLayer, 'path'>): Promise<void> {
+    if (vm && !vm.hasExited) await vm.kill().catch((error) => this.logger.warn(`kill of ${sandboxId} failed: ${describeError(error)}`));
+    if (layer) await this.layers.removeLayer({ path: layer.path, sandboxId }).catch((error) => this.logger.warn(`layer removal for ${sandboxId} failed: ${describeError(error)}`));
+    if (slot) await this.slots.release(slot).catch((error) => this.logger.warn(`slot release for ${sandboxId} failed: ${describeError(error)}`));
+    await this.records.remove(sandboxId).catch(() => undefined);
+    this.sandboxes.delete(sandboxId);
+    this.liveGauge.set(this.sandboxes.size);
+  }
+
+  /** A VM that ends on its own (guest poweroff, qemu crash, kill -9) is cleaned up and reported at once. */
+  private watchExit(live: LiveSandbox, vm: VmHandle): void {
+    void vm.exited.then(async (exit: VmExit) => {
+      if (live.stopping) return;
+      live.stopping = true;
+      live.state = 'stopping';
+      const crashed = exit.signal !== null || (exit.code !== null && exit.code !== 0) || exit.code === null;
+      const reason = `VM exited (${exit.reason}${exit.signal ? `, ${exit.signal}` : ''}${exit.code !== null ? `, code ${exit.code}` : ''})`;
+      this.logger.warn(`sandbox ${live.record.sandboxId}: ${reason}`);
+      await this.teardown(live.record.sandboxId, undefined, live.slot, live.record.rootfs ? { path: live.record.rootfs.path } : undefined);
+      this.publish(crashed ? 'crashed' : 'exited', live.record, reason, exit.code ?? undefined);
+    });
+  }
+
+  private publish(kind: SandboxLifecycleKind, record: SandboxRecord, reason?: string, exitCode?: number): void {
+    void this.events
+      .publish({ kind, sandboxId: record.sandboxId, teamId: record.teamId, hostId: this.hostId, reason, exitCode, at: new Date().toISOString() })
+      .catch((error) => this.logger.warn(`publishing ${kind} for ${record.sandboxId} failed: ${describeError(error)}`));
+  }
+
+  get hostId(): string {
+    return this.env.KILN_HOST_ID ?? hostname();
+  }
+
+  /** Agent shutdown leaves VMs running (they are adopted on restart); only control connections close. */
+  onApplicationShutdown(): void {
+    for (const live of this.sandboxes.values()) {
+      live.stopping = true;
+      live.vm?.detach();
+    }
+  }
+}
