@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { Signal, type StartResponse, type ConnectResponse } from '@kiln/proto/process';
 import { RunningAgent } from './support/running-agent';
@@ -196,6 +197,40 @@ describe('process.Process over Connect', () => {
 
     await type('exit 5\n');
     expect(await run).toMatchObject({ exitCode: 5, exited: true });
+  });
+
+  it('leaks neither file descriptors nor processes across many runs, dropped streams and failures', async () => {
+    const fdCount = () => readdirSync(`/proc/${agent.pid}/fd`).length;
+    const children = () =>
+      readdirSync('/proc')
+        .filter((d) => /^\d+$/.test(d))
+        .filter((d) => {
+          try {
+            return readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1] === String(agent.pid);
+          } catch {
+            return false;
+          }
+        });
+    const batch = async () => {
+      const client = agent.processClient();
+      for (let i = 0; i < 15; i++) await collect(client.start({ process: bash('echo x; echo y >&2') }));
+      for (let i = 0; i < 5; i++) {
+        // A client that leaves right after start: the process finishes on its own.
+        const abort = new AbortController();
+        const it = client.start({ process: bash('sleep 0.1; echo done') }, { signal: abort.signal })[Symbol.asyncIterator]();
+        await it.next();
+        abort.abort();
+      }
+      await collect(client.start({ process: { cmd: '/no/such', args: [], envs: {} } })).catch(() => undefined);
+      await collect(client.start({ process: bash('true'), pty: { size: { cols: 10, rows: 5 } } }));
+      await new Promise((r) => setTimeout(r, 400));
+    };
+    await batch();
+    const before = fdCount();
+    await batch();
+    await batch();
+    expect(fdCount() - before).toBeLessThanOrEqual(2);
+    expect(children()).toEqual([]);
   });
 
   it('reports not_found for unknown processes and invalid_argument for a bad cwd or command', async () => {

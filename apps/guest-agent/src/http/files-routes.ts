@@ -41,7 +41,8 @@ export class FilesRoutes {
       const info = await stat(path);
       if (info.isDirectory()) throw new HttpError(400, `path '${path}' is a directory`);
       await assertAccess(user, path, 'read');
-      const source = createReadStream(path);
+      // Larger reads than the 64 KiB default: fewer syscalls and socket writes per MiB, still bounded memory.
+      const source = createReadStream(path, { highWaterMark: 512 * 1024 });
       await new Promise<void>((resolve, reject) => {
         source.once('open', () => resolve());
         source.once('error', reject);

@@ -1,0 +1,26 @@
+import { createHash } from 'node:crypto';
+import { fileSignature, rejectSignature, tokensEqual } from './access-token';
+
+describe('file URL signatures', () => {
+  it('is v1_ + unpadded base64 sha256 of path:operation:user:token[:expiration], as the e2b SDK computes it', () => {
+    const digest = createHash('sha256').update('/home/user/a.txt:read:user:tok').digest('base64').replace(/=+$/, '');
+    expect(fileSignature('/home/user/a.txt', 'read', 'user', 'tok')).toBe(`v1_${digest}`);
+    const withExpiry = createHash('sha256').update('a.txt:write::tok:1700000000').digest('base64').replace(/=+$/, '');
+    expect(fileSignature('a.txt', 'write', '', 'tok', 1700000000)).toBe(`v1_${withExpiry}`);
+  });
+
+  it('accepts a matching signature and names the reason for a rejected one', () => {
+    const base = { path: 'p', operation: 'read' as const, username: undefined, nowSeconds: 1000 };
+    expect(rejectSignature('tok', { ...base, signature: fileSignature('p', 'read', '', 'tok'), expiration: undefined })).toBeUndefined();
+    expect(rejectSignature('tok', { ...base, signature: undefined, expiration: undefined })).toMatch(/missing/);
+    expect(rejectSignature('tok', { ...base, signature: 'v1_x', expiration: undefined })).toMatch(/invalid signature/);
+    expect(rejectSignature('tok', { ...base, signature: fileSignature('p', 'read', '', 'tok', 999), expiration: '999' })).toMatch(/expired/);
+    expect(rejectSignature('tok', { ...base, signature: 'v1_x', expiration: '12abc' })).toMatch(/signature_expiration/);
+  });
+
+  it('compares tokens of any length without throwing', () => {
+    expect(tokensEqual('abc', 'abc')).toBe(true);
+    expect(tokensEqual('abc', 'abcd')).toBe(false);
+    expect(tokensEqual('abc', undefined)).toBe(false);
+  });
+});
