@@ -159,7 +159,14 @@ export class SlotProvisioner {
         `route add default via ${hostSideIp} dev ${SLOT_UPLINK_NAME}`,
         ...tapSetupCommands('missing'),
       ]);
-      await this.inNetns(slot.netnsName, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
+      // The slot routes IPv4 only; without IPv6 on its links the guest has no link-local peer to talk to either.
+      await this.inNetns(slot.netnsName, 'sysctl', [
+        '-q',
+        '-w',
+        'net.ipv4.ip_forward=1',
+        'net.ipv6.conf.all.disable_ipv6=1',
+        'net.ipv6.conf.default.disable_ipv6=1',
+      ]);
       await this.nft(slot.netnsName, slotRuleset({ hostSideIp, hostAddress }, this.options.pool));
       return slot;
     } catch (err) {

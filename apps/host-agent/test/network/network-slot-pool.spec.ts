@@ -39,7 +39,7 @@ const OUTSIDE_HOST_IF = 'ktnet-out';
 const OUTSIDE_HOST_IP = '198.51.100.1';
 const OUTSIDE_PEER_IP = '198.51.100.2';
 const GUEST_NETNS = (n: number) => `ktnet-guest-${n}`;
-const MAX_GUEST_NETNS = 8;
+const MAX_GUEST_NETNS = 16;
 /** What an explicit `reject with icmpx admin-prohibited` looks like to a TCP client (a timeout would not prove it). */
 const REJECTED = { ok: false, code: 'EHOSTUNREACH' };
 
@@ -84,6 +84,14 @@ async function tapNeighbours(slot: NetworkSlot): Promise<string[]> {
   return (JSON.parse(stdout || '[]') as { dst: string; lladdr?: string; state?: string[] }[]).map(
     (n) => `${n.dst} ${n.lladdr} ${(n.state ?? []).join(',')}`,
   );
+}
+
+/** Tracked flows in a slot namespace, or in the root namespace from/to one address (needs the conntrack tool). */
+async function conntrackEntries(netns: string | null, address?: string): Promise<number> {
+  const list = (args: string[]) =>
+    runHostCommand(netns ? 'ip' : 'conntrack', netns ? ['netns', 'exec', netns, 'conntrack', '-L', ...args] : ['-L', ...args]);
+  const outputs = address ? [await list(['-s', address]), await list(['-d', address])] : [await list([])];
+  return outputs.reduce((n, { stdout }) => n + stdout.split('\n').filter((l) => l.trim()).length, 0);
 }
 
 async function removeTestNamespaces(): Promise<void> {
@@ -214,36 +222,51 @@ describe('NetworkSlotPool on real network namespaces', () => {
     }
   });
 
-  it('returns a released slot clean: fresh tap, pristine rules and neighbours, reachable again', async () => {
-    const pristine = await pool.acquire();
-    const pristineRules = await slotTableRules(pristine);
-    const slot = await pool.acquire();
+  it('returns a released slot clean: fresh tap, pristine rules, neighbours and conntrack, reachable again', async () => {
+    const held = new Set<NetworkSlot>();
+    const take = async () => {
+      const slot = await pool.acquire();
+      held.add(slot);
+      return slot;
+    };
+    const giveBack = async (slot: NetworkSlot) => {
+      held.delete(slot);
+      await pool.release(slot);
+    };
     try {
+      const pristine = await take();
+      const pristineRules = await slotTableRules(pristine);
+      const slot = await take();
       const guest = nextGuestNetns();
       await attachFakeGuest(slot, guest);
-      // What a sandbox's life may leave behind: a per-sandbox egress rule and a learned neighbour.
-      await runHostCommand('ip', ['netns', 'exec', slot.netnsName, 'nft', 'insert', 'rule', 'inet', 'kiln', 'egress', 'tcp', 'dport', '8081', 'drop']);
+      // What a sandbox's life may leave behind: a per-sandbox egress rule, a learned neighbour...
+      await runHostCommand('ip', ['netns', 'exec', slot.netnsName, 'nft', 'insert', 'rule', 'inet', 'kiln', 'egress', 'tcp', 'dport', '8099', 'drop']);
       await ip('-n', slot.netnsName, 'neigh', 'replace', '169.254.0.23', 'lladdr', '02:00:00:00:00:99', 'dev', TAP_NAME);
       expect(await slotTableRules(slot)).not.toEqual(pristineRules);
-    } finally {
-      await pool.release(slot);
-    }
-    const again = await pool.acquire();
-    try {
+      // ...and tracked connections, both into the guest and out of it.
+      await startEcho(guest, GUEST_IP, 8086);
+      expect(await probeFromHost(slot.hostAddress, 8086)).toMatchObject({ ok: true });
+      expect(await probeFromNetns(guest, OUTSIDE_PEER_IP, 8081)).toMatchObject({ ok: true });
+      expect(await conntrackEntries(slot.netnsName)).toBeGreaterThan(0);
+      expect(await conntrackEntries(null, slot.hostAddress)).toBeGreaterThan(0);
+      await giveBack(slot);
+
+      const again = await take();
       expect(again.index).toBe(slot.index);
       expect(await tapDetails(again)).toEqual({ kind: 'tun/tap', mac: TAP_MAC, ipv4: [`${GATEWAY_IP}/30`] });
       expect(await tapNeighbours(again)).toEqual([`${GUEST_IP} ${GUEST_MAC} PERMANENT`]);
+      expect(await conntrackEntries(again.netnsName)).toBe(0);
+      expect(await conntrackEntries(null, again.hostAddress)).toBe(0);
       expect((await slotTableRules(again)).replaceAll(again.hostAddress, 'HOST')).toEqual(
         pristineRules.replaceAll(pristine.hostAddress, 'HOST'),
       );
-      const guest = nextGuestNetns();
-      await attachFakeGuest(again, guest);
-      await startEcho(guest, GUEST_IP, 8084);
+      const nextGuest = nextGuestNetns();
+      await attachFakeGuest(again, nextGuest);
+      await startEcho(nextGuest, GUEST_IP, 8084);
       expect(await probeFromHost(again.hostAddress, 8084)).toEqual({ ok: true, seenFrom: GATEWAY_IP });
-      expect(await probeFromNetns(guest, OUTSIDE_PEER_IP, 8081)).toMatchObject({ ok: true });
+      expect(await probeFromNetns(nextGuest, OUTSIDE_PEER_IP, 8081)).toMatchObject({ ok: true });
     } finally {
-      await pool.release(again);
-      await pool.release(pristine);
+      for (const slot of held) await pool.release(slot);
     }
   });
 
