@@ -1,0 +1,43 @@
+import { GatewayEnv } from '@kiln/config';
+import { NestFastifyApplication } from '@nestjs/platform-fastify';
+import { startHttpService } from '@kiln/telemetry';
+import { AppModule } from './app.module';
+import { frameworkErrors } from './http-errors/framework-errors';
+import { OpenApiDocument } from './openapi/openapi-document';
+import { SandboxTrafficProxy } from './traffic/sandbox-traffic.proxy';
+
+/** Request bodies are small JSON documents; anything bigger is refused with 413. */
+export const API_BODY_LIMIT_BYTES = 256 * 1024;
+
+export interface RunningGateway {
+  app: NestFastifyApplication;
+  /** Base URL of the REST API (E2B_API_URL). */
+  apiUrl: string;
+  /** Base URL of the sandbox-traffic listener (E2B_SANDBOX_URL). */
+  sandboxUrl: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the REST API on HTTP_PORT and the sandbox-traffic listener on
+ * SANDBOX_PROXY_PORT. Used by main.ts and by the tests, so both run the same code.
+ */
+export async function startGateway(env: GatewayEnv, options: { host?: string } = {}): Promise<RunningGateway> {
+  const app = await startHttpService(AppModule.forRoot(env), {
+    port: env.HTTP_PORT,
+    host: options.host,
+    bodyLimitBytes: API_BODY_LIMIT_BYTES,
+    fastifyOptions: { frameworkErrors },
+    configure: (created) => {
+      created.get(OpenApiDocument).build(created);
+    },
+  });
+  const address = app.getHttpServer().address();
+  const port = typeof address === 'object' && address ? address.port : env.HTTP_PORT;
+  return {
+    app,
+    apiUrl: `http://127.0.0.1:${port}`,
+    sandboxUrl: `http://127.0.0.1:${app.get(SandboxTrafficProxy).port}`,
+    close: () => app.close(),
+  };
+}

@@ -1,0 +1,31 @@
+import { Injectable } from '@nestjs/common';
+import type { INestApplication } from '@nestjs/common';
+import { DocumentBuilder, OpenAPIObject, SwaggerModule } from '@nestjs/swagger';
+import { NewSandboxDto, ResumeSandboxDto, SandboxRefreshDto, SandboxTimeoutDto } from '@kiln/contracts';
+import { PauseSandboxDto } from '../sandboxes/sandbox-request.dto';
+import { documentFromValidation } from './validation-schema';
+
+const REQUEST_DTOS = [NewSandboxDto, SandboxTimeoutDto, SandboxRefreshDto, ResumeSandboxDto, PauseSandboxDto];
+
+/** The OpenAPI description of the routes this gateway actually serves, built once at start-up from its controllers. */
+@Injectable()
+export class OpenApiDocument {
+  private document?: OpenAPIObject;
+
+  build(app: INestApplication): OpenAPIObject {
+    for (const dto of REQUEST_DTOS) documentFromValidation(dto);
+    const config = new DocumentBuilder()
+      .setTitle('Kiln API')
+      .setDescription('E2B-compatible sandbox API. Errors are {code, message, error_code}.')
+      .setVersion('0.1.0')
+      .addApiKey({ type: 'apiKey', in: 'header', name: 'X-API-Key' }, 'ApiKeyAuth')
+      .build();
+    this.document = SwaggerModule.createDocument(app, config);
+    return this.document;
+  }
+
+  get(): OpenAPIObject {
+    if (!this.document) throw new Error('OpenAPI document requested before the app was configured');
+    return this.document;
+  }
+}

@@ -1,0 +1,61 @@
+import { Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
+import { ThrottlerStorage } from '@nestjs/throttler';
+import IORedis from 'ioredis';
+import { GatewayEnv, describeError } from '@kiln/config';
+import { DependencyHealth } from '@kiln/telemetry';
+
+type ThrottlerStorageRecord = Awaited<ReturnType<ThrottlerStorage['increment']>>;
+
+// Fixed window: the first hit in a window starts its expiry; returns [hits, ms left].
+const INCREMENT_WINDOW = `
+local hits = redis.call('INCR', KEYS[1])
+if hits == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {hits, ttl}`;
+
+/**
+ * Rate-limit counters in Redis, so every gateway replica enforces one shared
+ * per-key limit. When Redis is unreachable requests are let through (and
+ * /health reports it): rate limiting protects capacity, it must not take the
+ * API down with it.
+ */
+@Injectable()
+export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShutdown {
+  private readonly logger = new Logger('rate-limit');
+  private readonly redis: IORedis;
+  private lastFailureLoggedAt = 0;
+
+  constructor(env: GatewayEnv, health: DependencyHealth) {
+    this.redis = new IORedis(env.REDIS_URL, {
+      lazyConnect: true,
+      connectTimeout: 2_000,
+      maxRetriesPerRequest: 1,
+      enableOfflineQueue: true,
+      keyPrefix: 'kiln:gateway:ratelimit:',
+    });
+    this.redis.on('error', (error) => this.logger.debug(`redis: ${describeError(error)}`));
+    health.register('redis', () => this.redis.ping());
+  }
+
+  async increment(key: string, ttl: number, limit: number, _blockDuration: number, _name: string): Promise<ThrottlerStorageRecord> {
+    try {
+      if (this.redis.status === 'wait') await this.redis.connect();
+      const [hits, msLeft] = (await this.redis.eval(INCREMENT_WINDOW, 1, key, String(ttl))) as [number, number];
+      const secondsLeft = Math.max(1, Math.ceil(msLeft / 1000));
+      const isBlocked = hits > limit;
+      return { totalHits: hits, timeToExpire: secondsLeft, isBlocked, timeToBlockExpire: isBlocked ? secondsLeft : 0 };
+    } catch (error) {
+      const now = Date.now();
+      if (now - this.lastFailureLoggedAt > 30_000) {
+        this.lastFailureLoggedAt = now;
+        this.logger.warn(`rate limiting disabled while Redis is unreachable: ${describeError(error)}`);
+      }
+      return { totalHits: 0, timeToExpire: Math.ceil(ttl / 1000), isBlocked: false, timeToBlockExpire: 0 };
+    }
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+}

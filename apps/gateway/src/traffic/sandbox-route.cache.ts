@@ -1,0 +1,66 @@
+import { Injectable } from '@nestjs/common';
+import { GatewayEnv } from '@kiln/config';
+import { SandboxRoute, SandboxState } from '@kiln/contracts';
+import { MessagingClient, Subjects } from '@kiln/messaging';
+
+/** Long enough to absorb a burst of envd calls, short enough that a moved or killed sandbox is noticed soon. */
+export const ROUTE_TTL_MS = 5_000;
+/** A route lookup is a scheduler read; it should never take the request timeout of a create. */
+const ROUTE_LOOKUP_TIMEOUT_MS = 5_000;
+const MAX_CACHED_ROUTES = 50_000;
+
+/**
+ * Where a sandbox's traffic goes, asked of the scheduler and kept in memory for
+ * ROUTE_TTL_MS. Only running sandboxes are cached (a paused one may be resumed any
+ * moment); concurrent misses for one sandbox share one lookup; callers drop an entry
+ * as soon as forwarding to it fails, so a stale route costs one failed request.
+ */
+@Injectable()
+export class SandboxRouteCache {
+  private readonly routes = new Map<string, { route: SandboxRoute; expiresAt: number }>();
+  private readonly lookups = new Map<string, Promise<SandboxRoute>>();
+  private lookupCount = 0;
+
+  constructor(
+    private readonly messaging: MessagingClient,
+    private readonly env: GatewayEnv,
+  ) {}
+
+  /** Scheduler lookups made so far (cache misses); exposed for metrics and tests. */
+  get lookupsMade(): number {
+    return this.lookupCount;
+  }
+
+  async resolve(sandboxId: string): Promise<SandboxRoute> {
+    const cached = this.routes.get(sandboxId);
+    if (cached && cached.expiresAt > Date.now()) return cached.route;
+    const pending = this.lookups.get(sandboxId);
+    if (pending) return pending;
+    const lookup = this.lookup(sandboxId).finally(() => this.lookups.delete(sandboxId));
+    this.lookups.set(sandboxId, lookup);
+    return lookup;
+  }
+
+  invalidate(sandboxId: string): void {
+    this.routes.delete(sandboxId);
+  }
+
+  private async lookup(sandboxId: string): Promise<SandboxRoute> {
+    this.lookupCount++;
+    const timeout = Math.min(ROUTE_LOOKUP_TIMEOUT_MS, this.env.NATS_REQUEST_TIMEOUT_MS);
+    const route = await this.messaging.request(Subjects.sandboxRoute, { sandboxId }, timeout);
+    if (route.state === SandboxState.Running) {
+      if (this.routes.size >= MAX_CACHED_ROUTES) this.evictExpired();
+      this.routes.set(sandboxId, { route, expiresAt: Date.now() + ROUTE_TTL_MS });
+    } else {
+      this.routes.delete(sandboxId);
+    }
+    return route;
+  }
+
+  private evictExpired(): void {
+    const now = Date.now();
+    for (const [id, entry] of this.routes) if (entry.expiresAt <= now) this.routes.delete(id);
+    if (this.routes.size >= MAX_CACHED_ROUTES) this.routes.clear();
+  }
+}

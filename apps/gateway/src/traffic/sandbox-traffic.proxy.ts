@@ -1,0 +1,191 @@
+import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
+import { Agent, IncomingMessage, Server, ServerResponse, createServer } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { once } from 'node:events';
+import { createProxyServer } from 'http-proxy-3';
+import type { ProxyServer } from 'http-proxy-3';
+import { GatewayEnv } from '@kiln/config';
+import { ErrorCode, KilnError, SandboxRoute, SandboxState } from '@kiln/contracts';
+import { MetricsRegistry } from '@kiln/telemetry';
+import { SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, SandboxAddress, sandboxAddressOf } from './sandbox-address';
+import { SandboxRouteCache } from './sandbox-route.cache';
+
+/** A refusal on the traffic listener: E2B's error body, plus the sandbox it concerns. */
+export interface TrafficRefusal {
+  status: number;
+  body: { code: number; message: string; error_code: ErrorCode; sandboxId?: string };
+}
+
+const PAUSED_STATES: readonly SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
+
+/**
+ * Decides what a request for `address` gets when the route lookup failed or the
+ * sandbox cannot take traffic. A missing sandbox answers 502 like E2B's proxy:
+ * that is the status the SDK reads as "sandbox not running" (`isRunning()` false,
+ * envd calls fail with a timeout/not-found error instead of a generic one).
+ */
+export function refusalFor(address: SandboxAddress, failure: KilnError | SandboxRoute): TrafficRefusal | undefined {
+  const sandboxId = address.sandboxId;
+  if (failure instanceof KilnError) {
+    if (failure.code === ErrorCode.NotFound) {
+      return { status: 502, body: { code: 502, message: `sandbox ${sandboxId} was not found`, error_code: ErrorCode.NotFound, sandboxId } };
+    }
+    const status = failure.httpStatus >= 500 ? 503 : failure.httpStatus;
+    return { status, body: { code: status, message: failure.message, error_code: failure.code, sandboxId } };
+  }
+  if (PAUSED_STATES.includes(failure.state)) {
+    return {
+      status: 409,
+      body: { code: 409, message: `sandbox ${sandboxId} is paused: resume it (Sandbox.connect) before sending traffic`, error_code: ErrorCode.Conflict, sandboxId },
+    };
+  }
+  return undefined;
+}
+
+/**
+ * The sandbox-traffic listener (E2B_SANDBOX_URL): finds the host agent that owns
+ * the sandbox and streams the request there unchanged apart from the
+ * E2b-Sandbox-Id/-Port headers the host agent routes on. Bodies are piped in both
+ * directions (Connect streams, uploads, downloads); WebSocket upgrades are tunnelled.
+ */
+@Injectable()
+export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicationShutdown {
+  private readonly logger = new Logger('traffic');
+  private readonly server: Server;
+  private readonly proxy: ProxyServer;
+  private readonly upstreamAgent = new Agent({ keepAlive: true, maxSockets: Infinity });
+  private readonly tunnels = new Set<Duplex>();
+  private readonly requests;
+
+  constructor(
+    private readonly env: GatewayEnv,
+    private readonly routes: SandboxRouteCache,
+    metrics: MetricsRegistry,
+  ) {
+    this.requests = metrics.counter('kiln_gateway_traffic_requests_total', 'Sandbox-traffic requests by outcome', ['outcome']);
+    this.proxy = createProxyServer({ xfwd: true, agent: this.upstreamAgent });
+    // A host agent answering 502 for a sandbox means it no longer has it: look the route up afresh next time.
+    this.proxy.on('proxyRes', (proxyRes, req) => {
+      if (proxyRes.statusCode === 502) {
+        const sandboxId = req.headers[SANDBOX_ID_HEADER];
+        if (typeof sandboxId === 'string') this.routes.invalidate(sandboxId);
+      }
+    });
+    this.server = createServer((req, res) => void this.handleRequest(req, res));
+    this.server.on('upgrade', (req, socket, head) => void this.handleUpgrade(req, socket, head));
+    this.server.on('clientError', (error, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      else socket.destroy(error);
+    });
+  }
+
+  /** The bound port (differs from SANDBOX_PROXY_PORT only when that is 0). */
+  get port(): number {
+    const address = this.server.address();
+    return typeof address === 'object' && address ? address.port : this.env.SANDBOX_PROXY_PORT;
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    this.server.listen(this.env.SANDBOX_PROXY_PORT, '0.0.0.0');
+    await Promise.race([once(this.server, 'listening'), once(this.server, 'error').then(([error]) => Promise.reject(error))]);
+    this.logger.log(`sandbox traffic listening on :${this.port}`);
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    for (const tunnel of this.tunnels) tunnel.destroy();
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.upstreamAgent.destroy();
+    this.proxy.close();
+  }
+
+  private async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const target = await this.target(req);
+    if ('refusal' in target) {
+      this.requests.inc({ outcome: `refused_${target.refusal.status}` });
+      sendJson(res, target.refusal);
+      return;
+    }
+    this.requests.inc({ outcome: 'forwarded' });
+    this.proxy.web(req, res, { target: target.route.proxyUrl, headers: target.headers }, (error) => {
+      this.routes.invalidate(target.address.sandboxId);
+      this.requests.inc({ outcome: 'upstream_error' });
+      this.logger.warn(`forwarding to ${target.route.proxyUrl} for sandbox ${target.address.sandboxId} failed: ${error.message}`);
+      if (!res.headersSent) {
+        sendJson(res, {
+          status: 502,
+          body: {
+            code: 502,
+            message: `sandbox ${target.address.sandboxId} is unreachable: its host did not answer`,
+            error_code: ErrorCode.Unavailable,
+            sandboxId: target.address.sandboxId,
+          },
+        });
+      } else {
+        res.destroy();
+      }
+    });
+  }
+
+  private async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on('error', () => socket.destroy());
+    const target = await this.target(req);
+    if ('refusal' in target) {
+      this.requests.inc({ outcome: `refused_${target.refusal.status}` });
+      writeRawJson(socket, target.refusal);
+      return;
+    }
+    this.tunnels.add(socket);
+    socket.once('close', () => this.tunnels.delete(socket));
+    this.requests.inc({ outcome: 'upgraded' });
+    this.proxy.ws(req, socket, head, { target: target.route.proxyUrl, headers: target.headers }, (error) => {
+      this.routes.invalidate(target.address.sandboxId);
+      this.logger.warn(`websocket to sandbox ${target.address.sandboxId} failed: ${error.message}`);
+      socket.destroy();
+    });
+  }
+
+  private async target(
+    req: IncomingMessage,
+  ): Promise<{ refusal: TrafficRefusal } | { address: SandboxAddress; route: SandboxRoute; headers: Record<string, string> }> {
+    const parsed = sandboxAddressOf(req.headers, this.env.KILN_DOMAIN);
+    if (!parsed.ok) {
+      const message =
+        parsed.reason ??
+        `no sandbox named: send ${SANDBOX_ID_HEADER} and ${SANDBOX_PORT_HEADER} headers or use a {port}-{sandboxId}.${this.env.KILN_DOMAIN} host`;
+      return { refusal: { status: 400, body: { code: 400, message, error_code: ErrorCode.InvalidArgument } } };
+    }
+    const { address } = parsed;
+    let route: SandboxRoute;
+    try {
+      route = await this.routes.resolve(address.sandboxId);
+    } catch (error) {
+      const kilnError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, 'route lookup failed');
+      if (!(error instanceof KilnError)) this.logger.error(`route lookup for ${address.sandboxId} failed: ${String(error)}`);
+      return { refusal: refusalFor(address, kilnError) as TrafficRefusal };
+    }
+    const refusal = refusalFor(address, route);
+    if (refusal) return { refusal };
+    // Also on the incoming request, so the proxyRes hook knows which route to drop for Host-addressed traffic.
+    req.headers[SANDBOX_ID_HEADER] = address.sandboxId;
+    return {
+      address,
+      route,
+      headers: { [SANDBOX_ID_HEADER]: address.sandboxId, [SANDBOX_PORT_HEADER]: String(address.port) },
+    };
+  }
+}
+
+function sendJson(res: ServerResponse, refusal: TrafficRefusal): void {
+  const body = JSON.stringify(refusal.body);
+  res.writeHead(refusal.status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function writeRawJson(socket: Duplex, refusal: TrafficRefusal): void {
+  const body = JSON.stringify(refusal.body);
+  socket.end(
+    `HTTP/1.1 ${refusal.status} ${refusal.status === 502 ? 'Bad Gateway' : 'Error'}\r\n` +
+      `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
