@@ -90,7 +90,7 @@ describe('filesystem.Filesystem over Connect', () => {
     await expect(agent.filesystemClient({ user: 'root' }).listDir({ path: '/root', depth: 1 })).resolves.toBeDefined();
   });
 
-  it('streams create, write and remove made by a command (WatchDir), recursively when asked', async () => {
+  it('streams create, write, chmod, rename and remove made by a command (WatchDir), recursively when asked', async () => {
     const watched = `${dir}/watched`;
     await mkdir(`${watched}/sub`, { recursive: true });
     const abort = new AbortController();
@@ -112,7 +112,7 @@ describe('filesystem.Filesystem over Connect', () => {
       }
     })();
 
-    const script = `cd ${watched} && echo one > f.txt && sleep 0.2 && echo two >> f.txt && sleep 0.2 && rm f.txt && echo deep > sub/g.txt`;
+    const script = `cd ${watched} && echo one > f.txt && sleep 0.2 && echo two >> f.txt && sleep 0.2 && chmod 600 f.txt && sleep 0.2 && mv f.txt g.txt && sleep 0.2 && rm g.txt && echo deep > sub/g.txt`;
     for await (const _ of agent.processClient({ user: 'root' }).start({ process: { cmd: '/bin/bash', args: ['-c', script], envs: {} } })) {
       // Drain until the command ends.
     }
@@ -124,8 +124,11 @@ describe('filesystem.Filesystem over Connect', () => {
     const forF = events.filter((e) => e.name === 'f.txt').map((e) => e.type);
     expect(forF).toContain(EventType.CREATE);
     expect(forF).toContain(EventType.WRITE);
-    expect(forF).toContain(EventType.REMOVE);
-    expect(forF.indexOf(EventType.CREATE)).toBeLessThan(forF.lastIndexOf(EventType.REMOVE));
+    expect(forF).toContain(EventType.CHMOD);
+    expect(forF).toContain(EventType.RENAME);
+    expect(forF.indexOf(EventType.CREATE)).toBeLessThan(forF.indexOf(EventType.RENAME));
+    const forG = events.filter((e) => e.name === 'g.txt').map((e) => e.type);
+    expect(forG).toEqual([EventType.CREATE, EventType.REMOVE]);
     expect(events.filter((e) => e.name === 'sub/g.txt').map((e) => e.type)).toContain(EventType.CREATE);
   });
 

@@ -102,7 +102,7 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
     form.append('file', new Blob([Buffer.from([0, 1, 2, 3])]), `${dir}/multi/b.bin`);
     const res = await fetch(`${agent.url}/files`, { method: 'POST', body: form });
     expect(res.status).toBe(200);
-    expect((await res.json()).map((e: { path: string }) => e.path)).toEqual([`${dir}/multi/a.txt`, `${dir}/multi/b.bin`]);
+    expect(((await res.json()) as Array<{ path: string }>).map((e) => e.path)).toEqual([`${dir}/multi/a.txt`, `${dir}/multi/b.bin`]);
     expect(await readFile(`${dir}/multi/a.txt`, 'utf8')).toBe('alpha');
     expect([...(await readFile(`${dir}/multi/b.bin`))]).toEqual([0, 1, 2, 3]);
   });
@@ -154,7 +154,7 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
   });
 
   it('reports metrics with envd field names, and /init env vars via /envs and in processes', async () => {
-    const metrics = await (await fetch(`${agent.url}/metrics`)).json();
+    const metrics = (await (await fetch(`${agent.url}/metrics`)).json()) as Record<string, number>;
     for (const field of ['ts', 'cpu_count', 'cpu_used_pct', 'mem_total', 'mem_used', 'mem_total_mib', 'mem_used_mib', 'disk_used', 'disk_total']) {
       expect(typeof metrics[field]).toBe('number');
     }
