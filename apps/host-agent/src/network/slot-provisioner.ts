@@ -1,4 +1,4 @@
-import { writeFile } from 'node:fs/promises';
+import { readdir, writeFile } from 'node:fs/promises';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { hostToolAvailable, runHostCommand, type HostCommandOptions } from '../host-command/host-command';
 import {
@@ -47,6 +47,7 @@ interface IpRoute {
 }
 
 const NETNS_DIR = '/run/netns';
+const SYS_CLASS_NET = '/sys/class/net';
 
 /**
  * Creates, resets, inspects and destroys the kernel objects behind a slot with iproute2 and nftables. Holds no
@@ -123,19 +124,21 @@ export class SlotProvisioner {
     await this.nft(null, removeHostRuleset(this.options.namePrefix));
   }
 
+  /**
+   * Reads the kernel's own lists rather than spawning `ip`: /run/netns holds one bind mount per named namespace and
+   * /sys/class/net one entry per interface of the agent's (root) namespace.
+   */
   async listExisting(): Promise<ExistingSlotObjects> {
     const netnsPattern = new RegExp(`^${this.options.namePrefix}-slot-(\\d+)$`);
     const vethPattern = new RegExp(`^${this.options.namePrefix}-v(\\d+)$`);
     const namespaces = new Set<number>();
     const hostVeths = new Set<number>();
-    const netns = JSON.parse((await this.ip(['-j', 'netns', 'list'])).stdout || '[]') as { name: string }[];
-    for (const { name } of netns) {
+    for (const name of await readdir(NETNS_DIR).catch(() => [] as string[])) {
       const m = netnsPattern.exec(name);
       if (m) namespaces.add(Number(m[1]));
     }
-    const links = JSON.parse((await this.ip(['-j', 'link', 'show'])).stdout || '[]') as IpLink[];
-    for (const { ifname } of links) {
-      const m = vethPattern.exec(ifname);
+    for (const name of await readdir(SYS_CLASS_NET)) {
+      const m = vethPattern.exec(name);
       if (m) hostVeths.add(Number(m[1]));
     }
     return { namespaces, hostVeths };

@@ -32,7 +32,10 @@ export class FlattenedImages {
   }
 
   private async ensure(source: string, target: string): Promise<string> {
-    if (await isFile(target)) return target;
+    // Templates are immutable by contract; should a source be rewritten in place anyway, its newer mtime retires
+    // the stale flattening instead of silently serving old contents.
+    const cached = await stat(target).catch(() => undefined);
+    if (cached?.isFile() && cached.mtimeMs >= (await stat(source)).mtimeMs) return target;
     // Convert under a temporary name and rename: a crash mid-conversion never leaves a truncated "cached" image.
     const partial = `${target}.partial-${process.pid}-${randomBytes(4).toString('hex')}`;
     try {
@@ -44,13 +47,5 @@ export class FlattenedImages {
     } finally {
       await rm(partial, { force: true });
     }
-  }
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
-  } catch {
-    return false;
   }
 }

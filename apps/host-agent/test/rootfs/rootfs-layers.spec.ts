@@ -148,7 +148,12 @@ describe('RootfsLayers on real images', () => {
       await writeRaw(first.path, 24 * MiB, WRITE_BYTES, 0xab);
       expect((await readRaw(second.path, 24 * MiB, 16)).every((b) => b === 0x22)).toBe(true);
       expect(await sha256(overlay)).toBe(overlaySha);
-      for (const layer of [first, second, third]) await layers.removeLayer(layer);
+
+      // A source rewritten in place (against the contract) is flattened afresh rather than served stale.
+      await qemuIo(overlay, 'qcow2', 'write -P 0x44 24M 1M');
+      const fourth = await layers.createLayer('sbx-c5', { path: overlay, format: 'qcow2' }, work);
+      expect((await readRaw(fourth.path, 24 * MiB, 16)).every((b) => b === 0x44)).toBe(true);
+      for (const layer of [first, second, third, fourth]) await layers.removeLayer(layer);
     });
   });
 
