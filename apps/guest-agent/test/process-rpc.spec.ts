@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { Signal, type StartResponse, type ConnectResponse } from '@kiln/proto/process';
 import { RunningAgent } from './support/running-agent';
@@ -107,6 +108,30 @@ describe('process.Process over Connect', () => {
     expect(processes.find((p) => p.pid === pid.pid)).toBeUndefined();
   });
 
+  it('kills a command when the Start deadline (Connect-Timeout-Ms) passes, as envd does', async () => {
+    const client = agent.processClient();
+    let pid = 0;
+    const err = await collect(client.start({ process: bash('sleep 1000') }, { timeoutMs: 700 }), (p) => (pid = p)).catch((e: unknown) => e);
+    expect(ConnectError.from(err).code).toBe(Code.DeadlineExceeded);
+    expect(pid).toBeGreaterThan(0);
+    await waitFor(async () => ((await client.list({})).processes.some((p) => p.pid === pid) ? undefined : true));
+  });
+
+  it('runs commands with the user\'s supplementary groups', async () => {
+    // A throwaway account with one extra group, removed again whatever happens.
+    const group = `kilngrp${process.pid}`;
+    const name = `kilnusr${process.pid}`;
+    try {
+      expect(spawnSync('groupadd', [group]).status).toBe(0);
+      expect(spawnSync('useradd', ['-m', '-G', group, name]).status).toBe(0);
+      const result = await collect(agent.processClient({ user: name }).start({ process: bash('id -un; id -Gn') }));
+      expect(result.stdout.toString()).toBe(`${name}\n${name} ${group}\n`);
+    } finally {
+      spawnSync('userdel', ['-r', name]);
+      spawnSync('groupdel', [group]);
+    }
+  });
+
   it('SIGTERM ends a process with the terminated status', async () => {
     const client = agent.processClient();
     let pid = 0;
@@ -137,7 +162,7 @@ describe('process.Process over Connect', () => {
   it('refuses stdin for a process started without it', async () => {
     const client = agent.processClient();
     let pid = 0;
-    const run = collect(client.start({ process: bash('sleep 2') }), (p) => (pid = p));
+    const run = collect(client.start({ process: bash('sleep 2'), stdin: false }), (p) => (pid = p));
     await waitFor(async () => (pid ? pid : undefined));
     const err = await client
       .sendInput({ process: { selector: { case: 'pid', value: pid } }, input: { input: { case: 'stdin', value: Buffer.from('x') } } })

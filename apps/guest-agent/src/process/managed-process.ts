@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import * as pty from 'node-pty';
 import { EventQueue } from './event-queue';
 import { exitStatusOf, type ExitStatus } from './exit-status';
+import { launchPlan } from './user-launch';
 
 export type ProcessOutput =
   | { kind: 'stdout' | 'stderr' | 'pty'; data: Buffer }
@@ -17,6 +18,8 @@ export interface ProcessSpec {
   cwd: string;
   uid: number;
   gid: number;
+  /** All group ids of the user, primary first. */
+  groups: readonly number[];
   tag?: string;
   stdin: boolean;
   pty?: { cols: number; rows: number };
@@ -52,6 +55,17 @@ export abstract class ManagedProcess {
 
   get hasEnded(): boolean {
     return this.endStatus !== undefined;
+  }
+
+  /**
+   * envd semantics for Start's Connect-Timeout-Ms: the command is killed when the deadline passes (0 = none).
+   * The timer is monotonic, so a snapshot pause does not fire it early.
+   */
+  killAfter(ms: number): void {
+    if (!(ms > 0) || this.hasEnded) return;
+    const timer = setTimeout(() => this.signal('SIGKILL'), ms);
+    timer.unref();
+    this.onEnd(() => clearTimeout(timer));
   }
 
   onEnd(listener: (status: ExitStatus) => void): void {
@@ -149,11 +163,12 @@ export class PipeProcess extends ManagedProcess {
   }
 
   static async spawn(spec: ProcessSpec): Promise<PipeProcess> {
-    const child = spawn(spec.cmd, spec.args, {
+    const plan = launchPlan(spec.cmd, spec.args, spec.uid, spec.gid, spec.groups);
+    const child = spawn(plan.file, plan.args, {
       cwd: spec.cwd,
       env: spec.env,
-      uid: spec.uid,
-      gid: spec.gid,
+      uid: plan.uid,
+      gid: plan.gid,
       stdio: [spec.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
       // Own session and process group: signals from the agent's terminal do not reach it, and SendSignal can
       // address the whole group.
@@ -179,9 +194,9 @@ export class PipeProcess extends ManagedProcess {
     );
   }
 
+  /** Closing a stdin that is absent or already closed is a no-op, as in envd. */
   closeStdin(): void {
-    if (!this.child.stdin) throw new ProcessInputError('stdin is not enabled for this process');
-    this.child.stdin.end();
+    this.child.stdin?.end();
   }
 
   resize(): void {
@@ -219,14 +234,15 @@ export class PtyProcess extends ManagedProcess {
 
   static spawn(spec: ProcessSpec): PtyProcess {
     const size = spec.pty ?? { cols: 80, rows: 24 };
-    const terminal = pty.spawn(spec.cmd, spec.args, {
+    const plan = launchPlan(spec.cmd, spec.args, spec.uid, spec.gid, spec.groups);
+    const terminal = pty.spawn(plan.file, plan.args, {
       name: spec.env.TERM ?? 'xterm-256color',
       cols: Math.max(1, size.cols),
       rows: Math.max(1, size.rows),
       cwd: spec.cwd,
       env: spec.env,
-      uid: spec.uid,
-      gid: spec.gid,
+      uid: plan.uid,
+      gid: plan.gid,
       // Raw bytes: decoding here would corrupt multi-byte characters split across reads.
       encoding: null,
     });

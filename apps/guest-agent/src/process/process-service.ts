@@ -55,7 +55,8 @@ export function createProcessService(
       const user = requestUser(ctx, state, users);
       const config = req.process;
       if (!config?.cmd) throw new ConnectError('process.cmd is required', Code.InvalidArgument);
-      const spec = buildSpec(config, req.tag, req.stdin ?? false, req.pty?.size, user, state);
+      // envd pipes stdin unless the request explicitly turns it off (older SDKs never send the field).
+      const spec = buildSpec(config, req.tag, req.stdin ?? true, req.pty?.size, user, state);
       let started: ManagedProcess;
       try {
         started = await table.start(spec);
@@ -65,6 +66,7 @@ export function createProcessService(
         }
         throw err;
       }
+      started.killAfter(connectTimeoutMs(ctx));
       yield* streamEvents(started, ctx);
     },
 
@@ -113,6 +115,13 @@ export function createProcessService(
   };
 }
 
+/** The client's deadline for Start (Connect-Timeout-Ms); the SDK sends 60000 unless told otherwise, 0 = none. */
+function connectTimeoutMs(ctx: HandlerContext): number {
+  const raw = ctx.requestHeader.get('connect-timeout-ms');
+  const ms = raw ? Number(raw) : 0;
+  return Number.isFinite(ms) && ms > 0 ? ms : 0;
+}
+
 function selectionOf(selector: ProcessSelector | undefined): ProcessSelection {
   const chosen = selector?.selector;
   if (chosen?.case === 'pid') return { by: 'pid', pid: chosen.value };
@@ -137,12 +146,12 @@ function buildSpec(
   user: SystemUser,
   state: AgentState,
 ): ProcessSpec {
+  // As envd: the agent's own PATH, the user's identity, then /init's env vars, then the request's (last wins).
   const env: Record<string, string> = {
-    PATH: DEFAULT_PATH,
+    PATH: process.env.PATH || DEFAULT_PATH,
     HOME: user.home,
     USER: user.name,
     LOGNAME: user.name,
-    SHELL: user.shell,
   };
   for (const [key, value] of state.envVars) env[key] = value;
   Object.assign(env, config.envs);
@@ -155,6 +164,7 @@ function buildSpec(
     cwd,
     uid: user.uid,
     gid: user.gid,
+    groups: user.groups,
     tag,
     stdin,
     pty: ptySize ? { cols: ptySize.cols, rows: ptySize.rows } : undefined,
