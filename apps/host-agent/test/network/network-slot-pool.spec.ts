@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { Module, type INestApplicationContext } from '@nestjs/common';
@@ -92,6 +93,19 @@ async function conntrackEntries(netns: string | null, address?: string): Promise
     runHostCommand(netns ? 'ip' : 'conntrack', netns ? ['netns', 'exec', netns, 'conntrack', '-L', ...args] : ['-L', ...args]);
   const outputs = address ? [await list(['-s', address]), await list(['-d', address])] : [await list([])];
   return outputs.reduce((n, { stdout }) => n + stdout.split('\n').filter((l) => l.trim()).length, 0);
+}
+
+async function linkFlags(slot: NetworkSlot): Promise<string[]> {
+  const { stdout } = await ip('-n', slot.netnsName, '-j', 'link', 'show', 'dev', TAP_NAME);
+  return (JSON.parse(stdout) as { flags: string[] }[])[0].flags;
+}
+
+async function waitFor(condition: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }
 
 async function removeTestNamespaces(): Promise<void> {
@@ -270,11 +284,40 @@ describe('NetworkSlotPool on real network namespaces', () => {
     }
   });
 
-  it('throws SlotsExhaustedError at maxSlots and typed errors for bad releases', async () => {
+  it('lets a real QEMU attach to the slot tap (paused, no guest kernel needed) and reclaims it afterwards', async () => {
+    const slot = await pool.acquire();
+    let qemu: ChildProcess | undefined;
+    try {
+      qemu = spawn(
+        'ip',
+        ['netns', 'exec', slot.netnsName, 'qemu-system-x86_64', '-M', 'microvm', '-nodefaults', '-no-user-config',
+          '-display', 'none', '-S', '-netdev', `tap,id=n0,ifname=${slot.tapName},script=no,downscript=no`,
+          '-device', `virtio-net-device,netdev=n0,mac=${slot.guestMac}`],
+        { stdio: 'ignore' },
+      );
+      const exited = new Promise((resolve) => qemu!.once('exit', resolve));
+      // The tap only has carrier while a VMM holds it open.
+      await waitFor(async () => (await linkFlags(slot)).includes('LOWER_UP'), 10_000);
+      qemu.kill('SIGTERM');
+      await exited;
+      await waitFor(async () => (await linkFlags(slot)).includes('NO-CARRIER'), 5_000);
+    } finally {
+      if (qemu && qemu.exitCode === null && qemu.signalCode === null) qemu.kill('SIGKILL');
+      await pool.release(slot);
+    }
+    expect(await tapDetails(slot)).toEqual({ kind: 'tun/tap', mac: TAP_MAC, ipv4: [`${GATEWAY_IP}/30`] });
+  });
+
+  it('hands out distinct slots to concurrent acquires, throws SlotsExhaustedError at maxSlots and typed errors for bad releases', async () => {
     const held: NetworkSlot[] = [];
     try {
-      for (let i = 0; i < 6; i++) held.push(await pool.acquire());
+      // Seven at once against six slots, racing the background refill: six distinct slots and one typed refusal.
+      const results = await Promise.allSettled(Array.from({ length: 7 }, () => pool.acquire()));
+      for (const r of results) if (r.status === 'fulfilled') held.push(r.value);
       expect(new Set(held.map((s) => s.index)).size).toBe(6);
+      const refusals = results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason);
+      expect(refusals).toHaveLength(1);
+      expect(refusals[0]).toBeInstanceOf(SlotsExhaustedError);
       await expect(pool.acquire()).rejects.toBeInstanceOf(SlotsExhaustedError);
     } finally {
       for (const slot of held) await pool.release(slot);
