@@ -335,12 +335,19 @@ describe('NetworkSlotPool on real network namespaces', () => {
 
     // A new agent process: the old pool object is simply abandoned, as after a crash.
     await app!.close();
+    // Debris of a crash mid-build: a namespace that never got its veth (claimed by a sandbox record, even), and a
+    // host veth whose namespace is gone.
+    await ip('netns', 'add', `${PREFIX}-slot-40`);
+    await ip('link', 'add', `${PREFIX}-v41`, 'type', 'veth', 'peer', 'name', `${PREFIX}-p41`);
     ({ app, pool } = await startPool({ maxSlots: 6, prefill: 1, maxIdle: 4 }));
-    const report = await pool.init([kept.index, 5000]);
+    const report = await pool.init([kept.index, 40, 5000]);
     expect(report).toMatchObject({ adopted: [kept.index] });
-    expect(report.lost.map((l) => l.index)).toEqual([5000]);
-    expect(report.destroyed).toContain(dropped.index);
+    expect(report.lost.map((l) => l.index)).toEqual([40, 5000]);
+    expect(report.destroyed).toEqual(expect.arrayContaining([dropped.index, 40, 41]));
     expect(await listNetns()).not.toContain(dropped.netnsName);
+    expect(await listNetns()).not.toContain(`${PREFIX}-slot-40`);
+    expect(await listLinks()).not.toEqual(expect.arrayContaining([`${PREFIX}-v41`]));
+    expect(await listLinks()).not.toContain(`${PREFIX}-p41`);
 
     // The adopted slot still carries the running guest's traffic, and is never handed out again while leased.
     expect(await probeFromHost(kept.hostAddress, 8085)).toEqual({ ok: true, seenFrom: GATEWAY_IP });
