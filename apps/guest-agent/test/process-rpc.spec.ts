@@ -183,6 +183,29 @@ describe('process.Process over Connect', () => {
     expect(result.end?.exitCode).toBe(0);
   });
 
+  it('holds a fast producer back while the client reads slowly, instead of buffering its output', async () => {
+    const client = agent.processClient();
+    const total = 96 * 1024 * 1024;
+    const rssBefore = agent.peakRssBytes();
+    let received = 0;
+    let first = true;
+    let end: unknown;
+    for await (const message of client.start({ process: bash(`head -c ${total} /dev/zero`) })) {
+      const event = message.event?.event;
+      if (event?.case === 'data' && event.value.output.case === 'stdout') {
+        received += event.value.output.value.length;
+        if (first) {
+          first = false;
+          await new Promise((r) => setTimeout(r, 1500)); // A client that stalls while the process could write 96 MB.
+        }
+      }
+      if (event?.case === 'end') end = event.value;
+    }
+    expect(received).toBe(total);
+    expect(end).toMatchObject({ exitCode: 0 });
+    expect(agent.peakRssBytes() - rssBefore).toBeLessThan(48 * 1024 * 1024);
+  });
+
   it('runs a real terminal: tty, resize followed by stty size, Ctrl-C interrupts', async () => {
     const client = agent.processClient();
     let pid = 0;

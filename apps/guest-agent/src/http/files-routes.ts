@@ -1,4 +1,5 @@
 import { createReadStream, createWriteStream } from 'node:fs';
+import type { IncomingHttpHeaders } from 'node:http';
 import { chown, lstat, stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -16,6 +17,7 @@ import {
   headerValue,
   HttpError,
   sendJson,
+  writeHead,
   type AgentRequest,
   type AgentResponse,
 } from './http-io';
@@ -54,7 +56,7 @@ export class FilesRoutes {
       };
       if (encoding === 'gzip') headers['content-encoding'] = 'gzip';
       else headers['content-length'] = info.size;
-      (res as import('node:http').ServerResponse).writeHead(200, headers);
+      writeHead(res, 200, headers);
       // pipeline respects the client's pace: the file is read only as fast as the socket drains.
       if (encoding === 'gzip') await pipeline(source, createGzip(), res as NodeJS.WritableStream);
       else await pipeline(source, res as NodeJS.WritableStream);
@@ -97,7 +99,8 @@ export class FilesRoutes {
   ): Promise<string[]> {
     let parser: busboy.Busboy;
     try {
-      parser = busboy({ headers: req.headers as import('node:http').IncomingHttpHeaders, preservePath: true, limits: { files: MAX_FILES_PER_UPLOAD } });
+      // preservePath: the SDK names each part by its full destination path.
+      parser = busboy({ headers: req.headers as IncomingHttpHeaders, preservePath: true, limits: { files: MAX_FILES_PER_UPLOAD } });
     } catch (err) {
       drain(req);
       throw new HttpError(400, `invalid multipart request: ${(err as Error).message}`);

@@ -14,13 +14,18 @@ export class HttpError extends Error {
   }
 }
 
+/** writeHead for either protocol: the HTTP/1 and HTTP/2 compatibility responses share this signature. */
+export function writeHead(res: AgentResponse, status: number, headers: Record<string, string | number>): void {
+  (res as ServerResponse).writeHead(status, headers);
+}
+
 export function sendJson(res: AgentResponse, status: number, body: unknown): void {
   const payload = JSON.stringify(body);
   if (res.headersSent) {
     res.destroy?.();
     return;
   }
-  (res as ServerResponse).writeHead(status, {
+  writeHead(res, status, {
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(payload),
     'cache-control': 'no-store',
@@ -33,7 +38,7 @@ export function sendError(res: AgentResponse, err: HttpError): void {
 }
 
 export function sendNoContent(res: AgentResponse): void {
-  (res as ServerResponse).writeHead(204, { 'cache-control': 'no-store' });
+  writeHead(res, 204, { 'cache-control': 'no-store' });
   res.end();
 }
 
