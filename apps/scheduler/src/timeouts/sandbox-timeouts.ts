@@ -26,6 +26,7 @@ export class SandboxTimeouts implements OnModuleInit, OnApplicationShutdown {
   private queue?: Queue<SandboxTimeoutJob>;
   private worker?: Worker<SandboxTimeoutJob>;
   private handler?: ExpiryHandler;
+  private workerConnection?: RedisConnection['redis'];
 
   constructor(private readonly connection: RedisConnection) {}
 
@@ -40,7 +41,7 @@ export class SandboxTimeouts implements OnModuleInit, OnApplicationShutdown {
     this.worker = new Worker<SandboxTimeoutJob>(
       SANDBOX_TIMEOUT_QUEUE,
       async (job: Job<SandboxTimeoutJob>) => this.handler?.(job.data),
-      { connection: this.connection.redis.duplicate(), concurrency: 8 },
+      { connection: (this.workerConnection = this.connection.redis.duplicate()), concurrency: 8 },
     );
     this.worker.on('failed', (job, error) => this.logger.warn(`expiry of ${job?.data.sandboxId} failed: ${error.message}`));
   }
@@ -70,5 +71,6 @@ export class SandboxTimeouts implements OnModuleInit, OnApplicationShutdown {
   async onApplicationShutdown(): Promise<void> {
     await this.worker?.close();
     await this.queue?.close();
+    await this.workerConnection?.quit().catch(() => undefined);
   }
 }

@@ -7,52 +7,52 @@ import { IsServiceUrl } from './validators';
  */
 export class CommonEnv {
   @IsIn(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
-  LOG_LEVEL = 'info';
+  LOG_LEVEL: string = 'info';
 
   @IsIn(['development', 'production', 'test'])
-  NODE_ENV = 'development';
+  NODE_ENV: string = 'development';
 }
 
 export class GatewayEnv extends CommonEnv {
   @IsInt() @Min(1) @Max(65535)
-  HTTP_PORT = 3000;
+  HTTP_PORT: number = 3000;
 
   /** Listener for sandbox traffic (`E2B_SANDBOX_URL`, and `{port}-{id}.{domain}` hosts). */
   @IsInt() @Min(1) @Max(65535)
-  SANDBOX_PROXY_PORT = 3080;
+  SANDBOX_PROXY_PORT: number = 3080;
 
   /** Base domain of sandbox hosts, as returned to SDKs in `domain`. */
   @IsString() @MinLength(1)
-  KILN_DOMAIN = 'localhost';
+  KILN_DOMAIN: string = 'localhost';
 
   @IsServiceUrl(['postgres', 'postgresql'])
   DATABASE_URL: string;
 
   @IsServiceUrl(['nats'])
-  NATS_URL = 'nats://127.0.0.1:4222';
+  NATS_URL: string = 'nats://127.0.0.1:4222';
 
   @IsServiceUrl(['redis'])
-  REDIS_URL = 'redis://127.0.0.1:6379';
+  REDIS_URL: string = 'redis://127.0.0.1:6379';
 
   @IsInt() @Min(1)
-  RATE_LIMIT_PER_MINUTE = 1200;
+  RATE_LIMIT_PER_MINUTE: number = 1200;
 
   @IsInt() @Min(100)
-  NATS_REQUEST_TIMEOUT_MS = 60_000;
+  NATS_REQUEST_TIMEOUT_MS: number = 60_000;
 }
 
 export class SchedulerEnv extends CommonEnv {
   @IsInt() @Min(1) @Max(65535)
-  HTTP_PORT = 3001;
+  HTTP_PORT: number = 3001;
 
   @IsServiceUrl(['postgres', 'postgresql'])
   DATABASE_URL: string;
 
   @IsServiceUrl(['nats'])
-  NATS_URL = 'nats://127.0.0.1:4222';
+  NATS_URL: string = 'nats://127.0.0.1:4222';
 
   @IsServiceUrl(['redis'])
-  REDIS_URL = 'redis://127.0.0.1:6379';
+  REDIS_URL: string = 'redis://127.0.0.1:6379';
 
   /** Shared secret host agents present when they register. */
   @IsString() @MinLength(16)
@@ -60,56 +60,56 @@ export class SchedulerEnv extends CommonEnv {
 
   /** A host whose last heartbeat is older than this is not placed on. */
   @IsInt() @Min(1)
-  HOST_HEARTBEAT_TTL_SECONDS = 15;
+  HOST_HEARTBEAT_TTL_SECONDS: number = 15;
 
   @IsInt() @Min(1)
-  RECONCILE_INTERVAL_SECONDS = 30;
+  RECONCILE_INTERVAL_SECONDS: number = 30;
 }
 
 export class TemplateBuilderEnv extends CommonEnv {
   @IsInt() @Min(1) @Max(65535)
-  HTTP_PORT = 3002;
+  HTTP_PORT: number = 3002;
 
   @IsServiceUrl(['postgres', 'postgresql'])
   DATABASE_URL: string;
 
   @IsServiceUrl(['nats'])
-  NATS_URL = 'nats://127.0.0.1:4222';
+  NATS_URL: string = 'nats://127.0.0.1:4222';
 
   @IsServiceUrl(['redis'])
-  REDIS_URL = 'redis://127.0.0.1:6379';
+  REDIS_URL: string = 'redis://127.0.0.1:6379';
 
   @IsInt() @Min(1) @Max(16)
-  BUILD_CONCURRENCY = 1;
+  BUILD_CONCURRENCY: number = 1;
 }
 
 export class HostMonitorEnv extends CommonEnv {
   @IsInt() @Min(1) @Max(65535)
-  HTTP_PORT = 3003;
+  HTTP_PORT: number = 3003;
 
   @IsServiceUrl(['postgres', 'postgresql'])
   DATABASE_URL: string;
 
   @IsServiceUrl(['nats'])
-  NATS_URL = 'nats://127.0.0.1:4222';
+  NATS_URL: string = 'nats://127.0.0.1:4222';
 
   @IsInt() @Min(1)
-  HOST_HEARTBEAT_TTL_SECONDS = 15;
+  HOST_HEARTBEAT_TTL_SECONDS: number = 15;
 }
 
 export class HostAgentEnv extends CommonEnv {
   @IsInt() @Min(1) @Max(65535)
-  HTTP_PORT = 3004;
+  HTTP_PORT: number = 3004;
 
   @IsInt() @Min(1) @Max(65535)
-  GRPC_PORT = 50051;
+  GRPC_PORT: number = 50051;
 
   /** Sandbox-traffic reverse proxy: `/{sandboxId}/{port}/...` or E2b-Sandbox-* headers. */
   @IsInt() @Min(1) @Max(65535)
-  PROXY_PORT = 5007;
+  PROXY_PORT: number = 5007;
 
   @IsServiceUrl(['nats'])
-  NATS_URL = 'nats://127.0.0.1:4222';
+  NATS_URL: string = 'nats://127.0.0.1:4222';
 
   /** Stable identity of this host; defaults to the machine's hostname. */
   @IsOptional() @IsString() @Matches(/^[a-zA-Z0-9._-]{1,63}$/)
@@ -117,39 +117,39 @@ export class HostAgentEnv extends CommonEnv {
 
   /** Address the control plane uses to reach this agent's gRPC and proxy ports. */
   @IsString() @MinLength(1)
-  KILN_HOST_ADDRESS = '127.0.0.1';
+  KILN_HOST_ADDRESS: string = '127.0.0.1';
 
   @IsString() @MinLength(16)
   HOST_REGISTRATION_TOKEN: string;
 
   @IsString() @Matches(/^\//, { message: 'KILN_DATA_DIR must be an absolute path' })
-  KILN_DATA_DIR = '/var/lib/kiln';
+  KILN_DATA_DIR: string = '/var/lib/kiln';
 
   @IsIn(['auto', 'kvm', 'tcg'])
-  KILN_VMM_ACCEL = 'auto';
+  KILN_VMM_ACCEL: string = 'auto';
 
   @IsIn(['auto', 'qcow2', 'reflink', 'copy'])
-  KILN_ROOTFS_DRIVER = 'auto';
+  KILN_ROOTFS_DRIVER: string = 'auto';
 
   /** Upper bound on live sandboxes on this host (also bounded by network slots). */
   @IsInt() @Min(1) @Max(4096)
-  KILN_MAX_SANDBOXES = 32;
+  KILN_MAX_SANDBOXES: number = 32;
 
   /** Network slots kept ready ahead of demand. */
   @IsInt() @Min(0) @Max(256)
-  KILN_NETWORK_PREFILL = 4;
+  KILN_NETWORK_PREFILL: number = 4;
 
   /** Pool the per-slot host-side addresses come from; only ever assigned inside agent-made namespaces. */
   @IsString() @Matches(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, { message: 'KILN_SLOT_CIDR must be an IPv4 CIDR' })
-  KILN_SLOT_CIDR = '10.200.0.0/16';
+  KILN_SLOT_CIDR: string = '10.200.0.0/16';
 
   /** vCPUs and memory this host offers to sandboxes; 0 means "detect from the machine". */
   @IsInt() @Min(0)
-  KILN_CAPACITY_VCPUS = 0;
+  KILN_CAPACITY_VCPUS: number = 0;
 
   @IsInt() @Min(0)
-  KILN_CAPACITY_MEMORY_MIB = 0;
+  KILN_CAPACITY_MEMORY_MIB: number = 0;
 
   @IsInt() @Min(1)
-  HEARTBEAT_INTERVAL_SECONDS = 5;
+  HEARTBEAT_INTERVAL_SECONDS: number = 5;
 }

@@ -1,0 +1,169 @@
+import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import { Test } from '@nestjs/testing';
+import { INestApplicationContext } from '@nestjs/common';
+import { ErrorCode, KilnError, SandboxState } from '@kiln/contracts';
+import { SchedulerEnv, loadConfig } from '@kiln/config';
+import { PrismaService, SandboxRepository, TeamRepository } from '@kiln/db';
+import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
+import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
+import { TelemetryModule } from '@kiln/telemetry';
+import { AppModule } from '../src/app.module';
+
+const TOKEN = 'integration-test-registration-token';
+
+/** Real scheduler (in-process) on real Postgres, Redis and NATS; a separate Nest context plays the gateway. */
+describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
+  let db: TestDatabase;
+  let scheduler: NestFastifyApplication;
+  let caller: INestApplicationContext;
+  let client: MessagingClient;
+  let teamId: string;
+  let otherTeamId: string;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const env = loadConfig(SchedulerEnv, {
+      DATABASE_URL: db.url,
+      HOST_REGISTRATION_TOKEN: TOKEN,
+      LOG_LEVEL: 'silent',
+      HTTP_PORT: '3001',
+      HOST_HEARTBEAT_TTL_SECONDS: '15',
+    });
+    scheduler = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(env), new FastifyAdapter(), { logger: false });
+    scheduler.connectMicroservice(natsServerOptions(env.NATS_URL, 'scheduler'));
+    await scheduler.startAllMicroservices();
+    await scheduler.listen(0, '127.0.0.1');
+
+    const moduleRef = await Test.createTestingModule({
+      imports: [TelemetryModule.forRoot({ service: 'test-caller', logLevel: 'silent' }), MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: 'test-caller' })],
+    }).compile();
+    caller = await moduleRef.init();
+    client = caller.get(MessagingClient);
+
+    const teams = scheduler.get(TeamRepository);
+    teamId = (await teams.ensure(`team-a-${db.name}`)).id;
+    otherTeamId = (await teams.ensure(`team-b-${db.name}`)).id;
+  }, 60_000);
+
+  afterAll(async () => {
+    await caller?.close();
+    await scheduler?.close();
+    await db?.drop();
+  });
+
+  async function insertRunningSandbox(id: string, timeoutSeconds = 300): Promise<void> {
+    await scheduler.get(PrismaService).sandbox.create({
+      data: {
+        id,
+        teamId,
+        templateId: 'base',
+        state: SandboxState.Running,
+        vcpus: 1,
+        memoryMib: 512,
+        diskMib: 2048,
+        timeoutSeconds,
+        expiresAt: new Date(Date.now() + timeoutSeconds * 1000),
+        metadata: { purpose: 'test' },
+      },
+    });
+  }
+
+  it('answers a ping: NATS request/reply between two apps', async () => {
+    const reply = await client.request(Subjects.schedulerPing, {}, 5_000);
+    expect(reply.service).toBe('scheduler');
+    expect(Date.parse(reply.at)).not.toBeNaN();
+  });
+
+  it('carries typed errors across NATS: unknown sandbox is not_found', async () => {
+    const failure = client.request(Subjects.sandboxGet, { teamId, sandboxId: 'doesnotexist' }, 5_000);
+    await expect(failure).rejects.toBeInstanceOf(KilnError);
+    await expect(failure).rejects.toMatchObject({ code: ErrorCode.NotFound });
+  });
+
+  it('rejects host registration with a wrong token and accepts the right one', async () => {
+    const registration = {
+      hostId: 'test-host-1',
+      grpcAddress: '127.0.0.1:1',
+      proxyUrl: 'http://127.0.0.1:1',
+      acceleration: 'tcg' as const,
+      version: 'test',
+      capacity: { vcpus: 4, memoryMib: 4096, sandboxes: 4 },
+      templates: ['base'],
+    };
+    await expect(client.request(Subjects.hostRegister, { ...registration, token: 'wrong-token-wrong-token' }, 5_000)).rejects.toMatchObject({
+      code: ErrorCode.Unauthenticated,
+    });
+    const reply = await client.request(Subjects.hostRegister, { ...registration, token: TOKEN }, 5_000);
+    expect(reply.accepted).toBe(true);
+    const host = await scheduler.get(PrismaService).host.findUniqueOrThrow({ where: { id: 'test-host-1' } });
+    expect(host.state).toBe('ready');
+    // Leave no placeable host behind for the capacity test below.
+    await scheduler.get(PrismaService).host.delete({ where: { id: 'test-host-1' } });
+  });
+
+  it('answers 503-style resource_exhausted when no host has room, leaving nothing pending', async () => {
+    await scheduler.get(PrismaService).template.upsert({ where: { id: 'base' }, update: {}, create: { id: 'base', public: true } });
+    const failure = client.request(
+      Subjects.sandboxCreate,
+      { teamId, templateRef: 'base', timeoutSeconds: 30, autoPause: false, secure: true, allowInternetAccess: true, metadata: {}, envVars: {} },
+      10_000,
+    );
+    await expect(failure).rejects.toMatchObject({ code: ErrorCode.ResourceExhausted, retryAfterSeconds: expect.any(Number) });
+    const pending = await scheduler.get(PrismaService).sandbox.count({ where: { teamId, state: SandboxState.Pending } });
+    expect(pending).toBe(0);
+  });
+
+  it('hides another team’s sandbox as not_found', async () => {
+    await insertRunningSandbox('teamscoped1');
+    await expect(client.request(Subjects.sandboxGet, { teamId: otherTeamId, sandboxId: 'teamscoped1' }, 5_000)).rejects.toMatchObject({
+      code: ErrorCode.NotFound,
+    });
+    const view = await client.request(Subjects.sandboxGet, { teamId, sandboxId: 'teamscoped1' }, 5_000);
+    expect(view).toMatchObject({ sandboxId: 'teamscoped1', state: SandboxState.Running, metadata: { purpose: 'test' } });
+  });
+
+  it('lets exactly one of two concurrent kills win, with no error state', async () => {
+    await insertRunningSandbox('killrace1');
+    const replies = await Promise.all([
+      client.request(Subjects.sandboxKill, { teamId, sandboxId: 'killrace1' }, 5_000),
+      client.request(Subjects.sandboxKill, { teamId, sandboxId: 'killrace1' }, 5_000),
+    ]);
+    expect(replies.map((r) => r.killed).sort()).toEqual([false, true]);
+    const events = await scheduler.get(SandboxRepository).events('killrace1');
+    expect(events.map((e) => e.toState)).toEqual([SandboxState.Killed]);
+    const row = await scheduler.get(SandboxRepository).find('killrace1');
+    expect(row?.state).toBe(SandboxState.Killed);
+  });
+
+  it('expires a sandbox through its BullMQ timeout job, and a refresh postpones it', async () => {
+    await insertRunningSandbox('expiring1', 2);
+    await insertRunningSandbox('refreshed1', 2);
+    await client.request(Subjects.sandboxSetTimeout, { teamId, sandboxId: 'expiring1', timeoutSeconds: 1 }, 5_000);
+    await client.request(Subjects.sandboxSetTimeout, { teamId, sandboxId: 'refreshed1', timeoutSeconds: 1 }, 5_000);
+    await client.request(Subjects.sandboxRefresh, { teamId, sandboxId: 'refreshed1', durationSeconds: 30 }, 5_000);
+    const repo = scheduler.get(SandboxRepository);
+    const deadline = Date.now() + 10_000;
+    while ((await repo.find('expiring1'))?.state !== SandboxState.Killed && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(await repo.find('expiring1')).toMatchObject({ state: SandboxState.Killed, stateReason: 'timeout' });
+    expect(await repo.find('refreshed1')).toMatchObject({ state: SandboxState.Running });
+  }, 20_000);
+
+  it('lists with metadata filters and pages with nextToken', async () => {
+    for (const id of ['listpage1', 'listpage2', 'listpage3']) await insertRunningSandbox(id);
+    const all: string[] = [];
+    let nextToken: string | undefined;
+    do {
+      const page = await client.request(Subjects.sandboxList, { teamId, metadata: { purpose: 'test' }, limit: 2, nextToken }, 5_000);
+      expect(page.sandboxes.length).toBeLessThanOrEqual(2);
+      all.push(...page.sandboxes.map((s) => s.sandboxId));
+      nextToken = page.nextToken;
+    } while (nextToken);
+    expect(all).toEqual(expect.arrayContaining(['listpage1', 'listpage2', 'listpage3']));
+    expect(new Set(all).size).toBe(all.length);
+    const none = await client.request(Subjects.sandboxList, { teamId, metadata: { purpose: 'other' }, limit: 10 }, 5_000);
+    expect(none.sandboxes).toEqual([]);
+  });
+});

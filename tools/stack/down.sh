@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `npm run down`: stops everything `npm run up` started and removes what it created
+# (sandbox VMs, network slots, disk layers); images and the database stay for next time.
+# shellcheck source=apps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apps.sh"
+
+stack_env
+for app in gateway template-builder host-monitor scheduler; do stop_app "$app"; done
+# The host agent leaves VMs running across its own restarts by design; `down` removes them.
+stop_app host-agent
+if [ -f "$ROOT/apps/host-agent/dist/teardown.js" ]; then
+  node "$ROOT/apps/host-agent/dist/teardown.js" || log "host teardown reported problems (see above)"
+fi
+rm -f "$KILN_STATE/dev.env"
+log "stopped"

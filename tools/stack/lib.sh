@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Shared steps of `npm run up`, `npm test` and CI: every step is idempotent and
+# checks before it acts, so a second run on a prepared machine is fast.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+KILN_STATE=${KILN_STATE:-$ROOT/.kiln}
+export KILN_DATA_DIR=${KILN_DATA_DIR:-/var/lib/kiln}
+export PATH="$ROOT/node_modules/.bin:$PATH"
+export NX_DAEMON=false NX_NO_CLOUD=true NX_TUI=false NX_SKIP_NX_CACHE=${NX_SKIP_NX_CACHE:-false}
+
+log() { printf '\033[1;34m[kiln]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[kiln]\033[0m %s\n' "$*" >&2; exit 1; }
+
+# Debian packages the stack needs on a host: VMs, guest image build, networking, services.
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs xfsprogs iproute2 iptables nftables
+  debootstrap mmdebstrap tini curl ca-certificates
+  postgresql redis-server nats-server
+)
+
+ensure_root() {
+  [ "$(id -u)" = 0 ] || die "must run as root (VMs need /dev/kvm or TCG, network namespaces and nftables)"
+}
+
+ensure_apt_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 what=$2
+  for _ in $(seq 1 100); do port_open "$port" && return 0; sleep 0.2; done
+  die "$what did not start listening on 127.0.0.1:$port"
+}
+
+ensure_services() {
+  if ! port_open 5432; then
+    log "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+    wait_port 5432 PostgreSQL
+  fi
+  if ! port_open 6379; then
+    log "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/kiln.log
+    wait_port 6379 Redis
+  fi
+  if ! port_open 4222; then
+    log "starting NATS (JetStream)"
+    mkdir -p /var/lib/nats-server
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    wait_port 4222 NATS
+  fi
+}
+
+# psql as the postgres superuser over TCP (trust on this machine kind) or the local socket.
+psql_admin() {
+  if psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+    psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq "$@"
+  else
+    su postgres -c "psql -d postgres -v ON_ERROR_STOP=1 -Atq $(printf '%q ' "$@")"
+  fi
+}
+
+ensure_database() {
+  local db=$1
+  psql_admin -c "select 1 from pg_database where datname = '$db'" | grep -q 1 || psql_admin -c "create database \"$db\""
+}
+
+ensure_npm() {
+  local stamp="$ROOT/node_modules/.kiln-lock.sha256" want
+  want=$(sha256sum "$ROOT/package-lock.json" | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing npm dependencies (npm ci)"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$stamp"
+  fi
+}
+
+generate_and_build() {
+  log "generating Prisma client and protobuf types"
+  (cd "$ROOT" && DATABASE_URL=${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres} prisma generate >/dev/null)
+  (cd "$ROOT" && nx run proto:generate --outputStyle=static >/dev/null)
+  log "building (tsc -b)"
+  (cd "$ROOT" && tsc -b tsconfig.json)
+  (cd "$ROOT" && nx run guest-agent:bundle --outputStyle=static >/dev/null)
+}
+
+build_guest_image() {
+  log "building guest image (content-hash cached; a no-op when inputs are unchanged)"
+  (cd "$ROOT" && nx run guest-image:build --outputStyle=static)
+}
