@@ -45,6 +45,7 @@ export class NetworkSlotPool implements OnApplicationShutdown {
   /** Indexes whose slot is being created, reset or destroyed, with the work's completion. */
   private readonly preparing = new Map<number, Promise<unknown>>();
   private refilling = false;
+  private destroying: Promise<void> | undefined;
   private refillTimer: NodeJS.Timeout | undefined;
   /** Resolved whenever a slot becomes free or a preparation ends, waking acquire() calls waiting for capacity. */
   private changeWaiters: (() => void)[] = [];
@@ -171,17 +172,29 @@ export class NetworkSlotPool implements OnApplicationShutdown {
    */
   async destroyAll(): Promise<void> {
     if (this.state === 'initializing') throw new SlotPoolNotReadyError(this.state);
+    this.destroying ??= this.removeEverything().finally(() => {
+      this.destroying = undefined;
+    });
+    return this.destroying;
+  }
+
+  private async removeEverything(): Promise<void> {
     this.state = 'destroying';
     this.stopRefill();
-    await Promise.allSettled([...this.preparing.values()]);
-    const existing = await this.provisioner.listExisting();
-    const all = new Set([...existing.namespaces, ...existing.hostVeths, ...this.leased.keys(), ...this.free.map((s) => s.index)]);
-    await this.provisioner.destroy([...all]);
-    await this.provisioner.removeHost();
-    this.free.length = 0;
-    this.leased.clear();
-    this.state = 'uninitialized';
-    this.notifyChange();
+    try {
+      await Promise.allSettled([...this.preparing.values()]);
+      const existing = await this.provisioner.listExisting();
+      const all = new Set([...existing.namespaces, ...existing.hostVeths, ...this.leased.keys(), ...this.free.map((s) => s.index)]);
+      await this.provisioner.destroy([...all]);
+      await this.provisioner.removeHost();
+    } finally {
+      // Even after a failed removal the pool forgets its slots: a retry of destroyAll or init starts from what
+      // actually exists on the host.
+      this.free.length = 0;
+      this.leased.clear();
+      this.state = 'uninitialized';
+      this.notifyChange();
+    }
   }
 
   leasedSlot(index: number): NetworkSlot | undefined {

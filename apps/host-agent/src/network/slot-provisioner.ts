@@ -240,7 +240,8 @@ export class SlotProvisioner {
       if (existing.hostVeths.has(index)) lines.push(`link del ${this.hostVethName(index)}`);
       if (existing.namespaces.has(index)) lines.push(`netns del ${this.netnsName(index)}`);
     }
-    if (lines.length > 0) await this.ipBatch(null, lines);
+    // -force: one failing line must not leave the remaining slots in place; ip still exits non-zero afterwards.
+    if (lines.length > 0) await this.ipBatch(null, lines, ['-force']);
   }
 
   private async tapState(netnsName: string): Promise<TapState> {
@@ -263,8 +264,8 @@ export class SlotProvisioner {
   }
 
   /** One `ip` process for many commands. */
-  private ipBatch(netnsName: string | null, lines: string[]) {
-    const args = [...(netnsName ? ['-n', netnsName] : []), '-batch', '-'];
+  private ipBatch(netnsName: string | null, lines: string[], flags: string[] = []) {
+    const args = [...(netnsName ? ['-n', netnsName] : []), ...flags, '-batch', '-'];
     return this.run('ip', args, { input: lines.join('\n') + '\n' });
   }
 
