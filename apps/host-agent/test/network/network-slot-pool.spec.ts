@@ -381,8 +381,10 @@ describe('NetworkSlotPool on real network namespaces', () => {
     const netns = await listNetns();
     expect(netns.filter((n) => n.startsWith(`${PREFIX}-slot-`))).toEqual([]);
     expect((await listLinks()).filter((l) => l.startsWith(`${PREFIX}-v`))).toEqual([]);
-    const { stdout: tables } = await runHostCommand('nft', ['list', 'tables']);
-    expect(tables).not.toMatch(new RegExp(`\\b${PREFIX}\\b`));
+    // The whole ruleset, iptables-nft's tables included, no longer mentions the pool's table or interfaces.
+    const { stdout: ruleset } = await runHostCommand('nft', ['list', 'ruleset']);
+    expect(ruleset).not.toContain(PREFIX);
+    expect((await runHostCommand('iptables-save', [])).stdout).not.toContain(PREFIX);
     // Taps lived only inside the slot namespaces; with those gone, none is left anywhere.
     expect(netns).not.toContain(slot.netnsName);
     await expect(pool.acquire()).rejects.toThrow(/not ready/);
