@@ -1,0 +1,16 @@
+/** Base class for template snapshot failures. */
+export class SnapshotError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** The template VM never answered its agent health check while building the snapshot. */
+export class TemplateBootError extends SnapshotError {}
+
+/** A snapshot's files do not match its manifest (truncated, modified, or missing). */
+export class SnapshotIntegrityError extends SnapshotError {}
+
+/** The template has no snapshot yet (callers may create one). */
+export class SnapshotMissingError extends SnapshotError {}

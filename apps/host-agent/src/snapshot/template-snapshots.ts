@@ -1,0 +1,317 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { runHostCommand } from '../host-command/host-command';
+import { GATEWAY_IP, GUEST_AGENT_PORT, GUEST_IP, PREFIX, type NetworkSlot } from '../network';
+import { TemplateStore, type TemplateBuild } from '../template';
+import { VMM_DRIVER, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec } from '../vmm';
+import { waitForGuestAgent } from './guest-agent-health';
+import { SnapshotIntegrityError, SnapshotMissingError, TemplateBootError } from './snapshot.errors';
+
+/** Network slots for the template boot; NetworkSlotPool satisfies it. */
+export interface SnapshotNetwork {
+  acquire(): Promise<NetworkSlot>;
+  release(slot: Pick<NetworkSlot, 'index'>): Promise<void>;
+}
+export const SNAPSHOT_NETWORK = Symbol('SNAPSHOT_NETWORK');
+
+export const SNAPSHOT_OPTIONS = Symbol('SNAPSHOT_OPTIONS');
+export interface SnapshotOptions {
+  /** Template cold boot until the agent answers (TCG boots take ~8 s on 2 cores). */
+  bootTimeoutMs: number;
+  /** Scratch space for the template VM's state dir and serial log. */
+  runDir: string;
+}
+
+const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state'] as const;
+type SnapshotFile = (typeof SNAPSHOT_FILES)[number];
+
+export interface SnapshotManifest {
+  formatVersion: 1;
+  templateId: string;
+  buildId: string;
+  createdAt: string;
+  accelerator: VmAccelerator;
+  vcpus: number;
+  memoryMib: number;
+  /** Exact kernel command line the template booted with; clones must be started with it. */
+  kernelArgs: string;
+  guestMac: string;
+  files: Record<SnapshotFile, { bytes: number; sha256: string }>;
+  timings: { bootToAgentMs: number; saveMs: number };
+}
+
+/** A template snapshot on disk, ready to restore clones from. */
+export interface TemplateSnapshot {
+  build: TemplateBuild;
+  dir: string;
+  manifest: SnapshotManifest;
+  /** Guest RAM at the snapshot point; clones map it private (copy-on-write). */
+  memoryPath: string;
+  /** Device state (x-ignore-shared migration stream). */
+  statePath: string;
+  /**
+   * Frozen disk state the memory snapshot saw (qcow2 over the template rootfs). Read-only:
+   * each clone needs its own writable layer on top of it (RootfsLayers, qcow2 driver).
+   */
+  disk: VmDiskSpec;
+}
+
+export interface CloneOptions {
+  id: string;
+  stateDir: string;
+  serialLogPath: string;
+  /** The clone's writable layer over `snapshot.disk`. */
+  rootDisk: VmDiskSpec;
+  network: VmNetworkSpec;
+}
+
+/**
+ * Builds and serves template snapshots: boot the template once with its RAM in a shared
+ * file, wait for the guest agent, save device state with x-ignore-shared, and freeze the
+ * disk overlay the guest wrote during boot. Clones restore the same command line with the
+ * RAM file mapped private, so they share the template's pages and never modify the file.
+ */
+@Injectable()
+export class TemplateSnapshots {
+  private readonly logger = new Logger(TemplateSnapshots.name);
+  private readonly inflight = new Map<string, Promise<TemplateSnapshot>>();
+  /** Snapshot dirs (with size and mtime of each file) whose hashes were checked by this process. */
+  private readonly verified = new Map<string, string>();
+
+  constructor(
+    private readonly templates: TemplateStore,
+    @Inject(VMM_DRIVER) private readonly driver: VmmDriver,
+    @Inject(SNAPSHOT_NETWORK) private readonly network: SnapshotNetwork,
+    @Inject(SNAPSHOT_OPTIONS) private readonly options: SnapshotOptions,
+  ) {}
+
+  /** The snapshot of a template build, created on first use; verified once per process. */
+  async ensure(templateId: string, buildId?: string): Promise<TemplateSnapshot> {
+    const build = await this.templates.resolve(templateId, buildId);
+    const key = build.dir;
+    let pending = this.inflight.get(key);
+    if (!pending) {
+      pending = this.loadOrCreate(build).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, pending);
+    }
+    return pending;
+  }
+
+  /** The existing snapshot of a build, verified; SnapshotMissingError when there is none. */
+  async load(build: TemplateBuild): Promise<TemplateSnapshot> {
+    let manifest: SnapshotManifest;
+    try {
+      manifest = JSON.parse(await readFile(join(build.snapshotDir, 'manifest.json'), 'utf8')) as SnapshotManifest;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new SnapshotMissingError(`template ${build.templateId}/${build.buildId} has no snapshot`);
+      }
+      throw new SnapshotIntegrityError(`snapshot manifest of ${build.templateId}/${build.buildId} is unreadable`);
+    }
+    const snapshot = describeSnapshot(build, manifest);
+    await this.verify(snapshot);
+    return snapshot;
+  }
+
+  /**
+   * Checks sizes and sha256 of the snapshot files against the manifest and the sidecars.
+   * Hashing 512 MiB takes seconds, so a directory is hashed once per process and after
+   * that only re-checked for changed sizes or mtimes.
+   */
+  async verify(snapshot: TemplateSnapshot): Promise<void> {
+    const fingerprint = await fileFingerprint(snapshot.dir);
+    if (this.verified.get(snapshot.dir) === fingerprint) return;
+    for (const name of SNAPSHOT_FILES) {
+      const path = join(snapshot.dir, name);
+      const expected = snapshot.manifest.files[name];
+      const sidecar = (await readFile(`${path}.sha256`, 'utf8').catch(() => '')).split(/\s+/)[0];
+      if (!expected || sidecar !== expected.sha256) {
+        throw new SnapshotIntegrityError(`${path}: sidecar and manifest disagree`);
+      }
+      const { size } = await stat(path).catch(() => ({ size: -1 }));
+      if (size !== expected.bytes) throw new SnapshotIntegrityError(`${path}: ${size} bytes, manifest says ${expected.bytes}`);
+      const actual = await sha256File(path);
+      if (actual !== expected.sha256) throw new SnapshotIntegrityError(`${path}: sha256 ${actual} != ${expected.sha256}`);
+    }
+    this.verified.set(snapshot.dir, fingerprint);
+  }
+
+  /** The VM spec of a clone: the template's command line with the RAM file mapped private. */
+  cloneSpec(snapshot: TemplateSnapshot, clone: CloneOptions): VmSpec {
+    return {
+      id: clone.id,
+      vcpus: snapshot.manifest.vcpus,
+      memoryMib: snapshot.manifest.memoryMib,
+      kernelPath: snapshot.build.kernelPath,
+      initrdPath: snapshot.build.initrdPath,
+      kernelArgs: snapshot.manifest.kernelArgs,
+      rootDisk: clone.rootDisk,
+      network: { ...clone.network, guestMac: snapshot.manifest.guestMac },
+      memoryFile: { path: snapshot.memoryPath, share: false },
+      stateDir: clone.stateDir,
+      serialLogPath: clone.serialLogPath,
+      accelerator: snapshot.manifest.accelerator,
+    };
+  }
+
+  /** Starts a clone from a verified snapshot; resolves once its vCPUs run. */
+  async restore(snapshot: TemplateSnapshot, clone: CloneOptions): Promise<VmHandle> {
+    await this.verify(snapshot);
+    return this.driver.restore(this.cloneSpec(snapshot, clone), { statePath: snapshot.statePath });
+  }
+
+  private async loadOrCreate(build: TemplateBuild): Promise<TemplateSnapshot> {
+    try {
+      return await this.load(build);
+    } catch (error) {
+      if (!(error instanceof SnapshotMissingError)) throw error;
+    }
+    return this.create(build);
+  }
+
+  private async create(build: TemplateBuild): Promise<TemplateSnapshot> {
+    const runId = `tmpl-${build.templateId.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 24)}-${randomBytes(4).toString('hex')}`;
+    const staging = `${build.snapshotDir}.partial-${randomBytes(4).toString('hex')}`;
+    const runDir = join(this.options.runDir, runId);
+    await mkdir(staging, { recursive: true });
+    await mkdir(runDir, { recursive: true });
+    const memoryPath = join(staging, 'memory');
+    const diskPath = join(staging, 'disk.qcow2');
+    const statePath = join(staging, 'state');
+    let slot: NetworkSlot | undefined;
+    let vm: VmHandle | undefined;
+    try {
+      // Relative backing path: the snapshot keeps working if the template dir moves.
+      await runHostCommand('qemu-img', [
+        'create', '-q', '-f', 'qcow2', '-F', build.rootfs.format, '-b', `../${basenameOf(build.rootfs.path)}`, diskPath,
+      ]);
+      slot = await this.network.acquire();
+      const kernelArgs = `${build.kernelArgs} kiln.ip=${GUEST_IP}/${PREFIX} kiln.gw=${GATEWAY_IP}`;
+      const spec: VmSpec = {
+        id: runId,
+        vcpus: build.vcpus,
+        memoryMib: build.memoryMib,
+        kernelPath: build.kernelPath,
+        initrdPath: build.initrdPath,
+        kernelArgs,
+        rootDisk: { path: diskPath, format: 'qcow2' },
+        network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+        memoryFile: { path: memoryPath, share: true },
+        stateDir: join(runDir, 'vm'),
+        serialLogPath: join(runDir, 'serial.log'),
+      };
+      const bootStarted = performance.now();
+      vm = await this.driver.spawn(spec);
+      const vmExited = new AbortController();
+      void vm.exited.then((exit) => vmExited.abort(`template VM exited (${exit.reason})`));
+      try {
+        await waitForGuestAgent(slot.hostAddress, build.agentPort ?? GUEST_AGENT_PORT, {
+          timeoutMs: this.options.bootTimeoutMs,
+          abort: vmExited.signal,
+        });
+      } catch (error) {
+        const serial = await readFile(spec.serialLogPath, 'utf8').catch(() => '');
+        throw new TemplateBootError(
+          `template ${build.templateId}/${build.buildId}: ${(error as Error).message}\n${serial.slice(-2000)}`,
+        );
+      }
+      const bootToAgentMs = performance.now() - bootStarted;
+      const accelerator: VmAccelerator = vm.spec.accelerator ?? 'tcg';
+      const saved = await vm.snapshot(statePath);
+      await vm.stop();
+      vm = undefined;
+
+      const files = {} as SnapshotManifest['files'];
+      for (const name of SNAPSHOT_FILES) {
+        const path = join(staging, name);
+        await fsyncFile(path);
+        const sha256 = await sha256File(path);
+        const { size } = await stat(path);
+        files[name] = { bytes: size, sha256 };
+        await writeFile(`${path}.sha256`, `${sha256}  ${name}\n`);
+      }
+      const manifest: SnapshotManifest = {
+        formatVersion: 1,
+        templateId: build.templateId,
+        buildId: build.buildId,
+        createdAt: new Date().toISOString(),
+        accelerator,
+        vcpus: build.vcpus,
+        memoryMib: build.memoryMib,
+        kernelArgs,
+        guestMac: slot.guestMac,
+        files,
+        timings: { bootToAgentMs: Math.round(bootToAgentMs), saveMs: Math.round(saved.durationMs) },
+      };
+      await writeFile(join(staging, 'manifest.json'), JSON.stringify(manifest, null, 2));
+      try {
+        await rename(staging, build.snapshotDir);
+      } catch (error) {
+        // Another agent process finished first; its snapshot is as good as ours.
+        if ((error as NodeJS.ErrnoException).code !== 'ENOTEMPTY' && (error as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw error;
+        }
+        await rm(staging, { recursive: true, force: true });
+        return this.load(build);
+      }
+      const snapshot = describeSnapshot(build, manifest);
+      this.verified.set(snapshot.dir, await fileFingerprint(snapshot.dir));
+      this.logger.log(
+        `snapshot of ${build.templateId}/${build.buildId}: agent up after ${manifest.timings.bootToAgentMs} ms, ` +
+          `saved in ${manifest.timings.saveMs} ms (${files.state.bytes} B of device state)`,
+      );
+      return snapshot;
+    } catch (error) {
+      await rm(staging, { recursive: true, force: true });
+      throw error;
+    } finally {
+      if (vm) await vm.kill().catch(() => undefined);
+      if (slot) await this.network.release(slot).catch(() => undefined);
+      await rm(runDir, { recursive: true, force: true });
+    }
+  }
+}
+
+function describeSnapshot(build: TemplateBuild, manifest: SnapshotManifest): TemplateSnapshot {
+  const dir = build.snapshotDir;
+  return {
+    build,
+    dir,
+    manifest,
+    memoryPath: join(dir, 'memory'),
+    statePath: join(dir, 'state'),
+    disk: { path: join(dir, 'disk.qcow2'), format: 'qcow2', readOnly: true },
+  };
+}
+
+async function fileFingerprint(dir: string): Promise<string> {
+  const parts: string[] = [];
+  for (const name of SNAPSHOT_FILES) {
+    const s = await stat(join(dir, name)).catch(() => undefined);
+    parts.push(`${name}:${s?.size ?? -1}:${s?.mtimeMs ?? -1}`);
+  }
+  return parts.join('|');
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r+');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function basenameOf(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
+}

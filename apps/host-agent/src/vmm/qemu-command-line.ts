@@ -1,0 +1,141 @@
+import { isAbsolute } from 'node:path';
+import { InvalidVmSpecError } from './vmm.errors';
+import type { VmAccelerator, VmSpec } from './vmm-driver';
+
+export interface QemuLaunchOptions {
+  accelerator: VmAccelerator;
+  tcgTranslationBufferMib: number;
+  qmpSocketPath: string;
+  pidFilePath: string;
+  /** File descriptor (in the child) carrying a migration stream to load at startup. */
+  incomingFd?: number;
+  startPaused?: boolean;
+}
+
+const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
+/** sockaddr_un.sun_path is 108 bytes including the terminator. */
+const MAX_UNIX_SOCKET_PATH = 107;
+
+/** Rejects specs QEMU would choke on, with a message that names the bad field. */
+export function validateVmSpec(spec: VmSpec): void {
+  const fail = (message: string): never => {
+    throw new InvalidVmSpecError(`vm ${JSON.stringify(spec.id)}: ${message}`);
+  };
+  if (typeof spec.id !== 'string' || !VM_ID.test(spec.id)) fail('id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}');
+  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 64) fail('vcpus must be an integer in 1..64');
+  if (!Number.isInteger(spec.memoryMib) || spec.memoryMib < 64 || spec.memoryMib > 1024 * 1024) {
+    fail('memoryMib must be an integer of at least 64');
+  }
+  const paths: Array<[string, string | undefined]> = [
+    ['kernelPath', spec.kernelPath],
+    ['initrdPath', spec.initrdPath],
+    ['rootDisk.path', spec.rootDisk?.path],
+    ['stateDir', spec.stateDir],
+    ['serialLogPath', spec.serialLogPath],
+    ['memoryFile.path', spec.memoryFile?.path],
+    ['network.netnsPath', spec.network?.netnsPath],
+  ];
+  for (const [name, value] of paths) {
+    if (value === undefined && (name.startsWith('memoryFile') || name.startsWith('network'))) continue;
+    if (typeof value !== 'string' || !isAbsolute(value)) fail(`${name} must be an absolute path`);
+    if (/[\0\n]/.test(value as string)) fail(`${name} contains a NUL or newline`);
+  }
+  if (spec.rootDisk.format !== 'raw' && spec.rootDisk.format !== 'qcow2') fail('rootDisk.format must be raw or qcow2');
+  if (typeof spec.kernelArgs !== 'string' || /[\0\n]/.test(spec.kernelArgs)) fail('kernelArgs must be one line');
+  if (spec.network) {
+    if (!INTERFACE_NAME.test(spec.network.tapName)) fail('network.tapName is not a valid interface name');
+    if (!MAC.test(spec.network.guestMac)) fail('network.guestMac must look like 02:fc:00:00:00:06');
+  }
+  if (spec.accelerator !== undefined && spec.accelerator !== 'kvm' && spec.accelerator !== 'tcg') {
+    fail('accelerator must be kvm or tcg');
+  }
+  if (`${spec.stateDir}/qmp.sock`.length > MAX_UNIX_SOCKET_PATH) fail('stateDir is too long for a unix socket path');
+}
+
+/** QEMU splits option values on commas; a literal comma is written twice. */
+function optionValue(value: string): string {
+  return value.replace(/,/g, ',,');
+}
+
+/**
+ * The QEMU microvm command line for a spec. A restore must use exactly the command line of
+ * the VM that was snapshotted (same devices, same memory backend id), which is why both
+ * paths go through this one function and only the memory-file sharing and -incoming differ.
+ */
+export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[] {
+  const machine = ['microvm', 'x-option-roms=off', 'isa-serial=on', 'rtc=off'];
+  const args: string[] = ['-name', `kiln-${spec.id}`];
+
+  if (options.accelerator === 'kvm') {
+    args.push('-accel', 'kvm', '-cpu', 'host');
+  } else {
+    args.push('-accel', `tcg,thread=multi,tb-size=${options.tcgTranslationBufferMib}`);
+  }
+
+  args.push('-m', `${spec.memoryMib}M`, '-smp', String(spec.vcpus));
+  if (spec.memoryFile) {
+    args.push(
+      '-object',
+      [
+        'memory-backend-file',
+        'id=ram',
+        `size=${spec.memoryMib}M`,
+        `mem-path=${optionValue(spec.memoryFile.path)}`,
+        `share=${spec.memoryFile.share ? 'on' : 'off'}`,
+        'prealloc=off',
+      ].join(','),
+    );
+    machine.push('memory-backend=ram');
+    // Guest RAM lives in the file, so a snapshot carries device state only; set at startup
+    // so an incoming stream can be loaded without a QMP round trip first.
+    args.push('-global', 'migration.x-ignore-shared=on');
+  }
+  args.push('-M', machine.join(','));
+
+  args.push(
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-sandbox',
+    'on,obsolete=deny,elevateprivileges=deny',
+    '-serial',
+    `file:${optionValue(spec.serialLogPath)}`,
+    '-qmp',
+    `unix:${optionValue(options.qmpSocketPath)},server=on,wait=off`,
+    '-pidfile',
+    options.pidFilePath,
+    '-kernel',
+    spec.kernelPath,
+    '-initrd',
+    spec.initrdPath,
+    '-append',
+    spec.kernelArgs,
+  );
+
+  const drive = [
+    'id=root',
+    `file=${optionValue(spec.rootDisk.path)}`,
+    `format=${spec.rootDisk.format}`,
+    'if=none',
+    'discard=unmap',
+  ];
+  if (spec.rootDisk.readOnly) drive.push('read-only=on');
+  args.push('-drive', drive.join(','), '-device', 'virtio-blk-device,drive=root');
+
+  if (spec.network) {
+    args.push(
+      '-netdev',
+      `tap,id=net0,ifname=${spec.network.tapName},script=no,downscript=no`,
+      '-device',
+      `virtio-net-device,netdev=net0,mac=${spec.network.guestMac}`,
+    );
+  }
+
+  if (options.startPaused) args.push('-S');
+  if (options.incomingFd !== undefined) args.push('-incoming', `fd:${options.incomingFd}`);
+  return args;
+}

@@ -1,0 +1,395 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { access, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Injectable, Logger } from '@nestjs/common';
+import { AccelerationProbe } from './acceleration-probe';
+import { buildQemuArgs, validateVmSpec } from './qemu-command-line';
+import { QmpClient } from './qmp-client';
+import { VmmConfig } from './vmm.config';
+import {
+  InvalidVmSpecError,
+  VmAdoptError,
+  VmNotRunningError,
+  VmSnapshotError,
+  VmStartError,
+} from './vmm.errors';
+import type {
+  VmExit,
+  VmHandle,
+  VmmDriver,
+  VmRunState,
+  VmSnapshotRef,
+  VmSnapshotResult,
+  VmSpec,
+  VmStartOptions,
+  VmStartTimings,
+} from './vmm-driver';
+
+/** What adopt() needs to find and trust a VM again; written next to the QMP socket. */
+interface VmRuntimeRecord {
+  driver: 'qemu-microvm';
+  pid: number;
+  /** Field 22 of /proc/<pid>/stat: tells a live VMM from an unrelated process that reused the pid. */
+  processStartTicks: string;
+  spec: VmSpec;
+  startedAt: string;
+}
+
+const STATE_FILES = {
+  qmpSocket: 'qmp.sock',
+  pidFile: 'qemu.pid',
+  runtime: 'vm.json',
+  vmmLog: 'qemu.log',
+} as const;
+
+/** fd number of the snapshot stream in the child: 0-2 are stdio. */
+const INCOMING_FD = 3;
+const DEFAULT_START_TIMEOUT_MS = 30_000;
+const ADOPTED_LIVENESS_POLL_MS = 500;
+
+/**
+ * Runs each VM as a detached QEMU microvm process (own session and process group, so it
+ * outlives the agent) controlled over QMP. Exits are noticed from the child's exit (VMs we
+ * started), from the QMP socket closing, and for adopted VMs also by polling the pid.
+ */
+@Injectable()
+export class QemuMicrovmDriver implements VmmDriver {
+  readonly name = 'qemu-microvm';
+  private readonly logger = new Logger(QemuMicrovmDriver.name);
+
+  constructor(
+    private readonly config: VmmConfig,
+    private readonly acceleration: AccelerationProbe,
+  ) {}
+
+  spawn(spec: VmSpec, options: VmStartOptions = {}): Promise<VmHandle> {
+    return this.launch(spec, undefined, options);
+  }
+
+  restore(spec: VmSpec, snapshot: VmSnapshotRef, options: VmStartOptions = {}): Promise<VmHandle> {
+    if (!spec.memoryFile) {
+      throw new InvalidVmSpecError(`vm ${spec.id}: restore needs the memory file the snapshot was taken with`);
+    }
+    return this.launch(spec, snapshot, options);
+  }
+
+  async adopt(stateDir: string): Promise<VmHandle> {
+    let record: VmRuntimeRecord;
+    try {
+      record = JSON.parse(await readFile(join(stateDir, STATE_FILES.runtime), 'utf8')) as VmRuntimeRecord;
+    } catch (error) {
+      throw new VmAdoptError(`no VM record in ${stateDir}: ${(error as Error).message}`);
+    }
+    const ticks = await processStartTicks(record.pid);
+    if (ticks === undefined || ticks !== record.processStartTicks) {
+      throw new VmAdoptError(`VM ${record.spec.id} (pid ${record.pid}) is no longer running`);
+    }
+    let qmp: QmpClient;
+    try {
+      qmp = await QmpClient.connect(join(stateDir, STATE_FILES.qmpSocket), 5_000);
+    } catch (error) {
+      throw new VmAdoptError(`VM ${record.spec.id}: cannot attach to its QMP socket: ${(error as Error).message}`);
+    }
+    const handle = new QemuVmHandle(record.spec, record.pid, qmp, stateDir, undefined);
+    handle.watchAdoptedProcess(record.processStartTicks);
+    return handle;
+  }
+
+  private async launch(spec: VmSpec, snapshot: VmSnapshotRef | undefined, options: VmStartOptions): Promise<VmHandle> {
+    validateVmSpec(spec);
+    await assertReadable(spec, snapshot);
+    const accelerator = spec.accelerator ?? (await this.acceleration.accelerator());
+    const resolvedSpec: VmSpec = { ...spec, accelerator };
+    const stateDir = spec.stateDir;
+    await mkdir(stateDir, { recursive: true });
+    const qmpSocketPath = join(stateDir, STATE_FILES.qmpSocket);
+    await rm(qmpSocketPath, { force: true });
+
+    const args = buildQemuArgs(resolvedSpec, {
+      accelerator,
+      tcgTranslationBufferMib: this.config.tcgTranslationBufferMib,
+      qmpSocketPath,
+      pidFilePath: join(stateDir, STATE_FILES.pidFile),
+      incomingFd: snapshot ? INCOMING_FD : undefined,
+      startPaused: options.startPaused,
+    });
+    const [file, argv] = spec.network
+      ? ['nsenter', [`--net=${spec.network.netnsPath}`, '--', this.config.qemuBinary, ...args]]
+      : [this.config.qemuBinary, args];
+
+    const logFd = openSync(join(stateDir, STATE_FILES.vmmLog), 'a');
+    let stateFd: number | undefined;
+    let child: ChildProcess;
+    const launchedAt = performance.now();
+    try {
+      stateFd = snapshot ? openSync(snapshot.statePath, 'r') : undefined;
+      child = spawn(file, argv, {
+        detached: true,
+        stdio: ['ignore', logFd, logFd, ...(stateFd === undefined ? [] : [stateFd])],
+      });
+    } finally {
+      closeSync(logFd);
+      if (stateFd !== undefined) closeSync(stateFd);
+    }
+    child.unref();
+
+    const exitedEarly = new AbortController();
+    const childExit = new Promise<VmExit>((resolve) => {
+      child.once('error', (error) => {
+        exitedEarly.abort(error.message);
+        resolve({ code: null, signal: null, reason: `spawn failed: ${error.message}`, at: new Date() });
+      });
+      child.once('exit', (code, signal) => {
+        exitedEarly.abort(`exited with ${code ?? signal}`);
+        resolve({ code, signal, reason: 'process-exit', at: new Date() });
+      });
+    });
+
+    const timeoutMs = options.timeoutMs ?? DEFAULT_START_TIMEOUT_MS;
+    let handle: QemuVmHandle | undefined;
+    try {
+      const pid = await new Promise<number>((resolve, reject) => {
+        if (child.pid !== undefined) return resolve(child.pid);
+        child.once('spawn', () => resolve(child.pid as number));
+        child.once('error', reject);
+      });
+      const qmp = await QmpClient.connect(qmpSocketPath, timeoutMs, exitedEarly.signal);
+      const controlReadyMs = performance.now() - launchedAt;
+      handle = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit);
+      if (snapshot) await handle.waitForIncomingMigration(launchedAt + timeoutMs);
+      const timings: VmStartTimings = { controlReadyMs, runningMs: performance.now() - launchedAt };
+      handle.startTimings = timings;
+      const ticks = await processStartTicks(pid);
+      const record: VmRuntimeRecord = {
+        driver: 'qemu-microvm',
+        pid,
+        processStartTicks: ticks ?? '',
+        spec: resolvedSpec,
+        startedAt: new Date().toISOString(),
+      };
+      await writeFileAtomic(join(stateDir, STATE_FILES.runtime), JSON.stringify(record, null, 2));
+      return handle;
+    } catch (error) {
+      if (child.exitCode === null && child.signalCode === null) {
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+      }
+      await Promise.race([childExit, delay(5_000)]);
+      const log = await tail(join(stateDir, STATE_FILES.vmmLog));
+      handle?.detach();
+      throw new VmStartError(
+        `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${log ? `\n${log}` : ''}`,
+      );
+    }
+  }
+}
+
+class QemuVmHandle implements VmHandle {
+  readonly exited: Promise<VmExit>;
+  startTimings?: VmStartTimings;
+  private resolveExited!: (exit: VmExit) => void;
+  private exitInfo: VmExit | undefined;
+  private livenessTimer: NodeJS.Timeout | undefined;
+  private detached = false;
+
+  constructor(
+    readonly spec: VmSpec,
+    readonly pid: number,
+    private readonly qmp: QmpClient,
+    private readonly stateDir: string,
+    childExit: Promise<VmExit> | undefined,
+  ) {
+    this.exited = new Promise((resolve) => (this.resolveExited = resolve));
+    childExit?.then((exit) => this.markExited(exit));
+    qmp.on('close', () => void this.onControlClosed());
+  }
+
+  get id(): string {
+    return this.spec.id;
+  }
+
+  get hasExited(): boolean {
+    return this.exitInfo !== undefined;
+  }
+
+  /** For VMs whose parent is not this process: no exit event, so watch the pid. */
+  watchAdoptedProcess(startTicks: string): void {
+    this.livenessTimer = setInterval(() => {
+      void processStartTicks(this.pid).then((ticks) => {
+        if (ticks !== startTicks) this.markExited({ code: null, signal: null, reason: 'process-gone', at: new Date() });
+      });
+    }, ADOPTED_LIVENESS_POLL_MS);
+    this.livenessTimer.unref();
+  }
+
+  async waitForIncomingMigration(deadline: number): Promise<void> {
+    // The run state leaves 'inmigrate' once the stream is loaded: 'running' when QEMU
+    // autostarts, 'paused' with -S. Polling QMP costs well under a millisecond per round.
+    for (;;) {
+      const { status } = await this.qmp.execute('query-status');
+      if (status !== 'inmigrate') {
+        if (status === 'running' || status === 'paused' || status === 'prelaunch') return;
+        throw new VmSnapshotError(`incoming migration ended in state ${status}`);
+      }
+      if (performance.now() > deadline) throw new VmSnapshotError('timed out loading the snapshot');
+      await delay(1);
+    }
+  }
+
+  async state(): Promise<VmRunState> {
+    if (this.exitInfo) return 'exited';
+    const { status } = await this.control().execute('query-status');
+    if (status === 'running') return 'running';
+    if (status === 'paused' || status === 'postmigrate' || status === 'prelaunch') return 'paused';
+    if (status === 'inmigrate') return 'restoring';
+    return 'other';
+  }
+
+  async pause(): Promise<void> {
+    await this.control().execute('stop');
+  }
+
+  async resume(): Promise<void> {
+    await this.control().execute('cont');
+  }
+
+  async snapshot(statePath: string): Promise<VmSnapshotResult> {
+    const qmp = this.control();
+    const started = performance.now();
+    if (this.spec.memoryFile?.share) {
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [{ capability: 'x-ignore-shared', state: true }],
+      });
+    }
+    const { status } = await qmp.execute('query-status');
+    if (status === 'running') await qmp.execute('stop');
+    const partial = `${statePath}.partial`;
+    await rm(partial, { force: true });
+    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(partial)}` });
+    const deadline = performance.now() + 120_000;
+    for (;;) {
+      const info = await qmp.execute('query-migrate');
+      if (info.status === 'completed') break;
+      if (info.status === 'failed' || info.status === 'cancelled') {
+        throw new VmSnapshotError(`vm ${this.id}: migration ${info.status}: ${info['error-desc'] ?? 'no detail'}`);
+      }
+      if (performance.now() > deadline) throw new VmSnapshotError(`vm ${this.id}: snapshot timed out`);
+      await delay(2);
+    }
+    await rename(partial, statePath);
+    const { size } = await stat(statePath);
+    return { statePath, stateBytes: size, durationMs: performance.now() - started };
+  }
+
+  async stop(timeoutMs = 10_000): Promise<VmExit> {
+    if (this.exitInfo) return this.exitInfo;
+    try {
+      await this.control().execute('quit');
+    } catch {
+      // The socket closing mid-quit is the VM going away; anything else ends in kill() below.
+    }
+    const exit = await Promise.race([this.exited, delay(timeoutMs).then(() => undefined)]);
+    return exit ?? this.kill();
+  }
+
+  async kill(): Promise<VmExit> {
+    if (this.exitInfo) return this.exitInfo;
+    try {
+      process.kill(this.pid, 'SIGKILL');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ESRCH') {
+        this.markExited({ code: null, signal: 'SIGKILL', reason: 'process-gone', at: new Date() });
+      } else {
+        throw error;
+      }
+    }
+    return this.exited;
+  }
+
+  detach(): void {
+    this.detached = true;
+    if (this.livenessTimer) clearInterval(this.livenessTimer);
+    this.qmp.close();
+  }
+
+  private control(): QmpClient {
+    if (this.exitInfo) throw new VmNotRunningError(`vm ${this.id} has exited (${this.exitInfo.reason})`);
+    if (this.detached) throw new VmNotRunningError(`vm ${this.id} was detached from this driver`);
+    return this.qmp;
+  }
+
+  private async onControlClosed(): Promise<void> {
+    if (this.detached || this.exitInfo) return;
+    // QEMU closes the socket only when it exits; confirm, since a child's exit event carries more detail.
+    const alive = (await processStartTicks(this.pid)) !== undefined;
+    if (!alive) this.markExited({ code: null, signal: null, reason: 'control-socket-closed', at: new Date() });
+  }
+
+  private markExited(exit: VmExit): void {
+    if (this.exitInfo) return;
+    this.exitInfo = exit;
+    if (this.livenessTimer) clearInterval(this.livenessTimer);
+    this.qmp.close();
+    void rm(join(this.stateDir, STATE_FILES.qmpSocket), { force: true });
+    this.resolveExited(exit);
+  }
+}
+
+async function assertReadable(spec: VmSpec, snapshot: VmSnapshotRef | undefined): Promise<void> {
+  const files: Array<[string, string]> = [
+    ['kernel', spec.kernelPath],
+    ['initrd', spec.initrdPath],
+    ['root disk', spec.rootDisk.path],
+  ];
+  if (spec.memoryFile && (snapshot || !spec.memoryFile.share)) files.push(['memory file', spec.memoryFile.path]);
+  if (snapshot) files.push(['snapshot state', snapshot.statePath]);
+  if (spec.network) files.push(['network namespace', spec.network.netnsPath]);
+  for (const [what, path] of files) {
+    try {
+      await access(path);
+    } catch {
+      throw new InvalidVmSpecError(`vm ${spec.id}: ${what} ${path} does not exist`);
+    }
+  }
+}
+
+/** Start time of a process in clock ticks since boot, or undefined when it does not exist (or is a zombie). */
+export async function processStartTicks(pid: number): Promise<string | undefined> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // comm (field 2) may contain spaces and parentheses; fields after it start at the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] === 'Z' || fields[0] === 'X') return undefined;
+    return fields[19];
+  } catch {
+    return undefined;
+  }
+}
+
+async function writeFileAtomic(path: string, content: string): Promise<void> {
+  const partial = `${path}.partial`;
+  await writeFile(partial, content);
+  await rename(partial, path);
+}
+
+async function tail(path: string, maxBytes = 2000): Promise<string> {
+  try {
+    const text = await readFile(path, 'utf8');
+    return text.slice(-maxBytes).trim();
+  } catch {
+    return '';
+  }
+}
+
+function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,127 @@
+/**
+ * The contract between the sandbox manager and a virtual machine monitor. It is shaped
+ * so that QEMU microvm (QMP) and Firecracker (REST over a unix socket) both fit: a VM is
+ * described once by a VmSpec, started cold or from a snapshot, and controlled through a
+ * VmHandle whose lifetime ends when the VMM process is gone.
+ */
+
+export type VmAccelerator = 'kvm' | 'tcg';
+
+export type DiskFormat = 'raw' | 'qcow2';
+
+export interface VmDiskSpec {
+  path: string;
+  format: DiskFormat;
+  readOnly?: boolean;
+}
+
+export interface VmNetworkSpec {
+  /** Network namespace the VMM runs in, e.g. /run/netns/<name>. */
+  netnsPath: string;
+  /** Tap device inside that namespace. */
+  tapName: string;
+  /** Fixed guest MAC: restored clones keep the ARP state of the snapshot. */
+  guestMac: string;
+}
+
+export interface VmMemoryFileSpec {
+  /** File holding guest RAM. */
+  path: string;
+  /**
+   * true: writes go to the file (template boot). false: private copy-on-write mapping,
+   * the file is never modified (clones restored from a template snapshot).
+   */
+  share: boolean;
+}
+
+export interface VmSpec {
+  /** Unique per host; names the VMM process. [A-Za-z0-9_-], at most 64 characters. */
+  id: string;
+  vcpus: number;
+  memoryMib: number;
+  kernelPath: string;
+  initrdPath: string;
+  kernelArgs: string;
+  rootDisk: VmDiskSpec;
+  network?: VmNetworkSpec;
+  memoryFile?: VmMemoryFileSpec;
+  /** Owned by the VM: pid file, control socket, spec, VMM log. Created if missing. */
+  stateDir: string;
+  serialLogPath: string;
+  /** Defaults to the host's probed accelerator. */
+  accelerator?: VmAccelerator;
+}
+
+export interface VmSnapshotRef {
+  /** Device state written by VmHandle.snapshot(). */
+  statePath: string;
+}
+
+export interface VmExit {
+  /** Exit code when the VMM was our child; null when adopted or killed by a signal. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** How the exit was noticed or why it happened (e.g. 'process-exit', 'control-socket-closed'). */
+  reason: string;
+  at: Date;
+}
+
+export type VmRunState = 'running' | 'paused' | 'restoring' | 'exited' | 'other';
+
+export interface VmSnapshotResult {
+  statePath: string;
+  stateBytes: number;
+  durationMs: number;
+}
+
+export interface VmStartTimings {
+  /** VMM process spawned → control channel ready. */
+  controlReadyMs: number;
+  /** VMM process spawned → guest vCPUs running (or paused when startPaused). */
+  runningMs: number;
+}
+
+export interface VmStartOptions {
+  /** Leave the vCPUs stopped; call resume() to start them. */
+  startPaused?: boolean;
+  /** Deadline for the VMM to come up (and for a restore to finish loading). */
+  timeoutMs?: number;
+}
+
+export interface VmHandle {
+  readonly id: string;
+  readonly pid: number;
+  readonly spec: VmSpec;
+  /** Resolves exactly once, as soon as the VMM process is gone. Never rejects. */
+  readonly exited: Promise<VmExit>;
+  readonly hasExited: boolean;
+  /** Present for VMs this driver instance started; adopted VMs have none. */
+  readonly startTimings?: VmStartTimings;
+  state(): Promise<VmRunState>;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  /**
+   * Saves device state to `statePath` (pausing first if needed; the VM stays paused).
+   * With a shared memory file only device state is written, guest RAM stays in the file.
+   */
+  snapshot(statePath: string): Promise<VmSnapshotResult>;
+  /** Asks the VMM to exit cleanly (disks flushed); kills it after `timeoutMs`. */
+  stop(timeoutMs?: number): Promise<VmExit>;
+  /** SIGKILL. */
+  kill(): Promise<VmExit>;
+  /** Drops the control connection without touching the VM (agent shutdown); adopt() re-attaches. */
+  detach(): void;
+}
+
+export interface VmmDriver {
+  readonly name: string;
+  /** Cold boot. Resolves once the guest is running (or paused with startPaused). */
+  spawn(spec: VmSpec, options?: VmStartOptions): Promise<VmHandle>;
+  /** Starts a VM from a snapshot taken by VmHandle.snapshot() with the same device layout. */
+  restore(spec: VmSpec, snapshot: VmSnapshotRef, options?: VmStartOptions): Promise<VmHandle>;
+  /** Re-attaches to a VM that outlived the process that started it. */
+  adopt(stateDir: string): Promise<VmHandle>;
+}
+
+/** Nest injection token for the host's VmmDriver. */
+export const VMM_DRIVER = Symbol('VMM_DRIVER');

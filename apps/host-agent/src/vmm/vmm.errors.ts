@@ -1,0 +1,34 @@
+/** Base class for failures of the VM layer, so callers can map them to one error code. */
+export class VmmError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** The spec handed to the driver is unusable (missing file, bad size, bad MAC...). */
+export class InvalidVmSpecError extends VmmError {}
+
+/** The VMM process could not be started or exited before it was ready. */
+export class VmStartError extends VmmError {}
+
+/** The VM is gone (exited or killed) and cannot take the requested action. */
+export class VmNotRunningError extends VmmError {}
+
+/** A state dir does not describe a live VM that can be re-attached. */
+export class VmAdoptError extends VmmError {}
+
+/** Saving or loading a snapshot failed. */
+export class VmSnapshotError extends VmmError {}
+
+export class QmpConnectionError extends VmmError {}
+
+export class QmpCommandError extends VmmError {
+  constructor(
+    readonly command: string,
+    readonly errorClass: string,
+    readonly description: string,
+  ) {
+    super(`QMP ${command} failed: ${errorClass}: ${description}`);
+  }
+}

@@ -1,0 +1,97 @@
+import { release } from 'node:os';
+import { join } from 'node:path';
+import { GATEWAY_IP, GUEST_IP, PREFIX, type NetworkSlot } from '../../src/network';
+import { guestAgentHealthy, waitForGuestAgent } from '../../src/snapshot';
+import { QemuMicrovmDriver, VmAdoptError, InvalidVmSpecError, type VmHandle, type VmSpec } from '../../src/vmm';
+import { Cleanup, readText, startVmTestApp, type VmTestApp } from './vm-test-context';
+
+// One cold-booted VM carries the whole lifecycle (boot, pause, adopt, kill -9): under TCG a
+// boot costs ~8 s of both cores, so the steps share it and run in order.
+describe('QEMU microvm driver (real TCG VM, base template)', () => {
+  let ctx: VmTestApp;
+  const cleanup = new Cleanup();
+  let slot: NetworkSlot;
+  let spec: VmSpec;
+  let vm: VmHandle;
+  let agentPort: number;
+
+  beforeAll(async () => {
+    ctx = await startVmTestApp();
+    const base = await ctx.templates.resolve('base');
+    agentPort = base.agentPort;
+    slot = await ctx.acquireSlot(cleanup);
+    const layer = await ctx.layers.createLayer('ktvm-driver', base.rootfs, ctx.workDir);
+    spec = {
+      id: 'ktvm-driver',
+      vcpus: base.vcpus,
+      memoryMib: base.memoryMib,
+      kernelPath: base.kernelPath,
+      initrdPath: base.initrdPath,
+      kernelArgs: `${base.kernelArgs} kiln.ip=${GUEST_IP}/${PREFIX} kiln.gw=${GATEWAY_IP}`,
+      rootDisk: { path: layer.path, format: layer.format },
+      network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+      stateDir: join(ctx.workDir, 'driver-vm'),
+      serialLogPath: join(ctx.workDir, 'driver-vm.serial.log'),
+    };
+  });
+
+  afterAll(async () => {
+    try {
+      await cleanup.run();
+    } finally {
+      await ctx?.close();
+    }
+  });
+
+  it('rejects a spec with a bad MAC before starting anything', async () => {
+    const bad = { ...spec, id: 'ktvm-bad', network: { ...spec.network!, guestMac: 'not-a-mac' } };
+    await expect(ctx.driver.spawn(bad)).rejects.toBeInstanceOf(InvalidVmSpecError);
+  });
+
+  it('cold-boots the base template until the guest agent answers /health with 204', async () => {
+    vm = cleanup.vm(await ctx.driver.spawn(spec));
+    expect(await vm.state()).toBe('running');
+    await waitForGuestAgent(slot.hostAddress, agentPort, { timeoutMs: 90_000 });
+    // The guest runs the image's own kernel, not the host's.
+    const serial = await readText(spec.serialLogPath);
+    const match = /kiln-init: kernel (\S+)/.exec(serial);
+    expect(match?.[1]).toBe((await ctx.templates.resolve('base')).kernelRelease);
+    expect(match?.[1]).not.toBe(release());
+  });
+
+  it('pauses and continues the guest', async () => {
+    await vm.pause();
+    expect(await vm.state()).toBe('paused');
+    // A paused guest cannot answer, so the request runs into its timeout.
+    expect(await guestAgentHealthy(slot.hostAddress, agentPort, 1_000)).toBe(false);
+    await vm.resume();
+    expect(await vm.state()).toBe('running');
+    await waitForGuestAgent(slot.hostAddress, agentPort, { timeoutMs: 10_000 });
+  });
+
+  it('is adopted from its state dir by a fresh driver instance after the old one lets go', async () => {
+    vm.detach();
+    expect(vm.hasExited).toBe(false);
+    const freshDriver = new QemuMicrovmDriver(ctx.config, ctx.probe);
+    const adopted = cleanup.vm(await freshDriver.adopt(spec.stateDir));
+    expect(adopted.pid).toBe(vm.pid);
+    expect(adopted.spec.id).toBe(spec.id);
+    expect(await adopted.state()).toBe('running');
+    await waitForGuestAgent(slot.hostAddress, agentPort, { timeoutMs: 10_000 });
+    vm = adopted;
+  });
+
+  it('notices at once when qemu is killed with SIGKILL', async () => {
+    const killedAt = Date.now();
+    process.kill(vm.pid, 'SIGKILL');
+    const exit = await vm.exited;
+    expect(Date.now() - killedAt).toBeLessThan(2_000);
+    expect(vm.hasExited).toBe(true);
+    expect(exit.reason).toMatch(/control-socket-closed|process-gone|process-exit/);
+    await expect(vm.pause()).rejects.toThrow(/has exited/);
+  });
+
+  it('refuses to adopt a state dir whose VM is gone', async () => {
+    await expect(new QemuMicrovmDriver(ctx.config, ctx.probe).adopt(spec.stateDir)).rejects.toBeInstanceOf(VmAdoptError);
+  });
+});
