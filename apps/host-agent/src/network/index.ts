@@ -1,4 +1,6 @@
 export * from './network.constants';
+export { InvalidEgressRuleError, MAX_EGRESS_ENTRIES, UnsupportedEgressRuleError } from './egress-policy';
+export type { EgressPolicy } from './egress-policy';
 export * from './network.errors';
 export * from './network.module';
 export { NETWORK_OPTIONS, DEFAULT_NETWORK_OPTIONS, resolveNetworkOptions } from './network.options';

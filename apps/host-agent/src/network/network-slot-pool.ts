@@ -1,4 +1,5 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
+import { normaliseEgressPolicy, type EgressPolicy } from './egress-policy';
 import { NETWORK_OPTIONS, type ResolvedNetworkOptions } from './network.options';
 import {
   SlotConflictError,
@@ -148,6 +149,17 @@ export class NetworkSlotPool implements OnApplicationShutdown {
         this.logger.error(`slot ${slot.index}: destroy failed: ${String(destroyErr)}`),
       );
     }
+  }
+
+  /**
+   * Replaces the egress rules of a leased slot (create-time policy or a live update). New connections follow the
+   * new rules at once; connections already established keep going until they close. Release clears the policy.
+   */
+  async setEgressPolicy(slot: Pick<NetworkSlot, 'index'>, policy: EgressPolicy): Promise<void> {
+    const normalised = normaliseEgressPolicy(policy);
+    const leased = this.leased.get(slot.index);
+    if (!leased) throw new SlotNotLeasedError(slot.index);
+    await this.provisioner.applyEgressPolicy(leased, normalised);
   }
 
   /**

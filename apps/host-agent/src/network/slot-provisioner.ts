@@ -15,7 +15,8 @@ import { NetworkConfigError } from './network.errors';
 import { NETWORK_OPTIONS, type ResolvedNetworkOptions } from './network.options';
 import type { NetworkSlot } from './network-slot';
 import { cidrsOverlap, parseIpv4, SLOT_LINK_PREFIX, slotAddresses } from './slot-addressing';
-import { hostRuleset, removeHostRuleset, slotRuleset } from './slot-rules';
+import type { NormalisedEgressPolicy } from './egress-policy';
+import { egressPolicyRuleset, hostRuleset, removeHostRuleset, slotRuleset } from './slot-rules';
 
 export interface ExistingSlotObjects {
   /** Indexes with a `<prefix>-slot-<n>` namespace. */
@@ -197,6 +198,11 @@ export class SlotProvisioner {
       await this.run('conntrack', ['-D', '-s', hostAddress], { acceptExitCodes: [1] });
       await this.run('conntrack', ['-D', '-d', hostAddress], { acceptExitCodes: [1] });
     }
+  }
+
+  /** Replaces the slot's per-sandbox egress sets (atomically; an empty policy allows everything). */
+  async applyEgressPolicy(slot: NetworkSlot, policy: NormalisedEgressPolicy): Promise<void> {
+    await this.nft(slot.netnsName, egressPolicyRuleset(policy.allow, policy.deny));
   }
 
   /** Checks an existing slot without changing it; used before adopting a slot a live sandbox claims. */

@@ -8,7 +8,7 @@ import type { SlotAddresses, SlotPool } from './slot-addressing';
  *
  * Two layers, so a mistake in one does not open a sandbox up:
  *  - inside each slot namespace, table `inet kiln`: DNAT hostAddress -> guest, SNAT both ways, and the guest's egress
- *    filter (chain `egress`, the place where per-sandbox allow/deny sets will go);
+ *    filter (chain `egress`): platform isolation first, then the per-sandbox allow and deny sets;
  *  - on the host, table `inet <prefix>`: traffic arriving from slot veths may not reach host services or other
  *    slots, nothing but replies may enter a slot through the host, and slot traffic leaving the host is masqueraded.
  */
@@ -68,9 +68,17 @@ table inet ${SLOT_NFT_TABLE} {
     iifname ${tap} oifname ${uplink} ip saddr ${GUEST_IP} meta nfproto ipv4 jump egress
     counter reject with icmpx type admin-prohibited
   }
+  set ${EGRESS_ALLOW_SET} {
+    type ipv4_addr; flags interval; auto-merge;
+  }
+  set ${EGRESS_DENY_SET} {
+    type ipv4_addr; flags interval; auto-merge;
+  }
   chain egress {
     ip daddr ${pool.cidr} counter reject with icmpx type admin-prohibited
     ip daddr 169.254.0.0/16 counter reject with icmpx type admin-prohibited
+    ip daddr @${EGRESS_ALLOW_SET} accept
+    ip daddr @${EGRESS_DENY_SET} counter reject with icmpx type admin-prohibited
     accept
   }
   chain input {
@@ -81,4 +89,18 @@ table inet ${SLOT_NFT_TABLE} {
   }
 }
 `;
+}
+
+export const EGRESS_ALLOW_SET = 'allow_out';
+export const EGRESS_DENY_SET = 'deny_out';
+
+/**
+ * Replaces a slot's per-sandbox egress sets in one transaction. `allow` and `deny` are normalised IPv4 CIDRs.
+ * Allowed blocks win over denied ones, but neither can open what the chain rejects before consulting them.
+ */
+export function egressPolicyRuleset(allow: readonly string[], deny: readonly string[]): string {
+  const fill = (set: string, cidrs: readonly string[]) =>
+    `flush set inet ${SLOT_NFT_TABLE} ${set}\n` +
+    (cidrs.length > 0 ? `add element inet ${SLOT_NFT_TABLE} ${set} { ${cidrs.join(', ')} }\n` : '');
+  return fill(EGRESS_ALLOW_SET, allow) + fill(EGRESS_DENY_SET, deny);
 }

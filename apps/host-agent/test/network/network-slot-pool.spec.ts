@@ -9,6 +9,7 @@ import {
   GATEWAY_IP,
   GUEST_IP,
   GUEST_MAC,
+  InvalidEgressRuleError,
   NetworkConfigError,
   NetworkModule,
   NetworkSlotPool,
@@ -16,6 +17,7 @@ import {
   SlotsExhaustedError,
   TAP_MAC,
   TAP_NAME,
+  UnsupportedEgressRuleError,
   type NetworkOptions,
   type NetworkSlot,
 } from '../../src/network';
@@ -39,6 +41,8 @@ const OUTSIDE_NETNS = 'ktnet-outside';
 const OUTSIDE_HOST_IF = 'ktnet-out';
 const OUTSIDE_HOST_IP = '198.51.100.1';
 const OUTSIDE_PEER_IP = '198.51.100.2';
+/** A second "internet" address, to tell allowed destinations from denied ones. */
+const OUTSIDE_OTHER_IP = '198.51.100.3';
 const GUEST_NETNS = (n: number) => `ktnet-guest-${n}`;
 const MAX_GUEST_NETNS = 16;
 /** What an explicit `reject with icmpx admin-prohibited` looks like to a TCP client (a timeout would not prove it). */
@@ -138,6 +142,7 @@ describe('NetworkSlotPool on real network namespaces', () => {
     await leftover.app.close();
 
     await createOutsideNetns(OUTSIDE_NETNS, OUTSIDE_HOST_IF, OUTSIDE_HOST_IP, OUTSIDE_PEER_IP);
+    await ip('-n', OUTSIDE_NETNS, 'addr', 'add', `${OUTSIDE_OTHER_IP}/24`, 'dev', 'eth0');
     ({ app, pool } = await startPool({ maxSlots: 6, prefill: 2, maxIdle: 4 }));
     await pool.init([]);
     await pool.whenFilled();
@@ -255,6 +260,7 @@ describe('NetworkSlotPool on real network namespaces', () => {
       await attachFakeGuest(slot, guest);
       // What a sandbox's life may leave behind: a per-sandbox egress rule, a learned neighbour...
       await runHostCommand('ip', ['netns', 'exec', slot.netnsName, 'nft', 'insert', 'rule', 'inet', 'kiln', 'egress', 'tcp', 'dport', '8099', 'drop']);
+      await pool.setEgressPolicy(slot, { denyOut: ['203.0.113.0/24'], allowOut: ['203.0.113.7'] });
       await ip('-n', slot.netnsName, 'neigh', 'replace', '169.254.0.23', 'lladdr', '02:00:00:00:00:99', 'dev', TAP_NAME);
       expect(await slotTableRules(slot)).not.toEqual(pristineRules);
       // ...and tracked connections, both into the guest and out of it.
@@ -281,6 +287,57 @@ describe('NetworkSlotPool on real network namespaces', () => {
       expect(await probeFromNetns(nextGuest, OUTSIDE_PEER_IP, 8081)).toMatchObject({ ok: true });
     } finally {
       for (const slot of held) await pool.release(slot);
+    }
+  });
+
+  it('applies per-sandbox egress policy: deny all, allow some, never past platform isolation', async () => {
+    const a = await pool.acquire();
+    const b = await pool.acquire();
+    try {
+      const guestA = nextGuestNetns();
+      const guestB = nextGuestNetns();
+      await attachFakeGuest(a, guestA);
+      await attachFakeGuest(b, guestB);
+      await startEcho(guestA, GUEST_IP, 8087);
+      await startEcho(guestB, GUEST_IP, 8087);
+      await startEcho(OUTSIDE_NETNS, OUTSIDE_PEER_IP, 8088);
+      await startEcho(OUTSIDE_NETNS, OUTSIDE_OTHER_IP, 8088);
+      expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toMatchObject({ ok: true });
+
+      // allow_internet_access: false
+      await pool.setEgressPolicy(a, { denyOut: ['0.0.0.0/0'] });
+      expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8088)).toEqual(REJECTED);
+      expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toEqual(REJECTED);
+      // Inbound traffic from the host and other slots' egress are not affected.
+      expect(await probeFromHost(a.hostAddress, 8087)).toEqual({ ok: true, seenFrom: GATEWAY_IP });
+      expect(await probeFromNetns(guestB, OUTSIDE_PEER_IP, 8088)).toMatchObject({ ok: true });
+
+      // An allowlist: allowed entries beat the deny-all, but cannot open other slots or link-local space.
+      await pool.setEgressPolicy(a, {
+        denyOut: ['0.0.0.0/0'],
+        allowOut: [OUTSIDE_PEER_IP, `${b.hostAddress}/32`, '169.254.0.0/16', '10.0.0.0/8'],
+      });
+      expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8088)).toMatchObject({ ok: true });
+      expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toEqual(REJECTED);
+      expect(await probeFromNetns(guestA, b.hostAddress, 8087)).toEqual(REJECTED);
+
+      // A deny list with a host-bits-set CIDR, then an empty policy opening everything again.
+      await pool.setEgressPolicy(a, { denyOut: ['198.51.100.3/32', '198.51.100.201/30'] });
+      expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8088)).toMatchObject({ ok: true });
+      expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toEqual(REJECTED);
+      await pool.setEgressPolicy(a, {});
+      expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toMatchObject({ ok: true });
+
+      await expect(pool.setEgressPolicy(a, { allowOut: ['*.github.com'] })).rejects.toBeInstanceOf(UnsupportedEgressRuleError);
+      for (const bad of ['not an ip', '1.2.3.4/33', '300.1.1.1', '::1', '']) {
+        await expect(pool.setEgressPolicy(a, { denyOut: [bad] })).rejects.toBeInstanceOf(InvalidEgressRuleError);
+      }
+      await expect(pool.setEgressPolicy({ index: 9999 }, {})).rejects.toBeInstanceOf(SlotNotLeasedError);
+      // A rejected policy changed nothing.
+      expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toMatchObject({ ok: true });
+    } finally {
+      await pool.release(a);
+      await pool.release(b);
     }
   });
 
