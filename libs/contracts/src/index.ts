@@ -7,3 +7,4 @@ export * from './validation/validate-payload';
 export * from './dto/sandbox.dto';
 export * from './dto/api-key';
 export * from './dto/sandbox-view';
+export * from './queues/template-build-queue';
