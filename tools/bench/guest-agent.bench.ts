@@ -37,7 +37,7 @@ function summary(label: string, samples: number[]): string {
 }
 
 async function startAgent(): Promise<{ port: number; stop: () => void }> {
-  const child = spawn(process.execPath, [BUNDLE, '--port', '0', '--host', '127.0.0.1', '--clock-sync', 'never'], {
+  const child = spawn(process.execPath, [BUNDLE, '--port', '0', '--host', '127.0.0.1', '--guest-duties', 'off'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const port = await new Promise<number>((resolve, reject) => {

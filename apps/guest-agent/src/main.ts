@@ -3,7 +3,9 @@ import { createAgentRequestHandler } from './http/agent-request-handler';
 import { FilesystemService } from './filesystem/filesystem-service';
 import { ProcessTable } from './process/process-table';
 import { AgentState } from './runtime/agent-state';
-import { ClockSync, type ClockSyncMode } from './runtime/clock-sync';
+import { ClockSync } from './runtime/clock-sync';
+import { guestDutiesEnabled, type GuestDutiesMode } from './runtime/guest-duties';
+import { OomPolicy } from './runtime/oom-policy';
 import { SystemUserDirectory } from './users/system-users';
 
 export const DEFAULT_PORT = 49983;
@@ -11,11 +13,11 @@ export const DEFAULT_PORT = 49983;
 interface CliOptions {
   port: number;
   host?: string;
-  clockSync: ClockSyncMode;
+  guestDuties: GuestDutiesMode;
 }
 
 function parseCli(argv: string[]): CliOptions {
-  const options: CliOptions = { port: DEFAULT_PORT, clockSync: 'auto' };
+  const options: CliOptions = { port: DEFAULT_PORT, guestDuties: 'auto' };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2);
     const value = () => inline ?? argv[++i];
@@ -29,14 +31,14 @@ function parseCli(argv: string[]): CliOptions {
       case '--host':
         options.host = value();
         break;
-      case '--clock-sync': {
+      case '--guest-duties': {
         const mode = value();
-        if (mode !== 'auto' && mode !== 'always' && mode !== 'never') throw new Error('--clock-sync is auto|always|never');
-        options.clockSync = mode;
+        if (mode !== 'auto' && mode !== 'on' && mode !== 'off') throw new Error('--guest-duties is auto|on|off');
+        options.guestDuties = mode;
         break;
       }
       case '--help':
-        process.stdout.write('guest-agent [--port N] [--host ADDR] [--clock-sync auto|always|never]\n');
+        process.stdout.write('guest-agent [--port N] [--host ADDR] [--guest-duties auto|on|off]\n');
         process.exit(0);
       // falls through (exit does not return)
       default:
@@ -58,8 +60,12 @@ async function main(): Promise<void> {
   const users = new SystemUserDirectory();
   const processes = new ProcessTable();
   const filesystem = new FilesystemService(state, users);
-  const clock = new ClockSync(options.clockSync);
-  const server = new AgentServer(createAgentRequestHandler({ state, users, processes, filesystem, clock }));
+  // Guest duties (clock stepping, OOM protection) act on the machine: only inside the VM, never on a host.
+  const duties = guestDutiesEnabled(options.guestDuties);
+  const clock = new ClockSync(duties);
+  const oom = new OomPolicy(duties);
+  oom.apply();
+  const server = new AgentServer(createAgentRequestHandler({ state, users, processes, filesystem, clock, oom }));
 
   const shutdown = (signal: string) => {
     process.stderr.write(`guest-agent: ${signal}, stopping\n`);
@@ -77,7 +83,7 @@ async function main(): Promise<void> {
 
   const address = await server.listen(options.port, options.host);
   process.stdout.write(
-    `guest-agent listening on ${address.address}:${address.port} (clock sync ${clock.isEnabled ? 'on' : 'off'})\n`,
+    `guest-agent listening on ${address.address}:${address.port} (guest duties ${duties ? 'on' : 'off'})\n`,
   );
 }
 

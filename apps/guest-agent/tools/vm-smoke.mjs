@@ -6,6 +6,7 @@
 // Run as root after `npx nx run guest-agent:bundle` and `npx nx run guest-image:build`:
 //   node apps/guest-agent/tools/vm-smoke.mjs [imageDir]      (default /var/lib/kiln/images/current-base)
 // Checks: tini is PID 1 and the agent's parent, /init steps the guest clock (guest only), env vars from /init,
+// the agent's OOM protection and its commands' normal OOM score,
 // commands as user, PTY size and sudo, 5 MiB binary file round trip, metrics. Exits non-zero on any failure.
 import { spawn, execFileSync } from 'node:child_process';
 import { cpSync, mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
@@ -73,8 +74,13 @@ try {
   assert.equal((await init({ accessToken: token, timestamp: '2031-01-02T03:04:05Z', envVars: { FROM_INIT: 'yes' } })).status, 204);
   const sbx = new Sandbox({ sandboxId: 'vm-smoke', envdVersion: '0.5.7', envdAccessToken: token, sandboxUrl: url });
 
-  const first = await sbx.commands.run('date -u +%Y-%m-%d; whoami; echo $FROM_INIT; cat /proc/1/comm; cat /proc/$(ps -o ppid= -p $PPID | tr -d " ")/comm');
-  assert.equal(first.stdout, '2031-01-02\nuser\nyes\ntini\ntini\n');
+  const first = await sbx.commands.run(
+    'date -u +%Y-%m-%d; whoami; echo $FROM_INIT; cat /proc/1/comm; agent=$(ps -o ppid= -p $$ | tr -d " "); ' +
+      'cat /proc/$(ps -o ppid= -p $agent | tr -d " ")/comm; cat /proc/$agent/oom_score_adj; cat /proc/$$/oom_score_adj',
+  );
+  // Clock stepped by /init, env from /init, tini is PID 1 and the agent's parent, agent protected from the OOM
+  // killer (-1000) while the command is not (100).
+  assert.equal(first.stdout, '2031-01-02\nuser\nyes\ntini\ntini\n-1000\n100\n');
   assert.equal((await init({ timestamp: new Date().toISOString() }, { 'x-access-token': token })).status, 204);
   assert.equal((await sbx.commands.run('date -u +%Y-%m-%d')).stdout.trim(), new Date().toISOString().slice(0, 10));
 

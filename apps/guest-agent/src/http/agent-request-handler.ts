@@ -8,6 +8,7 @@ import { createProcessService } from '../process/process-service';
 import type { ProcessTable } from '../process/process-table';
 import type { AgentState } from '../runtime/agent-state';
 import type { ClockSync } from '../runtime/clock-sync';
+import type { OomPolicy } from '../runtime/oom-policy';
 import { ResourceMetrics } from '../runtime/resource-metrics';
 import type { SystemUserDirectory } from '../users/system-users';
 import { FilesRoutes } from './files-routes';
@@ -34,6 +35,7 @@ export interface AgentServices {
   processes: ProcessTable;
   filesystem: FilesystemService;
   clock: ClockSync;
+  oom: OomPolicy;
 }
 
 /**
@@ -44,7 +46,7 @@ export function createAgentRequestHandler(services: AgentServices): (req: AgentR
   const { state } = services;
   const rpc = connectNodeAdapter({
     routes: (router) => {
-      router.service(Process, createProcessService(services.processes, state, services.users));
+      router.service(Process, createProcessService(services.processes, state, services.users, services.oom));
       router.service(Filesystem, services.filesystem.impl());
     },
     readMaxBytes: MAX_RPC_MESSAGE_BYTES,

@@ -20,6 +20,8 @@ export interface ProcessSpec {
   gid: number;
   /** All group ids of the user, primary first. */
   groups: readonly number[];
+  /** The agent protected itself from the OOM killer; the command must not inherit that. */
+  resetOomScore: boolean;
   tag?: string;
   stdin: boolean;
   pty?: { cols: number; rows: number };
@@ -163,7 +165,7 @@ export class PipeProcess extends ManagedProcess {
   }
 
   static async spawn(spec: ProcessSpec): Promise<PipeProcess> {
-    const plan = launchPlan(spec.cmd, spec.args, spec.uid, spec.gid, spec.groups);
+    const plan = launchPlan(spec.cmd, spec.args, spec);
     const child = spawn(plan.file, plan.args, {
       cwd: spec.cwd,
       env: spec.env,
@@ -234,7 +236,7 @@ export class PtyProcess extends ManagedProcess {
 
   static spawn(spec: ProcessSpec): PtyProcess {
     const size = spec.pty ?? { cols: 80, rows: 24 };
-    const plan = launchPlan(spec.cmd, spec.args, spec.uid, spec.gid, spec.groups);
+    const plan = launchPlan(spec.cmd, spec.args, spec);
     const terminal = pty.spawn(plan.file, plan.args, {
       name: spec.env.TERM ?? 'xterm-256color',
       cols: Math.max(1, size.cols),

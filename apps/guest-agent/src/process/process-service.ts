@@ -10,6 +10,7 @@ import {
 import { resolveUserPath } from '../filesystem/path-resolution';
 import { keepaliveIntervalMs, requestUser } from '../rpc/rpc-context';
 import type { AgentState } from '../runtime/agent-state';
+import type { OomPolicy } from '../runtime/oom-policy';
 import type { SystemUser, SystemUserDirectory } from '../users/system-users';
 import { ProcessInputError, type ManagedProcess, type ProcessSpec } from './managed-process';
 import { ProcessNotFoundError, ProcessStartError, type ProcessSelection, type ProcessTable } from './process-table';
@@ -23,6 +24,7 @@ export function createProcessService(
   table: ProcessTable,
   state: AgentState,
   users: SystemUserDirectory,
+  oom: OomPolicy,
 ): ServiceImpl<typeof Process> {
   const find = (selector: ProcessSelector | undefined): ManagedProcess => {
     try {
@@ -56,7 +58,7 @@ export function createProcessService(
       const config = req.process;
       if (!config?.cmd) throw new ConnectError('process.cmd is required', Code.InvalidArgument);
       // envd pipes stdin unless the request explicitly turns it off (older SDKs never send the field).
-      const spec = buildSpec(config, req.tag, req.stdin ?? true, req.pty?.size, user, state);
+      const spec = buildSpec(config, req.tag, req.stdin ?? true, req.pty?.size, user, state, oom.childrenNeedReset);
       let started: ManagedProcess;
       try {
         started = await table.start(spec);
@@ -145,6 +147,7 @@ function buildSpec(
   ptySize: { cols: number; rows: number } | undefined,
   user: SystemUser,
   state: AgentState,
+  resetOomScore: boolean,
 ): ProcessSpec {
   // As envd: the agent's own PATH, the user's identity, then /init's env vars, then the request's (last wins).
   const env: Record<string, string> = {
@@ -165,6 +168,7 @@ function buildSpec(
     uid: user.uid,
     gid: user.gid,
     groups: user.groups,
+    resetOomScore,
     tag,
     stdin,
     pty: ptySize ? { cols: ptySize.cols, rows: ptySize.rows } : undefined,

@@ -1,4 +1,5 @@
 import { stat } from 'node:fs/promises';
+import { findExecutable } from './executable-lookup';
 import { ManagedProcess, PipeProcess, PtyProcess, type ProcessSpec } from './managed-process';
 
 export class ProcessNotFoundError extends Error {}
@@ -22,6 +23,10 @@ export class ProcessTable {
 
   async start(spec: ProcessSpec): Promise<ManagedProcess> {
     await this.assertDirectory(spec.cwd);
+    const executable = await findExecutable(spec.cmd, spec.cwd, spec.env.PATH ?? '', spec.uid, spec.groups);
+    if (!executable) {
+      throw new ProcessStartError(`exec: "${spec.cmd}": executable file not found or not executable by the user`, 'invalid_argument');
+    }
     let started: ManagedProcess;
     try {
       started = spec.pty ? PtyProcess.spawn(spec) : await PipeProcess.spawn(spec);

@@ -29,10 +29,14 @@ export class RunningAgent {
     private readonly logs: string[],
   ) {}
 
-  static async start(): Promise<RunningAgent> {
+  /**
+   * `guestDuties: 'off'` (the default) so /init in tests never steps the host's clock. A suite that turns duties on
+   * must never send /init a timestamp.
+   */
+  static async start(opts: { guestDuties?: 'on' | 'off' } = {}): Promise<RunningAgent> {
     ensureDefaultUser();
-    // --clock-sync never: /init in these tests must not touch the host's clock.
-    const child = spawn(process.execPath, [BUNDLE, '--port', '0', '--host', '127.0.0.1', '--clock-sync', 'never'], {
+    const duties = opts.guestDuties ?? 'off';
+    const child = spawn(process.execPath, [BUNDLE, '--port', '0', '--host', '127.0.0.1', '--guest-duties', duties], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const logs: string[] = [];
