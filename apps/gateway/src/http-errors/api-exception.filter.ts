@@ -22,8 +22,12 @@ export function sendHttpError(reply: FastifyReply, exception: unknown, logger: L
   const error = toHttpError(exception);
   if (error.status >= 500) {
     const what = request ? `${request.method} ${request.url}` : 'request';
-    const level = error.body.error_code === 'internal' ? 'error' : 'warn';
-    logger[level](`${what} failed: ${exception instanceof Error ? (exception.stack ?? exception.message) : String(exception)}`);
+    // Expected outages (capacity, scheduler down) are one line; only unexplained failures carry a stack.
+    if (error.body.error_code === 'internal') {
+      logger.error(`${what} failed: ${exception instanceof Error ? (exception.stack ?? exception.message) : String(exception)}`);
+    } else {
+      logger.warn(`${what} answered ${error.status}: ${error.body.message}`);
+    }
   }
   if (reply.sent) return;
   if (error.retryAfterSeconds !== undefined) reply.header('Retry-After', String(Math.max(0, Math.ceil(error.retryAfterSeconds))));

@@ -1,0 +1,265 @@
+import 'reflect-metadata';
+import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client } from 'pg';
+import { GatewayEnv, SchedulerEnv, loadConfig } from '@kiln/config';
+import { SandboxState } from '@kiln/contracts';
+import {
+  ApiKeyRepository,
+  HostRepository,
+  PrismaService,
+  SandboxRepository,
+  TeamRepository,
+  TemplateRepository,
+  applyMigrations,
+} from '@kiln/db';
+import { natsServerOptions } from '@kiln/messaging';
+import { startHttpService } from '@kiln/telemetry';
+import type { NestFastifyApplication } from '@nestjs/platform-fastify';
+import { AppModule as SchedulerAppModule, SERVICE_NAME as SCHEDULER_SERVICE } from '../../../scheduler/src/app.module';
+import { RunningGateway, startGateway } from '../../src/gateway';
+
+const ADMIN_DATABASE_URL = process.env.KILN_TEST_DATABASE_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+    });
+  });
+}
+
+async function waitForPort(port: number, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = require('node:net').connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline) throw new Error(`${what} did not listen on ${port} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A process the stack started; stopped (and awaited) on teardown. */
+async function stopProcess(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
+  if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+}
+
+export interface SeededTeam {
+  teamId: string;
+  apiKey: string;
+}
+
+export interface SeededSandboxOptions {
+  teamId: string;
+  proxyUrl: string;
+  state?: SandboxState.Running | SandboxState.Paused;
+  metadata?: Record<string, string>;
+  envdAccessToken?: string;
+}
+
+/**
+ * Everything the gateway talks to, private to one test file: a throwaway
+ * Postgres database (migrated), its own nats-server (JetStream) and redis-server
+ * on free ports — so no other engineer's scheduler on the shared NATS can answer
+ * our requests — the real scheduler app in-process, and the real gateway.
+ */
+export class TestStack {
+  readonly databaseName = `kiln_gateway_test_${process.pid}_${randomBytes(3).toString('hex')}`;
+  databaseUrl: string;
+  natsUrl: string;
+  redisUrl: string;
+  gateway: RunningGateway;
+  scheduler?: NestFastifyApplication;
+  prisma: PrismaService;
+  teams: TeamRepository;
+  apiKeys: ApiKeyRepository;
+  templates: TemplateRepository;
+  hosts: HostRepository;
+  sandboxes: SandboxRepository;
+  private nats?: ChildProcess;
+  private redis?: ChildProcess;
+  private natsDir?: string;
+  private extraGateways: RunningGateway[] = [];
+
+  static async start(options: { scheduler?: boolean } = {}): Promise<TestStack> {
+    const stack = new TestStack();
+    try {
+      await stack.boot(options.scheduler ?? true);
+    } catch (error) {
+      await stack.stop();
+      throw error;
+    }
+    return stack;
+  }
+
+  private async boot(withScheduler: boolean): Promise<void> {
+    const admin = new Client({ connectionString: ADMIN_DATABASE_URL });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${this.databaseName}`);
+    await admin.end();
+    const url = new URL(ADMIN_DATABASE_URL);
+    url.pathname = `/${this.databaseName}`;
+    this.databaseUrl = url.toString();
+    await applyMigrations(this.databaseUrl);
+
+    const natsPort = await freePort();
+    this.natsDir = mkdtempSync(join(tmpdir(), 'kiln-gw-nats-'));
+    this.nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', this.natsDir], { stdio: 'ignore' });
+    this.natsUrl = `nats://127.0.0.1:${natsPort}`;
+    const redisPort = await freePort();
+    this.redis = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(redisPort), '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    this.redisUrl = `redis://127.0.0.1:${redisPort}`;
+    await Promise.all([waitForPort(natsPort, 'nats-server'), waitForPort(redisPort, 'redis-server')]);
+
+    this.prisma = new PrismaService(this.databaseUrl);
+    this.teams = new TeamRepository(this.prisma);
+    this.apiKeys = new ApiKeyRepository(this.prisma);
+    this.templates = new TemplateRepository(this.prisma);
+    this.hosts = new HostRepository(this.prisma);
+    this.sandboxes = new SandboxRepository(this.prisma);
+
+    if (withScheduler) await this.startScheduler();
+    this.gateway = await this.startGateway();
+  }
+
+  async startScheduler(): Promise<void> {
+    const env = loadConfig(SchedulerEnv, {
+      HTTP_PORT: String(await freePort()),
+      DATABASE_URL: this.databaseUrl,
+      NATS_URL: this.natsUrl,
+      REDIS_URL: this.redisUrl,
+      HOST_REGISTRATION_TOKEN: 'gateway-test-registration-token',
+      // Seeded hosts never heartbeat; keep the reconciler from reaping them mid-test.
+      RECONCILE_INTERVAL_SECONDS: '3600',
+      HOST_HEARTBEAT_TTL_SECONDS: '3600',
+      LOG_LEVEL: 'warn',
+    });
+    this.scheduler = await startHttpService(SchedulerAppModule.forRoot(env), {
+      port: env.HTTP_PORT,
+      host: '127.0.0.1',
+      configure: (app) => {
+        app.connectMicroservice(natsServerOptions(env.NATS_URL, SCHEDULER_SERVICE));
+      },
+    });
+  }
+
+  async stopScheduler(): Promise<void> {
+    await this.scheduler?.close();
+    this.scheduler = undefined;
+  }
+
+  async gatewayEnv(overrides: Record<string, string> = {}): Promise<GatewayEnv> {
+    return loadConfig(GatewayEnv, {
+      HTTP_PORT: String(await freePort()),
+      SANDBOX_PROXY_PORT: String(await freePort()),
+      KILN_DOMAIN: 'kiln.test',
+      DATABASE_URL: this.databaseUrl,
+      NATS_URL: this.natsUrl,
+      REDIS_URL: this.redisUrl,
+      NATS_REQUEST_TIMEOUT_MS: '5000',
+      LOG_LEVEL: 'warn',
+      ...overrides,
+    });
+  }
+
+  /** Another gateway on the same infrastructure (e.g. with a tiny rate limit); stopped with the stack. */
+  async startGateway(overrides: Record<string, string> = {}): Promise<RunningGateway> {
+    const gateway = await startGateway(await this.gatewayEnv(overrides), { host: '127.0.0.1' });
+    if (this.gateway) this.extraGateways.push(gateway);
+    return gateway;
+  }
+
+  async seedTeam(name = `team-${randomBytes(4).toString('hex')}`): Promise<SeededTeam> {
+    const team = await this.teams.ensure(name);
+    const key = await this.apiKeys.create(team.id, 'test');
+    return { teamId: team.id, apiKey: key.key };
+  }
+
+  async seedHost(proxyUrl: string): Promise<string> {
+    const hostId = `host-${randomBytes(4).toString('hex')}`;
+    await this.hosts.register({
+      hostId,
+      // Nothing listens here: the scheduler's best-effort destroy calls fail fast.
+      address: '127.0.0.1:1',
+      proxyUrl,
+      acceleration: 'tcg',
+      version: 'test',
+      vcpus: 0,
+      memoryMib: 0,
+      sandboxes: 0,
+      templates: [],
+    });
+    return hostId;
+  }
+
+  /** A sandbox record as the scheduler would have left it after placement on a host whose proxy is `proxyUrl`. */
+  async seedSandbox(options: SeededSandboxOptions): Promise<string> {
+    await this.templates.ensurePublicTemplate({
+      templateId: 'base',
+      alias: 'base',
+      vcpus: 1,
+      memoryMib: 256,
+      diskMib: 1024,
+      envdVersion: '0.5.7',
+      contentHash: 'gateway-test',
+    });
+    const hostId = await this.seedHost(options.proxyUrl);
+    const id = randomBytes(10).toString('hex');
+    await this.sandboxes.createPending({
+      id,
+      teamId: options.teamId,
+      templateId: 'base',
+      alias: 'base',
+      vcpus: 1,
+      memoryMib: 256,
+      diskMib: 1024,
+      timeoutSeconds: 600,
+      autoPause: false,
+      metadata: options.metadata ?? {},
+      envVars: {},
+      envdAccessToken: options.envdAccessToken,
+    });
+    await this.sandboxes.transition(id, [SandboxState.Pending], SandboxState.Starting, { hostId });
+    await this.sandboxes.transition(id, [SandboxState.Starting], SandboxState.Running, {
+      startedAt: new Date(),
+      expiresAt: new Date(Date.now() + 600_000),
+    });
+    if (options.state === SandboxState.Paused) {
+      await this.sandboxes.transition(id, [SandboxState.Running], SandboxState.Pausing);
+      await this.sandboxes.transition(id, [SandboxState.Pausing], SandboxState.Paused);
+    }
+    return id;
+  }
+
+  async stop(): Promise<void> {
+    for (const gateway of this.extraGateways) await gateway.close().catch(() => undefined);
+    await this.gateway?.close().catch(() => undefined);
+    await this.scheduler?.close().catch(() => undefined);
+    await this.prisma?.$disconnect().catch(() => undefined);
+    await stopProcess(this.nats);
+    await stopProcess(this.redis);
+    if (this.natsDir) rmSync(this.natsDir, { recursive: true, force: true });
+    const admin = new Client({ connectionString: ADMIN_DATABASE_URL });
+    await admin.connect();
+    await admin.query(`DROP DATABASE IF EXISTS ${this.databaseName} WITH (FORCE)`);
+    await admin.end();
+  }
+}
