@@ -15,7 +15,7 @@ die() { printf '\033[1;31m[kiln]\033[0m %s\n' "$*" >&2; exit 1; }
 # Debian packages the stack needs on a host: VMs, guest image build, networking, services.
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs xfsprogs iproute2 iptables nftables
-  debootstrap mmdebstrap tini curl ca-certificates
+  debootstrap mmdebstrap tini curl ca-certificates conntrack
   postgresql redis-server nats-server
 )
 

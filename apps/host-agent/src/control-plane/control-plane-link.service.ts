@@ -1,9 +1,9 @@
-import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
+import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { HostAgentEnv, describeError } from '@kiln/config';
 import { MessagingClient, Subjects } from '@kiln/messaging';
 import { SandboxManager } from '../sandbox/sandbox-manager.service';
-import { SNAPSHOT_SOURCE, SnapshotSource } from '../sandbox/snapshot-source';
-import { ACCELERATOR_SOURCE, AcceleratorSource, HOST_AGENT_VERSION, HostInfoService } from './host-info.service';
+import { AccelerationProbe } from '../vmm';
+import { HOST_AGENT_VERSION, HostInfoService } from './host-info.service';
 
 /** Re-registering is an idempotent upsert; doing it periodically heals a scheduler that lost its host table. */
 const REREGISTER_EVERY_MS = 60_000;
@@ -26,8 +26,7 @@ export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationSh
     private readonly messaging: MessagingClient,
     private readonly sandboxes: SandboxManager,
     private readonly hostInfo: HostInfoService,
-    @Inject(SNAPSHOT_SOURCE) private readonly snapshots: SnapshotSource,
-    @Inject(ACCELERATOR_SOURCE) private readonly accelerators: AcceleratorSource,
+    private readonly acceleration: AccelerationProbe,
   ) {}
 
   onApplicationBootstrap(): void {
@@ -62,7 +61,7 @@ export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationSh
   }
 
   async register(): Promise<void> {
-    const [accelerator, templates] = await Promise.all([this.accelerators.accelerator(), this.snapshots.cached()]);
+    const [accelerator, templates] = await Promise.all([this.acceleration.accelerator(), this.hostInfo.cachedTemplates()]);
     await this.messaging.request(
       Subjects.hostRegister,
       {
@@ -82,7 +81,7 @@ export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationSh
   async heartbeat(): Promise<void> {
     if (!this.registered) return;
     try {
-      const templates = await this.snapshots.cached();
+      const templates = await this.hostInfo.cachedTemplates();
       await this.messaging.emit(Subjects.hostHeartbeat, {
         hostId: this.sandboxes.hostId,
         at: new Date().toISOString(),

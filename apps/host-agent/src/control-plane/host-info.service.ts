@@ -1,18 +1,20 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Injectable } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
 import { Acceleration, HostInfoResponse } from '@kiln/proto/hostagent';
 import { NetworkSlotPool } from '../network';
 import { SandboxManager } from '../sandbox/sandbox-manager.service';
-import { SNAPSHOT_SOURCE, SnapshotSource } from '../sandbox/snapshot-source';
+import { TemplateStore } from '../template';
+import { AccelerationProbe } from '../vmm';
 
-export type Accelerator = 'kvm' | 'tcg';
-
-/** Where the host's VMM acceleration choice comes from (a real probe, run once per host). */
-export interface AcceleratorSource {
-  accelerator(): Promise<Accelerator>;
+export interface CachedTemplate {
+  templateId: string;
+  buildId: string;
+  snapshotReady: boolean;
+  vcpus: number;
+  memoryMib: number;
 }
-
-export const ACCELERATOR_SOURCE = Symbol('ACCELERATOR_SOURCE');
 
 export const HOST_AGENT_VERSION = '0.1.0';
 
@@ -22,9 +24,22 @@ export class HostInfoService {
     private readonly env: HostAgentEnv,
     private readonly sandboxes: SandboxManager,
     private readonly slots: NetworkSlotPool,
-    @Inject(SNAPSHOT_SOURCE) private readonly snapshots: SnapshotSource,
-    @Inject(ACCELERATOR_SOURCE) private readonly accelerators: AcceleratorSource,
+    private readonly templates: TemplateStore,
+    private readonly acceleration: AccelerationProbe,
   ) {}
+
+  /** Templates whose current build is on this host; placement prefers hosts that have a snapshot ready. */
+  async cachedTemplates(): Promise<CachedTemplate[]> {
+    const cached: CachedTemplate[] = [];
+    for (const summary of await this.templates.list()) {
+      if (!summary.currentBuildId) continue;
+      const build = await this.templates.resolve(summary.templateId).catch(() => undefined);
+      if (!build) continue;
+      const snapshotReady = await access(join(build.snapshotDir, 'manifest.json')).then(() => true, () => false);
+      cached.push({ templateId: build.templateId, buildId: build.buildId, snapshotReady, vcpus: build.vcpus, memoryMib: build.memoryMib });
+    }
+    return cached;
+  }
 
   get proxyUrl(): string {
     return `http://${this.env.KILN_HOST_ADDRESS}:${this.env.PROXY_PORT}`;
@@ -35,7 +50,7 @@ export class HostInfoService {
   }
 
   async describe(): Promise<HostInfoResponse> {
-    const [accelerator, templates] = await Promise.all([this.accelerators.accelerator(), this.snapshots.cached()]);
+    const [accelerator, templates] = await Promise.all([this.acceleration.accelerator(), this.cachedTemplates()]);
     const usage = this.sandboxes.usage();
     const capacity = this.sandboxes.capacity;
     const slotStats = this.slots.stats();

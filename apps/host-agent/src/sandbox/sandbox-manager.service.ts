@@ -1,17 +1,18 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { Inject, Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { ErrorCode, KilnError } from '@kiln/contracts';
 import { HostAgentEnv, describeError } from '@kiln/config';
 import { SandboxEventStream, SandboxLifecycleKind } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { NetworkSlot, NetworkSlotPool, SlotsExhaustedError } from '../network';
 import { RootfsLayer, RootfsLayers } from '../rootfs';
-import { VMM_DRIVER, VmExit, VmHandle, VmmDriver } from '../vmm/vmm-driver';
+import { TemplateSnapshot, TemplateSnapshots } from '../snapshot';
+import { InvalidTemplateIdError, TemplateNotFoundError, TemplateStore } from '../template';
+import { VMM_DRIVER, VmExit, VmHandle, VmmDriver } from '../vmm';
 import { initGuestAgent } from './guest-agent.client';
 import { HostCapacity, hostCapacityFrom } from './host-capacity';
 import { SandboxRecord, SandboxRecordStore } from './sandbox-record';
-import { SNAPSHOT_SOURCE, SnapshotSource, TemplateNotFoundError } from './snapshot-source';
 
 export interface CreateSandboxInput {
   sandboxId: string;
@@ -44,7 +45,7 @@ const GUEST_INIT_DEADLINE_MS = 30_000;
  * layer, all tied to one on-disk record so a restarted agent can adopt or clean up.
  */
 @Injectable()
-export class SandboxManager implements OnModuleInit, OnApplicationShutdown {
+export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger(SandboxManager.name);
   private readonly sandboxes = new Map<string, LiveSandbox>();
   private readonly records: SandboxRecordStore;
@@ -57,7 +58,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationShutdown {
     private readonly slots: NetworkSlotPool,
     private readonly layers: RootfsLayers,
     @Inject(VMM_DRIVER) private readonly vmm: VmmDriver,
-    @Inject(SNAPSHOT_SOURCE) private readonly snapshots: SnapshotSource,
+    private readonly snapshots: TemplateSnapshots,
+    private readonly templates: TemplateStore,
     private readonly events: SandboxEventStream,
     metrics: MetricsRegistry,
   ) {
@@ -85,8 +87,18 @@ export class SandboxManager implements OnModuleInit, OnApplicationShutdown {
         this.publish('crashed', record, 'VM was gone when the host agent restarted');
       }
     }
-    await this.slots.init(adopted.map((a) => a.record.slotIndex));
+    const report = await this.slots.init(adopted.map((a) => a.record.slotIndex));
+    const lostSlots = new Set(report.lost.map((l) => l.index));
     for (const { record, vm } of adopted) {
+      if (lostSlots.has(record.slotIndex)) {
+        // The VM survived but its network did not: it is unreachable, so it is ended rather than adopted.
+        this.logger.warn(`sandbox ${record.sandboxId} lost its network slot ${record.slotIndex}; removing it`);
+        await vm.kill().catch(() => undefined);
+        await this.layers.removeLayer({ path: record.rootfs.path, sandboxId: record.sandboxId }).catch(() => undefined);
+        await this.records.remove(record.sandboxId);
+        this.publish('crashed', record, 'network slot lost across a host agent restart');
+        continue;
+      }
       const slot = await this.slots.adopt(record.slotIndex);
       const live: LiveSandbox = { record, state: 'running', slot, vm, stopping: false };
       this.sandboxes.set(record.sandboxId, live);
@@ -94,6 +106,25 @@ export class SandboxManager implements OnModuleInit, OnApplicationShutdown {
       this.logger.log(`adopted sandbox ${record.sandboxId} (pid ${vm.pid}, slot ${record.slotIndex})`);
     }
     this.liveGauge.set(this.sandboxes.size);
+  }
+
+  /**
+   * Makes (or verifies) every local template's snapshot in the background, so the
+   * first create does not pay for a cold boot or a full hash of the memory file.
+   */
+  onApplicationBootstrap(): void {
+    void (async () => {
+      for (const template of await this.templates.list()) {
+        if (!template.currentBuildId) continue;
+        const started = performance.now();
+        try {
+          await this.snapshots.ensure(template.templateId);
+          this.logger.log(`template ${template.templateId} snapshot ready (${Math.round(performance.now() - started)} ms)`);
+        } catch (error) {
+          this.logger.error(`template ${template.templateId} snapshot failed: ${describeError(error)}`);
+        }
+      }
+    })();
   }
 
   list(): LiveSandbox[] {
@@ -120,16 +151,17 @@ export class SandboxManager implements OnModuleInit, OnApplicationShutdown {
     if (this.sandboxes.has(input.sandboxId)) throw new KilnError(ErrorCode.AlreadyExists, `sandbox ${input.sandboxId} already exists on this host`);
 
     const t0 = performance.now();
-    let snapshot;
+    let snapshot: TemplateSnapshot;
     try {
-      snapshot = await this.snapshots.ready(input.templateId, input.buildId || undefined);
+      snapshot = await this.snapshots.ensure(input.templateId, input.buildId || undefined);
     } catch (error) {
-      if (error instanceof TemplateNotFoundError) throw new KilnError(ErrorCode.FailedPrecondition, error.message);
+      if (error instanceof TemplateNotFoundError || error instanceof InvalidTemplateIdError) {
+        throw new KilnError(ErrorCode.FailedPrecondition, error.message);
+      }
       throw error;
     }
     // A sandbox restored from a memory snapshot has exactly the snapshot's shape.
-    const vcpus = snapshot.vcpus;
-    const memoryMib = snapshot.memoryMib;
+    const { vcpus, memoryMib } = snapshot.manifest;
     this.reserveCapacity(input.sandboxId, vcpus, memoryMib);
 
     const dir = await this.records.prepare(input.sandboxId);
@@ -149,8 +181,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationShutdown {
       const record: SandboxRecord = {
         sandboxId: input.sandboxId,
         teamId: input.teamId,
-        templateId: snapshot.templateId,
-        buildId: snapshot.buildId,
+        templateId: snapshot.build.templateId,
+        buildId: snapshot.build.buildId,
         vcpus,
         memoryMib,
         metadata: input.metadata,
@@ -166,22 +198,13 @@ export class SandboxManager implements OnModuleInit, OnApplicationShutdown {
       placeholder.slot = slot;
       const t2 = performance.now();
 
-      vm = await this.vmm.restore(
-        {
-          id: input.sandboxId,
-          vcpus,
-          memoryMib,
-          kernelPath: snapshot.kernelPath,
-          initrdPath: snapshot.initrdPath,
-          kernelArgs: snapshot.kernelArgs,
-          rootDisk: { path: layer.path, format: layer.format },
-          network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
-          memoryFile: { path: snapshot.memoryPath, share: false },
-          stateDir: record.vmStateDir,
-          serialLogPath: record.serialLogPath,
-        },
-        { statePath: snapshot.statePath },
-      );
+      vm = await this.snapshots.restore(snapshot, {
+        id: input.sandboxId,
+        stateDir: record.vmStateDir,
+        serialLogPath: record.serialLogPath,
+        rootDisk: { path: layer.path, format: layer.format },
+        network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+      });
       placeholder.vm = vm;
       this.watchExit(placeholder, vm);
       const t3 = performance.now();

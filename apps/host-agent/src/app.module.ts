@@ -1,0 +1,29 @@
+import { DynamicModule, Module } from '@nestjs/common';
+import { ConfigModule, HostAgentEnv } from '@kiln/config';
+import { MessagingModule } from '@kiln/messaging';
+import { TelemetryModule } from '@kiln/telemetry';
+import { ControlPlaneModule } from './control-plane/control-plane.module';
+import { hostResourceModules } from './host-modules';
+import { ProxyModule } from './proxy/proxy.module';
+import { SandboxModule } from './sandbox/sandbox.module';
+
+export const SERVICE_NAME = 'host-agent';
+
+@Module({})
+export class AppModule {
+  static forRoot(env: HostAgentEnv): DynamicModule {
+    const host = hostResourceModules(env);
+    const sandboxes = SandboxModule.register(host);
+    return {
+      module: AppModule,
+      imports: [
+        ConfigModule.forRoot(HostAgentEnv, env),
+        TelemetryModule.forRoot({ service: SERVICE_NAME, logLevel: env.LOG_LEVEL }),
+        MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME }),
+        sandboxes,
+        ControlPlaneModule.register(host, sandboxes),
+        ProxyModule.register(sandboxes),
+      ],
+    };
+  }
+}

@@ -1,0 +1,32 @@
+import { DynamicModule } from '@nestjs/common';
+import { HostAgentEnv } from '@kiln/config';
+import { NetworkModule } from './network';
+import { RootfsModule, RootfsOptions } from './rootfs';
+import { SnapshotModule } from './snapshot';
+import { TemplateModule } from './template';
+
+/** Slots made beyond the sandbox limit: template boots also lease a slot while they snapshot. */
+const TEMPLATE_BOOT_SLOTS = 2;
+
+export interface HostResourceModules {
+  network: DynamicModule;
+  rootfs: DynamicModule;
+  templates: DynamicModule;
+  snapshots: DynamicModule;
+}
+
+/**
+ * The host-resource modules, built once from the app's validated env so every feature
+ * module that imports them shares one network pool, one layer store and one snapshot cache.
+ */
+export function hostResourceModules(env: HostAgentEnv): HostResourceModules {
+  const network = NetworkModule.register({
+    slotCidr: env.KILN_SLOT_CIDR,
+    prefill: env.KILN_NETWORK_PREFILL,
+    maxSlots: env.KILN_MAX_SANDBOXES + TEMPLATE_BOOT_SLOTS,
+  });
+  const rootfs = RootfsModule.register({ driver: env.KILN_ROOTFS_DRIVER as RootfsOptions['driver'], vmm: 'qemu' });
+  const templates = TemplateModule.register({ dataDir: env.KILN_DATA_DIR });
+  const snapshots = SnapshotModule.register({ imports: [network] });
+  return { network, rootfs, templates, snapshots };
+}

@@ -1,0 +1,48 @@
+import 'reflect-metadata';
+import { join } from 'node:path';
+import { Module } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { HostAgentEnv, describeError, loadConfig, runOrExit } from '@kiln/config';
+import { hostResourceModules } from './host-modules';
+import { NetworkSlotPool } from './network';
+import { RootfsLayers } from './rootfs';
+import { SandboxRecordStore } from './sandbox/sandbox-record';
+import { VMM_DRIVER, VmmDriver, VmmModule } from './vmm';
+
+/**
+ * `npm run down`'s host cleanup, run after the agent process stopped: kills every
+ * sandbox VM the agent owned, removes their disk layers and records, and removes
+ * every network slot and firewall table the agent made. Images and snapshots stay.
+ */
+void runOrExit('host-agent-teardown', async () => {
+  const env = loadConfig(HostAgentEnv, { HOST_REGISTRATION_TOKEN: 'teardown-needs-no-token', ...process.env });
+  const host = hostResourceModules(env);
+
+  @Module({ imports: [host.network, host.rootfs, VmmModule] })
+  class TeardownModule {}
+
+  const app = await NestFactory.createApplicationContext(TeardownModule, { logger: ['error', 'warn'], abortOnError: false });
+  const records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'));
+  const vmm = app.get<VmmDriver>(VMM_DRIVER);
+  const layers = app.get(RootfsLayers);
+  let problems = 0;
+  for (const { sandboxId, record } of await records.scan()) {
+    if (record) {
+      try {
+        await (await vmm.adopt(record.vmStateDir)).kill();
+      } catch {
+        // Not running any more: nothing to kill.
+      }
+      await layers.removeLayer({ path: record.rootfs.path, sandboxId }).catch((error) => {
+        problems++;
+        process.stderr.write(`layer of ${sandboxId}: ${describeError(error)}\n`);
+      });
+    }
+    await records.remove(sandboxId);
+  }
+  const pool = app.get(NetworkSlotPool);
+  await pool.init([]);
+  await pool.destroyAll();
+  await app.close();
+  process.stdout.write(`host teardown done${problems ? ` with ${problems} problem(s)` : ''}\n`);
+});
