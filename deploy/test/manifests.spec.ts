@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { resolve } from 'node:path';
+import { relative } from 'node:path';
 import {
   GatewayEnv,
   HostAgentEnv,
@@ -11,14 +11,11 @@ import {
 import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
-import type { IConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import type { IContainer } from 'kubernetes-models/v1/Container';
-import type { IPodTemplateSpec } from 'kubernetes-models/v1/PodTemplateSpec';
 import type { IProbe } from 'kubernetes-models/v1/Probe';
-import type { ISecret } from 'kubernetes-models/v1/Secret';
 import type { IService } from 'kubernetes-models/v1/Service';
-import { parse as parseYaml } from 'yaml';
-import { ConfigSources, declaredVariables, requiredVariables, resolveContainerEnv } from './container-env';
+import { declaredVariables, requiredVariables } from './container-env';
+import { applyJsonPatch, renderKustomization } from './kustomize-render';
 import {
   DEPLOY_ROOT,
   ManifestDocument,
@@ -28,6 +25,7 @@ import {
   readKustomization,
   yamlFilesUnder,
 } from './manifest-tree';
+import { ManifestView } from './manifest-view';
 import { parseQuantity } from './resource-quantity';
 import { unknownFields, validateAgainstSchema } from './schema-check';
 
@@ -59,55 +57,18 @@ const HEALTH_REPORT_TIMEOUT_SECONDS = 2;
 
 const files = yamlFilesUnder(DEPLOY_ROOT);
 const documents = files.flatMap(parseManifestFile);
-const kustomizations = documents.filter(isKustomization).map(readKustomization);
-const baseKustomization = kustomizations.find((k) => k.file === 'base/kustomization.yaml');
-/** The manifests of the base, which is what every overlay builds on. */
-const baseFiles = new Set(baseKustomization ? manifestFilesOf(baseKustomization) : []);
-const resources = documents.filter((d) => !isKustomization(d) && baseFiles.has(resolve(DEPLOY_ROOT, d.file)));
+const manifestDocuments = documents.filter((d) => !isKustomization(d));
+const kustomizationDocuments = documents.filter(isKustomization);
+
+/** What `kubectl kustomize <dir>` would apply, for the base and every overlay. */
+const variants = kustomizationDocuments.map((doc) => {
+  const kustomization = readKustomization(doc);
+  return { name: relative(DEPLOY_ROOT, kustomization.dir), view: new ManifestView(renderKustomization(kustomization, doc.object)) };
+});
 
 function describeDoc(doc: ManifestDocument): string {
   const meta = doc.object.metadata as { name?: string } | undefined;
   return `${doc.file}#${doc.index} ${String(doc.object.kind)}/${meta?.name ?? '?'}`;
-}
-
-function ofKind<T>(kind: string): T[] {
-  return resources.filter((d) => d.object.kind === kind).map((d) => d.object as T);
-}
-
-function named<T extends { metadata?: { name?: string } }>(kind: string, name: string): T {
-  const found = ofKind<T>(kind).filter((o) => o.metadata?.name === name);
-  if (found.length !== 1) throw new Error(`expected one ${kind} named ${name}, found ${found.length}`);
-  return found[0];
-}
-
-const sources: ConfigSources = {
-  configMaps: new Map(ofKind<IConfigMap>('ConfigMap').map((c) => [c.metadata?.name ?? '', c.data ?? {}])),
-  secrets: new Map(
-    ofKind<ISecret>('Secret').map((s) => [
-      s.metadata?.name ?? '',
-      {
-        ...Object.fromEntries(Object.entries(s.data ?? {}).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')])),
-        ...(s.stringData ?? {}),
-      },
-    ]),
-  ),
-};
-
-function workload(app: string): { object: IDeployment | IDaemonSet; template: IPodTemplateSpec; container: IContainer } {
-  const object = named<IDeployment | IDaemonSet>(APPS[app].kind, app);
-  const template = object.spec?.template;
-  const containers = template?.spec?.containers ?? [];
-  if (!template || containers.length !== 1) throw new Error(`${app} must have exactly one container`);
-  return { object, template, container: containers[0] };
-}
-
-function containerEnv(app: string): Record<string, string> {
-  const env = resolveContainerEnv(workload(app).container, sources);
-  return Object.fromEntries([...env].map(([name, { value }]) => [name, value]));
-}
-
-function loadedConfig(app: string): Record<string, unknown> {
-  return loadConfig(APPS[app].env, containerEnv(app)) as Record<string, unknown>;
 }
 
 function containerPortNumber(container: IContainer, port: string | number | undefined): number | undefined {
@@ -129,23 +90,13 @@ function labelsMatch(selector: Record<string, string> | undefined, labels: Recor
   return !!selector && Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => labels?.[k] === v);
 }
 
-function jsonPointerExists(object: unknown, pointer: string): boolean {
-  let node: unknown = object;
-  for (const token of pointer.split('/').slice(1).map((t) => t.replace(/~1/g, '/').replace(/~0/g, '~'))) {
-    if (node === null || typeof node !== 'object' || !(token in node)) return false;
-    node = (node as Record<string, unknown>)[token];
-  }
-  return true;
-}
-
-describe('deploy/ manifests', () => {
-  it('finds the base kustomization and parses every YAML file under deploy/', () => {
-    expect(baseKustomization).toBeDefined();
-    expect(files.length).toBeGreaterThan(1);
-    expect(resources.length).toBeGreaterThan(0);
+describe('manifest files', () => {
+  it('include a base kustomization and at least one manifest', () => {
+    expect(kustomizationDocuments.map((d) => d.file)).toContain('base/kustomization.yaml');
+    expect(manifestDocuments.length).toBeGreaterThan(0);
   });
 
-  it.each(documents.filter((d) => !isKustomization(d)).map((d) => [describeDoc(d), d] as const))(
+  it.each(manifestDocuments.map((d) => [describeDoc(d), d] as const))(
     '%s is valid against the Kubernetes schema and has no unknown fields',
     (_label, doc) => {
       expect(() => validateAgainstSchema(doc.object)).not.toThrow();
@@ -154,26 +105,65 @@ describe('deploy/ manifests', () => {
   );
 
   it('the unknown-field check reports misspelt fields (guards the check itself)', () => {
-    const { object } = workload('gateway');
-    const copy = structuredClone(object) as IDeployment;
+    const gateway = manifestDocuments.find((d) => d.object.kind === 'Deployment' && (d.object.metadata as { name: string }).name === 'gateway');
+    const copy = structuredClone(gateway!.object) as unknown as IDeployment;
     const container = copy.spec!.template.spec!.containers[0] as unknown as Record<string, unknown>;
     container.readinesProbe = container.readinessProbe;
     (container.ports as Array<Record<string, unknown>>)[0].nmae = 'http';
-    expect(() => validateAgainstSchema(copy as unknown as Record<string, unknown>)).not.toThrow();
-    expect(unknownFields(copy as unknown as Record<string, unknown>).sort()).toEqual([
+    const object = copy as unknown as Record<string, unknown>;
+    expect(() => validateAgainstSchema(object)).not.toThrow();
+    expect(unknownFields(object).sort()).toEqual([
       '.spec.template.spec.containers[0].ports[0].nmae',
       '.spec.template.spec.containers[0].readinesProbe',
     ]);
   });
 
-  it('names are unique per kind', () => {
-    const keys = resources.map((d) => `${String(d.object.kind)}/${(d.object.metadata as { name?: string }).name}`);
+  it('are each listed by a kustomization, and everything a kustomization lists exists', () => {
+    const listedPerKustomization = kustomizationDocuments.map((doc) => manifestFilesOf(readKustomization(doc)));
+    for (const listed of listedPerKustomization) expect(listed.filter((f, i) => listed.indexOf(f) !== i)).toEqual([]);
+    const listed = new Set(listedPerKustomization.flat());
+    const manifestFiles = files.filter((f) => !parseManifestFile(f).some(isKustomization));
+    expect(manifestFiles.filter((f) => !listed.has(f)).map((f) => relative(DEPLOY_ROOT, f))).toEqual([]);
+  });
+
+  it('hold only Secret values marked as placeholders', () => {
+    for (const doc of manifestDocuments.filter((d) => d.object.kind === 'Secret')) {
+      const values = { ...(doc.object.stringData as object), ...(doc.object.data as object) };
+      for (const [key, value] of Object.entries(values)) expect(`${key}: ${String(value)}`).toMatch(/change-me/);
+    }
+  });
+});
+
+describe('the test renderer of kustomizations', () => {
+  it('applies JSON 6902 add, replace and remove, and rejects paths that do not exist', () => {
+    const target: Record<string, unknown> = { data: { A: '1' }, list: ['x'] };
+    applyJsonPatch(target, { op: 'replace', path: '/data/A', value: '2' });
+    applyJsonPatch(target, { op: 'add', path: '/data/B', value: '3' });
+    applyJsonPatch(target, { op: 'add', path: '/list/-', value: 'y' });
+    applyJsonPatch(target, { op: 'remove', path: '/list/0' });
+    expect(target).toEqual({ data: { A: '2', B: '3' }, list: ['y'] });
+    expect(() => applyJsonPatch(target, { op: 'replace', path: '/data/C', value: '4' })).toThrow(/does not exist/);
+    expect(() => applyJsonPatch(target, { op: 'remove', path: '/spec/template' })).toThrow(/does not exist/);
+  });
+});
+
+describe.each(variants)('$name rendered', ({ view }) => {
+  const workload = (app: string) => view.workload<IDeployment | IDaemonSet>(APPS[app].kind, app);
+  const containerEnv = (app: string) => view.containerEnv(workload(app).container);
+  const loadedConfig = (app: string) => loadConfig(APPS[app].env, containerEnv(app)) as Record<string, unknown>;
+
+  it.each(view.documents.map((d) => [describeDoc(d), d] as const))('%s is still valid against the schema', (_label, doc) => {
+    expect(() => validateAgainstSchema(doc.object)).not.toThrow();
+  });
+
+  it('has unique names per kind', () => {
+    const keys = view.documents.map((d) => `${String(d.object.kind)}/${(d.object.metadata as { name?: string }).name}`);
     expect(keys.filter((k, i) => keys.indexOf(k) !== i)).toEqual([]);
   });
 
   it(`puts every namespaced resource in the "${NAMESPACE}" namespace, which it defines`, () => {
-    expect(ofKind<{ metadata: { name: string } }>('Namespace').map((n) => n.metadata.name)).toEqual([NAMESPACE]);
-    const elsewhere = resources
+    expect(view.ofKind<{ metadata: { name: string } }>('Namespace').map((n) => n.metadata.name)).toEqual([NAMESPACE]);
+    const elsewhere = view.documents
       .filter((d) => !CLUSTER_SCOPED_KINDS.has(String(d.object.kind)))
       .filter((d) => (d.object.metadata as { namespace?: string }).namespace !== NAMESPACE)
       .map(describeDoc);
@@ -182,7 +172,7 @@ describe('deploy/ manifests', () => {
 
   it('labels every resource and pod with app.kubernetes.io/name and part-of: kiln', () => {
     const labelSets = [
-      ...resources.map((d) => [describeDoc(d), (d.object.metadata as { labels?: Record<string, string> }).labels] as const),
+      ...view.documents.map((d) => [describeDoc(d), (d.object.metadata as { labels?: Record<string, string> }).labels] as const),
       ...APP_NAMES.map((app) => [`${app} pod template`, workload(app).template.metadata?.labels] as const),
     ];
     const unlabelled = labelSets
@@ -191,206 +181,157 @@ describe('deploy/ manifests', () => {
     expect(unlabelled).toEqual([]);
   });
 
-  it('holds placeholder secrets that are marked as such', () => {
-    for (const [name, values] of sources.secrets) {
-      for (const [key, value] of Object.entries(values)) expect(`${name}/${key}: ${value}`).toMatch(/change-me/);
-    }
-  });
-});
+  describe.each(APP_NAMES)('%s', (app) => {
+    const envClass = APPS[app].env;
 
-describe('kustomizations', () => {
-  it('list files that exist, and every manifest file under deploy/ is in the base exactly once', () => {
-    const listed = baseKustomization ? manifestFilesOf(baseKustomization) : [];
-    expect(listed.filter((f, i) => listed.indexOf(f) !== i)).toEqual([]);
-    const manifestFiles = files.filter((f) => !parseManifestFile(f).some(isKustomization));
-    expect([...listed].sort()).toEqual([...manifestFiles].sort());
-    // Overlays only build on the base (or other kustomizations); resolving them throws on a missing entry.
-    for (const k of kustomizations) expect(manifestFilesOf(k).every((f) => baseFiles.has(f))).toBe(true);
-  });
+    it(`runs as a ${APPS[app].kind} of one container, image kiln/${app}:dev, selecting its own pods`, () => {
+      const { object, template, container } = workload(app);
+      expect(container.image).toBe(`kiln/${app}:dev`);
+      expect(template.metadata?.labels?.['app.kubernetes.io/name']).toBe(app);
+      expect(labelsMatch(object.spec?.selector.matchLabels, template.metadata?.labels)).toBe(true);
+    });
 
-  it('the base puts everything in the kiln namespace', () => {
-    const doc = documents.find((d) => d.file === 'base/kustomization.yaml');
-    expect(doc?.object.namespace).toBe(NAMESPACE);
-  });
+    it(`gets only variables ${envClass.name} declares, every required one, with values it accepts`, () => {
+      const declared = declaredVariables(envClass);
+      const given = Object.keys(containerEnv(app));
+      expect(given.filter((name) => !declared.has(name))).toEqual([]);
+      expect([...requiredVariables(envClass)].filter((name) => !given.includes(name))).toEqual([]);
+      expect(() => loadedConfig(app)).not.toThrow();
+    });
 
-  it('overlay replicas and patches target resources the overlay includes, at paths that exist', () => {
-    for (const k of kustomizations) {
-      const included = manifestFilesOf(k).flatMap(parseManifestFile);
-      const find = (kind: string | undefined, name: string | undefined) =>
-        included.find((d) => d.object.kind === kind && (d.object.metadata as { name?: string }).name === name);
-      for (const { name } of k.replicas) expect(find('Deployment', name)).toBeDefined();
-      for (const patch of k.patches) {
-        expect(patch.path).toBeUndefined(); // inline patches only, so every YAML file under deploy/ is a full manifest
-        const target = find(patch.target?.kind, patch.target?.name);
-        expect({ patch: patch.target, found: !!target }).toEqual({ patch: patch.target, found: true });
-        const operations: unknown = parseYaml(patch.patch ?? '');
-        if (!Array.isArray(operations)) continue; // strategic merge: only the target matters
-        for (const op of operations as Array<{ op: string; path: string }>) {
-          if (['replace', 'remove', 'test'].includes(op.op)) {
-            expect({ op, exists: jsonPointerExists(target!.object, op.path) }).toEqual({ op, exists: true });
-          }
-        }
+    it('listens on the ports its container declares, and only those', () => {
+      const config = loadedConfig(app);
+      const expected = Object.entries(PORT_NAMES)
+        .filter(([variable]) => declaredVariables(envClass).has(variable))
+        .map(([variable, name]) => ({ name, containerPort: Number(config[variable]) }));
+      const declared = (workload(app).container.ports ?? []).map((p) => ({ name: p.name, containerPort: p.containerPort }));
+      const byPort = (a: { containerPort: number }, b: { containerPort: number }) => a.containerPort - b.containerPort;
+      expect(declared.sort(byPort)).toEqual(expected.sort(byPort));
+    });
+
+    it('probes GET /health on its HTTP port, with a timeout longer than the health report takes', () => {
+      const { container } = workload(app);
+      const httpPort = loadedConfig(app).HTTP_PORT;
+      const probes = probesOf(container);
+      expect(probes.map(([kind]) => kind)).toContain('readinessProbe');
+      for (const [kind, probe] of probes) {
+        const target = { kind, path: probe.httpGet?.path, port: containerPortNumber(container, probe.httpGet?.port) };
+        expect(target).toEqual({ kind, path: '/health', port: httpPort });
+        expect(probe.timeoutSeconds ?? 1).toBeGreaterThan(HEALTH_REPORT_TIMEOUT_SECONDS);
       }
-    }
-  });
-});
+    });
 
-describe.each(APP_NAMES)('%s', (app) => {
-  const envClass = APPS[app].env;
-
-  it(`runs as a ${APPS[app].kind} of one container, image kiln/${app}:dev, selecting its own pods`, () => {
-    const { object, template, container } = workload(app);
-    expect(container.image).toBe(`kiln/${app}:dev`);
-    expect(template.metadata?.labels?.['app.kubernetes.io/name']).toBe(app);
-    expect(labelsMatch(object.spec?.selector.matchLabels, template.metadata?.labels)).toBe(true);
-  });
-
-  it(`gets only variables ${envClass.name} declares, every required one, with values it accepts`, () => {
-    const declared = declaredVariables(envClass);
-    const given = Object.keys(containerEnv(app));
-    expect(given.filter((name) => !declared.has(name))).toEqual([]);
-    const required = [...requiredVariables(envClass)];
-    expect(required.filter((name) => !given.includes(name))).toEqual([]);
-    expect(() => loadedConfig(app)).not.toThrow();
-  });
-
-  it('listens on the ports its container declares, and only those', () => {
-    const config = loadedConfig(app);
-    const { container } = workload(app);
-    const expected = Object.entries(PORT_NAMES)
-      .filter(([variable]) => declaredVariables(envClass).has(variable))
-      .map(([variable, name]) => ({ name, containerPort: config[variable] }));
-    const declared = (container.ports ?? []).map((p) => ({ name: p.name, containerPort: p.containerPort }));
-    expect(declared.sort((a, b) => a.containerPort - b.containerPort)).toEqual(
-      expected.sort((a, b) => Number(a.containerPort) - Number(b.containerPort)),
-    );
-  });
-
-  it('probes GET /health on its HTTP port, with a timeout longer than the health report takes', () => {
-    const { container } = workload(app);
-    const httpPort = loadedConfig(app).HTTP_PORT;
-    const probes = probesOf(container);
-    expect(probes.map(([kind]) => kind)).toContain('readinessProbe');
-    for (const [kind, probe] of probes) {
-      expect({ kind, path: probe.httpGet?.path, port: containerPortNumber(container, probe.httpGet?.port) }).toEqual({
-        kind,
-        path: '/health',
-        port: httpPort,
+    it('asks Prometheus to scrape GET /metrics on its HTTP port', () => {
+      expect(workload(app).template.metadata?.annotations ?? {}).toMatchObject({
+        'prometheus.io/scrape': 'true',
+        'prometheus.io/port': String(loadedConfig(app).HTTP_PORT),
+        'prometheus.io/path': '/metrics',
       });
-      expect(probe.timeoutSeconds ?? 1).toBeGreaterThan(HEALTH_REPORT_TIMEOUT_SECONDS);
-    }
-  });
+    });
 
-  it('asks Prometheus to scrape GET /metrics on its HTTP port', () => {
-    const annotations = workload(app).template.metadata?.annotations ?? {};
-    expect(annotations).toMatchObject({
-      'prometheus.io/scrape': 'true',
-      'prometheus.io/port': String(loadedConfig(app).HTTP_PORT),
-      'prometheus.io/path': '/metrics',
+    it('requests CPU and memory, and any limit is at least the request', () => {
+      const { requests = {}, limits = {} } = workload(app).container.resources ?? {};
+      expect(Object.keys(requests).sort()).toEqual(['cpu', 'memory']);
+      for (const [resource, limit] of Object.entries(limits)) {
+        expect(parseQuantity(limit)).toBeGreaterThanOrEqual(parseQuantity(requests[resource]));
+      }
     });
   });
 
-  it('requests CPU and memory, and any limit is at least the request', () => {
-    const { requests = {}, limits = {} } = workload(app).container.resources ?? {};
-    expect(Object.keys(requests).sort()).toEqual(['cpu', 'memory']);
-    for (const [resource, limit] of Object.entries(limits)) {
-      expect(parseQuantity(limit)).toBeGreaterThanOrEqual(parseQuantity(requests[resource]));
-    }
-  });
-});
-
-describe.each(DEPLOYMENT_APPS)('%s Deployment', (app) => {
-  it('has startup and liveness probes too, the liveness one tolerating two minutes of 503s', () => {
-    const { startupProbe, livenessProbe } = workload(app).container;
-    expect(startupProbe).toBeDefined();
-    expect((livenessProbe?.periodSeconds ?? 10) * (livenessProbe?.failureThreshold ?? 3)).toBeGreaterThanOrEqual(120);
-  });
-
-  it('runs as non-root with a read-only root filesystem, no extra privileges and memory/CPU limits', () => {
-    const { template, container } = workload(app);
-    expect(template.spec?.hostNetwork).toBeFalsy();
-    expect(template.spec?.securityContext?.runAsNonRoot).toBe(true);
-    expect(container.securityContext).toMatchObject({
-      allowPrivilegeEscalation: false,
-      readOnlyRootFilesystem: true,
-      capabilities: { drop: ['ALL'] },
+  describe.each(DEPLOYMENT_APPS)('%s Deployment', (app) => {
+    it('has startup and liveness probes too, the liveness one tolerating two minutes of 503s', () => {
+      const { startupProbe, livenessProbe } = workload(app).container;
+      expect(startupProbe).toBeDefined();
+      expect(livenessProbe).toBeDefined();
+      expect((livenessProbe?.periodSeconds ?? 10) * (livenessProbe?.failureThreshold ?? 3)).toBeGreaterThanOrEqual(120);
     });
-    expect(container.securityContext?.privileged).toBeFalsy();
-    expect(Object.keys(container.resources?.limits ?? {}).sort()).toEqual(['cpu', 'memory']);
+
+    it('runs as non-root with a read-only root filesystem, no extra privileges, and CPU/memory limits', () => {
+      const { template, container } = workload(app);
+      expect(template.spec?.hostNetwork).toBeFalsy();
+      expect(template.spec?.securityContext?.runAsNonRoot).toBe(true);
+      expect(container.securityContext).toMatchObject({
+        allowPrivilegeEscalation: false,
+        readOnlyRootFilesystem: true,
+        capabilities: { drop: ['ALL'] },
+      });
+      expect(container.securityContext?.privileged).toBeFalsy();
+      expect(Object.keys(container.resources?.limits ?? {}).sort()).toEqual(['cpu', 'memory']);
+    });
+
+    it('has a Service selecting only its pods, whose target ports exist on the container', () => {
+      const { template, container } = workload(app);
+      const service = view.named<IService>('Service', app);
+      for (const other of APP_NAMES.filter((a) => a !== app)) {
+        expect(labelsMatch(service.spec?.selector, workload(other).template.metadata?.labels)).toBe(false);
+      }
+      expect(labelsMatch(service.spec?.selector, template.metadata?.labels)).toBe(true);
+      const ports = service.spec?.ports ?? [];
+      expect(ports.length).toBeGreaterThan(0);
+      for (const port of ports) expect(containerPortNumber(container, port.targetPort ?? port.port)).toBe(port.port);
+    });
   });
 
-  it('has a Service selecting only its pods, whose target ports exist on the container', () => {
-    const { template, container } = workload(app);
-    const service = named<IService>('Service', app);
-    for (const other of APP_NAMES.filter((a) => a !== app)) {
-      expect(labelsMatch(service.spec?.selector, workload(other).template.metadata?.labels)).toBe(false);
-    }
-    expect(labelsMatch(service.spec?.selector, template.metadata?.labels)).toBe(true);
-    const ports = service.spec?.ports ?? [];
-    expect(ports.length).toBeGreaterThan(0);
-    for (const port of ports) expect(containerPortNumber(container, port.targetPort ?? port.port)).toBe(port.port);
-  });
-});
+  describe('host-agent DaemonSet', () => {
+    const hostAgent = () => workload('host-agent');
 
-describe('host-agent DaemonSet', () => {
-  const { object, template, container } = workload('host-agent');
-  const spec = template.spec!;
+    it('runs privileged in the node network namespace and still resolves cluster DNS names', () => {
+      const { template, container } = hostAgent();
+      expect(template.spec?.hostNetwork).toBe(true);
+      expect(template.spec?.dnsPolicy).toBe('ClusterFirstWithHostNet');
+      expect(container.securityContext?.privileged).toBe(true);
+    });
 
-  it('runs privileged in the node network namespace and still resolves cluster DNS names', () => {
-    expect(spec.hostNetwork).toBe(true);
-    expect(spec.dnsPolicy).toBe('ClusterFirstWithHostNet');
-    expect(container.securityContext?.privileged).toBe(true);
-  });
+    it('mounts /dev/kvm, /dev/net/tun, /run/netns (bidirectional) and its data dir from the host', () => {
+      const { template, container } = hostAgent();
+      const hostPathOf = (mountPath: string) => {
+        const mount = container.volumeMounts?.find((m) => m.mountPath === mountPath);
+        const volume = template.spec?.volumes?.find((v) => v.name === mount?.name);
+        return { hostPath: volume?.hostPath?.path, propagation: mount?.mountPropagation };
+      };
+      expect(hostPathOf('/dev/kvm')).toEqual({ hostPath: '/dev/kvm', propagation: undefined });
+      expect(hostPathOf('/dev/net/tun')).toEqual({ hostPath: '/dev/net/tun', propagation: undefined });
+      expect(hostPathOf('/run/netns')).toEqual({ hostPath: '/run/netns', propagation: 'Bidirectional' });
+      expect(hostPathOf(String(loadedConfig('host-agent').KILN_DATA_DIR)).hostPath).toBe('/var/lib/kiln');
+    });
 
-  it('mounts /dev/kvm, /dev/net/tun, /run/netns (bidirectional) and its data dir from the host', () => {
-    const hostPathOf = (mountPath: string) => {
-      const mount = container.volumeMounts?.find((m) => m.mountPath === mountPath);
-      const volume = spec.volumes?.find((v) => v.name === mount?.name);
-      return { hostPath: volume?.hostPath?.path, propagation: mount?.mountPropagation };
-    };
-    expect(hostPathOf('/dev/kvm')).toEqual({ hostPath: '/dev/kvm', propagation: undefined });
-    expect(hostPathOf('/dev/net/tun')).toEqual({ hostPath: '/dev/net/tun', propagation: undefined });
-    expect(hostPathOf('/run/netns')).toEqual({ hostPath: '/run/netns', propagation: 'Bidirectional' });
-    const dataDir = String(loadedConfig('host-agent').KILN_DATA_DIR);
-    expect(hostPathOf(dataDir).hostPath).toBe('/var/lib/kiln');
-  });
+    it('takes its host id and address from the downward API', () => {
+      const fieldOf = (name: string) => hostAgent().container.env?.find((e) => e.name === name)?.valueFrom?.fieldRef?.fieldPath;
+      expect(fieldOf('KILN_HOST_ID')).toBe('spec.nodeName');
+      expect(fieldOf('KILN_HOST_ADDRESS')).toBe('status.hostIP');
+    });
 
-  it('takes its host id and address from the downward API', () => {
-    const fieldOf = (name: string) => container.env?.find((e) => e.name === name)?.valueFrom?.fieldRef?.fieldPath;
-    expect(fieldOf('KILN_HOST_ID')).toBe('spec.nodeName');
-    expect(fieldOf('KILN_HOST_ADDRESS')).toBe('status.hostIP');
+    it('is never restarted, replaced or OOM-killed by Kubernetes on its own, since that kills every VM on the node', () => {
+      const { object, container } = hostAgent();
+      expect(container.livenessProbe).toBeUndefined();
+      expect(container.startupProbe).toBeUndefined();
+      expect((object as IDaemonSet).spec?.updateStrategy?.type).toBe('OnDelete');
+      expect(container.resources?.limits?.memory).toBeUndefined();
+    });
   });
 
-  it('is never restarted or replaced by Kubernetes on its own, since that kills every VM on the node', () => {
-    expect(container.livenessProbe).toBeUndefined();
-    expect(container.startupProbe).toBeUndefined();
-    expect((object as IDaemonSet).spec?.updateStrategy?.type).toBe('OnDelete');
-    expect(container.resources?.limits?.memory).toBeUndefined();
-  });
-});
+  describe('cross-app settings', () => {
+    it('host agents beat at least twice per heartbeat TTL of the scheduler and host-monitor', () => {
+      const interval = Number(loadedConfig('host-agent').HEARTBEAT_INTERVAL_SECONDS);
+      for (const app of ['scheduler', 'host-monitor']) {
+        expect(Number(loadedConfig(app).HOST_HEARTBEAT_TTL_SECONDS)).toBeGreaterThanOrEqual(2 * interval);
+      }
+    });
 
-describe('cross-app settings', () => {
-  it('host agents beat at least twice per heartbeat TTL of the scheduler and host-monitor', () => {
-    const interval = Number(loadedConfig('host-agent').HEARTBEAT_INTERVAL_SECONDS);
-    for (const app of ['scheduler', 'host-monitor']) {
-      expect(Number(loadedConfig(app).HOST_HEARTBEAT_TTL_SECONDS)).toBeGreaterThanOrEqual(2 * interval);
-    }
-  });
+    it('host agents present the registration token the scheduler expects', () => {
+      expect(loadedConfig('host-agent').HOST_REGISTRATION_TOKEN).toBe(loadedConfig('scheduler').HOST_REGISTRATION_TOKEN);
+    });
 
-  it('host agents present the registration token the scheduler expects', () => {
-    expect(loadedConfig('host-agent').HOST_REGISTRATION_TOKEN).toBe(loadedConfig('scheduler').HOST_REGISTRATION_TOKEN);
-  });
+    it('the control-plane apps share one database', () => {
+      expect(new Set(DEPLOYMENT_APPS.map((app) => loadedConfig(app).DATABASE_URL)).size).toBe(1);
+    });
 
-  it('the control-plane apps share one database', () => {
-    const urls = new Set(DEPLOYMENT_APPS.map((app) => loadedConfig(app).DATABASE_URL));
-    expect(urls.size).toBe(1);
-  });
-
-  it('no PodDisruptionBudget blocks a single-replica deployment, and each selects one Deployment', () => {
-    for (const pdb of ofKind<IPodDisruptionBudget>('PodDisruptionBudget')) {
-      expect(pdb.spec?.minAvailable).toBeUndefined();
-      const selected = DEPLOYMENT_APPS.filter((app) => labelsMatch(pdb.spec?.selector?.matchLabels, workload(app).template.metadata?.labels));
-      expect(selected).toEqual([pdb.metadata?.name]);
-    }
+    it('no PodDisruptionBudget blocks a single-replica deployment, and each selects one Deployment', () => {
+      for (const pdb of view.ofKind<IPodDisruptionBudget>('PodDisruptionBudget')) {
+        expect(pdb.spec?.minAvailable).toBeUndefined();
+        const selected = DEPLOYMENT_APPS.filter((app) => labelsMatch(pdb.spec?.selector?.matchLabels, workload(app).template.metadata?.labels));
+        expect(selected).toEqual([pdb.metadata?.name]);
+      }
+    });
   });
 });
