@@ -1,4 +1,4 @@
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -71,6 +71,7 @@ export function renderKustomization(kustomization: Kustomization, raw: Record<st
 
   const docs = kustomization.resources.flatMap((entry) => {
     const path = resolve(kustomization.dir, entry);
+    if (!existsSync(path)) throw new Error(`${kustomization.file} lists ${entry}, which does not exist`);
     if (!statSync(path).isDirectory()) return parseManifestFile(path);
     const nestedFile = kustomizationFileIn(path);
     if (!nestedFile) throw new Error(`${kustomization.file}: ${entry} has no kustomization`);
