@@ -3,6 +3,7 @@ import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { startHttpService } from '@kiln/telemetry';
 import { AppModule } from './app.module';
 import { frameworkErrors } from './http-errors/framework-errors';
+import { requireJsonBodies } from './http-errors/json-body-policy';
 import { OpenApiDocument } from './openapi/openapi-document';
 import { SandboxTrafficProxy } from './traffic/sandbox-traffic.proxy';
 
@@ -29,6 +30,7 @@ export async function startGateway(env: GatewayEnv, options: { host?: string } =
     bodyLimitBytes: API_BODY_LIMIT_BYTES,
     fastifyOptions: { frameworkErrors },
     configure: (created) => {
+      requireJsonBodies(created.getHttpAdapter().getInstance());
       created.get(OpenApiDocument).build(created);
     },
   });

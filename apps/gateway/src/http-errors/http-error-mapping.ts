@@ -57,6 +57,8 @@ function describeFrameworkError(error: FrameworkError): string {
       return 'request body is too large';
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
       return 'unsupported content type: send application/json';
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return 'request body length does not match Content-Length';
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
       return "request body is empty but content-type is 'application/json'";
     case 'FST_ERR_BAD_URL':
