@@ -310,6 +310,22 @@ describe.each(variants)('$name rendered', ({ view }) => {
     });
   });
 
+  describe('template-builder Deployment', () => {
+    it("reads the host's template store read-only, at the host's path, on the nodes host agents run on", () => {
+      const { template, container } = workload('template-builder');
+      const hostAgent = workload('host-agent');
+      const dataDirVolume = hostAgent.template.spec?.volumes?.find(
+        (v) => v.name === hostAgent.container.volumeMounts?.find((m) => m.mountPath === loadedConfig('host-agent').KILN_DATA_DIR)?.name,
+      );
+      const templatesDir = `${dataDirVolume?.hostPath?.path}/templates`;
+      const mount = container.volumeMounts?.find((m) => m.mountPath === templatesDir);
+      const volume = template.spec?.volumes?.find((v) => v.name === mount?.name);
+      expect({ hostPath: volume?.hostPath?.path, readOnly: mount?.readOnly }).toEqual({ hostPath: templatesDir, readOnly: true });
+      expect(template.spec?.nodeSelector).toEqual(hostAgent.template.spec?.nodeSelector);
+      expect(template.spec?.tolerations).toEqual(hostAgent.template.spec?.tolerations);
+    });
+  });
+
   describe('cross-app settings', () => {
     it('host agents beat at least twice per heartbeat TTL of the scheduler and host-monitor', () => {
       const interval = Number(loadedConfig('host-agent').HEARTBEAT_INTERVAL_SECONDS);
