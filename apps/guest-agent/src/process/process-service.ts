@@ -12,7 +12,8 @@ import { keepaliveIntervalMs, requestUser } from '../rpc/rpc-context';
 import type { AgentState } from '../runtime/agent-state';
 import type { OomPolicy } from '../runtime/oom-policy';
 import type { SystemUser, SystemUserDirectory } from '../users/system-users';
-import { ProcessInputError, type ManagedProcess, type ProcessSpec } from './managed-process';
+import type { EventQueue } from './event-queue';
+import { ProcessInputError, type ManagedProcess, type ProcessOutput, type ProcessSpec } from './managed-process';
 import { ProcessNotFoundError, ProcessStartError, type ProcessSelection, type ProcessTable } from './process-table';
 
 type ProcessEventInit = NonNullable<MessageInitShape<typeof StartResponseSchema>['event']>;
@@ -59,21 +60,22 @@ export function createProcessService(
       if (!config?.cmd) throw new ConnectError('process.cmd is required', Code.InvalidArgument);
       // envd pipes stdin unless the request explicitly turns it off (older SDKs never send the field).
       const spec = buildSpec(config, req.tag, req.stdin ?? true, req.pty?.size, user, state, oom.childrenNeedReset);
-      let started: ManagedProcess;
+      let launched: Awaited<ReturnType<ProcessTable['start']>>;
       try {
-        started = await table.start(spec);
+        launched = await table.start(spec);
       } catch (err) {
         if (err instanceof ProcessStartError) {
           throw new ConnectError(err.message, err.reason === 'invalid_argument' ? Code.InvalidArgument : Code.Internal);
         }
         throw err;
       }
-      started.killAfter(connectTimeoutMs(ctx));
-      yield* streamEvents(started, ctx);
+      launched.started.killAfter(connectTimeoutMs(ctx));
+      yield* streamEvents(launched.started, launched.events, ctx);
     },
 
     async *connect(req, ctx) {
-      yield* streamEvents(find(req.process), ctx);
+      const target = find(req.process);
+      yield* streamEvents(target, target.subscribe(), ctx);
     },
 
     async update(req) {
@@ -180,8 +182,11 @@ function buildSpec(
  * proxies and the client's idle timers do not cut a quiet process off. Leaving (client gone, deadline) only
  * unsubscribes: the process keeps running.
  */
-async function* streamEvents(target: ManagedProcess, ctx: HandlerContext): AsyncGenerator<{ event: ProcessEventInit }> {
-  const queue = target.subscribe();
+async function* streamEvents(
+  target: ManagedProcess,
+  queue: EventQueue<ProcessOutput>,
+  ctx: HandlerContext,
+): AsyncGenerator<{ event: ProcessEventInit }> {
   const idleMs = keepaliveIntervalMs(ctx);
   try {
     yield { event: { event: { case: 'start', value: { pid: target.pid } } } };

@@ -1,6 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { findExecutable } from './executable-lookup';
-import { ManagedProcess, PipeProcess, PtyProcess, type ProcessSpec } from './managed-process';
+import type { EventQueue } from './event-queue';
+import { ManagedProcess, PipeProcess, PtyProcess, type ProcessOutput, type ProcessSpec } from './managed-process';
 
 export class ProcessNotFoundError extends Error {}
 export class ProcessStartError extends Error {
@@ -21,7 +22,11 @@ export type ProcessSelection = { by: 'pid'; pid: number } | { by: 'tag'; tag: st
 export class ProcessTable {
   private readonly byPid = new Map<number, ManagedProcess>();
 
-  async start(spec: ProcessSpec): Promise<ManagedProcess> {
+  /**
+   * Starts a process and returns it with a subscription taken in the same tick as the spawn, so the caller sees
+   * every byte of output from the first one on.
+   */
+  async start(spec: ProcessSpec): Promise<{ started: ManagedProcess; events: EventQueue<ProcessOutput> }> {
     await this.assertDirectory(spec.cwd);
     const executable = await findExecutable(spec.cmd, spec.cwd, spec.env.PATH ?? '', spec.uid, spec.groups);
     if (!executable) {
@@ -35,9 +40,10 @@ export class ProcessTable {
       const reason = code === 'ENOENT' || code === 'EACCES' ? 'invalid_argument' : 'internal';
       throw new ProcessStartError(`error starting process '${spec.cmd}': ${(err as Error).message}`, reason);
     }
+    const events = started.subscribe();
     this.byPid.set(started.pid, started);
     started.onEnd(() => this.byPid.delete(started.pid));
-    return started;
+    return { started, events };
   }
 
   find(selection: ProcessSelection): ManagedProcess {
