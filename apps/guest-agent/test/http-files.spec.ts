@@ -107,7 +107,7 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
     expect([...(await readFile(`${dir}/multi/b.bin`))]).toEqual([0, 1, 2, 3]);
   });
 
-  it('answers 404, 400 and 403 as envd does, and stays up', async () => {
+  it('answers 404, 400 and 403 as envd does (and 400 for FIFOs), and stays up', async () => {
     const missing = await fetch(`${agent.url}/files?path=${encodeURIComponent(`${dir}/nope`)}`);
     expect(missing.status).toBe(404);
     expect(await missing.json()).toMatchObject({ code: 404, message: expect.stringContaining('does not exist') });
@@ -125,6 +125,15 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
       body: '--zzz\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\npartial',
     });
     expect(badMultipart.status).toBe(400);
+    // A FIFO would block a worker thread forever if opened; it is refused up front, both ways.
+    spawnSync('mkfifo', [`${dir}/fifo`]);
+    expect((await fetch(`${agent.url}/files?path=${encodeURIComponent(`${dir}/fifo`)}`)).status).toBe(400);
+    const intoFifo = await fetch(`${agent.url}/files?path=${encodeURIComponent(`${dir}/fifo`)}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: 'x',
+    });
+    expect(intoFifo.status).toBe(400);
     const notJson = await fetch(`${agent.url}/init`, { method: 'POST', body: '{nope' });
     expect(notJson.status).toBe(400);
     expect((await fetch(`${agent.url}/no-such-route`)).status).toBe(404);

@@ -1,6 +1,6 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
-import { chown, lstat, stat } from 'node:fs/promises';
+import { chown, stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -42,6 +42,9 @@ export class FilesRoutes {
       await assertReachable(user, path);
       const info = await stat(path);
       if (info.isDirectory()) throw new HttpError(400, `path '${path}' is a directory`);
+      // Opening a FIFO or device blocks a libuv worker thread until a peer shows up; four such requests would
+      // stall every file operation in the agent.
+      if (!info.isFile()) throw new HttpError(400, `path '${path}' is not a regular file`);
       await assertAccess(user, path, 'read');
       // Larger reads than the 64 KiB default: fewer syscalls and socket writes per MiB, still bounded memory.
       const source = createReadStream(path, { highWaterMark: 512 * 1024 });
@@ -149,8 +152,9 @@ export class FilesRoutes {
     try {
       await assertReachable(user, path);
       await ensureDirectoryFor(user, dirname(path));
-      const existing = await lstat(path).catch(() => undefined);
+      const existing = await stat(path).catch(() => undefined);
       if (existing?.isDirectory()) throw new HttpError(400, `path '${path}' is a directory`);
+      if (existing && !existing.isFile()) throw new HttpError(400, `path '${path}' is not a regular file`);
       if (existing) await assertAccess(user, path, 'write');
       else await assertCanChangeEntriesOf(user, dirname(path));
       await pipeline(content, createWriteStream(path, { mode: 0o644 }));

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 
 /** A local account as the process and file services need it: ids for setuid/chown, home for `~` and default cwd. */
 export interface SystemUser {
@@ -18,10 +18,13 @@ export class UnknownUserError extends Error {
 }
 
 /**
- * Reads /etc/passwd and /etc/group on every lookup: users created by commands in the sandbox (useradd) must be
- * visible at once, and the files are small enough that caching would only add staleness.
+ * Reads /etc/passwd and /etc/group, re-parsing whenever a file changed (mtime, size or inode): users created by
+ * commands in the sandbox (useradd) are visible at once, while listing a large directory, which names an owner
+ * and group per entry, costs one stat per lookup rather than a read and parse.
  */
 export class SystemUserDirectory {
+  private readonly parsed = new Map<string, { key: string; lines: string[] }>();
+
   constructor(
     private readonly passwdPath = '/etc/passwd',
     private readonly groupPath = '/etc/group',
@@ -56,7 +59,13 @@ export class SystemUserDirectory {
 
   private readLines(path: string): string[] {
     try {
-      return readFileSync(path, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+      const info = statSync(path);
+      const key = `${info.ino}:${info.size}:${info.mtimeMs}`;
+      const cached = this.parsed.get(path);
+      if (cached?.key === key) return cached.lines;
+      const lines = readFileSync(path, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+      this.parsed.set(path, { key, lines });
+      return lines;
     } catch {
       return [];
     }
