@@ -58,8 +58,9 @@ async function stopProcess(child: ChildProcess | undefined): Promise<void> {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
-  await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
-  if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  const escalate = setTimeout(() => child.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(escalate);
 }
 
 export interface SeededTeam {
