@@ -25,8 +25,8 @@ export class AppModule {
       imports: [
         ConfigModule.forRoot(GatewayEnv, env),
         TelemetryModule.forRoot({ service: SERVICE_NAME, logLevel: env.LOG_LEVEL }),
-        // The gateway only reads (API keys, templates); the scheduler owns migrations.
-        DbModule.forRoot({ databaseUrl: env.DATABASE_URL, migrate: false }),
+        // Migrations are advisory-locked and idempotent, so whichever app starts first on a fresh database applies them.
+        DbModule.forRoot({ databaseUrl: env.DATABASE_URL, migrate: true }),
         MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME }),
         AuthModule,
         RateLimitModule,

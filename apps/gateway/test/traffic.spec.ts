@@ -87,7 +87,7 @@ let upstream: UpstreamStandIn;
 let upstreamUrl: string;
 let sandboxId: string;
 
-function send(path: string, headers: Record<string, string>, init: { method?: string; body?: any; duplex?: 'half' } = {}) {
+function send(path: string, headers: Record<string, string>, init: { method?: string; body?: string | Buffer } = {}) {
   return fetch(stack.gateway.sandboxUrl + path, { ...init, headers } as RequestInit);
 }
 
@@ -110,7 +110,7 @@ describe('sandbox traffic routing', () => {
   it('forwards E2b-Sandbox-Id/-Port addressed requests to the host proxy, keeping path, query and headers', async () => {
     const response = await send('/some/path?x=1&y=two', { ...addressed(sandboxId, 8080), 'x-custom': 'kept', 'x-access-token': 'tok' });
     expect(response.status).toBe(200);
-    const seen = await response.json();
+    const seen = (await response.json()) as { method: string; url: string; headers: Record<string, string> };
     expect(seen).toMatchObject({ method: 'GET', url: '/some/path?x=1&y=two' });
     expect(seen.headers).toMatchObject({ 'e2b-sandbox-id': sandboxId, 'e2b-sandbox-port': '8080', 'x-custom': 'kept', 'x-access-token': 'tok' });
   });

@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import { ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -40,7 +40,7 @@ async function waitForPort(port: number, what: string, timeoutMs = 10_000): Prom
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const open = await new Promise<boolean>((resolve) => {
-      const socket = require('node:net').connect(port, '127.0.0.1');
+      const socket = connect(port, '127.0.0.1');
       socket.once('connect', () => {
         socket.destroy();
         resolve(true);
