@@ -21,6 +21,7 @@ export interface HostResourceModules {
  */
 export function hostResourceModules(env: HostAgentEnv): HostResourceModules {
   const network = NetworkModule.register({
+    namePrefix: env.KILN_NETWORK_PREFIX,
     slotCidr: env.KILN_SLOT_CIDR,
     prefill: env.KILN_NETWORK_PREFILL,
     maxSlots: env.KILN_MAX_SANDBOXES + TEMPLATE_BOOT_SLOTS,

@@ -139,6 +139,13 @@ export class HostAgentEnv extends CommonEnv {
   @IsInt() @Min(0) @Max(256)
   KILN_NETWORK_PREFILL: number = 4;
 
+  /**
+   * Prefix of every namespace, veth and nftables table this agent creates. Two agents on one
+   * machine (a dev stack and the e2e suite) need different prefixes, slot CIDRs and data dirs.
+   */
+  @IsString() @Matches(/^[a-z][a-z0-9]{0,7}$/, { message: 'KILN_NETWORK_PREFIX must be 1-8 lowercase letters/digits' })
+  KILN_NETWORK_PREFIX: string = 'kiln';
+
   /** Pool the per-slot host-side addresses come from; only ever assigned inside agent-made namespaces. */
   @IsString() @Matches(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, { message: 'KILN_SLOT_CIDR must be an IPv4 CIDR' })
   KILN_SLOT_CIDR: string = '10.200.0.0/16';

@@ -1,0 +1,260 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import 'reflect-metadata';
+import { ApiKeyRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
+import { createTestDatabase } from '@kiln/db/testing';
+import { ENVD_COMPAT_VERSION } from '@kiln/contracts';
+
+export const ROOT = join(__dirname, '..', '..', '..');
+export const STACK_FILE = join(ROOT, '.kiln', 'e2e', 'stack.json');
+const SHARED_DATA_DIR = process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
+/** The suite's own host-agent state: separate from a dev stack's, sharing only the built templates. */
+const E2E_DATA_DIR = '/var/lib/kiln-e2e';
+
+export interface StackInfo {
+  apiUrl: string;
+  sandboxUrl: string;
+  apiKey: string;
+  otherTeamApiKey: string;
+  teamId: string;
+  databaseUrl: string;
+  databaseName: string;
+  natsUrl: string;
+  redisUrl: string;
+  hostAgent: { grpcAddress: string; proxyUrl: string; httpUrl: string; hostId: string };
+  domain: string;
+  dataDir: string;
+  networkPrefix: string;
+  pids: Record<string, number>;
+  runDir: string;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitHealthy(name: string, url: string, child: ChildProcess, logPath: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}; log ${logPath}:\n${tail(logPath)}`);
+    try {
+      const res = await fetch(`${url}/health`);
+      if (res.status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`${name} not healthy within ${timeoutMs} ms; log ${logPath}:\n${tail(logPath)}`);
+}
+
+function tail(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').split('\n').slice(-15).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+function startProcess(command: string, args: string[], env: NodeJS.ProcessEnv, logPath: string): ChildProcess {
+  const log = createWriteStream(logPath, { flags: 'a' });
+  const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  child.stdout?.pipe(log);
+  child.stderr?.pipe(log);
+  child.unref();
+  return child;
+}
+
+function prepareDataDir(): void {
+  mkdirSync(E2E_DATA_DIR, { recursive: true });
+  for (const shared of ['templates', 'images', 'cache', 'vmm']) {
+    const link = join(E2E_DATA_DIR, shared);
+    if (!existsSync(link) && existsSync(join(SHARED_DATA_DIR, shared))) symlinkSync(join(SHARED_DATA_DIR, shared), link);
+  }
+}
+
+/**
+ * Starts the whole stack as it runs in production, from the built apps: a private
+ * NATS server (so a dev stack on the same machine cannot answer our requests), a fresh
+ * database, a Redis database index of its own, and the five apps on free ports.
+ */
+export async function startStack(): Promise<StackInfo> {
+  const runDir = join(ROOT, '.kiln', 'e2e', 'run');
+  rmSync(runDir, { recursive: true, force: true });
+  mkdirSync(runDir, { recursive: true });
+  prepareDataDir();
+  const pids: Record<string, number> = {};
+
+  const natsPort = await freePort();
+  const jsDir = join(runDir, 'jetstream');
+  const nats = startProcess('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', jsDir], process.env, join(runDir, 'nats.log'));
+  pids.nats = nats.pid!;
+  const natsUrl = `nats://127.0.0.1:${natsPort}`;
+  for (let i = 0; i < 100; i++) {
+    if (await fetchTcp(natsPort)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+
+  const db = await createTestDatabase();
+  const redisUrl = 'redis://127.0.0.1:6379/7';
+  const token = `e2e-registration-${Date.now()}-token`;
+  const ports = {
+    gateway: await freePort(),
+    sandboxProxy: await freePort(),
+    scheduler: await freePort(),
+    templateBuilder: await freePort(),
+    hostMonitor: await freePort(),
+    hostAgent: await freePort(),
+    grpc: await freePort(),
+    agentProxy: await freePort(),
+  };
+  const common = {
+    ...process.env,
+    NODE_ENV: 'test',
+    LOG_LEVEL: process.env.KILN_E2E_LOG_LEVEL ?? 'info',
+    DATABASE_URL: db.url,
+    NATS_URL: natsUrl,
+    REDIS_URL: redisUrl,
+    HOST_REGISTRATION_TOKEN: token,
+    HOST_HEARTBEAT_TTL_SECONDS: '15',
+  };
+  const hostId = 'e2e-host';
+  const apps: Array<{ name: string; env: Record<string, string>; port: number; timeoutMs: number }> = [
+    { name: 'scheduler', env: { HTTP_PORT: String(ports.scheduler), RECONCILE_INTERVAL_SECONDS: '5' }, port: ports.scheduler, timeoutMs: 60_000 },
+    { name: 'host-monitor', env: { HTTP_PORT: String(ports.hostMonitor) }, port: ports.hostMonitor, timeoutMs: 60_000 },
+    { name: 'template-builder', env: { HTTP_PORT: String(ports.templateBuilder) }, port: ports.templateBuilder, timeoutMs: 60_000 },
+    {
+      name: 'host-agent',
+      env: {
+        HTTP_PORT: String(ports.hostAgent),
+        GRPC_PORT: String(ports.grpc),
+        PROXY_PORT: String(ports.agentProxy),
+        KILN_HOST_ID: hostId,
+        KILN_HOST_ADDRESS: '127.0.0.1',
+        KILN_DATA_DIR: E2E_DATA_DIR,
+        KILN_NETWORK_PREFIX: 'ke2e',
+        KILN_SLOT_CIDR: '10.201.0.0/20',
+        KILN_NETWORK_PREFILL: '4',
+        KILN_MAX_SANDBOXES: '16',
+        HEARTBEAT_INTERVAL_SECONDS: '2',
+      },
+      port: ports.hostAgent,
+      timeoutMs: 120_000,
+    },
+    {
+      name: 'gateway',
+      env: { HTTP_PORT: String(ports.gateway), SANDBOX_PROXY_PORT: String(ports.sandboxProxy), KILN_DOMAIN: 'localhost', RATE_LIMIT_PER_MINUTE: '100000' },
+      port: ports.gateway,
+      timeoutMs: 60_000,
+    },
+  ];
+  for (const app of apps) {
+    const logPath = join(runDir, `${app.name}.log`);
+    const child = startProcess('node', [join(ROOT, 'apps', app.name, 'dist', 'main.js')], { ...common, ...app.env }, logPath);
+    pids[app.name] = child.pid!;
+    await waitHealthy(app.name, `http://127.0.0.1:${app.port}`, child, logPath, app.timeoutMs);
+  }
+
+  const prisma = new PrismaService(db.url);
+  try {
+    const teams = new TeamRepository(prisma);
+    const keys = new ApiKeyRepository(prisma);
+    const team = await teams.ensure('e2e');
+    const other = await teams.ensure('e2e-other');
+    const templates = new TemplateRepository(prisma);
+    const manifest = JSON.parse(readFileSync(join(SHARED_DATA_DIR, 'templates', 'base', 'current', 'template.json'), 'utf8'));
+    await templates.ensurePublicTemplate({
+      templateId: 'base',
+      alias: 'base',
+      vcpus: manifest.vcpus,
+      memoryMib: manifest.memoryMib,
+      diskMib: 2048,
+      envdVersion: ENVD_COMPAT_VERSION,
+      contentHash: manifest.buildId,
+    });
+    const info: StackInfo = {
+      apiUrl: `http://127.0.0.1:${ports.gateway}`,
+      sandboxUrl: `http://127.0.0.1:${ports.sandboxProxy}`,
+      apiKey: (await keys.create(team.id, 'e2e')).key,
+      otherTeamApiKey: (await keys.create(other.id, 'e2e-other')).key,
+      teamId: team.id,
+      databaseUrl: db.url,
+      databaseName: db.name,
+      natsUrl,
+      redisUrl,
+      hostAgent: {
+        grpcAddress: `127.0.0.1:${ports.grpc}`,
+        proxyUrl: `http://127.0.0.1:${ports.agentProxy}`,
+        httpUrl: `http://127.0.0.1:${ports.hostAgent}`,
+        hostId,
+      },
+      domain: 'localhost',
+      dataDir: E2E_DATA_DIR,
+      networkPrefix: 'ke2e',
+      pids,
+      runDir,
+    };
+    writeFileSync(STACK_FILE, JSON.stringify(info, null, 2));
+    return info;
+  } finally {
+    await prisma.$disconnect();
+  }
+}
+
+async function fetchTcp(port: number): Promise<boolean> {
+  const { connect } = await import('node:net');
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+export function readStack(): StackInfo {
+  return JSON.parse(readFileSync(STACK_FILE, 'utf8')) as StackInfo;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Stops the apps (host agent last), then removes every VM, slot and layer the suite's host agent made. */
+export async function stopStack(info: StackInfo): Promise<void> {
+  for (const name of ['gateway', 'template-builder', 'host-monitor', 'scheduler', 'host-agent', 'nats']) {
+    const pid = info.pids[name];
+    if (!pid || !alive(pid)) continue;
+    process.kill(pid, 'SIGTERM');
+    for (let i = 0; i < 50 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+    if (alive(pid)) process.kill(pid, 'SIGKILL');
+  }
+  await new Promise<void>((resolve) => {
+    const teardown = spawn('node', [join(ROOT, 'apps', 'host-agent', 'dist', 'teardown.js')], {
+      env: { ...process.env, KILN_DATA_DIR: info.dataDir, KILN_NETWORK_PREFIX: info.networkPrefix, KILN_SLOT_CIDR: '10.201.0.0/20', LOG_LEVEL: 'warn' },
+      stdio: 'inherit',
+    });
+    teardown.on('exit', () => resolve());
+  });
+  const { Client } = await import('pg');
+  const admin = new Client({ connectionString: 'postgresql://postgres@127.0.0.1:5432/postgres' });
+  await admin.connect();
+  await admin.query(`DROP DATABASE IF EXISTS "${info.databaseName}" WITH (FORCE)`);
+  await admin.end();
+  rmSync(STACK_FILE, { force: true });
+}
