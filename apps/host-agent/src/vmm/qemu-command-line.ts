@@ -7,9 +7,14 @@ export interface QemuLaunchOptions {
   tcgTranslationBufferMib: number;
   qmpSocketPath: string;
   pidFilePath: string;
-  /** File descriptor (in the child) carrying a migration stream to load at startup. */
-  incomingFd?: number;
+  /**
+   * Wait for a migration stream (-incoming defer): QEMU 7.2 can only enable x-ignore-shared
+   * over QMP, and it must be on before the stream is read.
+   */
+  incoming?: boolean;
   startPaused?: boolean;
+  /** Host TSC frequency handed to TCG guests so they skip PIT calibration (see host-tsc.ts). */
+  tcgGuestTscKhz?: number;
 }
 
 const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -54,6 +59,11 @@ export function validateVmSpec(spec: VmSpec): void {
   if (`${spec.stateDir}/qmp.sock`.length > MAX_UNIX_SOCKET_PATH) fail('stateDir is too long for a unix socket path');
 }
 
+function kernelCommandLine(spec: VmSpec, options: QemuLaunchOptions): string {
+  if (options.accelerator !== 'tcg' || !options.tcgGuestTscKhz) return spec.kernelArgs;
+  return `${spec.kernelArgs} tsc_early_khz=${options.tcgGuestTscKhz} tsc=reliable`;
+}
+
 /** QEMU splits option values on commas; a literal comma is written twice. */
 function optionValue(value: string): string {
   return value.replace(/,/g, ',,');
@@ -88,9 +98,6 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
       ].join(','),
     );
     machine.push('memory-backend=ram');
-    // Guest RAM lives in the file, so a snapshot carries device state only; set at startup
-    // so an incoming stream can be loaded without a QMP round trip first.
-    args.push('-global', 'migration.x-ignore-shared=on');
   }
   args.push('-M', machine.join(','));
 
@@ -113,7 +120,7 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
     '-initrd',
     spec.initrdPath,
     '-append',
-    spec.kernelArgs,
+    kernelCommandLine(spec, options),
   );
 
   const drive = [
@@ -136,6 +143,6 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
   }
 
   if (options.startPaused) args.push('-S');
-  if (options.incomingFd !== undefined) args.push('-incoming', `fd:${options.incomingFd}`);
+  if (options.incoming) args.push('-incoming', 'defer');
   return args;
 }

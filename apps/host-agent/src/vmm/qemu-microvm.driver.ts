@@ -3,10 +3,11 @@ import { closeSync, openSync } from 'node:fs';
 import { access, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Injectable, Logger } from '@nestjs/common';
+import { Injectable } from '@nestjs/common';
 import { AccelerationProbe } from './acceleration-probe';
+import { hostTscKhz } from './host-tsc';
 import { buildQemuArgs, validateVmSpec } from './qemu-command-line';
-import { QmpClient } from './qmp-client';
+import { QmpClient, type QemuRunState } from './qmp-client';
 import { VmmConfig } from './vmm.config';
 import {
   InvalidVmSpecError,
@@ -57,7 +58,7 @@ const ADOPTED_LIVENESS_POLL_MS = 500;
 @Injectable()
 export class QemuMicrovmDriver implements VmmDriver {
   readonly name = 'qemu-microvm';
-  private readonly logger = new Logger(QemuMicrovmDriver.name);
+  private tscKhz: Promise<number | undefined> | undefined;
 
   constructor(
     private readonly config: VmmConfig,
@@ -112,8 +113,9 @@ export class QemuMicrovmDriver implements VmmDriver {
       tcgTranslationBufferMib: this.config.tcgTranslationBufferMib,
       qmpSocketPath,
       pidFilePath: join(stateDir, STATE_FILES.pidFile),
-      incomingFd: snapshot ? INCOMING_FD : undefined,
+      incoming: snapshot !== undefined,
       startPaused: options.startPaused,
+      tcgGuestTscKhz: accelerator === 'tcg' ? await (this.tscKhz ??= hostTscKhz()) : undefined,
     });
     const [file, argv] = spec.network
       ? ['nsenter', [`--net=${spec.network.netnsPath}`, '--', this.config.qemuBinary, ...args]]
@@ -158,7 +160,11 @@ export class QemuMicrovmDriver implements VmmDriver {
       const qmp = await QmpClient.connect(qmpSocketPath, timeoutMs, exitedEarly.signal);
       const controlReadyMs = performance.now() - launchedAt;
       handle = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit);
-      if (snapshot) await handle.waitForIncomingMigration(launchedAt + timeoutMs);
+      if (snapshot) {
+        const loaded = await handle.loadIncomingMigration(`fd:${INCOMING_FD}`, launchedAt + timeoutMs);
+        // A snapshot taken from a stopped VM comes back stopped; running is what was asked for.
+        if (loaded !== 'running' && !options.startPaused) await handle.resume();
+      }
       const timings: VmStartTimings = { controlReadyMs, runningMs: performance.now() - launchedAt };
       handle.startTimings = timings;
       const ticks = await processStartTicks(pid);
@@ -227,13 +233,20 @@ class QemuVmHandle implements VmHandle {
     this.livenessTimer.unref();
   }
 
-  async waitForIncomingMigration(deadline: number): Promise<void> {
+  /** Loads the snapshot stream QEMU was started to wait for (-incoming defer) and lets it run. */
+  async loadIncomingMigration(uri: string, deadline: number): Promise<QemuRunState> {
+    if (this.spec.memoryFile) {
+      await this.qmp.execute('migrate-set-capabilities', {
+        capabilities: [{ capability: 'x-ignore-shared', state: true }],
+      });
+    }
+    await this.qmp.execute('migrate-incoming', { uri });
     // The run state leaves 'inmigrate' once the stream is loaded: 'running' when QEMU
     // autostarts, 'paused' with -S. Polling QMP costs well under a millisecond per round.
     for (;;) {
       const { status } = await this.qmp.execute('query-status');
       if (status !== 'inmigrate') {
-        if (status === 'running' || status === 'paused' || status === 'prelaunch') return;
+        if (status === 'running' || status === 'paused' || status === 'prelaunch') return status;
         throw new VmSnapshotError(`incoming migration ended in state ${status}`);
       }
       if (performance.now() > deadline) throw new VmSnapshotError('timed out loading the snapshot');

@@ -1,0 +1,101 @@
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { sha256File, SnapshotIntegrityError, TemplateSnapshots, waitForGuestAgent, type TemplateSnapshot } from '../../src/snapshot';
+import type { TemplateBuild } from '../../src/template';
+import type { VmHandle } from '../../src/vmm';
+import { Cleanup, registerTestTemplate, startVmTestApp, type VmTestApp } from './vm-test-context';
+
+describe('template snapshot and clone restore (real TCG VMs)', () => {
+  let ctx: VmTestApp;
+  const cleanup = new Cleanup();
+  let build: TemplateBuild;
+  let snapshot: TemplateSnapshot;
+
+  beforeAll(async () => {
+    ctx = await startVmTestApp();
+    // A private copy of `base` (hard links), so the real base snapshot is never touched.
+    build = await registerTestTemplate(ctx.templates, 'ktvm-snap', cleanup);
+  });
+
+  afterAll(async () => {
+    try {
+      await cleanup.run();
+    } finally {
+      await ctx?.close();
+    }
+  });
+
+  it('creates the snapshot once: boot, agent health, x-ignore-shared save, manifest with sha256 sidecars', async () => {
+    snapshot = await ctx.snapshots.ensure('ktvm-snap');
+    expect(snapshot.dir).toBe(build.snapshotDir);
+    const manifest = JSON.parse(await readFile(join(snapshot.dir, 'manifest.json'), 'utf8'));
+    expect(manifest.memoryMib).toBe(build.memoryMib);
+    for (const name of ['memory', 'disk.qcow2', 'state']) {
+      const sidecar = (await readFile(join(snapshot.dir, `${name}.sha256`), 'utf8')).split(/\s+/)[0];
+      expect(sidecar).toBe(manifest.files[name].sha256);
+      expect((await stat(join(snapshot.dir, name))).size).toBe(manifest.files[name].bytes);
+    }
+    // x-ignore-shared: guest RAM stays in the memory file, the state file is device state only.
+    expect(manifest.files.state.bytes).toBeLessThan(1 << 20);
+    expect(manifest.files.memory.bytes).toBe(build.memoryMib * 1024 * 1024);
+
+    const again = await ctx.snapshots.ensure('ktvm-snap');
+    expect(again.manifest.createdAt).toBe(snapshot.manifest.createdAt);
+  });
+
+  it('restores two clones concurrently; both agents answer and the template files stay byte-identical', async () => {
+    const memoryBefore = snapshot.manifest.files.memory.sha256;
+    const diskBefore = snapshot.manifest.files['disk.qcow2'].sha256;
+    const baseBefore = await sha256File(build.rootfs.path);
+
+    const clones = await Promise.all(
+      ['ktvm-clone-a', 'ktvm-clone-b'].map(async (id) => {
+        const slot = await ctx.acquireSlot(cleanup);
+        const layer = await ctx.layers.createLayer(id, snapshot.disk, ctx.workDir);
+        cleanup.add(() => ctx.layers.removeLayer(layer));
+        return { id, slot, layer };
+      }),
+    );
+    const handles: VmHandle[] = await Promise.all(
+      clones.map(({ id, slot, layer }) =>
+        ctx.snapshots
+          .restore(snapshot, {
+            id,
+            stateDir: join(ctx.workDir, id),
+            serialLogPath: join(ctx.workDir, `${id}.serial.log`),
+            rootDisk: { path: layer.path, format: layer.format },
+            network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+          })
+          .then((vm) => cleanup.vm(vm)),
+      ),
+    );
+    for (const vm of handles) expect(await vm.state()).toBe('running');
+    await Promise.all(clones.map(({ slot }) => waitForGuestAgent(slot.hostAddress, build.agentPort, { timeoutMs: 30_000 })));
+
+    // Guests ran and wrote memory and disk; none of it may reach the template's files.
+    await Promise.all(handles.map((vm) => vm.stop()));
+    expect(await sha256File(snapshot.memoryPath)).toBe(memoryBefore);
+    expect(await sha256File(snapshot.disk.path)).toBe(diskBefore);
+    expect(await sha256File(build.rootfs.path)).toBe(baseBefore);
+  });
+
+  it('detects a tampered snapshot file in a process that has not verified it yet', async () => {
+    const freshProcessView = new TemplateSnapshots(ctx.templates, ctx.driver, ctx.pool, {
+      bootTimeoutMs: 1_000,
+      runDir: join(ctx.workDir, 'unused'),
+    });
+    await expect(freshProcessView.verify(snapshot)).resolves.toBeUndefined();
+    const tampered: TemplateSnapshot = {
+      ...snapshot,
+      manifest: {
+        ...snapshot.manifest,
+        files: { ...snapshot.manifest.files, state: { ...snapshot.manifest.files.state, sha256: '0'.repeat(64) } },
+      },
+    };
+    const secondProcessView = new TemplateSnapshots(ctx.templates, ctx.driver, ctx.pool, {
+      bootTimeoutMs: 1_000,
+      runDir: join(ctx.workDir, 'unused'),
+    });
+    await expect(secondProcessView.verify(tampered)).rejects.toBeInstanceOf(SnapshotIntegrityError);
+  });
+});
