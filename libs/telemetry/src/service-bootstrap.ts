@@ -29,6 +29,8 @@ export async function startHttpService(module: unknown, options: HttpServiceOpti
   app.useLogger(app.get(Logger));
   app.enableShutdownHooks();
   await options.configure?.(app);
+  // Module init first: it connects dependencies with backoff and fails with one clear line.
+  await app.init();
   await app.startAllMicroservices();
   await app.listen(options.port, options.host ?? '0.0.0.0');
   return app;
