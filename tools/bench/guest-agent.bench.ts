@@ -52,6 +52,20 @@ async function startAgent(): Promise<{ port: number; stop: () => void }> {
   return { port, stop: () => child.kill('SIGTERM') };
 }
 
+/** Process start until the agent prints its listening line (it accepts connections from then on). */
+async function agentStartupMs(): Promise<number> {
+  const t0 = performance.now();
+  const { stop } = await startAgent();
+  const ms = performance.now() - t0;
+  stop();
+  return ms;
+}
+
+/** Baseline: the same node binary starting and printing a line. */
+async function nodeStartupMs(): Promise<number> {
+  return spawnFirstByteMs(process.execPath, ['-e', 'console.log("up")']);
+}
+
 async function spawnFirstByteMs(cmd: string, args: string[]): Promise<number> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
@@ -132,6 +146,19 @@ async function main(): Promise<void> {
   const scratch = await mkdtemp(join(tmpdir(), 'kiln-ga-bench-'));
   try {
     console.log(`guest-agent bench: ${ITERATIONS} iterations (+${WARMUP} warm-up), file ${FILE_MIB} MiB, node ${process.version}`);
+    const startup: number[] = [];
+    const nodeBaseline: number[] = [];
+    for (let i = 0; i < 5 + 30; i++) {
+      const a = await agentStartupMs();
+      const b = await nodeStartupMs();
+      if (i >= 5) {
+        startup.push(a);
+        nodeBaseline.push(b);
+      }
+    }
+    console.log(summary('agent start → listening', startup));
+    console.log(summary('baseline: node -e console.log', nodeBaseline));
+
     const cases: Array<[string, string, string[]]> = [
       ['echo', '/bin/echo', ['hi']],
       ['bash -l -c echo (SDK form)', '/bin/bash', ['-l', '-c', 'echo hi']],

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import { delimiter, isAbsolute, join, resolve } from 'node:path';
 
 /**
@@ -7,13 +7,15 @@ import { delimiter, isAbsolute, join, resolve } from 'node:path';
  * Done before spawning so a missing or non-executable command is a clear InvalidArgument on every launch path,
  * including the wrapped ones where exec happens inside a helper and would only show up as exit status 127.
  */
-export async function findExecutable(cmd: string, cwd: string, pathVar: string, uid: number, groups: readonly number[]): Promise<string | undefined> {
+export function findExecutable(cmd: string, cwd: string, pathVar: string, uid: number, groups: readonly number[]): string | undefined {
   const candidates = cmd.includes('/')
     ? [isAbsolute(cmd) ? cmd : resolve(cwd, cmd)]
     : pathVar.split(delimiter).filter(Boolean).map((dir) => join(dir, cmd));
   for (const candidate of candidates) {
     try {
-      const info = await stat(candidate);
+      // Synchronous on purpose: a few stats of local files cost microseconds, less than a thread-pool round trip,
+      // and this sits on the latency path of every command start.
+      const info = statSync(candidate);
       if (info.isFile() && mayExecute(info.mode, info.uid, info.gid, uid, groups)) return candidate;
     } catch {
       // Not here; try the next PATH entry.

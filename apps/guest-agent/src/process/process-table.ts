@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import { findExecutable } from './executable-lookup';
 import type { EventQueue } from './event-queue';
 import { ManagedProcess, PipeProcess, PtyProcess, type ProcessOutput, type ProcessSpec } from './managed-process';
@@ -27,8 +27,8 @@ export class ProcessTable {
    * every byte of output from the first one on.
    */
   async start(spec: ProcessSpec): Promise<{ started: ManagedProcess; events: EventQueue<ProcessOutput> }> {
-    await this.assertDirectory(spec.cwd);
-    const executable = await findExecutable(spec.cmd, spec.cwd, spec.env.PATH ?? '', spec.uid, spec.groups);
+    this.assertDirectory(spec.cwd);
+    const executable = findExecutable(spec.cmd, spec.cwd, spec.env.PATH ?? '', spec.uid, spec.groups);
     if (!executable) {
       throw new ProcessStartError(`exec: "${spec.cmd}": executable file not found or not executable by the user`, 'invalid_argument');
     }
@@ -65,9 +65,9 @@ export class ProcessTable {
     for (const running of this.byPid.values()) running.signal('SIGKILL');
   }
 
-  private async assertDirectory(cwd: string): Promise<void> {
+  private assertDirectory(cwd: string): void {
     try {
-      const info = await stat(cwd);
+      const info = statSync(cwd);
       if (!info.isDirectory()) throw new ProcessStartError(`cwd '${cwd}' is not a directory`, 'invalid_argument');
     } catch (err) {
       if (err instanceof ProcessStartError) throw err;
