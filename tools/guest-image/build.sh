@@ -190,6 +190,19 @@ register_template() {
   mv -T "$DATA_DIR/images/.current-$TEMPLATE_ID-$$" "$DATA_DIR/images/current-$TEMPLATE_ID"
 }
 
+# Image dirs are only a build cache: template builds hold their own hard links, so dropping
+# every image but the current one frees nothing a template still uses.
+prune_old_images() {
+  local dir
+  for dir in "$DATA_DIR"/images/*/; do
+    dir=${dir%/}
+    [ "$(basename "$dir")" = "$INPUT_HASH" ] && continue
+    [ -f "$dir/.complete" ] || continue
+    [ -L "$dir" ] && continue
+    rm -rf "$dir"
+  done
+}
+
 main() {
   [ -f "$BUNDLE_DIR/guest-agent.js" ] ||
     die "guest agent bundle not found at $BUNDLE_DIR (build it: npx nx run guest-agent:bundle, or set KILN_GUEST_AGENT_BUNDLE)"
@@ -224,6 +237,7 @@ main() {
     log "built image $INPUT_HASH in $((SECONDS - started)) s"
   fi
   register_template "$image_dir"
+  prune_old_images
   log "template $TEMPLATE_ID build $BUILD_ID at $DATA_DIR/templates/$TEMPLATE_ID/$BUILD_ID"
   echo "$DATA_DIR/templates/$TEMPLATE_ID/$BUILD_ID"
 }
