@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { request } from 'node:http';
+import { connect } from 'node:http2';
 import { mkdir, readFile, rm, stat, writeFile, chown } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { spawnSync } from 'node:child_process';
@@ -94,6 +95,33 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
     const res = await fetch(`${agent.url}/files?path=${encodeURIComponent(path)}`);
     expect(res.status).toBe(200);
     expect(Buffer.compare(Buffer.from(await res.arrayBuffer()), content)).toBe(0);
+  });
+
+  it('transfers files over cleartext HTTP/2 on the same port', async () => {
+    const session = connect(agent.url);
+    try {
+      const content = randomBytes(1_500_000);
+      const path = `${dir}/h2/blob.bin`;
+      const h2 = (headers: Record<string, string>, body?: Buffer) =>
+        new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
+          const stream = session.request(headers);
+          const parts: Buffer[] = [];
+          let status = 0;
+          stream.on('response', (h) => (status = Number(h[':status'])));
+          stream.on('data', (d: Buffer) => parts.push(d));
+          stream.on('end', () => resolve({ status, body: Buffer.concat(parts) }));
+          stream.on('error', reject);
+          stream.end(body);
+        });
+      const query = `/files?path=${encodeURIComponent(path)}`;
+      const up = await h2({ ':method': 'POST', ':path': query, 'content-type': 'application/octet-stream' }, content);
+      expect(up.status).toBe(200);
+      const down = await h2({ ':method': 'GET', ':path': query });
+      expect(down.status).toBe(200);
+      expect(Buffer.compare(down.body, content)).toBe(0);
+    } finally {
+      session.close();
+    }
   });
 
   it('accepts multipart uploads of several files named by their part filenames', async () => {
