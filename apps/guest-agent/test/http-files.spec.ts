@@ -190,7 +190,7 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
     expect(await res.text()).toBe('compress me '.repeat(1000)); // fetch decodes it
   });
 
-  it('reports metrics with envd field names, and /init env vars via /envs and in processes', async () => {
+  it('reports metrics with envd field names; /init env vars, workdir and default user reach processes and files', async () => {
     const metrics = (await (await fetch(`${agent.url}/metrics`)).json()) as Record<string, number>;
     for (const field of ['ts', 'cpu_count', 'cpu_used_pct', 'mem_total', 'mem_used', 'mem_total_mib', 'mem_used_mib', 'disk_used', 'disk_total']) {
       expect(typeof metrics[field]).toBe('number');
@@ -206,5 +206,16 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
       if (e?.case === 'data' && e.value.output.case === 'stdout') out += Buffer.from(e.value.output.value).toString();
     }
     expect(out).toBe('from-init\n/tmp\n');
+
+    // defaultUser from /init applies to requests that name no user (RPC without Authorization, /files without username).
+    expect((await agent.init({ defaultUser: 'root' })).status).toBe(204);
+    let who = '';
+    for await (const m of agent.processClient().start({ process: { cmd: 'whoami', args: [], envs: {} } })) {
+      const e = m.event?.event;
+      if (e?.case === 'data' && e.value.output.case === 'stdout') who += Buffer.from(e.value.output.value).toString();
+    }
+    expect(who).toBe('root\n');
+    expect((await fetch(`${agent.url}/files?path=/root/.bashrc`)).status).toBe(200);
+    expect((await agent.init({ defaultUser: 'user' })).status).toBe(204);
   });
 });
