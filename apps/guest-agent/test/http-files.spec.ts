@@ -215,7 +215,13 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
       if (e?.case === 'data' && e.value.output.case === 'stdout') who += Buffer.from(e.value.output.value).toString();
     }
     expect(who).toBe('root\n');
-    expect((await fetch(`${agent.url}/files?path=/root/.bashrc`)).status).toBe(200);
+    const rootOnly = `/root/kiln-ga-test-${process.pid}`;
+    await writeFile(rootOnly, 'secret', { mode: 0o600 });
+    try {
+      expect((await fetch(`${agent.url}/files?path=${rootOnly}`)).status).toBe(200);
+    } finally {
+      await rm(rootOnly, { force: true });
+    }
     expect((await agent.init({ defaultUser: 'user' })).status).toBe(204);
   });
 });
