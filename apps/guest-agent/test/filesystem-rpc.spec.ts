@@ -83,11 +83,18 @@ describe('filesystem.Filesystem over Connect', () => {
     expect(await codeOf(fs.listDir({ path: `${dir}/plain`, depth: 1 }))).toBe(Code.InvalidArgument);
     expect(await codeOf(fs.makeDir({ path: `${dir}/plain` }))).toBe(Code.InvalidArgument);
     expect(await codeOf(fs.move({ source: `${dir}/missing`, destination: `${dir}/x` }))).toBe(Code.NotFound);
-    // /root is 0700 root: the default user may not look inside; root may.
-    expect(await codeOf(fs.listDir({ path: '/root', depth: 1 }))).toBe(Code.PermissionDenied);
-    expect(await codeOf(fs.makeDir({ path: '/root/kiln-forbidden' }))).toBe(Code.PermissionDenied);
+    // A root-only (0700) directory: the default user may not look inside; root may.
+    const privateDir = `/tmp/kiln-ga-private-${process.pid}`;
+    await mkdir(privateDir, { mode: 0o700 });
+    try {
+      expect(await codeOf(fs.listDir({ path: privateDir, depth: 1 }))).toBe(Code.PermissionDenied);
+      expect(await codeOf(fs.makeDir({ path: `${privateDir}/kiln-forbidden` }))).toBe(Code.PermissionDenied);
+      expect(await codeOf(fs.stat({ path: `${privateDir}/anything` }))).toBe(Code.PermissionDenied);
+      await expect(agent.filesystemClient({ user: 'root' }).listDir({ path: privateDir, depth: 1 })).resolves.toBeDefined();
+    } finally {
+      await rm(privateDir, { recursive: true, force: true });
+    }
     expect(await codeOf(fs.remove({ path: '/etc/hostname' }))).toBe(Code.PermissionDenied);
-    await expect(agent.filesystemClient({ user: 'root' }).listDir({ path: '/root', depth: 1 })).resolves.toBeDefined();
   });
 
   it('streams create, write, chmod, rename and remove made by a command (WatchDir), recursively when asked', async () => {

@@ -141,8 +141,15 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
     expect(await missing.json()).toMatchObject({ code: 404, message: expect.stringContaining('does not exist') });
     expect((await fetch(`${agent.url}/files?path=${encodeURIComponent(dir)}`)).status).toBe(400);
     expect((await fetch(`${agent.url}/files`)).status).toBe(400);
-    const forbidden = await fetch(`${agent.url}/files?path=/root/.bashrc`);
-    expect(forbidden.status).toBe(403);
+    const privateDir = `/tmp/kiln-ga-private-http-${process.pid}`;
+    await mkdir(privateDir, { mode: 0o700 });
+    await writeFile(`${privateDir}/secret`, 's');
+    try {
+      expect((await fetch(`${agent.url}/files?path=${privateDir}/secret`)).status).toBe(403);
+      expect((await fetch(`${agent.url}/files?path=${privateDir}/secret&username=root`)).status).toBe(200);
+    } finally {
+      await rm(privateDir, { recursive: true, force: true });
+    }
     const asRoot = await fetch(`${agent.url}/files?path=/etc/hostname&username=root`);
     expect(asRoot.status).toBe(200);
     const unknownUser = await fetch(`${agent.url}/files?path=/etc/hostname&username=nobody-like-this`);
@@ -215,7 +222,7 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
       if (e?.case === 'data' && e.value.output.case === 'stdout') who += Buffer.from(e.value.output.value).toString();
     }
     expect(who).toBe('root\n');
-    const rootOnly = `/root/kiln-ga-test-${process.pid}`;
+    const rootOnly = `/tmp/kiln-ga-root-only-${process.pid}`;
     await writeFile(rootOnly, 'secret', { mode: 0o600 });
     try {
       expect((await fetch(`${agent.url}/files?path=${rootOnly}`)).status).toBe(200);
