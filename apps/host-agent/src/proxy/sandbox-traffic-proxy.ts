@@ -1,4 +1,4 @@
-import { IncomingMessage, Server, ServerResponse, createServer, Agent } from 'node:http';
+import { Agent, IncomingMessage, Server, ServerResponse, createServer } from 'node:http';
 import { Socket } from 'node:net';
 import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
@@ -56,8 +56,7 @@ function reject(res: ServerResponse, status: number, message: string): void {
 export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger(SandboxTrafficProxy.name);
   private server?: Server;
-  private readonly agent = new Agent({ keepAlive: true, maxSockets: 256 });
-  private readonly proxy = createProxyServer({ xfwd: true, ws: true, agent: this.agent, proxyTimeout: 0 });
+  private readonly proxy = createProxyServer({ xfwd: true, ws: true, proxyTimeout: 0 });
 
   constructor(
     private readonly env: HostAgentEnv,
@@ -69,29 +68,29 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     });
   }
 
-  private targetUrl(target: TrafficTarget): string | null {
+  private upstream(target: TrafficTarget): { target: string; agent: Agent } | null {
     const live = this.sandboxes.get(target.sandboxId);
     if (!live || live.state !== 'running') return null;
-    return `http://${live.slot.hostAddress}:${target.port}`;
+    return { target: `http://${live.slot.hostAddress}:${target.port}`, agent: live.guestConnections };
   }
 
   handle = (req: IncomingMessage, res: ServerResponse): void => {
     const target = trafficTargetOf(req);
     if (target === 'bad-port') return reject(res, 400, 'E2b-Sandbox-Port must be a port number');
     if (!target) return reject(res, 400, 'request names no sandbox (E2b-Sandbox-Id header or {port}-{id}.{domain} host)');
-    const url = this.targetUrl(target);
-    if (!url) return reject(res, 502, `sandbox ${target.sandboxId} is not running on this host`);
-    this.proxy.web(req, res, { target: url });
+    const upstream = this.upstream(target);
+    if (!upstream) return reject(res, 502, `sandbox ${target.sandboxId} is not running on this host`);
+    this.proxy.web(req, res, upstream);
   };
 
   private upgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
     const target = trafficTargetOf(req);
-    const url = target && target !== 'bad-port' ? this.targetUrl(target) : null;
-    if (!url) {
+    const upstream = target && target !== 'bad-port' ? this.upstream(target) : null;
+    if (!upstream) {
       socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
       return;
     }
-    this.proxy.ws(req, socket, head, { target: url });
+    this.proxy.ws(req, socket, head, upstream);
   };
 
   async onApplicationBootstrap(): Promise<void> {
@@ -110,7 +109,6 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
 
   async onApplicationShutdown(): Promise<void> {
     this.proxy.close();
-    this.agent.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     this.server?.closeAllConnections();
   }

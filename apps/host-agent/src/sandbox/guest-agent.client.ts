@@ -8,10 +8,7 @@ export interface GuestInit {
   timestamp: string;
 }
 
-// Small keep-alive pool: /init right after restore is on the create hot path.
-const agent = new Agent({ keepAlive: true, maxSockets: 4 });
-
-function post(host: string, path: string, body: string, timeoutMs: number): Promise<number> {
+function post(agent: Agent, host: string, path: string, body: string, timeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = request(
       { host, port: GUEST_AGENT_PORT, path, method: 'POST', agent, timeout: timeoutMs, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
@@ -30,7 +27,7 @@ function post(host: string, path: string, body: string, timeoutMs: number): Prom
  * Sends the guest agent its per-sandbox settings, retrying until it answers: after a
  * restore the guest needs a few hundred ms (TCG re-translation) before its socket works.
  */
-export async function initGuestAgent(host: string, init: GuestInit, deadlineMs: number): Promise<{ attempts: number }> {
+export async function initGuestAgent(host: string, agent: Agent, init: GuestInit, deadlineMs: number): Promise<{ attempts: number }> {
   const body = JSON.stringify(init);
   const deadline = Date.now() + deadlineMs;
   let attempts = 0;
@@ -38,7 +35,7 @@ export async function initGuestAgent(host: string, init: GuestInit, deadlineMs: 
   while (Date.now() < deadline) {
     attempts++;
     try {
-      const status = await post(host, '/init', body, Math.min(2_000, Math.max(100, deadline - Date.now())));
+      const status = await post(agent, host, '/init', body, Math.min(2_000, Math.max(100, deadline - Date.now())));
       if (status >= 200 && status < 300) return { attempts };
       lastError = new Error(`guest agent answered /init with HTTP ${status}`);
       if (status >= 400 && status < 500) break;

@@ -1,3 +1,4 @@
+import { Agent } from 'node:http';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
@@ -7,7 +8,7 @@ import { SandboxEventStream, SandboxLifecycleKind } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { NetworkSlot, NetworkSlotPool, SlotsExhaustedError } from '../network';
 import { RootfsLayer, RootfsLayers } from '../rootfs';
-import { TemplateSnapshot, TemplateSnapshots } from '../snapshot';
+import { SnapshotError, TemplateSnapshot, TemplateSnapshots } from '../snapshot';
 import { InvalidTemplateIdError, TemplateNotFoundError, TemplateStore } from '../template';
 import { VMM_DRIVER, VmExit, VmHandle, VmmDriver } from '../vmm';
 import { initGuestAgent } from './guest-agent.client';
@@ -35,6 +36,15 @@ export interface LiveSandbox {
   vm?: VmHandle;
   /** Set when the agent itself is ending the VM, so its exit is not reported as a crash. */
   stopping: boolean;
+  /**
+   * Keep-alive connections to this sandbox's guest. Per sandbox, because slots are reused:
+   * a pooled socket to a dead guest at the same address must never serve the next one.
+   */
+  guestConnections: Agent;
+}
+
+function guestConnectionPool(): Agent {
+  return new Agent({ keepAlive: true, maxSockets: 128 });
 }
 
 const SANDBOX_ID = /^[a-z0-9][a-z0-9-]{0,63}$/;
@@ -100,7 +110,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
         continue;
       }
       const slot = await this.slots.adopt(record.slotIndex);
-      const live: LiveSandbox = { record, state: 'running', slot, vm, stopping: false };
+      const live: LiveSandbox = { record, state: 'running', slot, vm, stopping: false, guestConnections: guestConnectionPool() };
       this.sandboxes.set(record.sandboxId, live);
       this.watchExit(live, vm);
       this.logger.log(`adopted sandbox ${record.sandboxId} (pid ${vm.pid}, slot ${record.slotIndex})`);
@@ -158,6 +168,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       if (error instanceof TemplateNotFoundError || error instanceof InvalidTemplateIdError) {
         throw new KilnError(ErrorCode.FailedPrecondition, error.message);
       }
+      if (error instanceof SnapshotError) throw new KilnError(ErrorCode.Unavailable, `template snapshot unavailable: ${describeError(error)}`);
       throw error;
     }
     // A sandbox restored from a memory snapshot has exactly the snapshot's shape.
@@ -173,6 +184,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       state: 'starting',
       slot: undefined as unknown as NetworkSlot,
       stopping: false,
+      guestConnections: guestConnectionPool(),
     };
     this.sandboxes.set(input.sandboxId, placeholder);
     try {
@@ -211,6 +223,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
 
       await initGuestAgent(
         slot.hostAddress,
+        placeholder.guestConnections,
         { accessToken: record.envdAccessToken, envVars: input.envVars, timestamp: new Date().toISOString() },
         GUEST_INIT_DEADLINE_MS,
       );
@@ -259,6 +272,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
 
   /** Removes whatever exists of a sandbox, in reverse order of creation; never throws. */
   private async teardown(sandboxId: string, vm?: VmHandle, slot?: NetworkSlot, layer?: Pick<RootfsLayer, 'path'>): Promise<void> {
+    this.sandboxes.get(sandboxId)?.guestConnections.destroy();
     if (vm && !vm.hasExited) await vm.kill().catch((error) => this.logger.warn(`kill of ${sandboxId} failed: ${describeError(error)}`));
     if (layer) await this.layers.removeLayer({ path: layer.path, sandboxId }).catch((error) => this.logger.warn(`layer removal for ${sandboxId} failed: ${describeError(error)}`));
     if (slot) await this.slots.release(slot).catch((error) => this.logger.warn(`slot release for ${sandboxId} failed: ${describeError(error)}`));
