@@ -1,15 +1,17 @@
 // Builds the self-contained guest-agent directory that is installed into VM root filesystems:
 //   dist/bundle/guest-agent.js                       everything except node-pty, in one file
 //   dist/bundle/node_modules/node-pty/{package.json,lib/,build/Release/pty.node}
-// Run: npx nx run guest-agent:bundle   (or node apps/guest-agent/tools/bundle.mjs)
+// Run: npx nx run guest-agent:bundle   (or node apps/guest-agent/tools/bundle.mjs [--out DIR])
 import { build } from 'esbuild';
 import { cp, mkdir, rm, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const appRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
-const outDir = join(appRoot, 'dist', 'bundle');
+// --out lets the test suite build its own copy, so a test run never races an image build reading dist/bundle.
+const outFlag = process.argv.indexOf('--out');
+const outDir = outFlag === -1 ? join(appRoot, 'dist', 'bundle') : resolve(process.argv[outFlag + 1]);
 const require = createRequire(join(appRoot, 'package.json'));
 const ptyRoot = dirname(require.resolve('node-pty/package.json'));
 

@@ -6,7 +6,8 @@ import { createConnectTransport } from '@connectrpc/connect-node';
 import { Filesystem } from '@kiln/proto/filesystem';
 import { Process } from '@kiln/proto/process';
 
-export const BUNDLE = join(__dirname, '..', '..', 'dist', 'bundle', 'guest-agent.js');
+/** Built by global-setup.cjs with tools/bundle.mjs, the recipe of the shipping bundle. */
+export const BUNDLE = join(__dirname, '..', '..', 'dist', 'test-bundle', 'guest-agent.js');
 
 /**
  * The agent's default user is `user` (home /home/user), as in E2B templates. A CI host may not have it, so the
