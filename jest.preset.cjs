@@ -18,4 +18,7 @@ module.exports = {
   moduleFileExtensions: ['ts', 'js', 'json'],
   testEnvironmentOptions: { customExportConditions: ['development', 'node', 'require', 'default'] },
   testPathIgnorePatterns: ['/node_modules/', '/dist/'],
+  // The e2b SDK (CommonJS) requires chalk 5, which is ESM-only and cannot be require()d inside
+  // Jest on Node 20; the SDK only colours log prefixes with it, so chalk 4 (same API) stands in.
+  moduleNameMapper: { '^chalk$': require.resolve('chalk') },
 };
