@@ -26,6 +26,8 @@ type FilesystemEventInit = MessageInitShape<typeof FilesystemEventSchema>;
 /** A polling watcher keeps at most this many undelivered events; older ones are dropped first. */
 const MAX_BUFFERED_WATCHER_EVENTS = 10_000;
 const MAX_POLLING_WATCHERS = 256;
+/** A WatchDir client this far behind is cut off rather than letting its backlog grow without bound. */
+const MAX_STREAM_BACKLOG_EVENTS = 10_000;
 
 interface PollingWatcher {
   watcher: DirWatcher;
@@ -175,9 +177,22 @@ export class FilesystemService {
     const user = requestUser(ctx, this.state, this.users);
     const path = await this.watchablePath(req.path, user);
     const queue = new EventQueue<DirChange | Error>();
+    let overflowed = false;
     let watcher: DirWatcher;
     try {
-      watcher = await DirWatcher.open(path, req.recursive, (c) => queue.push(c), (e) => queue.push(e));
+      watcher = await DirWatcher.open(
+        path,
+        req.recursive,
+        (change) => {
+          if (queue.length < MAX_STREAM_BACKLOG_EVENTS) queue.push(change);
+          else if (!overflowed) {
+            overflowed = true;
+            queue.push(new BacklogOverflow());
+            queue.close();
+          }
+        },
+        (e) => queue.push(e),
+      );
     } catch (err) {
       throw fsConnectError(err, `error watching '${path}'`);
     }
@@ -190,6 +205,9 @@ export class FilesystemService {
         if (next.kind === 'idle') {
           yield { event: { case: 'keepalive', value: {} } };
           continue;
+        }
+        if (next.item instanceof BacklogOverflow) {
+          throw new ConnectError(`more than ${MAX_STREAM_BACKLOG_EVENTS} unread events; watch again`, Code.ResourceExhausted);
         }
         if (next.item instanceof Error) throw fsConnectError(next.item, `watching '${path}' failed`);
         yield { event: { case: 'filesystem', value: await this.toEvent(next.item, req.includeEntry) } };
@@ -237,6 +255,8 @@ export class FilesystemService {
     }
   }
 }
+
+class BacklogOverflow extends Error {}
 
 /** rename(2), or copy-then-delete when source and destination are on different filesystems. */
 async function moveEntry(source: string, destination: string): Promise<void> {

@@ -20,6 +20,10 @@ export class EventQueue<T> {
     return this.queuedBytes;
   }
 
+  get length(): number {
+    return this.items.length;
+  }
+
   get isClosed(): boolean {
     return this.closed;
   }
