@@ -14,3 +14,6 @@ export class SnapshotIntegrityError extends SnapshotError {}
 
 /** The template has no snapshot yet (callers may create one). */
 export class SnapshotMissingError extends SnapshotError {}
+
+/** The snapshot was written in an older layout; it is recreated on next use. */
+export class SnapshotOutdatedError extends SnapshotError {}

@@ -9,7 +9,7 @@ import { GATEWAY_IP, GUEST_AGENT_PORT, GUEST_IP, PREFIX, type NetworkSlot } from
 import { TemplateStore, type TemplateBuild } from '../template';
 import { VMM_DRIVER, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec } from '../vmm';
 import { waitForGuestAgent } from './guest-agent-health';
-import { SnapshotIntegrityError, SnapshotMissingError, TemplateBootError } from './snapshot.errors';
+import { SnapshotIntegrityError, SnapshotMissingError, SnapshotOutdatedError, TemplateBootError } from './snapshot.errors';
 
 /** Network slots for the template boot; NetworkSlotPool satisfies it. */
 export interface SnapshotNetwork {
@@ -26,11 +26,12 @@ export interface SnapshotOptions {
   runDir: string;
 }
 
-const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state'] as const;
+const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state', 'restore-kernel', 'restore-initrd'] as const;
+const SNAPSHOT_FORMAT_VERSION = 2;
 type SnapshotFile = (typeof SNAPSHOT_FILES)[number];
 
 export interface SnapshotManifest {
-  formatVersion: 1;
+  formatVersion: typeof SNAPSHOT_FORMAT_VERSION;
   templateId: string;
   buildId: string;
   createdAt: string;
@@ -83,7 +84,7 @@ export class TemplateSnapshots {
   private readonly verified = new Map<string, string>();
 
   constructor(
-    private readonly templates: TemplateStore,
+    @Inject(TemplateStore) private readonly templates: TemplateStore,
     @Inject(VMM_DRIVER) private readonly driver: VmmDriver,
     @Inject(SNAPSHOT_NETWORK) private readonly network: SnapshotNetwork,
     @Inject(SNAPSHOT_OPTIONS) private readonly options: SnapshotOptions,
@@ -111,6 +112,11 @@ export class TemplateSnapshots {
         throw new SnapshotMissingError(`template ${build.templateId}/${build.buildId} has no snapshot`);
       }
       throw new SnapshotIntegrityError(`snapshot manifest of ${build.templateId}/${build.buildId} is unreadable`);
+    }
+    if (manifest.formatVersion !== SNAPSHOT_FORMAT_VERSION) {
+      throw new SnapshotOutdatedError(
+        `snapshot of ${build.templateId}/${build.buildId} has format ${manifest.formatVersion}, not ${SNAPSHOT_FORMAT_VERSION}`,
+      );
     }
     const snapshot = describeSnapshot(build, manifest);
     await this.verify(snapshot);
@@ -146,8 +152,8 @@ export class TemplateSnapshots {
       id: clone.id,
       vcpus: snapshot.manifest.vcpus,
       memoryMib: snapshot.manifest.memoryMib,
-      kernelPath: snapshot.build.kernelPath,
-      initrdPath: snapshot.build.initrdPath,
+      kernelPath: join(snapshot.dir, 'restore-kernel'),
+      initrdPath: join(snapshot.dir, 'restore-initrd'),
       kernelArgs: snapshot.manifest.kernelArgs,
       rootDisk: clone.rootDisk,
       network: { ...clone.network, guestMac: snapshot.manifest.guestMac },
@@ -168,7 +174,15 @@ export class TemplateSnapshots {
     try {
       return await this.load(build);
     } catch (error) {
-      if (!(error instanceof SnapshotMissingError)) throw error;
+      if (error instanceof SnapshotOutdatedError) {
+        // Running clones keep their open files; only new restores need the new layout.
+        const retired = `${build.snapshotDir}.retired-${randomBytes(4).toString('hex')}`;
+        await rename(build.snapshotDir, retired);
+        await rm(retired, { recursive: true, force: true });
+        this.logger.log(`${error.message}: recreating it`);
+      } else if (!(error instanceof SnapshotMissingError)) {
+        throw error;
+      }
     }
     return this.create(build);
   }
@@ -220,6 +234,7 @@ export class TemplateSnapshots {
         );
       }
       const bootToAgentMs = performance.now() - bootStarted;
+      await writeRestoreBootFiles(build.kernelPath, staging);
       const accelerator: VmAccelerator = vm.spec.accelerator ?? 'tcg';
       const saved = await vm.snapshot(statePath);
       await vm.stop();
@@ -235,7 +250,7 @@ export class TemplateSnapshots {
         await writeFile(`${path}.sha256`, `${sha256}  ${name}\n`);
       }
       const manifest: SnapshotManifest = {
-        formatVersion: 1,
+        formatVersion: SNAPSHOT_FORMAT_VERSION,
         templateId: build.templateId,
         buildId: build.buildId,
         createdAt: new Date().toISOString(),
@@ -286,6 +301,32 @@ function describeSnapshot(build: TemplateBuild, manifest: SnapshotManifest): Tem
     statePath: join(dir, 'state'),
     disk: { path: join(dir, 'disk.qcow2'), format: 'qcow2', readOnly: true },
   };
+}
+
+/**
+ * Clones never run the kernel (guest RAM already holds the booted one), yet QEMU loads
+ * whatever -kernel/-initrd name into its own memory for fw_cfg: 14 MiB of private memory per
+ * clone for the Debian kernel. A restore only needs a file QEMU accepts as a bzImage, so the
+ * snapshot keeps the kernel's setup header plus one page, and a one-page initrd.
+ */
+async function writeRestoreBootFiles(kernelPath: string, dir: string): Promise<void> {
+  const kernel = await open(kernelPath, 'r');
+  let stub: Buffer;
+  try {
+    const header = Buffer.alloc(0x210);
+    await kernel.read(header, 0, header.length, 0);
+    if (header.toString('latin1', 0x202, 0x206) !== 'HdrS') {
+      throw new SnapshotIntegrityError(`${kernelPath} is not a bzImage (no HdrS signature)`);
+    }
+    // setup_sects at 0x1f1; 0 means the historical default of 4.
+    const setupBytes = ((header[0x1f1] || 4) + 1) * 512;
+    stub = Buffer.alloc(setupBytes + 4096);
+    await kernel.read(stub, 0, stub.length, 0);
+  } finally {
+    await kernel.close();
+  }
+  await writeFile(join(dir, 'restore-kernel'), stub);
+  await writeFile(join(dir, 'restore-initrd'), Buffer.alloc(4096));
 }
 
 async function fileFingerprint(dir: string): Promise<string> {

@@ -4,7 +4,7 @@ import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Injectable, Logger } from '@nestjs/common';
+import { Inject, Injectable, Logger } from '@nestjs/common';
 import { runHostCommand } from '../host-command/host-command';
 import { TemplateStore } from '../template/template-store';
 import { VmmConfig } from './vmm.config';
@@ -44,8 +44,8 @@ export class AccelerationProbe {
   private pending: Promise<AccelerationReport> | undefined;
 
   constructor(
-    private readonly config: VmmConfig,
-    private readonly templates: TemplateStore,
+    @Inject(VmmConfig) private readonly config: VmmConfig,
+    @Inject(TemplateStore) private readonly templates: TemplateStore,
   ) {}
 
   async accelerator(): Promise<VmAccelerator> {

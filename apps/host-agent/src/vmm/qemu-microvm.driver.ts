@@ -3,7 +3,7 @@ import { closeSync, openSync } from 'node:fs';
 import { access, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Injectable } from '@nestjs/common';
+import { Inject, Injectable } from '@nestjs/common';
 import { AccelerationProbe } from './acceleration-probe';
 import { hostTscKhz } from './host-tsc';
 import { buildQemuArgs, validateVmSpec } from './qemu-command-line';
@@ -61,8 +61,8 @@ export class QemuMicrovmDriver implements VmmDriver {
   private tscKhz: Promise<number | undefined> | undefined;
 
   constructor(
-    private readonly config: VmmConfig,
-    private readonly acceleration: AccelerationProbe,
+    @Inject(VmmConfig) private readonly config: VmmConfig,
+    @Inject(AccelerationProbe) private readonly acceleration: AccelerationProbe,
   ) {}
 
   spawn(spec: VmSpec, options: VmStartOptions = {}): Promise<VmHandle> {
