@@ -1,0 +1,82 @@
+import { buildQemuArgs, validateVmSpec } from './qemu-command-line';
+import { InvalidVmSpecError } from './vmm.errors';
+import type { VmSpec } from './vmm-driver';
+
+const spec: VmSpec = {
+  id: 'sbx-1',
+  vcpus: 2,
+  memoryMib: 512,
+  kernelPath: '/data/t/vmlinuz',
+  initrdPath: '/data/t/initramfs.cpio.gz',
+  kernelArgs: 'console=ttyS0 quiet',
+  rootDisk: { path: '/data/s/sbx-1-rootfs.qcow2', format: 'qcow2' },
+  network: { netnsPath: '/run/netns/kiln-slot-1', tapName: 'tap0', guestMac: '02:fc:00:00:00:06' },
+  stateDir: '/run/kiln/vms/sbx-1',
+  serialLogPath: '/run/kiln/vms/sbx-1/serial.log',
+};
+
+const options = {
+  accelerator: 'tcg' as const,
+  tcgTranslationBufferMib: 32,
+  qmpSocketPath: '/run/kiln/vms/sbx-1/qmp.sock',
+  pidFilePath: '/run/kiln/vms/sbx-1/qemu.pid',
+};
+
+function valueOf(args: string[], flag: string): string[] {
+  return args.flatMap((arg, i) => (arg === flag ? [args[i + 1]] : []));
+}
+
+describe('validateVmSpec', () => {
+  it('accepts a complete spec', () => {
+    expect(() => validateVmSpec(spec)).not.toThrow();
+  });
+
+  it.each([
+    ['an id with a slash', { id: 'a/b' }],
+    ['zero vcpus', { vcpus: 0 }],
+    ['fractional memory', { memoryMib: 100.5 }],
+    ['a relative kernel path', { kernelPath: 'vmlinuz' }],
+    ['an unknown disk format', { rootDisk: { path: '/d', format: 'vmdk' } }],
+    ['a kernel command line with a newline', { kernelArgs: 'a\nb' }],
+    ['a malformed MAC', { network: { ...spec.network!, guestMac: '02:fc:00' } }],
+    ['a tap name longer than 15 characters', { network: { ...spec.network!, tapName: 'tap0123456789abcdef' } }],
+    ['a state dir too long for a unix socket', { stateDir: `/${'x'.repeat(120)}` }],
+  ])('rejects %s', (_label, override) => {
+    expect(() => validateVmSpec({ ...spec, ...(override as Partial<VmSpec>) })).toThrow(InvalidVmSpecError);
+  });
+});
+
+describe('buildQemuArgs', () => {
+  it('builds a microvm with TCG, tap networking in the spec MAC and a virtio-blk root disk', () => {
+    const args = buildQemuArgs(spec, options);
+    expect(valueOf(args, '-M')).toEqual(['microvm,x-option-roms=off,isa-serial=on,rtc=off']);
+    expect(valueOf(args, '-accel')).toEqual(['tcg,thread=multi,tb-size=32']);
+    expect(valueOf(args, '-smp')).toEqual(['2']);
+    expect(valueOf(args, '-netdev')).toEqual(['tap,id=net0,ifname=tap0,script=no,downscript=no']);
+    expect(valueOf(args, '-device')).toContain('virtio-net-device,netdev=net0,mac=02:fc:00:00:00:06');
+    expect(valueOf(args, '-drive')[0]).toContain('format=qcow2');
+    expect(args).toEqual(expect.arrayContaining(['-nodefaults', '-no-user-config', '-no-reboot']));
+    expect(args).not.toContain('-incoming');
+  });
+
+  it('maps guest RAM from the memory file and waits for a migration stream on restore', () => {
+    const args = buildQemuArgs({ ...spec, memoryFile: { path: '/snap/memory', share: false } }, { ...options, incoming: true });
+    expect(valueOf(args, '-object')).toEqual(['memory-backend-file,id=ram,size=512M,mem-path=/snap/memory,share=off,prealloc=off']);
+    expect(valueOf(args, '-M')[0]).toContain('memory-backend=ram');
+    expect(valueOf(args, '-incoming')).toEqual(['defer']);
+  });
+
+  it('escapes commas in paths, which QEMU would otherwise read as option separators', () => {
+    const args = buildQemuArgs({ ...spec, rootDisk: { path: '/data/a,b.qcow2', format: 'qcow2' } }, options);
+    expect(valueOf(args, '-drive')[0]).toContain('file=/data/a,,b.qcow2,');
+  });
+
+  it('hands TCG guests the TSC frequency but leaves KVM guests alone', () => {
+    expect(valueOf(buildQemuArgs(spec, { ...options, tcgGuestTscKhz: 2_600_000 }), '-append')).toEqual([
+      'console=ttyS0 quiet tsc_early_khz=2600000 tsc=reliable',
+    ]);
+    const kvm = buildQemuArgs(spec, { ...options, accelerator: 'kvm', tcgGuestTscKhz: 2_600_000 });
+    expect(valueOf(kvm, '-append')).toEqual(['console=ttyS0 quiet']);
+    expect(valueOf(kvm, '-accel')).toEqual(['kvm']);
+  });
+});
