@@ -4,7 +4,8 @@
 // restrict=on, so the guest can reach nothing; the only traffic is the host's own loopback connection.
 //
 // Run as root after `npx nx run guest-agent:bundle` and `npx nx run guest-image:build`:
-//   node apps/guest-agent/tools/vm-smoke.mjs [imageDir]      (default /var/lib/kiln/images/current-base)
+//   node apps/guest-agent/tools/vm-smoke.mjs [imageDir]      (default $KILN_DATA_DIR/images/current-base,
+//   KILN_DATA_DIR defaulting to /var/lib/kiln); also the project's `e2e` target.
 // Checks: tini is PID 1 and the agent's parent, /init steps the guest clock (guest only), env vars from /init,
 // the agent's OOM protection and its commands' normal OOM score,
 // commands as user, PTY size and sudo, 5 MiB binary file round trip, metrics. Exits non-zero on any failure.
@@ -19,7 +20,7 @@ import assert from 'node:assert/strict';
 
 const appRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 const bundle = join(appRoot, 'dist', 'bundle');
-const image = process.argv[2] ?? '/var/lib/kiln/images/current-base';
+const image = process.argv[2] ?? join(process.env.KILN_DATA_DIR ?? '/var/lib/kiln', 'images', 'current-base');
 const { Sandbox } = createRequire(join(appRoot, 'package.json'))('e2b');
 
 const freePort = () =>
@@ -29,6 +30,18 @@ const freePort = () =>
       s.close(() => resolve(port));
     });
   });
+
+/**
+ * Under TCG the guest kernel calibrates its TSC against the emulated PIT, which hangs when the host is busy; when
+ * the host TSC is invariant, handing the guest its frequency skips that (the host agent does the same).
+ */
+function tscKernelArgs() {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const flags = /^flags\s*:(.*)$/m.exec(cpuinfo)?.[1].split(/\s+/) ?? [];
+  const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1]);
+  if (!flags.includes('constant_tsc') || !flags.includes('nonstop_tsc') || !(mhz > 0)) return '';
+  return ` tsc_early_khz=${Math.round(mhz * 1000)} tsc=reliable`;
+}
 
 const scratch = mkdtempSync(join(tmpdir(), 'kiln-ga-vm-'));
 const rootfs = join(scratch, 'rootfs.ext4');
@@ -52,7 +65,7 @@ try {
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-serial', `file:${join(scratch, 'serial.log')}`,
     '-kernel', join(image, 'vmlinuz'), '-initrd', join(image, 'initramfs.cpio.gz'),
-    '-append', 'console=ttyS0 reboot=t panic=-1 kiln.ip=10.0.2.15/24 kiln.gw=10.0.2.2',
+    '-append', `console=ttyS0 reboot=t panic=-1 kiln.ip=10.0.2.15/24 kiln.gw=10.0.2.2${tscKernelArgs()}`,
     '-drive', `id=root,file=${rootfs},format=raw,if=none`, '-device', 'virtio-blk-device,drive=root',
     '-netdev', `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${port}-10.0.2.15:49983`,
     '-device', 'virtio-net-device,netdev=net0',
