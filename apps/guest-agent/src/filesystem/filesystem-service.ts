@@ -10,7 +10,7 @@ import {
   type EntryInfo,
   type FilesystemEventSchema,
 } from '@kiln/proto/filesystem';
-import { EventQueue } from '../process/event-queue';
+import { EventQueue } from '../streaming/event-queue';
 import { keepaliveIntervalMs, requestUser } from '../rpc/rpc-context';
 import type { AgentState } from '../runtime/agent-state';
 import type { SystemUser, SystemUserDirectory } from '../users/system-users';

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import * as pty from 'node-pty';
-import { EventQueue } from './event-queue';
+import { EventQueue } from '../streaming/event-queue';
 import { exitStatusOf, type ExitStatus } from './exit-status';
 import { launchPlan } from './user-launch';
 

@@ -12,7 +12,7 @@ import { keepaliveIntervalMs, requestUser } from '../rpc/rpc-context';
 import type { AgentState } from '../runtime/agent-state';
 import type { OomPolicy } from '../runtime/oom-policy';
 import type { SystemUser, SystemUserDirectory } from '../users/system-users';
-import type { EventQueue } from './event-queue';
+import type { EventQueue } from '../streaming/event-queue';
 import { ProcessInputError, type ManagedProcess, type ProcessOutput, type ProcessSpec } from './managed-process';
 import { ProcessNotFoundError, ProcessStartError, type ProcessSelection, type ProcessTable } from './process-table';
 

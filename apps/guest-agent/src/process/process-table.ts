@@ -1,6 +1,6 @@
 import { statSync } from 'node:fs';
 import { findExecutable } from './executable-lookup';
-import type { EventQueue } from './event-queue';
+import type { EventQueue } from '../streaming/event-queue';
 import { ManagedProcess, PipeProcess, PtyProcess, type ProcessOutput, type ProcessSpec } from './managed-process';
 
 export class ProcessNotFoundError extends Error {}
