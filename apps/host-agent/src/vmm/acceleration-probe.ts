@@ -94,7 +94,7 @@ export class AccelerationProbe {
         hostKernelRelease,
       };
     }
-    const key = [qemuVersion, guest.kernelRelease, guest.buildId, hostKernelRelease].join('|');
+    const key = [qemuVersion, guest.kernelRelease, hostKernelRelease].join('|');
     const cached = await this.readCache();
     if (cached?.key === key) {
       const { key: _key, ...report } = cached;
