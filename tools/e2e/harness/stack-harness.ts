@@ -29,6 +29,8 @@ export interface StackInfo {
   networkPrefix: string;
   pids: Record<string, number>;
   runDir: string;
+  /** Full environment the host agent was started with, so a test can restart it. */
+  hostAgentEnv: Record<string, string>;
 }
 
 export async function freePort(): Promise<number> {
@@ -157,11 +159,11 @@ export async function startStack(): Promise<StackInfo> {
       timeoutMs: 60_000,
     },
   ];
+  let hostAgentEnv: Record<string, string> = {};
   for (const app of apps) {
-    const logPath = join(runDir, `${app.name}.log`);
-    const child = startProcess('node', [join(ROOT, 'apps', app.name, 'dist', 'main.js')], { ...common, ...app.env }, logPath);
-    pids[app.name] = child.pid!;
-    await waitHealthy(app.name, `http://127.0.0.1:${app.port}`, child, logPath, app.timeoutMs);
+    const env = { ...common, ...app.env } as Record<string, string>;
+    if (app.name === 'host-agent') hostAgentEnv = env;
+    pids[app.name] = (await startApp(app.name, env, runDir, app.port, app.timeoutMs)).pid!;
   }
 
   const prisma = new PrismaService(db.url);
@@ -202,6 +204,7 @@ export async function startStack(): Promise<StackInfo> {
       networkPrefix: 'ke2e',
       pids,
       runDir,
+      hostAgentEnv,
     };
     writeFileSync(STACK_FILE, JSON.stringify(info, null, 2));
     return info;
@@ -220,6 +223,27 @@ async function fetchTcp(port: number): Promise<boolean> {
     });
     socket.once('error', () => resolve(false));
   });
+}
+
+async function startApp(name: string, env: Record<string, string>, runDir: string, port: number, timeoutMs: number): Promise<ChildProcess> {
+  const logPath = join(runDir, `${name}.log`);
+  const child = startProcess('node', [join(ROOT, 'apps', name, 'dist', 'main.js')], env, logPath);
+  await waitHealthy(name, `http://127.0.0.1:${port}`, child, logPath, timeoutMs);
+  return child;
+}
+
+/** SIGKILLs the host agent (its VMs keep running) and starts it again with the same environment. */
+export async function restartHostAgentAfterKill(info: StackInfo): Promise<StackInfo> {
+  const pid = info.pids['host-agent'];
+  if (pid && alive(pid)) {
+    process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 50 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+  }
+  const port = Number(info.hostAgentEnv.HTTP_PORT);
+  const child = await startApp('host-agent', info.hostAgentEnv, info.runDir, port, 120_000);
+  const updated = { ...info, pids: { ...info.pids, 'host-agent': child.pid! } };
+  writeFileSync(STACK_FILE, JSON.stringify(updated, null, 2));
+  return updated;
 }
 
 export function readStack(): StackInfo {
@@ -257,4 +281,29 @@ export async function stopStack(info: StackInfo): Promise<void> {
   await admin.query(`DROP DATABASE IF EXISTS "${info.databaseName}" WITH (FORCE)`);
   await admin.end();
   rmSync(STACK_FILE, { force: true });
+  const leftovers = hostLeftovers(info);
+  if (leftovers.length) throw new Error(`the e2e stack left resources behind: ${leftovers.join('; ')}`);
+}
+
+/** Everything the suite's host agent could have left on this machine, named. */
+export function hostLeftovers(info: Pick<StackInfo, 'networkPrefix' | 'dataDir'>): string[] {
+  const { execFileSync } = require('node:child_process') as typeof import('node:child_process');
+  const run = (cmd: string, args: string[]) => {
+    try {
+      return execFileSync(cmd, args, { encoding: 'utf8' });
+    } catch {
+      return '';
+    }
+  };
+  const found: string[] = [];
+  const netns = run('ip', ['netns', 'list']).split('\n').filter((l) => l.startsWith(`${info.networkPrefix}-`));
+  if (netns.length) found.push(`netns ${netns.map((l) => l.split(' ')[0]).join(',')}`);
+  const links = run('ip', ['-o', 'link', 'show']).split('\n').filter((l) => l.includes(` ${info.networkPrefix}-v`));
+  if (links.length) found.push(`${links.length} veth`);
+  if (run('nft', ['list', 'tables']).split('\n').some((l) => l.trim() === `table inet ${info.networkPrefix}`)) found.push(`nft table inet ${info.networkPrefix}`);
+  const qemu = run('pgrep', ['-f', `qemu-system.*${info.dataDir}/`]).trim();
+  if (qemu) found.push(`qemu pids ${qemu.split('\n').join(',')}`);
+  const sandboxesDir = join(info.dataDir, 'sandboxes');
+  if (existsSync(sandboxesDir) && require('node:fs').readdirSync(sandboxesDir).length) found.push(`sandbox dirs in ${sandboxesDir}`);
+  return found;
 }
