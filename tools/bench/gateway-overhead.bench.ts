@@ -1,0 +1,126 @@
+/**
+ * Gateway overhead, measured without VMs: every number is paired with a same-run
+ * baseline that skips the gateway.
+ *
+ *   1. API read  GET /sandboxes/{id}  (HTTP + API key + NATS + scheduler + Postgres)
+ *      vs the same scheduler request over NATS from inside the gateway process.
+ *   2. Exec round trip: official SDK `commands.run('true')` through the gateway's
+ *      sandbox-traffic listener vs the SDK pointed straight at the guest agent.
+ *   3. Exec throughput with 8 concurrent clients, through the gateway vs direct.
+ *
+ * The stack is private to the run (throwaway database, own nats-server and
+ * redis-server, real scheduler in-process, the guest agent as a local process
+ * standing in for a sandbox), like the gateway's tests.
+ *
+ * Run from the repository root (needs Postgres on 127.0.0.1:5432, nats-server and
+ * redis-server binaries and the guest-agent bundle):
+ *   npx nx run guest-agent:bundle
+ *   node tools/bench/gateway-bench.mjs tools/bench/gateway-overhead.bench.ts
+ * Env: BENCH_ITERATIONS (default 300), BENCH_CONCURRENCY (default 8).
+ */
+import 'reflect-metadata';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Sandbox } from 'e2b';
+import { MessagingClient, Subjects } from '@kiln/messaging';
+import { TestStack } from '../../apps/gateway/test/support/test-stack';
+
+const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 300);
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 8);
+const WARMUP = 20;
+const TOKEN = 'gateway-bench-token';
+const GUEST_AGENT_BUNDLE = join(process.cwd(), 'apps', 'guest-agent', 'dist', 'bundle', 'guest-agent.js');
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+function report(label: string, samples: number[]): void {
+  const sorted = [...samples].sort((a, b) => a - b);
+  console.log(
+    `${label.padEnd(60)} p50 ${percentile(sorted, 50).toFixed(2).padStart(8)} ms   p95 ${percentile(sorted, 95).toFixed(2).padStart(8)} ms   (n=${samples.length})`,
+  );
+}
+
+async function sample(iterations: number, work: () => Promise<unknown>): Promise<number[]> {
+  for (let i = 0; i < WARMUP; i++) await work();
+  const samples: number[] = [];
+  for (let i = 0; i < iterations; i++) {
+    const t0 = performance.now();
+    await work();
+    samples.push(performance.now() - t0);
+  }
+  return samples;
+}
+
+async function throughput(label: string, clients: number, perClient: number, work: () => Promise<unknown>): Promise<void> {
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: clients }, async () => {
+    for (let i = 0; i < perClient; i++) await work();
+  }));
+  const seconds = (performance.now() - t0) / 1000;
+  console.log(`${label.padEnd(60)} ${((clients * perClient) / seconds).toFixed(1).padStart(8)} ops/s (${clients} clients x ${perClient})`);
+}
+
+async function startGuestAgent(): Promise<{ url: string; stop: () => void }> {
+  const child = spawn(process.execPath, [GUEST_AGENT_BUNDLE, '--port', '0', '--host', '127.0.0.1', '--guest-duties', 'off'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /listening on .*:(\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.once('exit', (code) => reject(new Error(`guest agent exited (${code}); build it with: npx nx run guest-agent:bundle`)));
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const init = await fetch(`${url}/init`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ accessToken: TOKEN }) });
+  if (init.status !== 204) throw new Error(`guest agent /init answered ${init.status}`);
+  return { url, stop: () => child.kill('SIGTERM') };
+}
+
+/** An SDK Sandbox object for an existing sandbox, aimed at `sandboxUrl` (the SDK's own option). */
+function sdkSandbox(sandboxId: string, sandboxUrl: string): Sandbox {
+  const SandboxCtor = Sandbox as unknown as new (opts: Record<string, unknown>) => Sandbox;
+  return new SandboxCtor({ sandboxId, envdVersion: '0.5.7', envdAccessToken: TOKEN, sandboxUrl, apiKey: 'e2b_' + '0'.repeat(40) });
+}
+
+async function main(): Promise<void> {
+  const agent = await startGuestAgent();
+  const stack = await TestStack.start();
+  try {
+    const team = await stack.seedTeam();
+    const sandboxId = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: agent.url, envdAccessToken: TOKEN });
+    console.log(`gateway overhead benchmark: ${ITERATIONS} iterations after ${WARMUP} warm-up, node ${process.version}`);
+
+    console.log('\n== API read: GET /sandboxes/{id} ==');
+    const messaging = stack.gateway.app.get(MessagingClient);
+    report('baseline: scheduler sandboxGet over NATS (no HTTP, no auth)', await sample(ITERATIONS, () => messaging.request(Subjects.sandboxGet, { teamId: team.teamId, sandboxId }, 5_000)));
+    const headers = { 'x-api-key': team.apiKey };
+    report('gateway: GET /sandboxes/{id}', await sample(ITERATIONS, async () => {
+      const response = await fetch(`${stack.gateway.apiUrl}/sandboxes/${sandboxId}`, { headers });
+      if (response.status !== 200) throw new Error(`GET answered ${response.status}`);
+      await response.arrayBuffer();
+    }));
+
+    console.log("\n== exec round trip: SDK commands.run('true') ==");
+    const direct = sdkSandbox(sandboxId, agent.url);
+    const viaGateway = sdkSandbox(sandboxId, stack.gateway.sandboxUrl);
+    report('baseline: SDK straight to the guest agent', await sample(ITERATIONS, () => direct.commands.run('true')));
+    report('gateway: SDK through the sandbox-traffic listener', await sample(ITERATIONS, () => viaGateway.commands.run('true')));
+
+    console.log(`\n== exec throughput, ${CONCURRENCY} concurrent clients ==`);
+    const perClient = Math.max(1, Math.floor(ITERATIONS / CONCURRENCY));
+    await throughput('baseline: straight to the guest agent', CONCURRENCY, perClient, () => direct.commands.run('true'));
+    await throughput('gateway: through the sandbox-traffic listener', CONCURRENCY, perClient, () => viaGateway.commands.run('true'));
+  } finally {
+    await stack.stop();
+    agent.stop();
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});
