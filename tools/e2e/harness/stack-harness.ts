@@ -1,5 +1,5 @@
-import { ChildProcess, spawn } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import 'reflect-metadata';
@@ -287,7 +287,6 @@ export async function stopStack(info: StackInfo): Promise<void> {
 
 /** Everything the suite's host agent could have left on this machine, named. */
 export function hostLeftovers(info: Pick<StackInfo, 'networkPrefix' | 'dataDir'>): string[] {
-  const { execFileSync } = require('node:child_process') as typeof import('node:child_process');
   const run = (cmd: string, args: string[]) => {
     try {
       return execFileSync(cmd, args, { encoding: 'utf8' });
@@ -304,6 +303,6 @@ export function hostLeftovers(info: Pick<StackInfo, 'networkPrefix' | 'dataDir'>
   const qemu = run('pgrep', ['-f', `qemu-system.*${info.dataDir}/`]).trim();
   if (qemu) found.push(`qemu pids ${qemu.split('\n').join(',')}`);
   const sandboxesDir = join(info.dataDir, 'sandboxes');
-  if (existsSync(sandboxesDir) && require('node:fs').readdirSync(sandboxesDir).length) found.push(`sandbox dirs in ${sandboxesDir}`);
+  if (existsSync(sandboxesDir) && readdirSync(sandboxesDir).length) found.push(`sandbox dirs in ${sandboxesDir}`);
   return found;
 }

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { createReadStream, existsSync } from 'node:fs';
 import { createServer, Server } from 'node:net';
 import { release } from 'node:os';
@@ -182,7 +183,7 @@ describe('host agent with real VMs (TCG here)', () => {
     const left = (await agent.listSandboxes()).sandboxes.filter((s) => sandboxes.some((c) => c.sandboxID === s.sandboxId));
     expect(left).toEqual([]);
     for (const s of sandboxes) expect(existsSync(join(stack.dataDir, 'sandboxes', s.sandboxID))).toBe(false);
-    const qemu = require('node:child_process').spawnSync('pgrep', ['-f', `${stack.dataDir}/sandboxes/`], { encoding: 'utf8' }).stdout.trim();
+    const qemu = spawnSync('pgrep', ['-f', `${stack.dataDir}/sandboxes/`], { encoding: 'utf8' }).stdout.trim();
     expect(qemu).toBe('');
   });
 });

@@ -1,4 +1,5 @@
 import { request } from 'node:http';
+import { release } from 'node:os';
 import { CommandExitError, NotFoundError, Sandbox } from 'e2b';
 import { StackInfo, readStack } from '../harness/stack-harness';
 
@@ -37,7 +38,7 @@ describe('official e2b SDK against Kiln (real stack, real VMs)', () => {
     const { stdout } = await sandbox.commands.run('uname -r; id -un');
     const [kernel, user] = stdout.trim().split('\n');
     expect(kernel).toMatch(/-cloud-amd64$/);
-    expect(kernel).not.toBe(require('node:os').release());
+    expect(kernel).not.toBe(release());
     expect(user).toBe('user');
   });
 

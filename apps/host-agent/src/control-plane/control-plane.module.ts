@@ -1,7 +1,6 @@
 import { DynamicModule, Module } from '@nestjs/common';
 import { HostAgentGrpcController } from '../grpc/host-agent.grpc.controller';
 import { HostResourceModules } from '../host-modules';
-import { SandboxModule } from '../sandbox/sandbox.module';
 import { VmmModule } from '../vmm';
 import { ControlPlaneLink } from './control-plane-link.service';
 import { HostInfoService } from './host-info.service';

@@ -1,7 +1,6 @@
 import { Controller, UseFilters } from '@nestjs/common';
 import { ENVD_COMPAT_VERSION, ErrorCode, KilnError } from '@kiln/contracts';
 import {
-  Acceleration,
   CreateSandboxRequest,
   DestroySandboxRequest,
   DestroySandboxResponse,
