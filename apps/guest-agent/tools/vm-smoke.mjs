@@ -47,6 +47,14 @@ const scratch = mkdtempSync(join(tmpdir(), 'kiln-ga-vm-'));
 const rootfs = join(scratch, 'rootfs.ext4');
 const mnt = join(scratch, 'mnt');
 let qemu;
+// Stopped from outside (Ctrl-C, CI timeout): take the VM and the scratch copy down too.
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    qemu?.kill('SIGKILL');
+    rmSync(scratch, { recursive: true, force: true });
+    process.exit(130);
+  });
+}
 try {
   execFileSync('cp', ['--sparse=always', join(image, 'rootfs.ext4'), rootfs]);
   mkdirSync(mnt);
