@@ -10,7 +10,9 @@
  *
  * The stack is private to the run (throwaway database, own nats-server and
  * redis-server, real scheduler in-process, the guest agent as a local process
- * standing in for a sandbox), like the gateway's tests.
+ * standing in for a sandbox), like the gateway's tests. The gateway runs as its own
+ * process (from source, like `node apps/gateway/dist/main.js`), so the client's
+ * event loop is not shared with the proxy it measures.
  *
  * Run from the repository root (needs Postgres on 127.0.0.1:5432, nats-server and
  * redis-server binaries and the guest-agent bundle):
@@ -23,7 +25,8 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Sandbox } from 'e2b';
-import { MessagingClient, Subjects } from '@kiln/messaging';
+import { connect, JSONCodec } from 'nats';
+import { Subjects } from '@kiln/messaging';
 import { TestStack } from '../../apps/gateway/test/support/test-stack';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 300);
@@ -31,6 +34,7 @@ const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 8);
 const WARMUP = 20;
 const TOKEN = 'gateway-bench-token';
 const GUEST_AGENT_BUNDLE = join(process.cwd(), 'apps', 'guest-agent', 'dist', 'bundle', 'guest-agent.js');
+const TS_REGISTER = join(process.cwd(), 'tools', 'bench', 'gateway-ts-register.cjs');
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
@@ -80,6 +84,30 @@ async function startGuestAgent(): Promise<{ url: string; stop: () => void }> {
   return { url, stop: () => child.kill('SIGTERM') };
 }
 
+/** The gateway as a separate process, from source; resolves once both listeners answer. */
+async function startGatewayProcess(env: Record<string, string>): Promise<{ apiUrl: string; sandboxUrl: string; stop: () => Promise<void> }> {
+  const child = spawn(process.execPath, ['--conditions=development', '--require', TS_REGISTER, join(process.cwd(), 'apps', 'gateway', 'src', 'main.ts')], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, ...env },
+  });
+  const apiUrl = `http://127.0.0.1:${env.HTTP_PORT}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}`);
+    const up = await fetch(`${apiUrl}/health`).then((r) => r.ok, () => false);
+    if (up) break;
+    if (Date.now() > deadline) throw new Error('gateway did not become healthy within 60 s');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const stop = async () => {
+    if (child.exitCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+  };
+  return { apiUrl, sandboxUrl: `http://127.0.0.1:${env.SANDBOX_PROXY_PORT}`, stop };
+}
+
 /** An SDK Sandbox object for an existing sandbox, aimed at `sandboxUrl` (the SDK's own option). */
 function sdkSandbox(sandboxId: string, sandboxUrl: string): Sandbox {
   const SandboxCtor = Sandbox as unknown as new (opts: Record<string, unknown>) => Sandbox;
@@ -88,25 +116,37 @@ function sdkSandbox(sandboxId: string, sandboxUrl: string): Sandbox {
 
 async function main(): Promise<void> {
   const agent = await startGuestAgent();
-  const stack = await TestStack.start();
+  const stack = await TestStack.start({ gateway: false });
+  const env = await stack.gatewayEnv();
+  const gateway = await startGatewayProcess(Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])));
+  const nats = await connect({ servers: stack.natsUrl });
   try {
     const team = await stack.seedTeam();
     const sandboxId = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: agent.url, envdAccessToken: TOKEN });
     console.log(`gateway overhead benchmark: ${ITERATIONS} iterations after ${WARMUP} warm-up, node ${process.version}`);
 
     console.log('\n== API read: GET /sandboxes/{id} ==');
-    const messaging = stack.gateway.app.get(MessagingClient);
-    report('baseline: scheduler sandboxGet over NATS (no HTTP, no auth)', await sample(ITERATIONS, () => messaging.request(Subjects.sandboxGet, { teamId: team.teamId, sandboxId }, 5_000)));
+    // The baseline speaks the scheduler's NATS request/reply (Nest's envelope) with a plain NATS client.
+    const codec = JSONCodec<{ response?: unknown; err?: unknown }>();
+    let requestId = 0;
+    report('baseline: scheduler sandboxGet over NATS (no HTTP, no auth)', await sample(ITERATIONS, async () => {
+      const reply = await nats.request(
+        Subjects.sandboxGet,
+        JSONCodec().encode({ pattern: Subjects.sandboxGet, data: { teamId: team.teamId, sandboxId }, id: String(++requestId) }),
+        { timeout: 5_000 },
+      );
+      if (codec.decode(reply.data).err) throw new Error('scheduler answered an error');
+    }));
     const headers = { 'x-api-key': team.apiKey };
     report('gateway: GET /sandboxes/{id}', await sample(ITERATIONS, async () => {
-      const response = await fetch(`${stack.gateway.apiUrl}/sandboxes/${sandboxId}`, { headers });
+      const response = await fetch(`${gateway.apiUrl}/sandboxes/${sandboxId}`, { headers });
       if (response.status !== 200) throw new Error(`GET answered ${response.status}`);
       await response.arrayBuffer();
     }));
 
     console.log("\n== exec round trip: SDK commands.run('true') ==");
     const direct = sdkSandbox(sandboxId, agent.url);
-    const viaGateway = sdkSandbox(sandboxId, stack.gateway.sandboxUrl);
+    const viaGateway = sdkSandbox(sandboxId, gateway.sandboxUrl);
     report('baseline: SDK straight to the guest agent', await sample(ITERATIONS, () => direct.commands.run('true')));
     report('gateway: SDK through the sandbox-traffic listener', await sample(ITERATIONS, () => viaGateway.commands.run('true')));
 
@@ -115,6 +155,8 @@ async function main(): Promise<void> {
     await throughput('baseline: straight to the guest agent', CONCURRENCY, perClient, () => direct.commands.run('true'));
     await throughput('gateway: through the sandbox-traffic listener', CONCURRENCY, perClient, () => viaGateway.commands.run('true'));
   } finally {
+    await nats.close();
+    await gateway.stop();
     await stack.stop();
     agent.stop();
   }

@@ -100,10 +100,11 @@ export class TestStack {
   private natsDir?: string;
   private extraGateways: RunningGateway[] = [];
 
-  static async start(options: { scheduler?: boolean } = {}): Promise<TestStack> {
+  /** `gateway: false` leaves starting a gateway to the caller (e.g. a benchmark running it as its own process). */
+  static async start(options: { scheduler?: boolean; gateway?: boolean } = {}): Promise<TestStack> {
     const stack = new TestStack();
     try {
-      await stack.boot(options.scheduler ?? true);
+      await stack.boot(options.scheduler ?? true, options.gateway ?? true);
     } catch (error) {
       await stack.stop();
       throw error;
@@ -111,7 +112,7 @@ export class TestStack {
     return stack;
   }
 
-  private async boot(withScheduler: boolean): Promise<void> {
+  private async boot(withScheduler: boolean, withGateway: boolean): Promise<void> {
     const admin = new Client({ connectionString: ADMIN_DATABASE_URL });
     await admin.connect();
     await admin.query(`CREATE DATABASE ${this.databaseName}`);
@@ -138,7 +139,7 @@ export class TestStack {
     this.sandboxes = new SandboxRepository(this.prisma);
 
     if (withScheduler) await this.startScheduler();
-    this.gateway = await this.startGateway();
+    if (withGateway) this.gateway = await this.startGateway();
   }
 
   async startScheduler(): Promise<void> {
