@@ -6,7 +6,7 @@
  * Run as root after `npx nx run guest-image:build`:
  *   node tools/bench/run-bench.mjs tools/bench/vm-restore.bench.ts
  * Env: BENCH_ITERATIONS (restores, default 20), BENCH_COLD_BOOTS (default 3), BENCH_IDLE_CLONES
- * (default 3), BENCH_IDLE_MS (idle time before measuring, default 3000), KILN_DATA_DIR, KILN_VMM_TCG_TB_MIB. Uses its own slot prefix (kbvm, 10.204.0.0/24)
+ * (default 4), BENCH_IDLE_MS (idle time before measuring, default 3000), KILN_DATA_DIR, KILN_VMM_TCG_TB_MIB. Uses its own slot prefix (kbvm, 10.204.0.0/24)
  * and scratch dir; removes both at the end. Creates the `base` snapshot if it does not exist.
  */
 import 'reflect-metadata';
@@ -24,7 +24,7 @@ import { AccelerationProbe, QemuMicrovmDriver, VmmConfig, type VmHandle, type Vm
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 20);
 const COLD_BOOTS = Number(process.env.BENCH_COLD_BOOTS ?? 3);
-const IDLE_CLONES = Number(process.env.BENCH_IDLE_CLONES ?? 3);
+const IDLE_CLONES = Number(process.env.BENCH_IDLE_CLONES ?? 4);
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];

@@ -338,9 +338,16 @@ class QemuVmHandle implements VmHandle {
 
   private async onControlClosed(): Promise<void> {
     if (this.detached || this.exitInfo) return;
-    // QEMU closes the socket only when it exits; confirm, since a child's exit event carries more detail.
-    const alive = (await processStartTicks(this.pid)) !== undefined;
-    if (!alive) this.markExited({ code: null, signal: null, reason: 'control-socket-closed', at: new Date() });
+    // QEMU closes the socket only when it exits, but the process may still be tearing down
+    // (unmapping guest RAM) for a few milliseconds. Watch it until it is gone: the child's
+    // exit event cannot be relied on, since the child is unref'd and adopted VMs have none.
+    while (!this.exitInfo && !this.detached) {
+      if ((await processStartTicks(this.pid)) === undefined) {
+        this.markExited({ code: null, signal: null, reason: 'control-socket-closed', at: new Date() });
+        return;
+      }
+      await delay(5);
+    }
   }
 
   private markExited(exit: VmExit): void {

@@ -29,7 +29,7 @@ export class VmmConfig {
       env.KILN_DATA_DIR ?? '/var/lib/kiln',
       env.KILN_QEMU_BINARY ?? 'qemu-system-x86_64',
       accelerator,
-      positiveInt(env.KILN_VMM_TCG_TB_MIB, 32, 'KILN_VMM_TCG_TB_MIB'),
+      positiveInt(env.KILN_VMM_TCG_TB_MIB, 16, 'KILN_VMM_TCG_TB_MIB'),
       positiveInt(env.KILN_VMM_PROBE_TIMEOUT_MS, 10000, 'KILN_VMM_PROBE_TIMEOUT_MS'),
     );
   }
