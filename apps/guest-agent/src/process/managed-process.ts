@@ -229,6 +229,8 @@ interface NodePtyInternals {
 
 /** After the command exits, output is considered fully read once none has arrived for this long. */
 const PTY_DRAIN_QUIET_MS = 25;
+/** How often a PTY's command is checked for having exited (one kill(pid, 0) per tick). */
+const PTY_EXIT_POLL_MS = 20;
 
 /**
  * A process on a pseudo-terminal: one combined output stream, resizable, input goes through the line discipline.
@@ -236,9 +238,9 @@ const PTY_DRAIN_QUIET_MS = 25;
  * Output at exit: once the last fd of a terminal's slave side closes, Linux discards what the master side had not
  * read yet, so plain node-pty loses the tail of a burst (measured here: the last ~4 KB of `seq 1 100000` in about a
  * third of runs). The agent therefore keeps a slave fd of its own open, so the buffer stays readable after the
- * command exits. node-pty then ends the terminal by destroying its socket after a 200 ms grace timer; that destroy
- * is deferred until the reader is not held back by backpressure and the output has gone quiet, and only then does
- * the end event follow.
+ * command exits. node-pty would end the terminal by destroying its socket after a 200 ms grace timer; instead the
+ * agent notices the exit itself (the pid is gone once node-pty has reaped it) and destroys the socket as soon as
+ * the reader is not held back by backpressure and the output has gone quiet. The end event follows that.
  */
 export class PtyProcess extends ManagedProcess {
   readonly pid: number;
@@ -312,17 +314,37 @@ export class PtyProcess extends ManagedProcess {
       return; // Without the held fd node-pty's own behaviour applies.
     }
     const destroy = socket.destroy.bind(socket);
-    socket.destroy = (...args: unknown[]) => {
-      const finish = () => {
-        if (this.sourcePaused || Date.now() - this.lastOutputAt < PTY_DRAIN_QUIET_MS) {
-          setTimeout(finish, PTY_DRAIN_QUIET_MS);
-          return;
-        }
-        destroy(...args);
-      };
+    let draining = false;
+    const destroyWhenDrained = () => {
+      if (draining) return;
+      draining = true;
+      // Judged from setImmediate, i.e. after an I/O poll phase: had the event loop been stalled, output waiting in
+      // the terminal is read (and lastOutputAt moves) before the decision, not after it.
+      const finish = () =>
+        setImmediate(() => {
+          if (this.sourcePaused || Date.now() - this.lastOutputAt < PTY_DRAIN_QUIET_MS) {
+            setTimeout(finish, PTY_DRAIN_QUIET_MS);
+            return;
+          }
+          destroy();
+        });
       finish();
+    };
+    // node-pty's grace timer lands here too; it no longer cuts the output short.
+    socket.destroy = () => {
+      destroyWhenDrained();
       return socket;
     };
+    const exitWatch = setInterval(() => {
+      try {
+        process.kill(this.pid, 0);
+      } catch {
+        clearInterval(exitWatch);
+        destroyWhenDrained();
+      }
+    }, PTY_EXIT_POLL_MS);
+    exitWatch.unref();
+    this.onEnd(() => clearInterval(exitWatch));
   }
 
   private releaseSlave(): void {
