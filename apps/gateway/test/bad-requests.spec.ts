@@ -59,6 +59,8 @@ const cases: BadRequest[] = [
   { name: 'envVars as string', method: 'POST', path: '/sandboxes', body: json({ templateID: 'base', envVars: 'A=1' }), status: 400, names: ['envVars'] },
   { name: 'envVars with nested object', method: 'POST', path: '/sandboxes', body: json({ templateID: 'base', envVars: { A: { B: 'c' } } }), status: 400, names: ['envVars'] },
   { name: 'several bad fields at once', method: 'POST', path: '/v2/sandboxes', body: json({ templateID: 7, timeout: 'x', autoPause: 3 }), status: 400, names: ['templateID', 'timeout', 'autoPause'] },
+  { name: 'egress rules (unsupported, never ignored)', method: 'POST', path: '/v2/sandboxes', body: json({ templateID: 'base', network: { denyOut: ['0.0.0.0/0'] } }), status: 400, names: ['network'] },
+  { name: 'volume mounts (unsupported)', method: 'POST', path: '/v2/sandboxes', body: json({ templateID: 'base', volumeMounts: [{ name: 'v', path: '/data' }] }), status: 400, names: ['volumeMounts'] },
   { name: 'bad Idempotency-Key', method: 'POST', path: '/sandboxes', body: json({ templateID: 'base' }), headers: { 'idempotency-key': 'has spaces in it' }, status: 400, names: ['Idempotency-Key'] },
   // Timeout / refresh / connect / resume bodies
   { name: 'timeout body missing timeout', method: 'POST', path: `/sandboxes/${SANDBOX}/timeout`, body: json({}), status: 400, names: ['timeout'] },

@@ -26,6 +26,7 @@ import {
   toSandboxDetailBody,
 } from './sandbox-responses';
 import { SandboxesService } from './sandboxes.service';
+import { rejectUnsupportedCreateOptions } from './unsupported-create-options';
 
 const IDEMPOTENCY_KEY_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 const LIST_QUERY_DOC = [
@@ -53,7 +54,7 @@ export class SandboxesController {
   @ApiCreatedResponse({ type: SandboxBody })
   async create(
     @CallerTeam() team: AuthenticatedTeam,
-    @Body(new PayloadPipe(NewSandboxDto)) body: NewSandboxDto,
+    @Body(new PayloadPipe(NewSandboxDto, { precheck: rejectUnsupportedCreateOptions })) body: NewSandboxDto,
     @Headers('idempotency-key') idempotencyKey?: string,
   ): Promise<SandboxBody> {
     if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY_PATTERN.test(idempotencyKey)) {
