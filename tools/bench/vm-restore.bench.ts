@@ -122,6 +122,31 @@ async function main(): Promise<void> {
     report('restore: call -> guest running (driver.restore)', toRunning);
     report('restore: call -> agent GET /health 204', toAgent);
 
+    console.log('\n== prepared restore: VMM started ahead, then start() (sequential) ==');
+    const preparedToRunning: number[] = [];
+    const preparedToAgent: number[] = [];
+    for (let i = 0; i < ITERATIONS; i++) {
+      const id = `kbvm-${process.pid}-${n++}`;
+      const slot = await pool.acquire();
+      const layer = await layers.createLayer(id, snapshot.disk, workDir);
+      const prepared = await snapshots.prepareClone(snapshot, {
+        id,
+        stateDir: join(workDir, id),
+        serialLogPath: join(workDir, `${id}.serial.log`),
+        rootDisk: { path: layer.path, format: layer.format },
+        network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+      });
+      live.add(prepared.handle);
+      const started = performance.now();
+      const vm = await prepared.start();
+      preparedToRunning.push(performance.now() - started);
+      await waitForGuestAgent(slot.hostAddress, snapshot.build.agentPort, { timeoutMs: 30_000, intervalMs: 2, requestTimeoutMs: 100 });
+      preparedToAgent.push(performance.now() - started);
+      await stopClone({ vm, slot, layer });
+    }
+    report('prepared: start() -> guest running', preparedToRunning);
+    report('prepared: start() -> agent GET /health 204', preparedToAgent);
+
     console.log(`\n== idle clones: host memory per clone (${IDLE_CLONES} running at once) ==`);
     const clones = [];
     for (let i = 0; i < IDLE_CLONES; i++) clones.push(await startClone());

@@ -7,7 +7,7 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { runHostCommand } from '../host-command/host-command';
 import { GATEWAY_IP, GUEST_AGENT_PORT, GUEST_IP, PREFIX, type NetworkSlot } from '../network';
 import { TemplateStore, type TemplateBuild } from '../template';
-import { VMM_DRIVER, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec } from '../vmm';
+import { VMM_DRIVER, type PreparedRestore, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec } from '../vmm';
 import { waitForGuestAgent } from './guest-agent-health';
 import { SnapshotIntegrityError, SnapshotMissingError, SnapshotOutdatedError, TemplateBootError } from './snapshot.errors';
 
@@ -168,6 +168,12 @@ export class TemplateSnapshots {
   async restore(snapshot: TemplateSnapshot, clone: CloneOptions): Promise<VmHandle> {
     await this.verify(snapshot);
     return this.driver.restore(this.cloneSpec(snapshot, clone), { statePath: snapshot.statePath });
+  }
+
+  /** A clone whose VMM is already running and waiting: start() makes it live in milliseconds. */
+  async prepareClone(snapshot: TemplateSnapshot, clone: CloneOptions): Promise<PreparedRestore> {
+    await this.verify(snapshot);
+    return this.driver.prepareRestore(this.cloneSpec(snapshot, clone), { statePath: snapshot.statePath });
   }
 
   private async loadOrCreate(build: TemplateBuild): Promise<TemplateSnapshot> {

@@ -17,6 +17,7 @@ import {
   VmStartError,
 } from './vmm.errors';
 import type {
+  PreparedRestore,
   VmExit,
   VmHandle,
   VmmDriver,
@@ -65,15 +66,23 @@ export class QemuMicrovmDriver implements VmmDriver {
     @Inject(AccelerationProbe) private readonly acceleration: AccelerationProbe,
   ) {}
 
-  spawn(spec: VmSpec, options: VmStartOptions = {}): Promise<VmHandle> {
-    return this.launch(spec, undefined, options);
+  async spawn(spec: VmSpec, options: VmStartOptions = {}): Promise<VmHandle> {
+    return (await this.startProcess(spec, undefined, options)).complete(false);
   }
 
-  restore(spec: VmSpec, snapshot: VmSnapshotRef, options: VmStartOptions = {}): Promise<VmHandle> {
+  async restore(spec: VmSpec, snapshot: VmSnapshotRef, options: VmStartOptions = {}): Promise<VmHandle> {
     if (!spec.memoryFile) {
       throw new InvalidVmSpecError(`vm ${spec.id}: restore needs the memory file the snapshot was taken with`);
     }
-    return this.launch(spec, snapshot, options);
+    return (await this.startProcess(spec, snapshot, options)).complete(false);
+  }
+
+  async prepareRestore(spec: VmSpec, snapshot: VmSnapshotRef, options: VmStartOptions = {}): Promise<PreparedRestore> {
+    if (!spec.memoryFile) {
+      throw new InvalidVmSpecError(`vm ${spec.id}: restore needs the memory file the snapshot was taken with`);
+    }
+    const started = await this.startProcess(spec, snapshot, options);
+    return { handle: started.handle, start: () => started.complete(true) };
   }
 
   async adopt(stateDir: string): Promise<VmHandle> {
@@ -98,7 +107,15 @@ export class QemuMicrovmDriver implements VmmDriver {
     return handle;
   }
 
-  private async launch(spec: VmSpec, snapshot: VmSnapshotRef | undefined, options: VmStartOptions): Promise<VmHandle> {
+  /**
+   * Spawns QEMU and attaches QMP. For a restore QEMU then waits (-incoming defer) until
+   * complete() feeds it the snapshot; for a cold boot complete() only records the start.
+   */
+  private async startProcess(
+    spec: VmSpec,
+    snapshot: VmSnapshotRef | undefined,
+    options: VmStartOptions,
+  ): Promise<{ handle: VmHandle; complete: (prepared: boolean) => Promise<VmHandle> }> {
     validateVmSpec(spec);
     await assertReadable(spec, snapshot);
     const accelerator = spec.accelerator ?? (await this.acceleration.accelerator());
@@ -151,33 +168,7 @@ export class QemuMicrovmDriver implements VmmDriver {
 
     const timeoutMs = options.timeoutMs ?? DEFAULT_START_TIMEOUT_MS;
     let handle: QemuVmHandle | undefined;
-    try {
-      const pid = await new Promise<number>((resolve, reject) => {
-        if (child.pid !== undefined) return resolve(child.pid);
-        child.once('spawn', () => resolve(child.pid as number));
-        child.once('error', reject);
-      });
-      const qmp = await QmpClient.connect(qmpSocketPath, timeoutMs, exitedEarly.signal);
-      const controlReadyMs = performance.now() - launchedAt;
-      handle = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit);
-      if (snapshot) {
-        const loaded = await handle.loadIncomingMigration(`fd:${INCOMING_FD}`, launchedAt + timeoutMs);
-        // A snapshot taken from a stopped VM comes back stopped; running is what was asked for.
-        if (loaded !== 'running' && !options.startPaused) await handle.resume();
-      }
-      const timings: VmStartTimings = { controlReadyMs, runningMs: performance.now() - launchedAt };
-      handle.startTimings = timings;
-      const ticks = await processStartTicks(pid);
-      const record: VmRuntimeRecord = {
-        driver: 'qemu-microvm',
-        pid,
-        processStartTicks: ticks ?? '',
-        spec: resolvedSpec,
-        startedAt: new Date().toISOString(),
-      };
-      await writeFileAtomic(join(stateDir, STATE_FILES.runtime), JSON.stringify(record, null, 2));
-      return handle;
-    } catch (error) {
+    const fail = async (error: unknown): Promise<never> => {
       if (child.exitCode === null && child.signalCode === null) {
         try {
           process.kill(-child.pid!, 'SIGKILL');
@@ -191,6 +182,43 @@ export class QemuMicrovmDriver implements VmmDriver {
       throw new VmStartError(
         `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${log ? `\n${log}` : ''}`,
       );
+    };
+    try {
+      const pid = await new Promise<number>((resolve, reject) => {
+        if (child.pid !== undefined) return resolve(child.pid);
+        child.once('spawn', () => resolve(child.pid as number));
+        child.once('error', reject);
+      });
+      const qmp = await QmpClient.connect(qmpSocketPath, timeoutMs, exitedEarly.signal);
+      const controlReadyMs = performance.now() - launchedAt;
+      const vm = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit);
+      handle = vm;
+      const record: VmRuntimeRecord = {
+        driver: 'qemu-microvm',
+        pid,
+        processStartTicks: (await processStartTicks(pid)) ?? '',
+        spec: resolvedSpec,
+        startedAt: new Date().toISOString(),
+      };
+      await writeFileAtomic(join(stateDir, STATE_FILES.runtime), JSON.stringify(record, null, 2));
+      const complete = async (prepared: boolean): Promise<VmHandle> => {
+        // A prepared restore is timed from start(), not from when its process was spawned.
+        const since = prepared ? performance.now() : launchedAt;
+        try {
+          if (snapshot) {
+            const loaded = await vm.loadIncomingMigration(`fd:${INCOMING_FD}`, performance.now() + timeoutMs);
+            // A snapshot taken from a stopped VM comes back stopped; running is what was asked for.
+            if (loaded !== 'running' && !options.startPaused) await vm.resume();
+          }
+        } catch (error) {
+          return fail(error);
+        }
+        vm.startTimings = { controlReadyMs, runningMs: performance.now() - since };
+        return vm;
+      };
+      return { handle: vm, complete };
+    } catch (error) {
+      return fail(error);
     }
   }
 }

@@ -77,8 +77,22 @@ export interface VmSnapshotResult {
 export interface VmStartTimings {
   /** VMM process spawned → control channel ready. */
   controlReadyMs: number;
-  /** VMM process spawned → guest vCPUs running (or paused when startPaused). */
+  /**
+   * VMM process spawned → guest vCPUs running (or paused when startPaused). For a prepared
+   * restore: PreparedRestore.start() called → running.
+   */
   runningMs: number;
+}
+
+/**
+ * A restore whose VMM process is already up with its devices (disk, tap, memory file)
+ * attached, waiting for the snapshot: start() only loads device state and runs the guest.
+ * Lets a caller keep warm VMMs per template and take process start-up off the create path.
+ */
+export interface PreparedRestore {
+  /** Usable for kill()/exited while waiting; state() reports 'restoring'. */
+  readonly handle: VmHandle;
+  start(): Promise<VmHandle>;
 }
 
 export interface VmStartOptions {
@@ -119,6 +133,8 @@ export interface VmmDriver {
   spawn(spec: VmSpec, options?: VmStartOptions): Promise<VmHandle>;
   /** Starts a VM from a snapshot taken by VmHandle.snapshot() with the same device layout. */
   restore(spec: VmSpec, snapshot: VmSnapshotRef, options?: VmStartOptions): Promise<VmHandle>;
+  /** restore() in two steps: start the VMM now, load the snapshot when start() is called. */
+  prepareRestore(spec: VmSpec, snapshot: VmSnapshotRef, options?: VmStartOptions): Promise<PreparedRestore>;
   /** Re-attaches to a VM that outlived the process that started it. */
   adopt(stateDir: string): Promise<VmHandle>;
 }

@@ -43,7 +43,7 @@ describe('template snapshot and clone restore (real TCG VMs)', () => {
     expect(again.manifest.createdAt).toBe(snapshot.manifest.createdAt);
   });
 
-  it('restores two clones concurrently; both agents answer and the template files stay byte-identical', async () => {
+  it('restores two clones concurrently (one plain, one prepared); both agents answer and the template files stay byte-identical', async () => {
     const memoryBefore = snapshot.manifest.files.memory.sha256;
     const diskBefore = snapshot.manifest.files['disk.qcow2'].sha256;
     const baseBefore = await sha256File(build.rootfs.path);
@@ -56,19 +56,21 @@ describe('template snapshot and clone restore (real TCG VMs)', () => {
         return { id, slot, layer };
       }),
     );
-    const handles: VmHandle[] = await Promise.all(
-      clones.map(({ id, slot, layer }) =>
-        ctx.snapshots
-          .restore(snapshot, {
-            id,
-            stateDir: join(ctx.workDir, id),
-            serialLogPath: join(ctx.workDir, `${id}.serial.log`),
-            rootDisk: { path: layer.path, format: layer.format },
-            network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
-          })
-          .then((vm) => cleanup.vm(vm)),
-      ),
-    );
+    const cloneOptions = ({ id, slot, layer }: (typeof clones)[number]) => ({
+      id,
+      stateDir: join(ctx.workDir, id),
+      serialLogPath: join(ctx.workDir, `${id}.serial.log`),
+      rootDisk: { path: layer.path, format: layer.format },
+      network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+    });
+    // Clone b's VMM is started ahead (prepared restore) and waits for the snapshot.
+    const prepared = await ctx.snapshots.prepareClone(snapshot, cloneOptions(clones[1]));
+    cleanup.vm(prepared.handle);
+    expect(await prepared.handle.state()).toBe('restoring');
+    const handles: VmHandle[] = await Promise.all([
+      ctx.snapshots.restore(snapshot, cloneOptions(clones[0])).then((vm) => cleanup.vm(vm)),
+      prepared.start(),
+    ]);
     for (const vm of handles) expect(await vm.state()).toBe('running');
     await Promise.all(clones.map(({ slot }) => waitForGuestAgent(slot.hostAddress, build.agentPort, { timeoutMs: 30_000 })));
 
