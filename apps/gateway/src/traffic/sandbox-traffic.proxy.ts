@@ -16,6 +16,9 @@ export interface TrafficRefusal {
   body: { code: number; message: string; error_code: ErrorCode; sandboxId?: string };
 }
 
+/** How long a shutdown waits for in-flight sandbox traffic before cutting it. */
+const SHUTDOWN_DRAIN_MS = 10_000;
+
 const PAUSED_STATES: readonly SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
 
 /**
@@ -91,10 +94,23 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     this.logger.log(`sandbox traffic listening on :${this.port}`);
   }
 
+  /**
+   * Stops accepting, lets in-flight requests (long Connect streams included) finish
+   * for up to SHUTDOWN_DRAIN_MS, then cuts whatever is left, WebSocket tunnels too.
+   */
   async onApplicationShutdown(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    let timer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([
+      closed.then(() => true),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), SHUTDOWN_DRAIN_MS))),
+    ]);
+    clearTimeout(timer);
+    if (!drained) this.logger.warn(`closing ${this.tunnels.size} tunnels and the remaining requests after ${SHUTDOWN_DRAIN_MS} ms`);
     for (const tunnel of this.tunnels) tunnel.destroy();
     this.server.closeAllConnections();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await closed;
     this.upstreamAgent.destroy();
     this.proxy.close();
   }
