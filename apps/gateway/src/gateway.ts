@@ -7,8 +7,8 @@ import { requireJsonBodies } from './http-errors/json-body-policy';
 import { OpenApiDocument } from './openapi/openapi-document';
 import { SandboxTrafficProxy } from './traffic/sandbox-traffic.proxy';
 
-/** Request bodies are small JSON documents; anything bigger is refused with 413. */
-export const API_BODY_LIMIT_BYTES = 256 * 1024;
+/** Request bodies are JSON documents (the largest legitimate one carries env vars); anything bigger is refused with 413. */
+export const API_BODY_LIMIT_BYTES = 1024 * 1024;
 
 export interface RunningGateway {
   app: NestFastifyApplication;

@@ -34,7 +34,7 @@ const cases: BadRequest[] = [
   { name: 'JSON number body', method: 'POST', path: '/sandboxes', body: '42', status: 400 },
   { name: 'JSON null body', method: 'POST', path: '/sandboxes', body: 'null', status: 400 },
   { name: 'no body for create', method: 'POST', path: '/sandboxes', contentType: null, status: 400 },
-  { name: 'body over the limit', method: 'POST', path: '/sandboxes', body: json({ templateID: 'base', metadata: { big: longString(400_000) } }), status: 413 },
+  { name: 'body over the limit', method: 'POST', path: '/sandboxes', body: json({ templateID: 'base', envVars: { BIG: longString(1_100_000) } }), status: 413 },
   { name: 'wrong content type', method: 'POST', path: '/sandboxes', body: 'templateID: base', contentType: 'text/yaml', status: 415 },
   { name: 'form-encoded body', method: 'POST', path: '/sandboxes', body: 'templateID=base', contentType: 'application/x-www-form-urlencoded', status: 415 },
   { name: 'binary body', method: 'POST', path: '/sandboxes', body: Buffer.from([0xff, 0xfe, 0x00, 0x01]), status: 400 },
