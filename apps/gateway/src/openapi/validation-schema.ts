@@ -30,7 +30,11 @@ function applyRule(schema: Schema, rule: { name?: string; constraints?: unknown[
       schema.maxLength = first;
       break;
     case 'matches':
-      if (first instanceof RegExp) schema.pattern = first.source;
+      // OpenAPI patterns carry no flags: a case-insensitive rule is described instead of stated too strictly.
+      if (first instanceof RegExp) {
+        if (first.flags.includes('i')) schema.description = `matches ${first.source} (case-insensitive)`;
+        else schema.pattern = first.source;
+      }
       break;
     case 'isIn':
       schema.type = 'string';

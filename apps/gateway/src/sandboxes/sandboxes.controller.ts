@@ -30,10 +30,10 @@ import { rejectUnsupportedCreateOptions } from './unsupported-create-options';
 
 const IDEMPOTENCY_KEY_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 const LIST_QUERY_DOC = [
-  { name: 'metadata', required: false, description: 'URL-encoded key=value&key2=value2 filter' },
-  { name: 'state', required: false, description: 'running and/or paused, comma-separated' },
-  { name: 'limit', required: false, type: Number },
-  { name: 'nextToken', required: false, description: 'The x-next-token header of the previous page' },
+  { name: 'metadata', required: false, type: String, description: 'URL-encoded key=value&key2=value2 filter' },
+  { name: 'state', required: false, type: String, description: 'running and/or paused, comma-separated' },
+  { name: 'limit', required: false, type: Number, description: '1-1000, default 100' },
+  { name: 'nextToken', required: false, type: String, description: 'The x-next-token header of the previous page' },
 ];
 
 /** E2B's sandbox lifecycle API. Thin: validation happens in pipes, logic in SandboxesService. */
@@ -65,7 +65,7 @@ export class SandboxesController {
 
   @Get('sandboxes')
   @ApiOperation({ summary: 'List running sandboxes (deprecated E2B v1 list, unpaged)' })
-  @ApiQuery({ name: 'metadata', required: false })
+  @ApiQuery({ name: 'metadata', required: false, type: String })
   @ApiOkResponse({ type: [ListedSandboxBody] })
   async listV1(@CallerTeam() team: AuthenticatedTeam, @Query() query: Record<string, unknown>): Promise<ListedSandboxBody[]> {
     const filter = parseSandboxListQuery({ metadata: query.metadata });
