@@ -2,6 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { GatewayEnv } from '@kiln/config';
 import { SandboxRoute, SandboxState } from '@kiln/contracts';
 import { MessagingClient, Subjects } from '@kiln/messaging';
+import { MetricsRegistry } from '@kiln/telemetry';
 
 /** Long enough to absorb a burst of envd calls, short enough that a moved or killed sandbox is noticed soon. */
 export const ROUTE_TTL_MS = 5_000;
@@ -20,11 +21,17 @@ export class SandboxRouteCache {
   private readonly routes = new Map<string, { route: SandboxRoute; expiresAt: number }>();
   private readonly lookups = new Map<string, Promise<SandboxRoute>>();
   private lookupCount = 0;
+  private readonly lookupSeconds;
 
   constructor(
     private readonly messaging: MessagingClient,
     private readonly env: GatewayEnv,
-  ) {}
+    metrics: MetricsRegistry,
+  ) {
+    this.lookupSeconds = metrics.histogram('kiln_gateway_route_lookup_seconds', 'Scheduler route lookups (cache misses) by outcome', ['outcome'], [
+      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5,
+    ]);
+  }
 
   /** Scheduler lookups made so far (cache misses); exposed for metrics and tests. */
   get lookupsMade(): number {
@@ -48,7 +55,15 @@ export class SandboxRouteCache {
   private async lookup(sandboxId: string): Promise<SandboxRoute> {
     this.lookupCount++;
     const timeout = Math.min(ROUTE_LOOKUP_TIMEOUT_MS, this.env.NATS_REQUEST_TIMEOUT_MS);
-    const route = await this.messaging.request(Subjects.sandboxRoute, { sandboxId }, timeout);
+    const stopTimer = this.lookupSeconds.startTimer();
+    let route: SandboxRoute;
+    try {
+      route = await this.messaging.request(Subjects.sandboxRoute, { sandboxId }, timeout);
+      stopTimer({ outcome: 'ok' });
+    } catch (error) {
+      stopTimer({ outcome: 'error' });
+      throw error;
+    }
     if (route.state === SandboxState.Running) {
       if (this.routes.size >= MAX_CACHED_ROUTES) this.evictExpired();
       this.routes.set(sandboxId, { route, expiresAt: Date.now() + ROUTE_TTL_MS });
