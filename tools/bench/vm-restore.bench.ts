@@ -97,7 +97,7 @@ async function main(): Promise<void> {
       });
       live.add(vm);
       const ms = performance.now() - started;
-      await waitForGuestAgent(slot.hostAddress, snapshot.build.agentPort, { timeoutMs: 30_000, intervalMs: 2, requestTimeoutMs: 100 });
+      await waitForGuestAgent(slot.hostAddress, snapshot.build.agentPort, { timeoutMs: 30_000, intervalMs: 2, requestTimeoutMs: 2_000 });
       return { vm, slot, layer, ms, agentMs: performance.now() - started };
     };
     const stopClone = async (clone: { vm: VmHandle; slot: NetworkSlot; layer: RootfsLayer }) => {
@@ -140,7 +140,7 @@ async function main(): Promise<void> {
       const started = performance.now();
       const vm = await prepared.start();
       preparedToRunning.push(performance.now() - started);
-      await waitForGuestAgent(slot.hostAddress, snapshot.build.agentPort, { timeoutMs: 30_000, intervalMs: 2, requestTimeoutMs: 100 });
+      await waitForGuestAgent(slot.hostAddress, snapshot.build.agentPort, { timeoutMs: 30_000, intervalMs: 2, requestTimeoutMs: 2_000 });
       preparedToAgent.push(performance.now() - started);
       await stopClone({ vm, slot, layer });
     }

@@ -6,7 +6,11 @@ export interface GuestAgentHealthOptions {
   timeoutMs: number;
   /** Pause between attempts (after a refused or timed-out request). */
   intervalMs?: number;
-  /** Per-request limit: a guest that is still booting drops SYNs instead of refusing. */
+  /**
+   * Per-request limit. Generous on purpose: right after a restore the first request is slow
+   * (TCG retranslates the guest's network and agent code paths), and aborting it only to
+   * reconnect repeats that cost. A guest still booting drops SYNs; the kernel retries them.
+   */
   requestTimeoutMs?: number;
   /** Gives up early, e.g. when the VM exits. */
   abort?: AbortSignal;
@@ -31,7 +35,7 @@ export async function waitForGuestAgent(address: string, port: number, options: 
   const started = performance.now();
   const deadline = started + options.timeoutMs;
   const interval = options.intervalMs ?? 10;
-  const requestTimeout = options.requestTimeoutMs ?? 250;
+  const requestTimeout = options.requestTimeoutMs ?? 2_000;
   for (;;) {
     if (options.abort?.aborted) throw new Error(`guest agent wait aborted: ${String(options.abort.reason)}`);
     if (await guestAgentHealthy(address, port, requestTimeout)) return performance.now() - started;
