@@ -240,6 +240,23 @@ describe('sandbox traffic routing', () => {
     expect(status).toBe(502);
   });
 
+  it('lets an in-flight stream finish on shutdown while refusing new connections', async () => {
+    const second = await stack.startGateway();
+    const response = await fetch(`${second.sandboxUrl}/stream`, { method: 'POST', body: '{}', headers: addressed(sandboxId) });
+    const reader = response.body!.getReader();
+    expect(Buffer.from((await reader.read()).value!).toString()).toBe('first;');
+    let closed = false;
+    const closing = second.close().then(() => (closed = true));
+    await new Promise((r) => setTimeout(r, 300));
+    await expect(fetch(`${second.sandboxUrl}/`, { headers: addressed(sandboxId) })).rejects.toThrow();
+    expect(closed).toBe(false);
+    upstream.releaseStream!();
+    let rest = '';
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) rest += Buffer.from(chunk.value).toString();
+    expect(rest).toBe('rest');
+    await closing;
+  });
+
   it('answers 503 in the error shape when the scheduler is down (route not cached)', async () => {
     const uncached = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: upstreamUrl });
     await stack.stopScheduler();

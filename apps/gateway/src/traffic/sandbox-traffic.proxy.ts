@@ -16,6 +16,8 @@ export interface TrafficRefusal {
   body: { code: number; message: string; error_code: ErrorCode; sandboxId?: string };
 }
 
+const INTERNAL_REFUSAL: TrafficRefusal = { status: 500, body: { code: 500, message: 'internal error', error_code: ErrorCode.Internal } };
+
 /** How long a shutdown waits for in-flight sandbox traffic before cutting it. */
 const SHUTDOWN_DRAIN_MS = 10_000;
 
@@ -74,8 +76,12 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
         if (typeof sandboxId === 'string') this.routes.invalidate(sandboxId);
       }
     });
-    this.server = createServer((req, res) => void this.handleRequest(req, res));
-    this.server.on('upgrade', (req, socket, head) => void this.handleUpgrade(req, socket, head));
+    this.server = createServer((req, res) => {
+      this.handleRequest(req, res).catch((error) => this.failed(error, () => (res.headersSent ? res.destroy() : sendJson(res, INTERNAL_REFUSAL))));
+    });
+    this.server.on('upgrade', (req, socket, head) => {
+      this.handleUpgrade(req, socket, head).catch((error) => this.failed(error, () => writeRawJson(socket, INTERNAL_REFUSAL)));
+    });
     this.server.on('clientError', (error, socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
       else socket.destroy(error);
@@ -100,19 +106,29 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
    */
   async onApplicationShutdown(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // Keep-alive connections turn idle as their last request ends; close them as they do.
     this.server.closeIdleConnections();
+    const reaper = setInterval(() => this.server.closeIdleConnections(), 100);
     let timer: NodeJS.Timeout | undefined;
     const drained = await Promise.race([
       closed.then(() => true),
       new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), SHUTDOWN_DRAIN_MS))),
     ]);
     clearTimeout(timer);
+    clearInterval(reaper);
     if (!drained) this.logger.warn(`closing ${this.tunnels.size} tunnels and the remaining requests after ${SHUTDOWN_DRAIN_MS} ms`);
     for (const tunnel of this.tunnels) tunnel.destroy();
     this.server.closeAllConnections();
     await closed;
     this.upstreamAgent.destroy();
     this.proxy.close();
+  }
+
+  /** A bug, not an outcome: logged with its stack, answered with a bare 500. */
+  private failed(error: unknown, answer: () => void): void {
+    this.logger.error(`sandbox traffic handler failed: ${error instanceof Error ? error.stack : String(error)}`);
+    this.requests.inc({ outcome: 'internal_error' });
+    answer();
   }
 
   private async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
