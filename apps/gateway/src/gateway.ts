@@ -31,6 +31,8 @@ export async function startGateway(env: GatewayEnv, options: { host?: string } =
     fastifyOptions: { frameworkErrors },
     configure: (created) => {
       requireJsonBodies(created.getHttpAdapter().getInstance());
+      // The SDK also runs in browsers. Keys travel in headers, never cookies, so any origin may call.
+      created.enableCors({ origin: '*', credentials: false, exposedHeaders: ['x-next-token', 'retry-after'], maxAge: 600 });
       created.get(OpenApiDocument).build(created);
     },
   });

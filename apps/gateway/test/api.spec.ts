@@ -282,6 +282,20 @@ describe('templates', () => {
   });
 });
 
+describe('browsers', () => {
+  it('answers CORS preflights and exposes the paging header', async () => {
+    const preflight = await fetch(`${stack.gateway.apiUrl}/v2/sandboxes`, {
+      method: 'OPTIONS',
+      headers: { origin: 'https://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'x-api-key,content-type' },
+    });
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers.get('access-control-allow-origin')).toBe('*');
+    expect(preflight.headers.get('access-control-allow-headers')).toContain('x-api-key');
+    const list = await call('GET', '/v2/sandboxes', { headers: { origin: 'https://app.example' } });
+    expect(list.headers.get('access-control-expose-headers')).toContain('x-next-token');
+  });
+});
+
 describe('OpenAPI document', () => {
   it('describes the routes the gateway serves, with validated request bodies', async () => {
     const answer = await call('GET', '/openapi.json', { key: null });
