@@ -255,6 +255,19 @@ describe('sandboxes through the real scheduler', () => {
     expect(answer.body).toMatchObject({ code: 404, error_code: 'not_found' });
   });
 
+  it('passes Idempotency-Key through, scoped to the team: a retry gets the first attempt\'s outcome', async () => {
+    const headers = { 'idempotency-key': 'retry-me-1' };
+    const first = await call('POST', '/v2/sandboxes', { body: { templateID: 'base' }, headers });
+    expect(first.status).toBe(503);
+    // The first attempt's sandbox ended (no host); the retry is told so instead of creating another.
+    const retry = await call('POST', '/v2/sandboxes', { body: { templateID: 'base' }, headers });
+    expect(retry.status).toBe(409);
+    expect(retry.body.message).toContain('already ended');
+    // The same key from another team is a different request.
+    const otherTeam = await call('POST', '/v2/sandboxes', { key: teamB.apiKey, body: { templateID: 'base' }, headers });
+    expect(otherTeam.status).toBe(503);
+  });
+
   it('answers create with 503 and Retry-After when no host can take the sandbox', async () => {
     const answer = await call('POST', '/v2/sandboxes', { body: { templateID: 'base', timeout: 30 } });
     expect(answer.status).toBe(503);
