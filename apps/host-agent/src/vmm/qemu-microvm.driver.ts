@@ -341,7 +341,9 @@ class QemuVmHandle implements VmHandle {
   async kill(): Promise<VmExit> {
     if (this.exitInfo) return this.exitInfo;
     try {
-      process.kill(this.pid, 'SIGKILL');
+      // The VMM leads its own process group (detached spawn); the group also holds any
+      // helper it forked, such as the `cat` of a snapshot being written.
+      killGroupOrProcess(this.pid);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ESRCH') {
         this.markExited({ code: null, signal: 'SIGKILL', reason: 'process-gone', at: new Date() });
@@ -431,6 +433,15 @@ async function tail(path: string, maxBytes = 2000): Promise<string> {
     return text.slice(-maxBytes).trim();
   } catch {
     return '';
+  }
+}
+
+function killGroupOrProcess(pid: number): void {
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+    process.kill(pid, 'SIGKILL');
   }
 }
 
