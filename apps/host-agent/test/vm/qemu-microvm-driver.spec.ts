@@ -1,8 +1,11 @@
+import { spawn } from 'node:child_process';
 import { release } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { build } from 'esbuild';
 import { GATEWAY_IP, GUEST_IP, PREFIX, type NetworkSlot } from '../../src/network';
 import { guestAgentHealthy, waitForGuestAgent } from '../../src/snapshot';
 import { QemuMicrovmDriver, VmAdoptError, InvalidVmSpecError, type VmHandle, type VmSpec } from '../../src/vmm';
+import { processStartTicks } from '../../src/vmm/qemu-microvm.driver';
 import { Cleanup, readText, startVmTestApp, type VmTestApp } from './vm-test-context';
 
 // One cold-booted VM carries the whole lifecycle (boot, pause, adopt, kill -9): under TCG a
@@ -89,6 +92,74 @@ describe('QEMU microvm driver (real TCG VM, base template)', () => {
     expect(vm.hasExited).toBe(true);
     expect(exit.reason).toMatch(/control-socket-closed|process-gone|process-exit/);
     await expect(vm.pause()).rejects.toThrow(/has exited/);
+  });
+
+  it('keeps a VM running when the process that started it is killed, and adopts it afterwards', async () => {
+    // The owner is a separate Node process (the agent's stand-in), bundled the way benches are.
+    const ownerBundle = join(ctx.workDir, 'vm-owner.js');
+    await build({
+      entryPoints: [join(__dirname, 'vm-owner-process.ts')],
+      outfile: ownerBundle,
+      bundle: true,
+      platform: 'node',
+      target: 'node20',
+      format: 'cjs',
+      conditions: ['development'],
+      packages: 'external',
+      logLevel: 'error',
+    });
+    const base = await ctx.templates.resolve('base');
+    const layer = await ctx.layers.createLayer('ktvm-orphan', base.rootfs, ctx.workDir);
+    const orphanSpec: VmSpec = {
+      ...spec,
+      id: 'ktvm-orphan',
+      network: undefined,
+      rootDisk: { path: layer.path, format: layer.format },
+      stateDir: join(ctx.workDir, 'orphan-vm'),
+      serialLogPath: join(ctx.workDir, 'orphan-vm.serial.log'),
+      accelerator: 'tcg',
+    };
+    const owner = spawn(process.execPath, [ownerBundle, JSON.stringify(orphanSpec)], {
+      env: { ...process.env, NODE_PATH: resolve(__dirname, '../../../../node_modules') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const ownerExited = new Promise((r) => owner.once('exit', r));
+    cleanup.add(async () => {
+      owner.kill('SIGKILL');
+      await ownerExited;
+    });
+    let stderr = '';
+    owner.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const pid = await new Promise<number>((resolvePid, reject) => {
+      let stdout = '';
+      owner.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+        stdout += chunk;
+        const match = /STARTED (\d+)/.exec(stdout);
+        if (match) resolvePid(Number(match[1]));
+      });
+      owner.once('exit', (code) => reject(new Error(`VM owner exited with ${code}: ${stderr}`)));
+    });
+    cleanup.add(async () => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    });
+
+    owner.kill('SIGKILL');
+    await ownerExited;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await processStartTicks(pid)).toBeDefined();
+
+    const adopted = await new QemuMicrovmDriver(ctx.config, ctx.probe).adopt(orphanSpec.stateDir);
+    expect(adopted.pid).toBe(pid);
+    expect(await adopted.state()).toBe('paused');
+    await adopted.resume();
+    expect(await adopted.state()).toBe('running');
+    const exit = await adopted.stop();
+    expect(exit.reason).toMatch(/control-socket-closed|process-gone/);
+    expect(await processStartTicks(pid)).toBeUndefined();
   });
 
   it('refuses to adopt a state dir whose VM is gone', async () => {
