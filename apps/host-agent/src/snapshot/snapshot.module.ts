@@ -7,20 +7,22 @@ import { SNAPSHOT_NETWORK, SNAPSHOT_OPTIONS, TemplateSnapshots, type SnapshotOpt
 export interface SnapshotModuleOptions extends Partial<SnapshotOptions> {
   /** Must include the app's NetworkModule instance (the template boot leases a slot from its pool). */
   imports: NonNullable<ModuleMetadata['imports']>;
+  /** Kiln data dir (templates, scratch space for template boots); default KILN_DATA_DIR. */
+  dataDir?: string;
 }
 
 /** Template snapshots: creation (template boot + save) and clone restore. */
 @Module({})
 export class SnapshotModule {
   static register(options: SnapshotModuleOptions): DynamicModule {
-    const dataDir = process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
+    const dataDir = options.dataDir ?? process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
     const resolved: SnapshotOptions = {
       bootTimeoutMs: options.bootTimeoutMs ?? 120_000,
       runDir: options.runDir ?? `${dataDir}/run/template-boot`,
     };
     return {
       module: SnapshotModule,
-      imports: [...options.imports, VmmModule, TemplateModule.register()],
+      imports: [...options.imports, VmmModule, TemplateModule.register({ dataDir })],
       providers: [
         { provide: SNAPSHOT_OPTIONS, useValue: resolved },
         { provide: SNAPSHOT_NETWORK, useExisting: NetworkSlotPool },
