@@ -167,7 +167,6 @@ export class QemuMicrovmDriver implements VmmDriver {
     });
 
     const timeoutMs = options.timeoutMs ?? DEFAULT_START_TIMEOUT_MS;
-    let handle: QemuVmHandle | undefined;
     const fail = async (error: unknown): Promise<never> => {
       if (child.exitCode === null && child.signalCode === null) {
         try {
@@ -177,8 +176,8 @@ export class QemuMicrovmDriver implements VmmDriver {
         }
       }
       await Promise.race([childExit, delay(5_000)]);
+      // A handle already given out (prepared restore) learns of the exit through childExit.
       const log = await tail(join(stateDir, STATE_FILES.vmmLog));
-      handle?.detach();
       throw new VmStartError(
         `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${log ? `\n${log}` : ''}`,
       );
@@ -192,7 +191,6 @@ export class QemuMicrovmDriver implements VmmDriver {
       const qmp = await QmpClient.connect(qmpSocketPath, timeoutMs, exitedEarly.signal);
       const controlReadyMs = performance.now() - launchedAt;
       const vm = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit);
-      handle = vm;
       const record: VmRuntimeRecord = {
         driver: 'qemu-microvm',
         pid,

@@ -1,8 +1,10 @@
-import { readFile, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sha256File, SnapshotIntegrityError, TemplateSnapshots, waitForGuestAgent, type TemplateSnapshot } from '../../src/snapshot';
 import type { TemplateBuild } from '../../src/template';
-import type { VmHandle } from '../../src/vmm';
+import { VmStartError, type VmHandle } from '../../src/vmm';
+import { processStartTicks } from '../../src/vmm/qemu-microvm.driver';
 import { Cleanup, registerTestTemplate, startVmTestApp, type VmTestApp } from './vm-test-context';
 
 describe('template snapshot and clone restore (real TCG VMs)', () => {
@@ -79,6 +81,28 @@ describe('template snapshot and clone restore (real TCG VMs)', () => {
     expect(await sha256File(snapshot.memoryPath)).toBe(memoryBefore);
     expect(await sha256File(snapshot.disk.path)).toBe(diskBefore);
     expect(await sha256File(build.rootfs.path)).toBe(baseBefore);
+  });
+
+  it('fails a restore from a corrupt state file with VmStartError and leaves no VMM behind', async () => {
+    const garbage = join(ctx.workDir, 'garbage-state');
+    await writeFile(garbage, randomBytes(64 * 1024));
+    const slot = await ctx.acquireSlot(cleanup);
+    const layer = await ctx.layers.createLayer('ktvm-corrupt', snapshot.disk, ctx.workDir);
+    const spec = ctx.snapshots.cloneSpec(snapshot, {
+      id: 'ktvm-corrupt',
+      stateDir: join(ctx.workDir, 'ktvm-corrupt'),
+      serialLogPath: join(ctx.workDir, 'ktvm-corrupt.serial.log'),
+      rootDisk: { path: layer.path, format: layer.format },
+      network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+    });
+    const prepared = await ctx.driver.prepareRestore(spec, { statePath: garbage });
+    cleanup.vm(prepared.handle);
+    const error = await prepared.start().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(VmStartError);
+    expect(String((error as Error).message)).toMatch(/restore failed/);
+    const exit = await prepared.handle.exited;
+    expect(exit.reason).toBeDefined();
+    expect(await processStartTicks(prepared.handle.pid)).toBeUndefined();
   });
 
   it('detects a tampered snapshot file in a process that has not verified it yet', async () => {
