@@ -209,6 +209,10 @@ main() {
   ensure_host_packages
   resolve_kernel_package
   mkdir -p "$DATA_DIR/images"
+  # One build at a time per data dir: concurrent runs (CI retries, two checkouts) would
+  # otherwise race on the same image dir and the `current` links.
+  exec 9>"$DATA_DIR/images/.build.lock"
+  flock 9
   WORK_INPUTS=$(mktemp)
   trap 'rm -f "$WORK_INPUTS"' EXIT
   INPUT_HASH=$(compute_input_hash)
