@@ -9,6 +9,7 @@
 #   KILN_TEMPLATE_ID         template name to register (default base)
 #   KILN_ROOTFS_SIZE         sparse rootfs size (default 2G)
 #   KILN_TEMPLATE_VCPUS / KILN_TEMPLATE_MEMORY_MIB   template.json defaults (1 / 512)
+#   KILN_TEMPLATE_KEEP_BUILDS  template builds kept, current included (default 3)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -203,6 +204,25 @@ prune_old_images() {
   done
 }
 
+# Older template builds (with their snapshots) are kept for a while: sandboxes may have been
+# created from them. Running VMs keep their files open, so removal never pulls a disk or a
+# memory file out from under a live VM; only new creates of an old build stop working.
+prune_old_template_builds() {
+  local tdir="$DATA_DIR/templates/$TEMPLATE_ID" keep=${KILN_TEMPLATE_KEEP_BUILDS:-3} dir kept=1
+  for dir in $(ls -1dt "$tdir"/*/ 2>/dev/null); do
+    dir=${dir%/}
+    [ "$(basename "$dir")" = "$BUILD_ID" ] && continue
+    [ -L "$dir" ] && continue
+    [ -f "$dir/template.json" ] || continue
+    if [ "$kept" -lt "$keep" ]; then
+      kept=$((kept + 1))
+    else
+      log "removing old template build $(basename "$dir")"
+      rm -rf "$dir"
+    fi
+  done
+}
+
 main() {
   [ -f "$BUNDLE_DIR/guest-agent.js" ] ||
     die "guest agent bundle not found at $BUNDLE_DIR (build it: npx nx run guest-agent:bundle, or set KILN_GUEST_AGENT_BUNDLE)"
@@ -242,6 +262,7 @@ main() {
   fi
   register_template "$image_dir"
   prune_old_images
+  prune_old_template_builds
   log "template $TEMPLATE_ID build $BUILD_ID at $DATA_DIR/templates/$TEMPLATE_ID/$BUILD_ID"
   echo "$DATA_DIR/templates/$TEMPLATE_ID/$BUILD_ID"
 }
