@@ -29,6 +29,8 @@ export interface StackInfo {
   networkPrefix: string;
   pids: Record<string, number>;
   runDir: string;
+  /** HTTP ports of every app (health and metrics). */
+  httpPorts: Record<string, number>;
   /** Full environment the host agent was started with, so a test can restart it. */
   hostAgentEnv: Record<string, string>;
 }
@@ -205,6 +207,7 @@ export async function startStack(): Promise<StackInfo> {
       pids,
       runDir,
       hostAgentEnv,
+      httpPorts: Object.fromEntries(apps.map((app) => [app.name, app.port])),
     };
     writeFileSync(STACK_FILE, JSON.stringify(info, null, 2));
     return info;

@@ -1,0 +1,79 @@
+import { AckPolicy, DeliverPolicy, JSONCodec, connect } from 'nats';
+import { Client as PgClient } from 'pg';
+import { SANDBOX_EVENTS_STREAM, SandboxLifecycleEvent } from '@kiln/messaging';
+import { HostAgentClients } from '../../../apps/scheduler/src/hosts/host-agent-clients';
+import { createSandbox, eventually, killSandbox } from '../harness/api-client';
+import { StackInfo, readStack } from '../harness/stack-harness';
+
+/** Issue 2's inter-service wiring, observed on the running stack rather than in one process. */
+describe('inter-service wiring (real stack)', () => {
+  let stack: StackInfo;
+  let db: PgClient;
+
+  beforeAll(async () => {
+    stack = readStack();
+    db = new PgClient({ connectionString: stack.databaseUrl });
+    await db.connect();
+  });
+
+  afterAll(async () => {
+    await db?.end();
+  });
+
+  it('calls the host agent over gRPC with the scheduler’s own client', async () => {
+    const clients = new HostAgentClients();
+    try {
+      const agent = clients.for(stack.hostAgent.hostId, stack.hostAgent.grpcAddress);
+      const info = await clients.call('host info', agent.hostInfo({}), 10_000);
+      expect(info.hostId).toBe(stack.hostAgent.hostId);
+      expect(info.proxyUrl).toBe(stack.hostAgent.proxyUrl);
+      await expect(clients.call('get', agent.getSandbox({ sandboxId: 'nosuchsandbox' }), 10_000)).rejects.toMatchObject({ code: 'not_found' });
+    } finally {
+      clients.onApplicationShutdown();
+    }
+  });
+
+  it('registers the host agent and keeps its heartbeat fresh in Postgres', async () => {
+    const first = await eventually('a registered host', async () => {
+      const { rows } = await db.query('select state, last_heartbeat_at from hosts where id = $1', [stack.hostAgent.hostId]);
+      return rows[0];
+    });
+    expect(first.state).toBe('ready');
+    const later = await eventually('a newer heartbeat', async () => {
+      const { rows } = await db.query('select last_heartbeat_at from hosts where id = $1', [stack.hostAgent.hostId]);
+      return rows[0].last_heartbeat_at > first.last_heartbeat_at ? rows[0] : undefined;
+    }, 15_000);
+    expect(Date.now() - new Date(later.last_heartbeat_at).getTime()).toBeLessThan(15_000);
+    const metrics = await (await fetch(`http://127.0.0.1:${stack.httpPorts['host-monitor']}/metrics`)).text();
+    expect(metrics).toContain(`kiln_host_heartbeats_total{host="${stack.hostAgent.hostId}"`);
+  });
+
+  it('records every lifecycle transition as a sandbox event and on the JetStream stream', async () => {
+    const nc = await connect({ servers: stack.natsUrl });
+    try {
+      const jsm = await nc.jetstreamManager();
+      const durable = `wiring-${Date.now()}`;
+      await jsm.consumers.add(SANDBOX_EVENTS_STREAM, { durable_name: durable, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.New });
+      const sandbox = await createSandbox(stack);
+      await killSandbox(stack, sandbox.sandboxID);
+      const consumer = await nc.jetstream().consumers.get(SANDBOX_EVENTS_STREAM, durable);
+      const codec = JSONCodec<SandboxLifecycleEvent>();
+      const seen: SandboxLifecycleEvent[] = [];
+      await eventually('created, running and destroyed events', async () => {
+        const batch = await consumer.fetch({ max_messages: 50, expires: 1_000 });
+        for await (const message of batch) {
+          const event = codec.decode(message.data);
+          if (event.sandboxId === sandbox.sandboxID) seen.push(event);
+          message.ack();
+        }
+        const kinds = seen.map((e) => (e.kind === 'transition' ? `to:${e.to}` : e.kind));
+        return ['to:starting', 'to:running', 'created', 'to:killed', 'destroyed'].every((k) => kinds.includes(k));
+      });
+      const { rows } = await db.query('select from_state, to_state from sandbox_events where sandbox_id = $1 order by id', [sandbox.sandboxID]);
+      expect(rows.map((r) => `${r.from_state ?? 'new'}>${r.to_state}`)).toEqual(['new>pending', 'pending>starting', 'starting>running', 'running>killed']);
+      await jsm.consumers.delete(SANDBOX_EVENTS_STREAM, durable);
+    } finally {
+      await nc.close();
+    }
+  });
+});
