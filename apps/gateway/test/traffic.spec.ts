@@ -4,7 +4,8 @@ import { IncomingMessage, Server, createServer, request } from 'node:http';
 import type { Socket } from 'node:net';
 import { SandboxState } from '@kiln/contracts';
 import { SandboxRouteCache } from '../src/traffic/sandbox-route.cache';
-import { SeededTeam, TestStack, freePort } from './support/test-stack';
+import { freePort } from '@kiln/testing';
+import { SeededTeam, TestStack } from './support/test-stack';
 
 jest.setTimeout(60_000);
 

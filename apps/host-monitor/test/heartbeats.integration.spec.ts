@@ -7,6 +7,7 @@ import { PrismaService } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
+import { PrivateServer, startPrivateNats } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
 import { HostLivenessService } from '../src/host-health/host-liveness.service';
 
@@ -15,11 +16,12 @@ describe('host-monitor heartbeats (real NATS, Postgres)', () => {
   let db: TestDatabase;
   let monitor: NestFastifyApplication;
   let agent: INestApplicationContext;
+  let nats: PrivateServer;
   const hostId = `hm-${process.pid}`;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    const env = loadConfig(HostMonitorEnv, { DATABASE_URL: db.url, LOG_LEVEL: 'silent', HOST_HEARTBEAT_TTL_SECONDS: '1' });
+    [db, nats] = await Promise.all([createTestDatabase(), startPrivateNats()]);
+    const env = loadConfig(HostMonitorEnv, { NATS_URL: nats.url, DATABASE_URL: db.url, LOG_LEVEL: 'silent', HOST_HEARTBEAT_TTL_SECONDS: '1' });
     monitor = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(env), new FastifyAdapter(), { logger: false });
     monitor.connectMicroservice(natsServerOptions(env.NATS_URL, `host-monitor-${process.pid}`));
     await monitor.init();
@@ -35,6 +37,7 @@ describe('host-monitor heartbeats (real NATS, Postgres)', () => {
     await agent?.close();
     await monitor?.close();
     await db?.drop();
+    await nats?.stop();
   });
 
   it('records heartbeats and exposes them as metrics', async () => {

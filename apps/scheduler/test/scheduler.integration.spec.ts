@@ -8,6 +8,7 @@ import { PrismaService, SandboxRepository, TeamRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
+import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
 
 const TOKEN = 'integration-test-registration-token';
@@ -20,14 +21,18 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
   let client: MessagingClient;
   let teamId: string;
   let otherTeamId: string;
+  let nats: PrivateServer;
+  let redis: PrivateServer;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
+    [db, nats, redis] = await Promise.all([createTestDatabase(), startPrivateNats(), startPrivateRedis()]);
     const env = loadConfig(SchedulerEnv, {
       DATABASE_URL: db.url,
+      NATS_URL: nats.url,
+      REDIS_URL: redis.url,
       HOST_REGISTRATION_TOKEN: TOKEN,
       LOG_LEVEL: 'silent',
-      HTTP_PORT: '3001',
+      HTTP_PORT: String(await freePort()),
       HOST_HEARTBEAT_TTL_SECONDS: '15',
     });
     scheduler = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(env), new FastifyAdapter(), { logger: false });
@@ -50,6 +55,8 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
     await caller?.close();
     await scheduler?.close();
     await db?.drop();
+    await nats?.stop();
+    await redis?.stop();
   });
 
   async function insertRunningSandbox(id: string, timeoutSeconds = 300): Promise<void> {

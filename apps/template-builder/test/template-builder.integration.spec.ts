@@ -9,6 +9,7 @@ import { RegisterTemplateJob, TEMPLATE_BUILD_QUEUE } from '@kiln/contracts';
 import { TemplateBuilderEnv, loadConfig } from '@kiln/config';
 import { TemplateRepository, TeamRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
+import { PrivateServer, startPrivateRedis } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
 
 /** The worker consumes a real BullMQ queue in Redis and writes the template to real Postgres. */
@@ -20,10 +21,11 @@ describe('template-builder worker (real Redis, Postgres)', () => {
   let events: QueueEvents;
   let eventsRedis: IORedis;
   let dir: string;
+  let redisServer: PrivateServer;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    const env = loadConfig(TemplateBuilderEnv, { DATABASE_URL: db.url, LOG_LEVEL: 'silent' });
+    [db, redisServer] = await Promise.all([createTestDatabase(), startPrivateRedis()]);
+    const env = loadConfig(TemplateBuilderEnv, { REDIS_URL: redisServer.url, DATABASE_URL: db.url, LOG_LEVEL: 'silent' });
     app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(env), new FastifyAdapter(), { logger: false });
     await app.listen(0, '127.0.0.1');
     redis = new IORedis(env.REDIS_URL, { maxRetriesPerRequest: null });
@@ -40,6 +42,7 @@ describe('template-builder worker (real Redis, Postgres)', () => {
     await eventsRedis?.quit();
     await app?.close();
     await db?.drop();
+    await redisServer?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 

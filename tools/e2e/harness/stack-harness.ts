@@ -1,11 +1,11 @@
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import 'reflect-metadata';
 import { ApiKeyRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
 import { createTestDatabase } from '@kiln/db/testing';
 import { ENVD_COMPAT_VERSION } from '@kiln/contracts';
+import { freePort, waitForPort } from '@kiln/testing';
 
 export const ROOT = join(__dirname, '..', '..', '..');
 export const STACK_FILE = join(ROOT, '.kiln', 'e2e', 'stack.json');
@@ -33,17 +33,6 @@ export interface StackInfo {
   httpPorts: Record<string, number>;
   /** Full environment the host agent was started with, so a test can restart it. */
   hostAgentEnv: Record<string, string>;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 async function waitHealthy(name: string, url: string, child: ChildProcess, logPath: string, timeoutMs: number): Promise<void> {
@@ -103,10 +92,7 @@ export async function startStack(): Promise<StackInfo> {
   const nats = startProcess('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', jsDir], process.env, join(runDir, 'nats.log'));
   pids.nats = nats.pid!;
   const natsUrl = `nats://127.0.0.1:${natsPort}`;
-  for (let i = 0; i < 100; i++) {
-    if (await fetchTcp(natsPort)) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await waitForPort(natsPort, 'nats-server');
 
   const db = await createTestDatabase();
   const redisUrl = 'redis://127.0.0.1:6379/7';
@@ -216,17 +202,6 @@ export async function startStack(): Promise<StackInfo> {
   }
 }
 
-async function fetchTcp(port: number): Promise<boolean> {
-  const { connect } = await import('node:net');
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
 
 async function startApp(name: string, env: Record<string, string>, runDir: string, port: number, timeoutMs: number): Promise<ChildProcess> {
   const logPath = join(runDir, `${name}.log`);

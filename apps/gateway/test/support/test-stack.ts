@@ -1,10 +1,5 @@
 import 'reflect-metadata';
-import { ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Client } from 'pg';
 import { GatewayEnv, SchedulerEnv, loadConfig } from '@kiln/config';
 import { SandboxState } from '@kiln/contracts';
@@ -19,49 +14,12 @@ import {
 } from '@kiln/db';
 import { natsServerOptions } from '@kiln/messaging';
 import { startHttpService } from '@kiln/telemetry';
+import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import type { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { AppModule as SchedulerAppModule, SERVICE_NAME as SCHEDULER_SERVICE } from '../../../scheduler/src/app.module';
 import { RunningGateway, startGateway } from '../../src/gateway';
 
 const ADMIN_DATABASE_URL = process.env.KILN_TEST_DATABASE_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-}
-
-async function waitForPort(port: number, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (open) return;
-    if (Date.now() > deadline) throw new Error(`${what} did not listen on ${port} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** A process the stack started; stopped (and awaited) on teardown. */
-async function stopProcess(child: ChildProcess | undefined): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const escalate = setTimeout(() => child.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(escalate);
-}
 
 export interface SeededTeam {
   teamId: string;
@@ -95,9 +53,8 @@ export class TestStack {
   templates: TemplateRepository;
   hosts: HostRepository;
   sandboxes: SandboxRepository;
-  private nats?: ChildProcess;
-  private redis?: ChildProcess;
-  private natsDir?: string;
+  private nats?: PrivateServer;
+  private redis?: PrivateServer;
   private extraGateways: RunningGateway[] = [];
 
   /** `gateway: false` leaves starting a gateway to the caller (e.g. a benchmark running it as its own process). */
@@ -122,14 +79,9 @@ export class TestStack {
     this.databaseUrl = url.toString();
     await applyMigrations(this.databaseUrl);
 
-    const natsPort = await freePort();
-    this.natsDir = mkdtempSync(join(tmpdir(), 'kiln-gw-nats-'));
-    this.nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', this.natsDir], { stdio: 'ignore' });
-    this.natsUrl = `nats://127.0.0.1:${natsPort}`;
-    const redisPort = await freePort();
-    this.redis = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(redisPort), '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-    this.redisUrl = `redis://127.0.0.1:${redisPort}`;
-    await Promise.all([waitForPort(natsPort, 'nats-server'), waitForPort(redisPort, 'redis-server')]);
+    [this.nats, this.redis] = await Promise.all([startPrivateNats(), startPrivateRedis()]);
+    this.natsUrl = this.nats.url;
+    this.redisUrl = this.redis.url;
 
     this.prisma = new PrismaService(this.databaseUrl);
     this.teams = new TeamRepository(this.prisma);
@@ -256,9 +208,8 @@ export class TestStack {
     await this.gateway?.close().catch(() => undefined);
     await this.scheduler?.close().catch(() => undefined);
     await this.prisma?.$disconnect().catch(() => undefined);
-    await stopProcess(this.nats);
-    await stopProcess(this.redis);
-    if (this.natsDir) rmSync(this.natsDir, { recursive: true, force: true });
+    await this.nats?.stop();
+    await this.redis?.stop();
     const admin = new Client({ connectionString: ADMIN_DATABASE_URL });
     await admin.connect();
     await admin.query(`DROP DATABASE IF EXISTS ${this.databaseName} WITH (FORCE)`);

@@ -1,0 +1,48 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, waitForPort } from './ports';
+
+export interface PrivateServer {
+  url: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** Stops a child process: SIGTERM, then SIGKILL after `graceMs`; resolves once it is gone. */
+export async function stopProcess(child: ChildProcess | undefined, graceMs = 5_000): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const escalate = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(escalate);
+}
+
+/**
+ * A nats-server with JetStream on a free port, private to one suite: with a shared NATS,
+ * any other scheduler in the same queue group (a dev stack) could answer the suite's requests.
+ */
+export async function startPrivateNats(): Promise<PrivateServer> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-test-nats-'));
+  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' });
+  await waitForPort(port, 'nats-server');
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    pid: child.pid!,
+    stop: async () => {
+      await stopProcess(child);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A redis-server on a free port that persists nothing, private to one suite. */
+export async function startPrivateRedis(): Promise<PrivateServer> {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  await waitForPort(port, 'redis-server');
+  return { url: `redis://127.0.0.1:${port}`, pid: child.pid!, stop: () => stopProcess(child) };
+}
