@@ -6,6 +6,7 @@ import { ApiKeyRepository, PrismaService, TeamRepository, TemplateRepository } f
 import { createTestDatabase } from '@kiln/db/testing';
 import { ENVD_COMPAT_VERSION } from '@kiln/contracts';
 import { freePort, waitForPort } from '@kiln/testing';
+import { hostAgentClient } from './host-agent-client';
 
 export const ROOT = join(__dirname, '..', '..', '..');
 export const STACK_FILE = join(ROOT, '.kiln', 'e2e', 'stack.json');
@@ -154,6 +155,9 @@ export async function startStack(): Promise<StackInfo> {
     pids[app.name] = (await startApp(app.name, env, runDir, app.port, app.timeoutMs)).pid!;
   }
 
+  // The host agent makes the template snapshot in the background at start; suites start once it exists.
+  await waitForSnapshot(`127.0.0.1:${ports.grpc}`, 300_000);
+
   const prisma = new PrismaService(db.url);
   try {
     const teams = new TeamRepository(prisma);
@@ -202,6 +206,21 @@ export async function startStack(): Promise<StackInfo> {
   }
 }
 
+
+async function waitForSnapshot(grpcAddress: string, timeoutMs: number): Promise<void> {
+  const agent = hostAgentClient(grpcAddress);
+  try {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const info = await agent.hostInfo().catch(() => undefined);
+      if (info?.templates.some((t) => t.templateId === 'base' && t.snapshotReady)) return;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    throw new Error(`the host agent made no snapshot of base within ${timeoutMs} ms`);
+  } finally {
+    agent.close();
+  }
+}
 
 async function startApp(name: string, env: Record<string, string>, runDir: string, port: number, timeoutMs: number): Promise<ChildProcess> {
   const logPath = join(runDir, `${name}.log`);

@@ -40,6 +40,7 @@ describe('host agent with real VMs (TCG here)', () => {
   it('reports its acceleration and cached templates', async () => {
     const info = await agent.hostInfo();
     expect([1, 2]).toContain(info.acceleration);
+    // The harness waited for the agent's start-up snapshot of base before any suite ran.
     expect(info.templates.find((t) => t.templateId === 'base')).toMatchObject({ snapshotReady: true });
     expect(info.capacity?.sandboxes).toBeGreaterThan(0);
   });

@@ -55,7 +55,7 @@ export class SandboxesService {
         // Scoped by team so two teams' keys can never collide.
         ...(idempotencyKey ? { requestKey: `${teamId}:${idempotencyKey}` } : {}),
       },
-      this.env.NATS_REQUEST_TIMEOUT_MS,
+      this.env.SANDBOX_CREATE_TIMEOUT_MS,
     );
   }
 

@@ -48,7 +48,8 @@ function guestConnectionPool(): Agent {
 }
 
 const SANDBOX_ID = /^[a-z0-9][a-z0-9-]{0,63}$/;
-const GUEST_INIT_DEADLINE_MS = 30_000;
+/** Generous: with more restoring guests than cores, TCG guests take tens of seconds to answer. */
+const GUEST_INIT_DEADLINE_MS = 90_000;
 
 /**
  * Owns every sandbox on this host: the VMM process, its network slot and its disk

@@ -39,6 +39,13 @@ export class GatewayEnv extends CommonEnv {
 
   @IsInt() @Min(100)
   NATS_REQUEST_TIMEOUT_MS: number = 60_000;
+
+  /**
+   * Creates can wait for a host to make a template snapshot (a cold boot) and, on a busy
+   * TCG host, for guests to come up, so they get longer than other requests.
+   */
+  @IsInt() @Min(1000)
+  SANDBOX_CREATE_TIMEOUT_MS: number = 200_000;
 }
 
 export class SchedulerEnv extends CommonEnv {
