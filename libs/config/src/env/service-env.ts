@@ -13,7 +13,25 @@ export class CommonEnv {
   NODE_ENV: string = 'development';
 }
 
-export class GatewayEnv extends CommonEnv {
+/** Every app speaks NATS. */
+export class NatsClientEnv extends CommonEnv {
+  @IsServiceUrl(['nats'])
+  NATS_URL: string = 'nats://127.0.0.1:4222';
+}
+
+/** Control-plane apps keep their state in Postgres. */
+export class ControlPlaneEnv extends NatsClientEnv {
+  @IsServiceUrl(['postgres', 'postgresql'])
+  DATABASE_URL: string;
+}
+
+/** Control-plane apps with BullMQ queues or shared counters in Redis. */
+export class RedisBackedEnv extends ControlPlaneEnv {
+  @IsServiceUrl(['redis'])
+  REDIS_URL: string = 'redis://127.0.0.1:6379';
+}
+
+export class GatewayEnv extends RedisBackedEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3000;
 
@@ -24,15 +42,6 @@ export class GatewayEnv extends CommonEnv {
   /** Base domain of sandbox hosts, as returned to SDKs in `domain`. */
   @IsString() @MinLength(1)
   KILN_DOMAIN: string = 'localhost';
-
-  @IsServiceUrl(['postgres', 'postgresql'])
-  DATABASE_URL: string;
-
-  @IsServiceUrl(['nats'])
-  NATS_URL: string = 'nats://127.0.0.1:4222';
-
-  @IsServiceUrl(['redis'])
-  REDIS_URL: string = 'redis://127.0.0.1:6379';
 
   @IsInt() @Min(1)
   RATE_LIMIT_PER_MINUTE: number = 1200;
@@ -48,18 +57,9 @@ export class GatewayEnv extends CommonEnv {
   SANDBOX_CREATE_TIMEOUT_MS: number = 200_000;
 }
 
-export class SchedulerEnv extends CommonEnv {
+export class SchedulerEnv extends RedisBackedEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3001;
-
-  @IsServiceUrl(['postgres', 'postgresql'])
-  DATABASE_URL: string;
-
-  @IsServiceUrl(['nats'])
-  NATS_URL: string = 'nats://127.0.0.1:4222';
-
-  @IsServiceUrl(['redis'])
-  REDIS_URL: string = 'redis://127.0.0.1:6379';
 
   /** Shared secret host agents present when they register. */
   @IsString() @MinLength(16)
@@ -73,38 +73,23 @@ export class SchedulerEnv extends CommonEnv {
   RECONCILE_INTERVAL_SECONDS: number = 30;
 }
 
-export class TemplateBuilderEnv extends CommonEnv {
+export class TemplateBuilderEnv extends RedisBackedEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3002;
-
-  @IsServiceUrl(['postgres', 'postgresql'])
-  DATABASE_URL: string;
-
-  @IsServiceUrl(['nats'])
-  NATS_URL: string = 'nats://127.0.0.1:4222';
-
-  @IsServiceUrl(['redis'])
-  REDIS_URL: string = 'redis://127.0.0.1:6379';
 
   @IsInt() @Min(1) @Max(16)
   BUILD_CONCURRENCY: number = 1;
 }
 
-export class HostMonitorEnv extends CommonEnv {
+export class HostMonitorEnv extends ControlPlaneEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3003;
-
-  @IsServiceUrl(['postgres', 'postgresql'])
-  DATABASE_URL: string;
-
-  @IsServiceUrl(['nats'])
-  NATS_URL: string = 'nats://127.0.0.1:4222';
 
   @IsInt() @Min(1)
   HOST_HEARTBEAT_TTL_SECONDS: number = 15;
 }
 
-export class HostAgentEnv extends CommonEnv {
+export class HostAgentEnv extends NatsClientEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3004;
 
@@ -114,9 +99,6 @@ export class HostAgentEnv extends CommonEnv {
   /** Sandbox-traffic reverse proxy: `/{sandboxId}/{port}/...` or E2b-Sandbox-* headers. */
   @IsInt() @Min(1) @Max(65535)
   PROXY_PORT: number = 5007;
-
-  @IsServiceUrl(['nats'])
-  NATS_URL: string = 'nats://127.0.0.1:4222';
 
   /** Stable identity of this host; defaults to the machine's hostname. */
   @IsOptional() @IsString() @Matches(/^[a-zA-Z0-9._-]{1,63}$/)
