@@ -22,6 +22,7 @@ import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { Sandbox } from 'e2b';
 import { GRPC_LOADER_OPTIONS, HOSTAGENT_PACKAGE, HOSTAGENT_PROTO_PATH } from '@kiln/proto';
+import { report } from './support/sample-stats';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 10);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 8);
@@ -33,17 +34,7 @@ const HOST_AGENT_PROXY_URL = process.env.HOST_AGENT_PROXY_URL ?? 'http://127.0.0
 const ENVD_VERSION = '0.5.7';
 const REQUEST_TIMEOUT_MS = 300_000;
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
-}
 
-function report(label: string, samples: number[]): void {
-  if (samples.length === 0) return console.log(`${label.padEnd(62)} no samples`);
-  const sorted = [...samples].sort((a, b) => a - b);
-  console.log(
-    `${label.padEnd(62)} p50 ${percentile(sorted, 50).toFixed(1).padStart(9)} ms   p95 ${percentile(sorted, 95).toFixed(1).padStart(9)} ms   (n=${samples.length})`,
-  );
-}
 
 // ---- baseline: the host agent on its own ----------------------------------------------------
 

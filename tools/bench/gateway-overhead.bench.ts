@@ -28,6 +28,7 @@ import { Sandbox } from 'e2b';
 import { connect, JSONCodec } from 'nats';
 import { Subjects } from '@kiln/messaging';
 import { TestStack } from '../../apps/gateway/test/support/test-stack';
+import { report } from './support/sample-stats';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 300);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 8);
@@ -36,16 +37,7 @@ const TOKEN = 'gateway-bench-token';
 const GUEST_AGENT_BUNDLE = join(process.cwd(), 'apps', 'guest-agent', 'dist', 'bundle', 'guest-agent.js');
 const TS_REGISTER = join(process.cwd(), 'tools', 'bench', 'gateway-ts-register.cjs');
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
-}
 
-function report(label: string, samples: number[]): void {
-  const sorted = [...samples].sort((a, b) => a - b);
-  console.log(
-    `${label.padEnd(60)} p50 ${percentile(sorted, 50).toFixed(2).padStart(8)} ms   p95 ${percentile(sorted, 95).toFixed(2).padStart(8)} ms   (n=${samples.length})`,
-  );
-}
 
 async function sample(iterations: number, work: () => Promise<unknown>): Promise<number[]> {
   for (let i = 0; i < WARMUP; i++) await work();

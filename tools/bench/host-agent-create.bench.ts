@@ -30,6 +30,7 @@ import { TemplateSnapshots, waitForGuestAgent } from '../../apps/host-agent/src/
 import { TemplateStore } from '../../apps/host-agent/src/template';
 import { AccelerationProbe, QemuMicrovmDriver, VmmConfig, type VmHandle } from '../../apps/host-agent/src/vmm';
 import { hostAgentClient } from '../e2e/harness/host-agent-client';
+import { percentile, report } from './support/sample-stats';
 
 // Bundled into a temp dir by run-bench.mjs, so the repository is found from the working directory.
 const ROOT = process.env.KILN_ROOT ?? process.cwd();
@@ -40,14 +41,7 @@ const COLD_BOOTS = Number(process.env.BENCH_COLD_BOOTS ?? 1);
 const SHARED_DATA_DIR = process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
 const BENCH_DATA_DIR = '/var/lib/kiln-bench';
 
-function percentile(samples: number[], p: number): number {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
-}
 
-function report(label: string, samples: number[], unit = 'ms'): void {
-  console.log(`${label.padEnd(60)} p50 ${percentile(samples, 50).toFixed(1).padStart(8)} ${unit}   p95 ${percentile(samples, 95).toFixed(1).padStart(8)} ${unit}   (n=${samples.length})`);
-}
 
 function envdProcess(baseUrl: string, headers: Record<string, string>): Client<typeof Process> {
   return createClient(
@@ -196,7 +190,7 @@ async function main(): Promise<void> {
     for (const id of idle) await create(id);
     await new Promise((r) => setTimeout(r, 5_000));
     const pss = await Promise.all(idle.map(async (id) => pssMib((await agent.getSandbox({ sandboxId: id })).pid)));
-    report(`PSS per idle ${snapshot.manifest.memoryMib} MiB sandbox (target <= 64 MiB)`, pss, 'MiB');
+    report(`PSS per idle ${snapshot.manifest.memoryMib} MiB sandbox (target <= 64 MiB)`, pss, { unit: 'MiB' });
     await Promise.all(idle.map((id) => agent.destroySandbox({ sandboxId: id })));
 
     if (COLD_BOOTS > 0) {

@@ -21,22 +21,13 @@ import { ReflinkSupport } from '../../apps/host-agent/src/rootfs/reflink-support
 import { TemplateSnapshots, waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
 import { TemplateStore } from '../../apps/host-agent/src/template';
 import { AccelerationProbe, QemuMicrovmDriver, VmmConfig, type VmHandle, type VmmDriver } from '../../apps/host-agent/src/vmm';
+import { report } from './support/sample-stats';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 20);
 const COLD_BOOTS = Number(process.env.BENCH_COLD_BOOTS ?? 3);
 const IDLE_CLONES = Number(process.env.BENCH_IDLE_CLONES ?? 4);
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
-}
 
-function report(label: string, samples: number[], unit = 'ms'): void {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const fmt = (v: number) => v.toFixed(unit === 'ms' ? 1 : 1).padStart(9);
-  console.log(
-    `${label.padEnd(52)} p50 ${fmt(percentile(sorted, 50))} ${unit}   p95 ${fmt(percentile(sorted, 95))} ${unit}   (n=${samples.length})`,
-  );
-}
 
 interface MemoryUsage {
   pss: number;
@@ -152,10 +143,10 @@ async function main(): Promise<void> {
     for (let i = 0; i < IDLE_CLONES; i++) clones.push(await startClone());
     await new Promise((r) => setTimeout(r, Number(process.env.BENCH_IDLE_MS ?? 3_000)));
     const usages = await Promise.all(clones.map((clone) => memoryMib(clone.vm.pid)));
-    report('idle clone PSS', usages.map((u) => u.pss), 'MiB');
-    report('  of which private anonymous (Pss_Anon)', usages.map((u) => u.pssAnon), 'MiB');
-    report('  of which shared file share (Pss_File)', usages.map((u) => u.pssFile), 'MiB');
-    report('idle clone RSS', usages.map((u) => u.rss), 'MiB');
+    report('idle clone PSS', usages.map((u) => u.pss), { unit: 'MiB' });
+    report('  of which private anonymous (Pss_Anon)', usages.map((u) => u.pssAnon), { unit: 'MiB' });
+    report('  of which shared file share (Pss_File)', usages.map((u) => u.pssFile), { unit: 'MiB' });
+    report('idle clone RSS', usages.map((u) => u.rss), { unit: 'MiB' });
     for (const clone of clones) await stopClone(clone);
 
     console.log('\n== baseline: cold boot of the same template (same run) ==');

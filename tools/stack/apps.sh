@@ -46,7 +46,7 @@ wait_healthy() {
       tail -n 20 "$RUN_DIR/$app.log" >&2
       die "$app exited during start-up (log: $RUN_DIR/$app.log)"
     fi
-    if curl -fsS -o /dev/null "http://127.0.0.1:$port/health"; then return 0; fi
+    if curl -fs -o /dev/null "http://127.0.0.1:$port/health"; then return 0; fi
     sleep 0.5
   done
   tail -n 20 "$RUN_DIR/$app.log" >&2

@@ -81,8 +81,11 @@ ensure_npm() {
   local stamp="$ROOT/node_modules/.kiln-lock.sha256" want
   want=$(sha256sum "$ROOT/package-lock.json" | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    log "installing npm dependencies (npm ci)"
-    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+    # `npm install` with the committed lockfile rather than `npm ci`: npm 11.19 writes lockfiles
+    # without other platforms' optional binaries (e.g. @swc/core-darwin-*) and `npm ci` then
+    # refuses them as "missing from lock file". The lockfile still pins every version installed.
+    log "installing npm dependencies (npm install from package-lock.json)"
+    (cd "$ROOT" && npm install --no-audit --no-fund --loglevel=error)
     echo "$want" > "$stamp"
   fi
 }

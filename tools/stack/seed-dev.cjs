@@ -3,6 +3,7 @@
 // host's template store registered through the template-builder's queue. Prints the
 // lines of .kiln/dev.env on stdout. Reuses a still-valid key from an earlier run.
 'use strict';
+require('reflect-metadata');
 const { existsSync, readFileSync, readdirSync } = require('node:fs');
 const { join } = require('node:path');
 const { Queue, QueueEvents } = require('bullmq');
