@@ -7,7 +7,8 @@ import { Filesystem } from '@kiln/proto/filesystem';
 import { Process } from '@kiln/proto/process';
 
 /** Built by global-setup.cjs with tools/bundle.mjs, the recipe of the shipping bundle. */
-export const BUNDLE = join(__dirname, '..', '..', 'dist', 'test-bundle', 'guest-agent.js');
+/** Built by the suite's global setup; another project's suites build their own copy and point at it with KILN_GUEST_AGENT_BUNDLE. */
+export const BUNDLE = process.env.KILN_GUEST_AGENT_BUNDLE ?? join(__dirname, '..', '..', 'dist', 'test-bundle', 'guest-agent.js');
 
 /**
  * The agent's default user is `user` (home /home/user), as in E2B templates. A CI host may not have it, so the
