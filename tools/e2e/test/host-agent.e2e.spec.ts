@@ -173,6 +173,14 @@ describe('host agent with real VMs (TCG here)', () => {
     } finally {
       await Promise.all(pair.map((s) => killSandbox(stack, s.sandboxID)));
     }
+    // The adopted sandboxes' slots go back to the pool clean: new sandboxes on them work.
+    // Enough of them to use every free slot, including the two that were adopted and released.
+    const next = await Promise.all(Array.from({ length: 7 }, () => createSandbox(stack)));
+    try {
+      for (const s of next) expect((await runCommand(shell(s), 'echo fresh')).stdout).toBe('fresh\n');
+    } finally {
+      await Promise.all(next.map((s) => killSandbox(stack, s.sandboxID)));
+    }
   });
 
   it('creates 10 sandboxes concurrently; all answer and all are destroyed cleanly', async () => {

@@ -1,5 +1,6 @@
 import { Agent } from 'node:http';
 import { hostname } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { ErrorCode, KilnError } from '@kiln/contracts';
@@ -41,6 +42,13 @@ export interface LiveSandbox {
    * a pooled socket to a dead guest at the same address must never serve the next one.
    */
   guestConnections: Agent;
+}
+
+/** The last lines the guest printed, for failure reports (the log goes with the sandbox's directory). */
+async function consoleTail(path: string | undefined, bytes = 600): Promise<string> {
+  if (!path) return '(none)';
+  const text = await readFile(path, 'utf8').catch(() => '');
+  return JSON.stringify(text.slice(-bytes).trim()) || '(empty)';
 }
 
 function guestConnectionPool(): Agent {
@@ -239,6 +247,10 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       return placeholder;
     } catch (error) {
       placeholder.stopping = true;
+      this.logger.warn(
+        `sandbox ${input.sandboxId} failed to start (slot ${slot?.index ?? '-'}, pid ${vm?.pid ?? '-'}): ${describeError(error)}; ` +
+          `guest console tail: ${await consoleTail(placeholder.record.serialLogPath)}`,
+      );
       await this.teardown(input.sandboxId, vm, slot, layer);
       if (error instanceof SlotsExhaustedError) throw new KilnError(ErrorCode.ResourceExhausted, 'no free network slot on this host');
       if (error instanceof KilnError) throw error;
