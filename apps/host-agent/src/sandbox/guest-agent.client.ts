@@ -9,24 +9,36 @@ export interface GuestInit {
 }
 
 /**
- * Per-attempt limit. Generous on purpose: right after a restore the first request is slow
- * while TCG re-translates the guest's network and agent code, and aborting it only to
- * reconnect pays that cost again (measured: it tripled time-to-agent).
+ * Until the guest's network is back, SYNs go unanswered: give up on a connection attempt
+ * quickly and try again. Once connected, wait as long as the deadline allows: right after
+ * a restore the first request is slow while TCG re-translates the guest's network and agent
+ * code, and aborting it only repeats that work (with many guests restoring at once, a short
+ * per-request timeout turns into a livelock where no request ever completes).
  */
-const INIT_ATTEMPT_TIMEOUT_MS = 2_000;
+const CONNECT_ATTEMPT_TIMEOUT_MS = 1_000;
 /** Pause after a refused connection (the guest's socket is not back yet). */
 const RETRY_INTERVAL_MS = 5;
 
-function post(agent: Agent, host: string, path: string, body: string, timeoutMs: number): Promise<number> {
+function post(agent: Agent, host: string, path: string, body: string, responseTimeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = request(
-      { host, port: GUEST_AGENT_PORT, path, method: 'POST', agent, timeout: timeoutMs, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+      { host, port: GUEST_AGENT_PORT, path, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
       (res) => {
         res.resume();
         res.on('end', () => resolve(res.statusCode ?? 0));
       },
     );
-    req.on('timeout', () => req.destroy(new Error(`no answer from guest agent at ${host} within ${timeoutMs} ms`)));
+    const connectTimer = setTimeout(() => req.destroy(new Error(`no connection to guest agent at ${host} within ${CONNECT_ATTEMPT_TIMEOUT_MS} ms`)), CONNECT_ATTEMPT_TIMEOUT_MS);
+    const responseTimer = setTimeout(() => req.destroy(new Error(`no answer from guest agent at ${host} within ${responseTimeoutMs} ms`)), responseTimeoutMs);
+    req.on('socket', (socket) => {
+      // A reused keep-alive socket is already connected.
+      if (!socket.connecting) clearTimeout(connectTimer);
+      else socket.once('connect', () => clearTimeout(connectTimer));
+    });
+    req.on('close', () => {
+      clearTimeout(connectTimer);
+      clearTimeout(responseTimer);
+    });
     req.on('error', reject);
     req.end(body);
   });
@@ -45,7 +57,7 @@ export async function initGuestAgent(host: string, agent: Agent, init: GuestInit
   while (Date.now() < deadline) {
     attempts++;
     try {
-      const status = await post(agent, host, '/init', body, Math.min(INIT_ATTEMPT_TIMEOUT_MS, Math.max(100, deadline - Date.now())));
+      const status = await post(agent, host, '/init', body, Math.max(100, deadline - Date.now()));
       if (status >= 200 && status < 300) return { attempts };
       lastError = new Error(`guest agent answered /init with HTTP ${status}`);
       if (status >= 400 && status < 500) break;
