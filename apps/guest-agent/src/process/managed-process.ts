@@ -228,7 +228,8 @@ interface NodePtyInternals {
 }
 
 /** After the command exits, output is considered fully read once none has arrived for this long. */
-const PTY_DRAIN_QUIET_MS = 25;
+// Generous: on a loaded host the event loop can be late to read what the terminal still holds.
+const PTY_DRAIN_QUIET_MS = 100;
 /** How often a PTY's command is checked for having exited (one kill(pid, 0) per tick). */
 const PTY_EXIT_POLL_MS = 20;
 
