@@ -1,3 +1,4 @@
+import 'reflect-metadata';
 export * from './errors/error-codes';
 export * from './errors/kiln-error';
 export * from './states/sandbox-state';

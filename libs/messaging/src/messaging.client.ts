@@ -1,5 +1,6 @@
 import { Inject, Injectable, OnApplicationShutdown } from '@nestjs/common';
 import { ClientProxy } from '@nestjs/microservices';
+import { EmptyResponseException } from '@nestjs/microservices/errors/empty-response.exception';
 import { ErrorCode, KilnError } from '@kiln/contracts';
 import { TimeoutError, firstValueFrom, timeout } from 'rxjs';
 import { EventOf, EventSubject, ReplyOf, RequestOf, RequestSubject } from './subjects';
@@ -46,6 +47,8 @@ function toKilnError(subject: string, error: unknown, timeoutMs: number): KilnEr
   if (error instanceof TimeoutError) {
     return new KilnError(ErrorCode.Unavailable, `no reply on ${subject} within ${timeoutMs} ms`);
   }
+  // NATS tells at once when no service subscribes to the subject; Nest surfaces it as EmptyResponseException.
+  if (error instanceof EmptyResponseException) return new KilnError(ErrorCode.Unavailable, `no service answers ${subject}`);
   const message = error instanceof Error ? error.message : typeof error === 'object' ? JSON.stringify(error) : String(error);
   return new KilnError(ErrorCode.Internal, `${subject} failed: ${message}`);
 }

@@ -1,0 +1,45 @@
+import { ConfigError, GatewayEnv, HostAgentEnv, describeError, loadConfig, retryWithBackoff } from '../src';
+
+describe('loadConfig', () => {
+  it('applies defaults and converts numbers', () => {
+    const env = loadConfig(GatewayEnv, { DATABASE_URL: 'postgresql://db:5432/kiln', HTTP_PORT: '8080', KILN_DOMAIN: '' });
+    expect(env).toMatchObject({ HTTP_PORT: 8080, SANDBOX_PROXY_PORT: 3080, KILN_DOMAIN: 'localhost', NATS_URL: 'nats://127.0.0.1:4222' });
+  });
+
+  it('names every missing or invalid variable in one line', () => {
+    let error: unknown;
+    try {
+      loadConfig(HostAgentEnv, { GRPC_PORT: '70000', KILN_DATA_DIR: 'relative/path', KILN_VMM_ACCEL: 'hvf' });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as Error).message;
+    expect(message.split('\n')).toHaveLength(1);
+    for (const name of ['GRPC_PORT', 'KILN_DATA_DIR', 'KILN_VMM_ACCEL', 'HOST_REGISTRATION_TOKEN']) expect(message).toContain(name);
+  });
+
+  it('rejects URLs of the wrong scheme', () => {
+    expect(() => loadConfig(GatewayEnv, { DATABASE_URL: 'mysql://db/kiln' })).toThrow(/DATABASE_URL must be a postgres\/postgresql URL/);
+  });
+});
+
+describe('start-up helpers', () => {
+  it('digs the server reason out of driver errors', () => {
+    expect(describeError(new Error('\nInvalid `prisma.$queryRaw()` invocation:\nMessage: `database "x" does not exist`'))).toBe('database "x" does not exist');
+    expect(describeError(new Error('\n\n  connection refused\nmore'))).toBe('connection refused');
+  });
+
+  it('retries with backoff and names the dependency when it gives up', async () => {
+    let calls = 0;
+    await expect(
+      retryWithBackoff('Thing at x:1', async () => {
+        calls++;
+        throw new Error('nope');
+      }, { attempts: 3, initialDelayMs: 1 }),
+    ).rejects.toThrow('Thing at x:1 unavailable after 3 attempts: nope');
+    expect(calls).toBe(3);
+    let tries = 0;
+    await expect(retryWithBackoff('Flaky', async () => (++tries < 2 ? Promise.reject(new Error('once')) : 'ok'), { initialDelayMs: 1 })).resolves.toBe('ok');
+  });
+});
