@@ -77,6 +77,15 @@ async function pssMib(pid: number): Promise<number> {
   return Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? NaN) / 1024;
 }
 
+/** Mean time per CreateSandbox phase, from the agent's own histogram (includes the warm-up create). */
+async function createPhases(httpPort: number): Promise<string> {
+  const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+  const value = (phase: string, kind: 'sum' | 'count') =>
+    Number(new RegExp(`kiln_agent_sandbox_create_seconds_${kind}\\{[^}]*phase="${phase}"[^}]*\\} ([0-9.e+-]+)`).exec(text)?.[1] ?? NaN);
+  const phases = ['prepare', 'restore', 'guest-init', 'total'].map((phase) => `${phase} ${((value(phase, 'sum') / value(phase, 'count')) * 1000).toFixed(1)} ms`);
+  return `  agent-side mean per create: ${phases.join(', ')}`;
+}
+
 async function startHostAgent(ports: { http: number; grpc: number; proxy: number }): Promise<ChildProcess> {
   mkdirSync(BENCH_DATA_DIR, { recursive: true });
   for (const shared of ['templates', 'images', 'cache', 'vmm']) {
@@ -170,6 +179,7 @@ async function main(): Promise<void> {
       await agent.destroySandbox({ sandboxId: id });
     }
     report('Kiln create -> first stdout byte of echo', kiln);
+    console.log(await createPhases(ports.http));
     console.log(`platform overhead at p50: ${(percentile(kiln, 50) - percentile(raw, 50)).toFixed(1)} ms (target <= 20 ms); ratio ${(percentile(kiln, 50) / percentile(raw, 50)).toFixed(2)}x`);
 
     console.log(`\n== throughput: ${CONCURRENT_TOTAL} creates, 4 concurrent requests ==`);
