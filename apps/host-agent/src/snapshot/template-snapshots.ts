@@ -9,6 +9,7 @@ import { GATEWAY_IP, GUEST_AGENT_PORT, GUEST_IP, PREFIX, type NetworkSlot } from
 import { TemplateStore, type TemplateBuild } from '../template';
 import { VMM_DRIVER, type PreparedRestore, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec } from '../vmm';
 import { waitForGuestAgent } from './guest-agent-health';
+import { warmGuestAgent } from './guest-warm-up';
 import { SnapshotIntegrityError, SnapshotMissingError, SnapshotOutdatedError, TemplateBootError } from './snapshot.errors';
 
 /** Network slots for the template boot; NetworkSlotPool satisfies it. */
@@ -27,7 +28,8 @@ export interface SnapshotOptions {
 }
 
 const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state', 'restore-kernel', 'restore-initrd'] as const;
-const SNAPSHOT_FORMAT_VERSION = 2;
+/** 3: the guest agent is warmed up before the memory is saved (guest-warm-up.ts). */
+const SNAPSHOT_FORMAT_VERSION = 3;
 type SnapshotFile = (typeof SNAPSHOT_FILES)[number];
 
 export interface SnapshotManifest {
@@ -240,6 +242,11 @@ export class TemplateSnapshots {
         );
       }
       const bootToAgentMs = performance.now() - bootStarted;
+      try {
+        await warmGuestAgent(slot.hostAddress, build.agentPort ?? GUEST_AGENT_PORT);
+      } catch (error) {
+        throw new TemplateBootError(`template ${build.templateId}/${build.buildId}: guest agent warm-up failed: ${(error as Error).message}`);
+      }
       await writeRestoreBootFiles(build.kernelPath, staging);
       const accelerator: VmAccelerator = vm.spec.accelerator ?? 'tcg';
       const saved = await vm.snapshot(statePath);
