@@ -28,8 +28,8 @@ export interface SnapshotOptions {
 }
 
 const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state', 'restore-kernel', 'restore-initrd'] as const;
-/** 3: the guest agent is warmed up before the memory is saved (guest-warm-up.ts). */
-const SNAPSHOT_FORMAT_VERSION = 3;
+/** 4: the guest agent is warmed up (including /init) before the memory is saved (guest-warm-up.ts). */
+const SNAPSHOT_FORMAT_VERSION = 4;
 type SnapshotFile = (typeof SNAPSHOT_FILES)[number];
 
 export interface SnapshotManifest {
