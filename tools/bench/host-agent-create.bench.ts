@@ -21,13 +21,13 @@ import { performance } from 'node:perf_hooks';
 import { Client, createClient } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-node';
 import { Process } from '@kiln/proto/process';
-import { GATEWAY_IP, GUEST_IP, NetworkSlotPool, PREFIX, resolveNetworkOptions } from '../../apps/host-agent/src/network';
+import { NetworkSlotPool, resolveNetworkOptions } from '../../apps/host-agent/src/network';
 import { SlotProvisioner } from '../../apps/host-agent/src/network/slot-provisioner';
 import { RootfsLayers, resolveRootfsOptions } from '../../apps/host-agent/src/rootfs';
 import { FlattenedImages } from '../../apps/host-agent/src/rootfs/flattened-images';
 import { ReflinkSupport } from '../../apps/host-agent/src/rootfs/reflink-support';
 import { TemplateSnapshots, waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
-import { TemplateStore } from '../../apps/host-agent/src/template';
+import { TemplateStore, coldBootSpec } from '../../apps/host-agent/src/template';
 import { AccelerationProbe, QemuMicrovmDriver, VmmConfig, type VmHandle } from '../../apps/host-agent/src/vmm';
 import { hostAgentClient } from '../e2e/harness/host-agent-client';
 import { percentile, report } from './support/sample-stats';
@@ -212,18 +212,9 @@ async function main(): Promise<void> {
         const slot = await pool.acquire();
         const layer = await layers.createLayer(id, base.rootfs, workDir);
         const t0 = performance.now();
-        const vm = await driver.spawn({
-          id,
-          vcpus: base.vcpus,
-          memoryMib: base.memoryMib,
-          kernelPath: base.kernelPath,
-          initrdPath: base.initrdPath,
-          kernelArgs: `${base.kernelArgs} kiln.ip=${GUEST_IP}/${PREFIX} kiln.gw=${GATEWAY_IP}`,
-          rootDisk: { path: layer.path, format: layer.format },
-          network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
-          stateDir: join(workDir, id),
-          serialLogPath: join(workDir, `${id}.log`),
-        });
+        const vm = await driver.spawn(
+          coldBootSpec(base, { id, rootDisk: { path: layer.path, format: layer.format }, slot, stateDir: join(workDir, id), serialLogPath: join(workDir, `${id}.log`) }),
+        );
         live.add(vm);
         await waitForGuestAgent(slot.hostAddress, base.agentPort, { timeoutMs: 180_000, intervalMs: 20 });
         cold.push(await firstStdoutByte(envdProcess(`http://${slot.hostAddress}:49983`, {}), t0));

@@ -13,13 +13,13 @@ import 'reflect-metadata';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { GATEWAY_IP, GUEST_IP, NetworkSlotPool, PREFIX, resolveNetworkOptions, type NetworkSlot } from '../../apps/host-agent/src/network';
+import { NetworkSlotPool, resolveNetworkOptions, type NetworkSlot } from '../../apps/host-agent/src/network';
 import { SlotProvisioner } from '../../apps/host-agent/src/network/slot-provisioner';
 import { RootfsLayers, resolveRootfsOptions, type RootfsLayer } from '../../apps/host-agent/src/rootfs';
 import { FlattenedImages } from '../../apps/host-agent/src/rootfs/flattened-images';
 import { ReflinkSupport } from '../../apps/host-agent/src/rootfs/reflink-support';
 import { TemplateSnapshots, waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
-import { TemplateStore } from '../../apps/host-agent/src/template';
+import { TemplateStore, coldBootSpec } from '../../apps/host-agent/src/template';
 import { AccelerationProbe, QemuMicrovmDriver, VmmConfig, type VmHandle, type VmmDriver } from '../../apps/host-agent/src/vmm';
 import { report } from './support/sample-stats';
 
@@ -158,18 +158,9 @@ async function main(): Promise<void> {
       const slot = await pool.acquire();
       const layer = await layers.createLayer(id, base.rootfs, workDir);
       const started = performance.now();
-      const vm = await driver.spawn({
-        id,
-        vcpus: base.vcpus,
-        memoryMib: base.memoryMib,
-        kernelPath: base.kernelPath,
-        initrdPath: base.initrdPath,
-        kernelArgs: `${base.kernelArgs} kiln.ip=${GUEST_IP}/${PREFIX} kiln.gw=${GATEWAY_IP}`,
-        rootDisk: { path: layer.path, format: layer.format },
-        network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
-        stateDir: join(workDir, id),
-        serialLogPath: join(workDir, `${id}.serial.log`),
-      });
+      const vm = await driver.spawn(
+        coldBootSpec(base, { id, rootDisk: { path: layer.path, format: layer.format }, slot, stateDir: join(workDir, id), serialLogPath: join(workDir, `${id}.serial.log`) }),
+      );
       live.add(vm);
       coldRunning.push(performance.now() - started);
       await waitForGuestAgent(slot.hostAddress, base.agentPort, { timeoutMs: 120_000, intervalMs: 20 });

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { runHostCommand } from '../host-command/host-command';
-import { GATEWAY_IP, GUEST_AGENT_PORT, GUEST_IP, PREFIX, type NetworkSlot } from '../network';
-import { TemplateStore, type TemplateBuild } from '../template';
+import { GUEST_AGENT_PORT, type NetworkSlot } from '../network';
+import { TemplateStore, coldBootSpec, type TemplateBuild } from '../template';
 import { VMM_DRIVER, type PreparedRestore, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec } from '../vmm';
 import { waitForGuestAgent } from './guest-agent-health';
 import { warmGuestAgent } from './guest-warm-up';
@@ -212,20 +212,15 @@ export class TemplateSnapshots {
         'create', '-q', '-f', 'qcow2', '-F', build.rootfs.format, '-b', `../${basenameOf(build.rootfs.path)}`, diskPath,
       ]);
       slot = await this.network.acquire();
-      const kernelArgs = `${build.kernelArgs} kiln.ip=${GUEST_IP}/${PREFIX} kiln.gw=${GATEWAY_IP}`;
-      const spec: VmSpec = {
+      const spec = coldBootSpec(build, {
         id: runId,
-        vcpus: build.vcpus,
-        memoryMib: build.memoryMib,
-        kernelPath: build.kernelPath,
-        initrdPath: build.initrdPath,
-        kernelArgs,
         rootDisk: { path: diskPath, format: 'qcow2' },
-        network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+        slot,
         memoryFile: { path: memoryPath, share: true },
         stateDir: join(runDir, 'vm'),
         serialLogPath: join(runDir, 'serial.log'),
-      };
+      });
+      const kernelArgs = spec.kernelArgs;
       const bootStarted = performance.now();
       vm = await this.driver.spawn(spec);
       const vmExited = new AbortController();

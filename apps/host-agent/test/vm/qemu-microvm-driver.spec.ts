@@ -2,7 +2,8 @@ import { spawn } from 'node:child_process';
 import { release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { build } from 'esbuild';
-import { GATEWAY_IP, GUEST_IP, PREFIX, type NetworkSlot } from '../../src/network';
+import { type NetworkSlot } from '../../src/network';
+import { coldBootSpec } from '../../src/template';
 import { guestAgentHealthy, waitForGuestAgent } from '../../src/snapshot';
 import { QemuMicrovmDriver, VmAdoptError, InvalidVmSpecError, type VmHandle, type VmSpec } from '../../src/vmm';
 import { processStartTicks } from '../../src/vmm/qemu-microvm.driver';
@@ -24,18 +25,13 @@ describe('QEMU microvm driver (real TCG VM, base template)', () => {
     agentPort = base.agentPort;
     slot = await ctx.acquireSlot(cleanup);
     const layer = await ctx.layers.createLayer('ktvm-driver', base.rootfs, ctx.workDir);
-    spec = {
+    spec = coldBootSpec(base, {
       id: 'ktvm-driver',
-      vcpus: base.vcpus,
-      memoryMib: base.memoryMib,
-      kernelPath: base.kernelPath,
-      initrdPath: base.initrdPath,
-      kernelArgs: `${base.kernelArgs} kiln.ip=${GUEST_IP}/${PREFIX} kiln.gw=${GATEWAY_IP}`,
       rootDisk: { path: layer.path, format: layer.format },
-      network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+      slot,
       stateDir: join(ctx.workDir, 'driver-vm'),
       serialLogPath: join(ctx.workDir, 'driver-vm.serial.log'),
-    };
+    });
   });
 
   afterAll(async () => {
