@@ -21,16 +21,12 @@ import { performance } from 'node:perf_hooks';
 import { Client, createClient } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-node';
 import { Process } from '@kiln/proto/process';
-import { NetworkSlotPool, resolveNetworkOptions } from '../../apps/host-agent/src/network';
-import { SlotProvisioner } from '../../apps/host-agent/src/network/slot-provisioner';
-import { RootfsLayers, resolveRootfsOptions } from '../../apps/host-agent/src/rootfs';
-import { FlattenedImages } from '../../apps/host-agent/src/rootfs/flattened-images';
-import { ReflinkSupport } from '../../apps/host-agent/src/rootfs/reflink-support';
-import { TemplateSnapshots, waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
-import { TemplateStore, coldBootSpec } from '../../apps/host-agent/src/template';
-import { AccelerationProbe, QemuMicrovmDriver, VmmConfig, type VmHandle } from '../../apps/host-agent/src/vmm';
+import { waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
+import { coldBootSpec } from '../../apps/host-agent/src/template';
+import type { VmHandle } from '../../apps/host-agent/src/vmm';
 import { hostAgentClient } from '../e2e/harness/host-agent-client';
 import { percentile, report } from './support/sample-stats';
+import { vmLayerForBench } from './support/vm-layer';
 
 // Bundled into a temp dir by run-bench.mjs, so the repository is found from the working directory.
 const ROOT = process.env.KILN_ROOT ?? process.cwd();
@@ -120,15 +116,7 @@ async function startHostAgent(ports: { http: number; grpc: number; proxy: number
 async function main(): Promise<void> {
   const ports = { http: 39_410, grpc: 39_411, proxy: 39_412 };
   const workDir = await mkdtemp('/tmp/kiln-create-bench-');
-  const networkOptions = resolveNetworkOptions({ namePrefix: 'kbrw', slotCidr: '10.206.0.0/24', prefill: 2, maxIdle: 4 });
-  const pool = new NetworkSlotPool(networkOptions, new SlotProvisioner(networkOptions));
-  const rootfsOptions = resolveRootfsOptions({ driver: 'qcow2', vmm: 'qemu' });
-  const layers = new RootfsLayers(rootfsOptions, new ReflinkSupport(), new FlattenedImages(rootfsOptions));
-  const config = VmmConfig.fromEnv();
-  const templates = new TemplateStore({ dataDir: config.dataDir });
-  const probe = new AccelerationProbe(config, templates);
-  const driver = new QemuMicrovmDriver(config, probe);
-  const snapshots = new TemplateSnapshots(templates, driver, pool, { bootTimeoutMs: 180_000, runDir: join(workDir, 'boot') });
+  const { pool, layers, templates, probe, driver, snapshots } = vmLayerForBench({ slotPrefix: 'kbrw', slotCidr: '10.206.0.0/24', workDir });
   const live = new Set<VmHandle>();
   let agentProcess: ChildProcess | undefined;
   const agent = hostAgentClient(`127.0.0.1:${ports.grpc}`);

@@ -13,15 +13,13 @@ import 'reflect-metadata';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { NetworkSlotPool, resolveNetworkOptions, type NetworkSlot } from '../../apps/host-agent/src/network';
-import { SlotProvisioner } from '../../apps/host-agent/src/network/slot-provisioner';
-import { RootfsLayers, resolveRootfsOptions, type RootfsLayer } from '../../apps/host-agent/src/rootfs';
-import { FlattenedImages } from '../../apps/host-agent/src/rootfs/flattened-images';
-import { ReflinkSupport } from '../../apps/host-agent/src/rootfs/reflink-support';
-import { TemplateSnapshots, waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
-import { TemplateStore, coldBootSpec } from '../../apps/host-agent/src/template';
-import { AccelerationProbe, QemuMicrovmDriver, VmmConfig, type VmHandle, type VmmDriver } from '../../apps/host-agent/src/vmm';
+import type { NetworkSlot } from '../../apps/host-agent/src/network';
+import type { RootfsLayer } from '../../apps/host-agent/src/rootfs';
+import { waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
+import { coldBootSpec } from '../../apps/host-agent/src/template';
+import type { VmHandle } from '../../apps/host-agent/src/vmm';
 import { report } from './support/sample-stats';
+import { vmLayerForBench } from './support/vm-layer';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 20);
 const COLD_BOOTS = Number(process.env.BENCH_COLD_BOOTS ?? 3);
@@ -46,19 +44,7 @@ async function memoryMib(pid: number): Promise<MemoryUsage> {
 
 async function main(): Promise<void> {
   const workDir = await mkdtemp('/tmp/kiln-vm-bench-');
-  // Wired by hand: the bench is bundled by esbuild, which emits no decorator metadata for Nest's injector.
-  const networkOptions = resolveNetworkOptions({ namePrefix: 'kbvm', slotCidr: '10.204.0.0/24', prefill: 2, maxIdle: 8 });
-  const pool = new NetworkSlotPool(networkOptions, new SlotProvisioner(networkOptions));
-  const rootfsOptions = resolveRootfsOptions({ driver: 'qcow2', vmm: 'qemu' });
-  const layers = new RootfsLayers(rootfsOptions, new ReflinkSupport(), new FlattenedImages(rootfsOptions));
-  const config = VmmConfig.fromEnv();
-  const templates = new TemplateStore({ dataDir: config.dataDir });
-  const probe = new AccelerationProbe(config, templates);
-  const driver: VmmDriver = new QemuMicrovmDriver(config, probe);
-  const snapshots = new TemplateSnapshots(templates, driver, pool, {
-    bootTimeoutMs: 120_000,
-    runDir: join(workDir, 'template-boot'),
-  });
+  const { pool, layers, config, templates, probe, driver, snapshots } = vmLayerForBench({ slotPrefix: 'kbvm', slotCidr: '10.204.0.0/24', workDir, bootTimeoutMs: 120_000 });
   const live = new Set<VmHandle>();
   try {
     await pool.init();

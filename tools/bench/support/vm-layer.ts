@@ -1,0 +1,29 @@
+import { join } from 'node:path';
+import { NetworkSlotPool, resolveNetworkOptions } from '../../../apps/host-agent/src/network';
+import { SlotProvisioner } from '../../../apps/host-agent/src/network/slot-provisioner';
+import { RootfsLayers, resolveRootfsOptions } from '../../../apps/host-agent/src/rootfs';
+import { FlattenedImages } from '../../../apps/host-agent/src/rootfs/flattened-images';
+import { ReflinkSupport } from '../../../apps/host-agent/src/rootfs/reflink-support';
+import { TemplateSnapshots } from '../../../apps/host-agent/src/snapshot';
+import { TemplateStore } from '../../../apps/host-agent/src/template';
+import { AccelerationProbe, QemuMicrovmDriver, VmmConfig } from '../../../apps/host-agent/src/vmm';
+
+/**
+ * The host agent's VM layer (slots, disk layers, driver, snapshots) wired by hand: benches are bundled by
+ * esbuild, which emits no decorator metadata for Nest's injector. Private slot prefix and CIDR per bench.
+ */
+export function vmLayerForBench(options: { slotPrefix: string; slotCidr: string; workDir: string; bootTimeoutMs?: number }) {
+  const networkOptions = resolveNetworkOptions({ namePrefix: options.slotPrefix, slotCidr: options.slotCidr, prefill: 2, maxIdle: 8 });
+  const pool = new NetworkSlotPool(networkOptions, new SlotProvisioner(networkOptions));
+  const rootfsOptions = resolveRootfsOptions({ driver: 'qcow2', vmm: 'qemu' });
+  const layers = new RootfsLayers(rootfsOptions, new ReflinkSupport(), new FlattenedImages(rootfsOptions));
+  const config = VmmConfig.fromEnv();
+  const templates = new TemplateStore({ dataDir: config.dataDir });
+  const probe = new AccelerationProbe(config, templates);
+  const driver = new QemuMicrovmDriver(config, probe);
+  const snapshots = new TemplateSnapshots(templates, driver, pool, {
+    bootTimeoutMs: options.bootTimeoutMs ?? 180_000,
+    runDir: join(options.workDir, 'template-boot'),
+  });
+  return { pool, layers, config, templates, probe, driver, snapshots };
+}
