@@ -168,7 +168,8 @@ export class TemplateSnapshots {
 
   /** Starts a clone from a verified snapshot; resolves once its vCPUs run. */
   async restore(snapshot: TemplateSnapshot, clone: CloneOptions): Promise<VmHandle> {
-    await this.verify(snapshot);
+    // No second verify: a TemplateSnapshot only comes from ensure()/load(), which just verified it, and this is
+    // the sandbox-create hot path (it re-read the directory's sizes and mtimes on every create).
     return this.driver.restore(this.cloneSpec(snapshot, clone), { statePath: snapshot.statePath });
   }
 
