@@ -4,6 +4,8 @@ import { FilesystemService } from './filesystem/filesystem-service';
 import { ProcessTable } from './process/process-table';
 import { AgentState } from './runtime/agent-state';
 import { ClockSync } from './runtime/clock-sync';
+import { EntropyReseed } from './runtime/entropy-reseed';
+import { loadGuestKernel } from './runtime/guest-kernel';
 import { guestDutiesEnabled, type GuestDutiesMode } from './runtime/guest-duties';
 import { OomPolicy } from './runtime/oom-policy';
 import { SystemUserDirectory } from './users/system-users';
@@ -60,12 +62,15 @@ async function main(): Promise<void> {
   const users = new SystemUserDirectory();
   const processes = new ProcessTable();
   const filesystem = new FilesystemService(state, users);
-  // Guest duties (clock stepping, OOM protection) act on the machine: only inside the VM, never on a host.
+  // Guest duties (clock stepping, entropy reseeding, OOM protection) act on the machine: only inside the VM, never
+  // on a host. In the VM the native addon is required: a clone that cannot be reseeded must not start.
   const duties = guestDutiesEnabled(options.guestDuties);
-  const clock = new ClockSync(duties);
+  const kernel = duties ? loadGuestKernel() : undefined;
+  const clock = new ClockSync(kernel);
+  const entropy = new EntropyReseed(kernel);
   const oom = new OomPolicy(duties);
   oom.apply();
-  const server = new AgentServer(createAgentRequestHandler({ state, users, processes, filesystem, clock, oom }));
+  const server = new AgentServer(createAgentRequestHandler({ state, users, processes, filesystem, clock, entropy, oom }));
 
   const shutdown = (signal: string) => {
     process.stderr.write(`guest-agent: ${signal}, stopping\n`);

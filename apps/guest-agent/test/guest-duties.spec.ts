@@ -1,10 +1,13 @@
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { RunningAgent } from './support/running-agent';
 
 /**
- * The agent with guest duties forced on, as inside the VM. This suite never calls /init, so the host clock is
- * never touched; what it checks is the OOM policy: the agent protects itself and its commands do not inherit that.
+ * The agent with guest duties forced on, as inside the VM. This suite never sends /init a timestamp, so the host
+ * clock is never touched; what it checks is the OOM policy (the agent protects itself and its commands do not
+ * inherit that) and that the native addon is loaded and reseeds the kernel's CRNG from an /init seed (crediting
+ * host-made random bytes to the host's own pool is harmless).
  */
 describe('guest duties: OOM policy', () => {
   let agent: RunningAgent;
@@ -60,6 +63,16 @@ describe('guest duties: OOM policy', () => {
       client.start({ process: { cmd: '/bin/bash', args: ['-c', 'cat /proc/$$/oom_score_adj'], envs: {} }, pty: { size: { cols: 80, rows: 24 } } }),
     );
     expect(viaPty.trim()).toBe(expectedScore);
+  });
+
+  it('reseeds the kernel CRNG through the native addon when /init carries an entropy seed', async () => {
+    const res = await fetch(`${agent.url}/init`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ entropySeed: randomBytes(32).toString('base64') }),
+    });
+    expect(res.status).toBe(204);
+    expect(agent.stderr).not.toMatch(/reseed/);
   });
 
   it('still reports a missing command as invalid_argument through the wrapper', async () => {

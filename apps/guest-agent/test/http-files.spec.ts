@@ -171,6 +171,11 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
     expect(intoFifo.status).toBe(400);
     const notJson = await fetch(`${agent.url}/init`, { method: 'POST', body: '{nope' });
     expect(notJson.status).toBe(400);
+    for (const entropySeed of [42, 'not base64!', Buffer.alloc(8).toString('base64'), Buffer.alloc(600).toString('base64')]) {
+      const badSeed = await fetch(`${agent.url}/init`, { method: 'POST', body: JSON.stringify({ entropySeed }) });
+      expect(badSeed.status).toBe(400);
+      expect(((await badSeed.json()) as { message: string }).message).toMatch(/entropySeed/);
+    }
     expect((await fetch(`${agent.url}/no-such-route`)).status).toBe(404);
     expect(agent.isAlive).toBe(true);
   });

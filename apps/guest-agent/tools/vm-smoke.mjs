@@ -6,7 +6,7 @@
 // Run as root after `npx nx run guest-agent:bundle` and `npx nx run guest-image:build`:
 //   node apps/guest-agent/tools/vm-smoke.mjs [imageDir]      (default $KILN_DATA_DIR/images/current-base,
 //   KILN_DATA_DIR defaulting to /var/lib/kiln); also the project's `e2e` target.
-// Checks: tini is PID 1 and the agent's parent, /init steps the guest clock (guest only), env vars from /init,
+// Checks: tini is PID 1 and the agent's parent, /init steps the guest clock and reseeds its CRNG (guest only), env vars from /init,
 // the agent's OOM protection and its commands' normal OOM score,
 // commands as user, PTY size and sudo, 5 MiB binary file round trip, metrics. Exits non-zero on any failure.
 import { spawn, execFileSync } from 'node:child_process';
@@ -92,7 +92,9 @@ try {
   const token = 'vm-smoke-token';
   const init = (body, headers = {}) =>
     fetch(`${url}/init`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
-  assert.equal((await init({ accessToken: token, timestamp: '2031-01-02T03:04:05Z', envVars: { FROM_INIT: 'yes' } })).status, 204);
+  // The entropy seed goes through the native addon (RNDADDENTROPY + RNDRESEEDCRNG); any failure there is a 500.
+  const entropySeed = Buffer.from(crypto.getRandomValues(new Uint8Array(64))).toString('base64');
+  assert.equal((await init({ accessToken: token, timestamp: '2031-01-02T03:04:05Z', envVars: { FROM_INIT: 'yes' }, entropySeed })).status, 204);
   const sbx = new Sandbox({ sandboxId: 'vm-smoke', envdVersion: '0.5.7', envdAccessToken: token, sandboxUrl: url });
 
   const first = await sbx.commands.run(

@@ -83,6 +83,21 @@ describe('host agent with real VMs (TCG here)', () => {
       await Promise.all([a && killSandbox(stack, a.sandboxID), b && killSandbox(stack, b.sandboxID)]);
     });
 
+    // First in this block: soon after a restore the kernel has not yet reseeded on its own, which is exactly when
+    // clones of one snapshot would hand out the same random bytes (they did, before the guest agent reseeded).
+    it('gives each clone its own randomness and the host’s wall clock', async () => {
+      const draw = 'head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; cat /proc/sys/kernel/random/uuid; date +%s';
+      const [fromA, fromB] = await Promise.all([runCommand(shell(a), draw), runCommand(shell(b), draw)]);
+      const [bytesA, uuidA, clockA] = fromA.stdout.trim().split('\n');
+      const [bytesB, uuidB, clockB] = fromB.stdout.trim().split('\n');
+      expect(bytesA).toMatch(/^[0-9a-f]{64}$/);
+      expect(bytesB).toMatch(/^[0-9a-f]{64}$/);
+      expect(bytesA).not.toBe(bytesB);
+      expect(uuidA).not.toBe(uuidB);
+      // The template was snapshotted minutes (or days) ago; /init stepped each clone's clock to the host's.
+      for (const clock of [clockA, clockB]) expect(Math.abs(Number(clock) - Date.now() / 1000)).toBeLessThan(30);
+    });
+
     it('keeps their filesystems apart', async () => {
       expect((await runCommand(shell(a), 'echo only-in-a > /home/user/mine.txt && cat /home/user/mine.txt')).stdout).toBe('only-in-a\n');
       const inB = await runCommand(shell(b), 'test -e /home/user/mine.txt; echo $?');

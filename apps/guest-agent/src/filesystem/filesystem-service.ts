@@ -133,7 +133,8 @@ export class FilesystemService {
         if (this.pollingWatchers.size >= MAX_POLLING_WATCHERS) {
           throw new ConnectError('too many watchers; remove some first', Code.ResourceExhausted);
         }
-        const id = randomUUID();
+        // No entropy cache: Node's pre-drawn UUID bytes would be the same in every clone of a snapshot.
+        const id = randomUUID({ disableEntropyCache: true });
         const events: FilesystemEventInit[] = [];
         try {
           const watcher = await DirWatcher.open(

@@ -8,6 +8,7 @@ import { createProcessService } from '../process/process-service';
 import type { ProcessTable } from '../process/process-table';
 import type { AgentState } from '../runtime/agent-state';
 import type { ClockSync } from '../runtime/clock-sync';
+import type { EntropyReseed } from '../runtime/entropy-reseed';
 import type { OomPolicy } from '../runtime/oom-policy';
 import { ResourceMetrics } from '../runtime/resource-metrics';
 import type { SystemUserDirectory } from '../users/system-users';
@@ -35,6 +36,7 @@ export interface AgentServices {
   processes: ProcessTable;
   filesystem: FilesystemService;
   clock: ClockSync;
+  entropy: EntropyReseed;
   oom: OomPolicy;
 }
 
@@ -80,12 +82,10 @@ export function createAgentRequestHandler(services: AgentServices): (req: AgentR
       case 'GET /envs':
         return sendJson(res, 200, Object.fromEntries(state.envVars));
       case 'POST /init':
-        await applyInit(
-          await readJsonBody(req, MAX_INIT_BODY_BYTES),
-          headerValue(req, ACCESS_TOKEN_HEADER),
-          state,
-          services.clock,
-        );
+        applyInit(await readJsonBody(req, MAX_INIT_BODY_BYTES), headerValue(req, ACCESS_TOKEN_HEADER), state, {
+          clock: services.clock,
+          entropy: services.entropy,
+        });
         return sendNoContent(res);
       default:
         (req as Readable).resume();

@@ -1,27 +1,28 @@
+import { GUEST_ENTROPY_SEED_BYTES, type GuestInitBody } from '@kiln/contracts/guest-init';
 import { tokensEqual } from '../auth/access-token';
 import type { AgentState } from '../runtime/agent-state';
 import type { ClockSync } from '../runtime/clock-sync';
+import type { EntropyReseed } from '../runtime/entropy-reseed';
 import { HttpError } from './http-io';
 
-interface InitBody {
-  accessToken?: unknown;
-  envVars?: unknown;
-  defaultUser?: unknown;
-  defaultWorkdir?: unknown;
-  timestamp?: unknown;
+/** What /init changes on the machine itself (guest duties); both are no-ops on a host. */
+export interface InitMachineDuties {
+  clock: ClockSync;
+  entropy: EntropyReseed;
 }
+
+/** What arrives: GuestInitBody's fields, each still to be checked. */
+type InitBody = { [K in keyof GuestInitBody]?: unknown };
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
 /**
  * POST /init: the host hands the sandbox its token, env vars, default user/workdir and the current time, on first
  * boot and again after every snapshot restore. Applying the same body twice leaves the same state (idempotent).
  * Once a token is set, only a caller that knows it (header or same token in the body) may re-initialise.
+ * The entropy reseed comes first: nothing the sandbox does may draw randomness shared with its sibling clones.
  */
-export async function applyInit(
-  body: unknown,
-  headerToken: string | undefined,
-  state: AgentState,
-  clock: ClockSync,
-): Promise<void> {
+export function applyInit(body: unknown, headerToken: string | undefined, state: AgentState, machine: InitMachineDuties): void {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new HttpError(400, 'init body must be a JSON object');
   }
@@ -48,19 +49,38 @@ export async function applyInit(
   for (const field of ['defaultUser', 'defaultWorkdir', 'timestamp'] as const) {
     if (init[field] !== undefined && typeof init[field] !== 'string') throw new HttpError(400, `${field} must be a string`);
   }
+  let seed: Buffer | undefined;
+  if (init.entropySeed !== undefined) {
+    if (typeof init.entropySeed !== 'string' || !BASE64.test(init.entropySeed)) throw new HttpError(400, 'entropySeed must be base64');
+    seed = Buffer.from(init.entropySeed, 'base64');
+    if (seed.length < GUEST_ENTROPY_SEED_BYTES.min || seed.length > GUEST_ENTROPY_SEED_BYTES.max) {
+      throw new HttpError(400, `entropySeed must decode to ${GUEST_ENTROPY_SEED_BYTES.min}-${GUEST_ENTROPY_SEED_BYTES.max} bytes`);
+    }
+  }
   let hostTimeMs: number | undefined;
   if (typeof init.timestamp === 'string' && init.timestamp !== '') {
     hostTimeMs = Date.parse(init.timestamp);
     if (Number.isNaN(hostTimeMs)) throw new HttpError(400, 'timestamp must be RFC 3339');
   }
 
+  if (seed) {
+    try {
+      machine.entropy.reseed(seed);
+    } catch (err) {
+      throw new HttpError(500, `failed to reseed the guest's random number generator: ${(err as Error).message}`);
+    } finally {
+      seed.fill(0);
+    }
+  }
+  if (hostTimeMs !== undefined) {
+    try {
+      machine.clock.syncTo(hostTimeMs);
+    } catch (err) {
+      throw new HttpError(500, `failed to set the clock: ${(err as Error).message}`);
+    }
+  }
   if (typeof init.accessToken === 'string') state.setAccessToken(init.accessToken);
   if (init.envVars) for (const [k, v] of Object.entries(init.envVars as Record<string, string>)) state.envVars.set(k, v);
   if (typeof init.defaultUser === 'string' && init.defaultUser !== '') state.defaultUser = init.defaultUser;
   if (typeof init.defaultWorkdir === 'string' && init.defaultWorkdir !== '') state.defaultWorkdir = init.defaultWorkdir;
-  if (hostTimeMs !== undefined) {
-    await clock.syncTo(hostTimeMs).catch((err: Error) => {
-      throw new HttpError(500, `failed to set the clock: ${err.message}`);
-    });
-  }
 }

@@ -38,7 +38,8 @@ export class RunningAgent {
   static async start(opts: { guestDuties?: 'on' | 'off' } = {}): Promise<RunningAgent> {
     ensureDefaultUser();
     const duties = opts.guestDuties ?? 'off';
-    const child = spawn(process.execPath, [BUNDLE, '--port', '0', '--host', '127.0.0.1', '--guest-duties', duties], {
+    // --jitless as the VM image starts it (tools/guest-image/guest-init.sh), so the suites test that mode.
+    const child = spawn(process.execPath, ['--jitless', BUNDLE, '--port', '0', '--host', '127.0.0.1', '--guest-duties', duties], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const logs: string[] = [];

@@ -1,12 +1,8 @@
 import { Agent, request } from 'node:http';
+import type { GuestInitBody } from '@kiln/contracts/guest-init';
 import { GUEST_AGENT_PORT } from '../network';
 
-export interface GuestInit {
-  accessToken?: string;
-  envVars: Record<string, string>;
-  /** Host clock: a restored snapshot wakes up with the template's time. */
-  timestamp: string;
-}
+export const GUEST_ENTROPY_SEED_BYTES = 64;
 
 /**
  * Until the guest's network is back, SYNs go unanswered: give up on a connection attempt
@@ -49,7 +45,7 @@ function post(agent: Agent, host: string, path: string, body: string, responseTi
  * retrying until it answers. /init doubles as the readiness check: one round trip fewer
  * on the create path than polling /health first.
  */
-export async function initGuestAgent(host: string, agent: Agent, init: GuestInit, deadlineMs: number): Promise<{ attempts: number }> {
+export async function initGuestAgent(host: string, agent: Agent, init: GuestInitBody, deadlineMs: number): Promise<{ attempts: number }> {
   const body = JSON.stringify(init);
   const deadline = Date.now() + deadlineMs;
   let attempts = 0;

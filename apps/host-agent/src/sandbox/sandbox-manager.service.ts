@@ -1,9 +1,11 @@
+import { randomBytes } from 'node:crypto';
 import { Agent } from 'node:http';
 import { hostname } from 'node:os';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { ErrorCode, KilnError } from '@kiln/contracts';
+import { GUEST_ENTROPY_SEED_BYTES } from '@kiln/contracts/guest-init';
 import { HostAgentEnv, describeError } from '@kiln/config';
 import { SandboxEventStream, SandboxLifecycleKind } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
@@ -233,7 +235,12 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       await initGuestAgent(
         slot.hostAddress,
         placeholder.guestConnections,
-        { accessToken: record.envdAccessToken, envVars: input.envVars, timestamp: new Date().toISOString() },
+        {
+          accessToken: record.envdAccessToken,
+          envVars: input.envVars,
+          timestamp: new Date().toISOString(),
+          entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64'),
+        },
         GUEST_INIT_DEADLINE_MS,
       );
       const t4 = performance.now();

@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { createClient } from '@connectrpc/connect';
+import { GUEST_ENTROPY_SEED_BYTES, type GuestInitBody } from '@kiln/contracts/guest-init';
 import { createConnectTransport } from '@connectrpc/connect-node';
 import { Filesystem } from '@kiln/proto/filesystem';
 import { Process } from '@kiln/proto/process';
@@ -27,12 +29,12 @@ export async function warmGuestAgent(address: string, port: number, timeoutMs = 
   }
   await filesystem.listDir({ path: '/home/user', depth: 1 }, { timeoutMs });
   await filesystem.stat({ path: '/home/user' }, { timeoutMs });
-  // /init with only the clock: sets no token or env, but runs the request path (and the clock step, since a guest
-  // without an RTC boots at the epoch) that every clone's create goes through.
+  // /init with the clock and an entropy seed: sets no token or env, but runs the request path (the clock step,
+  // since a guest without an RTC boots at the epoch, and the CRNG reseed) that every clone's create goes through.
   const init = await fetch(`http://${address}:${port}/init`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ timestamp: new Date().toISOString() }),
+    body: JSON.stringify({ timestamp: new Date().toISOString(), entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64') } satisfies GuestInitBody),
     signal: AbortSignal.timeout(timeoutMs),
   });
   if (init.status !== 204) throw new Error(`warm-up /init answered ${init.status}`);

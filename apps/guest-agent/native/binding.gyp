@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "guest_kernel",
+      "sources": ["guest_kernel.c"],
+      "cflags": ["-Wall", "-Wextra", "-Werror", "-O2"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}
