@@ -39,4 +39,8 @@ ip link set eth0 up
 ip route add default via "$gateway" dev eth0
 
 echo "kiln-init: kernel $(uname -r) ip ${guest_ip} gw ${gateway}" >/dev/console
-exec /usr/local/bin/node /opt/kiln/guest-agent/guest-agent.js --port 49983
+# --jitless: under TCG every page of code a clone runs after a restore is translated again, and V8's JIT output
+# (a private copy per clone, re-optimised on the fly) is most of that. Interpreted, the agent's request path
+# translates into about 32 MiB instead of over 64 and a clone answers sooner (docs/bench/vm.md); the agent is
+# I/O-bound, so the interpreter costs it little.
+exec /usr/local/bin/node --jitless /opt/kiln/guest-agent/guest-agent.js --port 49983

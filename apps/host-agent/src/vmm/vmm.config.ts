@@ -1,8 +1,9 @@
+import { ConfigError, HostVmmEnv, loadConfig } from '@kiln/config';
 import { InvalidVmSpecError } from './vmm.errors';
 
 export type AcceleratorSetting = 'auto' | 'kvm' | 'tcg';
 
-/** Host-level VMM settings, read once from the environment. */
+/** Host-level VMM settings (HostVmmEnv, part of the agent's validated environment). */
 export class VmmConfig {
   constructor(
     /** Root of Kiln's on-disk state (images, templates, probe cache). */
@@ -10,34 +11,29 @@ export class VmmConfig {
     readonly qemuBinary: string,
     /** KILN_VMM_ACCEL: auto probes KVM once per host and falls back to TCG. */
     readonly accelerator: AcceleratorSetting,
-    /**
-     * TCG translation-buffer size. QEMU's default (1 GiB, filled lazily) lets an idle
-     * clone's private memory grow far beyond what the guest uses; a small buffer keeps
-     * per-clone PSS low at the cost of more retranslation.
-     */
+    /** TCG translation-buffer cap per VM (see HostVmmEnv.KILN_VMM_TCG_TB_MIB). */
     readonly tcgTranslationBufferMib: number,
     /** How long the KVM probe guest may take to print its marker. */
     readonly probeTimeoutMs: number,
   ) {}
 
-  static fromEnv(env: NodeJS.ProcessEnv = process.env): VmmConfig {
-    const accelerator = (env.KILN_VMM_ACCEL ?? 'auto').toLowerCase();
-    if (accelerator !== 'auto' && accelerator !== 'kvm' && accelerator !== 'tcg') {
-      throw new InvalidVmSpecError(`KILN_VMM_ACCEL must be auto, kvm or tcg, not "${env.KILN_VMM_ACCEL}"`);
-    }
+  static from(env: HostVmmEnv): VmmConfig {
     return new VmmConfig(
-      env.KILN_DATA_DIR ?? '/var/lib/kiln',
-      env.KILN_QEMU_BINARY ?? 'qemu-system-x86_64',
-      accelerator,
-      positiveInt(env.KILN_VMM_TCG_TB_MIB, 16, 'KILN_VMM_TCG_TB_MIB'),
-      positiveInt(env.KILN_VMM_PROBE_TIMEOUT_MS, 10000, 'KILN_VMM_PROBE_TIMEOUT_MS'),
+      env.KILN_DATA_DIR,
+      env.KILN_QEMU_BINARY,
+      env.KILN_VMM_ACCEL as AcceleratorSetting,
+      env.KILN_VMM_TCG_TB_MIB,
+      env.KILN_VMM_PROBE_TIMEOUT_MS,
     );
   }
-}
 
-function positiveInt(raw: string | undefined, fallback: number, name: string): number {
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value <= 0) throw new InvalidVmSpecError(`${name} must be a positive integer, not "${raw}"`);
-  return value;
+  /** For tools that drive VMs without the agent (benchmarks, test harnesses): same variables, same checks. */
+  static fromEnv(env: NodeJS.ProcessEnv = process.env): VmmConfig {
+    try {
+      return VmmConfig.from(loadConfig(HostVmmEnv, env));
+    } catch (error) {
+      if (error instanceof ConfigError) throw new InvalidVmSpecError(error.message);
+      throw error;
+    }
+  }
 }

@@ -1,4 +1,5 @@
 import { Module } from '@nestjs/common';
+import { HostAgentEnv } from '@kiln/config';
 import { TemplateModule } from '../template/template.module';
 import { AccelerationProbe } from './acceleration-probe';
 import { QemuMicrovmDriver } from './qemu-microvm.driver';
@@ -7,13 +8,17 @@ import { VMM_DRIVER } from './vmm-driver';
 
 /**
  * The host's VMM: the driver behind VMM_DRIVER (QEMU microvm today) and the acceleration
- * probe. Configured from the environment (KILN_DATA_DIR, KILN_VMM_ACCEL, KILN_QEMU_BINARY,
- * KILN_VMM_TCG_TB_MIB, KILN_VMM_PROBE_TIMEOUT_MS).
+ * probe. Configured from the agent's validated HostAgentEnv; a context without one (a test
+ * harness) validates the same variables from the environment.
  */
 @Module({
   imports: [TemplateModule.register()],
   providers: [
-    { provide: VmmConfig, useFactory: () => VmmConfig.fromEnv() },
+    {
+      provide: VmmConfig,
+      useFactory: (env?: HostAgentEnv) => (env ? VmmConfig.from(env) : VmmConfig.fromEnv()),
+      inject: [{ token: HostAgentEnv, optional: true }],
+    },
     AccelerationProbe,
     QemuMicrovmDriver,
     { provide: VMM_DRIVER, useExisting: QemuMicrovmDriver },

@@ -89,7 +89,34 @@ export class HostMonitorEnv extends ControlPlaneEnv {
   HOST_HEARTBEAT_TTL_SECONDS: number = 15;
 }
 
-export class HostAgentEnv extends NatsClientEnv {
+/**
+ * The host's VMM settings: part of HostAgentEnv, and validated on their own by tools that drive VMs without the
+ * whole agent (benchmarks, test harnesses).
+ */
+export class HostVmmEnv extends NatsClientEnv {
+  @IsString() @Matches(/^\//, { message: 'KILN_DATA_DIR must be an absolute path' })
+  KILN_DATA_DIR: string = '/var/lib/kiln';
+
+  /** auto probes KVM once per host (a guest must really boot) and falls back to TCG. */
+  @IsIn(['auto', 'kvm', 'tcg'])
+  KILN_VMM_ACCEL: string = 'auto';
+
+  @IsString() @MinLength(1)
+  KILN_QEMU_BINARY: string = 'qemu-system-x86_64';
+
+  /**
+   * TCG translation-buffer cap per VM. Filled lazily, so an idle clone holds only what it translated; below the
+   * working set of a command (about 32 MiB for the guest agent's request path) every command retranslates.
+   */
+  @IsInt() @Min(8) @Max(4096)
+  KILN_VMM_TCG_TB_MIB: number = 128;
+
+  /** How long the KVM probe guest may take to print its marker. */
+  @IsInt() @Min(1000)
+  KILN_VMM_PROBE_TIMEOUT_MS: number = 10_000;
+}
+
+export class HostAgentEnv extends HostVmmEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3004;
 
@@ -110,12 +137,6 @@ export class HostAgentEnv extends NatsClientEnv {
 
   @IsString() @MinLength(16)
   HOST_REGISTRATION_TOKEN: string;
-
-  @IsString() @Matches(/^\//, { message: 'KILN_DATA_DIR must be an absolute path' })
-  KILN_DATA_DIR: string = '/var/lib/kiln';
-
-  @IsIn(['auto', 'kvm', 'tcg'])
-  KILN_VMM_ACCEL: string = 'auto';
 
   @IsIn(['auto', 'qcow2', 'reflink', 'copy'])
   KILN_ROOTFS_DRIVER: string = 'auto';
