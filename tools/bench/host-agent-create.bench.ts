@@ -1,19 +1,25 @@
 /**
  * Issue 4's benchmark: sandbox create-from-snapshot → first stdout byte through the whole
- * host agent (gRPC CreateSandbox, network slot, disk layer, QEMU restore, guest /init, traffic
- * proxy, Connect Start) against a raw `qemu -incoming` restore of the same snapshot with no
- * platform around it (slot and layer made before the clock starts, Connect straight to the
- * slot), in one run. Also: creates per second with 4 concurrent requests, host PSS per idle
- * sandbox, and a cold boot for contrast.
+ * host agent (gRPC CreateSandbox, clone from the pool or restored on demand, record, resume,
+ * guest /init, traffic proxy, Connect Start) against a raw `qemu -incoming` restore of the same
+ * snapshot with no platform around it, in one run. Also: creates per second with 4 concurrent
+ * requests, host PSS per idle sandbox and per pooled clone, and a cold boot for contrast.
+ *
+ * Two agent processes run side by side: one with its clone pool (the default configuration),
+ * one with KILN_CLONE_POOL_SIZE=0 (every create restores on demand). The three paths are
+ * measured interleaved (raw, pooled, on demand, raw, ...), so drift on a shared host hits all of
+ * them alike. Before each measurement the bench waits until the pool is full again (the steady
+ * state between creates), so no measurement overlaps a refill that an earlier one started; the
+ * refill after a pooled create does overlap that sandbox's own first command, as in real use.
  *
  * Run as root after `npm run build` and the guest image build:
  *   node tools/bench/run-bench.mjs tools/bench/host-agent-create.bench.ts
  * Env: BENCH_ITERATIONS (default 15), BENCH_CONCURRENT_TOTAL (default 12), BENCH_IDLE (default 6),
- * BENCH_COLD_BOOTS (default 1). Uses its own data dir (/var/lib/kiln-bench, sharing the built
- * templates), slot prefix kbha/kbrw and NATS-free registration; removes everything at the end.
+ * BENCH_COLD_BOOTS (default 1). Uses its own data dirs (/var/lib/kiln-bench*, sharing the built
+ * templates), slot prefixes kbha/kbod/kbrw and NATS-free registration; removes everything at the end.
  */
 import 'reflect-metadata';
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, symlinkSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,7 +27,7 @@ import { performance } from 'node:perf_hooks';
 import { Client, createClient } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-node';
 import { Process } from '@kiln/proto/process';
-import { waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
+import { waitForGuestAgent } from '../../apps/host-agent/src/guest-agent-client';
 import { coldBootSpec } from '../../apps/host-agent/src/template';
 import type { VmHandle } from '../../apps/host-agent/src/vmm';
 import { hostAgentClient } from '../e2e/harness/host-agent-client';
@@ -35,9 +41,7 @@ const CONCURRENT_TOTAL = Number(process.env.BENCH_CONCURRENT_TOTAL ?? 12);
 const IDLE = Number(process.env.BENCH_IDLE ?? 6);
 const COLD_BOOTS = Number(process.env.BENCH_COLD_BOOTS ?? 1);
 const SHARED_DATA_DIR = process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
-const BENCH_DATA_DIR = '/var/lib/kiln-bench';
-
-
+const POOL_SIZE = 2;
 
 function envdProcess(baseUrl: string, headers: Record<string, string>): Client<typeof Process> {
   return createClient(
@@ -73,61 +77,142 @@ async function pssMib(pid: number): Promise<number> {
   return Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? NaN) / 1024;
 }
 
-/** Mean time per CreateSandbox phase, from the agent's own histogram (includes the warm-up create). */
-async function createPhases(httpPort: number): Promise<string> {
-  const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
-  const value = (phase: string, kind: 'sum' | 'count') =>
-    Number(new RegExp(`kiln_agent_sandbox_create_seconds_${kind}\\{[^}]*phase="${phase}"[^}]*\\} ([0-9.e+-]+)`).exec(text)?.[1] ?? NaN);
-  const phases = ['prepare', 'restore', 'guest-init', 'total'].map((phase) => `${phase} ${((value(phase, 'sum') / value(phase, 'count')) * 1000).toFixed(1)} ms`);
-  return `  agent-side mean per create: ${phases.join(', ')}`;
+interface BenchAgent {
+  name: string;
+  process: ChildProcess;
+  client: ReturnType<typeof hostAgentClient>;
+  ports: { http: number; grpc: number; proxy: number };
+  dataDir: string;
+  prefix: string;
+  cidr: string;
 }
 
-async function startHostAgent(ports: { http: number; grpc: number; proxy: number }): Promise<ChildProcess> {
-  mkdirSync(BENCH_DATA_DIR, { recursive: true });
+async function metricsText(agent: BenchAgent): Promise<string> {
+  return (await fetch(`http://127.0.0.1:${agent.ports.http}/metrics`)).text();
+}
+
+function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0;
+  let found = false;
+  for (const line of text.split('\n')) {
+    const match = /^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+)$/.exec(line);
+    if (!match || match[1] !== name) continue;
+    const have = Object.fromEntries((match[2] ?? '').split(',').filter(Boolean).map((kv) => kv.split('=').map((x) => x.replace(/"/g, ''))));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) {
+      total += Number(match[3]);
+      found = true;
+    }
+  }
+  return found ? total : NaN;
+}
+
+/** Mean time per CreateSandbox phase for one clone source, from the agent's own histogram. */
+async function createPhases(agent: BenchAgent, clone: 'pooled' | 'restored'): Promise<string> {
+  const text = await metricsText(agent);
+  const mean = (phase: string) =>
+    (metricValue(text, 'kiln_agent_sandbox_create_seconds_sum', { phase, clone }) / metricValue(text, 'kiln_agent_sandbox_create_seconds_count', { phase, clone })) * 1000;
+  const phases = ['clone', 'record', 'resume', 'guest-init', 'total'].map((phase) => `${phase} ${mean(phase).toFixed(1)} ms`);
+  return `  ${agent.name}, agent-side mean per ${clone}-clone create: ${phases.join(', ')}`;
+}
+
+/** Waits until the agent's clone pool holds `size` clones again (it refills after every take). */
+async function poolRefilled(agent: BenchAgent, size: number): Promise<void> {
+  const deadline = performance.now() + 30_000;
+  while (metricValue(await metricsText(agent), 'kiln_agent_clone_pool_ready') < size) {
+    if (performance.now() > deadline) throw new Error(`${agent.name}: clone pool did not refill to ${size}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function startHostAgent(name: string, options: { ports: BenchAgent['ports']; dataDir: string; prefix: string; cidr: string; poolSize: number }): Promise<BenchAgent> {
+  mkdirSync(options.dataDir, { recursive: true });
   for (const shared of ['templates', 'images', 'cache', 'vmm']) {
-    const link = join(BENCH_DATA_DIR, shared);
+    const link = join(options.dataDir, shared);
     if (!existsSync(link) && existsSync(join(SHARED_DATA_DIR, shared))) symlinkSync(join(SHARED_DATA_DIR, shared), link);
   }
   const child = spawn('node', [join(ROOT, 'apps', 'host-agent', 'dist', 'main.js')], {
     env: {
       ...process.env,
-      LOG_LEVEL: 'warn',
-      HTTP_PORT: String(ports.http),
-      GRPC_PORT: String(ports.grpc),
-      PROXY_PORT: String(ports.proxy),
-      KILN_DATA_DIR: BENCH_DATA_DIR,
-      KILN_NETWORK_PREFIX: 'kbha',
-      KILN_SLOT_CIDR: '10.205.0.0/24',
+      LOG_LEVEL: 'error',
+      HTTP_PORT: String(options.ports.http),
+      GRPC_PORT: String(options.ports.grpc),
+      PROXY_PORT: String(options.ports.proxy),
+      KILN_DATA_DIR: options.dataDir,
+      KILN_NETWORK_PREFIX: options.prefix,
+      KILN_SLOT_CIDR: options.cidr,
       KILN_NETWORK_PREFILL: '6',
       KILN_MAX_SANDBOXES: '24',
-      KILN_HOST_ID: 'bench-host',
+      KILN_CLONE_POOL_SIZE: String(options.poolSize),
+      KILN_HOST_ID: `bench-${name}`,
       HOST_REGISTRATION_TOKEN: `bench-${process.pid}-not-registered`,
     },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   for (let i = 0; i < 600; i++) {
-    const ok = await fetch(`http://127.0.0.1:${ports.http}/health`).then((r) => r.status === 200, () => false);
-    if (ok) return child;
+    const ok = await fetch(`http://127.0.0.1:${options.ports.http}/health`).then((r) => r.status === 200, () => false);
+    if (ok) return { name, process: child, client: hostAgentClient(`127.0.0.1:${options.ports.grpc}`), ...options };
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error('bench host agent did not become healthy');
+  throw new Error(`bench host agent ${name} did not become healthy`);
+}
+
+async function stopHostAgent(agent: BenchAgent): Promise<void> {
+  agent.client.close();
+  agent.process.kill('SIGTERM');
+  await new Promise((r) => agent.process.once('exit', r));
+  spawnSync('node', [join(ROOT, 'apps', 'host-agent', 'dist', 'teardown.js')], {
+    env: { ...process.env, KILN_DATA_DIR: agent.dataDir, KILN_NETWORK_PREFIX: agent.prefix, KILN_SLOT_CIDR: agent.cidr, LOG_LEVEL: 'warn' },
+    stdio: 'inherit',
+  });
+}
+
+/** PIDs of the QEMU processes holding pooled (not yet taken) clones under a data dir. */
+function pooledClonePids(dataDir: string, taken: Set<number>): number[] {
+  const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
+  return out
+    .split('\n')
+    .filter((line) => line.includes('qemu-system') && line.includes(`${dataDir}/clones/`))
+    .map((line) => Number(line.trim().split(/\s+/)[0]))
+    .filter((pid) => !taken.has(pid));
 }
 
 async function main(): Promise<void> {
-  const ports = { http: 39_410, grpc: 39_411, proxy: 39_412 };
   const workDir = await mkdtemp('/tmp/kiln-create-bench-');
   const { pool, layers, templates, probe, driver, snapshots } = vmLayerForBench({ slotPrefix: 'kbrw', slotCidr: '10.206.0.0/24', workDir });
   const live = new Set<VmHandle>();
-  let agentProcess: ChildProcess | undefined;
-  const agent = hostAgentClient(`127.0.0.1:${ports.grpc}`);
+  const agents: BenchAgent[] = [];
   try {
     await pool.init();
     const snapshot = await snapshots.ensure('base');
     console.log(`accelerator ${(await probe.report()).accelerator}; template base/${snapshot.build.buildId}, ${snapshot.manifest.memoryMib} MiB`);
 
-    console.log('\n== baseline: raw qemu -incoming restore, no platform (slot + layer made before the clock) ==');
+    const pooled = await startHostAgent('pooled', { ports: { http: 39_410, grpc: 39_411, proxy: 39_412 }, dataDir: '/var/lib/kiln-bench', prefix: 'kbha', cidr: '10.205.0.0/24', poolSize: POOL_SIZE });
+    agents.push(pooled);
+    const onDemand = await startHostAgent('on-demand', { ports: { http: 39_420, grpc: 39_421, proxy: 39_422 }, dataDir: '/var/lib/kiln-bench-nopool', prefix: 'kbod', cidr: '10.207.0.0/24', poolSize: 0 });
+    agents.push(onDemand);
+    const create = (agent: BenchAgent, id: string) =>
+      agent.client.createSandbox({ sandboxId: id, templateId: 'base', buildId: '', vcpus: 1, memoryMib: 512, envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 300, teamId: 'bench' });
+    const kilnFirstByte = async (agent: BenchAgent, id: string) => {
+      const started = performance.now();
+      await create(agent, id);
+      const ms = await firstStdoutByte(envdProcess(`http://127.0.0.1:${agent.ports.proxy}`, { 'E2b-Sandbox-Id': id, 'X-Access-Token': 'bench-token' }), started);
+      await agent.client.destroySandbox({ sandboxId: id });
+      return ms;
+    };
+    // One create each first: the agents' first request pays for lazy set-up (gRPC channel, proxy pools).
+    await kilnFirstByte(pooled, 'kbha-warmup');
+    await kilnFirstByte(onDemand, 'kbod-warmup');
+
+    console.log('\n== create -> first stdout byte of echo: raw restore vs Kiln, interleaved ==');
+    console.log('   raw: qemu -incoming restore of the same snapshot, no platform (slot + layer made before the clock),');
+    console.log('        then Connect Start straight to the slot, retried every 5 ms until the guest answers');
+    console.log('   Kiln: gRPC CreateSandbox (clone, record, resume, guest /init with token, env, clock, entropy)');
+    console.log('        then Connect Start through the agent proxy with the access token');
     const raw: number[] = [];
+    const kilnPooled: number[] = [];
+    const kilnOnDemand: number[] = [];
     for (let i = 0; i < ITERATIONS; i++) {
+      await poolRefilled(pooled, POOL_SIZE);
       const id = `kbrw-${i}`;
       const slot = await pool.acquire();
       const layer = await layers.createLayer(id, snapshot.disk, workDir);
@@ -140,56 +225,61 @@ async function main(): Promise<void> {
         network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
       });
       live.add(vm);
-      // The same readiness polling the platform does (fast, short per-try timeouts), then the command.
-      await waitForGuestAgent(slot.hostAddress, snapshot.build.agentPort, { timeoutMs: 30_000, intervalMs: 2 });
+      // Start straight away, retried every 5 ms while the guest's socket is not back: the quickest a client gets
+      // a first byte from a restored guest (polling /health first costs a round trip).
       raw.push(await firstStdoutByte(envdProcess(`http://${slot.hostAddress}:49983`, {}), started));
       await vm.kill();
       live.delete(vm);
       await layers.removeLayer(layer);
       await pool.release(slot);
+
+      await poolRefilled(pooled, POOL_SIZE);
+      kilnPooled.push(await kilnFirstByte(pooled, `kbha-${i}`));
+      await poolRefilled(pooled, POOL_SIZE);
+      kilnOnDemand.push(await kilnFirstByte(onDemand, `kbod-${i}`));
     }
-    report('raw restore -> first stdout byte of echo', raw);
+    report('raw restore -> first stdout byte', raw);
+    report('Kiln, clone from the pool -> first stdout byte', kilnPooled);
+    report('Kiln, clone restored on demand -> first stdout byte', kilnOnDemand);
+    console.log(await createPhases(pooled, 'pooled'));
+    console.log(await createPhases(onDemand, 'restored'));
+    const rawP50 = percentile(raw, 50);
+    for (const [label, samples] of [['pool (default)', kilnPooled], ['on demand (KILN_CLONE_POOL_SIZE=0)', kilnOnDemand]] as const) {
+      const p50 = percentile(samples, 50);
+      console.log(`platform overhead at p50, ${label}: ${(p50 - rawP50).toFixed(1)} ms (target <= 20 ms); ratio ${(p50 / rawP50).toFixed(2)}x`);
+    }
 
-    agentProcess = await startHostAgent(ports);
-    const proxy = `http://127.0.0.1:${ports.proxy}`;
-    const create = async (id: string) =>
-      agent.createSandbox({ sandboxId: id, templateId: 'base', buildId: '', vcpus: 1, memoryMib: 512, envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 300, teamId: 'bench' });
-    await create('kbha-warmup');
-    await agent.destroySandbox({ sandboxId: 'kbha-warmup' });
-
-    console.log('\n== Kiln: gRPC CreateSandbox -> first stdout byte through the agent proxy ==');
-    const kiln: number[] = [];
-    for (let i = 0; i < ITERATIONS; i++) {
-      const id = `kbha-${i}`;
+    for (const agent of [pooled, onDemand]) {
+      await poolRefilled(agent, agent === pooled ? POOL_SIZE : 0);
+      const before = await metricsText(agent);
+      console.log(`\n== throughput (${agent.name}): ${CONCURRENT_TOTAL} creates, 4 concurrent requests ==`);
+      const ids = Array.from({ length: CONCURRENT_TOTAL }, (_, i) => `${agent.prefix}-c${i}`);
+      const queue = [...ids];
       const started = performance.now();
-      await create(id);
-      kiln.push(await firstStdoutByte(envdProcess(proxy, { 'E2b-Sandbox-Id': id, 'X-Access-Token': 'bench-token' }), started));
-      await agent.destroySandbox({ sandboxId: id });
+      await Promise.all(
+        Array.from({ length: 4 }, async () => {
+          for (let id = queue.shift(); id; id = queue.shift()) await create(agent, id);
+        }),
+      );
+      const seconds = (performance.now() - started) / 1000;
+      const after = await metricsText(agent);
+      const hits = metricValue(after, 'kiln_agent_clone_pool_takes_total', { source: 'pool' }) - (metricValue(before, 'kiln_agent_clone_pool_takes_total', { source: 'pool' }) || 0);
+      console.log(`${CONCURRENT_TOTAL} sandboxes in ${seconds.toFixed(2)} s: ${(CONCURRENT_TOTAL / seconds).toFixed(2)} creates/s (${hits || 0} of them from the pool)`);
+      await Promise.all(ids.map((id) => agent.client.destroySandbox({ sandboxId: id })));
     }
-    report('Kiln create -> first stdout byte of echo', kiln);
-    console.log(await createPhases(ports.http));
-    console.log(`platform overhead at p50: ${(percentile(kiln, 50) - percentile(raw, 50)).toFixed(1)} ms (target <= 20 ms); ratio ${(percentile(kiln, 50) / percentile(raw, 50)).toFixed(2)}x`);
 
-    console.log(`\n== throughput: ${CONCURRENT_TOTAL} creates, 4 concurrent requests ==`);
-    const ids = Array.from({ length: CONCURRENT_TOTAL }, (_, i) => `kbha-c${i}`);
-    const queue = [...ids];
-    const started = performance.now();
-    await Promise.all(
-      Array.from({ length: 4 }, async () => {
-        for (let id = queue.shift(); id; id = queue.shift()) await create(id);
-      }),
-    );
-    const seconds = (performance.now() - started) / 1000;
-    console.log(`${CONCURRENT_TOTAL} sandboxes in ${seconds.toFixed(2)} s: ${(CONCURRENT_TOTAL / seconds).toFixed(2)} creates/s`);
-    await Promise.all(ids.map((id) => agent.destroySandbox({ sandboxId: id })));
-
-    console.log(`\n== host memory: ${IDLE} idle sandboxes ==`);
+    console.log(`\n== host memory: ${IDLE} idle sandboxes, and the pool's own clones ==`);
+    await poolRefilled(pooled, POOL_SIZE);
     const idle = Array.from({ length: IDLE }, (_, i) => `kbha-idle${i}`);
-    for (const id of idle) await create(id);
+    for (const id of idle) await create(pooled, id);
+    await poolRefilled(pooled, POOL_SIZE);
     await new Promise((r) => setTimeout(r, 5_000));
-    const pss = await Promise.all(idle.map(async (id) => pssMib((await agent.getSandbox({ sandboxId: id })).pid)));
+    const sandboxPids = await Promise.all(idle.map(async (id) => (await pooled.client.getSandbox({ sandboxId: id })).pid));
+    const pss = await Promise.all(sandboxPids.map(pssMib));
     report(`PSS per idle ${snapshot.manifest.memoryMib} MiB sandbox (target <= 64 MiB)`, pss, { unit: 'MiB' });
-    await Promise.all(idle.map((id) => agent.destroySandbox({ sandboxId: id })));
+    const pooledPss = await Promise.all(pooledClonePids(pooled.dataDir, new Set(sandboxPids)).map(pssMib));
+    report('PSS per paused clone waiting in the pool', pooledPss, { unit: 'MiB' });
+    await Promise.all(idle.map((id) => pooled.client.destroySandbox({ sandboxId: id })));
 
     if (COLD_BOOTS > 0) {
       console.log('\n== contrast: cold boot of the same template ==');
@@ -214,17 +304,9 @@ async function main(): Promise<void> {
       report('cold boot -> first stdout byte of echo', cold);
     }
   } finally {
-    agent.close();
     for (const vm of live) await vm.kill().catch(() => undefined);
     await pool.destroyAll().catch(() => undefined);
-    if (agentProcess) {
-      agentProcess.kill('SIGTERM');
-      await new Promise((r) => agentProcess!.once('exit', r));
-      spawnSync('node', [join(ROOT, 'apps', 'host-agent', 'dist', 'teardown.js')], {
-        env: { ...process.env, KILN_DATA_DIR: BENCH_DATA_DIR, KILN_NETWORK_PREFIX: 'kbha', KILN_SLOT_CIDR: '10.205.0.0/24', LOG_LEVEL: 'warn' },
-        stdio: 'inherit',
-      });
-    }
+    for (const agent of agents) await stopHostAgent(agent);
     await rm(workDir, { recursive: true, force: true });
   }
 }

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { NetworkSlot } from '../../apps/host-agent/src/network';
 import type { RootfsLayer } from '../../apps/host-agent/src/rootfs';
-import { waitForGuestAgent } from '../../apps/host-agent/src/snapshot';
+import { waitForGuestAgent } from '../../apps/host-agent/src/guest-agent-client';
 import { coldBootSpec } from '../../apps/host-agent/src/template';
 import type { VmHandle } from '../../apps/host-agent/src/vmm';
 import { report } from './support/sample-stats';

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { HostAgentEnv, describeError, loadConfig, runOrExit } from '@kiln/config';
+import { removeUnclaimedClones } from './clone-pool';
 import { hostResourceModules } from './host-modules';
 import { NetworkSlotPool } from './network';
 import { RootfsLayers } from './rootfs';
@@ -11,8 +12,8 @@ import { VMM_DRIVER, VmmDriver, VmmModule } from './vmm';
 
 /**
  * `npm run down`'s host cleanup, run after the agent process stopped: kills every
- * sandbox VM the agent owned, removes their disk layers and records, and removes
- * every network slot and firewall table the agent made. Images and snapshots stay.
+ * sandbox VM and pooled clone the agent owned, removes their disk layers and records, and
+ * removes every network slot and firewall table the agent made. Images and snapshots stay.
  */
 void runOrExit('host-agent-teardown', async () => {
   const env = loadConfig(HostAgentEnv, { HOST_REGISTRATION_TOKEN: 'teardown-needs-no-token', ...process.env });
@@ -28,18 +29,19 @@ void runOrExit('host-agent-teardown', async () => {
   let problems = 0;
   for (const { sandboxId, record } of await records.scan()) {
     if (record) {
-      try {
-        await (await vmm.adopt(record.vmStateDir)).kill();
-      } catch {
-        // Not running any more: nothing to kill.
+      await vmm.terminate(record.vmStateDir);
+      // A layer in a clone directory goes with the directory below; older records kept it beside the record.
+      if (!record.cloneDir) {
+        await layers.removeLayer({ path: record.rootfs.path, sandboxId }).catch((error) => {
+          problems++;
+          process.stderr.write(`layer of ${sandboxId}: ${describeError(error)}\n`);
+        });
       }
-      await layers.removeLayer({ path: record.rootfs.path, sandboxId }).catch((error) => {
-        problems++;
-        process.stderr.write(`layer of ${sandboxId}: ${describeError(error)}\n`);
-      });
     }
     await records.remove(sandboxId);
   }
+  // Clones the agent kept ready (and the clone directories of the sandboxes above).
+  await removeUnclaimedClones(join(env.KILN_DATA_DIR, 'clones'), new Set(), vmm);
   const pool = app.get(NetworkSlotPool);
   await pool.init([]);
   await pool.destroyAll();

@@ -1,4 +1,4 @@
-import { ConfigError, GatewayEnv, HostAgentEnv, describeError, loadConfig, retryWithBackoff } from '../src';
+import { ConfigError, GatewayEnv, HostAgentEnv, HostVmmEnv, describeError, loadConfig, retryWithBackoff } from '../src';
 
 describe('loadConfig', () => {
   it('applies defaults and converts numbers', () => {
@@ -17,6 +17,20 @@ describe('loadConfig', () => {
     const message = (error as Error).message;
     expect(message.split('\n')).toHaveLength(1);
     for (const name of ['GRPC_PORT', 'KILN_DATA_DIR', 'KILN_VMM_ACCEL', 'HOST_REGISTRATION_TOKEN']) expect(message).toContain(name);
+  });
+
+  it('reads boolean variables from their text ("false" is false) and names a value that is neither', () => {
+    const token = { HOST_REGISTRATION_TOKEN: 'a-registration-token' };
+    expect(loadConfig(HostAgentEnv, token).KILN_CLONE_POOL_WARM).toBe(true);
+    expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'false' }).KILN_CLONE_POOL_WARM).toBe(false);
+    expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: '0' }).KILN_CLONE_POOL_WARM).toBe(false);
+    expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'On' }).KILN_CLONE_POOL_WARM).toBe(true);
+    expect(() => loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'sometimes' })).toThrow(/KILN_CLONE_POOL_WARM must be true or false/);
+  });
+
+  it('validates the VMM settings on their own for tools that run VMs without the agent', () => {
+    expect(loadConfig(HostVmmEnv, {})).toMatchObject({ KILN_QEMU_BINARY: 'qemu-system-x86_64', KILN_VMM_TCG_TB_MIB: 128, KILN_VMM_ACCEL: 'auto' });
+    expect(() => loadConfig(HostVmmEnv, { KILN_VMM_TCG_TB_MIB: '4' })).toThrow(/KILN_VMM_TCG_TB_MIB/);
   });
 
   it('rejects URLs of the wrong scheme', () => {

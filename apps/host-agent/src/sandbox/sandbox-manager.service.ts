@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Agent } from 'node:http';
 import { hostname } from 'node:os';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { ErrorCode, KilnError } from '@kiln/contracts';
@@ -9,12 +9,13 @@ import { GUEST_ENTROPY_SEED_BYTES } from '@kiln/contracts/guest-init';
 import { HostAgentEnv, describeError } from '@kiln/config';
 import { SandboxEventStream, SandboxLifecycleKind } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
+import { ClonePool, type RestoredClone } from '../clone-pool';
 import { NetworkSlot, NetworkSlotPool, SlotsExhaustedError } from '../network';
 import { RootfsLayer, RootfsLayers } from '../rootfs';
 import { SnapshotError, TemplateSnapshot, TemplateSnapshots } from '../snapshot';
 import { InvalidTemplateIdError, TemplateNotFoundError, TemplateStore } from '../template';
 import { VMM_DRIVER, VmExit, VmHandle, VmmDriver } from '../vmm';
-import { initGuestAgent } from './guest-agent.client';
+import { initGuestAgent } from '../guest-agent-client';
 import { HostCapacity, hostCapacityFrom } from './host-capacity';
 import { SandboxRecord, SandboxRecordStore } from './sandbox-record';
 
@@ -39,6 +40,10 @@ export interface LiveSandbox {
   vm?: VmHandle;
   /** Set when the agent itself is ending the VM, so its exit is not reported as a crash. */
   stopping: boolean;
+  /** While starting: aborted by a destroy or by the VM's exit, which ends the create (and its teardown). */
+  startAbort?: AbortController;
+  /** While starting: settles when the create has finished, either way. */
+  started?: Promise<unknown>;
   /**
    * Keep-alive connections to this sandbox's guest. Per sandbox, because slots are reused:
    * a pooled socket to a dead guest at the same address must never serve the next one.
@@ -80,13 +85,19 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     private readonly layers: RootfsLayers,
     @Inject(VMM_DRIVER) private readonly vmm: VmmDriver,
     private readonly snapshots: TemplateSnapshots,
+    private readonly clones: ClonePool,
     private readonly templates: TemplateStore,
     private readonly events: SandboxEventStream,
     metrics: MetricsRegistry,
   ) {
     this.records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'));
     this.capacity = hostCapacityFrom(env);
-    this.createSeconds = metrics.histogram('kiln_agent_sandbox_create_seconds', 'CreateSandbox on the host, by phase', ['phase'], [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]);
+    this.createSeconds = metrics.histogram(
+      'kiln_agent_sandbox_create_seconds',
+      'CreateSandbox on the host, by phase and by where the clone came from (pool or restored on demand)',
+      ['phase', 'clone'],
+      [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
+    );
     this.liveGauge = metrics.gauge('kiln_agent_sandboxes', 'Sandboxes on this host');
   }
 
@@ -103,11 +114,13 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
         adopted.push({ record, vm: await this.vmm.adopt(record.vmStateDir) });
       } catch (error) {
         this.logger.warn(`sandbox ${sandboxId} did not survive the restart (${describeError(error)}); cleaning up`);
-        await this.layers.removeLayer({ path: record.rootfs.path, sandboxId }).catch(() => undefined);
+        await this.removeDisk(record);
         await this.records.remove(sandboxId);
         this.publish('crashed', record, 'VM was gone when the host agent restarted');
       }
     }
+    // Clones still in the pool when the agent stopped (or half-made) go before their slots are reclaimed.
+    await this.clones.reconcile(new Set(adopted.flatMap((a) => (a.record.cloneDir ? [a.record.cloneDir] : []))));
     const report = await this.slots.init(adopted.map((a) => a.record.slotIndex));
     const lostSlots = new Set(report.lost.map((l) => l.index));
     for (const { record, vm } of adopted) {
@@ -115,7 +128,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
         // The VM survived but its network did not: it is unreachable, so it is ended rather than adopted.
         this.logger.warn(`sandbox ${record.sandboxId} lost its network slot ${record.slotIndex}; removing it`);
         await vm.kill().catch(() => undefined);
-        await this.layers.removeLayer({ path: record.rootfs.path, sandboxId: record.sandboxId }).catch(() => undefined);
+        await this.removeDisk(record);
         await this.records.remove(record.sandboxId);
         this.publish('crashed', record, 'network slot lost across a host agent restart');
         continue;
@@ -130,8 +143,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   }
 
   /**
-   * Makes (or verifies) every local template's snapshot in the background, so the
-   * first create does not pay for a cold boot or a full hash of the memory file.
+   * Makes (or verifies) every local template's snapshot in the background and starts its clone pool, so the
+   * first create does not pay for a cold boot, a full hash of the memory file or a restore.
    */
   onApplicationBootstrap(): void {
     void (async () => {
@@ -139,7 +152,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
         if (!template.currentBuildId) continue;
         const started = performance.now();
         try {
-          await this.snapshots.ensure(template.templateId);
+          this.clones.keepWarm(await this.snapshots.ensure(template.templateId));
           this.logger.log(`template ${template.templateId} snapshot ready (${Math.round(performance.now() - started)} ms)`);
         } catch (error) {
           this.logger.error(`template ${template.templateId} snapshot failed: ${describeError(error)}`);
@@ -184,57 +197,73 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     }
     // A sandbox restored from a memory snapshot has exactly the snapshot's shape.
     const { vcpus, memoryMib } = snapshot.manifest;
+    // Checked again: another create of the same id may have passed the first check while the snapshot loaded.
+    if (this.sandboxes.has(input.sandboxId)) throw new KilnError(ErrorCode.AlreadyExists, `sandbox ${input.sandboxId} already exists on this host`);
     this.reserveCapacity(input.sandboxId, vcpus, memoryMib);
 
-    const dir = await this.records.prepare(input.sandboxId);
-    let slot: NetworkSlot | undefined;
-    let layer: RootfsLayer | undefined;
-    let vm: VmHandle | undefined;
-    const placeholder: LiveSandbox = {
+    const live: LiveSandbox = {
       record: { sandboxId: input.sandboxId, vcpus, memoryMib } as SandboxRecord,
       state: 'starting',
       slot: undefined as unknown as NetworkSlot,
       stopping: false,
       guestConnections: guestConnectionPool(),
+      startAbort: new AbortController(),
     };
-    this.sandboxes.set(input.sandboxId, placeholder);
+    this.sandboxes.set(input.sandboxId, live);
+    const starting = this.start(live, snapshot, input, t0);
+    live.started = starting.catch(() => undefined);
+    // The refill waits for this create: its restore would compete with the guest's /init for CPU.
+    void live.started.then(() => this.clones.keepWarm(snapshot));
+    return starting;
+  }
+
+  /**
+   * Turns a paused clone into the sandbox: claim it with the on-disk record, resume it, hand the guest its
+   * settings. The create owns every resource until the sandbox runs; on any failure (including a destroy or the
+   * VM's exit while starting) it removes them all before it throws.
+   */
+  private async start(live: LiveSandbox, snapshot: TemplateSnapshot, input: CreateSandboxInput, t0: number): Promise<LiveSandbox> {
+    const { sandboxId } = input;
+    const abort = live.startAbort!.signal;
+    let clone: RestoredClone | undefined;
+    let source = 'restored';
     try {
       const t1 = performance.now();
-      [slot, layer] = await Promise.all([this.slots.acquire(), this.layers.createLayer(input.sandboxId, snapshot.disk, dir)]);
+      const taken = await this.clones.take(snapshot);
+      clone = taken.clone;
+      source = taken.pooled ? 'pooled' : 'restored';
+      abort.throwIfAborted();
+      const t2 = performance.now();
+      await this.records.prepare(sandboxId);
       const record: SandboxRecord = {
-        sandboxId: input.sandboxId,
+        sandboxId,
         teamId: input.teamId,
         templateId: snapshot.build.templateId,
         buildId: snapshot.build.buildId,
-        vcpus,
-        memoryMib,
+        vcpus: live.record.vcpus,
+        memoryMib: live.record.memoryMib,
         metadata: input.metadata,
         envdAccessToken: input.envdAccessToken || undefined,
-        slotIndex: slot.index,
-        rootfs: { path: layer.path, format: layer.format, driver: layer.driver },
-        vmStateDir: join(dir, 'vm'),
-        serialLogPath: join(dir, 'serial.log'),
+        slotIndex: clone.slot.index,
+        rootfs: { path: clone.layer.path, format: clone.layer.format, driver: clone.layer.driver },
+        vmStateDir: clone.vmStateDir,
+        serialLogPath: clone.serialLogPath,
+        cloneDir: clone.dir,
         createdAt: new Date().toISOString(),
       };
+      // From here the clone belongs to this sandbox: a restarted agent finds it through the record.
       await this.records.save(record);
-      placeholder.record = record;
-      placeholder.slot = slot;
-      const t2 = performance.now();
-
-      vm = await this.snapshots.restore(snapshot, {
-        id: input.sandboxId,
-        stateDir: record.vmStateDir,
-        serialLogPath: record.serialLogPath,
-        rootDisk: { path: layer.path, format: layer.format },
-        network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
-      });
-      placeholder.vm = vm;
-      this.watchExit(placeholder, vm);
+      live.record = record;
+      live.slot = clone.slot;
+      live.vm = clone.vm;
+      this.watchExit(live, clone.vm);
       const t3 = performance.now();
+      await clone.vm.resume();
+      const t4 = performance.now();
 
       await initGuestAgent(
-        slot.hostAddress,
-        placeholder.guestConnections,
+        clone.slot.hostAddress,
+        live.guestConnections,
         {
           accessToken: record.envdAccessToken,
           envVars: input.envVars,
@@ -242,26 +271,32 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
           entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64'),
         },
         GUEST_INIT_DEADLINE_MS,
+        { signal: abort },
       );
-      const t4 = performance.now();
-      placeholder.state = 'running';
+      const t5 = performance.now();
+      live.state = 'running';
+      live.startAbort = undefined;
       this.liveGauge.set(this.sandboxes.size);
-      this.createSeconds.observe({ phase: 'prepare' }, (t2 - t1) / 1000);
-      this.createSeconds.observe({ phase: 'restore' }, (t3 - t2) / 1000);
-      this.createSeconds.observe({ phase: 'guest-init' }, (t4 - t3) / 1000);
-      this.createSeconds.observe({ phase: 'total' }, (t4 - t0) / 1000);
+      const observe = (phase: string, ms: number) => this.createSeconds.observe({ phase, clone: source }, ms / 1000);
+      observe('clone', t2 - t1);
+      observe('record', t3 - t2);
+      observe('resume', t4 - t3);
+      observe('guest-init', t5 - t4);
+      observe('total', t5 - t0);
       this.publish('created', record);
-      return placeholder;
+      return live;
     } catch (error) {
-      placeholder.stopping = true;
+      live.stopping = true;
+      const reason = abort.aborted ? describeError(abort.reason) : describeError(error);
       this.logger.warn(
-        `sandbox ${input.sandboxId} failed to start (slot ${slot?.index ?? '-'}, pid ${vm?.pid ?? '-'}): ${describeError(error)}; ` +
-          `guest console tail: ${await consoleTail(placeholder.record.serialLogPath)}`,
+        `sandbox ${sandboxId} failed to start (${source} clone ${clone?.cloneId ?? '-'}, slot ${clone?.slot.index ?? '-'}, pid ${clone?.vm.pid ?? '-'}): ${reason}; ` +
+          `guest console tail: ${await consoleTail(clone?.serialLogPath)}`,
       );
-      await this.teardown(input.sandboxId, vm, slot, layer);
+      await this.teardown(sandboxId, clone?.vm, clone?.slot, clone?.layer, clone?.dir);
+      if (abort.aborted && abort.reason instanceof KilnError) throw new KilnError(abort.reason.code, `sandbox ${sandboxId} did not start: ${reason}`);
       if (error instanceof SlotsExhaustedError) throw new KilnError(ErrorCode.ResourceExhausted, 'no free network slot on this host');
       if (error instanceof KilnError) throw error;
-      throw new KilnError(ErrorCode.Unavailable, `sandbox ${input.sandboxId} failed to start: ${describeError(error)}`);
+      throw new KilnError(ErrorCode.Unavailable, `sandbox ${sandboxId} failed to start: ${describeError(error)}`);
     }
   }
 
@@ -269,13 +304,20 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   async destroy(sandboxId: string): Promise<boolean> {
     const live = this.sandboxes.get(sandboxId);
     if (!live) return false;
+    if (live.state === 'starting' && live.startAbort) {
+      // The create owns its resources until it finishes: stop it, and let its failure path remove them.
+      live.startAbort.abort(new KilnError(ErrorCode.Conflict, 'destroyed while starting'));
+      await live.started;
+      this.publish('destroyed', live.record, 'destroyed while starting');
+      return true;
+    }
     if (live.state === 'stopping') {
       await live.vm?.exited;
       return true;
     }
     live.state = 'stopping';
     live.stopping = true;
-    await this.teardown(sandboxId, live.vm, live.slot, live.record.rootfs ? { path: live.record.rootfs.path } : undefined);
+    await this.teardown(sandboxId, live.vm, live.slot, live.record.rootfs ? { path: live.record.rootfs.path } : undefined, live.record.cloneDir);
     this.publish('destroyed', live.record, 'destroyed on request');
     return true;
   }
@@ -291,26 +333,45 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   }
 
   /** Removes whatever exists of a sandbox, in reverse order of creation; never throws. */
-  private async teardown(sandboxId: string, vm?: VmHandle, slot?: NetworkSlot, layer?: Pick<RootfsLayer, 'path'>): Promise<void> {
+  private async teardown(sandboxId: string, vm?: VmHandle, slot?: NetworkSlot, layer?: Pick<RootfsLayer, 'path'>, cloneDir?: string): Promise<void> {
     this.sandboxes.get(sandboxId)?.guestConnections.destroy();
     if (vm && !vm.hasExited) await vm.kill().catch((error) => this.logger.warn(`kill of ${sandboxId} failed: ${describeError(error)}`));
-    if (layer) await this.layers.removeLayer({ path: layer.path, sandboxId }).catch((error) => this.logger.warn(`layer removal for ${sandboxId} failed: ${describeError(error)}`));
+    await this.removeDisk({ sandboxId, rootfs: layer, cloneDir });
     if (slot) await this.slots.release(slot).catch((error) => this.logger.warn(`slot release for ${sandboxId} failed: ${describeError(error)}`));
     await this.records.remove(sandboxId).catch(() => undefined);
     this.sandboxes.delete(sandboxId);
     this.liveGauge.set(this.sandboxes.size);
   }
 
+  /** The sandbox's disk layer, and the clone directory holding it (VM state, serial log) when it has one. */
+  private async removeDisk(owner: { sandboxId: string; rootfs?: Pick<RootfsLayer, 'path'>; cloneDir?: string }): Promise<void> {
+    if (owner.cloneDir) {
+      await rm(owner.cloneDir, { recursive: true, force: true }).catch((error) => this.logger.warn(`removing ${owner.cloneDir} failed: ${describeError(error)}`));
+      return;
+    }
+    // Records from before clone directories: the layer sits in the sandbox's own directory, named after it.
+    if (owner.rootfs) {
+      await this.layers
+        .removeLayer({ path: owner.rootfs.path, sandboxId: owner.sandboxId })
+        .catch((error) => this.logger.warn(`layer removal for ${owner.sandboxId} failed: ${describeError(error)}`));
+    }
+  }
+
   /** A VM that ends on its own (guest poweroff, qemu crash, kill -9) is cleaned up and reported at once. */
   private watchExit(live: LiveSandbox, vm: VmHandle): void {
     void vm.exited.then(async (exit: VmExit) => {
       if (live.stopping) return;
+      if (live.state === 'starting' && live.startAbort) {
+        // The create is still waiting on the guest: end it now rather than at its deadline; it cleans up.
+        live.startAbort.abort(new KilnError(ErrorCode.Unavailable, `VM exited while starting (${exit.reason})`));
+        return;
+      }
       live.stopping = true;
       live.state = 'stopping';
       const crashed = exit.signal !== null || (exit.code !== null && exit.code !== 0) || exit.code === null;
       const reason = `VM exited (${exit.reason}${exit.signal ? `, ${exit.signal}` : ''}${exit.code !== null ? `, code ${exit.code}` : ''})`;
       this.logger.warn(`sandbox ${live.record.sandboxId}: ${reason}`);
-      await this.teardown(live.record.sandboxId, undefined, live.slot, live.record.rootfs ? { path: live.record.rootfs.path } : undefined);
+      await this.teardown(live.record.sandboxId, undefined, live.slot, live.record.rootfs ? { path: live.record.rootfs.path } : undefined, live.record.cloneDir);
       this.publish(crashed ? 'crashed' : 'exited', live.record, reason, exit.code ?? undefined);
     });
   }

@@ -19,6 +19,11 @@ export interface SandboxRecord {
   rootfs: { path: string; format: 'raw' | 'qcow2'; driver: string };
   vmStateDir: string;
   serialLogPath: string;
+  /**
+   * The clone directory the sandbox was made from (VM state, serial log and disk layer live in it); removed with
+   * the sandbox. Absent in records written before clones had directories of their own.
+   */
+  cloneDir?: string;
   createdAt: string;
 }
 

@@ -8,7 +8,7 @@ export class SandboxModule {
   static register(host: HostResourceModules): DynamicModule {
     return {
       module: SandboxModule,
-      imports: [host.network, host.rootfs, host.templates, host.snapshots, VmmModule],
+      imports: [host.network, host.rootfs, host.templates, host.snapshots, host.clones, VmmModule],
       providers: [SandboxManager],
       exports: [SandboxManager],
     };

@@ -1,6 +1,5 @@
 export * from './snapshot.errors';
 export * from './snapshot.module';
-export { guestAgentHealthy, waitForGuestAgent } from './guest-agent-health';
 export { SNAPSHOT_NETWORK, SNAPSHOT_OPTIONS, TemplateSnapshots, sha256File } from './template-snapshots';
 export type {
   CloneOptions,

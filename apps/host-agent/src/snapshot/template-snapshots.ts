@@ -7,9 +7,8 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { runHostCommand } from '../host-command/host-command';
 import { GUEST_AGENT_PORT, type NetworkSlot } from '../network';
 import { TemplateStore, coldBootSpec, type TemplateBuild } from '../template';
-import { VMM_DRIVER, type PreparedRestore, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec } from '../vmm';
-import { waitForGuestAgent } from './guest-agent-health';
-import { warmGuestAgent } from './guest-warm-up';
+import { VMM_DRIVER, type PreparedRestore, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec, type VmStartOptions } from '../vmm';
+import { waitForGuestAgent, warmGuestAgent } from '../guest-agent-client';
 import { SnapshotIntegrityError, SnapshotMissingError, SnapshotOutdatedError, TemplateBootError } from './snapshot.errors';
 
 /** Network slots for the template boot; NetworkSlotPool satisfies it. */
@@ -28,8 +27,11 @@ export interface SnapshotOptions {
 }
 
 const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state', 'restore-kernel', 'restore-initrd'] as const;
-/** 4: the guest agent is warmed up (including /init) before the memory is saved (guest-warm-up.ts). */
-const SNAPSHOT_FORMAT_VERSION = 4;
+/**
+ * 4: the guest agent is warmed up (including /init) before the memory is saved (guest-warm-up.ts).
+ * 5: the warm-up also sets, uses and clears an access token, and leaves no connection open.
+ */
+const SNAPSHOT_FORMAT_VERSION = 5;
 type SnapshotFile = (typeof SNAPSHOT_FILES)[number];
 
 export interface SnapshotManifest {
@@ -166,11 +168,11 @@ export class TemplateSnapshots {
     };
   }
 
-  /** Starts a clone from a verified snapshot; resolves once its vCPUs run. */
-  async restore(snapshot: TemplateSnapshot, clone: CloneOptions): Promise<VmHandle> {
+  /** Starts a clone from a verified snapshot; resolves once its vCPUs run (or, with startPaused, are ready to). */
+  async restore(snapshot: TemplateSnapshot, clone: CloneOptions, options: VmStartOptions = {}): Promise<VmHandle> {
     // No second verify: a TemplateSnapshot only comes from ensure()/load(), which just verified it, and this is
     // the sandbox-create hot path (it re-read the directory's sizes and mtimes on every create).
-    return this.driver.restore(this.cloneSpec(snapshot, clone), { statePath: snapshot.statePath });
+    return this.driver.restore(this.cloneSpec(snapshot, clone), { statePath: snapshot.statePath }, options);
   }
 
   /** A clone whose VMM is already running and waiting: start() makes it live in milliseconds. */

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { access, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable } from '@nestjs/common';
@@ -49,6 +50,7 @@ const STATE_FILES = {
 /** fd number of the snapshot stream in the child: 0-2 are stdio. */
 const INCOMING_FD = 3;
 const DEFAULT_START_TIMEOUT_MS = 30_000;
+const BACKGROUND_NICE = 19;
 const ADOPTED_LIVENESS_POLL_MS = 500;
 
 /**
@@ -85,10 +87,20 @@ export class QemuMicrovmDriver implements VmmDriver {
     return { handle: started.handle, start: () => started.complete(true) };
   }
 
+  async terminate(stateDir: string): Promise<boolean> {
+    const record = await readRuntimeRecord(stateDir).catch(() => undefined);
+    if (!record) return false;
+    const ticks = await processStartTicks(record.pid);
+    if (ticks === undefined || ticks !== record.processStartTicks) return false;
+    killGroupOrProcess(record.pid);
+    for (let waited = 0; waited < 5_000 && (await processStartTicks(record.pid)) === ticks; waited += 10) await delay(10);
+    return true;
+  }
+
   async adopt(stateDir: string): Promise<VmHandle> {
     let record: VmRuntimeRecord;
     try {
-      record = JSON.parse(await readFile(join(stateDir, STATE_FILES.runtime), 'utf8')) as VmRuntimeRecord;
+      record = await readRuntimeRecord(stateDir);
     } catch (error) {
       throw new VmAdoptError(`no VM record in ${stateDir}: ${(error as Error).message}`);
     }
@@ -134,9 +146,11 @@ export class QemuMicrovmDriver implements VmmDriver {
       startPaused: options.startPaused,
       tcgGuestTscKhz: accelerator === 'tcg' ? await (this.tscKhz ??= hostTscKhz()) : undefined,
     });
-    const [file, argv] = spec.network
+    // nice and nsenter exec what follows them, so the pid is QEMU's own. Threads inherit the niceness.
+    const inNetns: [string, string[]] = spec.network
       ? ['nsenter', [`--net=${spec.network.netnsPath}`, '--', this.config.qemuBinary, ...args]]
       : [this.config.qemuBinary, args];
+    const [file, argv] = options.background ? ['nice', ['-n', String(BACKGROUND_NICE), inNetns[0], ...inNetns[1]]] : inNetns;
 
     const logFd = openSync(join(stateDir, STATE_FILES.vmmLog), 'a');
     let stateFd: number | undefined;
@@ -297,6 +311,21 @@ class QemuVmHandle implements VmHandle {
     await this.control().execute('cont');
   }
 
+  async setForeground(): Promise<void> {
+    this.control();
+    // Niceness is per thread on Linux: every vCPU and I/O thread QEMU started inherited the background value.
+    const tasks = await readdir(`/proc/${this.pid}/task`).catch(() => [] as string[]);
+    for (const tid of tasks) {
+      try {
+        setPriority(Number(tid), 0);
+      } catch (error) {
+        // A thread that ended since the listing (libuv reports it as a SystemError with info.code).
+        const code = (error as { info?: { code?: string } }).info?.code ?? (error as NodeJS.ErrnoException).code;
+        if (code !== 'ESRCH') throw error;
+      }
+    }
+  }
+
   async snapshot(statePath: string): Promise<VmSnapshotResult> {
     const qmp = this.control();
     const started = performance.now();
@@ -404,6 +433,10 @@ async function assertReadable(spec: VmSpec, snapshot: VmSnapshotRef | undefined)
       throw new InvalidVmSpecError(`vm ${spec.id}: ${what} ${path} does not exist`);
     }
   }
+}
+
+async function readRuntimeRecord(stateDir: string): Promise<VmRuntimeRecord> {
+  return JSON.parse(await readFile(join(stateDir, STATE_FILES.runtime), 'utf8')) as VmRuntimeRecord;
 }
 
 /** Start time of a process in clock ticks since boot, or undefined when it does not exist (or is a zombie). */

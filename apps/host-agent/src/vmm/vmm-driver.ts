@@ -100,6 +100,11 @@ export interface VmStartOptions {
   startPaused?: boolean;
   /** Deadline for the VMM to come up (and for a restore to finish loading). */
   timeoutMs?: number;
+  /**
+   * Run the VMM at the lowest CPU priority: work done ahead of demand (a clone being warmed for the pool) must
+   * not slow down running sandboxes. VmHandle.setForeground() gives it normal priority.
+   */
+  background?: boolean;
 }
 
 export interface VmHandle {
@@ -114,6 +119,8 @@ export interface VmHandle {
   state(): Promise<VmRunState>;
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /** Normal CPU priority for every thread of the VMM (see VmStartOptions.background). */
+  setForeground(): Promise<void>;
   /**
    * Saves device state to `statePath` (pausing first if needed; the VM stays paused).
    * With a shared memory file only device state is written, guest RAM stays in the file.
@@ -137,6 +144,11 @@ export interface VmmDriver {
   prepareRestore(spec: VmSpec, snapshot: VmSnapshotRef, options?: VmStartOptions): Promise<PreparedRestore>;
   /** Re-attaches to a VM that outlived the process that started it. */
   adopt(stateDir: string): Promise<VmHandle>;
+  /**
+   * Kills the VMM recorded in `stateDir` if that very process still runs (pid and start time match), without
+   * its control channel: for leftovers nobody will adopt. Resolves true when there was one to kill.
+   */
+  terminate(stateDir: string): Promise<boolean>;
 }
 
 /** Nest injection token for the host's VmmDriver. */

@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { build } from 'esbuild';
 import { type NetworkSlot } from '../../src/network';
 import { coldBootSpec } from '../../src/template';
-import { guestAgentHealthy, waitForGuestAgent } from '../../src/snapshot';
+import { guestAgentHealthy, waitForGuestAgent } from '../../src/guest-agent-client';
 import { QemuMicrovmDriver, VmAdoptError, InvalidVmSpecError, type VmHandle, type VmSpec } from '../../src/vmm';
 import { processStartTicks } from '../../src/vmm/qemu-microvm.driver';
 import { Cleanup, readText, startVmTestApp, type VmTestApp } from './vm-test-context';

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sha256File, SnapshotIntegrityError, TemplateSnapshots, waitForGuestAgent, type TemplateSnapshot } from '../../src/snapshot';
+import { waitForGuestAgent } from '../../src/guest-agent-client';
+import { sha256File, SnapshotIntegrityError, TemplateSnapshots, type TemplateSnapshot } from '../../src/snapshot';
 import type { TemplateBuild } from '../../src/template';
 import { VmStartError, type VmHandle } from '../../src/vmm';
 import { processStartTicks } from '../../src/vmm/qemu-microvm.driver';

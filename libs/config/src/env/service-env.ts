@@ -1,5 +1,5 @@
 import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
-import { IsServiceUrl } from './validators';
+import { IsEnvBoolean, IsServiceUrl } from './validators';
 
 /**
  * Environment variables of every Kiln app. The names are the deployment contract:
@@ -159,6 +159,29 @@ export class HostAgentEnv extends HostVmmEnv {
   /** Pool the per-slot host-side addresses come from; only ever assigned inside agent-made namespaces. */
   @IsString() @Matches(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, { message: 'KILN_SLOT_CIDR must be an IPv4 CIDR' })
   KILN_SLOT_CIDR: string = '10.200.0.0/16';
+
+  /**
+   * Restored, paused clones kept ready per template in use, so a create is a resume plus the guest's /init
+   * (0: every create restores its VM on demand).
+   */
+  @IsInt() @Min(0) @Max(16)
+  KILN_CLONE_POOL_SIZE: number = 2;
+
+  /** Templates whose clones are kept ready at once (least recently used first out). */
+  @IsInt() @Min(1) @Max(64)
+  KILN_CLONE_POOL_TEMPLATES: number = 4;
+
+  /** A template no sandbox was created from for this long stops being kept warm. */
+  @IsInt() @Min(1)
+  KILN_CLONE_POOL_IDLE_MINUTES: number = 30;
+
+  /**
+   * Run each pooled clone through the guest agent's hot paths before pausing it: creates from the pool answer
+   * their first command several times sooner under TCG; the sandbox then starts with the memory its first commands
+   * would have cost it anyway.
+   */
+  @IsEnvBoolean()
+  KILN_CLONE_POOL_WARM: boolean = true;
 
   /** vCPUs and memory this host offers to sandboxes; 0 means "detect from the machine". */
   @IsInt() @Min(0)

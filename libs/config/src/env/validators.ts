@@ -1,4 +1,5 @@
-import { ValidationOptions, registerDecorator } from 'class-validator';
+import { Transform } from 'class-transformer';
+import { IsBoolean, ValidationOptions, registerDecorator } from 'class-validator';
 
 /** A URL whose scheme is one of `schemes`; hostnames need no TLD (localhost, k8s service names). */
 export function IsServiceUrl(schemes: string[], options?: ValidationOptions): PropertyDecorator {
@@ -21,4 +22,24 @@ export function IsServiceUrl(schemes: string[], options?: ValidationOptions): Pr
         defaultMessage: (args) => `${args?.property} must be a ${schemes.join('/')} URL`,
       },
     });
+}
+
+const TRUE_WORDS = new Set(['true', '1', 'yes', 'on']);
+const FALSE_WORDS = new Set(['false', '0', 'no', 'off']);
+
+/**
+ * A boolean env variable. Implicit conversion would turn the string "false" into true, so the raw text is read
+ * here: true/1/yes/on or false/0/no/off (any case); anything else fails validation with the variable's name.
+ */
+export function IsEnvBoolean(options?: ValidationOptions): PropertyDecorator {
+  return (target: object, propertyName: string | symbol) => {
+    Transform(({ obj, key, value }) => {
+      const raw = (obj as Record<string, unknown>)[key];
+      if (typeof raw === 'boolean') return raw;
+      if (typeof raw !== 'string') return value;
+      const word = raw.trim().toLowerCase();
+      return TRUE_WORDS.has(word) ? true : FALSE_WORDS.has(word) ? false : raw;
+    })(target, propertyName as string);
+    IsBoolean({ message: `${String(propertyName)} must be true or false`, ...options })(target, propertyName as string);
+  };
 }

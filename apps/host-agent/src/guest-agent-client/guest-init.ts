@@ -2,8 +2,6 @@ import { Agent, request } from 'node:http';
 import type { GuestInitBody } from '@kiln/contracts/guest-init';
 import { GUEST_AGENT_PORT } from '../network';
 
-export const GUEST_ENTROPY_SEED_BYTES = 64;
-
 /**
  * Until the guest's network is back, SYNs go unanswered: give up on a connection attempt
  * quickly and try again. Once connected, wait as long as the deadline allows: right after
@@ -15,10 +13,20 @@ const CONNECT_ATTEMPT_TIMEOUT_MS = 1_000;
 /** Pause after a refused connection (the guest's socket is not back yet). */
 const RETRY_INTERVAL_MS = 5;
 
-function post(agent: Agent, host: string, path: string, body: string, responseTimeoutMs: number): Promise<number> {
+interface PostOptions {
+  port: number;
+  responseTimeoutMs: number;
+  signal?: AbortSignal;
+  accessToken?: string;
+}
+
+function post(agent: Agent, host: string, path: string, body: string, options: PostOptions): Promise<number> {
+  const { port, responseTimeoutMs, signal, accessToken } = options;
+  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+  if (accessToken) headers['x-access-token'] = accessToken;
   return new Promise((resolve, reject) => {
     const req = request(
-      { host, port: GUEST_AGENT_PORT, path, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+      { host, port, path, method: 'POST', agent, signal, headers },
       (res) => {
         res.resume();
         res.on('end', () => resolve(res.statusCode ?? 0));
@@ -45,15 +53,33 @@ function post(agent: Agent, host: string, path: string, body: string, responseTi
  * retrying until it answers. /init doubles as the readiness check: one round trip fewer
  * on the create path than polling /health first.
  */
-export async function initGuestAgent(host: string, agent: Agent, init: GuestInitBody, deadlineMs: number): Promise<{ attempts: number }> {
+export async function initGuestAgent(
+  host: string,
+  agent: Agent,
+  init: GuestInitBody,
+  deadlineMs: number,
+  options: {
+    signal?: AbortSignal;
+    port?: number;
+    /** The token the guest already holds (re-initialising a guest that has one: after a resume, or a warm-up). */
+    currentAccessToken?: string;
+  } = {},
+): Promise<{ attempts: number }> {
+  const { signal, port = GUEST_AGENT_PORT, currentAccessToken } = options;
   const body = JSON.stringify(init);
   const deadline = Date.now() + deadlineMs;
   let attempts = 0;
   let lastError: unknown;
   while (Date.now() < deadline) {
+    signal?.throwIfAborted();
     attempts++;
     try {
-      const status = await post(agent, host, '/init', body, Math.max(100, deadline - Date.now()));
+      const status = await post(agent, host, '/init', body, {
+        port,
+        responseTimeoutMs: Math.max(100, deadline - Date.now()),
+        signal,
+        accessToken: currentAccessToken,
+      });
       if (status >= 200 && status < 300) return { attempts };
       lastError = new Error(`guest agent answered /init with HTTP ${status}`);
       if (status >= 400 && status < 500) break;

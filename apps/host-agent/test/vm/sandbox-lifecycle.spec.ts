@@ -1,0 +1,269 @@
+import 'reflect-metadata';
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Module, type INestApplicationContext } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { createClient } from '@connectrpc/connect';
+import { createConnectTransport } from '@connectrpc/connect-node';
+import { ConfigModule, HostAgentEnv, loadConfig } from '@kiln/config';
+import { ErrorCode, KilnError } from '@kiln/contracts';
+import { MessagingModule } from '@kiln/messaging';
+import { Process } from '@kiln/proto/process';
+import { TelemetryModule } from '@kiln/telemetry';
+import { startPrivateNats, type PrivateServer } from '@kiln/testing';
+import { ClonePool } from '../../src/clone-pool';
+import { hostResourceModules } from '../../src/host-modules';
+import { NetworkModule, NetworkSlotPool } from '../../src/network';
+import { RootfsLayers } from '../../src/rootfs';
+import { SandboxManager, type LiveSandbox } from '../../src/sandbox/sandbox-manager.service';
+import { SandboxModule } from '../../src/sandbox/sandbox.module';
+import { TemplateSnapshots } from '../../src/snapshot';
+import { VMM_DRIVER, type VmmDriver } from '../../src/vmm';
+import { DATA_DIR } from './vm-test-context';
+
+/**
+ * The sandbox manager and its clone pool wired as the agent wires them (real VMs, real network slots, a private
+ * NATS for lifecycle events), in a data dir of their own that shares the built templates. Names and addresses are
+ * private to this suite: prefix ktsl, 10.212.0.0/24.
+ */
+const TEST_DATA_DIR = '/var/lib/kiln-test-lifecycle';
+const CLONES_DIR = join(TEST_DATA_DIR, 'clones');
+
+interface AgentContext {
+  app: INestApplicationContext;
+  manager: SandboxManager;
+  clones: ClonePool;
+  slots: NetworkSlotPool;
+  driver: VmmDriver;
+}
+
+async function startAgent(nats: PrivateServer, poolSize: number): Promise<AgentContext> {
+  mkdirSync(TEST_DATA_DIR, { recursive: true });
+  for (const shared of ['templates', 'images', 'cache', 'vmm']) {
+    const link = join(TEST_DATA_DIR, shared);
+    if (!existsSync(link) && existsSync(join(DATA_DIR, shared))) symlinkSync(join(DATA_DIR, shared), link);
+  }
+  const env = loadConfig(HostAgentEnv, {
+    ...process.env,
+    NATS_URL: nats.url,
+    KILN_DATA_DIR: TEST_DATA_DIR,
+    KILN_NETWORK_PREFIX: 'ktsl',
+    KILN_SLOT_CIDR: '10.212.0.0/24',
+    KILN_NETWORK_PREFILL: '1',
+    KILN_MAX_SANDBOXES: '8',
+    KILN_CLONE_POOL_SIZE: String(poolSize),
+    KILN_HOST_ID: 'lifecycle-test',
+    HOST_REGISTRATION_TOKEN: 'lifecycle-test-registration',
+  });
+  const host = hostResourceModules(env);
+  @Module({
+    imports: [
+      ConfigModule.forRoot(HostAgentEnv, env),
+      TelemetryModule.forRoot({ service: 'host-agent-test', logLevel: 'warn' }),
+      MessagingModule.forRoot({ natsUrl: nats.url, name: 'host-agent-test' }),
+      SandboxModule.register(host),
+    ],
+  })
+  class LifecycleTestModule {}
+  const app = await NestFactory.createApplicationContext(LifecycleTestModule, { logger: ['error', 'warn'], abortOnError: false });
+  app.enableShutdownHooks();
+  return { app, manager: app.get(SandboxManager), clones: app.get(ClonePool), slots: app.get(NetworkSlotPool), driver: app.get<VmmDriver>(VMM_DRIVER) };
+}
+
+/** Every network slot with this suite's prefix, as `npm run down` removes an agent's. */
+async function removeSuiteNetwork(): Promise<void> {
+  @Module({ imports: [NetworkModule.register({ namePrefix: 'ktsl', slotCidr: '10.212.0.0/24', prefill: 0 })] })
+  class NetworkCleanupModule {}
+  const app = await NestFactory.createApplicationContext(NetworkCleanupModule, { logger: ['error'] });
+  const pool = app.get(NetworkSlotPool);
+  await pool.init([]);
+  await pool.destroyAll();
+  await app.close();
+}
+
+async function eventually<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 120_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A process that exists and is not a zombie (a VM this process started stays one until it is reaped). */
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+async function runInSandbox(live: LiveSandbox, command: string): Promise<string> {
+  const headers: Record<string, string> = live.record.envdAccessToken ? { 'X-Access-Token': live.record.envdAccessToken } : {};
+  const client = createClient(Process, createConnectTransport({ baseUrl: `http://${live.slot.hostAddress}:49983`, httpVersion: '1.1', nodeOptions: { agent: live.guestConnections } }));
+  let out = '';
+  for await (const r of client.start({ process: { cmd: '/bin/bash', args: ['-c', command], envs: {} } }, { headers, timeoutMs: 60_000 })) {
+    const e = r.event?.event;
+    if (e?.case === 'data' && e.value.output.case === 'stdout') out += Buffer.from(e.value.output.value).toString();
+  }
+  return out;
+}
+
+const create = (manager: SandboxManager, sandboxId: string) =>
+  manager.create({ sandboxId, templateId: 'base', teamId: 'lifecycle', envVars: { FROM_CREATE: sandboxId }, metadata: {}, envdAccessToken: `token-${sandboxId}` });
+
+describe('sandbox lifecycle and clone pool (real VMs)', () => {
+  let nats: PrivateServer;
+
+  beforeAll(async () => {
+    nats = await startPrivateNats();
+    await rm(join(TEST_DATA_DIR, 'sandboxes'), { recursive: true, force: true });
+    await rm(CLONES_DIR, { recursive: true, force: true });
+  });
+
+  afterAll(async () => {
+    await nats?.stop();
+    await removeSuiteNetwork();
+    await rm(CLONES_DIR, { recursive: true, force: true });
+  });
+
+  describe('with a pool of one warm clone per template', () => {
+    let agent: AgentContext;
+
+    beforeAll(async () => {
+      agent = await startAgent(nats, 1);
+    });
+
+    afterAll(async () => {
+      await agent?.app.close();
+    });
+
+    const pooled = () => agent.clones.describe().find((t) => t.templateId === 'base')?.clones ?? [];
+
+    it('keeps a paused clone ready and makes the sandbox from it; the pool refills', async () => {
+      const [waiting] = await eventually('a clone of base in the pool', () => pooled().length === 1 && pooled());
+      const live = await create(agent.manager, 'slpool1');
+      try {
+        // The sandbox runs in the very VMM that was waiting in the pool.
+        expect(live.vm?.pid).toBe(waiting.pid);
+        expect(live.record.cloneDir).toBe(waiting.dir);
+        expect(await runInSandbox(live, 'echo $FROM_CREATE')).toBe('slpool1\n');
+        const [next] = await eventually('the pool to refill', () => pooled().length === 1 && pooled());
+        expect(next.cloneId).not.toBe(waiting.cloneId);
+      } finally {
+        await agent.manager.destroy('slpool1');
+      }
+      expect(alive(waiting.pid)).toBe(false);
+      expect(existsSync(waiting.dir)).toBe(false);
+    });
+
+    it('replaces a pooled clone whose VMM dies', async () => {
+      const [victim] = await eventually('a clone in the pool', () => pooled().length === 1 && pooled());
+      process.kill(victim.pid, 'SIGKILL');
+      const [replacement] = await eventually('a replacement clone', () => pooled()[0]?.cloneId !== victim.cloneId && pooled().length === 1 && pooled());
+      expect(alive(replacement.pid)).toBe(true);
+      expect(existsSync(victim.dir)).toBe(false);
+    });
+
+    it('kills pooled clones and removes their directories when the agent shuts down', async () => {
+      const [waiting] = await eventually('a clone in the pool', () => pooled().length === 1 && pooled());
+      await agent.app.close();
+      expect(alive(waiting.pid)).toBe(false);
+      expect(readdirSync(CLONES_DIR)).toEqual([]);
+      agent = await startAgent(nats, 1);
+    });
+  });
+
+  describe('without a pool (every create restores on demand)', () => {
+    let agent: AgentContext;
+
+    beforeAll(async () => {
+      agent = await startAgent(nats, 0);
+      // The snapshot is made (or verified) in the background at start; the races below need it ready.
+      await agent.app.get(TemplateSnapshots).ensure('base');
+    });
+
+    afterAll(async () => {
+      await agent?.app.close();
+    });
+
+    /** Starts a create and resolves with its outcome once the VM exists but the guest has not answered /init. */
+    async function createCaughtStarting(sandboxId: string) {
+      const outcome = create(agent.manager, sandboxId).then(
+        (live) => ({ live, error: undefined }),
+        (error: unknown) => ({ live: undefined, error }),
+      );
+      const starting = await eventually('the VM to exist while the sandbox is starting', () => {
+        const live = agent.manager.get(sandboxId);
+        return live?.state === 'starting' && live.vm ? live : undefined;
+      });
+      return { outcome, starting, pid: starting.vm!.pid, cloneDir: starting.record.cloneDir! };
+    }
+
+    it('a destroy while the guest is starting ends the create at once and leaves nothing behind', async () => {
+      const leasedBefore = agent.slots.stats().leased;
+      const { outcome, pid, cloneDir } = await createCaughtStarting('slrace1');
+      const destroyedAt = Date.now();
+      expect(await agent.manager.destroy('slrace1')).toBe(true);
+      const { error } = await outcome;
+      expect(Date.now() - destroyedAt).toBeLessThan(10_000);
+      expect(error).toBeInstanceOf(KilnError);
+      expect((error as KilnError).code).toBe(ErrorCode.Conflict);
+      expect(agent.manager.get('slrace1')).toBeUndefined();
+      expect(alive(pid)).toBe(false);
+      expect(existsSync(cloneDir)).toBe(false);
+      expect(existsSync(join(TEST_DATA_DIR, 'sandboxes', 'slrace1'))).toBe(false);
+      expect(agent.slots.stats().leased).toBe(leasedBefore);
+    });
+
+    it('a VM that dies while the guest is starting fails the create at once, not at its deadline', async () => {
+      const { outcome, pid, cloneDir } = await createCaughtStarting('slrace2');
+      const killedAt = Date.now();
+      process.kill(pid, 'SIGKILL');
+      const { error } = await outcome;
+      expect(Date.now() - killedAt).toBeLessThan(10_000);
+      expect((error as KilnError).code).toBe(ErrorCode.Unavailable);
+      expect((error as Error).message).toMatch(/VM exited while starting/);
+      expect(agent.manager.get('slrace2')).toBeUndefined();
+      expect(existsSync(cloneDir)).toBe(false);
+    });
+
+    it('a restarted agent adopts its sandboxes and removes clone directories nobody claims, killing their VMs', async () => {
+      const live = await create(agent.manager, 'sladopt1');
+      const sandboxPid = live.vm!.pid;
+      // A clone left behind by an agent that died before it was claimed: a restored VM in its own directory.
+      const strayDir = join(CLONES_DIR, 'cstray0000000000');
+      const snapshots = agent.app.get(TemplateSnapshots);
+      const snapshot = await snapshots.ensure('base');
+      const slot = await agent.slots.acquire();
+      mkdirSync(strayDir, { recursive: true });
+      const layer = await agent.app.get(RootfsLayers).createLayer('cstray0000000000', snapshot.disk, strayDir);
+      const stray = await snapshots.restore(
+        snapshot,
+        {
+          id: 'cstray0000000000',
+          stateDir: join(strayDir, 'vm'),
+          serialLogPath: join(strayDir, 'serial.log'),
+          rootDisk: { path: layer.path, format: layer.format },
+          network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+        },
+        { startPaused: true },
+      );
+      // The agent stops without its shutdown hooks for sandboxes (they outlive it), then starts again.
+      await agent.app.close();
+      agent = await startAgent(nats, 0);
+      try {
+        expect(alive(stray.pid)).toBe(false);
+        expect(existsSync(strayDir)).toBe(false);
+        const adopted = agent.manager.get('sladopt1');
+        expect(adopted?.vm?.pid).toBe(sandboxPid);
+        expect(await runInSandbox(adopted!, 'echo still here')).toBe('still here\n');
+      } finally {
+        await agent.manager.destroy('sladopt1');
+      }
+    });
+  });
+});
