@@ -30,8 +30,9 @@ const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state', 'restore-kernel', 'rest
 /**
  * 4: the guest agent is warmed up (including /init) before the memory is saved (guest-warm-up.ts).
  * 5: the warm-up also sets, uses and clears an access token, and leaves no connection open.
+ * 6: TCG guests get a CPU with ARAT (the command line changed, and the guest kernel picks its tick mode at boot).
  */
-const SNAPSHOT_FORMAT_VERSION = 5;
+const SNAPSHOT_FORMAT_VERSION = 6;
 type SnapshotFile = (typeof SNAPSHOT_FILES)[number];
 
 export interface SnapshotManifest {
