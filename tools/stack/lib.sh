@@ -35,6 +35,13 @@ ensure_apt_packages() {
   fi
 }
 
+# The unprivileged account every QEMU switches to once its devices are open (KILN_VMM_USER).
+ensure_vmm_user() {
+  local user=${KILN_VMM_USER:-kiln-vmm}
+  [ "$user" = root ] && return 0
+  id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() {

@@ -47,10 +47,24 @@ describe('validateVmSpec', () => {
 });
 
 describe('buildQemuArgs', () => {
+  it('confines a clone: unprivileged, chrooted, no spawning; a template VM may spawn its snapshot writer', () => {
+    const clone = buildQemuArgs(spec, { ...options, runAs: 'kiln-vmm', confineTo: '/var/lib/kiln/vmm/empty', incoming: true });
+    expect(valueOf(clone, '-runas')).toEqual(['kiln-vmm']);
+    expect(valueOf(clone, '-chroot')).toEqual(['/var/lib/kiln/vmm/empty']);
+    expect(valueOf(clone, '-sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny']);
+    const template = buildQemuArgs(spec, { ...options, runAs: 'kiln-vmm' });
+    expect(valueOf(template, '-sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=allow']);
+    expect(template).not.toContain('-chroot');
+    const asRoot = buildQemuArgs(spec, options);
+    expect(valueOf(asRoot, '-sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=deny']);
+    expect(asRoot).not.toContain('-runas');
+  });
+
   it('builds a microvm with TCG, tap networking in the spec MAC and a virtio-blk root disk', () => {
     const args = buildQemuArgs(spec, options);
     expect(valueOf(args, '-M')).toEqual(['microvm,x-option-roms=off,isa-serial=on,rtc=off']);
     expect(valueOf(args, '-accel')).toEqual(['tcg,thread=multi,tb-size=32']);
+    expect(valueOf(args, '-cpu')).toEqual(['qemu64,+arat']);
     expect(valueOf(args, '-smp')).toEqual(['2']);
     expect(valueOf(args, '-netdev')).toEqual(['tap,id=net0,ifname=tap0,script=no,downscript=no']);
     expect(valueOf(args, '-device')).toContain('virtio-net-device,netdev=net0,mac=02:fc:00:00:00:06');

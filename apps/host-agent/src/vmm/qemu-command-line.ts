@@ -15,8 +15,26 @@ export interface QemuLaunchOptions {
   startPaused?: boolean;
   /** Host TSC frequency handed to TCG guests so they skip PIT calibration (see host-tsc.ts). */
   tcgGuestTscKhz?: number;
+  /**
+   * Unprivileged user QEMU switches to once its devices are open (-runas). Unset: it stays root, and set*uid
+   * calls are forbidden by its seccomp filter instead.
+   */
+  runAs?: string;
+  /**
+   * Inherited fds of the writable root disk, one opened read-write and one read-only, to use instead of its path.
+   * An unprivileged QEMU could not open a root-owned layer, and after an incoming migration QEMU re-opens its
+   * images when it resumes. QEMU matches fd-set members by access mode, and probes images read-only first.
+   */
+  rootDiskFds?: { readWrite: number; readOnly: number };
+  /**
+   * Empty directory QEMU chroots into after start-up: only for clones, which open nothing once running (their
+   * snapshot arrives on an inherited fd). A template VM writes its snapshot through a spawned `cat`, so it can
+   * neither be chrooted nor denied spawning.
+   */
+  confineTo?: string;
 }
 
+const ROOT_DISK_FDSET = 1;
 const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
@@ -62,6 +80,17 @@ export function validateVmSpec(spec: VmSpec): void {
 function kernelCommandLine(spec: VmSpec, options: QemuLaunchOptions): string {
   if (options.accelerator !== 'tcg' || !options.tcgGuestTscKhz) return spec.kernelArgs;
   return `${spec.kernelArgs} tsc_early_khz=${options.tcgGuestTscKhz} tsc=reliable`;
+}
+
+/**
+ * QEMU's seccomp filter. -runas needs setuid/setgid at the end of start-up, so with it set*uid stay allowed (once
+ * QEMU is unprivileged they cannot regain anything); a confined clone may also neither spawn nor change its own
+ * scheduling or resource limits.
+ */
+function seccompPolicy(options: QemuLaunchOptions): string {
+  const rules = ['on', 'obsolete=deny', `elevateprivileges=${options.runAs ? 'allow' : 'deny'}`];
+  if (options.confineTo) rules.push('spawn=deny', 'resourcecontrol=deny');
+  return rules.join(',');
 }
 
 /** QEMU splits option values on commas; a literal comma is written twice. */
@@ -111,7 +140,7 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
     'none',
     '-no-reboot',
     '-sandbox',
-    'on,obsolete=deny,elevateprivileges=deny',
+    seccompPolicy(options),
     '-serial',
     `file:${optionValue(spec.serialLogPath)}`,
     '-qmp',
@@ -126,9 +155,15 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
     kernelCommandLine(spec, options),
   );
 
+  // An fd set is how QEMU takes a file it may not open itself; every (re)open of /dev/fdset/N dups from it.
+  const diskFds = options.rootDiskFds;
+  if (diskFds) {
+    args.push('-add-fd', `fd=${diskFds.readWrite},set=${ROOT_DISK_FDSET},opaque=root-disk-rw`);
+    args.push('-add-fd', `fd=${diskFds.readOnly},set=${ROOT_DISK_FDSET},opaque=root-disk-ro`);
+  }
   const drive = [
     'id=root',
-    `file=${optionValue(spec.rootDisk.path)}`,
+    `file=${diskFds ? `/dev/fdset/${ROOT_DISK_FDSET}` : optionValue(spec.rootDisk.path)}`,
     `format=${spec.rootDisk.format}`,
     'if=none',
     'discard=unmap',
@@ -145,6 +180,8 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
     );
   }
 
+  if (options.runAs) args.push('-runas', options.runAs);
+  if (options.confineTo) args.push('-chroot', options.confineTo);
   if (options.startPaused) args.push('-S');
   if (options.incoming) args.push('-incoming', 'defer');
   return args;

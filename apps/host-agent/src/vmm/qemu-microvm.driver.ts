@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { access, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, chmod, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -49,6 +49,8 @@ const STATE_FILES = {
 
 /** fd number of the snapshot stream in the child: 0-2 are stdio. */
 const INCOMING_FD = 3;
+/** fd numbers of the root disk in an unprivileged child (see QemuLaunchOptions.rootDiskFds). */
+const ROOT_DISK_FDS = { readWrite: 4, readOnly: 5 };
 const DEFAULT_START_TIMEOUT_MS = 30_000;
 const BACKGROUND_NICE = 19;
 const ADOPTED_LIVENESS_POLL_MS = 500;
@@ -62,6 +64,8 @@ const ADOPTED_LIVENESS_POLL_MS = 500;
 export class QemuMicrovmDriver implements VmmDriver {
   readonly name = 'qemu-microvm';
   private tscKhz: Promise<number | undefined> | undefined;
+  private account: Promise<VmmAccount | undefined> | undefined;
+  private confinementRoot: Promise<string> | undefined;
 
   constructor(
     @Inject(VmmConfig) private readonly config: VmmConfig,
@@ -85,6 +89,23 @@ export class QemuMicrovmDriver implements VmmDriver {
     }
     const started = await this.startProcess(spec, snapshot, options);
     return { handle: started.handle, start: () => started.complete(true) };
+  }
+
+  /** The account QEMU drops to (KILN_VMM_USER), looked up once; undefined when VMMs run as root. */
+  private vmmAccount(): Promise<VmmAccount | undefined> {
+    this.account ??= this.config.vmmUser === undefined ? Promise.resolve(undefined) : lookUpAccount(this.config.vmmUser);
+    return this.account;
+  }
+
+  /** The empty, root-owned directory clones are chrooted into. */
+  private emptyRoot(): Promise<string> {
+    this.confinementRoot ??= (async () => {
+      const dir = join(this.config.dataDir, 'vmm', 'empty-root');
+      await mkdir(dir, { recursive: true, mode: 0o555 });
+      await chmod(dir, 0o555);
+      return dir;
+    })();
+    return this.confinementRoot;
   }
 
   async terminate(stateDir: string): Promise<boolean> {
@@ -114,7 +135,7 @@ export class QemuMicrovmDriver implements VmmDriver {
     } catch (error) {
       throw new VmAdoptError(`VM ${record.spec.id}: cannot attach to its QMP socket: ${(error as Error).message}`);
     }
-    const handle = new QemuVmHandle(record.spec, record.pid, qmp, stateDir, undefined);
+    const handle = new QemuVmHandle(record.spec, record.pid, qmp, stateDir, undefined, await this.vmmAccount());
     handle.watchAdoptedProcess(record.processStartTicks);
     return handle;
   }
@@ -137,6 +158,13 @@ export class QemuMicrovmDriver implements VmmDriver {
     const qmpSocketPath = join(stateDir, STATE_FILES.qmpSocket);
     await rm(qmpSocketPath, { force: true });
 
+    const account = await this.vmmAccount();
+    // Only a restore re-opens its disk after QEMU dropped privileges (when the incoming migration completes); a cold
+    // boot opens it once, as root. (An fd-set image also cannot resolve a relative backing path.)
+    const diskByFd = account !== undefined && snapshot !== undefined && !spec.rootDisk.readOnly;
+    // A clone opens nothing once it runs (its snapshot arrives on an inherited fd): it can be chrooted and kept
+    // from spawning. A VM with a shared memory file is a template boot, whose snapshot is written by a spawned cat.
+    const isClone = snapshot !== undefined && spec.memoryFile !== undefined && !spec.memoryFile.share;
     const args = buildQemuArgs(resolvedSpec, {
       accelerator,
       tcgTranslationBufferMib: this.config.tcgTranslationBufferMib,
@@ -145,6 +173,9 @@ export class QemuMicrovmDriver implements VmmDriver {
       incoming: snapshot !== undefined,
       startPaused: options.startPaused,
       tcgGuestTscKhz: accelerator === 'tcg' ? await (this.tscKhz ??= hostTscKhz()) : undefined,
+      runAs: account?.name,
+      rootDiskFds: diskByFd ? ROOT_DISK_FDS : undefined,
+      confineTo: isClone ? await this.emptyRoot() : undefined,
     });
     // nice and nsenter exec what follows them, so the pid is QEMU's own. Threads inherit the niceness.
     const inNetns: [string, string[]] = spec.network
@@ -153,18 +184,22 @@ export class QemuMicrovmDriver implements VmmDriver {
     const [file, argv] = options.background ? ['nice', ['-n', String(BACKGROUND_NICE), inNetns[0], ...inNetns[1]]] : inNetns;
 
     const logFd = openSync(join(stateDir, STATE_FILES.vmmLog), 'a');
-    let stateFd: number | undefined;
+    const opened: number[] = [];
+    const open = (path: string, flags: string) => {
+      const fd = openSync(path, flags);
+      opened.push(fd);
+      return fd;
+    };
     let child: ChildProcess;
     const launchedAt = performance.now();
     try {
-      stateFd = snapshot ? openSync(snapshot.statePath, 'r') : undefined;
-      child = spawn(file, argv, {
-        detached: true,
-        stdio: ['ignore', logFd, logFd, ...(stateFd === undefined ? [] : [stateFd])],
-      });
+      // Child fds 3.. (see INCOMING_FD and ROOT_DISK_FDS): the snapshot stream, then the root disk twice.
+      const extra: Array<number | 'ignore'> = [snapshot ? open(snapshot.statePath, 'r') : 'ignore'];
+      if (diskByFd) extra.push(open(spec.rootDisk.path, 'r+'), open(spec.rootDisk.path, 'r'));
+      child = spawn(file, argv, { detached: true, stdio: ['ignore', logFd, logFd, ...extra] });
     } finally {
       closeSync(logFd);
-      if (stateFd !== undefined) closeSync(stateFd);
+      for (const fd of opened) closeSync(fd);
     }
     child.unref();
 
@@ -191,9 +226,10 @@ export class QemuMicrovmDriver implements VmmDriver {
       }
       await Promise.race([childExit, delay(5_000)]);
       // A handle already given out (prepared restore) learns of the exit through childExit.
-      const log = await tail(join(stateDir, STATE_FILES.vmmLog));
+      // QEMU's own last words go on the same line: callers log errors one line long.
+      const lastWords = (await tail(join(stateDir, STATE_FILES.vmmLog), 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
       throw new VmStartError(
-        `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${log ? `\n${log}` : ''}`,
+        `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${lastWords ? ` (qemu: ${lastWords})` : ''}`,
       );
     };
     try {
@@ -204,7 +240,7 @@ export class QemuMicrovmDriver implements VmmDriver {
       });
       const qmp = await QmpClient.connect(qmpSocketPath, timeoutMs, exitedEarly.signal);
       const controlReadyMs = performance.now() - launchedAt;
-      const vm = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit);
+      const vm = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit, account);
       const record: VmRuntimeRecord = {
         driver: 'qemu-microvm',
         pid,
@@ -249,6 +285,8 @@ class QemuVmHandle implements VmHandle {
     private readonly qmp: QmpClient,
     private readonly stateDir: string,
     childExit: Promise<VmExit> | undefined,
+    /** The unprivileged account QEMU runs as; a snapshot it writes must be writable by it. */
+    private readonly account: VmmAccount | undefined,
   ) {
     this.exited = new Promise((resolve) => (this.resolveExited = resolve));
     childExit?.then((exit) => this.markExited(exit));
@@ -338,6 +376,9 @@ class QemuVmHandle implements VmHandle {
     if (status === 'running') await qmp.execute('stop');
     const partial = `${statePath}.partial`;
     await rm(partial, { force: true });
+    // The writer is a `cat` QEMU spawns, as QEMU's own user: it gets a file of its own to write, not the directory.
+    await writeFile(partial, '', { mode: 0o600 });
+    if (this.account) await chown(partial, this.account.uid, this.account.gid);
     await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(partial)}` });
     const deadline = performance.now() + 120_000;
     for (;;) {
@@ -349,6 +390,7 @@ class QemuVmHandle implements VmHandle {
       if (performance.now() > deadline) throw new VmSnapshotError(`vm ${this.id}: snapshot timed out`);
       await delay(2);
     }
+    if (this.account) await chown(partial, 0, 0);
     await rename(partial, statePath);
     const { size } = await stat(statePath);
     return { statePath, stateBytes: size, durationMs: performance.now() - started };
@@ -433,6 +475,25 @@ async function assertReadable(spec: VmSpec, snapshot: VmSnapshotRef | undefined)
       throw new InvalidVmSpecError(`vm ${spec.id}: ${what} ${path} does not exist`);
     }
   }
+}
+
+interface VmmAccount {
+  name: string;
+  uid: number;
+  gid: number;
+}
+
+/** The passwd entry of the VMM user; a missing one is a host set-up error with a way out in its message. */
+async function lookUpAccount(name: string): Promise<VmmAccount> {
+  const passwd = await readFile('/etc/passwd', 'utf8');
+  for (const line of passwd.split('\n')) {
+    const [user, , uid, gid] = line.split(':');
+    if (user === name && uid !== undefined && gid !== undefined) return { name, uid: Number(uid), gid: Number(gid) };
+  }
+  throw new InvalidVmSpecError(
+    `VMM user ${JSON.stringify(name)} does not exist on this host: create it (npm run up and npm test do: ` +
+      `useradd --system ${name}) or set KILN_VMM_USER=root to run QEMU as root`,
+  );
 }
 
 async function readRuntimeRecord(stateDir: string): Promise<VmRuntimeRecord> {

@@ -15,6 +15,8 @@ export class VmmConfig {
     readonly tcgTranslationBufferMib: number,
     /** How long the KVM probe guest may take to print its marker. */
     readonly probeTimeoutMs: number,
+    /** Account QEMU drops to once its devices are open; undefined: QEMU stays root (KILN_VMM_USER=root). */
+    readonly vmmUser?: string,
   ) {}
 
   static from(env: HostVmmEnv): VmmConfig {
@@ -24,6 +26,7 @@ export class VmmConfig {
       env.KILN_VMM_ACCEL as AcceleratorSetting,
       env.KILN_VMM_TCG_TB_MIB,
       env.KILN_VMM_PROBE_TIMEOUT_MS,
+      env.KILN_VMM_USER === 'root' ? undefined : env.KILN_VMM_USER,
     );
   }
 

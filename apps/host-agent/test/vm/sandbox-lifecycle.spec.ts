@@ -1,5 +1,6 @@
 import 'reflect-metadata';
-import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, symlinkSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Module, type INestApplicationContext } from '@nestjs/common';
@@ -151,6 +152,13 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
         expect(live.vm?.pid).toBe(waiting.pid);
         expect(live.record.cloneDir).toBe(waiting.dir);
         expect(await runInSandbox(live, 'echo $FROM_CREATE')).toBe('slpool1\n');
+        // Its VMM dropped to the unprivileged VMM user, sits in an empty chroot and runs under a seccomp filter.
+        const status = readFileSync(`/proc/${waiting.pid}/status`, 'utf8');
+        const vmmUid = Number(execFileSync('id', ['-u', 'kiln-vmm'], { encoding: 'utf8' }).trim());
+        expect(Number(/^Uid:\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status)?.[1])).toBe(vmmUid);
+        expect(/^CapEff:\s+(\w+)/m.exec(status)?.[1]).toBe('0000000000000000');
+        expect(/^Seccomp:\s+(\d)/m.exec(status)?.[1]).toBe('2');
+        expect(readlinkSync(`/proc/${waiting.pid}/root`)).toBe(realpathSync(join(TEST_DATA_DIR, 'vmm', 'empty-root')));
         const [next] = await eventually('the pool to refill', () => pooled().length === 1 && pooled());
         expect(next.cloneId).not.toBe(waiting.cloneId);
       } finally {

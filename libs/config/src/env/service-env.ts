@@ -114,6 +114,13 @@ export class HostVmmEnv extends NatsClientEnv {
   /** How long the KVM probe guest may take to print its marker. */
   @IsInt() @Min(1000)
   KILN_VMM_PROBE_TIMEOUT_MS: number = 10_000;
+
+  /**
+   * Unprivileged account every QEMU switches to once its devices are open; sandbox VMMs are also chrooted into an
+   * empty directory and may not spawn. `root` keeps QEMU privileged (only its seccomp filter then).
+   */
+  @IsString() @Matches(/^[a-z_][a-z0-9_-]{0,31}$/, { message: 'KILN_VMM_USER must be a user name' })
+  KILN_VMM_USER: string = 'kiln-vmm';
 }
 
 export class HostAgentEnv extends HostVmmEnv {
