@@ -72,6 +72,11 @@ async function firstStdoutByte(client: Client<typeof Process>, started: number):
   }
 }
 
+/** Runs a command to its end. */
+async function runOnce(client: Client<typeof Process>, cmd: string, args: string[]): Promise<void> {
+  for await (const response of client.start({ process: { cmd, args, envs: {} } }, { timeoutMs: 60_000 })) void response;
+}
+
 async function pssMib(pid: number): Promise<number> {
   const rollup = await readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
   return Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? NaN) / 1024;
@@ -268,18 +273,29 @@ async function main(): Promise<void> {
       await Promise.all(ids.map((id) => agent.client.destroySandbox({ sandboxId: id })));
     }
 
-    console.log(`\n== host memory: ${IDLE} idle sandboxes, and the pool's own clones ==`);
-    await poolRefilled(pooled, POOL_SIZE);
-    const idle = Array.from({ length: IDLE }, (_, i) => `kbha-idle${i}`);
-    for (const id of idle) await create(pooled, id);
+    console.log(`\n== host memory: ${IDLE} idle sandboxes from each path, and the pool's own clones ==`);
+    console.log('   PSS shares template pages among every process mapping them; all sandboxes below run at once.');
+    const fromPool = Array.from({ length: IDLE }, (_, i) => `kbha-idle${i}`);
+    for (const id of fromPool) {
+      await poolRefilled(pooled, POOL_SIZE);
+      await create(pooled, id);
+    }
+    const onDemandIdle = Array.from({ length: IDLE }, (_, i) => `kbod-idle${i}`);
+    for (const id of onDemandIdle) await create(onDemand, id);
+    // One of the on-demand sandboxes runs one command (the SDK's shape), to show what use costs.
+    const used = onDemandIdle[0];
+    await runOnce(envdProcess(`http://127.0.0.1:${onDemand.ports.proxy}`, { 'E2b-Sandbox-Id': used, 'X-Access-Token': 'bench-token' }), '/bin/bash', ['-l', '-c', 'true']);
     await poolRefilled(pooled, POOL_SIZE);
     await new Promise((r) => setTimeout(r, 5_000));
-    const sandboxPids = await Promise.all(idle.map(async (id) => (await pooled.client.getSandbox({ sandboxId: id })).pid));
-    const pss = await Promise.all(sandboxPids.map(pssMib));
-    report(`PSS per idle ${snapshot.manifest.memoryMib} MiB sandbox (target <= 64 MiB)`, pss, { unit: 'MiB' });
-    const pooledPss = await Promise.all(pooledClonePids(pooled.dataDir, new Set(sandboxPids)).map(pssMib));
-    report('PSS per paused clone waiting in the pool', pooledPss, { unit: 'MiB' });
-    await Promise.all(idle.map((id) => pooled.client.destroySandbox({ sandboxId: id })));
+    const pidOf = async (agent: BenchAgent, id: string) => (await agent.client.getSandbox({ sandboxId: id })).pid;
+    const poolPids = await Promise.all(fromPool.map((id) => pidOf(pooled, id)));
+    const onDemandPids = await Promise.all(onDemandIdle.slice(1).map((id) => pidOf(onDemand, id)));
+    report(`PSS, idle ${snapshot.manifest.memoryMib} MiB sandbox restored on demand (target <= 64)`, await Promise.all(onDemandPids.map(pssMib)), { unit: 'MiB' });
+    report(`PSS, idle ${snapshot.manifest.memoryMib} MiB sandbox from the warm pool`, await Promise.all(poolPids.map(pssMib)), { unit: 'MiB' });
+    report('PSS, on-demand sandbox after one bash -l command', [await pssMib(await pidOf(onDemand, used))], { unit: 'MiB' });
+    report('PSS, paused clone waiting in the pool', await Promise.all(pooledClonePids(pooled.dataDir, new Set(poolPids)).map(pssMib)), { unit: 'MiB' });
+    await Promise.all(fromPool.map((id) => pooled.client.destroySandbox({ sandboxId: id })));
+    await Promise.all(onDemandIdle.map((id) => onDemand.client.destroySandbox({ sandboxId: id })));
 
     if (COLD_BOOTS > 0) {
       console.log('\n== contrast: cold boot of the same template ==');
