@@ -1,2 +1,3 @@
 export * from './ports';
 export * from './private-servers';
+export * from './eventually';

@@ -5,7 +5,8 @@ import { createServer, Server } from 'node:net';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { Client as PgClient } from 'pg';
-import { CreatedSandbox, createSandbox, eventually, killSandbox, sandboxStatus } from '../harness/api-client';
+import { eventually } from '@kiln/testing';
+import { CreatedSandbox, createSandbox, killSandbox, sandboxStatus } from '../harness/api-client';
 import { envdProcessClient, runCommand } from '../harness/envd-client';
 import { hostAgentClient } from '../harness/host-agent-client';
 import { StackInfo, readStack, restartHostAgentAfterKill } from '../harness/stack-harness';
@@ -157,7 +158,7 @@ describe('host agent with real VMs (TCG here)', () => {
     await eventually(
       'reconcile to destroy the unknown VM',
       async () => !(await agent.listSandboxes()).sandboxes.some((s) => s.sandboxId === stray),
-      30_000,
+      { timeoutMs: 30_000 },
     );
     expect(existsSync(join(stack.dataDir, 'sandboxes', stray))).toBe(false);
   });

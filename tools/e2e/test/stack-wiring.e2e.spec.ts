@@ -2,7 +2,8 @@ import { AckPolicy, DeliverPolicy, JSONCodec, connect } from 'nats';
 import { Client as PgClient } from 'pg';
 import { SANDBOX_EVENTS_STREAM, SandboxLifecycleEvent } from '@kiln/messaging';
 import { HostAgentClients } from '../../../apps/scheduler/src/hosts/host-agent-clients';
-import { createSandbox, eventually, killSandbox } from '../harness/api-client';
+import { eventually } from '@kiln/testing';
+import { createSandbox, killSandbox } from '../harness/api-client';
 import { StackInfo, readStack } from '../harness/stack-harness';
 
 /** Issue 2's inter-service wiring, observed on the running stack rather than in one process. */
@@ -42,7 +43,7 @@ describe('inter-service wiring (real stack)', () => {
     const later = await eventually('a newer heartbeat', async () => {
       const { rows } = await db.query('select last_heartbeat_at from hosts where id = $1', [stack.hostAgent.hostId]);
       return rows[0].last_heartbeat_at > first.last_heartbeat_at ? rows[0] : undefined;
-    }, 15_000);
+    }, { timeoutMs: 15_000 });
     expect(Date.now() - new Date(later.last_heartbeat_at).getTime()).toBeLessThan(15_000);
     const metrics = await (await fetch(`http://127.0.0.1:${stack.httpPorts['host-monitor']}/metrics`)).text();
     expect(metrics).toContain(`kiln_host_heartbeats_total{host="${stack.hostAgent.hostId}"`);

@@ -12,7 +12,7 @@ import { ErrorCode, KilnError } from '@kiln/contracts';
 import { MessagingModule } from '@kiln/messaging';
 import { Process } from '@kiln/proto/process';
 import { TelemetryModule } from '@kiln/telemetry';
-import { startPrivateNats, type PrivateServer } from '@kiln/testing';
+import { eventually as eventuallyEvery, startPrivateNats, type PrivateServer } from '@kiln/testing';
 import { ClonePool } from '../../src/clone-pool';
 import { hostResourceModules } from '../../src/host-modules';
 import { NetworkModule, NetworkSlotPool } from '../../src/network';
@@ -72,6 +72,10 @@ async function startAgent(nats: PrivateServer, poolSize: number): Promise<AgentC
   return { app, manager: app.get(SandboxManager), clones: app.get(ClonePool), slots: app.get(NetworkSlotPool), driver: app.get<VmmDriver>(VMM_DRIVER) };
 }
 
+/** VM start-up under TCG takes seconds; poll often, wait long. */
+const eventually = <T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>) =>
+  eventuallyEvery(what, probe, { timeoutMs: 120_000, intervalMs: 50 });
+
 /** Every network slot with this suite's prefix, as `npm run down` removes an agent's. */
 async function removeSuiteNetwork(): Promise<void> {
   @Module({ imports: [NetworkModule.register({ namePrefix: 'ktsl', slotCidr: '10.212.0.0/24', prefill: 0 })] })
@@ -83,15 +87,6 @@ async function removeSuiteNetwork(): Promise<void> {
   await app.close();
 }
 
-async function eventually<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** A process that exists and is not a zombie (a VM this process started stays one until it is reaped). */
 function alive(pid: number): boolean {
