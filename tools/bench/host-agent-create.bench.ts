@@ -15,7 +15,7 @@
  * Run as root after `npm run build` and the guest image build:
  *   node tools/bench/run-bench.mjs tools/bench/host-agent-create.bench.ts
  * Env: BENCH_ITERATIONS (default 15), BENCH_CONCURRENT_TOTAL (default 12), BENCH_IDLE (default 6),
- * BENCH_COLD_BOOTS (default 1), BENCH_POOL_WARM (the pooled agent's KILN_CLONE_POOL_WARM, default true).
+ * BENCH_COLD_BOOTS (default 1), BENCH_POOL_WARM (the pooled agent's KILN_CLONE_POOL_WARM, default false as in the agent).
  * Uses its own data dirs (/var/lib/kiln-bench*, sharing the built
  * templates), slot prefixes kbha/kbod/kbrw and NATS-free registration; removes everything at the end.
  */
@@ -149,7 +149,7 @@ async function startHostAgent(name: string, options: { ports: BenchAgent['ports'
       KILN_NETWORK_PREFILL: '6',
       KILN_MAX_SANDBOXES: '24',
       KILN_CLONE_POOL_SIZE: String(options.poolSize),
-      KILN_CLONE_POOL_WARM: process.env.BENCH_POOL_WARM ?? 'true',
+      KILN_CLONE_POOL_WARM: process.env.BENCH_POOL_WARM ?? 'false',
       KILN_HOST_ID: `bench-${name}`,
       HOST_REGISTRATION_TOKEN: `bench-${process.pid}-not-registered`,
     },
@@ -191,7 +191,7 @@ async function main(): Promise<void> {
   try {
     await pool.init();
     const snapshot = await snapshots.ensure('base');
-    console.log(`accelerator ${(await probe.report()).accelerator}; template base/${snapshot.build.buildId}, ${snapshot.manifest.memoryMib} MiB; pool of ${POOL_SIZE}, warm=${process.env.BENCH_POOL_WARM ?? 'true'}`);
+    console.log(`accelerator ${(await probe.report()).accelerator}; template base/${snapshot.build.buildId}, ${snapshot.manifest.memoryMib} MiB; pool of ${POOL_SIZE}, warm=${process.env.BENCH_POOL_WARM ?? 'false'}`);
 
     const pooled = await startHostAgent('pooled', { ports: { http: 39_410, grpc: 39_411, proxy: 39_412 }, dataDir: '/var/lib/kiln-bench', prefix: 'kbha', cidr: '10.205.0.0/24', poolSize: POOL_SIZE });
     agents.push(pooled);
@@ -293,7 +293,7 @@ async function main(): Promise<void> {
     const poolPids = await Promise.all(fromPool.map((id) => pidOf(pooled, id)));
     const onDemandPids = await Promise.all(onDemandIdle.slice(1).map((id) => pidOf(onDemand, id)));
     report(`PSS, idle ${snapshot.manifest.memoryMib} MiB sandbox restored on demand (target <= 64)`, await Promise.all(onDemandPids.map(pssMib)), { unit: 'MiB' });
-    report(`PSS, idle ${snapshot.manifest.memoryMib} MiB sandbox from the warm pool`, await Promise.all(poolPids.map(pssMib)), { unit: 'MiB' });
+    report(`PSS, idle ${snapshot.manifest.memoryMib} MiB sandbox from the pool`, await Promise.all(poolPids.map(pssMib)), { unit: 'MiB' });
     report('PSS, on-demand sandbox after one bash -l command', [await pssMib(await pidOf(onDemand, used))], { unit: 'MiB' });
     report('PSS, paused clone waiting in the pool', await Promise.all(pooledClonePids(pooled.dataDir, new Set(poolPids)).map(pssMib)), { unit: 'MiB' });
     await Promise.all(fromPool.map((id) => pooled.client.destroySandbox({ sandboxId: id })));

@@ -21,7 +21,8 @@ describe('loadConfig', () => {
 
   it('reads boolean variables from their text ("false" is false) and names a value that is neither', () => {
     const token = { HOST_REGISTRATION_TOKEN: 'a-registration-token' };
-    expect(loadConfig(HostAgentEnv, token).KILN_CLONE_POOL_WARM).toBe(true);
+    expect(loadConfig(HostAgentEnv, token).KILN_CLONE_POOL_WARM).toBe(false);
+    expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'true' }).KILN_CLONE_POOL_WARM).toBe(true);
     expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'false' }).KILN_CLONE_POOL_WARM).toBe(false);
     expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: '0' }).KILN_CLONE_POOL_WARM).toBe(false);
     expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'On' }).KILN_CLONE_POOL_WARM).toBe(true);

@@ -30,11 +30,11 @@ interface WarmBuild {
 }
 
 /**
- * Keeps a few clones of each template in use restored, warmed and paused, so that creating a sandbox takes one
- * (resume + /init) instead of starting a VMM, loading device state and making a disk layer and network slot
- * on the request path, and the guest's first requests run code that is already translated. A miss restores a
- * clone on the spot (not warmed: that would only move the cost). Clones in the pool belong to the pool; take()
- * hands one over for good, and from then on its taker tears it down.
+ * Keeps a few clones of each template in use restored and paused (and, with `warm`, warmed first), so that
+ * creating a sandbox takes one (resume + /init) instead of starting a VMM, loading device state and making a disk
+ * layer and network slot on the request path; a warmed clone's first requests also run code that is already
+ * translated. A miss restores a clone on the spot (never warmed: that would only move the cost). Clones in the
+ * pool belong to the pool; take() hands one over for good, and from then on its taker tears it down.
  */
 @Injectable()
 export class ClonePool implements OnModuleDestroy, OnApplicationShutdown {

@@ -39,7 +39,7 @@ interface AgentContext {
   driver: VmmDriver;
 }
 
-async function startAgent(nats: PrivateServer, poolSize: number): Promise<AgentContext> {
+async function startAgent(nats: PrivateServer, poolSize: number, warmPool = false): Promise<AgentContext> {
   mkdirSync(TEST_DATA_DIR, { recursive: true });
   for (const shared of ['templates', 'images', 'cache', 'vmm']) {
     const link = join(TEST_DATA_DIR, shared);
@@ -54,6 +54,7 @@ async function startAgent(nats: PrivateServer, poolSize: number): Promise<AgentC
     KILN_NETWORK_PREFILL: '1',
     KILN_MAX_SANDBOXES: '8',
     KILN_CLONE_POOL_SIZE: String(poolSize),
+    KILN_CLONE_POOL_WARM: String(warmPool),
     KILN_HOST_ID: 'lifecycle-test',
     HOST_REGISTRATION_TOKEN: 'lifecycle-test-registration',
   });
@@ -87,6 +88,14 @@ async function removeSuiteNetwork(): Promise<void> {
   await app.close();
 }
 
+
+/** The nice value of every thread of a process (field 19 of /proc/<pid>/task/<tid>/stat). */
+function threadNiceness(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  });
+}
 
 /** A process that exists and is not a zombie (a VM this process started stays one until it is reaped). */
 function alive(pid: number): boolean {
@@ -130,7 +139,7 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
     let agent: AgentContext;
 
     beforeAll(async () => {
-      agent = await startAgent(nats, 1);
+      agent = await startAgent(nats, 1, true);
     });
 
     afterAll(async () => {
@@ -141,7 +150,10 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
 
     it('keeps a paused clone ready and makes the sandbox from it; the pool refills', async () => {
       const [waiting] = await eventually('a clone of base in the pool', () => pooled().length === 1 && pooled());
+      // Warmed ahead of demand at the lowest priority, so the warm-up never slows running sandboxes.
+      expect(threadNiceness(waiting.pid).every((nice) => nice === 19)).toBe(true);
       const live = await create(agent.manager, 'slpool1');
+      expect(threadNiceness(waiting.pid).every((nice) => nice === 0)).toBe(true);
       try {
         // The sandbox runs in the very VMM that was waiting in the pool.
         expect(live.vm?.pid).toBe(waiting.pid);
@@ -176,7 +188,7 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
       await agent.app.close();
       expect(alive(waiting.pid)).toBe(false);
       expect(readdirSync(CLONES_DIR)).toEqual([]);
-      agent = await startAgent(nats, 1);
+      agent = await startAgent(nats, 1, true);
     });
   });
 
