@@ -6,6 +6,7 @@ import { AgentState } from './runtime/agent-state';
 import { ClockSync } from './runtime/clock-sync';
 import { EntropyReseed } from './runtime/entropy-reseed';
 import { loadGuestKernel } from './runtime/guest-kernel';
+import { ResolverConfig } from './runtime/resolver-config';
 import { guestDutiesEnabled, type GuestDutiesMode } from './runtime/guest-duties';
 import { OomPolicy } from './runtime/oom-policy';
 import { SystemUserDirectory } from './users/system-users';
@@ -62,15 +63,16 @@ async function main(): Promise<void> {
   const users = new SystemUserDirectory();
   const processes = new ProcessTable();
   const filesystem = new FilesystemService(state, users);
-  // Guest duties (clock stepping, entropy reseeding, OOM protection) act on the machine: only inside the VM, never
+  // Guest duties (clock stepping, entropy reseeding, resolv.conf, OOM protection) act on the machine: only inside the VM, never
   // on a host. In the VM the native addon is required: a clone that cannot be reseeded must not start.
   const duties = guestDutiesEnabled(options.guestDuties);
   const kernel = duties ? loadGuestKernel() : undefined;
   const clock = new ClockSync(kernel);
   const entropy = new EntropyReseed(kernel);
+  const resolver = new ResolverConfig(duties);
   const oom = new OomPolicy(duties);
   oom.apply();
-  const server = new AgentServer(createAgentRequestHandler({ state, users, processes, filesystem, clock, entropy, oom }));
+  const server = new AgentServer(createAgentRequestHandler({ state, users, processes, filesystem, clock, entropy, resolver, oom }));
 
   const shutdown = (signal: string) => {
     process.stderr.write(`guest-agent: ${signal}, stopping\n`);

@@ -171,6 +171,11 @@ describe('HTTP /files, /metrics, /envs, /init', () => {
     expect(intoFifo.status).toBe(400);
     const notJson = await fetch(`${agent.url}/init`, { method: 'POST', body: '{nope' });
     expect(notJson.status).toBe(400);
+    for (const nameservers of ['8.8.8.8', ['not-an-ip'], ['1.1.1.1', '8.8.8.8', '9.9.9.9', '8.8.4.4'], [53]]) {
+      const badResolvers = await fetch(`${agent.url}/init`, { method: 'POST', body: JSON.stringify({ nameservers }) });
+      expect(badResolvers.status).toBe(400);
+      expect(((await badResolvers.json()) as { message: string }).message).toMatch(/nameservers/);
+    }
     for (const entropySeed of [42, 'not base64!', Buffer.alloc(8).toString('base64'), Buffer.alloc(600).toString('base64')]) {
       const badSeed = await fetch(`${agent.url}/init`, { method: 'POST', body: JSON.stringify({ entropySeed }) });
       expect(badSeed.status).toBe(400);

@@ -6,7 +6,8 @@
 // Run as root after `npx nx run guest-agent:bundle` and `npx nx run guest-image:build`:
 //   node apps/guest-agent/tools/vm-smoke.mjs [imageDir]      (default $KILN_DATA_DIR/images/current-base,
 //   KILN_DATA_DIR defaulting to /var/lib/kiln); also the project's `e2e` target.
-// Checks: tini is PID 1 and the agent's parent, /init steps the guest clock and reseeds its CRNG (guest only), env vars from /init,
+// Checks: tini is PID 1 and the agent's parent, /init steps the guest clock, reseeds its CRNG and writes
+// resolv.conf (guest only), env vars from /init,
 // the agent's OOM protection and its commands' normal OOM score,
 // commands as user, PTY size and sudo, 5 MiB binary file round trip, metrics. Exits non-zero on any failure.
 import { spawn, execFileSync } from 'node:child_process';
@@ -94,16 +95,17 @@ try {
     fetch(`${url}/init`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
   // The entropy seed goes through the native addon (RNDADDENTROPY + RNDRESEEDCRNG); any failure there is a 500.
   const entropySeed = Buffer.from(crypto.getRandomValues(new Uint8Array(64))).toString('base64');
-  assert.equal((await init({ accessToken: token, timestamp: '2031-01-02T03:04:05Z', envVars: { FROM_INIT: 'yes' }, entropySeed })).status, 204);
+  assert.equal((await init({ accessToken: token, timestamp: '2031-01-02T03:04:05Z', envVars: { FROM_INIT: 'yes' }, entropySeed, nameservers: ['10.0.2.3'] })).status, 204);
   const sbx = new Sandbox({ sandboxId: 'vm-smoke', envdVersion: '0.5.7', envdAccessToken: token, sandboxUrl: url });
 
   const first = await sbx.commands.run(
     'date -u +%Y-%m-%d; whoami; echo $FROM_INIT; cat /proc/1/comm; agent=$(ps -o ppid= -p $$ | tr -d " "); ' +
-      'cat /proc/$(ps -o ppid= -p $agent | tr -d " ")/comm; cat /proc/$agent/oom_score_adj; cat /proc/$$/oom_score_adj',
+      'cat /proc/$(ps -o ppid= -p $agent | tr -d " ")/comm; cat /proc/$agent/oom_score_adj; cat /proc/$$/oom_score_adj; ' +
+      'grep ^nameserver /etc/resolv.conf',
   );
   // Clock stepped by /init, env from /init, tini is PID 1 and the agent's parent, agent protected from the OOM
-  // killer (-1000) while the command is not (100).
-  assert.equal(first.stdout, '2031-01-02\nuser\nyes\ntini\ntini\n-1000\n100\n');
+  // killer (-1000) while the command is not (100), resolv.conf from /init.
+  assert.equal(first.stdout, '2031-01-02\nuser\nyes\ntini\ntini\n-1000\n100\nnameserver 10.0.2.3\n');
   assert.equal((await init({ timestamp: new Date().toISOString() }, { 'x-access-token': token })).status, 204);
   assert.equal((await sbx.commands.run('date -u +%Y-%m-%d')).stdout.trim(), new Date().toISOString().slice(0, 10));
 

@@ -1,4 +1,4 @@
-import { ConfigError, GatewayEnv, HostAgentEnv, HostVmmEnv, describeError, loadConfig, retryWithBackoff } from '../src';
+import { ConfigError, GatewayEnv, HostAgentEnv, HostVmmEnv, describeError, ipListEntries, loadConfig, retryWithBackoff } from '../src';
 
 describe('loadConfig', () => {
   it('applies defaults and converts numbers', () => {
@@ -27,6 +27,14 @@ describe('loadConfig', () => {
     expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: '0' }).KILN_CLONE_POOL_WARM).toBe(false);
     expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'On' }).KILN_CLONE_POOL_WARM).toBe(true);
     expect(() => loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'sometimes' })).toThrow(/KILN_CLONE_POOL_WARM must be true or false/);
+  });
+
+  it('takes a list of at most three resolver IPs for sandboxes', () => {
+    const token = { HOST_REGISTRATION_TOKEN: 'a-registration-token' };
+    expect(loadConfig(HostAgentEnv, token).KILN_GUEST_NAMESERVERS).toBe('8.8.8.8,1.1.1.1');
+    expect(ipListEntries(loadConfig(HostAgentEnv, { ...token, KILN_GUEST_NAMESERVERS: ' 10.0.0.53 , 2001:db8::53' }).KILN_GUEST_NAMESERVERS)).toEqual(['10.0.0.53', '2001:db8::53']);
+    expect(() => loadConfig(HostAgentEnv, { ...token, KILN_GUEST_NAMESERVERS: 'dns.example.com' })).toThrow(/KILN_GUEST_NAMESERVERS/);
+    expect(() => loadConfig(HostAgentEnv, { ...token, KILN_GUEST_NAMESERVERS: '1.1.1.1,1.0.0.1,8.8.8.8,8.8.4.4' })).toThrow(/at most 3/);
   });
 
   it('validates the VMM settings on their own for tools that run VMs without the agent', () => {

@@ -11,6 +11,8 @@ import { hostAgentClient } from './host-agent-client';
 export const ROOT = join(__dirname, '..', '..', '..');
 export const STACK_FILE = join(ROOT, '.kiln', 'e2e', 'stack.json');
 const SHARED_DATA_DIR = process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
+/** Sandboxes' resolver in the e2e stack: an address inside a namespace the host-agent suite creates. */
+export const E2E_NAMESERVER = '10.254.53.1';
 /** The suite's own host-agent state: separate from a dev stack's, sharing only the built templates. */
 const E2E_DATA_DIR = '/var/lib/kiln-e2e';
 
@@ -137,6 +139,8 @@ export async function startStack(): Promise<StackInfo> {
         KILN_NETWORK_PREFILL: '4',
         KILN_MAX_SANDBOXES: '16',
         HEARTBEAT_INTERVAL_SECONDS: '2',
+        // The DNS server the host-agent suite runs in a namespace of its own (E2E_NAMESERVER).
+        KILN_GUEST_NAMESERVERS: E2E_NAMESERVER,
       },
       port: ports.hostAgent,
       timeoutMs: 120_000,

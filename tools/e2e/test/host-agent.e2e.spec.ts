@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createReadStream, existsSync } from 'node:fs';
 import { createServer, Server } from 'node:net';
 import { release } from 'node:os';
@@ -9,7 +9,7 @@ import { eventually } from '@kiln/testing';
 import { CreatedSandbox, createSandbox, killSandbox, sandboxStatus } from '../harness/api-client';
 import { envdProcessClient, runCommand } from '../harness/envd-client';
 import { hostAgentClient } from '../harness/host-agent-client';
-import { StackInfo, readStack, restartHostAgentAfterKill } from '../harness/stack-harness';
+import { E2E_NAMESERVER, StackInfo, readStack, restartHostAgentAfterKill } from '../harness/stack-harness';
 
 function sha256(path: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -135,6 +135,44 @@ describe('host agent with real VMs (TCG here)', () => {
       expect(await sha256(join(buildDir, 'snapshot', 'memory'))).toBe(before.memory);
       expect(await sha256(join(buildDir, 'rootfs.ext4'))).toBe(before.rootfs);
     });
+  });
+
+  it('resolves names with the resolvers the host configured (a DNS server in a namespace of the test, through NAT)', async () => {
+    const ns = 'kdnstest';
+    const run = (cmd: string, args: string[]) => {
+      const r = spawnSync(cmd, args, { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+    };
+    const cleanup = () => {
+      spawnSync('ip', ['netns', 'del', ns]);
+      spawnSync('ip', ['link', 'del', 'kdnst-h']);
+    };
+    cleanup();
+    let server: ChildProcess | undefined;
+    let sandbox: CreatedSandbox | undefined;
+    try {
+      run('ip', ['netns', 'add', ns]);
+      run('ip', ['link', 'add', 'kdnst-h', 'type', 'veth', 'peer', 'name', 'kdnst-n', 'netns', ns]);
+      run('ip', ['addr', 'add', '10.254.53.2/30', 'dev', 'kdnst-h']);
+      run('ip', ['link', 'set', 'kdnst-h', 'up']);
+      run('ip', ['-n', ns, 'addr', 'add', `${E2E_NAMESERVER}/30`, 'dev', 'kdnst-n']);
+      run('ip', ['-n', ns, 'link', 'set', 'kdnst-n', 'up']);
+      run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+      server = spawn('ip', ['netns', 'exec', ns, process.execPath, join(__dirname, '..', 'harness', 'tiny-dns-server.cjs'), E2E_NAMESERVER, 'sandbox-dns.test', '10.1.2.3'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      await new Promise<void>((resolve, reject) => {
+        server!.stdout!.once('data', () => resolve());
+        server!.once('exit', (code) => reject(new Error(`DNS server exited with ${code}`)));
+      });
+      sandbox = await createSandbox(stack);
+      const out = await runCommand(shell(sandbox), 'grep ^nameserver /etc/resolv.conf; getent hosts sandbox-dns.test; getent hosts nowhere.test; echo "rc=$?"');
+      const [resolvConf, ...rest] = out.stdout.trim().split('\n');
+      expect(resolvConf).toBe(`nameserver ${E2E_NAMESERVER}`);
+      expect(rest).toEqual([expect.stringMatching(/^10\.1\.2\.3\s+sandbox-dns\.test$/), 'rc=2']);
+    } finally {
+      server?.kill();
+      if (sandbox) await killSandbox(stack, sandbox.sandboxID);
+      cleanup();
+    }
   });
 
   it('destroys a VM the database does not know (reconcile)', async () => {

@@ -9,6 +9,7 @@ import type { ProcessTable } from '../process/process-table';
 import type { AgentState } from '../runtime/agent-state';
 import type { ClockSync } from '../runtime/clock-sync';
 import type { EntropyReseed } from '../runtime/entropy-reseed';
+import type { ResolverConfig } from '../runtime/resolver-config';
 import type { OomPolicy } from '../runtime/oom-policy';
 import { ResourceMetrics } from '../runtime/resource-metrics';
 import type { SystemUserDirectory } from '../users/system-users';
@@ -37,6 +38,7 @@ export interface AgentServices {
   filesystem: FilesystemService;
   clock: ClockSync;
   entropy: EntropyReseed;
+  resolver: ResolverConfig;
   oom: OomPolicy;
 }
 
@@ -82,9 +84,10 @@ export function createAgentRequestHandler(services: AgentServices): (req: AgentR
       case 'GET /envs':
         return sendJson(res, 200, Object.fromEntries(state.envVars));
       case 'POST /init':
-        applyInit(await readJsonBody(req, MAX_INIT_BODY_BYTES), headerValue(req, ACCESS_TOKEN_HEADER), state, {
+        await applyInit(await readJsonBody(req, MAX_INIT_BODY_BYTES), headerValue(req, ACCESS_TOKEN_HEADER), state, {
           clock: services.clock,
           entropy: services.entropy,
+          resolver: services.resolver,
         });
         return sendNoContent(res);
       default:

@@ -1,14 +1,17 @@
-import { GUEST_ENTROPY_SEED_BYTES, type GuestInitBody } from '@kiln/contracts/guest-init';
+import { isIP } from 'node:net';
+import { GUEST_ENTROPY_SEED_BYTES, GUEST_NAMESERVERS_MAX, type GuestInitBody } from '@kiln/contracts/guest-init';
 import { tokensEqual } from '../auth/access-token';
 import type { AgentState } from '../runtime/agent-state';
 import type { ClockSync } from '../runtime/clock-sync';
 import type { EntropyReseed } from '../runtime/entropy-reseed';
+import type { ResolverConfig } from '../runtime/resolver-config';
 import { HttpError } from './http-io';
 
-/** What /init changes on the machine itself (guest duties); both are no-ops on a host. */
+/** What /init changes on the machine itself (guest duties); all are no-ops on a host. */
 export interface InitMachineDuties {
   clock: ClockSync;
   entropy: EntropyReseed;
+  resolver: ResolverConfig;
 }
 
 /** What arrives: GuestInitBody's fields, each still to be checked. */
@@ -22,7 +25,7 @@ const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
  * Once a token is set, only a caller that knows it (header or same token in the body) may re-initialise.
  * The entropy reseed comes first: nothing the sandbox does may draw randomness shared with its sibling clones.
  */
-export function applyInit(body: unknown, headerToken: string | undefined, state: AgentState, machine: InitMachineDuties): void {
+export async function applyInit(body: unknown, headerToken: string | undefined, state: AgentState, machine: InitMachineDuties): Promise<void> {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new HttpError(400, 'init body must be a JSON object');
   }
@@ -57,6 +60,12 @@ export function applyInit(body: unknown, headerToken: string | undefined, state:
       throw new HttpError(400, `entropySeed must decode to ${GUEST_ENTROPY_SEED_BYTES.min}-${GUEST_ENTROPY_SEED_BYTES.max} bytes`);
     }
   }
+  if (init.nameservers !== undefined) {
+    const list = init.nameservers;
+    if (!Array.isArray(list) || list.length > GUEST_NAMESERVERS_MAX || !list.every((ip) => typeof ip === 'string' && isIP(ip) !== 0)) {
+      throw new HttpError(400, `nameservers must be a list of at most ${GUEST_NAMESERVERS_MAX} IP addresses`);
+    }
+  }
   let hostTimeMs: number | undefined;
   if (typeof init.timestamp === 'string' && init.timestamp !== '') {
     hostTimeMs = Date.parse(init.timestamp);
@@ -77,6 +86,13 @@ export function applyInit(body: unknown, headerToken: string | undefined, state:
       machine.clock.syncTo(hostTimeMs);
     } catch (err) {
       throw new HttpError(500, `failed to set the clock: ${(err as Error).message}`);
+    }
+  }
+  if (Array.isArray(init.nameservers)) {
+    try {
+      await machine.resolver.apply(init.nameservers as string[]);
+    } catch (err) {
+      throw new HttpError(500, `failed to write /etc/resolv.conf: ${(err as Error).message}`);
     }
   }
   if (typeof init.accessToken === 'string') state.setAccessToken(init.accessToken);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { ErrorCode, KilnError } from '@kiln/contracts';
 import { GUEST_ENTROPY_SEED_BYTES } from '@kiln/contracts/guest-init';
-import { HostAgentEnv, describeError } from '@kiln/config';
+import { HostAgentEnv, describeError, ipListEntries } from '@kiln/config';
 import { SandboxEventStream, SandboxLifecycleKind } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { ClonePool, type RestoredClone } from '../clone-pool';
@@ -76,6 +76,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   private readonly sandboxes = new Map<string, LiveSandbox>();
   private readonly records: SandboxRecordStore;
   readonly capacity: HostCapacity;
+  private readonly nameservers: string[];
   private readonly createSeconds;
   private readonly liveGauge;
 
@@ -92,6 +93,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   ) {
     this.records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'));
     this.capacity = hostCapacityFrom(env);
+    this.nameservers = ipListEntries(env.KILN_GUEST_NAMESERVERS);
     this.createSeconds = metrics.histogram(
       'kiln_agent_sandbox_create_seconds',
       'CreateSandbox on the host, by phase and by where the clone came from (pool or restored on demand)',
@@ -269,6 +271,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
           envVars: input.envVars,
           timestamp: new Date().toISOString(),
           entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64'),
+          nameservers: this.nameservers,
         },
         GUEST_INIT_DEADLINE_MS,
         { signal: abort },

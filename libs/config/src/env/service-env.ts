@@ -1,5 +1,5 @@
 import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
-import { IsEnvBoolean, IsServiceUrl } from './validators';
+import { IsEnvBoolean, IsIpList, IsServiceUrl } from './validators';
 
 /**
  * Environment variables of every Kiln app. The names are the deployment contract:
@@ -189,6 +189,13 @@ export class HostAgentEnv extends HostVmmEnv {
    */
   @IsEnvBoolean()
   KILN_CLONE_POOL_WARM: boolean = false;
+
+  /**
+   * DNS resolvers written to every sandbox's /etc/resolv.conf (comma-separated IPs, at most 3). Public resolvers by
+   * default: the host's own may be a loopback stub or a cluster DNS that sandboxes must not query.
+   */
+  @IsIpList(3)
+  KILN_GUEST_NAMESERVERS: string = '8.8.8.8,1.1.1.1';
 
   /** vCPUs and memory this host offers to sandboxes; 0 means "detect from the machine". */
   @IsInt() @Min(0)

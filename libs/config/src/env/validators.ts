@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { Transform } from 'class-transformer';
 import { IsBoolean, ValidationOptions, registerDecorator } from 'class-validator';
 
@@ -42,4 +43,31 @@ export function IsEnvBoolean(options?: ValidationOptions): PropertyDecorator {
     })(target, propertyName as string);
     IsBoolean({ message: `${String(propertyName)} must be true or false`, ...options })(target, propertyName as string);
   };
+}
+
+/** A comma-separated list of at most `max` IP addresses (v4 or v6); empty is allowed (no entries). */
+export function IsIpList(max: number, options?: ValidationOptions): PropertyDecorator {
+  return (target: object, propertyName: string | symbol) =>
+    registerDecorator({
+      name: 'isIpList',
+      target: target.constructor,
+      propertyName: propertyName as string,
+      options,
+      validator: {
+        validate(value: unknown) {
+          if (typeof value !== 'string') return false;
+          const entries = ipListEntries(value);
+          return entries.length <= max && entries.every((ip) => isIP(ip) !== 0);
+        },
+        defaultMessage: (args) => `${args?.property} must be a comma-separated list of at most ${max} IP addresses`,
+      },
+    });
+}
+
+/** The entries of an IsIpList value. */
+export function ipListEntries(value: string): string[] {
+  return value
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter((entry) => entry.length > 0);
 }

@@ -17,7 +17,15 @@ export interface GuestInitBody {
    * same bytes as its siblings until reseeded.
    */
   entropySeed?: string;
+  /**
+   * Kiln's addition: the DNS resolvers the guest's /etc/resolv.conf lists (IP addresses, at most
+   * GUEST_NAMESERVERS_MAX). Sent on every create, so clones of one template follow the host they run on.
+   */
+  nameservers?: string[];
 }
+
+/** glibc reads at most three `nameserver` lines. */
+export const GUEST_NAMESERVERS_MAX = 3;
 
 /** Decoded size limits of `entropySeed`, and what the host agent sends (a full CRNG reseed needs 32). */
 export const GUEST_ENTROPY_SEED_BYTES = { min: 16, max: 512, sent: 64 } as const;
