@@ -2,27 +2,32 @@ import { isIP } from 'node:net';
 import { Transform } from 'class-transformer';
 import { IsBoolean, ValidationOptions, registerDecorator } from 'class-validator';
 
-/** A URL whose scheme is one of `schemes`; hostnames need no TLD (localhost, k8s service names). */
-export function IsServiceUrl(schemes: string[], options?: ValidationOptions): PropertyDecorator {
+/** A string-valued env check: `accepts` decides, `expectation` completes "<VARIABLE> must be …". */
+function stringCheck(name: string, accepts: (value: string) => boolean, expectation: string, options?: ValidationOptions): PropertyDecorator {
   return (target: object, propertyName: string | symbol) =>
     registerDecorator({
-      name: 'isServiceUrl',
+      name,
       target: target.constructor,
       propertyName: propertyName as string,
       options,
       validator: {
-        validate(value: unknown) {
-          if (typeof value !== 'string') return false;
-          try {
-            const url = new URL(value);
-            return schemes.includes(url.protocol.replace(/:$/, '')) && url.hostname.length > 0;
-          } catch {
-            return false;
-          }
-        },
-        defaultMessage: (args) => `${args?.property} must be a ${schemes.join('/')} URL`,
+        validate: (value: unknown) => typeof value === 'string' && accepts(value),
+        defaultMessage: (args) => `${args?.property} must be ${expectation}`,
       },
     });
+}
+
+/** A URL whose scheme is one of `schemes`; hostnames need no TLD (localhost, k8s service names). */
+export function IsServiceUrl(schemes: string[], options?: ValidationOptions): PropertyDecorator {
+  const accepts = (value: string) => {
+    try {
+      const url = new URL(value);
+      return schemes.includes(url.protocol.replace(/:$/, '')) && url.hostname.length > 0;
+    } catch {
+      return false;
+    }
+  };
+  return stringCheck('isServiceUrl', accepts, `a ${schemes.join('/')} URL`, options);
 }
 
 const TRUE_WORDS = new Set(['true', '1', 'yes', 'on']);
@@ -47,21 +52,11 @@ export function IsEnvBoolean(options?: ValidationOptions): PropertyDecorator {
 
 /** A comma-separated list of at most `max` IP addresses (v4 or v6); empty is allowed (no entries). */
 export function IsIpList(max: number, options?: ValidationOptions): PropertyDecorator {
-  return (target: object, propertyName: string | symbol) =>
-    registerDecorator({
-      name: 'isIpList',
-      target: target.constructor,
-      propertyName: propertyName as string,
-      options,
-      validator: {
-        validate(value: unknown) {
-          if (typeof value !== 'string') return false;
-          const entries = ipListEntries(value);
-          return entries.length <= max && entries.every((ip) => isIP(ip) !== 0);
-        },
-        defaultMessage: (args) => `${args?.property} must be a comma-separated list of at most ${max} IP addresses`,
-      },
-    });
+  const accepts = (value: string) => {
+    const entries = ipListEntries(value);
+    return entries.length <= max && entries.every((ip) => isIP(ip) !== 0);
+  };
+  return stringCheck('isIpList', accepts, `a comma-separated list of at most ${max} IP addresses`, options);
 }
 
 /** The entries of an IsIpList value. */
