@@ -51,6 +51,23 @@ export interface LiveSandbox {
   guestConnections: Agent;
 }
 
+/** How long a failed start waits to learn whether the VM died, which is then the reason it reports. */
+const VM_EXIT_GRACE_MS = 1_000;
+
+function vmExitedWhileStarting(exit: VmExit): KilnError {
+  return new KilnError(ErrorCode.Unavailable, `VM exited while starting (${exit.reason}${exit.signal ? `, ${exit.signal}` : ''})`);
+}
+
+async function exitWithin(vm: VmHandle, ms: number): Promise<VmExit | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
+  try {
+    return await Promise.race([vm.exited, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** The last lines the guest printed, for failure reports (the log goes with the sandbox's directory). */
 async function consoleTail(path: string | undefined, bytes = 600): Promise<string> {
   if (!path) return '(none)';
@@ -290,13 +307,16 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       return live;
     } catch (error) {
       live.stopping = true;
-      const reason = abort.aborted ? describeError(abort.reason) : describeError(error);
+      // A VM killed mid-command closes its QMP socket a moment before its process exit is seen: report the death, not the socket.
+      const exit = !abort.aborted && clone ? await exitWithin(clone.vm, VM_EXIT_GRACE_MS) : undefined;
+      const cause: unknown = exit ? vmExitedWhileStarting(exit) : abort.aborted ? abort.reason : error;
+      const reason = describeError(cause);
       this.logger.warn(
         `sandbox ${sandboxId} failed to start (${source} clone ${clone?.cloneId ?? '-'}, slot ${clone?.slot.index ?? '-'}, pid ${clone?.vm.pid ?? '-'}): ${reason}; ` +
           `guest console tail: ${await consoleTail(clone?.serialLogPath)}`,
       );
       await this.teardown(sandboxId, clone?.vm, clone?.slot, clone?.layer, clone?.dir);
-      if (abort.aborted && abort.reason instanceof KilnError) throw new KilnError(abort.reason.code, `sandbox ${sandboxId} did not start: ${reason}`);
+      if ((exit || abort.aborted) && cause instanceof KilnError) throw new KilnError(cause.code, `sandbox ${sandboxId} did not start: ${reason}`);
       if (error instanceof SlotsExhaustedError) throw new KilnError(ErrorCode.ResourceExhausted, 'no free network slot on this host');
       if (error instanceof KilnError) throw error;
       throw new KilnError(ErrorCode.Unavailable, `sandbox ${sandboxId} failed to start: ${describeError(error)}`);
@@ -366,7 +386,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       if (live.stopping) return;
       if (live.state === 'starting' && live.startAbort) {
         // The create is still waiting on the guest: end it now rather than at its deadline; it cleans up.
-        live.startAbort.abort(new KilnError(ErrorCode.Unavailable, `VM exited while starting (${exit.reason})`));
+        live.startAbort.abort(vmExitedWhileStarting(exit));
         return;
       }
       live.stopping = true;
