@@ -48,6 +48,7 @@ describe('host-monitor heartbeats (real NATS, Postgres)', () => {
       capacity: { vcpus: 8, memoryMib: 8192, sandboxes: 8 },
       usage: { vcpus: 2, memoryMib: 1024, sandboxes: 2 },
       templates: ['base'],
+      readyCloneTemplates: ['base'],
       sandboxIds: ['a', 'b'],
     };
     await messaging.emit(Subjects.hostHeartbeat, heartbeat);

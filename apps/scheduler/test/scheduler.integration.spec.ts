@@ -8,8 +8,9 @@ import { PrismaService, SandboxRepository, TeamRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
-import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
+import { PrivateServer, eventually, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
+import { PlacementService } from '../src/placement/placement.service';
 
 const TOKEN = 'integration-test-registration-token';
 
@@ -97,6 +98,7 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
       version: 'test',
       capacity: { vcpus: 4, memoryMib: 4096, sandboxes: 4 },
       templates: ['base'],
+      readyCloneTemplates: [],
     };
     await expect(client.request(Subjects.hostRegister, { ...registration, token: 'wrong-token-wrong-token' }, 5_000)).rejects.toMatchObject({
       code: ErrorCode.Unauthenticated,
@@ -107,6 +109,42 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
     expect(host.state).toBe('ready');
     // Leave no placeable host behind for the capacity test below.
     await scheduler.get(PrismaService).host.delete({ where: { id: 'test-host-1' } });
+  });
+
+  it('places on a host with a clone of the template waiting first, then one that caches it, then the least loaded', async () => {
+    const prisma = scheduler.get(PrismaService);
+    const placement = scheduler.get(PlacementService);
+    const capacity = { vcpus: 4, memoryMib: 4096, sandboxes: 4 };
+    const usage = { vcpus: 0, memoryMib: 0, sandboxes: 0 };
+    const hosts = { empty: 'place-empty', cached: 'place-cached', ready: 'place-ready' };
+    const register = (hostId: string, templates: string[], readyCloneTemplates: string[]) =>
+      client.request(
+        Subjects.hostRegister,
+        { hostId, token: TOKEN, grpcAddress: '127.0.0.1:1', proxyUrl: 'http://127.0.0.1:1', acceleration: 'tcg' as const, version: 'test', capacity, templates, readyCloneTemplates },
+        5_000,
+      );
+    const order = async () => (await placement.candidates({ templateId: 'base', vcpus: 1, memoryMib: 512 })).map((c) => c.hostId);
+    try {
+      // Host ids sort the other way round, so only the template and clone readiness can produce this order.
+      await register(hosts.empty, [], []);
+      await register(hosts.cached, ['base'], []);
+      await register(hosts.ready, ['base'], ['base']);
+      expect(await order()).toEqual([hosts.ready, hosts.cached, hosts.empty]);
+      expect((await placement.candidates({ templateId: 'other', vcpus: 1, memoryMib: 512 })).map((c) => c.hostId)).toEqual([hosts.cached, hosts.empty, hosts.ready]);
+
+      // Readiness follows the heartbeats: the ready host's pool ran dry and the other refilled.
+      const at = new Date().toISOString();
+      await client.emit(Subjects.hostHeartbeat, { hostId: hosts.ready, at, capacity, usage, templates: ['base'], readyCloneTemplates: [], sandboxIds: [] });
+      await client.emit(Subjects.hostHeartbeat, { hostId: hosts.cached, at, capacity, usage, templates: ['base'], readyCloneTemplates: ['base'], sandboxIds: [] });
+      const reordered = await eventually('placement to follow the heartbeats', async () => {
+        const now = await order();
+        return now[0] === hosts.cached && now;
+      });
+      expect(reordered).toEqual([hosts.cached, hosts.ready, hosts.empty]);
+    } finally {
+      // Leave no placeable host behind for the capacity test below.
+      await prisma.host.deleteMany({ where: { id: { in: Object.values(hosts) } } });
+    }
   });
 
   it('answers 503-style resource_exhausted when no host has room, leaving nothing pending', async () => {

@@ -101,7 +101,10 @@ export interface HostRegistration {
   acceleration: 'kvm' | 'tcg';
   version: string;
   capacity: HostCapacity;
+  /** Templates whose current build is on the host. */
   templates: string[];
+  /** Of those, the ones with a restored clone waiting: a create placed here skips the restore. */
+  readyCloneTemplates: string[];
 }
 
 export interface HostRegistrationReply {
@@ -115,6 +118,7 @@ export interface HostHeartbeat {
   capacity: HostCapacity;
   usage: HostCapacity;
   templates: string[];
+  readyCloneTemplates: string[];
   sandboxIds: string[];
 }
 

@@ -49,6 +49,27 @@ describe('inter-service wiring (real stack)', () => {
     expect(metrics).toContain(`kiln_host_heartbeats_total{host="${stack.hostAgent.hostId}"`);
   });
 
+  it('tells placement which templates have a restored clone waiting on the host', async () => {
+    const clients = new HostAgentClients();
+    try {
+      const agent = clients.for(stack.hostAgent.hostId, stack.hostAgent.grpcAddress);
+      // The agent fills a pool for each local template at start.
+      const base = await eventually('a pooled clone of base in host info', async () => {
+        const info = await clients.call('host info', agent.hostInfo({}), 10_000);
+        const template = info.templates.find((t) => t.templateId === 'base');
+        return template && template.readyClones > 0 && template;
+      }, { timeoutMs: 60_000 });
+      expect(base.snapshotReady).toBe(true);
+    } finally {
+      clients.onApplicationShutdown();
+    }
+    const row = await eventually('base among the host row\'s ready-clone templates', async () => {
+      const { rows } = await db.query<{ ready_clone_templates: string[] }>('select ready_clone_templates from hosts where id = $1', [stack.hostAgent.hostId]);
+      return rows[0]?.ready_clone_templates.includes('base') && rows[0];
+    }, { timeoutMs: 30_000 });
+    expect(row.ready_clone_templates).toContain('base');
+  });
+
   it('records every lifecycle transition as a sandbox event and on the JetStream stream', async () => {
     const nc = await connect({ servers: stack.natsUrl });
     try {

@@ -160,6 +160,7 @@ export class TestStack {
       memoryMib: 0,
       sandboxes: 0,
       templates: [],
+      readyCloneTemplates: [],
     });
     return hostId;
   }

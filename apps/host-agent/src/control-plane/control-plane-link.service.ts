@@ -3,11 +3,15 @@ import { HostAgentEnv, describeError } from '@kiln/config';
 import { MessagingClient, Subjects } from '@kiln/messaging';
 import { SandboxManager } from '../sandbox/sandbox-manager.service';
 import { AccelerationProbe } from '../vmm';
-import { HOST_AGENT_VERSION, HostInfoService } from './host-info.service';
+import { CachedTemplate, HOST_AGENT_VERSION, HostInfoService } from './host-info.service';
 
 /** Re-registering is an idempotent upsert; doing it periodically heals a scheduler that lost its host table. */
 const REREGISTER_EVERY_MS = 60_000;
 const REGISTER_RETRY_MS = 2_000;
+
+function withReadyClones(templates: CachedTemplate[]): string[] {
+  return templates.filter((t) => t.readyClones > 0).map((t) => t.templateId);
+}
 
 /**
  * The host agent's side of host registration: register with the scheduler (token
@@ -73,6 +77,7 @@ export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationSh
         version: HOST_AGENT_VERSION,
         capacity: this.sandboxes.capacity,
         templates: templates.map((t) => t.templateId),
+        readyCloneTemplates: withReadyClones(templates),
       },
       5_000,
     );
@@ -88,6 +93,7 @@ export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationSh
         capacity: this.sandboxes.capacity,
         usage: this.sandboxes.usage(),
         templates: templates.map((t) => t.templateId),
+        readyCloneTemplates: withReadyClones(templates),
         sandboxIds: this.sandboxes.list().map((s) => s.record.sandboxId),
       });
     } catch (error) {

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { Injectable } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
 import { Acceleration, HostInfoResponse } from '@kiln/proto/hostagent';
+import { ClonePool } from '../clone-pool';
 import { NetworkSlotPool } from '../network';
 import { SandboxManager } from '../sandbox/sandbox-manager.service';
 import { TemplateStore } from '../template';
@@ -14,6 +15,8 @@ export interface CachedTemplate {
   snapshotReady: boolean;
   vcpus: number;
   memoryMib: number;
+  /** Paused clones of this build waiting in the pool: a create here skips the restore. */
+  readyClones: number;
 }
 
 export const HOST_AGENT_VERSION = '0.1.0';
@@ -26,17 +29,26 @@ export class HostInfoService {
     private readonly slots: NetworkSlotPool,
     private readonly templates: TemplateStore,
     private readonly acceleration: AccelerationProbe,
+    private readonly clones: ClonePool,
   ) {}
 
-  /** Templates whose current build is on this host; placement prefers hosts that have a snapshot ready. */
+  /** Templates whose current build is on this host; placement prefers hosts with a clone ready, then a snapshot. */
   async cachedTemplates(): Promise<CachedTemplate[]> {
+    const pooled = new Map(this.clones.describe().map((p) => [`${p.templateId}/${p.buildId}`, p.clones.length]));
     const cached: CachedTemplate[] = [];
     for (const summary of await this.templates.list()) {
       if (!summary.currentBuildId) continue;
       const build = await this.templates.resolve(summary.templateId).catch(() => undefined);
       if (!build) continue;
       const snapshotReady = await access(join(build.snapshotDir, 'manifest.json')).then(() => true, () => false);
-      cached.push({ templateId: build.templateId, buildId: build.buildId, snapshotReady, vcpus: build.vcpus, memoryMib: build.memoryMib });
+      cached.push({
+        templateId: build.templateId,
+        buildId: build.buildId,
+        snapshotReady,
+        vcpus: build.vcpus,
+        memoryMib: build.memoryMib,
+        readyClones: pooled.get(`${build.templateId}/${build.buildId}`) ?? 0,
+      });
     }
     return cached;
   }

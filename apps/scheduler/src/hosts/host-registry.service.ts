@@ -38,6 +38,8 @@ export class HostRegistryService {
       memoryMib: registration.capacity.memoryMib,
       sandboxes: registration.capacity.sandboxes,
       templates: registration.templates,
+      // Agents from before clone pools send none.
+      readyCloneTemplates: registration.readyCloneTemplates ?? [],
     });
     this.logger.log(`host ${registration.hostId} registered at ${registration.grpcAddress} (${registration.acceleration})`);
     return { accepted: true, heartbeatIntervalSeconds: Math.max(1, Math.floor(this.env.HOST_HEARTBEAT_TTL_SECONDS / 3)) };
@@ -49,6 +51,7 @@ export class HostRegistryService {
       memoryMib: heartbeat.usage.memoryMib,
       sandboxes: heartbeat.usage.sandboxes,
       templates: heartbeat.templates,
+      readyCloneTemplates: heartbeat.readyCloneTemplates ?? [],
     });
     if (!known) this.logger.warn(`heartbeat from unregistered host ${heartbeat.hostId} ignored`);
   }

@@ -15,9 +15,10 @@ export interface PlacementCandidate {
 }
 
 /**
- * Chooses hosts for a sandbox: registered, fresh, with room for its vcpus and memory;
- * hosts that already cache the template first, then the least loaded. Returns an
- * ordered list so the caller can fall through when a host turns out to be full.
+ * Chooses hosts for a sandbox: registered, fresh, with room for its vcpus and memory.
+ * Hosts with a restored clone of the template waiting come first (the create skips the
+ * restore), then hosts that cache the template, then the least loaded. Returns an ordered
+ * list so the caller can fall through when a host turns out to be full.
  */
 @Injectable()
 export class PlacementService {
@@ -39,10 +40,14 @@ export class PlacementService {
           freeSlots: host.sandboxCapacity - used.sandboxes,
           load: host.memoryMibCapacity > 0 ? used.memoryMib / host.memoryMibCapacity : 1,
           cached: host.cachedTemplates.includes(request.templateId),
+          cloneReady: host.readyCloneTemplates.includes(request.templateId),
         };
       })
       .filter((h) => h.freeVcpus >= request.vcpus && h.freeMemory >= request.memoryMib && h.freeSlots >= 1)
-      .sort((a, b) => Number(b.cached) - Number(a.cached) || a.load - b.load || a.host.id.localeCompare(b.host.id))
+      .sort(
+        (a, b) =>
+          Number(b.cloneReady) - Number(a.cloneReady) || Number(b.cached) - Number(a.cached) || a.load - b.load || a.host.id.localeCompare(b.host.id),
+      )
       .map(({ host }) => ({ hostId: host.id, grpcAddress: host.address, proxyUrl: host.proxyUrl }));
   }
 }

@@ -12,6 +12,7 @@ export interface HostRegistrationRecord {
   memoryMib: number;
   sandboxes: number;
   templates: string[];
+  readyCloneTemplates: string[];
 }
 
 export interface HostUsageRecord {
@@ -19,6 +20,7 @@ export interface HostUsageRecord {
   memoryMib: number;
   sandboxes: number;
   templates: string[];
+  readyCloneTemplates: string[];
 }
 
 @Injectable()
@@ -35,6 +37,7 @@ export class HostRepository {
       memoryMibCapacity: record.memoryMib,
       sandboxCapacity: record.sandboxes,
       cachedTemplates: record.templates,
+      readyCloneTemplates: record.readyCloneTemplates,
       state: HostState.Ready,
       lastHeartbeatAt: new Date(),
     };
@@ -51,6 +54,7 @@ export class HostRepository {
         memoryMibUsed: usage.memoryMib,
         sandboxCount: usage.sandboxes,
         cachedTemplates: usage.templates,
+        readyCloneTemplates: usage.readyCloneTemplates,
         state: HostState.Ready,
       },
     });

@@ -147,6 +147,8 @@ export interface CachedTemplate {
   snapshotReady: boolean;
   memoryMib: number;
   vcpus: number;
+  /** Restored clones of this build paused and waiting: a create here skips the VMM start and the restore. */
+  readyClones: number;
 }
 
 export interface HostAgentClient {
