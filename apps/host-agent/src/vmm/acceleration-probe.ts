@@ -5,8 +5,8 @@ import { release } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import { runHostCommand } from '../host-command/host-command';
 import { TemplateStore } from '../template/template-store';
+import { readQemuVersionLine } from './qemu-version';
 import { VmmConfig } from './vmm.config';
 import type { VmAccelerator } from './vmm-driver';
 
@@ -82,7 +82,7 @@ export class AccelerationProbe {
     if (!kvmDevice) {
       return { accelerator: 'tcg', source: 'probe', detail: '/dev/kvm is not accessible', hostKernelRelease };
     }
-    const qemuVersion = await this.qemuVersion();
+    const qemuVersion = await readQemuVersionLine(this.config.qemuBinary);
     const guest = await this.templates.resolve(PROBE_TEMPLATE).catch(() => undefined);
     if (!guest) {
       // Not cached: once the image is built the next agent start probes for real.
@@ -159,11 +159,6 @@ export class AccelerationProbe {
       await exit;
       await rm(workDir, { recursive: true, force: true });
     }
-  }
-
-  private async qemuVersion(): Promise<string> {
-    const { stdout } = await runHostCommand(this.config.qemuBinary, ['--version'], { timeoutMs: 10_000 });
-    return firstLine(stdout);
   }
 
   private async readCache(): Promise<ProbeCacheEntry | undefined> {

@@ -1,4 +1,5 @@
 import { buildQemuArgs, validateVmSpec } from './qemu-command-line';
+import { parseQemuVersion } from './qemu-version';
 import { InvalidVmSpecError } from './vmm.errors';
 import type { VmSpec } from './vmm-driver';
 
@@ -16,6 +17,7 @@ const spec: VmSpec = {
 };
 
 const options = {
+  qemuVersion: { major: 7, minor: 2, micro: 19 },
   accelerator: 'tcg' as const,
   tcgTranslationBufferMib: 32,
   qmpSocketPath: '/run/kiln/vms/sbx-1/qmp.sock',
@@ -58,6 +60,30 @@ describe('buildQemuArgs', () => {
     const asRoot = buildQemuArgs(spec, options);
     expect(valueOf(asRoot, '-sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=deny']);
     expect(asRoot).not.toContain('-runas');
+  });
+
+  it.each([
+    ['7.2', { major: 7, minor: 2, micro: 19 }, ['-runas', 'kiln-vmm', '-chroot', '/d/empty']],
+    ['8.2', { major: 8, minor: 2, micro: 2 }, ['-runas', 'kiln-vmm', '-run-with', 'chroot=/d/empty']],
+    ['9.1', { major: 9, minor: 1, micro: 0 }, ['-run-with', 'user=kiln-vmm,chroot=/d/empty']],
+    ['10.0', { major: 10, minor: 0, micro: 3 }, ['-run-with', 'user=kiln-vmm,chroot=/d/empty']],
+  ])('drops privileges in the spelling QEMU %s accepts', (_label, qemuVersion, expected) => {
+    const args = buildQemuArgs(spec, { ...options, qemuVersion, runAs: 'kiln-vmm', confineTo: '/d/empty', incoming: true });
+    const start = args.findIndex((arg) => arg === '-runas' || arg === '-run-with');
+    expect(args.slice(start, start + expected.length)).toEqual(expected);
+    expect(args.filter((arg) => ['-runas', '-chroot', '-run-with'].includes(arg))).toHaveLength(expected.filter((a) => a.startsWith('-')).length);
+  });
+
+  it('escapes a comma in the chroot directory for -run-with', () => {
+    const args = buildQemuArgs(spec, { ...options, qemuVersion: { major: 9, minor: 2, micro: 0 }, confineTo: '/d/a,b' });
+    expect(valueOf(args, '-run-with')).toEqual(['chroot=/d/a,,b']);
+  });
+
+  it('reads the version QEMU prints', () => {
+    expect(parseQemuVersion('QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)')).toEqual({ major: 7, minor: 2, micro: 19 });
+    expect(parseQemuVersion('QEMU emulator version 10.0.2')).toEqual({ major: 10, minor: 0, micro: 2 });
+    expect(parseQemuVersion('QEMU emulator version 9.1')).toEqual({ major: 9, minor: 1, micro: 0 });
+    expect(parseQemuVersion('qemu: not found')).toBeUndefined();
   });
 
   it('builds a microvm with TCG, tap networking in the spec MAC and a virtio-blk root disk', () => {

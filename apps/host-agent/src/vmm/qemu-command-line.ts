@@ -1,8 +1,11 @@
 import { isAbsolute } from 'node:path';
+import { privilegeDropArgs, type QemuVersion } from './qemu-version';
 import { InvalidVmSpecError } from './vmm.errors';
 import type { VmAccelerator, VmSpec } from './vmm-driver';
 
 export interface QemuLaunchOptions {
+  /** Of the binary that will run these arguments: option spellings changed between releases. */
+  qemuVersion: QemuVersion;
   accelerator: VmAccelerator;
   tcgTranslationBufferMib: number;
   qmpSocketPath: string;
@@ -16,7 +19,7 @@ export interface QemuLaunchOptions {
   /** Host TSC frequency handed to TCG guests so they skip PIT calibration (see host-tsc.ts). */
   tcgGuestTscKhz?: number;
   /**
-   * Unprivileged user QEMU switches to once its devices are open (-runas). Unset: it stays root, and set*uid
+   * Unprivileged user QEMU switches to once its devices are open (-run-with user=, or -runas). Unset: it stays root, and set*uid
    * calls are forbidden by its seccomp filter instead.
    */
   runAs?: string;
@@ -180,8 +183,7 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
     );
   }
 
-  if (options.runAs) args.push('-runas', options.runAs);
-  if (options.confineTo) args.push('-chroot', options.confineTo);
+  args.push(...privilegeDropArgs(options.qemuVersion, { runAs: options.runAs, chrootTo: options.confineTo }));
   if (options.startPaused) args.push('-S');
   if (options.incoming) args.push('-incoming', 'defer');
   return args;

@@ -8,6 +8,7 @@ import { Inject, Injectable } from '@nestjs/common';
 import { AccelerationProbe } from './acceleration-probe';
 import { hostTscKhz } from './host-tsc';
 import { buildQemuArgs, validateVmSpec } from './qemu-command-line';
+import { parseQemuVersion, readQemuVersionLine, type QemuVersion } from './qemu-version';
 import { QmpClient, type QemuRunState } from './qmp-client';
 import { VmmConfig } from './vmm.config';
 import {
@@ -66,6 +67,7 @@ export class QemuMicrovmDriver implements VmmDriver {
   private tscKhz: Promise<number | undefined> | undefined;
   private account: Promise<VmmAccount | undefined> | undefined;
   private confinementRoot: Promise<string> | undefined;
+  private version: Promise<QemuVersion> | undefined;
 
   constructor(
     @Inject(VmmConfig) private readonly config: VmmConfig,
@@ -95,6 +97,22 @@ export class QemuMicrovmDriver implements VmmDriver {
   private vmmAccount(): Promise<VmmAccount | undefined> {
     this.account ??= this.config.vmmUser === undefined ? Promise.resolve(undefined) : lookUpAccount(this.config.vmmUser);
     return this.account;
+  }
+
+  /** The version of KILN_QEMU_BINARY, read once: it decides how some options are spelt. */
+  private qemuVersion(): Promise<QemuVersion> {
+    this.version ??= readQemuVersionLine(this.config.qemuBinary)
+      .then((line) => {
+        const version = parseQemuVersion(line);
+        if (!version) throw new VmStartError(`${this.config.qemuBinary} --version printed no version: ${JSON.stringify(line)}`);
+        return version;
+      })
+      .catch((error: unknown) => {
+        // Not cached: a binary installed later is picked up by the next start.
+        this.version = undefined;
+        throw error;
+      });
+    return this.version;
   }
 
   /** The empty, root-owned directory clones are chrooted into. */
@@ -166,6 +184,7 @@ export class QemuMicrovmDriver implements VmmDriver {
     // from spawning. A VM with a shared memory file is a template boot, whose snapshot is written by a spawned cat.
     const isClone = snapshot !== undefined && spec.memoryFile !== undefined && !spec.memoryFile.share;
     const args = buildQemuArgs(resolvedSpec, {
+      qemuVersion: await this.qemuVersion(),
       accelerator,
       tcgTranslationBufferMib: this.config.tcgTranslationBufferMib,
       qmpSocketPath,
