@@ -100,9 +100,17 @@ ensure_npm() {
 generate_and_build() {
   log "generating Prisma client and protobuf types"
   (cd "$ROOT" && DATABASE_URL=${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres} prisma generate >/dev/null)
+  # tsc -b does not notice a regenerated Prisma client: libs/db's declarations inline its model types, so a
+  # schema change must rebuild libs/db (and, through its new declarations, what depends on it).
+  local schema_hash stamp="$ROOT/libs/db/dist/.prisma-schema.sha256"
+  schema_hash=$(sha256sum "$ROOT/prisma/schema.prisma" | cut -d' ' -f1)
+  if [[ -d "$ROOT/libs/db/dist" && "$(cat "$stamp" 2>/dev/null)" != "$schema_hash" ]]; then
+    rm -rf "$ROOT/libs/db/dist"
+  fi
   (cd "$ROOT" && nx run proto:generate --outputStyle=static >/dev/null)
   log "building (tsc -b)"
   (cd "$ROOT" && tsc -b tsconfig.json)
+  echo "$schema_hash" > "$stamp"
   (cd "$ROOT" && nx run guest-agent:bundle --outputStyle=static >/dev/null)
 }
 
