@@ -192,6 +192,8 @@ async function main(): Promise<void> {
     await pool.init();
     const snapshot = await snapshots.ensure('base');
     console.log(`accelerator ${(await probe.report()).accelerator}; template base/${snapshot.build.buildId}, ${snapshot.manifest.memoryMib} MiB; pool of ${POOL_SIZE}, warm=${process.env.BENCH_POOL_WARM ?? 'false'}`);
+    // The agents below get the default resolvers; a snapshot made with others makes every create rewrite resolv.conf.
+    console.log(`resolvers in the snapshot: ${snapshot.manifest.guestNameservers.join(', ')}`);
 
     const pooled = await startHostAgent('pooled', { ports: { http: 39_410, grpc: 39_411, proxy: 39_412 }, dataDir: '/var/lib/kiln-bench', prefix: 'kbha', cidr: '10.205.0.0/24', poolSize: POOL_SIZE });
     agents.push(pooled);

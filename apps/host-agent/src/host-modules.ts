@@ -1,6 +1,6 @@
 import { DynamicModule } from '@nestjs/common';
 import { join } from 'node:path';
-import { HostAgentEnv } from '@kiln/config';
+import { HostAgentEnv, ipListEntries } from '@kiln/config';
 import { ClonePoolModule, clonePoolSlots, type ClonePoolOptions } from './clone-pool';
 import { NetworkModule } from './network';
 import { RootfsModule, RootfsOptions } from './rootfs';
@@ -38,7 +38,7 @@ export function hostResourceModules(env: HostAgentEnv): HostResourceModules {
   });
   const rootfs = RootfsModule.register({ driver: env.KILN_ROOTFS_DRIVER as RootfsOptions['driver'], vmm: 'qemu' });
   const templates = TemplateModule.register({ dataDir: env.KILN_DATA_DIR });
-  const snapshots = SnapshotModule.register({ imports: [network], dataDir: env.KILN_DATA_DIR });
+  const snapshots = SnapshotModule.register({ imports: [network], dataDir: env.KILN_DATA_DIR, guestNameservers: ipListEntries(env.KILN_GUEST_NAMESERVERS) });
   const clones = ClonePoolModule.register({ network, rootfs, snapshots }, clonePool);
   return { network, rootfs, templates, snapshots, clones };
 }

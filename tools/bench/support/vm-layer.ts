@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { DEFAULT_GUEST_NAMESERVERS, ipListEntries } from '@kiln/config';
 import { NetworkSlotPool, resolveNetworkOptions } from '../../../apps/host-agent/src/network';
 import { SlotProvisioner } from '../../../apps/host-agent/src/network/slot-provisioner';
 import { RootfsLayers, resolveRootfsOptions } from '../../../apps/host-agent/src/rootfs';
@@ -24,6 +25,7 @@ export function vmLayerForBench(options: { slotPrefix: string; slotCidr: string;
   const snapshots = new TemplateSnapshots(templates, driver, pool, {
     bootTimeoutMs: options.bootTimeoutMs ?? 180_000,
     runDir: join(options.workDir, 'template-boot'),
+    guestNameservers: ipListEntries(process.env.KILN_GUEST_NAMESERVERS ?? DEFAULT_GUEST_NAMESERVERS),
   });
   return { pool, layers, config, templates, probe, driver, snapshots };
 }

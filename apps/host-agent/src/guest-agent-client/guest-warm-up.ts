@@ -14,6 +14,8 @@ export interface GuestWarmUpOptions {
   /** Login-shell commands to run (V8 compiles on the first, the page cache fills on the first few). */
   commandRuns?: number;
   timeoutMs?: number;
+  /** Resolvers for the guest's /etc/resolv.conf, sent with the warm-up's /init as a create sends them. */
+  nameservers?: string[];
 }
 
 /**
@@ -29,13 +31,18 @@ export async function warmGuestAgent(address: string, port: number, options: Gue
   const timeoutMs = options.timeoutMs ?? 60_000;
   const connections = new Agent({ keepAlive: true, maxSockets: 1 });
   try {
-    await warmUp(address, port, connections, options.commandRuns ?? 3, timeoutMs);
+    await warmUp(address, port, connections, { commandRuns: options.commandRuns ?? 3, timeoutMs, nameservers: options.nameservers });
   } finally {
     connections.destroy();
   }
 }
 
-async function warmUp(address: string, port: number, connections: Agent, commandRuns: number, timeoutMs: number): Promise<void> {
+async function warmUp(
+  address: string,
+  port: number,
+  connections: Agent,
+  { commandRuns, timeoutMs, nameservers }: { commandRuns: number; timeoutMs: number; nameservers?: string[] },
+): Promise<void> {
   const transport = createConnectTransport({ baseUrl: `http://${address}:${port}`, httpVersion: '1.1', nodeOptions: { agent: connections } });
   const processes = createClient(Process, transport);
   const filesystem = createClient(Filesystem, transport);
@@ -54,7 +61,12 @@ async function warmUp(address: string, port: number, connections: Agent, command
   const warmUpToken = randomBytes(16).toString('hex');
   const init = (body: GuestInitBody, currentAccessToken?: string) =>
     initGuestAgent(address, connections, body, timeoutMs, { port, currentAccessToken });
-  await init({ timestamp: new Date().toISOString(), entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64'), accessToken: warmUpToken });
+  await init({
+    timestamp: new Date().toISOString(),
+    entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64'),
+    accessToken: warmUpToken,
+    nameservers,
+  });
   let exitCode: number | undefined;
   for await (const response of processes.start({ process: { cmd: '/bin/true', args: [], envs: {} } }, { timeoutMs, headers: { 'x-access-token': warmUpToken } })) {
     if (response.event?.event.case === 'end') exitCode = response.event.event.value.exitCode;

@@ -1,4 +1,5 @@
 import { Module, type DynamicModule, type ModuleMetadata } from '@nestjs/common';
+import { DEFAULT_GUEST_NAMESERVERS, ipListEntries } from '@kiln/config';
 import { NetworkSlotPool } from '../network';
 import { TemplateModule } from '../template';
 import { VmmModule } from '../vmm';
@@ -19,6 +20,7 @@ export class SnapshotModule {
     const resolved: SnapshotOptions = {
       bootTimeoutMs: options.bootTimeoutMs ?? 120_000,
       runDir: options.runDir ?? `${dataDir}/run/template-boot`,
+      guestNameservers: options.guestNameservers ?? ipListEntries(process.env.KILN_GUEST_NAMESERVERS ?? DEFAULT_GUEST_NAMESERVERS),
     };
     return {
       module: SnapshotModule,

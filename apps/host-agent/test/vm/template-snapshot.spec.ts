@@ -1,7 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
+import { Agent } from 'node:http';
 import { join } from 'node:path';
-import { waitForGuestAgent } from '../../src/guest-agent-client';
+import { createClient } from '@connectrpc/connect';
+import { createConnectTransport } from '@connectrpc/connect-node';
+import { Filesystem } from '@kiln/proto/filesystem';
+import { Process } from '@kiln/proto/process';
+import { initGuestAgent, waitForGuestAgent } from '../../src/guest-agent-client';
 import { sha256File, SnapshotIntegrityError, TemplateSnapshots, type TemplateSnapshot } from '../../src/snapshot';
 import type { TemplateBuild } from '../../src/template';
 import { VmStartError, type VmHandle } from '../../src/vmm';
@@ -84,6 +89,52 @@ describe('template snapshot and clone restore (real TCG VMs)', () => {
     expect(await sha256File(build.rootfs.path)).toBe(baseBefore);
   });
 
+  it('a clone given the resolvers the template wrote keeps its resolv.conf (no write on the create path); others replace it', async () => {
+    const templateResolvers = snapshot.manifest.guestNameservers;
+    expect(templateResolvers.length).toBeGreaterThan(0);
+    const resolvConfAfterInit = async (id: string, nameservers: string[]) => {
+      const slot = await ctx.acquireSlot(cleanup);
+      const layer = await ctx.layers.createLayer(id, snapshot.disk, ctx.workDir);
+      cleanup.add(() => ctx.layers.removeLayer(layer));
+      const restoredAt = Date.now();
+      const vm = cleanup.vm(
+        await ctx.snapshots.restore(snapshot, {
+          id,
+          stateDir: join(ctx.workDir, id),
+          serialLogPath: join(ctx.workDir, `${id}.serial.log`),
+          rootDisk: { path: layer.path, format: layer.format },
+          network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+        }),
+      );
+      const connections = new Agent({ keepAlive: true });
+      try {
+        // As a create sends it: the clock first, so a rewrite gets the host's time.
+        await initGuestAgent(slot.hostAddress, connections, { timestamp: new Date().toISOString(), nameservers }, 60_000, { port: build.agentPort });
+        const transport = createConnectTransport({ baseUrl: `http://${slot.hostAddress}:${build.agentPort}`, httpVersion: '1.1' });
+        const { entry } = await createClient(Filesystem, transport).stat({ path: '/etc/resolv.conf' }, { timeoutMs: 30_000 });
+        let content = '';
+        for await (const response of createClient(Process, transport).start({ process: { cmd: '/bin/cat', args: ['/etc/resolv.conf'], envs: {} } }, { timeoutMs: 30_000 })) {
+          const event = response.event?.event;
+          if (event?.case === 'data' && event.value.output.case === 'stdout') content += Buffer.from(event.value.output.value).toString();
+        }
+        return { restoredAt, modifiedAtMs: Number(entry!.modifiedTime!.seconds) * 1000, resolvers: [...content.matchAll(/^nameserver (\S+)$/gm)].map((m) => m[1]) };
+      } finally {
+        connections.destroy();
+        await vm.stop();
+      }
+    };
+
+    const same = await resolvConfAfterInit('ktvm-dns-same', templateResolvers);
+    expect(same.resolvers).toEqual(templateResolvers);
+    // Still the file the template wrote before its memory was saved.
+    expect(same.modifiedAtMs).toBeLessThan(same.restoredAt);
+
+    const other = await resolvConfAfterInit('ktvm-dns-other', ['192.0.2.53']);
+    expect(other.resolvers).toEqual(['192.0.2.53']);
+    // Whole seconds, and the guest clock is the host's to within a request's latency.
+    expect(other.modifiedAtMs).toBeGreaterThanOrEqual(other.restoredAt - 2_000);
+  });
+
   it('fails a restore from a corrupt state file with VmStartError and leaves no VMM behind', async () => {
     const garbage = join(ctx.workDir, 'garbage-state');
     await writeFile(garbage, randomBytes(64 * 1024));
@@ -110,6 +161,7 @@ describe('template snapshot and clone restore (real TCG VMs)', () => {
     const freshProcessView = new TemplateSnapshots(ctx.templates, ctx.driver, ctx.pool, {
       bootTimeoutMs: 1_000,
       runDir: join(ctx.workDir, 'unused'),
+      guestNameservers: [],
     });
     await expect(freshProcessView.verify(snapshot)).resolves.toBeUndefined();
     const tampered: TemplateSnapshot = {
@@ -122,6 +174,7 @@ describe('template snapshot and clone restore (real TCG VMs)', () => {
     const secondProcessView = new TemplateSnapshots(ctx.templates, ctx.driver, ctx.pool, {
       bootTimeoutMs: 1_000,
       runDir: join(ctx.workDir, 'unused'),
+      guestNameservers: [],
     });
     await expect(secondProcessView.verify(tampered)).rejects.toBeInstanceOf(SnapshotIntegrityError);
   });

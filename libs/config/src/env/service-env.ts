@@ -89,6 +89,9 @@ export class HostMonitorEnv extends ControlPlaneEnv {
   HOST_HEARTBEAT_TTL_SECONDS: number = 15;
 }
 
+/** Public resolvers: a host's own may be a loopback stub or a cluster DNS that sandboxes must not query. */
+export const DEFAULT_GUEST_NAMESERVERS = '8.8.8.8,1.1.1.1';
+
 /**
  * The host's VMM settings: part of HostAgentEnv, and validated on their own by tools that drive VMs without the
  * whole agent (benchmarks, test harnesses).
@@ -184,7 +187,7 @@ export class HostAgentEnv extends HostVmmEnv {
 
   /**
    * Run each pooled clone through the guest agent's hot paths before pausing it: a create from the pool then
-   * answers its first command about 3x sooner under TCG. Off by default because under TCG the translations it
+   * answers its first command about twice as fast under TCG. Off by default because under TCG the translations it
    * front-loads stay in the VMM (~40 MiB per sandbox, over the idle-memory budget); with KVM there are none.
    */
   @IsEnvBoolean()
@@ -195,7 +198,7 @@ export class HostAgentEnv extends HostVmmEnv {
    * default: the host's own may be a loopback stub or a cluster DNS that sandboxes must not query.
    */
   @IsIpList(3)
-  KILN_GUEST_NAMESERVERS: string = '8.8.8.8,1.1.1.1';
+  KILN_GUEST_NAMESERVERS: string = DEFAULT_GUEST_NAMESERVERS;
 
   /** vCPUs and memory this host offers to sandboxes; 0 means "detect from the machine". */
   @IsInt() @Min(0)
