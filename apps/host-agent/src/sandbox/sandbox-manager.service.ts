@@ -51,21 +51,8 @@ export interface LiveSandbox {
   guestConnections: Agent;
 }
 
-/** How long a failed start waits to learn whether the VM died, which is then the reason it reports. */
-const VM_EXIT_GRACE_MS = 1_000;
-
 function vmExitedWhileStarting(exit: VmExit): KilnError {
   return new KilnError(ErrorCode.Unavailable, `VM exited while starting (${exit.reason}${exit.signal ? `, ${exit.signal}` : ''})`);
-}
-
-async function exitWithin(vm: VmHandle, ms: number): Promise<VmExit | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
-  try {
-    return await Promise.race([vm.exited, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** The last lines the guest printed, for failure reports (the log goes with the sandbox's directory). */
@@ -307,8 +294,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       return live;
     } catch (error) {
       live.stopping = true;
-      // A VM killed mid-command closes its QMP socket a moment before its process exit is seen: report the death, not the socket.
-      const exit = !abort.aborted && clone ? await exitWithin(clone.vm, VM_EXIT_GRACE_MS) : undefined;
+      // A VM that died under a command (the driver settles its exit first): report the death, not the command.
+      const exit = !abort.aborted && clone?.vm.hasExited ? await clone.vm.exited : undefined;
       const cause: unknown = exit ? vmExitedWhileStarting(exit) : abort.aborted ? abort.reason : error;
       const reason = describeError(cause);
       this.logger.warn(

@@ -13,6 +13,7 @@ import { QmpClient, type QemuRunState } from './qmp-client';
 import { VmmConfig } from './vmm.config';
 import {
   InvalidVmSpecError,
+  QmpConnectionError,
   VmAdoptError,
   VmNotRunningError,
   VmSnapshotError,
@@ -353,7 +354,7 @@ class QemuVmHandle implements VmHandle {
 
   async state(): Promise<VmRunState> {
     if (this.exitInfo) return 'exited';
-    const { status } = await this.control().execute('query-status');
+    const { status } = await this.controlled((qmp) => qmp.execute('query-status'));
     if (status === 'running') return 'running';
     if (status === 'paused' || status === 'postmigrate' || status === 'prelaunch') return 'paused';
     if (status === 'inmigrate') return 'restoring';
@@ -361,11 +362,11 @@ class QemuVmHandle implements VmHandle {
   }
 
   async pause(): Promise<void> {
-    await this.control().execute('stop');
+    await this.controlled((qmp) => qmp.execute('stop'));
   }
 
   async resume(): Promise<void> {
-    await this.control().execute('cont');
+    await this.controlled((qmp) => qmp.execute('cont'));
   }
 
   async setForeground(): Promise<void> {
@@ -452,6 +453,21 @@ class QemuVmHandle implements VmHandle {
     if (this.exitInfo) throw new VmNotRunningError(`vm ${this.id} has exited (${this.exitInfo.reason})`);
     if (this.detached) throw new VmNotRunningError(`vm ${this.id} was detached from this driver`);
     return this.qmp;
+  }
+
+  /**
+   * Runs a QMP exchange. QEMU closes its control socket only when it exits, so a socket closed under a command is
+   * the VM dying: once the process is gone (onControlClosed), the caller gets VmNotRunningError and `exited` is
+   * settled, instead of a bare connection error that races the exit.
+   */
+  private async controlled<T>(exchange: (qmp: QmpClient) => Promise<T>): Promise<T> {
+    try {
+      return await exchange(this.control());
+    } catch (error) {
+      if (!(error instanceof QmpConnectionError)) throw error;
+      const exit = await Promise.race([this.exited, delay(EXIT_AFTER_CONTROL_CLOSED_MS).then(() => undefined)]);
+      throw exit ? new VmNotRunningError(`vm ${this.id} has exited (${exit.reason})`) : error;
+    }
   }
 
   private async onControlClosed(): Promise<void> {
@@ -559,6 +575,9 @@ function killGroupOrProcess(pid: number): void {
 function shellQuote(value: string): string {
   return `'${value.replace(/'/g, `'\\''`)}'`;
 }
+
+/** How long a command whose control socket closed waits for the VMM process to be gone (it unmaps guest RAM). */
+const EXIT_AFTER_CONTROL_CLOSED_MS = 1_000;
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -5,7 +5,7 @@ import { build } from 'esbuild';
 import { type NetworkSlot } from '../../src/network';
 import { coldBootSpec } from '../../src/template';
 import { guestAgentHealthy, waitForGuestAgent } from '../../src/guest-agent-client';
-import { QemuMicrovmDriver, VmAdoptError, InvalidVmSpecError, type VmHandle, type VmSpec } from '../../src/vmm';
+import { QemuMicrovmDriver, VmAdoptError, VmNotRunningError, InvalidVmSpecError, type VmHandle, type VmSpec } from '../../src/vmm';
 import { processStartTicks } from '../../src/vmm/qemu-microvm.driver';
 import { Cleanup, readText, startVmTestApp, type VmTestApp } from './vm-test-context';
 
@@ -80,9 +80,19 @@ describe('QEMU microvm driver (real TCG VM, base template)', () => {
     vm = adopted;
   });
 
-  it('notices at once when qemu is killed with SIGKILL', async () => {
+  it('notices at once when qemu is killed with SIGKILL, and a command caught by the death reports the exit', async () => {
+    // Stopped, QEMU cannot read the command: the kill closes its socket with the command still waiting.
+    process.kill(vm.pid, 'SIGSTOP');
+    const caught = vm.state().then(
+      () => 'answered',
+      (error: unknown) => error,
+    );
+    await new Promise((r) => setTimeout(r, 50));
     const killedAt = Date.now();
     process.kill(vm.pid, 'SIGKILL');
+    const error = await caught;
+    expect(error).toBeInstanceOf(VmNotRunningError);
+    expect(vm.hasExited).toBe(true);
     const exit = await vm.exited;
     expect(Date.now() - killedAt).toBeLessThan(2_000);
     expect(vm.hasExited).toBe(true);
