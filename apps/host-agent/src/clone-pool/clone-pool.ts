@@ -13,7 +13,6 @@ import { CLONE_SERIAL_LOG, CLONE_VM_STATE_DIR, removeUnclaimedClones } from './c
 import { CLONE_POOL_OPTIONS, type ClonePoolOptions } from './clone-pool.options';
 import type { RestoredClone } from './restored-clone';
 
-/** Wait after a failed refill before the next try, so a broken template or host is not hammered. */
 const REFILL_RETRY_MS = 5_000;
 const SWEEP_INTERVAL_MS = 60_000;
 /** A pooled clone's warm-up; generous because on a busy TCG host a first command can take seconds. */
@@ -181,10 +180,7 @@ export class ClonePool implements OnModuleDestroy, OnApplicationShutdown {
       })
       .catch((error) => {
         this.logger.warn(`refilling the clone pool of ${warm.snapshot.build.templateId}/${warm.snapshot.build.buildId} failed: ${describeError(error)}`);
-        warm.retryTimer = setTimeout(() => {
-          warm.retryTimer = undefined;
-          this.fill(warm);
-        }, REFILL_RETRY_MS).unref();
+        this.refillLater(warm);
       })
       .finally(() => {
         warm.filling = false;
@@ -200,6 +196,11 @@ export class ClonePool implements OnModuleDestroy, OnApplicationShutdown {
     this.updateGauge();
     this.logger.warn(`pooled clone ${clone.cloneId} of ${warm.snapshot.build.templateId} exited (${reason}); replacing it`);
     await this.destroy(clone);
+    this.refillLater(warm);
+  }
+
+  /** The next refill after a failure or a dead clone waits, so a broken template or host is not hammered. */
+  private refillLater(warm: WarmBuild): void {
     warm.retryTimer ??= setTimeout(() => {
       warm.retryTimer = undefined;
       this.fill(warm);
@@ -210,7 +211,7 @@ export class ClonePool implements OnModuleDestroy, OnApplicationShutdown {
     const warm = this.builds.get(key);
     if (!warm) return;
     this.builds.delete(key);
-    if (warm.retryTimer) clearTimeout(warm.retryTimer);
+    clearTimeout(warm.retryTimer);
     const clones = warm.ready.splice(0);
     this.updateGauge();
     if (clones.length > 0) this.logger.log(`draining ${clones.length} clone(s) of ${warm.snapshot.build.templateId}/${warm.snapshot.build.buildId}: ${why}`);
@@ -248,11 +249,10 @@ export class ClonePool implements OnModuleDestroy, OnApplicationShutdown {
    */
   async onApplicationShutdown(): Promise<void> {
     this.closed = true;
-    const all = [...this.builds.keys()];
-    const clones = all.flatMap((key) => this.builds.get(key)!.ready.splice(0));
-    for (const key of all) {
-      const warm = this.builds.get(key)!;
-      if (warm.retryTimer) clearTimeout(warm.retryTimer);
+    const clones: RestoredClone[] = [];
+    for (const warm of this.builds.values()) {
+      clones.push(...warm.ready.splice(0));
+      clearTimeout(warm.retryTimer);
     }
     this.builds.clear();
     await Promise.all(clones.map((clone) => this.destroy(clone)));

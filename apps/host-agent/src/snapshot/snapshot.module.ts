@@ -1,11 +1,10 @@
 import { Module, type DynamicModule, type ModuleMetadata } from '@nestjs/common';
-import { DEFAULT_GUEST_NAMESERVERS, ipListEntries } from '@kiln/config';
 import { NetworkSlotPool } from '../network';
 import { TemplateModule } from '../template';
 import { VmmModule } from '../vmm';
 import { SNAPSHOT_NETWORK, SNAPSHOT_OPTIONS, TemplateSnapshots, type SnapshotOptions } from './template-snapshots';
 
-export interface SnapshotModuleOptions extends Partial<SnapshotOptions> {
+export interface SnapshotModuleOptions extends Partial<Omit<SnapshotOptions, 'guestNameservers'>>, Pick<SnapshotOptions, 'guestNameservers'> {
   /** Must include the app's NetworkModule instance (the template boot leases a slot from its pool). */
   imports: NonNullable<ModuleMetadata['imports']>;
   /** Kiln data dir (templates, scratch space for template boots); default KILN_DATA_DIR. */
@@ -20,7 +19,7 @@ export class SnapshotModule {
     const resolved: SnapshotOptions = {
       bootTimeoutMs: options.bootTimeoutMs ?? 120_000,
       runDir: options.runDir ?? `${dataDir}/run/template-boot`,
-      guestNameservers: options.guestNameservers ?? ipListEntries(process.env.KILN_GUEST_NAMESERVERS ?? DEFAULT_GUEST_NAMESERVERS),
+      guestNameservers: options.guestNameservers,
     };
     return {
       module: SnapshotModule,

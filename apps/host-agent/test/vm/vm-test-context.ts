@@ -3,6 +3,7 @@ import { link, mkdir, mkdtemp, readFile, readlink, rm, symlink } from 'node:fs/p
 import { join } from 'node:path';
 import { Module, type INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { DEFAULT_GUEST_NAMESERVERS, ipListEntries } from '@kiln/config';
 import { NetworkModule, NetworkSlotPool, type NetworkSlot } from '../../src/network';
 import { RootfsLayers, RootfsModule } from '../../src/rootfs';
 import { SnapshotModule, TemplateSnapshots } from '../../src/snapshot';
@@ -73,7 +74,13 @@ export async function startVmTestApp(): Promise<VmTestApp> {
       RootfsModule.register({ driver: 'qcow2', vmm: 'qemu' }),
       TemplateModule.register({ dataDir: DATA_DIR }),
       VmmModule,
-      SnapshotModule.register({ imports: [network], runDir: join(workDir, 'template-boot'), bootTimeoutMs: 120_000 }),
+      // The agent's default resolvers, so the shared `base` snapshot this may make is the one an agent would make.
+      SnapshotModule.register({
+        imports: [network],
+        runDir: join(workDir, 'template-boot'),
+        bootTimeoutMs: 120_000,
+        guestNameservers: ipListEntries(DEFAULT_GUEST_NAMESERVERS),
+      }),
     ],
   })
   class VmTestModule {}
