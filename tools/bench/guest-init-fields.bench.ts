@@ -12,17 +12,14 @@ import 'reflect-metadata';
 import { randomBytes } from 'node:crypto';
 import { Agent } from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createClient, type Client } from '@connectrpc/connect';
-import { createConnectTransport } from '@connectrpc/connect-node';
 import { GUEST_ENTROPY_SEED_BYTES, type GuestInitBody } from '@kiln/contracts/guest-init';
-import { Process } from '@kiln/proto/process';
 import { initGuestAgent } from '../../apps/host-agent/src/guest-agent-client';
 import { GUEST_AGENT_PORT } from '../../apps/host-agent/src/network';
 import type { VmHandle } from '../../apps/host-agent/src/vmm';
+import { envdProcess, firstStdoutByte } from './support/envd-process';
 import { percentile, report } from './support/sample-stats';
-import { vmLayerForBench } from './support/vm-layer';
+import { benchCloneOptions, vmLayerForBench } from './support/vm-layer';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 8);
 const ONLY = process.env.BENCH_ONLY?.split(',');
@@ -50,35 +47,6 @@ function variants(nameservers: string[]): Record<string, () => GuestInitBody | u
   };
 }
 
-function envdProcess(host: string, token: string | undefined): Client<typeof Process> {
-  return createClient(
-    Process,
-    createConnectTransport({
-      baseUrl: `http://${host}:${GUEST_AGENT_PORT}`,
-      httpVersion: '1.1',
-      interceptors: [(next) => async (req) => {
-        if (token) req.header.set('X-Access-Token', token);
-        return next(req);
-      }],
-    }),
-  );
-}
-
-/** Until the first stdout byte of `echo`, retrying while the guest's socket is not back. */
-async function firstStdoutByte(client: Client<typeof Process>): Promise<void> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      for await (const response of client.start({ process: { cmd: '/bin/echo', args: ['kiln'], envs: {} } }, { timeoutMs: 10_000 })) {
-        const event = response.event?.event;
-        if (event?.case === 'data' && event.value.output.case === 'stdout') return;
-      }
-    } catch (error) {
-      if (attempt > 400) throw error;
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  }
-}
-
 async function main(): Promise<void> {
   const workDir = await mkdtemp('/tmp/kiln-init-fields-bench-');
   const { pool, layers, snapshots, probe } = vmLayerForBench({ slotPrefix: 'kbif', slotCidr: '10.209.0.0/24', workDir });
@@ -100,21 +68,15 @@ async function main(): Promise<void> {
         const connections = new Agent({ keepAlive: true });
         let vm: VmHandle | undefined;
         try {
-          vm = await snapshots.restore(snapshot, {
-            id,
-            stateDir: join(workDir, id),
-            serialLogPath: join(workDir, `${id}.log`),
-            rootDisk: { path: layer.path, format: layer.format },
-            network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
-          });
+          vm = await snapshots.restore(snapshot, benchCloneOptions(workDir, id, slot, layer));
           live.add(vm);
           await new Promise((r) => setTimeout(r, SETTLE_MS));
           const init = body();
           const t0 = performance.now();
           if (init) await initGuestAgent(slot.hostAddress, connections, init, 30_000);
           const t1 = performance.now();
-          await firstStdoutByte(envdProcess(slot.hostAddress, init?.accessToken));
-          const t2 = performance.now();
+          const token: Record<string, string> = init?.accessToken ? { 'X-Access-Token': init.accessToken } : {};
+          const t2 = t1 + (await firstStdoutByte(envdProcess(`http://${slot.hostAddress}:${GUEST_AGENT_PORT}`, token), t1));
           const row = samples.get(name)!;
           row.init.push(t1 - t0);
           row.start.push(t2 - t1);

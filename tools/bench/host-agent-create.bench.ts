@@ -25,15 +25,15 @@ import { existsSync, mkdirSync, symlinkSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Client, createClient } from '@connectrpc/connect';
-import { createConnectTransport } from '@connectrpc/connect-node';
+import type { Client } from '@connectrpc/connect';
 import { Process } from '@kiln/proto/process';
 import { waitForGuestAgent } from '../../apps/host-agent/src/guest-agent-client';
 import { coldBootSpec } from '../../apps/host-agent/src/template';
 import type { VmHandle } from '../../apps/host-agent/src/vmm';
 import { hostAgentClient } from '../e2e/harness/host-agent-client';
+import { envdProcess, firstStdoutByte } from './support/envd-process';
 import { percentile, report } from './support/sample-stats';
-import { vmLayerForBench } from './support/vm-layer';
+import { benchCloneOptions, vmLayerForBench } from './support/vm-layer';
 
 // Bundled into a temp dir by run-bench.mjs, so the repository is found from the working directory.
 const ROOT = process.env.KILN_ROOT ?? process.cwd();
@@ -43,35 +43,6 @@ const IDLE = Number(process.env.BENCH_IDLE ?? 6);
 const COLD_BOOTS = Number(process.env.BENCH_COLD_BOOTS ?? 1);
 const SHARED_DATA_DIR = process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
 const POOL_SIZE = 2;
-
-function envdProcess(baseUrl: string, headers: Record<string, string>): Client<typeof Process> {
-  return createClient(
-    Process,
-    createConnectTransport({
-      baseUrl,
-      httpVersion: '1.1',
-      interceptors: [(next) => async (req) => {
-        for (const [k, v] of Object.entries(headers)) req.header.set(k, v);
-        return next(req);
-      }],
-    }),
-  );
-}
-
-/** Time from `started` until the first stdout byte of `echo` arrives (the command is plain argv, no shell). */
-async function firstStdoutByte(client: Client<typeof Process>, started: number): Promise<number> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      for await (const response of client.start({ process: { cmd: '/bin/echo', args: ['kiln'], envs: {} } }, { timeoutMs: 10_000 })) {
-        const event = response.event?.event;
-        if (event?.case === 'data' && event.value.output.case === 'stdout') return performance.now() - started;
-      }
-    } catch (error) {
-      if (attempt > 400) throw error;
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  }
-}
 
 /** Runs a command to its end. */
 async function runOnce(client: Client<typeof Process>, cmd: string, args: string[]): Promise<void> {
@@ -226,13 +197,7 @@ async function main(): Promise<void> {
       const slot = await pool.acquire();
       const layer = await layers.createLayer(id, snapshot.disk, workDir);
       const started = performance.now();
-      const vm = await snapshots.restore(snapshot, {
-        id,
-        stateDir: join(workDir, id),
-        serialLogPath: join(workDir, `${id}.log`),
-        rootDisk: { path: layer.path, format: layer.format },
-        network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
-      });
+      const vm = await snapshots.restore(snapshot, benchCloneOptions(workDir, id, slot, layer));
       live.add(vm);
       // Start straight away, retried every 5 ms while the guest's socket is not back: the quickest a client gets
       // a first byte from a restored guest (polling /health first costs a round trip).

@@ -6,6 +6,7 @@ export function percentile(samples: number[], p: number): number {
 
 /** One aligned benchmark line: label, p50, p95 and the sample count. */
 export function formatSamples(label: string, samples: number[], options: { unit?: string; digits?: number; width?: number } = {}): string {
+  if (samples.length === 0) return `${label.padEnd(options.width ?? 60)} no samples`;
   const unit = options.unit ?? 'ms';
   const digits = options.digits ?? 1;
   const value = (p: number) => percentile(samples, p).toFixed(digits).padStart(9);

@@ -1,11 +1,11 @@
 import { join } from 'node:path';
 import { DEFAULT_GUEST_NAMESERVERS, ipListEntries } from '@kiln/config';
-import { NetworkSlotPool, resolveNetworkOptions } from '../../../apps/host-agent/src/network';
+import { NetworkSlotPool, resolveNetworkOptions, type NetworkSlot } from '../../../apps/host-agent/src/network';
 import { SlotProvisioner } from '../../../apps/host-agent/src/network/slot-provisioner';
-import { RootfsLayers, resolveRootfsOptions } from '../../../apps/host-agent/src/rootfs';
+import { RootfsLayers, resolveRootfsOptions, type RootfsLayer } from '../../../apps/host-agent/src/rootfs';
 import { FlattenedImages } from '../../../apps/host-agent/src/rootfs/flattened-images';
 import { ReflinkSupport } from '../../../apps/host-agent/src/rootfs/reflink-support';
-import { TemplateSnapshots } from '../../../apps/host-agent/src/snapshot';
+import { TemplateSnapshots, type CloneOptions } from '../../../apps/host-agent/src/snapshot';
 import { TemplateStore } from '../../../apps/host-agent/src/template';
 import { AccelerationProbe, QemuMicrovmDriver, VmmConfig } from '../../../apps/host-agent/src/vmm';
 
@@ -28,4 +28,15 @@ export function vmLayerForBench(options: { slotPrefix: string; slotCidr: string;
     guestNameservers: ipListEntries(process.env.KILN_GUEST_NAMESERVERS ?? DEFAULT_GUEST_NAMESERVERS),
   });
   return { pool, layers, config, templates, probe, driver, snapshots };
+}
+
+/** A clone of a bench's own: state and serial log in `workDir`, on the given slot and disk layer. */
+export function benchCloneOptions(workDir: string, id: string, slot: NetworkSlot, layer: RootfsLayer): CloneOptions {
+  return {
+    id,
+    stateDir: join(workDir, id),
+    serialLogPath: join(workDir, `${id}.log`),
+    rootDisk: { path: layer.path, format: layer.format },
+    network: { netnsPath: slot.netnsPath, tapName: slot.tapName, guestMac: slot.guestMac },
+  };
 }
