@@ -33,7 +33,6 @@ import { report } from './support/sample-stats';
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 300);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 8);
 const WARMUP = 20;
-const TOKEN = 'gateway-bench-token';
 const GUEST_AGENT_BUNDLE = join(process.cwd(), 'apps', 'guest-agent', 'dist', 'bundle', 'guest-agent.js');
 const TS_REGISTER = join(process.cwd(), 'tools', 'bench', 'gateway-ts-register.cjs');
 
@@ -59,6 +58,12 @@ async function throughput(label: string, clients: number, perClient: number, wor
   console.log(`${label.padEnd(60)} ${((clients * perClient) / seconds).toFixed(1).padStart(8)} ops/s (${clients} clients x ${perClient})`);
 }
 
+/** Hands the guest agent its token, as the host agent does over the slot. */
+async function initGuestAgent(url: string, accessToken: string): Promise<void> {
+  const init = await fetch(`${url}/init`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ accessToken }) });
+  if (init.status !== 204) throw new Error(`guest agent /init answered ${init.status}`);
+}
+
 async function startGuestAgent(): Promise<{ url: string; stop: () => void }> {
   const child = spawn(process.execPath, [GUEST_AGENT_BUNDLE, '--port', '0', '--host', '127.0.0.1', '--guest-duties', 'off'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await new Promise<number>((resolve, reject) => {
@@ -71,8 +76,6 @@ async function startGuestAgent(): Promise<{ url: string; stop: () => void }> {
     child.once('exit', (code) => reject(new Error(`guest agent exited (${code}); build it with: npx nx run guest-agent:bundle`)));
   });
   const url = `http://127.0.0.1:${port}`;
-  const init = await fetch(`${url}/init`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ accessToken: TOKEN }) });
-  if (init.status !== 204) throw new Error(`guest agent /init answered ${init.status}`);
   return { url, stop: () => child.kill('SIGTERM') };
 }
 
@@ -101,9 +104,9 @@ async function startGatewayProcess(env: Record<string, string>): Promise<{ apiUr
 }
 
 /** An SDK Sandbox object for an existing sandbox, aimed at `sandboxUrl` (the SDK's own option). */
-function sdkSandbox(sandboxId: string, sandboxUrl: string): Sandbox {
+function sdkSandbox(sandboxId: string, envdAccessToken: string, sandboxUrl: string): Sandbox {
   const SandboxCtor = Sandbox as unknown as new (opts: Record<string, unknown>) => Sandbox;
-  return new SandboxCtor({ sandboxId, envdVersion: '0.5.7', envdAccessToken: TOKEN, sandboxUrl, apiKey: 'e2b_' + '0'.repeat(40) });
+  return new SandboxCtor({ sandboxId, envdVersion: '0.5.7', envdAccessToken, sandboxUrl, apiKey: 'e2b_' + '0'.repeat(40) });
 }
 
 async function main(): Promise<void> {
@@ -114,7 +117,9 @@ async function main(): Promise<void> {
   const nats = await connect({ servers: stack.natsUrl });
   try {
     const team = await stack.seedTeam();
-    const sandboxId = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: agent.url, envdAccessToken: TOKEN });
+    const sandboxId = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: agent.url });
+    const token = stack.tokens.envdAccessToken(sandboxId);
+    await initGuestAgent(agent.url, token);
     console.log(`gateway overhead benchmark: ${ITERATIONS} iterations after ${WARMUP} warm-up, node ${process.version}`);
 
     console.log('\n== API read: GET /sandboxes/{id} ==');
@@ -137,8 +142,8 @@ async function main(): Promise<void> {
     }));
 
     console.log("\n== exec round trip: SDK commands.run('true') ==");
-    const direct = sdkSandbox(sandboxId, agent.url);
-    const viaGateway = sdkSandbox(sandboxId, gateway.sandboxUrl);
+    const direct = sdkSandbox(sandboxId, token, agent.url);
+    const viaGateway = sdkSandbox(sandboxId, token, gateway.sandboxUrl);
     report('baseline: SDK straight to the guest agent', await sample(ITERATIONS, () => direct.commands.run('true')));
     report('gateway: SDK through the sandbox-traffic listener', await sample(ITERATIONS, () => viaGateway.commands.run('true')));
 

@@ -9,13 +9,20 @@ APPS=(scheduler host-monitor template-builder host-agent gateway)
 
 declare -A HEALTH_PORT=([gateway]=3000 [scheduler]=3001 [template-builder]=3002 [host-monitor]=3003 [host-agent]=3004)
 
+random_secret() { head -c "$1" /dev/urandom | base64 | tr -d '/+=\n'; }
+
 stack_env() {
   local secrets="$KILN_STATE/secrets.env"
   mkdir -p "$KILN_STATE"
-  if [ ! -f "$secrets" ]; then
+  # Each secret is generated once; a secrets file from an older checkout gains the ones it lacks. The umask is set
+  # in a subshell only: the apps started from this shell must not inherit it (their directories set their own modes).
+  (
     umask 077
-    echo "HOST_REGISTRATION_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" > "$secrets"
-  fi
+    touch "$secrets"
+    chmod 600 "$secrets"
+    grep -q '^HOST_REGISTRATION_TOKEN=' "$secrets" || echo "HOST_REGISTRATION_TOKEN=$(random_secret 24)" >> "$secrets"
+    grep -q '^KILN_SANDBOX_TOKEN_KEY=' "$secrets" || echo "KILN_SANDBOX_TOKEN_KEY=$(random_secret 48)" >> "$secrets"
+  )
   set -a
   # shellcheck disable=SC1090
   source "$secrets"

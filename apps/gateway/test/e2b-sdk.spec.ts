@@ -8,8 +8,6 @@ import { SeededTeam, TestStack } from './support/test-stack';
 
 jest.setTimeout(120_000);
 
-const TOKEN = 'gateway-sdk-test-token';
-
 let stack: TestStack;
 let team: SeededTeam;
 let agent: RunningAgent;
@@ -25,7 +23,6 @@ const savedEnv = { ...process.env };
 beforeAll(async () => {
   if (!existsSync(BUNDLE)) execFileSync(process.execPath, [join(__dirname, '..', '..', 'guest-agent', 'tools', 'bundle.mjs')], { stdio: 'inherit' });
   agent = await RunningAgent.start();
-  expect((await agent.init({ accessToken: TOKEN })).status).toBe(204);
   stack = await TestStack.start();
   team = await stack.seedTeam();
   process.env.E2B_API_URL = stack.gateway.apiUrl;
@@ -45,7 +42,9 @@ describe('official e2b SDK through the gateway', () => {
   let sandboxId: string;
 
   beforeAll(async () => {
-    sandboxId = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: agent.url, envdAccessToken: TOKEN, metadata: { suite: 'sdk' } });
+    sandboxId = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: agent.url, metadata: { suite: 'sdk' } });
+    // The host agent hands the guest its token over the slot; here the test plays that part.
+    expect((await agent.init({ accessToken: stack.tokens.envdAccessToken(sandboxId) })).status).toBe(204);
   });
 
   it('connects, runs commands and moves files through the sandbox-traffic listener', async () => {

@@ -2,15 +2,16 @@ import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
 import { INestApplicationContext } from '@nestjs/common';
-import { ErrorCode, KilnError, SandboxState } from '@kiln/contracts';
+import { DEFAULT_NETWORK_SETTINGS, ErrorCode, KilnError, SandboxState } from '@kiln/contracts';
 import { SchedulerEnv, loadConfig } from '@kiln/config';
-import { PrismaService, SandboxRepository, TeamRepository } from '@kiln/db';
+import { PrismaService, SandboxRepository, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
 import { PrivateServer, eventually, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
 import { PlacementService } from '../src/placement/placement.service';
+import { SandboxTokens } from '../src/lifecycle/sandbox-tokens';
 
 const TOKEN = 'integration-test-registration-token';
 
@@ -32,6 +33,7 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
       HOST_REGISTRATION_TOKEN: TOKEN,
+      KILN_SANDBOX_TOKEN_KEY: 'scheduler-integration-sandbox-token-key',
       LOG_LEVEL: 'silent',
       HTTP_PORT: String(await freePort()),
       HOST_HEARTBEAT_TTL_SECONDS: '15',
@@ -60,9 +62,10 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
     await redis?.stop();
   });
 
-  async function insertRunningSandbox(id: string, timeoutSeconds = 300): Promise<void> {
+  async function insertRunningSandbox(id: string, timeoutSeconds = 300, extra: { allowPublicTraffic?: boolean; maskRequestHost?: string } = {}): Promise<void> {
     await scheduler.get(PrismaService).sandbox.create({
       data: {
+        ...extra,
         id,
         teamId,
         templateId: 'base',
@@ -147,16 +150,47 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
     }
   });
 
-  it('answers 503-style resource_exhausted when no host has room, leaving nothing pending', async () => {
-    await scheduler.get(PrismaService).template.upsert({ where: { id: 'base' }, update: {}, create: { id: 'base', public: true } });
+  it('refuses a template with no ready build before placing anything', async () => {
+    await scheduler.get(PrismaService).template.upsert({ where: { id: 'unbuilt' }, update: {}, create: { id: 'unbuilt', public: true } });
     const failure = client.request(
       Subjects.sandboxCreate,
-      { teamId, templateRef: 'base', timeoutSeconds: 30, autoPause: false, secure: true, allowInternetAccess: true, metadata: {}, envVars: {} },
+      { teamId, templateRef: 'unbuilt', timeoutSeconds: 30, autoPause: false, network: DEFAULT_NETWORK_SETTINGS, metadata: {}, envVars: {} },
+      10_000,
+    );
+    await expect(failure).rejects.toMatchObject({ code: ErrorCode.FailedPrecondition, message: "template 'unbuilt' has no ready build" });
+    expect(await scheduler.get(PrismaService).sandbox.count({ where: { templateId: 'unbuilt' } })).toBe(0);
+  });
+
+  it('answers 503-style resource_exhausted when no host has room, leaving nothing pending', async () => {
+    await scheduler
+      .get(TemplateRepository)
+      .ensurePublicTemplate({ templateId: 'base', alias: 'base', vcpus: 1, memoryMib: 512, diskMib: 2048, envdVersion: '0.5.7', contentHash: 'integration' });
+    const failure = client.request(
+      Subjects.sandboxCreate,
+      { teamId, templateRef: 'base', timeoutSeconds: 30, autoPause: false, network: DEFAULT_NETWORK_SETTINGS, metadata: {}, envVars: {} },
       10_000,
     );
     await expect(failure).rejects.toMatchObject({ code: ErrorCode.ResourceExhausted, retryAfterSeconds: expect.any(Number) });
     const pending = await scheduler.get(PrismaService).sandbox.count({ where: { teamId, state: SandboxState.Pending } });
     expect(pending).toBe(0);
+  });
+
+  it('gives every sandbox an envd token derived from the deployment key, and a traffic token only when its ports are private', async () => {
+    const tokens = new SandboxTokens({ KILN_SANDBOX_TOKEN_KEY: 'scheduler-integration-sandbox-token-key' } as SchedulerEnv);
+    await insertRunningSandbox('tokenpublic1');
+    await insertRunningSandbox('tokenprivate1', 300, { allowPublicTraffic: false, maskRequestHost: 'localhost:${PORT}' });
+    const publicView = await client.request(Subjects.sandboxGet, { teamId, sandboxId: 'tokenpublic1' }, 5_000);
+    const privateView = await client.request(Subjects.sandboxGet, { teamId, sandboxId: 'tokenprivate1' }, 5_000);
+    expect(publicView.envdAccessToken).toBe(tokens.envdAccessToken('tokenpublic1'));
+    expect(publicView.trafficAccessToken).toBeUndefined();
+    expect(privateView.envdAccessToken).toBe(tokens.envdAccessToken('tokenprivate1'));
+    expect(privateView.envdAccessToken).not.toBe(publicView.envdAccessToken);
+    expect(privateView.trafficAccessToken).toBe(tokens.trafficAccessToken('tokenprivate1'));
+    expect(privateView.trafficAccessToken).not.toBe(privateView.envdAccessToken);
+    expect(privateView.network).toEqual({ egress: { allowOut: [], denyOut: [] }, allowInternetAccess: null, allowPublicTraffic: false, maskRequestHost: 'localhost:${PORT}' });
+    // Nothing token-like is stored with the sandbox.
+    const row = await scheduler.get(PrismaService).sandbox.findUniqueOrThrow({ where: { id: 'tokenprivate1' } });
+    expect(JSON.stringify(row)).not.toContain(privateView.envdAccessToken);
   });
 
   it('hides another team’s sandbox as not_found', async () => {

@@ -16,7 +16,7 @@ function start(env: Record<string, string>) {
 /** The built app, as deployed: bad configuration must fail fast with one clear line. */
 describe('scheduler start-up with bad configuration', () => {
   it('names a missing variable and exits 78 without starting', () => {
-    const result = start({ HOST_REGISTRATION_TOKEN: 'a-long-enough-registration-token' });
+    const result = start({ HOST_REGISTRATION_TOKEN: 'a-long-enough-registration-token', KILN_SANDBOX_TOKEN_KEY: 'a-sandbox-token-key-of-32-characters' });
     expect(result.status).toBe(78);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
     expect(result.stderr).toMatch(/^scheduler: fatal: invalid configuration: DATABASE_URL must be a postgres\/postgresql URL \(unset\)/);
@@ -34,6 +34,7 @@ describe('scheduler start-up with bad configuration', () => {
     const result = start({
       DATABASE_URL: 'postgresql://postgres@127.0.0.1:1/kiln',
       HOST_REGISTRATION_TOKEN: 'a-long-enough-registration-token',
+      KILN_SANDBOX_TOKEN_KEY: 'a-sandbox-token-key-of-32-characters',
     });
     expect(result.status).toBe(69);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
@@ -46,6 +47,7 @@ describe('scheduler start-up with bad configuration', () => {
       DATABASE_URL: 'postgresql://postgres@127.0.0.1:5432/postgres',
       NATS_URL: 'nats://127.0.0.1:1',
       HOST_REGISTRATION_TOKEN: 'a-long-enough-registration-token',
+      KILN_SANDBOX_TOKEN_KEY: 'a-sandbox-token-key-of-32-characters',
     });
     expect(result.status).toBe(69);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);

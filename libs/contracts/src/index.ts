@@ -9,3 +9,4 @@ export * from './dto/sandbox.dto';
 export * from './dto/api-key';
 export * from './dto/sandbox-view';
 export * from './queues/template-build-queue';
+export * from './network/egress-policy';

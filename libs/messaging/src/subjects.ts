@@ -1,4 +1,4 @@
-import type { ErrorPayload, SandboxRoute, SandboxState, SandboxView } from '@kiln/contracts';
+import type { EgressPolicy, ErrorPayload, SandboxNetworkSettings, SandboxRoute, SandboxState, SandboxView } from '@kiln/contracts';
 
 /**
  * Every NATS subject Kiln uses, with its payload and reply types. Nothing else
@@ -16,6 +16,7 @@ export const Subjects = {
   sandboxResume: 'kiln.scheduler.sandboxes.resume',
   sandboxConnect: 'kiln.scheduler.sandboxes.connect',
   sandboxRoute: 'kiln.scheduler.sandboxes.route',
+  sandboxUpdateNetwork: 'kiln.scheduler.sandboxes.update-network',
   sandboxLogs: 'kiln.scheduler.sandboxes.logs',
   hostRegister: 'kiln.scheduler.hosts.register',
   hostHeartbeat: 'kiln.hosts.heartbeat',
@@ -34,8 +35,8 @@ export interface CreateSandboxCommand extends TeamScoped {
   templateRef: string;
   timeoutSeconds: number;
   autoPause: boolean;
-  secure: boolean;
-  allowInternetAccess: boolean;
+  /** Egress rules (normalised by the gateway), internet access and user-port exposure. */
+  network: SandboxNetworkSettings;
   metadata: Record<string, string>;
   envVars: Record<string, string>;
   /** Same key → same sandbox, so a client retry after a lost reply creates nothing new. */
@@ -69,6 +70,12 @@ export interface RefreshCommand extends SandboxRef {
 export interface ResumeCommand extends SandboxRef {
   timeoutSeconds?: number;
   autoPause?: boolean;
+}
+
+/** `PUT /sandboxes/{id}/network`: replaces the egress rules of a running sandbox (omitted fields clear). */
+export interface UpdateNetworkCommand extends SandboxRef {
+  egress: EgressPolicy;
+  allowInternetAccess: boolean | null;
 }
 
 export interface KillReply {
@@ -135,6 +142,7 @@ export interface RequestMap {
   [Subjects.sandboxResume]: [ResumeCommand, SandboxView];
   [Subjects.sandboxConnect]: [ResumeCommand, SandboxView];
   [Subjects.sandboxRoute]: [{ sandboxId: string }, SandboxRoute];
+  [Subjects.sandboxUpdateNetwork]: [UpdateNetworkCommand, SandboxView];
   [Subjects.sandboxLogs]: [SandboxRef, SandboxLogsReply];
   [Subjects.hostRegister]: [HostRegistration, HostRegistrationReply];
 }

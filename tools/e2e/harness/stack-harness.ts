@@ -1,4 +1,5 @@
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import 'reflect-metadata';
@@ -7,6 +8,7 @@ import { createTestDatabase } from '@kiln/db/testing';
 import { ENVD_COMPAT_VERSION } from '@kiln/contracts';
 import { freePort, waitForPort } from '@kiln/testing';
 import { hostAgentClient } from './host-agent-client';
+import { OPENED_PRIVATE_RANGE } from './test-internet';
 
 export const ROOT = join(__dirname, '..', '..', '..');
 export const STACK_FILE = join(ROOT, '.kiln', 'e2e', 'stack.json');
@@ -109,6 +111,7 @@ export async function startStack(): Promise<StackInfo> {
     hostAgent: await freePort(),
     grpc: await freePort(),
     agentProxy: await freePort(),
+    egressProxy: await freePort(),
   };
   const common = {
     ...process.env,
@@ -118,6 +121,7 @@ export async function startStack(): Promise<StackInfo> {
     NATS_URL: natsUrl,
     REDIS_URL: redisUrl,
     HOST_REGISTRATION_TOKEN: token,
+    KILN_SANDBOX_TOKEN_KEY: `e2e-sandbox-token-key-${randomBytes(24).toString('hex')}`,
     HOST_HEARTBEAT_TTL_SECONDS: '15',
   };
   const hostId = 'e2e-host';
@@ -131,6 +135,9 @@ export async function startStack(): Promise<StackInfo> {
         HTTP_PORT: String(ports.hostAgent),
         GRPC_PORT: String(ports.grpc),
         PROXY_PORT: String(ports.agentProxy),
+        KILN_EGRESS_PROXY_PORT: String(ports.egressProxy),
+        // The security suite's "operator-opened" private range (test hosts in a namespace it owns).
+        KILN_EGRESS_OPEN_RANGES: OPENED_PRIVATE_RANGE,
         KILN_HOST_ID: hostId,
         KILN_HOST_ADDRESS: '127.0.0.1',
         KILN_DATA_DIR: E2E_DATA_DIR,

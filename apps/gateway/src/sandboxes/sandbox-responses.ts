@@ -35,9 +35,19 @@ export class ListedSandboxBody {
   @ApiProperty({ type: [Object] }) volumeMounts: Array<{ name: string; path: string }>;
 }
 
+/** E2B's `SandboxNetworkConfig` as a sandbox's detail shows it: the rules in force. */
+export class SandboxNetworkBody {
+  @ApiProperty() allowPublicTraffic: boolean;
+  @ApiProperty({ type: [String] }) allowOut: string[];
+  @ApiProperty({ type: [String] }) denyOut: string[];
+  @ApiPropertyOptional() maskRequestHost?: string;
+}
+
 /** E2B's `SandboxDetail`. */
 export class SandboxDetailBody extends ListedSandboxBody {
   @ApiPropertyOptional() envdAccessToken?: string;
+  @ApiPropertyOptional({ nullable: true, type: Boolean }) allowInternetAccess: boolean | null;
+  @ApiProperty({ type: SandboxNetworkBody }) network: SandboxNetworkBody;
   @ApiPropertyOptional({ nullable: true, type: String }) domain: string | null;
   @ApiProperty({ type: SandboxLifecycleBody }) lifecycle: SandboxLifecycleBody;
 }
@@ -88,8 +98,8 @@ export function toSandboxBody(view: SandboxView, domain: string): SandboxBody {
     ...(view.alias ? { alias: view.alias } : {}),
     clientID: view.hostId ?? UNPLACED_CLIENT_ID,
     envdVersion: view.envdVersion,
-    ...(view.envdAccessToken ? { envdAccessToken: view.envdAccessToken } : {}),
-    trafficAccessToken: null,
+    envdAccessToken: view.envdAccessToken,
+    trafficAccessToken: view.trafficAccessToken ?? null,
     domain,
   };
 }
@@ -116,7 +126,14 @@ export function toListedSandboxBody(view: SandboxView): ListedSandboxBody {
 export function toSandboxDetailBody(view: SandboxView, domain: string): SandboxDetailBody {
   return {
     ...toListedSandboxBody(view),
-    ...(view.envdAccessToken ? { envdAccessToken: view.envdAccessToken } : {}),
+    envdAccessToken: view.envdAccessToken,
+    allowInternetAccess: view.network.allowInternetAccess,
+    network: {
+      allowPublicTraffic: view.network.allowPublicTraffic,
+      allowOut: view.network.egress.allowOut,
+      denyOut: view.network.egress.denyOut,
+      ...(view.network.maskRequestHost ? { maskRequestHost: view.network.maskRequestHost } : {}),
+    },
     domain,
     lifecycle: { autoResume: false, onTimeout: view.autoPause ? 'pause' : 'kill' },
   };

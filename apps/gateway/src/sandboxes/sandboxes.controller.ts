@@ -1,4 +1,4 @@
-import { Body, Controller, Delete, Get, Headers, HttpCode, Param, Post, Query, Res } from '@nestjs/common';
+import { Body, Controller, Delete, Get, Headers, HttpCode, Param, Post, Put, Query, Res } from '@nestjs/common';
 import { ApiBody, ApiCreatedResponse, ApiHeader, ApiNoContentResponse, ApiOkResponse, ApiOperation, ApiQuery, ApiSecurity, ApiTags } from '@nestjs/swagger';
 import type { FastifyReply } from 'fastify';
 import { GatewayEnv } from '@kiln/config';
@@ -8,6 +8,7 @@ import {
   ResumeSandboxDto,
   SandboxRefreshDto,
   SandboxTimeoutDto,
+  UpdateSandboxNetworkDto,
 } from '@kiln/contracts';
 import { AuthenticatedTeam, CallerTeam } from '../auth/authenticated-team';
 import { PayloadPipe } from '../validation/payload.pipe';
@@ -26,7 +27,7 @@ import {
   toSandboxDetailBody,
 } from './sandbox-responses';
 import { SandboxesService } from './sandboxes.service';
-import { rejectUnsupportedCreateOptions } from './unsupported-create-options';
+import { rejectUnsupportedCreateOptions, rejectUnsupportedNetworkUpdate } from './unsupported-create-options';
 
 const IDEMPOTENCY_KEY_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 const LIST_QUERY_DOC = [
@@ -100,6 +101,18 @@ export class SandboxesController {
   @ApiNoContentResponse({ description: 'Killed' })
   async kill(@CallerTeam() team: AuthenticatedTeam, @Param('sandboxID', SandboxIdPipe) sandboxId: string): Promise<void> {
     await this.sandboxes.kill(team.teamId, sandboxId);
+  }
+
+  @Put('sandboxes/:sandboxID/network')
+  @HttpCode(204)
+  @ApiBody({ type: UpdateSandboxNetworkDto })
+  @ApiNoContentResponse({ description: "The sandbox's egress rules were replaced; new connections follow them" })
+  async updateNetwork(
+    @CallerTeam() team: AuthenticatedTeam,
+    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
+    @Body(new PayloadPipe(UpdateSandboxNetworkDto, { precheck: rejectUnsupportedNetworkUpdate })) body: UpdateSandboxNetworkDto,
+  ): Promise<void> {
+    await this.sandboxes.updateNetwork(team.teamId, sandboxId, body);
   }
 
   @Post('sandboxes/:sandboxID/timeout')

@@ -4,6 +4,8 @@ import {
   DEFAULT_SANDBOX_TIMEOUT_SECONDS,
   KilnError,
   NewSandboxDto,
+  normaliseEgressPolicy,
+  UpdateSandboxNetworkDto,
   ResumeSandboxDto,
   SandboxState,
   SandboxView,
@@ -48,14 +50,27 @@ export class SandboxesService {
         templateRef: body.templateID,
         timeoutSeconds: body.timeout ?? DEFAULT_SANDBOX_TIMEOUT_SECONDS,
         autoPause: body.autoPause ?? false,
-        secure: body.secure ?? false,
-        allowInternetAccess: body.allow_internet_access ?? true,
+        network: {
+          egress: normaliseEgressPolicy(body.network ?? {}),
+          allowInternetAccess: body.allow_internet_access ?? null,
+          allowPublicTraffic: body.network?.allowPublicTraffic ?? true,
+          ...(body.network?.maskRequestHost ? { maskRequestHost: body.network.maskRequestHost } : {}),
+        },
         metadata: body.metadata ?? {},
         envVars: body.envVars ?? {},
         // Scoped by team so two teams' keys can never collide.
         ...(idempotencyKey ? { requestKey: `${teamId}:${idempotencyKey}` } : {}),
       },
       this.env.SANDBOX_CREATE_TIMEOUT_MS,
+    );
+  }
+
+  /** Replaces a running sandbox's egress rules; fields the body omits are cleared (E2B). */
+  async updateNetwork(teamId: string, sandboxId: string, body: UpdateSandboxNetworkDto): Promise<void> {
+    await this.messaging.request(
+      Subjects.sandboxUpdateNetwork,
+      { teamId, sandboxId, egress: normaliseEgressPolicy(body), allowInternetAccess: body.allow_internet_access ?? null },
+      this.env.NATS_REQUEST_TIMEOUT_MS,
     );
   }
 

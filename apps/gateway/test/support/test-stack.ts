@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import { GatewayEnv, SchedulerEnv, loadConfig } from '@kiln/config';
-import { SandboxState } from '@kiln/contracts';
+import { DEFAULT_NETWORK_SETTINGS, SandboxNetworkSettings, SandboxState } from '@kiln/contracts';
 import {
   ApiKeyRepository,
   HostRepository,
@@ -17,7 +17,11 @@ import { startHttpService } from '@kiln/telemetry';
 import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import type { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { AppModule as SchedulerAppModule, SERVICE_NAME as SCHEDULER_SERVICE } from '../../../scheduler/src/app.module';
+import { SandboxTokens } from '../../../scheduler/src/lifecycle/sandbox-tokens';
 import { RunningGateway, startGateway } from '../../src/gateway';
+
+/** The in-process scheduler's token key: tests derive a seeded sandbox's tokens with it (`stack.tokens`). */
+export const GATEWAY_TEST_SANDBOX_TOKEN_KEY = 'gateway-test-sandbox-token-derivation-key';
 
 const ADMIN_DATABASE_URL = process.env.KILN_TEST_DATABASE_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
 
@@ -31,7 +35,7 @@ export interface SeededSandboxOptions {
   proxyUrl: string;
   state?: SandboxState.Running | SandboxState.Paused;
   metadata?: Record<string, string>;
-  envdAccessToken?: string;
+  network?: Partial<SandboxNetworkSettings>;
 }
 
 /**
@@ -53,6 +57,8 @@ export class TestStack {
   templates: TemplateRepository;
   hosts: HostRepository;
   sandboxes: SandboxRepository;
+  /** Derives seeded sandboxes' envd and traffic tokens exactly as the scheduler does. */
+  readonly tokens = new SandboxTokens({ KILN_SANDBOX_TOKEN_KEY: GATEWAY_TEST_SANDBOX_TOKEN_KEY } as SchedulerEnv);
   private nats?: PrivateServer;
   private redis?: PrivateServer;
   private extraGateways: RunningGateway[] = [];
@@ -101,6 +107,7 @@ export class TestStack {
       NATS_URL: this.natsUrl,
       REDIS_URL: this.redisUrl,
       HOST_REGISTRATION_TOKEN: 'gateway-test-registration-token',
+      KILN_SANDBOX_TOKEN_KEY: GATEWAY_TEST_SANDBOX_TOKEN_KEY,
       // Seeded hosts never heartbeat; keep the reconciler from reaping them mid-test.
       RECONCILE_INTERVAL_SECONDS: '3600',
       HOST_HEARTBEAT_TTL_SECONDS: '3600',
@@ -190,7 +197,7 @@ export class TestStack {
       autoPause: false,
       metadata: options.metadata ?? {},
       envVars: {},
-      envdAccessToken: options.envdAccessToken,
+      network: { ...DEFAULT_NETWORK_SETTINGS, ...options.network },
     });
     await this.sandboxes.transition(id, [SandboxState.Pending], SandboxState.Starting, { hostId });
     await this.sandboxes.transition(id, [SandboxState.Starting], SandboxState.Running, {

@@ -4,11 +4,12 @@ import { PlacementModule } from '../placement/placement.module';
 import { TimeoutsModule } from '../timeouts/timeouts.module';
 import { SandboxLifecycleService } from './sandbox-lifecycle.service';
 import { SandboxesController } from './sandboxes.controller';
+import { SandboxTokens } from './sandbox-tokens';
 
 @Module({
   imports: [HostsModule, PlacementModule, TimeoutsModule],
   controllers: [SandboxesController],
-  providers: [SandboxLifecycleService],
+  providers: [SandboxLifecycleService, SandboxTokens],
   exports: [SandboxLifecycleService],
 })
 export class LifecycleModule {}

@@ -9,8 +9,3 @@ export function newSandboxId(): string {
   for (const byte of bytes) id += ALPHABET[byte % ALPHABET.length];
   return id;
 }
-
-/** Token the guest agent requires in X-Access-Token for a `secure` sandbox. */
-export function newEnvdAccessToken(): string {
-  return randomBytes(24).toString('base64url');
-}

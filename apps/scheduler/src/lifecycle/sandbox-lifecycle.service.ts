@@ -1,6 +1,8 @@
 import { Injectable, Logger, OnModuleInit } from '@nestjs/common';
 import {
   DEFAULT_SANDBOX_TIMEOUT_SECONDS,
+  EgressPolicy,
+  effectiveEgressPolicy,
   ErrorCode,
   KilnError,
   SandboxRoute,
@@ -8,7 +10,7 @@ import {
   SandboxView,
   TERMINAL_SANDBOX_STATES,
 } from '@kiln/contracts';
-import { HostRepository, SandboxRecord, SandboxRepository, TemplateRepository, TransitionPatch } from '@kiln/db';
+import { HostRepository, HostStartReport, SandboxRecord, SandboxRepository, TemplateRepository, TransitionPatch } from '@kiln/db';
 import {
   CreateSandboxCommand,
   KillReply,
@@ -20,13 +22,16 @@ import {
   SandboxPage,
   SandboxRef,
   SetTimeoutCommand,
+  UpdateNetworkCommand,
 } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { HostAgentClients } from '../hosts/host-agent-clients';
 import { PlacementCandidate, PlacementService } from '../placement/placement.service';
 import { SandboxTimeoutJob, SandboxTimeouts } from '../timeouts/sandbox-timeouts';
-import { newEnvdAccessToken, newSandboxId } from './sandbox-ids';
-import { decodeCursor, encodeCursor, toSandboxView } from './sandbox-view.mapper';
+import { SandboxInfo } from '@kiln/proto/hostagent';
+import { newSandboxId } from './sandbox-ids';
+import { SandboxTokens } from './sandbox-tokens';
+import { decodeCursor, encodeCursor, networkOf, toSandboxView } from './sandbox-view.mapper';
 
 const LIVE_OR_PAUSED: SandboxState[] = [
   SandboxState.Pending,
@@ -61,6 +66,7 @@ export class SandboxLifecycleService implements OnModuleInit {
     private readonly agents: HostAgentClients,
     private readonly timeouts: SandboxTimeouts,
     private readonly events: SandboxEventStream,
+    private readonly tokens: SandboxTokens,
     metrics: MetricsRegistry,
   ) {
     this.createLatency = metrics.histogram('kiln_sandbox_create_seconds', 'Create request to running', ['outcome'], [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]);
@@ -75,6 +81,9 @@ export class SandboxLifecycleService implements OnModuleInit {
     const started = performance.now();
     const template = await this.templates.resolve(command.templateRef, command.teamId);
     if (!template) throw new KilnError(ErrorCode.NotFound, `template '${command.templateRef}' not found`);
+    if (!template.buildId || !template.hostBuildId) {
+      throw new KilnError(ErrorCode.FailedPrecondition, `template '${command.templateRef}' has no ready build`);
+    }
 
     const timeoutSeconds = command.timeoutSeconds ?? DEFAULT_SANDBOX_TIMEOUT_SECONDS;
     const { sandbox, created } = await this.sandboxes.createPending({
@@ -90,13 +99,13 @@ export class SandboxLifecycleService implements OnModuleInit {
       autoPause: command.autoPause,
       metadata: command.metadata ?? {},
       envVars: command.envVars ?? {},
-      envdAccessToken: command.secure ? newEnvdAccessToken() : undefined,
+      network: command.network,
       requestKey: command.requestKey,
     });
     if (!created) return this.retriedCreate(sandbox);
 
     try {
-      const view = await this.start(sandbox, command.envVars ?? {});
+      const view = await this.start(sandbox, template.hostBuildId, command.envVars ?? {});
       this.createLatency.observe({ outcome: 'ok' }, (performance.now() - started) / 1000);
       return view;
     } catch (error) {
@@ -110,10 +119,14 @@ export class SandboxLifecycleService implements OnModuleInit {
     if (TERMINAL_SANDBOX_STATES.includes(sandbox.state as SandboxState)) {
       throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} for this request already ended (${sandbox.stateReason ?? sandbox.state})`);
     }
-    return toSandboxView(sandbox);
+    return this.view(sandbox);
   }
 
-  private async start(sandbox: SandboxRecord, envVars: Record<string, string>): Promise<SandboxView> {
+  private view(record: SandboxRecord): SandboxView {
+    return toSandboxView(record, this.tokens);
+  }
+
+  private async start(sandbox: SandboxRecord, hostBuildId: string, envVars: Record<string, string>): Promise<SandboxView> {
     const candidates = await this.placement.candidates({ templateId: sandbox.templateId, vcpus: sandbox.vcpus, memoryMib: sandbox.memoryMib });
     if (candidates.length === 0) {
       await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Error, { reason: 'no host with free capacity' });
@@ -127,8 +140,9 @@ export class SandboxLifecycleService implements OnModuleInit {
           ? await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Starting, { hostId: host.hostId })
           : await this.sandboxes.reassignHost(sandbox.id, host.hostId);
       if (!starting) throw await this.endedWhileStarting(sandbox.id);
+      let started: HostStartReport;
       try {
-        await this.createOnHost(starting, host, envVars);
+        started = await this.createOnHost(starting, host, hostBuildId, envVars);
       } catch (error) {
         lastError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, String(error));
         // A full host is a reason to try the next one; anything else is the sandbox's failure.
@@ -140,6 +154,7 @@ export class SandboxLifecycleService implements OnModuleInit {
       const running = await this.moveTo(starting, [SandboxState.Starting], SandboxState.Running, {
         startedAt: now,
         expiresAt: new Date(now.getTime() + sandbox.timeoutSeconds * 1000),
+        started,
       });
       if (!running) {
         // Killed while the VM was being made: the kill saw no VM yet, so this path removes it.
@@ -147,30 +162,63 @@ export class SandboxLifecycleService implements OnModuleInit {
         throw await this.endedWhileStarting(sandbox.id);
       }
       await this.timeouts.schedule(running.id, running.expiresAt);
-      return toSandboxView(running);
+      return this.view(running);
     }
     await this.moveTo(sandbox, [SandboxState.Pending, SandboxState.Starting], SandboxState.Error, { reason: 'every candidate host was full' });
     throw new KilnError(ErrorCode.ResourceExhausted, lastError?.message ?? 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
   }
 
-  private async createOnHost(sandbox: SandboxRecord, host: PlacementCandidate, envVars: Record<string, string>): Promise<void> {
+  /**
+   * The one create request a host gets: the build, resources, timeout and egress rules resolved here. The host's
+   * SandboxInfo reply is what gets stored; a reply that contradicts the request is the host's failure.
+   */
+  private async createOnHost(
+    sandbox: SandboxRecord,
+    host: PlacementCandidate,
+    hostBuildId: string,
+    envVars: Record<string, string>,
+  ): Promise<HostStartReport> {
+    const what = `create ${sandbox.id} on ${host.hostId}`;
     const agent = this.agents.for(host.hostId, host.grpcAddress);
-    await this.agents.call(
-      `create ${sandbox.id} on ${host.hostId}`,
+    const info = await this.agents.call(
+      what,
       agent.createSandbox({
         sandboxId: sandbox.id,
         templateId: sandbox.templateId,
-        buildId: '',
+        buildId: hostBuildId,
         vcpus: sandbox.vcpus,
         memoryMib: sandbox.memoryMib,
         envVars,
         metadata: (sandbox.metadata ?? {}) as Record<string, string>,
-        envdAccessToken: sandbox.envdAccessToken ?? '',
+        envdAccessToken: this.tokens.envdAccessToken(sandbox.id),
         timeoutSeconds: sandbox.timeoutSeconds,
         teamId: sandbox.teamId,
+        egress: effectiveEgressPolicy(networkOf(sandbox)),
       }),
       CREATE_DEADLINE_MS,
     );
+    if (info.buildId !== hostBuildId) {
+      throw new KilnError(ErrorCode.Internal, `${what}: host started build ${info.buildId || '(none)'} instead of ${hostBuildId}`);
+    }
+    return { vcpus: info.vcpus, memoryMib: info.memoryMib, egress: egressOf(info) };
+  }
+
+  /** `PUT /sandboxes/{id}/network`: the host applies the new rules to the running sandbox, then they are stored. */
+  async updateNetwork(command: UpdateNetworkCommand): Promise<SandboxView> {
+    const sandbox = await this.requireLive(command);
+    if (sandbox.state !== SandboxState.Running || !sandbox.hostId) {
+      throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} is ${sandbox.state}: its network can only be changed while it runs`);
+    }
+    const host = await this.hosts.get(sandbox.hostId);
+    if (!host) throw new KilnError(ErrorCode.Unavailable, `host of sandbox ${sandbox.id} is not registered`, RETRY_AFTER_SECONDS);
+    const egress = effectiveEgressPolicy({ egress: command.egress, allowInternetAccess: command.allowInternetAccess });
+    const info = await this.agents.call(
+      `update network of ${sandbox.id} on ${host.id}`,
+      this.agents.for(host.id, host.address).updateSandboxNetwork({ sandboxId: sandbox.id, egress }),
+    );
+    const updated = await this.sandboxes.setEgress(sandbox.id, egressOf(info), command.allowInternetAccess);
+    if (!updated) throw KilnError.notFound(`sandbox ${sandbox.id}`);
+    return this.view(updated);
   }
 
   private async endedWhileStarting(id: string): Promise<KilnError> {
@@ -179,7 +227,7 @@ export class SandboxLifecycleService implements OnModuleInit {
   }
 
   async get(ref: SandboxRef): Promise<SandboxView> {
-    return toSandboxView(await this.requireLive(ref));
+    return this.view(await this.requireLive(ref));
   }
 
   async list(query: ListSandboxesQuery): Promise<SandboxPage> {
@@ -197,7 +245,7 @@ export class SandboxLifecycleService implements OnModuleInit {
       afterId: cursor?.id,
     });
     const page = rows.slice(0, limit);
-    return { sandboxes: page.map(toSandboxView), nextToken: rows.length > limit ? encodeCursor(page[page.length - 1]) : undefined };
+    return { sandboxes: page.map((row) => this.view(row)), nextToken: rows.length > limit ? encodeCursor(page[page.length - 1]) : undefined };
   }
 
   async kill(ref: SandboxRef, reason = 'killed by request'): Promise<KillReply> {
@@ -233,7 +281,7 @@ export class SandboxLifecycleService implements OnModuleInit {
     const updated = await this.sandboxes.setExpiry(id, expiresAt, timeoutSeconds);
     if (!updated) throw KilnError.notFound(`sandbox ${id}`);
     await this.timeouts.schedule(id, expiresAt);
-    return toSandboxView(updated);
+    return this.view(updated);
   }
 
   async pause(ref: SandboxRef): Promise<SandboxView> {
@@ -257,7 +305,7 @@ export class SandboxLifecycleService implements OnModuleInit {
       const wanted = new Date(Date.now() + command.timeoutSeconds * 1000);
       if (wanted > sandbox.expiresAt) return this.extendTo(sandbox.id, wanted);
     }
-    return toSandboxView(sandbox);
+    return this.view(sandbox);
   }
 
   async route(sandboxId: string): Promise<SandboxRoute> {
@@ -272,7 +320,9 @@ export class SandboxLifecycleService implements OnModuleInit {
       teamId: sandbox.teamId,
       state: sandbox.state as SandboxState,
       proxyUrl: host.proxyUrl,
-      envdAccessToken: sandbox.envdAccessToken ?? undefined,
+      envdAccessToken: this.tokens.envdAccessToken(sandbox.id),
+      ...(sandbox.allowPublicTraffic ? {} : { trafficAccessToken: this.tokens.trafficAccessToken(sandbox.id) }),
+      ...(sandbox.maskRequestHost ? { maskRequestHost: sandbox.maskRequestHost } : {}),
     };
   }
 
@@ -342,4 +392,8 @@ export class SandboxLifecycleService implements OnModuleInit {
       this.logger.warn(`destroy of ${sandboxId} on ${hostId} failed; reconcile will retry: ${String(error)}`);
     }
   }
+}
+
+function egressOf(info: SandboxInfo): EgressPolicy {
+  return { allowOut: info.egress?.allowOut ?? [], denyOut: info.egress?.denyOut ?? [] };
 }

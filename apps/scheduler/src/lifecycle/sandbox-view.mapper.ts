@@ -1,7 +1,18 @@
-import { ENVD_COMPAT_VERSION, SandboxState, SandboxView } from '@kiln/contracts';
+import { EgressPolicy, ENVD_COMPAT_VERSION, SandboxNetworkSettings, SandboxState, SandboxView } from '@kiln/contracts';
 import { SandboxRecord } from '@kiln/db';
+import type { SandboxTokens } from './sandbox-tokens';
 
-export function toSandboxView(record: SandboxRecord): SandboxView {
+export function networkOf(record: SandboxRecord): SandboxNetworkSettings {
+  const egress = (record.egress ?? {}) as Partial<EgressPolicy>;
+  return {
+    egress: { allowOut: egress.allowOut ?? [], denyOut: egress.denyOut ?? [] },
+    allowInternetAccess: record.allowInternetAccess,
+    allowPublicTraffic: record.allowPublicTraffic,
+    ...(record.maskRequestHost ? { maskRequestHost: record.maskRequestHost } : {}),
+  };
+}
+
+export function toSandboxView(record: SandboxRecord, tokens: SandboxTokens): SandboxView {
   return {
     sandboxId: record.id,
     teamId: record.teamId,
@@ -15,7 +26,9 @@ export function toSandboxView(record: SandboxRecord): SandboxView {
     memoryMib: record.memoryMib,
     diskMib: record.diskMib,
     metadata: (record.metadata ?? {}) as Record<string, string>,
-    envdAccessToken: record.envdAccessToken ?? undefined,
+    envdAccessToken: tokens.envdAccessToken(record.id),
+    ...(record.allowPublicTraffic ? {} : { trafficAccessToken: tokens.trafficAccessToken(record.id) }),
+    network: networkOf(record),
     envdVersion: ENVD_COMPAT_VERSION,
     autoPause: record.autoPause,
     startedAt: (record.startedAt ?? record.createdAt).toISOString(),

@@ -12,6 +12,7 @@ import {
   SandboxRef,
   SetTimeoutCommand,
   Subjects,
+  UpdateNetworkCommand,
   KilnRpcExceptionFilter,
 } from '@kiln/messaging';
 import { SandboxLifecycleService } from './sandbox-lifecycle.service';
@@ -70,6 +71,11 @@ export class SandboxesController {
   @MessagePattern(Subjects.sandboxRoute)
   route(@Payload() request: { sandboxId: string }): Promise<SandboxRoute> {
     return this.lifecycle.route(request.sandboxId);
+  }
+
+  @MessagePattern(Subjects.sandboxUpdateNetwork)
+  updateNetwork(@Payload() command: UpdateNetworkCommand): Promise<SandboxView> {
+    return this.lifecycle.updateNetwork(command);
   }
 
   @MessagePattern(Subjects.sandboxLogs)

@@ -1,3 +1,4 @@
+import type { SandboxNetworkSettings } from '../network/egress-policy';
 import { SandboxState } from '../states/sandbox-state';
 
 /** The scheduler's view of a sandbox, as returned over NATS to the gateway. */
@@ -14,7 +15,11 @@ export interface SandboxView {
   memoryMib: number;
   diskMib: number;
   metadata: Record<string, string>;
-  envdAccessToken?: string;
+  /** Every sandbox has one (E2B: "every sandbox secures envd access"); derived, never stored. */
+  envdAccessToken: string;
+  /** Needed on the sandbox's user ports when `network.allowPublicTraffic` is false; absent otherwise. */
+  trafficAccessToken?: string;
+  network: SandboxNetworkSettings;
   envdVersion: string;
   autoPause: boolean;
   startedAt: string;
@@ -28,7 +33,12 @@ export interface SandboxRoute {
   teamId: string;
   state: SandboxState;
   proxyUrl: string;
-  envdAccessToken?: string;
+  /** What the edge checks on envd-port requests (`X-Access-Token`, or a signature on `/files`). */
+  envdAccessToken: string;
+  /** Set when the sandbox's user ports are not public: requests need `e2b-traffic-access-token`. */
+  trafficAccessToken?: string;
+  /** Host header to send to user ports instead of the caller's (`${PORT}` is the port). */
+  maskRequestHost?: string;
 }
 
 /**

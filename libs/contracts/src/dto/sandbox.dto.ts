@@ -1,5 +1,7 @@
 import { Transform, Type } from 'class-transformer';
 import {
+  ArrayMaxSize,
+  IsArray,
   IsBoolean,
   IsIn,
   IsInt,
@@ -10,7 +12,9 @@ import {
   MaxLength,
   Min,
   MinLength,
+  ValidateNested,
 } from 'class-validator';
+import { MAX_EGRESS_RULES } from '../network/egress-policy';
 import { IsStringRecord } from '../validation/string-record.validator';
 
 /** Longest sandbox lifetime one call may ask for (E2B's ceiling for long-running sandboxes). */
@@ -22,6 +26,47 @@ const METADATA_LIMITS = { maxEntries: 64, maxKeyLength: 128, maxValueLength: 102
 const ENV_LIMITS = { maxEntries: 256, maxKeyLength: 256, maxValueLength: 32 * 1024 };
 
 export const TEMPLATE_REF_PATTERN = /^[a-z0-9][a-z0-9._/-]*(:[a-z0-9._-]+)?$/i;
+
+/** A Host header value, optionally with `${PORT}` standing for the sandbox port the request is for. */
+const MASK_REQUEST_HOST_PATTERN = /^(?:[a-z0-9-]+|\$\{PORT\})(?:\.(?:[a-z0-9-]+|\$\{PORT\}))*(?::(?:\d{1,5}|\$\{PORT\}))?$/i;
+
+/**
+ * E2B's egress lists. Entries are only checked for type and count here; `normaliseEgressPolicy` validates each one and
+ * names the first bad entry.
+ */
+class EgressListsDto {
+  @IsOptional()
+  @IsArray()
+  @ArrayMaxSize(MAX_EGRESS_RULES)
+  @IsString({ each: true })
+  allowOut?: string[];
+
+  @IsOptional()
+  @IsArray()
+  @ArrayMaxSize(MAX_EGRESS_RULES)
+  @IsString({ each: true })
+  denyOut?: string[];
+}
+
+/** E2B's SandboxNetworkConfig (`network` in the create body). `egressProxy` and `rules` are refused before this. */
+export class SandboxNetworkDto extends EgressListsDto {
+  @IsOptional()
+  @IsBoolean()
+  allowPublicTraffic?: boolean;
+
+  @IsOptional()
+  @IsString()
+  @MaxLength(253)
+  @Matches(MASK_REQUEST_HOST_PATTERN, { message: 'network.maskRequestHost must be a host name, optionally with :port, where ${PORT} stands for the port' })
+  maskRequestHost?: string;
+}
+
+/** Body of `PUT /sandboxes/{id}/network` (E2B's SandboxNetworkUpdateConfig): replaces the rules; omitted fields clear. */
+export class UpdateSandboxNetworkDto extends EgressListsDto {
+  @IsOptional()
+  @IsBoolean()
+  allow_internet_access?: boolean;
+}
 
 /** Body of `POST /sandboxes` (E2B's NewSandbox). */
 export class NewSandboxDto {
@@ -41,6 +86,7 @@ export class NewSandboxDto {
   @IsBoolean()
   autoPause?: boolean;
 
+  /** Accepted and ignored, as E2B does: every sandbox's envd is secured with its own token. */
   @IsOptional()
   @IsBoolean()
   secure?: boolean;
@@ -48,6 +94,11 @@ export class NewSandboxDto {
   @IsOptional()
   @IsBoolean()
   allow_internet_access?: boolean;
+
+  @IsOptional()
+  @ValidateNested()
+  @Type(() => SandboxNetworkDto)
+  network?: SandboxNetworkDto;
 
   @IsOptional()
   @IsStringRecord(METADATA_LIMITS)

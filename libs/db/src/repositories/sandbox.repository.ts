@@ -1,6 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { Prisma, Sandbox } from '@prisma/client';
-import { LIVE_SANDBOX_STATES, SandboxState, canTransition } from '@kiln/contracts';
+import { EgressPolicy, LIVE_SANDBOX_STATES, SandboxNetworkSettings, SandboxState, canTransition } from '@kiln/contracts';
 import { PrismaService } from '../prisma.service';
 
 export type SandboxRecord = Sandbox;
@@ -18,8 +18,15 @@ export interface NewSandboxRecord {
   autoPause: boolean;
   metadata: Record<string, string>;
   envVars: Record<string, string>;
-  envdAccessToken?: string;
+  network: SandboxNetworkSettings;
   requestKey?: string;
+}
+
+/** What the host reported when the sandbox started: stored as the truth about what runs. */
+export interface HostStartReport {
+  vcpus: number;
+  memoryMib: number;
+  egress: EgressPolicy;
 }
 
 export interface TransitionPatch {
@@ -28,6 +35,8 @@ export interface TransitionPatch {
   startedAt?: Date;
   expiresAt?: Date;
   endedAt?: Date;
+  /** Set with the move to running: what the host says it started. */
+  started?: HostStartReport;
 }
 
 export interface SandboxListFilter {
@@ -72,7 +81,10 @@ export class SandboxRepository {
             autoPause: input.autoPause,
             metadata: input.metadata,
             envVars: input.envVars,
-            envdAccessToken: input.envdAccessToken,
+            egress: { allowOut: input.network.egress.allowOut, denyOut: input.network.egress.denyOut },
+            allowInternetAccess: input.network.allowInternetAccess,
+            allowPublicTraffic: input.network.allowPublicTraffic,
+            maskRequestHost: input.network.maskRequestHost ?? null,
             requestKey: input.requestKey,
           },
         });
@@ -114,6 +126,13 @@ export class SandboxRepository {
           ...(patch.startedAt ? { startedAt: patch.startedAt } : {}),
           ...(patch.expiresAt ? { expiresAt: patch.expiresAt } : {}),
           ...(patch.endedAt ? { endedAt: patch.endedAt } : {}),
+          ...(patch.started
+            ? {
+                vcpus: patch.started.vcpus,
+                memoryMib: patch.started.memoryMib,
+                egress: { allowOut: patch.started.egress.allowOut, denyOut: patch.started.egress.denyOut },
+              }
+            : {}),
         },
       });
       if (count !== 1) return null;
@@ -168,6 +187,15 @@ export class SandboxRepository {
     const { count } = await this.prisma.sandbox.updateMany({
       where: { id, state: { in: [...LIVE_SANDBOX_STATES, SandboxState.Paused] } },
       data: { expiresAt, ...(timeoutSeconds !== undefined ? { timeoutSeconds } : {}) },
+    });
+    return count === 1 ? this.find(id) : null;
+  }
+
+  /** Stores egress rules a running sandbox's host applied (a live update), with the internet-access flag they came from. */
+  async setEgress(id: string, egress: EgressPolicy, allowInternetAccess: boolean | null): Promise<SandboxRecord | null> {
+    const { count } = await this.prisma.sandbox.updateMany({
+      where: { id, state: SandboxState.Running },
+      data: { egress: { allowOut: egress.allowOut, denyOut: egress.denyOut }, allowInternetAccess, version: { increment: 1 } },
     });
     return count === 1 ? this.find(id) : null;
   }

@@ -6,6 +6,8 @@ export interface ResolvedTemplate {
   templateId: string;
   alias?: string;
   buildId?: string;
+  /** The build's identity on hosts (its content hash): what a host agent restores. */
+  hostBuildId?: string;
   vcpus: number;
   memoryMib: number;
   diskMib: number;
@@ -34,6 +36,7 @@ export class TemplateRepository {
       templateId: template.id,
       alias: alias?.alias ?? template.aliases[0]?.alias,
       buildId: build?.id,
+      hostBuildId: build?.contentHash ?? undefined,
       vcpus: build?.vcpus ?? template.vcpus,
       memoryMib: build?.memoryMib ?? template.memoryMib,
       diskMib: build?.diskMib ?? template.diskMib,

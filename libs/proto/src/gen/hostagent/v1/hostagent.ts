@@ -39,19 +39,36 @@ export enum Acceleration {
   UNRECOGNIZED = -1,
 }
 
+/**
+ * E2B's egress rules, normalised by the control plane (libs/contracts normaliseEgressPolicy): allow_out holds IPv4
+ * CIDRs and domain patterns (example.com, *.example.com), deny_out IPv4 CIDRs; allow wins over deny. The host's
+ * platform floor (host services, other slots, private and special ranges) holds whatever they say.
+ */
+export interface EgressPolicy {
+  allowOut: string[];
+  denyOut: string[];
+}
+
+/**
+ * One create, as the scheduler resolved it: the host restores exactly this build with these resources and applies
+ * the egress policy before the guest runs; its SandboxInfo reply is what the control plane stores.
+ */
 export interface CreateSandboxRequest {
   sandboxId: string;
   templateId: string;
-  /** The template build whose snapshot to restore; empty means the template's current build. */
+  /** The template build whose snapshot to restore (required): the host never picks a build itself. */
   buildId: string;
+  /** Must match the build's snapshot (a restore has exactly the snapshot's shape): FAILED_PRECONDITION otherwise. */
   vcpus: number;
   memoryMib: number;
   envVars: { [key: string]: string };
   metadata: { [key: string]: string };
   /** Token the guest agent requires on every request (E2B envdAccessToken). */
   envdAccessToken: string;
+  /** Lifetime the control plane enforces; kept in the host's record and reported back for diagnostics. */
   timeoutSeconds: number;
   teamId: string;
+  egress: EgressPolicy | undefined;
 }
 
 export interface CreateSandboxRequest_EnvVarsEntry {
@@ -62,6 +79,11 @@ export interface CreateSandboxRequest_EnvVarsEntry {
 export interface CreateSandboxRequest_MetadataEntry {
   key: string;
   value: string;
+}
+
+export interface UpdateSandboxNetworkRequest {
+  sandboxId: string;
+  egress: EgressPolicy | undefined;
 }
 
 export interface DestroySandboxRequest {
@@ -113,6 +135,9 @@ export interface SandboxInfo {
   guestAddress: string;
   pid: number;
   envdVersion: string;
+  /** The egress rules in force on the host. */
+  egress: EgressPolicy | undefined;
+  timeoutSeconds: number;
 }
 
 export interface SandboxInfo_MetadataEntry {
@@ -165,6 +190,10 @@ export interface HostAgentClient {
   resumeSandbox(request: ResumeSandboxRequest): Observable<SandboxInfo>;
 
   hostInfo(request: HostInfoRequest): Observable<HostInfoResponse>;
+
+  /** Replaces a running sandbox's egress rules; new connections follow them at once. */
+
+  updateSandboxNetwork(request: UpdateSandboxNetworkRequest): Observable<SandboxInfo>;
 }
 
 export interface HostAgentController {
@@ -187,6 +216,12 @@ export interface HostAgentController {
   resumeSandbox(request: ResumeSandboxRequest): Promise<SandboxInfo> | Observable<SandboxInfo> | SandboxInfo;
 
   hostInfo(request: HostInfoRequest): Promise<HostInfoResponse> | Observable<HostInfoResponse> | HostInfoResponse;
+
+  /** Replaces a running sandbox's egress rules; new connections follow them at once. */
+
+  updateSandboxNetwork(
+    request: UpdateSandboxNetworkRequest,
+  ): Promise<SandboxInfo> | Observable<SandboxInfo> | SandboxInfo;
 }
 
 export function HostAgentControllerMethods() {
@@ -199,6 +234,7 @@ export function HostAgentControllerMethods() {
       "pauseSandbox",
       "resumeSandbox",
       "hostInfo",
+      "updateSandboxNetwork",
     ];
     for (const method of grpcMethods) {
       const descriptor: any = Reflect.getOwnPropertyDescriptor(constructor.prototype, method);
