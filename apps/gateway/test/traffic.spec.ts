@@ -3,12 +3,13 @@ import { createHash } from 'node:crypto';
 import { IncomingMessage, Server, createServer, request } from 'node:http';
 import type { Socket } from 'node:net';
 import { SandboxState } from '@kiln/contracts';
+import { fileSignature } from '@kiln/contracts/envd-auth';
+import { MetricsRegistry } from '@kiln/telemetry';
 import { SandboxRouteCache } from '../src/traffic/sandbox-route.cache';
 import { freePort } from '@kiln/testing';
 import { SeededTeam, TestStack } from './support/test-stack';
 
 jest.setTimeout(60_000);
-
 
 /**
  * Stands in for a host agent's traffic proxy (the real one needs VMs): it records
@@ -18,6 +19,8 @@ class UpstreamStandIn {
   readonly server: Server;
   /** Resolves the gate the /stream endpoint waits on before sending the rest of its body. */
   releaseStream?: () => void;
+  /** Requests and upgrades that reached this "host agent" at all. */
+  hits = 0;
   private readonly sockets = new Set<Socket>();
 
   constructor() {
@@ -27,6 +30,7 @@ class UpstreamStandIn {
       socket.once('close', () => this.sockets.delete(socket));
     });
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      this.hits++;
       socket.write(
         'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
           `X-Seen-Sandbox: ${req.headers['e2b-sandbox-id']}\r\nX-Seen-Port: ${req.headers['e2b-sandbox-port']}\r\n\r\n`,
@@ -48,6 +52,7 @@ class UpstreamStandIn {
   }
 
   private async handle(req: IncomingMessage, res: import('node:http').ServerResponse): Promise<void> {
+    this.hits++;
     const url = new URL(req.url ?? '/', 'http://upstream');
     if (url.pathname === '/upload') {
       const hash = createHash('sha256');
@@ -92,7 +97,12 @@ function send(path: string, headers: Record<string, string>, init: { method?: st
   return fetch(stack.gateway.sandboxUrl + path, { ...init, headers } as RequestInit);
 }
 
-const addressed = (id: string, port = 49983) => ({ 'e2b-sandbox-id': id, 'e2b-sandbox-port': String(port) });
+/** Routing headers, plus the sandbox's envd access token (derived as the scheduler derives it) so envd-port calls pass. */
+const addressed = (id: string, port = 49983) => ({
+  'e2b-sandbox-id': id,
+  'e2b-sandbox-port': String(port),
+  'x-access-token': stack.tokens.envdAccessToken(id),
+});
 
 beforeAll(async () => {
   upstream = new UpstreamStandIn();
@@ -105,6 +115,122 @@ beforeAll(async () => {
 afterAll(async () => {
   await stack?.stop();
   await upstream?.close();
+});
+
+/** A WebSocket upgrade through the gateway: the status it was answered with (101 when tunnelled). */
+function upgradeStatus(headers: Record<string, string>): Promise<number> {
+  const gatewayPort = Number(new URL(stack.gateway.sandboxUrl).port);
+  return new Promise<number>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port: gatewayPort, path: '/', headers: { ...headers, connection: 'Upgrade', upgrade: 'websocket' } });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function trafficCount(outcome: string): Promise<number> {
+  const metric = stack.gateway.app.get(MetricsRegistry).registry.getSingleMetric('kiln_gateway_traffic_requests_total')!;
+  return (await metric.get()).values.find((v) => v.labels.outcome === outcome)?.value ?? 0;
+}
+
+describe('sandbox traffic edge policy', () => {
+  const route = (id: string, port = 49983) => ({ 'e2b-sandbox-id': id, 'e2b-sandbox-port': String(port) });
+
+  it('refuses an envd call without the access token with 401 in E2B\'s error shape, and forwards nothing', async () => {
+    const hits = upstream.hits;
+    const forwarded = await trafficCount('forwarded');
+    const refused = await trafficCount('refused_401');
+    const response = await send('/process.Process/Start', { ...route(sandboxId), 'content-type': 'application/json' }, { method: 'POST', body: '{"process":{"cmd":"id"}}' });
+    expect(response.status).toBe(401);
+    expect(await response.json()).toEqual({ code: 401, message: expect.any(String), error_code: 'unauthenticated', sandboxId });
+    expect(upstream.hits).toBe(hits);
+    expect(await trafficCount('forwarded')).toBe(forwarded);
+    expect(await trafficCount('refused_401')).toBe(refused + 1);
+  });
+
+  it('refuses a wrong token with 401 and forwards the right one, token header included (the guest checks it too)', async () => {
+    const hits = upstream.hits;
+    expect((await send('/envs', { ...route(sandboxId), 'x-access-token': 'not-the-token' })).status).toBe(401);
+    expect(upstream.hits).toBe(hits);
+    const response = await send('/envs', addressed(sandboxId));
+    expect(response.status).toBe(200);
+    const seen = (await response.json()) as { headers: Record<string, string> };
+    expect(seen.headers['x-access-token']).toBe(stack.tokens.envdAccessToken(sandboxId));
+    expect(upstream.hits).toBe(hits + 1);
+  });
+
+  it('lets GET /health through without a token', async () => {
+    expect((await send('/health', route(sandboxId))).status).toBe(200);
+  });
+
+  it('refuses /init with 403 even with the right token', async () => {
+    const hits = upstream.hits;
+    const response = await send('/init', { ...addressed(sandboxId), 'content-type': 'application/json' }, { method: 'POST', body: '{"accessToken":"mine"}' });
+    expect(response.status).toBe(403);
+    expect(await response.json()).toMatchObject({ code: 403, error_code: 'permission_denied', sandboxId });
+    expect(upstream.hits).toBe(hits);
+  });
+
+  it('forwards a signed /files URL without the token header, and refuses an expired or foreign one', async () => {
+    const token = stack.tokens.envdAccessToken(sandboxId);
+    const url = (signature: string, extra = '') => `/files?path=%2Fhome%2Fuser%2Fa.txt&username=user&signature=${encodeURIComponent(signature)}${extra}`;
+    expect((await send(url(fileSignature('/home/user/a.txt', 'read', 'user', token)), route(sandboxId))).status).toBe(200);
+    const future = Math.floor(Date.now() / 1000) + 60;
+    expect((await send(url(fileSignature('/home/user/a.txt', 'read', 'user', token, future), `&signature_expiration=${future}`), route(sandboxId))).status).toBe(200);
+    const hits = upstream.hits;
+    const past = Math.floor(Date.now() / 1000) - 60;
+    const expired = await send(url(fileSignature('/home/user/a.txt', 'read', 'user', token, past), `&signature_expiration=${past}`), route(sandboxId));
+    expect(expired.status).toBe(401);
+    expect(await expired.json()).toMatchObject({ message: 'signature is already expired' });
+    expect((await send(url(fileSignature('/home/user/a.txt', 'write', 'user', token)), route(sandboxId))).status).toBe(401);
+    expect((await send(url(fileSignature('/home/user/a.txt', 'read', 'user', 'other-token')), route(sandboxId))).status).toBe(401);
+    expect(upstream.hits).toBe(hits);
+  });
+
+  it('guards user ports with the traffic access token when the sandbox is not public, and strips it before forwarding', async () => {
+    const secured = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: upstreamUrl, network: { allowPublicTraffic: false } });
+    const trafficToken = stack.tokens.trafficAccessToken(secured);
+    const hits = upstream.hits;
+    const missing = await send('/', route(secured, 8080));
+    expect(missing.status).toBe(403);
+    expect(await missing.json()).toMatchObject({ code: 403, error_code: 'permission_denied', sandboxId: secured });
+    expect((await send('/', { ...route(secured, 8080), 'e2b-traffic-access-token': 'wrong' })).status).toBe(403);
+    // The envd token is not a traffic token.
+    expect((await send('/', addressed(secured, 8080))).status).toBe(403);
+    expect(upstream.hits).toBe(hits);
+
+    const response = await send('/', { ...route(secured, 8080), 'e2b-traffic-access-token': trafficToken });
+    expect(response.status).toBe(200);
+    const seen = (await response.json()) as { headers: Record<string, string> };
+    expect(seen.headers['e2b-traffic-access-token']).toBeUndefined();
+    // envd has its own token; the traffic token is not asked for there (as in E2B).
+    expect((await send('/envs', addressed(secured))).status).toBe(200);
+  });
+
+  it('sends the Host mask, with the port filled in, to user ports and not to envd', async () => {
+    const masked = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: upstreamUrl, network: { maskRequestHost: 'localhost:${PORT}' } });
+    const user = (await (await send('/', route(masked, 3000))).json()) as { headers: Record<string, string> };
+    expect(user.headers.host).toBe('localhost:3000');
+    const envd = (await (await send('/envs', addressed(masked))).json()) as { headers: Record<string, string> };
+    expect(envd.headers.host).toBe(new URL(stack.gateway.sandboxUrl).host);
+  });
+
+  it('refuses WebSocket upgrades without the envd token (401) or the traffic token (403) before anything is forwarded', async () => {
+    const secured = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: upstreamUrl, network: { allowPublicTraffic: false } });
+    const hits = upstream.hits;
+    expect(await upgradeStatus(route(sandboxId))).toBe(401);
+    expect(await upgradeStatus(route(secured, 8888))).toBe(403);
+    expect(upstream.hits).toBe(hits);
+    expect(await upgradeStatus(addressed(sandboxId))).toBe(101);
+    expect(await upgradeStatus({ ...route(secured, 8888), 'e2b-traffic-access-token': stack.tokens.trafficAccessToken(secured) })).toBe(101);
+  });
 });
 
 describe('sandbox traffic routing', () => {

@@ -1,10 +1,11 @@
 import { SANDBOX_ID_PATTERN } from '@kiln/contracts';
+import { ENVD_PORT } from '@kiln/contracts/envd-auth';
 
 /** Headers E2B SDKs send with every envd call; the host agent's proxy routes on the same pair. */
 export const SANDBOX_ID_HEADER = 'e2b-sandbox-id';
 export const SANDBOX_PORT_HEADER = 'e2b-sandbox-port';
-/** Port of the guest agent (envd) inside every sandbox. */
-export const ENVD_PORT = 49983;
+/** Port of the guest agent (envd) inside every sandbox; the default when a request names no port. */
+export { ENVD_PORT };
 
 export interface SandboxAddress {
   sandboxId: string;

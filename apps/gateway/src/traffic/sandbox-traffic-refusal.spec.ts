@@ -4,7 +4,7 @@ import { refusalFor } from './sandbox-traffic.proxy';
 
 describe('refusalFor', () => {
   const address = { sandboxId: 'abc', port: 49983 };
-  const route = (state: SandboxState) => ({ sandboxId: 'abc', teamId: 't', state, proxyUrl: 'http://h:5007' });
+  const route = (state: SandboxState) => ({ sandboxId: 'abc', teamId: 't', state, proxyUrl: 'http://h:5007', envdAccessToken: 'tok' });
 
   it('answers 502 for a missing sandbox, as E2B does and the SDK expects', () => {
     expect(refusalFor(address, KilnError.notFound('sandbox abc'))).toEqual({

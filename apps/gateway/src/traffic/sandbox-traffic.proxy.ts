@@ -1,11 +1,12 @@
 import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
-import { Agent, IncomingMessage, Server, ServerResponse, createServer } from 'node:http';
+import { Agent, IncomingMessage, STATUS_CODES, Server, ServerResponse, createServer } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { once } from 'node:events';
 import { createProxyServer } from 'http-proxy-3';
 import type { ProxyServer } from 'http-proxy-3';
 import { GatewayEnv } from '@kiln/config';
 import { ErrorCode, KilnError, SandboxRoute, SandboxState } from '@kiln/contracts';
+import { applyIngressHeaders, ingressDecision } from '@kiln/contracts/sandbox-ingress';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, SandboxAddress, sandboxAddressOf } from './sandbox-address';
 import { SandboxRouteCache } from './sandbox-route.cache';
@@ -22,6 +23,8 @@ const INTERNAL_REFUSAL: TrafficRefusal = { status: 500, body: { code: 500, messa
 const SHUTDOWN_DRAIN_MS = 10_000;
 
 const PAUSED_STATES: readonly SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
+
+const ERROR_CODE_BY_INGRESS_STATUS = { 401: ErrorCode.Unauthenticated, 403: ErrorCode.PermissionDenied } as const;
 
 /**
  * Decides what a request for `address` gets when the route lookup failed or the
@@ -49,9 +52,11 @@ export function refusalFor(address: SandboxAddress, failure: KilnError | Sandbox
 
 /**
  * The sandbox-traffic listener (E2B_SANDBOX_URL): finds the host agent that owns
- * the sandbox and streams the request there unchanged apart from the
- * E2b-Sandbox-Id/-Port headers the host agent routes on. Bodies are piped in both
- * directions (Connect streams, uploads, downloads); WebSocket upgrades are tunnelled.
+ * the sandbox, applies the edge policy (`ingressDecision`: envd's access token on
+ * port 49983, the traffic access token and Host mask on user ports) and streams the
+ * request there, adding the E2b-Sandbox-Id/-Port headers the host agent routes on.
+ * Nothing of a refused request is forwarded. Bodies are piped in both directions
+ * (Connect streams, uploads, downloads); WebSocket upgrades are tunnelled.
  */
 @Injectable()
 export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicationShutdown {
@@ -68,6 +73,8 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     metrics: MetricsRegistry,
   ) {
     this.requests = metrics.counter('kiln_gateway_traffic_requests_total', 'Sandbox-traffic requests by outcome', ['outcome']);
+    // Present from the start, so "nothing was forwarded" reads as an unchanged number rather than a missing series.
+    for (const outcome of ['forwarded', 'upgraded', 'refused_401', 'refused_403']) this.requests.inc({ outcome }, 0);
     this.proxy = createProxyServer({ xfwd: true, agent: this.upstreamAgent });
     // A host agent answering 502 for a sandbox means it no longer has it: look the route up afresh next time.
     this.proxy.on('proxyRes', (proxyRes, req) => {
@@ -135,6 +142,8 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     const target = await this.target(req);
     if ('refusal' in target) {
       this.requests.inc({ outcome: `refused_${target.refusal.status}` });
+      // Read and drop whatever body the caller sent; none of it goes anywhere.
+      req.resume();
       sendJson(res, target.refusal);
       return;
     }
@@ -198,6 +207,12 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     }
     const refusal = refusalFor(address, route);
     if (refusal) return { refusal };
+    const decision = ingressDecision(req, address.port, route);
+    if (!decision.allowed) {
+      const { status, message } = decision;
+      return { refusal: { status, body: { code: status, message, error_code: ERROR_CODE_BY_INGRESS_STATUS[status], sandboxId: address.sandboxId } } };
+    }
+    applyIngressHeaders(req.headers, decision);
     // Also on the incoming request, so the proxyRes hook knows which route to drop for Host-addressed traffic.
     req.headers[SANDBOX_ID_HEADER] = address.sandboxId;
     return {
@@ -217,7 +232,7 @@ function sendJson(res: ServerResponse, refusal: TrafficRefusal): void {
 function writeRawJson(socket: Duplex, refusal: TrafficRefusal): void {
   const body = JSON.stringify(refusal.body);
   socket.end(
-    `HTTP/1.1 ${refusal.status} ${refusal.status === 502 ? 'Bad Gateway' : 'Error'}\r\n` +
+    `HTTP/1.1 ${refusal.status} ${STATUS_CODES[refusal.status] ?? 'Error'}\r\n` +
       `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
 }

@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { Filesystem } from '@kiln/proto/filesystem';
 import { Process } from '@kiln/proto/process';
-import { ACCESS_TOKEN_HEADER, rejectSignature, tokensEqual } from '../auth/access-token';
+import { ACCESS_TOKEN_HEADER, rejectSignedFilesUrl, tokensEqual } from '../auth/access-token';
 import type { FilesystemService } from '../filesystem/filesystem-service';
 import { createProcessService } from '../process/process-service';
 import type { ProcessTable } from '../process/process-table';
@@ -122,15 +122,7 @@ function authenticationFailure(req: AgentRequest, url: URL, state: AgentState): 
   const given = headerValue(req, ACCESS_TOKEN_HEADER);
   if (given !== undefined) return tokensEqual(token, given) ? undefined : 'invalid access token';
   if (url.pathname === '/files' && (req.method === 'GET' || req.method === 'POST')) {
-    const q = url.searchParams;
-    return rejectSignature(token, {
-      path: q.get('path') ?? '',
-      operation: req.method === 'GET' ? 'read' : 'write',
-      username: q.get('username') ?? undefined,
-      signature: q.get('signature') ?? undefined,
-      expiration: q.get('signature_expiration') ?? undefined,
-      nowSeconds: Math.floor(Date.now() / 1000),
-    });
+    return rejectSignedFilesUrl(token, req.method, url.searchParams, Math.floor(Date.now() / 1000));
   }
   if (url.pathname === '/init' && req.method === 'POST') return undefined; // Checked against the body's token.
   return 'missing access token (X-Access-Token header)';

@@ -1,7 +1,10 @@
-import { Agent, IncomingMessage, Server, ServerResponse, createServer } from 'node:http';
+import { Agent, IncomingMessage, STATUS_CODES, Server, ServerResponse, createServer } from 'node:http';
 import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
+import { applyIngressHeaders, ingressDecision } from '@kiln/contracts/sandbox-ingress';
+import { MetricsRegistry } from '@kiln/telemetry';
 import { createProxyServer } from 'http-proxy-3';
 import { GUEST_AGENT_PORT } from '../network';
 import { SandboxManager } from '../sandbox/sandbox-manager.service';
@@ -14,6 +17,15 @@ const HOST_FORM = /^(\d{1,5})-([a-z0-9][a-z0-9-]{0,63})\./;
 export interface TrafficTarget {
   sandboxId: string;
   port: number;
+}
+
+/** Where a request ended up, as counted in kiln_agent_proxy_requests_total. */
+type ProxyOutcome = 'forwarded' | 'upgraded' | 'refused_401' | 'refused_403' | 'bad_request' | 'no_sandbox' | 'upstream_error';
+
+interface Refusal {
+  status: number;
+  message: string;
+  outcome: ProxyOutcome;
 }
 
 function headerOf(req: IncomingMessage, name: string): string | undefined {
@@ -37,60 +49,104 @@ export function trafficTargetOf(req: IncomingMessage): TrafficTarget | null | 'b
   return { sandboxId: match[2], port };
 }
 
+function refusalBody(status: number, message: string): string {
+  return JSON.stringify({ code: status, message });
+}
+
 function reject(res: ServerResponse, status: number, message: string): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  const body = JSON.stringify({ code: status, message });
+  const body = refusalBody(status, message);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
   res.end(body);
 }
 
+function rejectUpgrade(socket: Duplex, status: number, message: string): void {
+  const body = refusalBody(status, message);
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nconnection: close\r\n` +
+      `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
 /**
  * Reverse proxy from (sandbox id, port) to the sandbox's network slot. Per request it
- * does one map lookup; bodies stream both ways (Connect streams, uploads, downloads)
- * and WebSocket upgrades are tunnelled.
+ * does one map lookup and applies the edge policy (`ingressDecision`, the same one
+ * the gateway applies) before anything is forwarded: this port is reachable without
+ * the gateway, so the envd access token is checked here too, from the sandbox's
+ * record. Traffic access tokens and Host masks of user ports are the gateway's to
+ * enforce: the host does not have them (yet), so user ports pass here as public.
+ * Bodies stream both ways (Connect streams, uploads, downloads) and WebSocket
+ * upgrades are tunnelled.
  */
 @Injectable()
 export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger(SandboxTrafficProxy.name);
   private server?: Server;
   private readonly proxy = createProxyServer({ xfwd: true, ws: true, proxyTimeout: 0 });
+  private readonly requests;
 
   constructor(
     private readonly env: HostAgentEnv,
     private readonly sandboxes: SandboxManager,
+    metrics: MetricsRegistry,
   ) {
+    this.requests = metrics.counter('kiln_agent_proxy_requests_total', 'Sandbox-traffic requests on the host proxy, by outcome', ['outcome']);
+    // Present from the start, so "nothing reached the guest" reads as an unchanged number rather than a missing series.
+    for (const outcome of ['forwarded', 'upgraded', 'refused_401', 'refused_403'] as const) this.requests.inc({ outcome }, 0);
     this.proxy.on('error', (error, _req, res) => {
+      this.requests.inc({ outcome: 'upstream_error' });
       if (res instanceof ServerResponse) reject(res, 502, `sandbox unreachable: ${error.message}`);
       else (res as Socket | undefined)?.destroy();
     });
   }
 
-  private upstream(target: TrafficTarget): { target: string; agent: Agent } | null {
+  /** The bound port (differs from PROXY_PORT only when that is 0). */
+  get port(): number {
+    const address = this.server?.address();
+    return typeof address === 'object' && address ? address.port : this.env.PROXY_PORT;
+  }
+
+  /** Where the request goes, or why it goes nowhere. */
+  private route(req: IncomingMessage): { upstream: { target: string; agent: Agent } } | { refusal: Refusal } {
+    const target = trafficTargetOf(req);
+    if (target === 'bad-port') return { refusal: { status: 400, message: 'E2b-Sandbox-Port must be a port number', outcome: 'bad_request' } };
+    if (!target) {
+      return { refusal: { status: 400, message: 'request names no sandbox (E2b-Sandbox-Id header or {port}-{id}.{domain} host)', outcome: 'bad_request' } };
+    }
     const live = this.sandboxes.get(target.sandboxId);
-    if (!live || live.state !== 'running') return null;
-    return { target: `http://${live.slot.hostAddress}:${target.port}`, agent: live.guestConnections };
+    if (!live || live.state !== 'running') {
+      return { refusal: { status: 502, message: `sandbox ${target.sandboxId} is not running on this host`, outcome: 'no_sandbox' } };
+    }
+    const decision = ingressDecision(req, target.port, { envdAccessToken: live.record.envdAccessToken });
+    if (!decision.allowed) return { refusal: { status: decision.status, message: decision.message, outcome: `refused_${decision.status}` } };
+    applyIngressHeaders(req.headers, decision);
+    return { upstream: { target: `http://${live.slot.hostAddress}:${target.port}`, agent: live.guestConnections } };
   }
 
   handle = (req: IncomingMessage, res: ServerResponse): void => {
-    const target = trafficTargetOf(req);
-    if (target === 'bad-port') return reject(res, 400, 'E2b-Sandbox-Port must be a port number');
-    if (!target) return reject(res, 400, 'request names no sandbox (E2b-Sandbox-Id header or {port}-{id}.{domain} host)');
-    const upstream = this.upstream(target);
-    if (!upstream) return reject(res, 502, `sandbox ${target.sandboxId} is not running on this host`);
-    this.proxy.web(req, res, upstream);
+    const routed = this.route(req);
+    if ('refusal' in routed) {
+      this.requests.inc({ outcome: routed.refusal.outcome });
+      // Read and drop whatever body the caller sent; none of it reaches the guest.
+      req.resume();
+      return reject(res, routed.refusal.status, routed.refusal.message);
+    }
+    this.requests.inc({ outcome: 'forwarded' });
+    this.proxy.web(req, res, routed.upstream);
   };
 
   private upgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
-    const target = trafficTargetOf(req);
-    const upstream = target && target !== 'bad-port' ? this.upstream(target) : null;
-    if (!upstream) {
-      socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-      return;
+    socket.on('error', () => socket.destroy());
+    const routed = this.route(req);
+    if ('refusal' in routed) {
+      this.requests.inc({ outcome: routed.refusal.outcome });
+      return rejectUpgrade(socket, routed.refusal.status, routed.refusal.message);
     }
-    this.proxy.ws(req, socket, head, upstream);
+    this.requests.inc({ outcome: 'upgraded' });
+    this.proxy.ws(req, socket, head, routed.upstream);
   };
 
   async onApplicationBootstrap(): Promise<void> {
@@ -104,7 +160,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
       this.server!.once('error', reject);
       this.server!.listen(this.env.PROXY_PORT, '0.0.0.0', () => resolve());
     });
-    this.logger.log(`sandbox traffic proxy listening on :${this.env.PROXY_PORT}`);
+    this.logger.log(`sandbox traffic proxy listening on :${this.port}`);
   }
 
   async onApplicationShutdown(): Promise<void> {

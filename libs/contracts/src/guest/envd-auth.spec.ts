@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { fileSignature, rejectSignature, tokensEqual } from './access-token';
+import { fileSignature, rejectSignature, rejectSignedFilesUrl, tokensEqual } from './envd-auth';
 
 describe('file URL signatures', () => {
   it('is v1_ + unpadded base64 sha256 of path:operation:user:token[:expiration], as the e2b SDK computes it', () => {
@@ -16,6 +16,16 @@ describe('file URL signatures', () => {
     expect(rejectSignature('tok', { ...base, signature: 'v1_x', expiration: undefined })).toMatch(/invalid signature/);
     expect(rejectSignature('tok', { ...base, signature: fileSignature('p', 'read', '', 'tok', 999), expiration: '999' })).toMatch(/expired/);
     expect(rejectSignature('tok', { ...base, signature: 'v1_x', expiration: '12abc' })).toMatch(/signature_expiration/);
+  });
+
+  it('reads a /files query: GET signs "read", POST signs "write", a missing username is the empty string', () => {
+    const query = (signature: string, extra = '') => new URLSearchParams(`path=/tmp/a&signature=${encodeURIComponent(signature)}${extra}`);
+    expect(rejectSignedFilesUrl('tok', 'GET', query(fileSignature('/tmp/a', 'read', '', 'tok')), 0)).toBeUndefined();
+    expect(rejectSignedFilesUrl('tok', 'POST', query(fileSignature('/tmp/a', 'write', '', 'tok')), 0)).toBeUndefined();
+    expect(rejectSignedFilesUrl('tok', 'POST', query(fileSignature('/tmp/a', 'read', '', 'tok')), 0)).toMatch(/invalid signature/);
+    expect(rejectSignedFilesUrl('tok', 'GET', query(fileSignature('/tmp/a', 'read', 'root', 'tok'), '&username=root'), 0)).toBeUndefined();
+    expect(rejectSignedFilesUrl('tok', 'GET', query(fileSignature('/tmp/a', 'read', 'root', 'tok', 50), '&username=root&signature_expiration=50'), 49)).toBeUndefined();
+    expect(rejectSignedFilesUrl('tok', 'GET', query(fileSignature('/tmp/a', 'read', 'root', 'tok', 50), '&username=root&signature_expiration=50'), 51)).toMatch(/expired/);
   });
 
   it('compares tokens of any length without throwing', () => {
