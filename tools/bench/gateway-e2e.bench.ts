@@ -41,6 +41,7 @@ const REQUEST_TIMEOUT_MS = 300_000;
 type Unary<Req, Res> = (request: Req, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: Res) => void) => void;
 interface HostAgentGrpc extends grpc.Client {
   createSandbox: Unary<Record<string, unknown>, { sandboxId: string }>;
+  hostInfo: Unary<Record<string, never>, { templates: { templateId: string; buildId: string }[] }>;
   destroySandbox: Unary<{ sandboxId: string }, { existed: boolean }>;
 }
 
@@ -67,16 +68,20 @@ function directSandbox(sandboxId: string, envdAccessToken: string): Sandbox {
 class DirectHost {
   private readonly client = hostAgentClient();
   private readonly live = new Set<string>();
+  private buildId: string | undefined;
 
   async createAndExec(): Promise<{ sandbox: Sandbox; id: string; createMs: number; totalMs: number }> {
     const id = `bench${randomBytes(8).toString('hex')}`;
     const token = randomBytes(16).toString('hex');
+    // The host restores exactly the build it is given: the one it has for the template, as the scheduler would send.
+    this.buildId ??= (await call(this.client.hostInfo, this.client, {})).templates.find((t) => t.templateId === TEMPLATE)?.buildId;
+    if (!this.buildId) throw new Error(`the host agent has no build of template ${TEMPLATE}`);
     const t0 = performance.now();
     this.live.add(id);
     await call(this.client.createSandbox, this.client, {
       sandboxId: id,
       templateId: TEMPLATE,
-      buildId: '',
+      buildId: this.buildId,
       vcpus: 1,
       memoryMib: 512,
       envVars: {},

@@ -110,6 +110,7 @@ generate_and_build() {
   (cd "$ROOT" && nx run proto:generate --outputStyle=static >/dev/null)
   log "building (tsc -b)"
   (cd "$ROOT" && tsc -b tsconfig.json)
+  (cd "$ROOT" && nx run host-agent:build-native --outputStyle=static >/dev/null)
   echo "$schema_hash" > "$stamp"
   (cd "$ROOT" && nx run guest-agent:bundle --outputStyle=static >/dev/null)
 }

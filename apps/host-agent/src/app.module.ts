@@ -3,6 +3,7 @@ import { ConfigModule, HostAgentEnv } from '@kiln/config';
 import { MessagingModule } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
 import { ControlPlaneModule } from './control-plane/control-plane.module';
+import { EgressProxyModule } from './egress-proxy';
 import { hostResourceModules } from './host-modules';
 import { ProxyModule } from './proxy/proxy.module';
 import { SandboxModule } from './sandbox/sandbox.module';
@@ -23,6 +24,8 @@ export class AppModule {
         sandboxes,
         ControlPlaneModule.register(host, sandboxes),
         ProxyModule.register(sandboxes),
+        // Domain rules of sandboxes' egress policies; the network pool redirects to env.KILN_EGRESS_PROXY_PORT.
+        EgressProxyModule.register(host.network, { host: env.KILN_EGRESS_PROXY_HOST, port: env.KILN_EGRESS_PROXY_PORT }),
       ],
     };
   }

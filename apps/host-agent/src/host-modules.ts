@@ -35,6 +35,9 @@ export function hostResourceModules(env: HostAgentEnv): HostResourceModules {
     slotCidr: env.KILN_SLOT_CIDR,
     prefill: env.KILN_NETWORK_PREFILL,
     maxSlots: env.KILN_MAX_SANDBOXES + TEMPLATE_BOOT_SLOTS + clonePoolSlots(clonePool),
+    dnsResolvers: ipListEntries(env.KILN_GUEST_NAMESERVERS),
+    openRanges: ipListEntries(env.KILN_EGRESS_OPEN_RANGES),
+    egressProxyPort: env.KILN_EGRESS_PROXY_PORT,
   });
   const rootfs = RootfsModule.register({ driver: env.KILN_ROOTFS_DRIVER as RootfsOptions['driver'], vmm: 'qemu' });
   const templates = TemplateModule.register({ dataDir: env.KILN_DATA_DIR });

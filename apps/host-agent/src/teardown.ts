@@ -7,6 +7,7 @@ import { removeUnclaimedClones } from './clone-pool';
 import { hostResourceModules } from './host-modules';
 import { NetworkSlotPool } from './network';
 import { RootfsLayers } from './rootfs';
+import { RecordSealer } from './sandbox/record-sealer';
 import { SandboxRecordStore } from './sandbox/sandbox-record';
 import { VMM_DRIVER, VmmDriver, VmmModule } from './vmm';
 
@@ -23,7 +24,8 @@ void runOrExit('host-agent-teardown', async () => {
   class TeardownModule {}
 
   const app = await NestFactory.createApplicationContext(TeardownModule, { logger: ['error', 'warn'], abortOnError: false });
-  const records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'));
+  // Teardown reads no secrets: a sealer with any key lists the records (tokens it cannot open are left out).
+  const records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'), new RecordSealer(env.KILN_HOST_STATE_KEY ?? env.HOST_REGISTRATION_TOKEN));
   const vmm = app.get<VmmDriver>(VMM_DRIVER);
   const layers = app.get(RootfsLayers);
   let problems = 0;

@@ -7,6 +7,7 @@ import type {
   HostInfoResponse,
   ListSandboxesResponse,
   SandboxInfo,
+  UpdateSandboxNetworkRequest,
 } from '@kiln/proto/hostagent';
 
 type Unary<Req, Res> = (request: Req, callback: (error: ServiceError | null, response: Res) => void) => void;
@@ -17,6 +18,7 @@ interface RawHostAgentClient extends Client {
   getSandbox: Unary<{ sandboxId: string }, SandboxInfo>;
   listSandboxes: Unary<Record<string, never>, ListSandboxesResponse>;
   hostInfo: Unary<Record<string, never>, HostInfoResponse>;
+  updateSandboxNetwork: Unary<UpdateSandboxNetworkRequest, SandboxInfo>;
 }
 
 /** A plain grpc-js client for the host agent's HostAgent service, promisified. */
@@ -36,6 +38,7 @@ export function hostAgentClient(address: string) {
     getSandbox: call(raw.getSandbox),
     listSandboxes: () => call(raw.listSandboxes)({}),
     hostInfo: () => call(raw.hostInfo)({}),
+    updateSandboxNetwork: call(raw.updateSandboxNetwork),
     close: () => raw.close(),
   };
 }

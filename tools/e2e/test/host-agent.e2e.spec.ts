@@ -178,10 +178,12 @@ describe('host agent with real VMs (TCG here)', () => {
   it('destroys a VM the database does not know (reconcile)', async () => {
     const stray = `stray${Date.now()}`;
     // Reconcile may already remove it while it is starting, which fails this create: either way it must go.
+    const base = (await agent.hostInfo()).templates.find((t) => t.templateId === 'base')!;
     const created = agent.createSandbox({
       sandboxId: stray,
       templateId: 'base',
-      buildId: '',
+      // The host restores exactly the build it is given (the scheduler sends the template's current one).
+      buildId: base.buildId,
       vcpus: 1,
       memoryMib: 512,
       envVars: {},
@@ -189,6 +191,7 @@ describe('host agent with real VMs (TCG here)', () => {
       envdAccessToken: '',
       timeoutSeconds: 60,
       teamId: 'nobody',
+      egress: { allowOut: [], denyOut: [] },
     });
     await eventually('the stray VM to appear or its create to end', async () =>
       (await agent.listSandboxes()).sandboxes.some((s) => s.sandboxId === stray) || (await created.then(() => true, () => true)),

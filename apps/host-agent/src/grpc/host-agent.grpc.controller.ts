@@ -12,6 +12,8 @@ import {
   PauseSandboxResponse,
   SandboxInfo,
   SandboxState,
+  UpdateSandboxNetworkRequest,
+  type EgressPolicy,
 } from '@kiln/proto/hostagent';
 import { HostInfoService } from '../control-plane/host-info.service';
 import { LiveSandbox, SandboxManager } from '../sandbox/sandbox-manager.service';
@@ -22,6 +24,11 @@ const STATE: Record<LiveSandbox['state'], SandboxState> = {
   running: SandboxState.SANDBOX_STATE_RUNNING,
   stopping: SandboxState.SANDBOX_STATE_STOPPING,
 };
+
+/** The wire form of a policy: an absent message is an empty policy (no rules). */
+function egressOf(egress: EgressPolicy | undefined): EgressPolicy {
+  return { allowOut: egress?.allowOut ?? [], denyOut: egress?.denyOut ?? [] };
+}
 
 function toInfo(live: LiveSandbox): SandboxInfo {
   return {
@@ -36,6 +43,9 @@ function toInfo(live: LiveSandbox): SandboxInfo {
     guestAddress: live.slot?.hostAddress ?? '',
     pid: live.vm?.pid ?? 0,
     envdVersion: ENVD_COMPAT_VERSION,
+    // What the host applied (and re-applies after a restart), not what was asked.
+    egress: egressOf(live.record.egress),
+    timeoutSeconds: live.record.timeoutSeconds ?? 0,
   };
 }
 
@@ -50,6 +60,7 @@ export class HostAgentGrpcController implements HostAgentController {
   ) {}
 
   async createSandbox(request: CreateSandboxRequest): Promise<SandboxInfo> {
+    if (!request.buildId) throw new KilnError(ErrorCode.InvalidArgument, 'build_id is required: the host restores exactly the build it is given');
     const live = await this.sandboxes.create({
       sandboxId: request.sandboxId,
       templateId: request.templateId,
@@ -60,8 +71,14 @@ export class HostAgentGrpcController implements HostAgentController {
       envVars: request.envVars ?? {},
       metadata: request.metadata ?? {},
       envdAccessToken: request.envdAccessToken,
+      egress: egressOf(request.egress),
+      timeoutSeconds: request.timeoutSeconds,
     });
     return toInfo(live);
+  }
+
+  async updateSandboxNetwork(request: UpdateSandboxNetworkRequest): Promise<SandboxInfo> {
+    return toInfo(await this.sandboxes.updateNetwork(request.sandboxId, egressOf(request.egress)));
   }
 
   async destroySandbox(request: DestroySandboxRequest): Promise<DestroySandboxResponse> {

@@ -1,28 +1,32 @@
-import {
-  InvalidEgressRuleError,
-  MAX_EGRESS_ENTRIES,
-  normaliseEgressPolicy,
-  UnsupportedEgressRuleError,
-} from './egress-policy';
+import { MAX_EGRESS_RULES } from '@kiln/contracts';
+import { checkEgressPolicy } from './egress-policy';
+import { InvalidEgressPolicyError } from './network.errors';
 
-describe('normaliseEgressPolicy', () => {
-  it('turns addresses into /32s, clears host bits and drops duplicates', () => {
-    expect(
-      normaliseEgressPolicy({ allowOut: ['8.8.8.8', '8.8.8.8/32', '10.1.2.3/8'], denyOut: ['0.0.0.0/0', '192.0.2.77/30'] }),
-    ).toEqual({ allow: ['8.8.8.8/32', '10.0.0.0/8'], deny: ['0.0.0.0/0', '192.0.2.76/30'] });
-    expect(normaliseEgressPolicy({})).toEqual({ allow: [], deny: [] });
+describe('checkEgressPolicy', () => {
+  it('accepts a normalised policy as is and splits it for nftables and the egress proxy', () => {
+    const policy = { allowOut: ['198.51.100.7/32', 'example.com', '*.example.org'], denyOut: ['0.0.0.0/0'] };
+    expect(checkEgressPolicy(policy)).toEqual({
+      policy,
+      allowCidrs: ['198.51.100.7/32'],
+      allowDomains: ['example.com', '*.example.org'],
+      denyCidrs: ['0.0.0.0/0'],
+    });
+    expect(checkEgressPolicy(undefined)).toMatchObject({ policy: { allowOut: [], denyOut: [] }, allowDomains: [] });
+    expect(checkEgressPolicy({})).toMatchObject({ policy: { allowOut: [], denyOut: [] } });
   });
 
-  it('names domain entries as unsupported rather than invalid', () => {
-    expect(() => normaliseEgressPolicy({ allowOut: ['example.com'] })).toThrow(UnsupportedEgressRuleError);
-    expect(() => normaliseEgressPolicy({ allowOut: ['*.example.com'] })).toThrow(UnsupportedEgressRuleError);
-  });
-
-  it('rejects malformed entries and oversized policies', () => {
-    for (const bad of ['', '1.2.3', '1.2.3.4/33', '256.0.0.1', '1.2.3.4/-1', 'fe80::1', '1.2.3.4; drop']) {
-      expect(() => normaliseEgressPolicy({ denyOut: [bad] })).toThrow(InvalidEgressRuleError);
+  it('refuses entries that are not in normal form rather than reinterpreting them', () => {
+    for (const allowOut of [['198.51.100.7'], ['10.1.2.3/8'], ['Example.COM'], ['198.51.100.7/32', '198.51.100.7/32']]) {
+      expect(() => checkEgressPolicy({ allowOut })).toThrow(InvalidEgressPolicyError);
     }
-    const many = Array.from({ length: MAX_EGRESS_ENTRIES + 1 }, (_, i) => `10.0.${i >> 8}.${i & 255}`);
-    expect(() => normaliseEgressPolicy({ denyOut: many })).toThrow(InvalidEgressRuleError);
+  });
+
+  it('refuses invalid entries and oversized policies with the contract message', () => {
+    for (const bad of ['', '1.2.3', '1.2.3.4/33', '256.0.0.1', 'fe80::1', '1.2.3.4; drop', 'example.com']) {
+      expect(() => checkEgressPolicy({ denyOut: [bad] })).toThrow(InvalidEgressPolicyError);
+    }
+    expect(() => checkEgressPolicy({ allowOut: ['*'] })).toThrow(/matches every name/);
+    const many = Array.from({ length: MAX_EGRESS_RULES + 1 }, (_, i) => `10.0.${i >> 8}.${i & 255}/32`);
+    expect(() => checkEgressPolicy({ denyOut: many })).toThrow(InvalidEgressPolicyError);
   });
 });

@@ -1,62 +1,49 @@
-import { NetworkSlotError } from './network.errors';
-import { formatIpv4, parseIpv4 } from './slot-addressing';
+import {
+  EgressRuleError,
+  normaliseEgressPolicy,
+  splitEgressPolicy,
+  type EgressPolicy,
+} from '@kiln/contracts';
+import { InvalidEgressPolicyError } from './network.errors';
 
 /**
- * Per-sandbox egress rules, E2B style: destinations in `allowOut` are always reachable, those in `denyOut` are not,
- * everything else is. `allow_internet_access: false` is `denyOut: ['0.0.0.0/0']`. Entries are IPv4 addresses or
- * CIDR blocks. Platform isolation (other slots, the host, link-local) holds whatever the policy says.
+ * A sandbox's egress policy as the host enforces it: the contract's normalised `EgressPolicy` (the control plane
+ * normalised it; the host only checks) and its split into what nftables holds (address sets) and what the egress
+ * proxy holds (domain names).
  */
-export interface EgressPolicy {
-  allowOut?: readonly string[];
-  denyOut?: readonly string[];
+export interface AppliedEgressPolicy {
+  policy: EgressPolicy;
+  allowCidrs: string[];
+  allowDomains: string[];
+  denyCidrs: string[];
 }
 
-/** An entry that is not an IPv4 address or CIDR block, or too many entries. */
-export class InvalidEgressRuleError extends NetworkSlotError {}
+export const OPEN_EGRESS_POLICY: AppliedEgressPolicy = Object.freeze({
+  policy: Object.freeze({ allowOut: [], denyOut: [] }) as unknown as EgressPolicy,
+  allowCidrs: [],
+  allowDomains: [],
+  denyCidrs: [],
+}) as AppliedEgressPolicy;
 
-/** A domain-name entry: enforcing those needs a DNS/SNI-aware egress proxy, which the agent does not have yet. */
-export class UnsupportedEgressRuleError extends NetworkSlotError {}
-
-export const MAX_EGRESS_ENTRIES = 1_000;
-
-export interface NormalisedEgressPolicy {
-  allow: string[];
-  deny: string[];
-}
-
-export function normaliseEgressPolicy(policy: EgressPolicy): NormalisedEgressPolicy {
-  const allow = policy.allowOut ?? [];
-  const deny = policy.denyOut ?? [];
-  if (allow.length + deny.length > MAX_EGRESS_ENTRIES) {
-    throw new InvalidEgressRuleError(`at most ${MAX_EGRESS_ENTRIES} egress entries are allowed`);
-  }
-  return { allow: dedupe(allow.map((e) => normaliseEntry(e, 'allowOut'))), deny: dedupe(deny.map((e) => normaliseEntry(e, 'denyOut'))) };
-}
-
-function normaliseEntry(entry: string, field: string): string {
-  if (typeof entry !== 'string' || entry.length === 0 || entry.length > 253) {
-    throw new InvalidEgressRuleError(`${field}: ${JSON.stringify(entry)} is not an IPv4 address or CIDR block`);
-  }
-  const match = /^(\d{1,3}(?:\.\d{1,3}){3})(?:\/(\d{1,2}))?$/.exec(entry.trim());
-  if (!match) {
-    if (/^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$/.test(entry) && /[A-Za-z]/.test(entry)) {
-      throw new UnsupportedEgressRuleError(`${field}: domain names (${entry}) are not supported yet; use IP addresses or CIDR blocks`);
-    }
-    throw new InvalidEgressRuleError(`${field}: ${JSON.stringify(entry)} is not an IPv4 address or CIDR block`);
-  }
-  let address: number;
+/**
+ * Checks a policy received from the control plane. It must already be normalised (normalising is idempotent, so a
+ * normalised policy is its own normal form): the host never reinterprets rules, so what it reports back as applied
+ * is exactly what it was given. Throws InvalidEgressPolicyError otherwise.
+ */
+export function checkEgressPolicy(input: Partial<EgressPolicy> | undefined): AppliedEgressPolicy {
+  const given: EgressPolicy = { allowOut: [...(input?.allowOut ?? [])], denyOut: [...(input?.denyOut ?? [])] };
+  let normalised: EgressPolicy;
   try {
-    address = parseIpv4(match[1]);
-  } catch {
-    throw new InvalidEgressRuleError(`${field}: ${JSON.stringify(entry)} is not an IPv4 address or CIDR block`);
+    normalised = normaliseEgressPolicy(given);
+  } catch (error) {
+    if (error instanceof EgressRuleError) throw new InvalidEgressPolicyError(error.message);
+    throw error;
   }
-  const prefix = match[2] === undefined ? 32 : Number(match[2]);
-  if (prefix > 32) throw new InvalidEgressRuleError(`${field}: ${JSON.stringify(entry)} has a prefix longer than /32`);
-  // Host bits are cleared, as routers do: "10.1.2.3/8" means 10.0.0.0/8.
-  const size = 2 ** (32 - prefix);
-  return `${formatIpv4(Math.floor(address / size) * size)}/${prefix}`;
-}
-
-function dedupe(values: string[]): string[] {
-  return [...new Set(values)];
+  for (const field of ['allowOut', 'denyOut'] as const) {
+    if (normalised[field].length !== given[field].length || normalised[field].some((entry, i) => entry !== given[field][i])) {
+      const odd = given[field].find((entry) => !normalised[field].includes(entry)) ?? '(a duplicate entry)';
+      throw new InvalidEgressPolicyError(`network.${field}: ${JSON.stringify(odd)} is not in normal form (normaliseEgressPolicy)`);
+    }
+  }
+  return { policy: normalised, ...splitEgressPolicy(normalised) };
 }

@@ -1,10 +1,12 @@
 export * from './network.constants';
-export { InvalidEgressRuleError, MAX_EGRESS_ENTRIES, UnsupportedEgressRuleError } from './egress-policy';
-export type { EgressPolicy } from './egress-policy';
+export { checkEgressPolicy, OPEN_EGRESS_POLICY } from './egress-policy';
+export type { AppliedEgressPolicy } from './egress-policy';
 export * from './network.errors';
 export * from './network.module';
 export { NETWORK_OPTIONS, DEFAULT_NETWORK_OPTIONS, resolveNetworkOptions } from './network.options';
 export type { NetworkOptions, ResolvedNetworkOptions } from './network.options';
 export type { NetworkSlot } from './network-slot';
 export { NetworkSlotPool } from './network-slot-pool';
-export type { SlotPoolStats, SlotReconcileReport } from './network-slot-pool';
+export type { SlotClaim, SlotPoolStats, SlotReconcileReport } from './network-slot-pool';
+export { PlatformFloor, SPECIAL_PURPOSE_RANGES } from './platform-floor';
+export { PROXIED_PORTS } from './slot-rules';

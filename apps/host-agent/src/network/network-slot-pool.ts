@@ -1,7 +1,9 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
-import { normaliseEgressPolicy, type EgressPolicy } from './egress-policy';
+import { parseIpv4, type EgressPolicy } from '@kiln/contracts';
+import { checkEgressPolicy, OPEN_EGRESS_POLICY, type AppliedEgressPolicy } from './egress-policy';
 import { NETWORK_OPTIONS, type ResolvedNetworkOptions } from './network.options';
 import {
+  EgressProxyNotConfiguredError,
   SlotConflictError,
   SlotNotFoundError,
   SlotNotLeasedError,
@@ -9,7 +11,15 @@ import {
   SlotsExhaustedError,
 } from './network.errors';
 import type { NetworkSlot } from './network-slot';
+import type { PlatformFloor } from './platform-floor';
+import { slotAddresses } from './slot-addressing';
 import { SlotProvisioner } from './slot-provisioner';
+
+/** A slot a live sandbox holds across an agent restart, with the egress policy to re-apply to it. */
+export interface SlotClaim {
+  index: number;
+  egress?: EgressPolicy;
+}
 
 export interface SlotReconcileReport {
   /** In-use indexes whose slot was found intact and is now leased to its sandbox again. */
@@ -43,6 +53,11 @@ export class NetworkSlotPool implements OnApplicationShutdown {
   private state: PoolState = 'uninitialized';
   private readonly free: NetworkSlot[] = [];
   private readonly leased = new Map<number, NetworkSlot>();
+  /** The egress policy in force on each leased slot (absent: none, everything above the floor is allowed). */
+  private readonly policies = new Map<number, AppliedEgressPolicy>();
+  /** A number per lease, so work begun for one lease of a slot never records its outcome on a later lease. */
+  private readonly leaseIds = new Map<number, number>();
+  private lastLeaseId = 0;
   /** Indexes whose slot is being created, reset or destroyed, with the work's completion. */
   private readonly preparing = new Map<number, Promise<unknown>>();
   private refilling = false;
@@ -57,27 +72,42 @@ export class NetworkSlotPool implements OnApplicationShutdown {
   ) {}
 
   /**
-   * Call once at agent start. `inUse` are the slot indexes recorded in the state of sandboxes that are still alive:
-   * those slots are adopted as they are (their VMs keep running); every other slot with our name prefix is removed.
-   * Then the free pool starts filling in the background.
+   * Call once at agent start. `inUse` are the slots recorded in the state of sandboxes that are still alive (an
+   * index, or an index with the sandbox's egress policy): those slots are adopted with their VMs running and their
+   * rules re-applied with that policy; every other slot with our name prefix is removed. Then the free pool starts
+   * filling in the background.
    */
-  async init(inUse: readonly number[] = []): Promise<SlotReconcileReport> {
+  async init(inUse: readonly (number | SlotClaim)[] = []): Promise<SlotReconcileReport> {
     if (this.state !== 'uninitialized') throw new SlotPoolNotReadyError(this.state);
     this.state = 'initializing';
     try {
-      await this.provisioner.assertPoolUnused();
-      await this.provisioner.ensureHost();
-      const existing = await this.provisioner.listExisting();
       const report: SlotReconcileReport = { adopted: [], lost: [], destroyed: [] };
-      const claimed = new Set(inUse);
-      for (const index of claimed) {
+      const claims = new Map<number, AppliedEgressPolicy>();
+      for (const claim of inUse) {
+        const { index, egress } = typeof claim === 'number' ? { index: claim, egress: undefined } : claim;
         try {
-          this.leased.set(index, await this.checkAdoptable(index));
+          claims.set(index, egress ? this.checkPolicy(egress) : OPEN_EGRESS_POLICY);
+        } catch (err) {
+          report.lost.push({ index, reason: `its egress policy cannot be applied: ${err instanceof Error ? err.message : String(err)}` });
+        }
+      }
+      await this.provisioner.assertPoolUnused();
+      await this.provisioner.ensureHost(
+        [...claims].flatMap(([index, policy]) =>
+          policy.allowDomains.length > 0 && index < this.options.pool.capacity ? [slotAddresses(this.options.pool, index).hostAddress] : [],
+        ),
+      );
+      const existing = await this.provisioner.listExisting();
+      for (const [index, policy] of claims) {
+        try {
+          this.lease(index, await this.checkAdoptable(index, policy));
+          this.policies.set(index, policy);
           report.adopted.push(index);
         } catch (err) {
           report.lost.push({ index, reason: err instanceof Error ? err.message : String(err) });
         }
       }
+      report.lost.sort((a, b) => a.index - b.index);
       const leftovers = [...new Set([...existing.namespaces, ...existing.hostVeths])].filter((i) => !this.leased.has(i));
       await this.provisioner.destroy(leftovers);
       report.destroyed = leftovers.sort((a, b) => a - b);
@@ -89,6 +119,8 @@ export class NetworkSlotPool implements OnApplicationShutdown {
       return report;
     } catch (err) {
       this.leased.clear();
+      this.policies.clear();
+      this.leaseIds.clear();
       this.state = 'uninitialized';
       throw err;
     }
@@ -100,7 +132,7 @@ export class NetworkSlotPool implements OnApplicationShutdown {
       this.assertReady();
       const slot = this.free.pop();
       if (slot) {
-        this.leased.set(slot.index, slot);
+        this.lease(slot.index, slot);
         this.scheduleRefill();
         return slot;
       }
@@ -109,7 +141,7 @@ export class NetworkSlotPool implements OnApplicationShutdown {
         const created = await this.prepare(
           index,
           () => this.provisioner.create(index),
-          (slot) => this.state === 'ready' && this.leased.set(index, slot),
+          (slot) => this.state === 'ready' && this.lease(index, slot),
         );
         // destroyAll waits for in-flight creations and then removes whatever exists, this slot included.
         this.assertReady();
@@ -130,6 +162,8 @@ export class NetworkSlotPool implements OnApplicationShutdown {
     const leased = this.leased.get(slot.index);
     if (!leased) throw new SlotNotLeasedError(slot.index);
     this.leased.delete(slot.index);
+    this.policies.delete(slot.index);
+    this.leaseIds.delete(slot.index);
     // While destroyAll runs it removes every slot that exists; resetting this one would only race with it.
     if (this.state !== 'ready') return;
     const keep = this.free.length + this.preparing.size < this.options.prefill + this.options.maxIdle;
@@ -152,29 +186,72 @@ export class NetworkSlotPool implements OnApplicationShutdown {
   }
 
   /**
-   * Replaces the egress rules of a leased slot (create-time policy or a live update). New connections follow the
-   * new rules at once; connections already established keep going until they close. Release clears the policy.
+   * Replaces the egress rules of a leased slot (create-time policy or a live update) and returns them as applied.
+   * New connections follow the new rules at once; connections already established keep going until they close.
+   * Release clears the policy. Throws InvalidEgressPolicyError for a policy that is not a normalised EgressPolicy,
+   * EgressProxyNotConfiguredError for domain rules without an egress proxy.
    */
-  async setEgressPolicy(slot: Pick<NetworkSlot, 'index'>, policy: EgressPolicy): Promise<void> {
-    const normalised = normaliseEgressPolicy(policy);
+  async setEgressPolicy(slot: Pick<NetworkSlot, 'index'>, policy: Partial<EgressPolicy>): Promise<AppliedEgressPolicy> {
+    const applied = this.checkPolicy(policy);
     const leased = this.leased.get(slot.index);
     if (!leased) throw new SlotNotLeasedError(slot.index);
-    await this.provisioner.applyEgressPolicy(leased, normalised);
+    const leaseId = this.leaseIds.get(slot.index);
+    await this.provisioner.applyEgressPolicy(leased, applied);
+    // Recorded after the rules: the egress proxy reads it per connection, and a redirected connection that arrives
+    // in between is judged by the previous policy, which is what was in force when it was made.
+    if (this.leaseIds.get(slot.index) !== leaseId) throw new SlotNotLeasedError(slot.index);
+    this.policies.set(slot.index, applied);
+    return applied;
+  }
+
+  /** Validates a policy for this pool without applying it (callers check before they commit resources). */
+  checkPolicy(policy: Partial<EgressPolicy>): AppliedEgressPolicy {
+    const applied = checkEgressPolicy(policy);
+    if (applied.allowDomains.length > 0 && this.options.egressProxyPort === 0) throw new EgressProxyNotConfiguredError();
+    return applied;
+  }
+
+  /** The policy in force on a leased slot; undefined when the slot is not leased. */
+  egressPolicyOf(index: number): AppliedEgressPolicy | undefined {
+    return this.leased.has(index) ? (this.policies.get(index) ?? OPEN_EGRESS_POLICY) : undefined;
+  }
+
+  /**
+   * The leased slot whose traffic leaves the slot namespace from `address` (its hostAddress, after the slot's
+   * SNAT), with its policy: how the egress proxy tells which sandbox a redirected connection belongs to.
+   */
+  leasedSlotByAddress(address: string): { slot: NetworkSlot; hostSideIp: string; policy: AppliedEgressPolicy } | undefined {
+    const value = parseIpv4(address);
+    const offset = value === undefined ? -1 : value - this.options.pool.network;
+    if (offset < 0 || offset % 2 !== 1) return undefined;
+    const index = (offset - 1) / 2;
+    const slot = this.leased.get(index);
+    if (!slot || slot.hostAddress !== address) return undefined;
+    return { slot, hostSideIp: slotAddresses(this.options.pool, index).hostSideIp, policy: this.policies.get(index) ?? OPEN_EGRESS_POLICY };
+  }
+
+  /** The platform floor every slot enforces (available once init has set up the host). */
+  platformFloor(): PlatformFloor {
+    return this.provisioner.platformFloor();
   }
 
   /**
    * Marks an existing slot as held by a sandbox discovered after init (init already adopts the indexes passed to
-   * it). The slot's namespace, veth and tap must be intact; a missing rule table is re-applied.
+   * it). The slot's namespace, veth and tap must be intact; its rules are re-applied with `egress`.
    */
-  async adopt(index: number): Promise<NetworkSlot> {
+  async adopt(index: number, egress?: EgressPolicy): Promise<NetworkSlot> {
     this.assertReady();
     const leased = this.leased.get(index);
     if (leased) return leased;
     if (this.free.some((s) => s.index === index) || this.preparing.has(index)) throw new SlotConflictError(index);
-    const slot = await this.checkAdoptable(index);
+    const policy = egress ? this.checkPolicy(egress) : OPEN_EGRESS_POLICY;
+    // The host redirects the slot's web traffic before the slot's rules start accepting it for the proxy.
+    if (policy.allowDomains.length > 0) await this.provisioner.setProxied(this.provisioner.describe(index), true);
+    const slot = await this.checkAdoptable(index, policy);
     this.assertReady();
     if (this.leased.has(index) || this.preparing.has(index)) throw new SlotConflictError(index);
-    this.leased.set(index, slot);
+    this.lease(index, slot);
+    this.policies.set(index, policy);
     return slot;
   }
 
@@ -204,6 +281,8 @@ export class NetworkSlotPool implements OnApplicationShutdown {
       // actually exists on the host.
       this.free.length = 0;
       this.leased.clear();
+      this.policies.clear();
+      this.leaseIds.clear();
       this.state = 'uninitialized';
       this.notifyChange();
     }
@@ -235,12 +314,17 @@ export class NetworkSlotPool implements OnApplicationShutdown {
     this.notifyChange();
   }
 
-  private async checkAdoptable(index: number) {
+  private async checkAdoptable(index: number, policy: AppliedEgressPolicy) {
     const slot = this.provisioner.describe(index);
     const { problems } = await this.provisioner.inspect(index).catch((err: unknown) => ({ problems: [String(err)] }));
     if (problems.length > 0) throw new SlotNotFoundError(index, problems.join('; '));
-    await this.provisioner.repairRules(index);
+    await this.provisioner.applySlotRules(index, policy);
     return slot;
+  }
+
+  private lease(index: number, slot: NetworkSlot): void {
+    this.leased.set(index, slot);
+    this.leaseIds.set(index, ++this.lastLeaseId);
   }
 
   private assertReady(): void {

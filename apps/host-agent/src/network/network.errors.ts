@@ -46,3 +46,13 @@ export class SlotConflictError extends NetworkSlotError {
     super(`network slot ${index} is a free pooled slot, not one held by a sandbox`);
   }
 }
+
+/** An egress policy that is not a normalised EgressPolicy (bad entry, too many, not in normal form). */
+export class InvalidEgressPolicyError extends NetworkSlotError {}
+
+/** Domain rules on a pool with no egress proxy to enforce them (no proxy port configured). */
+export class EgressProxyNotConfiguredError extends NetworkSlotError {
+  constructor() {
+    super('domain rules in allowOut need the egress proxy, which this pool was not configured with');
+  }
+}

@@ -1,4 +1,6 @@
 import { NetworkConfigError } from './network.errors';
+import { isIP, isIPv4 } from 'node:net';
+import { parseIpv4Block } from './platform-floor';
 import { parseSlotPool, type SlotPool } from './slot-addressing';
 
 export const NETWORK_OPTIONS = Symbol('NETWORK_OPTIONS');
@@ -26,6 +28,18 @@ export interface NetworkOptions {
   commandTimeoutMs: number;
   /** Set net.ipv4.ip_forward=1 on the host at init (egress NAT needs it). */
   enableHostForwarding: boolean;
+  /**
+   * The platform's DNS resolvers (KILN_GUEST_NAMESERVERS): guests may send port 53 to these and to nothing else,
+   * whatever their egress policy and even when they sit in a floor range. IPv6 entries are ignored (slots are IPv4).
+   */
+  dnsResolvers: readonly string[];
+  /** IPv4 CIDRs the operator takes out of the platform floor (KILN_EGRESS_OPEN_RANGES); the slot pool stays closed. */
+  openRanges: readonly string[];
+  /**
+   * Host port of the egress proxy that enforces domain rules (TCP 80/443 of sandboxes with domain rules is
+   * redirected there). 0: no proxy, and policies with domain rules are refused.
+   */
+  egressProxyPort: number;
 }
 
 export const DEFAULT_NETWORK_OPTIONS: NetworkOptions = {
@@ -36,6 +50,9 @@ export const DEFAULT_NETWORK_OPTIONS: NetworkOptions = {
   maxIdle: 32,
   commandTimeoutMs: 10_000,
   enableHostForwarding: true,
+  dnsResolvers: [],
+  openRanges: [],
+  egressProxyPort: 0,
 };
 
 export interface ResolvedNetworkOptions extends NetworkOptions {
@@ -66,7 +83,13 @@ export function resolveNetworkOptions(partial: Partial<NetworkOptions> = {}): Re
   if (options.prefill > options.maxSlots) {
     throw new NetworkConfigError(`prefill ${options.prefill} exceeds maxSlots ${options.maxSlots}`);
   }
-  return { ...options, pool };
+  const badResolver = options.dnsResolvers.find((r) => isIP(r) === 0);
+  if (badResolver !== undefined) throw new NetworkConfigError(`dnsResolvers: ${JSON.stringify(badResolver)} is not an IP address`);
+  const openRanges = options.openRanges.map((r) => parseIpv4Block(r).cidr);
+  if (!Number.isInteger(options.egressProxyPort) || options.egressProxyPort < 0 || options.egressProxyPort > 65535) {
+    throw new NetworkConfigError(`egressProxyPort must be 0 (none) or a port number, got ${options.egressProxyPort}`);
+  }
+  return { ...options, openRanges, dnsResolvers: options.dnsResolvers.filter((r) => isIPv4(r)), pool };
 }
 
 function stripUndefined<T extends object>(value: T): Partial<T> {

@@ -11,12 +11,20 @@ import {
   TAP_MAC,
   TAP_NAME,
 } from './network.constants';
-import { NetworkConfigError } from './network.errors';
+import { NetworkConfigError, SlotPoolNotReadyError } from './network.errors';
 import { NETWORK_OPTIONS, type ResolvedNetworkOptions } from './network.options';
 import type { NetworkSlot } from './network-slot';
 import { cidrsOverlap, parseIpv4, SLOT_LINK_PREFIX, slotAddresses } from './slot-addressing';
-import type { NormalisedEgressPolicy } from './egress-policy';
-import { egressPolicyRuleset, hostRuleset, removeHostRuleset, slotRuleset } from './slot-rules';
+import type { AppliedEgressPolicy } from './egress-policy';
+import { PlatformFloor, subnetOf } from './platform-floor';
+import {
+  egressPolicyRuleset,
+  hostRuleset,
+  proxiedSlotRuleset,
+  removeHostRuleset,
+  slotRuleset,
+  type SlotEgressFloor,
+} from './slot-rules';
 
 export interface ExistingSlotObjects {
   /** Indexes with a `<prefix>-slot-<n>` namespace. */
@@ -58,6 +66,8 @@ const SYS_CLASS_NET = '/sys/class/net';
 export class SlotProvisioner {
   private readonly logger = new Logger(SlotProvisioner.name);
   private conntrackAvailable: Promise<boolean> | undefined;
+  /** Read once, by ensureHost at agent start: the host's networks are part of it. */
+  private floor: PlatformFloor | undefined;
 
   constructor(@Inject(NETWORK_OPTIONS) private readonly options: ResolvedNetworkOptions) {}
 
@@ -113,12 +123,47 @@ export class SlotProvisioner {
     }
   }
 
-  /** Host-wide setup shared by all slots; idempotent. */
-  async ensureHost(): Promise<void> {
+  /**
+   * Host-wide setup shared by all slots; idempotent. Reads the host's own networks into the platform floor (once:
+   * networks that appear later are not in it). `proxiedSlotAddresses` are the slots, adopted from a previous agent,
+   * whose web traffic goes to the egress proxy: the re-created table holds them from its first moment.
+   */
+  async ensureHost(proxiedSlotAddresses: readonly string[] = []): Promise<void> {
+    this.floor ??= new PlatformFloor({
+      slotPool: this.options.pool.cidr,
+      hostNetworks: await this.hostNetworks(),
+      openRanges: this.options.openRanges,
+    });
     if (this.options.enableHostForwarding) {
       await writeFile('/proc/sys/net/ipv4/ip_forward', '1\n');
     }
-    await this.nft(null, hostRuleset(this.options.namePrefix, this.options.pool));
+    await this.nft(
+      null,
+      hostRuleset(this.options.namePrefix, this.options.pool, {
+        egressProxyPort: this.options.egressProxyPort,
+        proxiedSlotAddresses,
+      }),
+    );
+  }
+
+  /** What no sandbox reaches; available once ensureHost ran. */
+  platformFloor(): PlatformFloor {
+    if (!this.floor) throw new SlotPoolNotReadyError('host not set up');
+    return this.floor;
+  }
+
+  /** IPv4 subnets of the host's interfaces, but for this pool's own veths (the slot pool is in the floor anyway). */
+  private async hostNetworks(): Promise<string[]> {
+    const ours = new RegExp(`^${this.options.namePrefix}-v\\d+$`);
+    const addrs = JSON.parse((await this.ip(['-j', '-4', 'addr', 'show'])).stdout || '[]') as IpAddrInfo[];
+    const subnets = addrs
+      .filter((link) => !ours.test(link.ifname))
+      .flatMap((link) => (link.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => subnetOf(a.local, a.prefixlen)));
+    return [...new Set(subnets)];
+  }
+
+  private egressFloor(): SlotEgressFloor {
+    return { floor: this.platformFloor(), dnsResolvers: this.options.dnsResolvers };
   }
 
   async removeHost(): Promise<void> {
@@ -171,7 +216,7 @@ export class SlotProvisioner {
         'net.ipv6.conf.all.disable_ipv6=1',
         'net.ipv6.conf.default.disable_ipv6=1',
       ]);
-      await this.nft(slot.netnsName, slotRuleset({ hostSideIp, hostAddress }, this.options.pool));
+      await this.nft(slot.netnsName, slotRuleset({ hostSideIp, hostAddress }, this.options.pool, this.egressFloor()));
       return slot;
     } catch (err) {
       await this.destroy([index]).catch((cleanupErr: unknown) =>
@@ -190,7 +235,8 @@ export class SlotProvisioner {
     const { hostSideIp, hostAddress } = slotAddresses(this.options.pool, slot.index);
     const tapState = await this.tapState(slot.netnsName);
     await this.ipBatch(slot.netnsName, [`neigh flush dev ${SLOT_UPLINK_NAME}`, ...tapSetupCommands(tapState)]);
-    await this.nft(slot.netnsName, slotRuleset({ hostSideIp, hostAddress }, this.options.pool));
+    await this.nft(slot.netnsName, slotRuleset({ hostSideIp, hostAddress }, this.options.pool, this.egressFloor()));
+    await this.setProxied({ hostAddress }, false);
     if (await this.hasConntrack()) {
       // Conntrack tables are per namespace, so flushing the slot's namespace touches no other slot; on the host only
       // flows from or to this slot's address are deleted. Exit code 1 means "no matching entries".
@@ -200,9 +246,21 @@ export class SlotProvisioner {
     }
   }
 
-  /** Replaces the slot's per-sandbox egress sets (atomically; an empty policy allows everything). */
-  async applyEgressPolicy(slot: NetworkSlot, policy: NormalisedEgressPolicy): Promise<void> {
-    await this.nft(slot.netnsName, egressPolicyRuleset(policy.allow, policy.deny));
+  /**
+   * Replaces the slot's per-sandbox policy (an empty policy allows everything above the floor). The slot's rules
+   * change atomically; the host's redirect of its web traffic to the egress proxy changes in a second transaction,
+   * ordered so that the slot never accepts web traffic for the proxy while the host would not redirect it.
+   */
+  async applyEgressPolicy(slot: NetworkSlot, policy: AppliedEgressPolicy): Promise<void> {
+    const proxied = policy.allowDomains.length > 0;
+    if (proxied) await this.setProxied(slot, true);
+    await this.nft(slot.netnsName, egressPolicyRuleset(policy));
+    if (!proxied) await this.setProxied(slot, false);
+  }
+
+  /** Puts the slot in (or takes it out of) the host's set of slots whose web traffic goes to the egress proxy. */
+  async setProxied(slot: Pick<NetworkSlot, 'hostAddress'>, proxied: boolean): Promise<void> {
+    await this.nft(null, proxiedSlotRuleset(this.options.namePrefix, slot.hostAddress, proxied));
   }
 
   /** Checks an existing slot without changing it; used before adopting a slot a live sandbox claims. */
@@ -221,16 +279,19 @@ export class SlotProvisioner {
     return { problems };
   }
 
-  /** Re-applies the slot's rule table if it went missing; leaves the tap (a VM may be attached) alone. */
-  async repairRules(index: number): Promise<void> {
+  /**
+   * Re-applies an adopted slot's rule table with its sandbox's policy, in one transaction (the sets are never seen
+   * empty), so a restarted agent's floor (host networks, open ranges, resolvers) holds for old slots too. Leaves the
+   * tap (a VM is attached) alone; established flows keep their NAT bindings across the table's replacement.
+   */
+  async applySlotRules(index: number, policy: AppliedEgressPolicy): Promise<void> {
     const slot = this.describe(index);
     const listed = await this.inNetns(slot.netnsName, 'nft', ['list', 'table', 'inet', SLOT_NFT_TABLE], {
       acceptExitCodes: [1],
     });
-    if (listed.exitCode !== 0) {
-      this.logger.warn(`slot ${index}: rule table missing, re-applying`);
-      await this.nft(slot.netnsName, slotRuleset(slotAddresses(this.options.pool, index), this.options.pool));
-    }
+    if (listed.exitCode !== 0) this.logger.warn(`slot ${index}: rule table missing, re-applying`);
+    const addresses = slotAddresses(this.options.pool, index);
+    await this.nft(slot.netnsName, slotRuleset(addresses, this.options.pool, this.egressFloor(), policy));
   }
 
   /**

@@ -4,31 +4,45 @@ import { hostname } from 'node:os';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Inject, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
-import { ErrorCode, KilnError } from '@kiln/contracts';
+import { ErrorCode, KilnError, type EgressPolicy } from '@kiln/contracts';
 import { GUEST_ENTROPY_SEED_BYTES } from '@kiln/contracts/guest-init';
 import { HostAgentEnv, describeError, ipListEntries } from '@kiln/config';
 import { SandboxEventStream, SandboxLifecycleKind } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { ClonePool, type RestoredClone } from '../clone-pool';
-import { NetworkSlot, NetworkSlotPool, SlotsExhaustedError } from '../network';
+import {
+  EgressProxyNotConfiguredError,
+  InvalidEgressPolicyError,
+  NetworkSlot,
+  NetworkSlotPool,
+  SlotsExhaustedError,
+  type AppliedEgressPolicy,
+} from '../network';
 import { RootfsLayer, RootfsLayers } from '../rootfs';
 import { SnapshotError, TemplateSnapshot, TemplateSnapshots } from '../snapshot';
 import { InvalidTemplateIdError, TemplateNotFoundError, TemplateStore } from '../template';
 import { VMM_DRIVER, VmExit, VmHandle, VmmDriver } from '../vmm';
 import { initGuestAgent } from '../guest-agent-client';
 import { HostCapacity, hostCapacityFrom } from './host-capacity';
+import { RecordSealer } from './record-sealer';
 import { SandboxRecord, SandboxRecordStore } from './sandbox-record';
 
 export interface CreateSandboxInput {
   sandboxId: string;
   templateId: string;
-  buildId?: string;
+  /** The exact build to restore; the host never picks one itself. */
+  buildId: string;
   teamId: string;
+  /** When given (non-zero), must equal the build snapshot's: a restore has exactly the snapshot's shape. */
   vcpus?: number;
   memoryMib?: number;
   envVars: Record<string, string>;
   metadata: Record<string, string>;
   envdAccessToken?: string;
+  /** Normalised egress rules (normaliseEgressPolicy), applied before the guest runs; none: everything allowed. */
+  egress?: EgressPolicy;
+  /** Kept in the record and reported back; the control plane enforces it. */
+  timeoutSeconds?: number;
 }
 
 export type LiveSandboxState = 'starting' | 'running' | 'stopping';
@@ -44,6 +58,8 @@ export interface LiveSandbox {
   startAbort?: AbortController;
   /** While starting: settles when the create has finished, either way. */
   started?: Promise<unknown>;
+  /** The last egress-policy update, so updates of one sandbox apply in the order they came. */
+  networkUpdate?: Promise<unknown>;
   /**
    * Keep-alive connections to this sandbox's guest. Per sandbox, because slots are reused:
    * a pooled socket to a dead guest at the same address must never serve the next one.
@@ -95,7 +111,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     private readonly events: SandboxEventStream,
     metrics: MetricsRegistry,
   ) {
-    this.records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'));
+    this.records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'), new RecordSealer(env.KILN_HOST_STATE_KEY ?? env.HOST_REGISTRATION_TOKEN));
     this.capacity = hostCapacityFrom(env);
     this.nameservers = ipListEntries(env.KILN_GUEST_NAMESERVERS);
     this.createSeconds = metrics.histogram(
@@ -111,11 +127,12 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   async onModuleInit(): Promise<void> {
     const found = await this.records.scan();
     const adopted: Array<{ record: SandboxRecord; vm: VmHandle }> = [];
-    for (const { sandboxId, record } of found) {
+    for (const { sandboxId, record, tokenUnreadable } of found) {
       if (!record) {
         await this.records.remove(sandboxId);
         continue;
       }
+      if (tokenUnreadable) this.logger.warn(`sandbox ${sandboxId}: its envd token is unreadable (${tokenUnreadable}); only /health reaches it`);
       try {
         adopted.push({ record, vm: await this.vmm.adopt(record.vmStateDir) });
       } catch (error) {
@@ -127,7 +144,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     }
     // Clones still in the pool when the agent stopped (or half-made) go before their slots are reclaimed.
     await this.clones.reconcile(new Set(adopted.flatMap((a) => (a.record.cloneDir ? [a.record.cloneDir] : []))));
-    const report = await this.slots.init(adopted.map((a) => a.record.slotIndex));
+    // Each slot is adopted with its sandbox's policy, re-applied in the same transaction as the slot's rules.
+    const report = await this.slots.init(adopted.map((a) => ({ index: a.record.slotIndex, egress: a.record.egress })));
     const lostSlots = new Set(report.lost.map((l) => l.index));
     for (const { record, vm } of adopted) {
       if (lostSlots.has(record.slotIndex)) {
@@ -139,7 +157,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
         this.publish('crashed', record, 'network slot lost across a host agent restart');
         continue;
       }
-      const slot = await this.slots.adopt(record.slotIndex);
+      const slot = await this.slots.adopt(record.slotIndex, record.egress);
       const live: LiveSandbox = { record, state: 'running', slot, vm, stopping: false, guestConnections: guestConnectionPool() };
       this.sandboxes.set(record.sandboxId, live);
       this.watchExit(live, vm);
@@ -188,12 +206,14 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   async create(input: CreateSandboxInput): Promise<LiveSandbox> {
     if (!SANDBOX_ID.test(input.sandboxId)) throw new KilnError(ErrorCode.InvalidArgument, 'sandbox_id must be 1-64 lowercase letters, digits or dashes');
     if (!input.templateId) throw new KilnError(ErrorCode.InvalidArgument, 'template_id is required');
+    if (!input.buildId) throw new KilnError(ErrorCode.InvalidArgument, 'build_id is required');
     if (this.sandboxes.has(input.sandboxId)) throw new KilnError(ErrorCode.AlreadyExists, `sandbox ${input.sandboxId} already exists on this host`);
+    const egress = this.checkEgress(input.egress);
 
     const t0 = performance.now();
     let snapshot: TemplateSnapshot;
     try {
-      snapshot = await this.snapshots.ensure(input.templateId, input.buildId || undefined);
+      snapshot = await this.snapshots.ensure(input.templateId, input.buildId);
     } catch (error) {
       if (error instanceof TemplateNotFoundError || error instanceof InvalidTemplateIdError) {
         throw new KilnError(ErrorCode.FailedPrecondition, error.message);
@@ -203,6 +223,13 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     }
     // A sandbox restored from a memory snapshot has exactly the snapshot's shape.
     const { vcpus, memoryMib } = snapshot.manifest;
+    if ((input.vcpus && input.vcpus !== vcpus) || (input.memoryMib && input.memoryMib !== memoryMib)) {
+      throw new KilnError(
+        ErrorCode.FailedPrecondition,
+        `template ${input.templateId} build ${input.buildId} restores with ${vcpus} vCPUs and ${memoryMib} MiB; ` +
+          `${input.vcpus || vcpus} vCPUs and ${input.memoryMib || memoryMib} MiB were requested`,
+      );
+    }
     // Checked again: another create of the same id may have passed the first check while the snapshot loaded.
     if (this.sandboxes.has(input.sandboxId)) throw new KilnError(ErrorCode.AlreadyExists, `sandbox ${input.sandboxId} already exists on this host`);
     this.reserveCapacity(input.sandboxId, vcpus, memoryMib);
@@ -216,7 +243,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       startAbort: new AbortController(),
     };
     this.sandboxes.set(input.sandboxId, live);
-    const starting = this.start(live, snapshot, input, t0);
+    const starting = this.start(live, snapshot, input, egress, t0);
     live.started = starting.catch(() => undefined);
     // The refill waits for this create: its restore would compete with the guest's /init for CPU.
     void live.started.then(() => this.clones.keepWarm(snapshot));
@@ -228,7 +255,13 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
    * settings. The create owns every resource until the sandbox runs; on any failure (including a destroy or the
    * VM's exit while starting) it removes them all before it throws.
    */
-  private async start(live: LiveSandbox, snapshot: TemplateSnapshot, input: CreateSandboxInput, t0: number): Promise<LiveSandbox> {
+  private async start(
+    live: LiveSandbox,
+    snapshot: TemplateSnapshot,
+    input: CreateSandboxInput,
+    egress: AppliedEgressPolicy,
+    t0: number,
+  ): Promise<LiveSandbox> {
     const { sandboxId } = input;
     const abort = live.startAbort!.signal;
     let clone: RestoredClone | undefined;
@@ -256,6 +289,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
         serialLogPath: clone.serialLogPath,
         cloneDir: clone.dir,
         createdAt: new Date().toISOString(),
+        egress: egress.policy,
+        timeoutSeconds: input.timeoutSeconds || undefined,
       };
       // From here the clone belongs to this sandbox: a restarted agent finds it through the record.
       await this.records.save(record);
@@ -263,6 +298,10 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       live.slot = clone.slot;
       live.vm = clone.vm;
       this.watchExit(live, clone.vm);
+      const tRecorded = performance.now();
+      // The guest never runs unfiltered: its rules are in place before the VM resumes.
+      await this.slots.setEgressPolicy(clone.slot, egress.policy);
+      abort.throwIfAborted();
       const t3 = performance.now();
       await clone.vm.resume();
       const t4 = performance.now();
@@ -286,7 +325,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       this.liveGauge.set(this.sandboxes.size);
       const observe = (phase: string, ms: number) => this.createSeconds.observe({ phase, clone: source }, ms / 1000);
       observe('clone', t2 - t1);
-      observe('record', t3 - t2);
+      observe('record', tRecorded - t2);
+      observe('egress', t3 - tRecorded);
       observe('resume', t4 - t3);
       observe('guest-init', t5 - t4);
       observe('total', t5 - t0);
@@ -307,6 +347,44 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       if (error instanceof SlotsExhaustedError) throw new KilnError(ErrorCode.ResourceExhausted, 'no free network slot on this host');
       if (error instanceof KilnError) throw error;
       throw new KilnError(ErrorCode.Unavailable, `sandbox ${sandboxId} failed to start: ${describeError(error)}`);
+    }
+  }
+
+  /**
+   * Replaces a running sandbox's egress rules (E2B's network update): persisted first, so a restarted agent
+   * re-applies what the control plane was last told, then applied. New connections follow at once.
+   */
+  async updateNetwork(sandboxId: string, policy: EgressPolicy): Promise<LiveSandbox> {
+    const live = this.sandboxes.get(sandboxId);
+    if (!live) throw KilnError.notFound(`sandbox ${sandboxId}`);
+    const egress = this.checkEgress(policy);
+    const update = (live.networkUpdate ?? Promise.resolve()).catch(() => undefined).then(async () => {
+      if (live.state !== 'running' || this.sandboxes.get(sandboxId) !== live) {
+        throw new KilnError(ErrorCode.FailedPrecondition, `sandbox ${sandboxId} is ${live.state}; only a running sandbox's network can change`);
+      }
+      const record: SandboxRecord = { ...live.record, egress: egress.policy };
+      await this.records.save(record);
+      live.record = record;
+      try {
+        await this.slots.setEgressPolicy(live.slot, egress.policy);
+      } catch (error) {
+        if (live.state !== 'running') throw KilnError.notFound(`sandbox ${sandboxId}`);
+        throw new KilnError(ErrorCode.Unavailable, `egress rules of ${sandboxId} not applied: ${describeError(error)}`);
+      }
+      return live;
+    });
+    live.networkUpdate = update;
+    return update;
+  }
+
+  /** A policy this host can enforce, or the KilnError saying why not (the control plane's fault or this host's). */
+  private checkEgress(policy: EgressPolicy | undefined): AppliedEgressPolicy {
+    try {
+      return this.slots.checkPolicy(policy ?? { allowOut: [], denyOut: [] });
+    } catch (error) {
+      if (error instanceof InvalidEgressPolicyError) throw new KilnError(ErrorCode.InvalidArgument, error.message);
+      if (error instanceof EgressProxyNotConfiguredError) throw new KilnError(ErrorCode.FailedPrecondition, error.message);
+      throw error;
     }
   }
 

@@ -1,5 +1,7 @@
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { EgressPolicy } from '@kiln/contracts';
+import { RecordSealer } from './record-sealer';
 
 /**
  * What the agent must remember about a sandbox to adopt it after a restart or
@@ -25,10 +27,23 @@ export interface SandboxRecord {
    */
   cloneDir?: string;
   createdAt: string;
+  /**
+   * The egress policy in force (normalised, as the control plane sent it), re-applied to the slot when a restarted
+   * agent adopts the sandbox. Absent in records from before egress policies: no policy.
+   */
+  egress?: EgressPolicy;
+  /** The lifetime the control plane enforces, as it gave it at create (reported back, not enforced here). */
+  timeoutSeconds?: number;
 }
 
+/** The record as written to disk: the envd token only sealed (RecordSealer), never in plaintext. */
+type StoredSandboxRecord = Omit<SandboxRecord, 'envdAccessToken'> & { envdAccessTokenSealed?: string };
+
 export class SandboxRecordStore {
-  constructor(private readonly root: string) {}
+  constructor(
+    private readonly root: string,
+    private readonly sealer: RecordSealer,
+  ) {}
 
   dirOf(sandboxId: string): string {
     return join(this.root, sandboxId);
@@ -43,7 +58,9 @@ export class SandboxRecordStore {
   /** Atomic replace, so a crash mid-write never leaves a half record. */
   async save(record: SandboxRecord): Promise<void> {
     const path = join(this.dirOf(record.sandboxId), 'sandbox.json');
-    await writeFile(`${path}.tmp`, JSON.stringify(record, null, 2));
+    const { envdAccessToken, ...rest } = record;
+    const stored: StoredSandboxRecord = envdAccessToken ? { ...rest, envdAccessTokenSealed: this.sealer.seal(record.sandboxId, envdAccessToken) } : rest;
+    await writeFile(`${path}.tmp`, JSON.stringify(stored, null, 2), { mode: 0o600 });
     await rename(`${path}.tmp`, path);
   }
 
@@ -51,8 +68,11 @@ export class SandboxRecordStore {
     await rm(this.dirOf(sandboxId), { recursive: true, force: true });
   }
 
-  /** Every sandbox directory, with its record when one could be read. */
-  async scan(): Promise<Array<{ sandboxId: string; record?: SandboxRecord }>> {
+  /**
+   * Every sandbox directory, with its record when one could be read. A token that does not open (the host state key
+   * changed) leaves the record without one: the traffic proxy then refuses everything but /health for it.
+   */
+  async scan(): Promise<Array<{ sandboxId: string; record?: SandboxRecord; tokenUnreadable?: string }>> {
     await mkdir(this.root, { recursive: true });
     const entries = await readdir(this.root, { withFileTypes: true });
     return Promise.all(
@@ -60,7 +80,15 @@ export class SandboxRecordStore {
         .filter((e) => e.isDirectory())
         .map(async (e) => {
           try {
-            const record = JSON.parse(await readFile(join(this.root, e.name, 'sandbox.json'), 'utf8')) as SandboxRecord;
+            const { envdAccessTokenSealed, ...rest } = JSON.parse(await readFile(join(this.root, e.name, 'sandbox.json'), 'utf8')) as StoredSandboxRecord;
+            const record: SandboxRecord = rest;
+            if (envdAccessTokenSealed) {
+              try {
+                record.envdAccessToken = this.sealer.open(e.name, envdAccessTokenSealed);
+              } catch (error) {
+                return { sandboxId: e.name, record, tokenUnreadable: (error as Error).message };
+              }
+            }
             return { sandboxId: e.name, record };
           } catch {
             return { sandboxId: e.name };

@@ -47,19 +47,32 @@ export async function attachFakeGuest(slot: NetworkSlot, guestNetns: string): Pr
   });
 }
 
-/** Creates `name` linked to the root namespace by `hostIf` (hostIp/24 on the host, peerIp/24 inside). */
+/**
+ * Creates `name` linked to the root namespace by `hostIf`: a /30 transit link (hostIp on the host, peerIp inside),
+ * and a default route back through it. The transit subnet is one of the host's own networks, which sandboxes may
+ * not reach (the platform floor); "internet" addresses go on the namespace's loopback with `addRoutedAddresses`.
+ */
 export async function createOutsideNetns(name: string, hostIf: string, hostIp: string, peerIp: string): Promise<void> {
   await ip('netns', 'add', name);
   await runHostCommand('ip', ['-batch', '-'], {
     input: [
       `link add ${hostIf} type veth peer name eth0 netns ${name}`,
-      `addr add ${hostIp}/24 dev ${hostIf}`,
+      `addr add ${hostIp}/30 dev ${hostIf}`,
       `link set ${hostIf} up`,
     ].join('\n'),
   });
   await runHostCommand('ip', ['-n', name, '-batch', '-'], {
-    input: ['link set lo up', `addr add ${peerIp}/24 dev eth0`, 'link set eth0 up'].join('\n'),
+    input: ['link set lo up', `addr add ${peerIp}/30 dev eth0`, 'link set eth0 up', `route add default via ${hostIp}`].join('\n'),
   });
+}
+
+/**
+ * Puts `addresses` (as /32s) on the outside namespace's loopback and routes `route` to them from the host through
+ * the transit link: destinations beyond the host's own networks, as the internet is. The route goes with the link.
+ */
+export async function addRoutedAddresses(netns: string, peerIp: string, route: string, addresses: readonly string[]): Promise<void> {
+  await runHostCommand('ip', ['-n', netns, '-batch', '-'], { input: addresses.map((a) => `addr add ${a}/32 dev lo`).join('\n') + '\n' });
+  await ip('route', 'replace', route, 'via', peerIp);
 }
 
 /**

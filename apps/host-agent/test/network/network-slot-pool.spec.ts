@@ -9,7 +9,8 @@ import {
   GATEWAY_IP,
   GUEST_IP,
   GUEST_MAC,
-  InvalidEgressRuleError,
+  EgressProxyNotConfiguredError,
+  InvalidEgressPolicyError,
   NetworkConfigError,
   NetworkModule,
   NetworkSlotPool,
@@ -17,11 +18,11 @@ import {
   SlotsExhaustedError,
   TAP_MAC,
   TAP_NAME,
-  UnsupportedEgressRuleError,
   type NetworkOptions,
   type NetworkSlot,
 } from '../../src/network';
 import {
+  addRoutedAddresses,
   attachFakeGuest,
   createOutsideNetns,
   deleteLinkIfPresent,
@@ -39,10 +40,14 @@ const PREFIX = 'ktnet';
 const SLOT_CIDR = '10.201.0.0/24';
 const OUTSIDE_NETNS = 'ktnet-outside';
 const OUTSIDE_HOST_IF = 'ktnet-out';
+/** Host end of the transit link to the "outside" namespace (a host network: in the platform floor). */
 const OUTSIDE_HOST_IP = '198.51.100.1';
-const OUTSIDE_PEER_IP = '198.51.100.2';
+const OUTSIDE_TRANSIT_PEER = '198.51.100.2';
+/** "Internet" addresses behind the transit link, outside every host network. */
+const OUTSIDE_ROUTE = '198.51.100.64/26';
+const OUTSIDE_PEER_IP = '198.51.100.66';
 /** A second "internet" address, to tell allowed destinations from denied ones. */
-const OUTSIDE_OTHER_IP = '198.51.100.3';
+const OUTSIDE_OTHER_IP = '198.51.100.67';
 const GUEST_NETNS = (n: number) => `ktnet-guest-${n}`;
 const MAX_GUEST_NETNS = 16;
 /** What an explicit `reject with icmpx admin-prohibited` looks like to a TCP client (a timeout would not prove it). */
@@ -141,8 +146,8 @@ describe('NetworkSlotPool on real network namespaces', () => {
     await leftover.pool.destroyAll();
     await leftover.app.close();
 
-    await createOutsideNetns(OUTSIDE_NETNS, OUTSIDE_HOST_IF, OUTSIDE_HOST_IP, OUTSIDE_PEER_IP);
-    await ip('-n', OUTSIDE_NETNS, 'addr', 'add', `${OUTSIDE_OTHER_IP}/24`, 'dev', 'eth0');
+    await createOutsideNetns(OUTSIDE_NETNS, OUTSIDE_HOST_IF, OUTSIDE_HOST_IP, OUTSIDE_TRANSIT_PEER);
+    await addRoutedAddresses(OUTSIDE_NETNS, OUTSIDE_TRANSIT_PEER, OUTSIDE_ROUTE, [OUTSIDE_PEER_IP, OUTSIDE_OTHER_IP]);
     ({ app, pool } = await startPool({ maxSlots: 6, prefill: 2, maxIdle: 4 }));
     await pool.init([]);
     await pool.whenFilled();
@@ -262,7 +267,7 @@ describe('NetworkSlotPool on real network namespaces', () => {
       await attachFakeGuest(slot, guest);
       // What a sandbox's life may leave behind: a per-sandbox egress rule, a learned neighbour...
       await runHostCommand('ip', ['netns', 'exec', slot.netnsName, 'nft', 'insert', 'rule', 'inet', 'kiln', 'egress', 'tcp', 'dport', '8099', 'drop']);
-      await pool.setEgressPolicy(slot, { denyOut: ['203.0.113.0/24'], allowOut: ['203.0.113.7'] });
+      await pool.setEgressPolicy(slot, { denyOut: ['203.0.113.0/24'], allowOut: ['203.0.113.7/32'] });
       await ip('-n', slot.netnsName, 'neigh', 'replace', '169.254.0.23', 'lladdr', '02:00:00:00:00:99', 'dev', TAP_NAME);
       expect(await slotTableRules(slot)).not.toEqual(pristineRules);
       // ...and tracked connections, both into the guest and out of it.
@@ -317,22 +322,24 @@ describe('NetworkSlotPool on real network namespaces', () => {
       // An allowlist: allowed entries beat the deny-all, but cannot open other slots or link-local space.
       await pool.setEgressPolicy(a, {
         denyOut: ['0.0.0.0/0'],
-        allowOut: [OUTSIDE_PEER_IP, `${b.hostAddress}/32`, '169.254.0.0/16', '10.0.0.0/8'],
+        allowOut: [`${OUTSIDE_PEER_IP}/32`, `${b.hostAddress}/32`, '169.254.0.0/16', '10.0.0.0/8'],
       });
       expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8088)).toMatchObject({ ok: true });
       expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toEqual(REJECTED);
       expect(await probeFromNetns(guestA, b.hostAddress, 8087)).toEqual(REJECTED);
 
-      // A deny list with a host-bits-set CIDR, then an empty policy opening everything again.
-      await pool.setEgressPolicy(a, { denyOut: ['198.51.100.3/32', '198.51.100.201/30'] });
+      // A deny list, then an empty policy opening everything again.
+      await pool.setEgressPolicy(a, { denyOut: [`${OUTSIDE_OTHER_IP}/32`, '198.51.100.200/30'] });
       expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8088)).toMatchObject({ ok: true });
       expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toEqual(REJECTED);
       await pool.setEgressPolicy(a, {});
       expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toMatchObject({ ok: true });
 
-      await expect(pool.setEgressPolicy(a, { allowOut: ['*.github.com'] })).rejects.toBeInstanceOf(UnsupportedEgressRuleError);
-      for (const bad of ['not an ip', '1.2.3.4/33', '300.1.1.1', '::1', '']) {
-        await expect(pool.setEgressPolicy(a, { denyOut: [bad] })).rejects.toBeInstanceOf(InvalidEgressRuleError);
+      // This pool has no egress proxy: domain rules cannot be enforced, so they are refused.
+      await expect(pool.setEgressPolicy(a, { allowOut: ['*.github.com'] })).rejects.toBeInstanceOf(EgressProxyNotConfiguredError);
+      // The control plane normalises; the host only checks (a host-bits-set or bare address is not normal form).
+      for (const bad of ['not an ip', '1.2.3.4/33', '300.1.1.1', '::1', '', '198.51.100.201/30', '198.51.100.3']) {
+        await expect(pool.setEgressPolicy(a, { denyOut: [bad] })).rejects.toBeInstanceOf(InvalidEgressPolicyError);
       }
       await expect(pool.setEgressPolicy({ index: 9999 }, {})).rejects.toBeInstanceOf(SlotNotLeasedError);
       // A rejected policy changed nothing.

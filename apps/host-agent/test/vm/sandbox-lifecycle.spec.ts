@@ -118,7 +118,16 @@ async function runInSandbox(live: LiveSandbox, command: string): Promise<string>
 }
 
 const create = (manager: SandboxManager, sandboxId: string) =>
-  manager.create({ sandboxId, templateId: 'base', teamId: 'lifecycle', envVars: { FROM_CREATE: sandboxId }, metadata: {}, envdAccessToken: `token-${sandboxId}` });
+  manager.create({
+    sandboxId,
+    templateId: 'base',
+    // The host restores exactly the build it is given: the template's current one, as the scheduler would send it.
+    buildId: readlinkSync(join(TEST_DATA_DIR, 'templates', 'base', 'current')),
+    teamId: 'lifecycle',
+    envVars: { FROM_CREATE: sandboxId },
+    metadata: {},
+    envdAccessToken: `token-${sandboxId}`,
+  });
 
 describe('sandbox lifecycle and clone pool (real VMs)', () => {
   let nats: PrivateServer;

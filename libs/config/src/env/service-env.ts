@@ -65,6 +65,13 @@ export class SchedulerEnv extends RedisBackedEnv {
   @IsString() @MinLength(16)
   HOST_REGISTRATION_TOKEN: string;
 
+  /**
+   * Key every sandbox's envd and traffic access tokens are derived from (HMAC-SHA256 of the sandbox id), so no token
+   * is ever stored. Rotating it invalidates the tokens of running sandboxes.
+   */
+  @IsString() @MinLength(32)
+  KILN_SANDBOX_TOKEN_KEY: string;
+
   /** A host whose last heartbeat is older than this is not placed on. */
   @IsInt() @Min(1)
   HOST_HEARTBEAT_TTL_SECONDS: number = 15;
@@ -148,6 +155,13 @@ export class HostAgentEnv extends HostVmmEnv {
   @IsString() @MinLength(16)
   HOST_REGISTRATION_TOKEN: string;
 
+  /**
+   * Key the secrets in this host's sandbox records (their envd tokens) are sealed with on disk (AES-256-GCM, HKDF).
+   * Unset: derived from HOST_REGISTRATION_TOKEN; set it to rotate that token without losing running sandboxes.
+   */
+  @IsOptional() @IsString() @MinLength(32)
+  KILN_HOST_STATE_KEY?: string;
+
   @IsIn(['auto', 'qcow2', 'reflink', 'copy'])
   KILN_ROOTFS_DRIVER: string = 'auto';
 
@@ -199,6 +213,26 @@ export class HostAgentEnv extends HostVmmEnv {
    */
   @IsIpList(3)
   KILN_GUEST_NAMESERVERS: string = DEFAULT_GUEST_NAMESERVERS;
+
+  /**
+   * IPv4 CIDRs (comma-separated) taken out of the platform floor, the ranges no egress policy can open (private and
+   * special ranges, the host's own networks): e.g. an internal package mirror. Sandboxes' own rules then apply to
+   * them as to any address. The slot pool and the host itself stay closed. Empty by default.
+   */
+  @Matches(/^\s*(\d{1,3}(\.\d{1,3}){3}\/\d{1,2}\s*(,\s*\d{1,3}(\.\d{1,3}){3}\/\d{1,2}\s*)*)?$/, {
+    message: 'KILN_EGRESS_OPEN_RANGES must be a comma-separated list of IPv4 CIDRs (a.b.c.d/n)',
+  })
+  KILN_EGRESS_OPEN_RANGES: string = '';
+
+  /**
+   * Listener of the egress proxy that enforces sandboxes' domain rules (their TCP 80/443 is redirected to it). The
+   * redirect targets each slot veth's host address, which 0.0.0.0 covers; anything but a sandbox is refused.
+   */
+  @IsString() @Matches(/^\d{1,3}(\.\d{1,3}){3}$/, { message: 'KILN_EGRESS_PROXY_HOST must be an IPv4 address' })
+  KILN_EGRESS_PROXY_HOST: string = '0.0.0.0';
+
+  @IsInt() @Min(1) @Max(65535)
+  KILN_EGRESS_PROXY_PORT: number = 5008;
 
   /** vCPUs and memory this host offers to sandboxes; 0 means "detect from the machine". */
   @IsInt() @Min(0)

@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "original_destination",
+      "sources": ["original_destination.c"],
+      "cflags": ["-Wall", "-Wextra", "-Werror", "-O2"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

@@ -1,0 +1,11 @@
+export * from './egress-proxy.errors';
+export * from './egress-proxy.module';
+export { EgressProxy } from './egress-proxy.service';
+export type { EgressProxyStats } from './egress-proxy.service';
+export { EGRESS_PROXY_OPTIONS, DEFAULT_EGRESS_PROXY_OPTIONS, resolveEgressProxyOptions } from './egress-proxy.options';
+export type { EgressProxyOptions } from './egress-proxy.options';
+export { decideEgress, needsName } from './egress-decision';
+export type { Destination, EgressVerdict } from './egress-decision';
+export { readHttpHost } from './http-host';
+export { readTlsServerName } from './tls-server-name';
+export type { PeekedName } from './peeked-name';
