@@ -48,7 +48,7 @@ export async function createPhases(agent: BenchAgent, clone: 'pooled' | 'restore
   const text = await metricsText(agent);
   const mean = (phase: string) =>
     (metricValue(text, 'kiln_agent_sandbox_create_seconds_sum', { phase, clone }) / metricValue(text, 'kiln_agent_sandbox_create_seconds_count', { phase, clone })) * 1000;
-  const phases = ['clone', 'record', 'resume', 'guest-init', 'total'].map((phase) => `${phase} ${mean(phase).toFixed(1)} ms`);
+  const phases = ['clone', 'record', 'egress', 'resume', 'guest-init', 'total'].map((phase) => `${phase} ${mean(phase).toFixed(1)} ms`);
   return `  ${agent.name}, agent-side mean per ${clone}-clone create: ${phases.join(', ')}`;
 }
 

@@ -1,5 +1,5 @@
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -20,6 +20,8 @@ export interface TestInternetOptions {
   dnsServerAt?: string;
 }
 
+/** This folder's scripts; benchmarks run bundled from a temporary folder, in the repository's root. */
+const HARNESS_DIR = existsSync(join(__dirname, 'test-internet.cjs')) ? __dirname : join(process.cwd(), 'tools', 'e2e', 'harness');
 const NETNS = 'ke2e-inet';
 const HOST_LINK = 'ke2einet-h';
 /** The link between the host and the stand-in hosts (TEST-NET-1): the hosts sit behind it, as the internet does. */
@@ -60,9 +62,15 @@ export class TestInternet {
       rmSync(certDir, { recursive: true, force: true });
       throw error;
     }
-    const servers = [await startInNetns('test-internet.cjs', [join(certDir, 'cert.pem'), join(certDir, 'key.pem')])];
-    if (options.dnsServerAt) servers.push(await startInNetns('tiny-dns-server.cjs', [options.dnsServerAt, PUBLIC_NAME, PUBLIC_HOST]));
-    return new TestInternet(servers, certDir);
+    const internet = new TestInternet([], certDir);
+    try {
+      internet.servers.push(await startInNetns('test-internet.cjs', [join(certDir, 'cert.pem'), join(certDir, 'key.pem')]));
+      if (options.dnsServerAt) internet.servers.push(await startInNetns('tiny-dns-server.cjs', [options.dnsServerAt, PUBLIC_NAME, PUBLIC_HOST]));
+    } catch (error) {
+      await internet.stop();
+      throw error;
+    }
+    return internet;
   }
 
   async stop(): Promise<void> {
@@ -87,7 +95,7 @@ export class TestInternet {
 
 /** Starts one of the harness's scripts inside the namespace; resolves once it prints its first line. */
 async function startInNetns(script: string, args: string[]): Promise<ChildProcess> {
-  const child = spawn('ip', ['netns', 'exec', NETNS, process.execPath, join(__dirname, script), ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn('ip', ['netns', 'exec', NETNS, process.execPath, join(HARNESS_DIR, script), ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
     child.stdout!.once('data', () => resolve());
     child.once('exit', (code) => reject(new Error(`${script} in ${NETNS} exited with ${code}`)));

@@ -196,6 +196,12 @@ export class NetworkSlotPool implements OnApplicationShutdown {
     const leased = this.leased.get(slot.index);
     if (!leased) throw new SlotNotLeasedError(slot.index);
     const leaseId = this.leaseIds.get(slot.index);
+    // A slot is leased with empty policy sets (made or reset that way), so the common create with no rules costs no
+    // nft transaction; neither does re-applying the rules in force.
+    if (samePolicy(this.policies.get(slot.index) ?? OPEN_EGRESS_POLICY, applied)) {
+      this.policies.set(slot.index, applied);
+      return applied;
+    }
     await this.provisioner.applyEgressPolicy(leased, applied);
     // Recorded after the rules: the egress proxy reads it per connection, and a redirected connection that arrives
     // in between is judged by the previous policy, which is what was in force when it was made.
@@ -409,4 +415,9 @@ export class NetworkSlotPool implements OnApplicationShutdown {
     this.changeWaiters = [];
     for (const wake of waiters) wake();
   }
+}
+
+function samePolicy(a: AppliedEgressPolicy, b: AppliedEgressPolicy): boolean {
+  const key = (p: AppliedEgressPolicy) => JSON.stringify([p.allowCidrs, p.allowDomains, p.denyCidrs]);
+  return key(a) === key(b);
 }
