@@ -26,6 +26,18 @@ export const OPEN_EGRESS_POLICY: AppliedEgressPolicy = Object.freeze({
 }) as AppliedEgressPolicy;
 
 /**
+ * What a slot enforces from the moment it is made (or reset) until a sandbox's own policy is applied: nothing leaves
+ * it (DNS to the platform's resolvers aside, which the chain accepts before any policy). A sandbox that runs before
+ * its rules are in place is therefore only ever more restricted than it asked to be.
+ */
+export const CLOSED_EGRESS_POLICY: AppliedEgressPolicy = Object.freeze({
+  policy: Object.freeze({ allowOut: [], denyOut: ['0.0.0.0/0'] }) as unknown as EgressPolicy,
+  allowCidrs: [],
+  allowDomains: [],
+  denyCidrs: ['0.0.0.0/0'],
+}) as AppliedEgressPolicy;
+
+/**
  * Checks a policy received from the control plane. It must already be normalised (normalising is idempotent, so a
  * normalised policy is its own normal form): the host never reinterprets rules, so what it reports back as applied
  * is exactly what it was given. Throws InvalidEgressPolicyError otherwise.

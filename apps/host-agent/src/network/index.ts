@@ -1,5 +1,5 @@
 export * from './network.constants';
-export { checkEgressPolicy, OPEN_EGRESS_POLICY } from './egress-policy';
+export { checkEgressPolicy, CLOSED_EGRESS_POLICY, OPEN_EGRESS_POLICY } from './egress-policy';
 export type { AppliedEgressPolicy } from './egress-policy';
 export * from './network.errors';
 export * from './network.module';

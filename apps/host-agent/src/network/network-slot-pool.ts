@@ -1,6 +1,6 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
 import { parseIpv4, type EgressPolicy } from '@kiln/contracts';
-import { checkEgressPolicy, OPEN_EGRESS_POLICY, type AppliedEgressPolicy } from './egress-policy';
+import { checkEgressPolicy, CLOSED_EGRESS_POLICY, OPEN_EGRESS_POLICY, type AppliedEgressPolicy } from './egress-policy';
 import { NETWORK_OPTIONS, type ResolvedNetworkOptions } from './network.options';
 import {
   EgressProxyNotConfiguredError,
@@ -196,9 +196,8 @@ export class NetworkSlotPool implements OnApplicationShutdown {
     const leased = this.leased.get(slot.index);
     if (!leased) throw new SlotNotLeasedError(slot.index);
     const leaseId = this.leaseIds.get(slot.index);
-    // A slot is leased with empty policy sets (made or reset that way), so the common create with no rules costs no
-    // nft transaction; neither does re-applying the rules in force.
-    if (samePolicy(this.policies.get(slot.index) ?? OPEN_EGRESS_POLICY, applied)) {
+    // Re-applying the rules in force changes nothing, and costs no nft transaction.
+    if (samePolicy(this.policyInForce(slot.index), applied)) {
       this.policies.set(slot.index, applied);
       return applied;
     }
@@ -219,7 +218,7 @@ export class NetworkSlotPool implements OnApplicationShutdown {
 
   /** The policy in force on a leased slot; undefined when the slot is not leased. */
   egressPolicyOf(index: number): AppliedEgressPolicy | undefined {
-    return this.leased.has(index) ? (this.policies.get(index) ?? OPEN_EGRESS_POLICY) : undefined;
+    return this.leased.has(index) ? this.policyInForce(index) : undefined;
   }
 
   /**
@@ -233,7 +232,12 @@ export class NetworkSlotPool implements OnApplicationShutdown {
     const index = (offset - 1) / 2;
     const slot = this.leased.get(index);
     if (!slot || slot.hostAddress !== address) return undefined;
-    return { slot, hostSideIp: slotAddresses(this.options.pool, index).hostSideIp, policy: this.policies.get(index) ?? OPEN_EGRESS_POLICY };
+    return { slot, hostSideIp: slotAddresses(this.options.pool, index).hostSideIp, policy: this.policyInForce(index) };
+  }
+
+  /** A leased slot's rules: closed as made or reset, until a sandbox's own policy is applied. */
+  private policyInForce(index: number): AppliedEgressPolicy {
+    return this.policies.get(index) ?? CLOSED_EGRESS_POLICY;
   }
 
   /** The platform floor every slot enforces (available once init has set up the host). */

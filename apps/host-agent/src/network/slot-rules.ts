@@ -1,5 +1,5 @@
 import { GATEWAY_IP, GUEST_IP, SLOT_NFT_TABLE, SLOT_UPLINK_NAME, TAP_NAME } from './network.constants';
-import type { AppliedEgressPolicy } from './egress-policy';
+import { CLOSED_EGRESS_POLICY, type AppliedEgressPolicy } from './egress-policy';
 import type { PlatformFloor } from './platform-floor';
 import type { SlotAddresses, SlotPool } from './slot-addressing';
 
@@ -101,12 +101,12 @@ export interface SlotEgressFloor {
   dnsResolvers: readonly string[];
 }
 
-/** The slot's whole table, with `policy` (default: none) filled in by the same transaction. */
+/** The slot's whole table, with `policy` (default: closed, until a sandbox's own is applied) filled in by the same transaction. */
 export function slotRuleset(
   addresses: SlotAddresses,
   pool: SlotPool,
   egress: SlotEgressFloor,
-  policy?: AppliedEgressPolicy,
+  policy: AppliedEgressPolicy = CLOSED_EGRESS_POLICY,
 ): string {
   const uplink = `"${SLOT_UPLINK_NAME}"`;
   const tap = `"${TAP_NAME}"`;
@@ -152,7 +152,7 @@ ${intervalSet('platform_floor', floor.closed.map((b) => b.cidr))}${intervalSet('
     iifname ${tap} ${REJECT}
   }
 }
-${policy ? egressPolicyRuleset(policy) : ''}`;
+${egressPolicyRuleset(policy)}`;
 }
 
 /**

@@ -39,7 +39,7 @@ export interface CreateSandboxInput {
   envVars: Record<string, string>;
   metadata: Record<string, string>;
   envdAccessToken?: string;
-  /** Normalised egress rules (normaliseEgressPolicy), applied before the guest runs; none: everything allowed. */
+  /** Normalised egress rules (normaliseEgressPolicy), in force before the create returns; none: everything allowed. */
   egress?: EgressPolicy;
   /** Kept in the record and reported back; the control plane enforces it. */
   timeoutSeconds?: number;
@@ -299,26 +299,31 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       live.vm = clone.vm;
       this.watchExit(live, clone.vm);
       const tRecorded = performance.now();
-      // The guest never runs unfiltered: its rules are in place before the VM resumes.
-      await this.slots.setEgressPolicy(clone.slot, egress.policy);
-      abort.throwIfAborted();
-      const t3 = performance.now();
       await clone.vm.resume();
       const t4 = performance.now();
-
-      await initGuestAgent(
-        clone.slot.hostAddress,
-        live.guestConnections,
-        {
-          accessToken: record.envdAccessToken,
-          envVars: input.envVars,
-          timestamp: new Date().toISOString(),
-          entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64'),
-          nameservers: this.nameservers,
-        },
-        GUEST_INIT_DEADLINE_MS,
-        { signal: abort },
-      );
+      // The slot was leased closed (nothing leaves it but DNS to the platform's resolvers), so the guest may run
+      // before its own rules are in: they go in while the guest agent takes its /init (under TCG that is tens of ms,
+      // about as long as an nft commit), and the create returns only once both are done.
+      let egressMs = 0;
+      const [applied, initialised] = await Promise.allSettled([
+        this.slots.setEgressPolicy(clone.slot, egress.policy).then(() => (egressMs = performance.now() - t4)),
+        initGuestAgent(
+          clone.slot.hostAddress,
+          live.guestConnections,
+          {
+            accessToken: record.envdAccessToken,
+            envVars: input.envVars,
+            timestamp: new Date().toISOString(),
+            entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64'),
+            nameservers: this.nameservers,
+          },
+          GUEST_INIT_DEADLINE_MS,
+          { signal: abort },
+        ),
+      ]);
+      // Both settle before any failure is handled: teardown must not release the slot under a running nft update.
+      if (initialised.status === 'rejected') throw initialised.reason;
+      if (applied.status === 'rejected') throw applied.reason;
       const t5 = performance.now();
       live.state = 'running';
       live.startAbort = undefined;
@@ -326,8 +331,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       const observe = (phase: string, ms: number) => this.createSeconds.observe({ phase, clone: source }, ms / 1000);
       observe('clone', t2 - t1);
       observe('record', tRecorded - t2);
-      observe('egress', t3 - tRecorded);
-      observe('resume', t4 - t3);
+      observe('resume', t4 - tRecorded);
+      observe('egress', egressMs);
       observe('guest-init', t5 - t4);
       observe('total', t5 - t0);
       this.publish('created', record);

@@ -178,12 +178,13 @@ describe('egress policy enforcement (platform floor, DNS, domain rules through t
 
   const pool = () => agent!.pool;
   const proxy = () => agent!.proxy!;
-  /** A leased slot with a stand-in guest attached. */
+  /** A leased slot with a stand-in guest attached and the policy a sandbox without rules gets (slots start closed). */
   const guestSlot = async (from: NetworkSlotPool = pool()) => {
     const slot = await from.acquire();
     held.set(slot, from);
     const guest = GUEST_NETNS(guestCounter++);
     await attachFakeGuest(slot, guest);
+    await from.setEgressPolicy(slot, {});
     return { slot, guest };
   };
   const release = async (slot: NetworkSlot) => {

@@ -218,6 +218,10 @@ describe('NetworkSlotPool on real network namespaces', () => {
       hostService = createServer((s) => s.end(JSON.stringify({ seenFrom: s.remoteAddress })));
       await new Promise<void>((resolve) => hostService!.listen(8083, '0.0.0.0', resolve));
 
+      // A slot is leased closed: nothing leaves it until its sandbox's policy is applied (here: none, all open).
+      expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8081)).toEqual(REJECTED);
+      await pool.setEgressPolicy(a, {});
+      await pool.setEgressPolicy(b, {});
       // Egress: the outside world sees the host's address on its link, not the slot's.
       expect(await probeFromNetns(guestA, OUTSIDE_PEER_IP, 8081)).toEqual({ ok: true, seenFrom: OUTSIDE_HOST_IP });
 
@@ -291,6 +295,9 @@ describe('NetworkSlotPool on real network namespaces', () => {
       await attachFakeGuest(again, nextGuest);
       await startEcho(nextGuest, GUEST_IP, 8084);
       expect(await probeFromHost(again.hostAddress, 8084)).toEqual({ ok: true, seenFrom: GATEWAY_IP });
+      // Back to closed, as made: the previous sandbox's openings are gone until the next one's policy is applied.
+      expect(await probeFromNetns(nextGuest, OUTSIDE_PEER_IP, 8081)).toEqual(REJECTED);
+      await pool.setEgressPolicy(again, {});
       expect(await probeFromNetns(nextGuest, OUTSIDE_PEER_IP, 8081)).toMatchObject({ ok: true });
     } finally {
       for (const slot of held) await pool.release(slot);
@@ -309,6 +316,8 @@ describe('NetworkSlotPool on real network namespaces', () => {
       await startEcho(guestB, GUEST_IP, 8087);
       await startEcho(OUTSIDE_NETNS, OUTSIDE_PEER_IP, 8088);
       await startEcho(OUTSIDE_NETNS, OUTSIDE_OTHER_IP, 8088);
+      await pool.setEgressPolicy(a, {});
+      await pool.setEgressPolicy(b, {});
       expect(await probeFromNetns(guestA, OUTSIDE_OTHER_IP, 8088)).toMatchObject({ ok: true });
 
       // allow_internet_access: false

@@ -51,7 +51,8 @@ export interface EgressPolicy {
 
 /**
  * One create, as the scheduler resolved it: the host restores exactly this build with these resources and applies
- * the egress policy before the guest runs; its SandboxInfo reply is what the control plane stores.
+ * the egress policy before it answers (the guest runs closed until then); its SandboxInfo reply is what the control
+ * plane stores.
  */
 export interface CreateSandboxRequest {
   sandboxId: string;
