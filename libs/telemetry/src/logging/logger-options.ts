@@ -19,7 +19,7 @@ export function baseLoggerOptions(service: string, level: string): LoggerOptions
     level,
     base: { service },
     timestamp: pino.stdTimeFunctions.isoTime,
-    redact: ['req.headers["x-api-key"]', 'req.headers["x-access-token"]', 'req.headers.authorization'],
+    redact: ['req.headers["x-api-key"]', 'req.headers["x-access-token"]', 'req.headers["e2b-traffic-access-token"]', 'req.headers.authorization'],
   };
 }
 
