@@ -1,4 +1,5 @@
 export * from './migrations';
+export * from './database-errors';
 export * from './prisma.service';
 export * from './repositories/api-key.repository';
 export * from './repositories/team.repository';

@@ -2,22 +2,40 @@ import { Inject, Injectable, OnApplicationShutdown } from '@nestjs/common';
 import { ClientProxy } from '@nestjs/microservices';
 import { EmptyResponseException } from '@nestjs/microservices/errors/empty-response.exception';
 import { ErrorCode, KilnError } from '@kiln/contracts';
-import { TimeoutError, firstValueFrom, timeout } from 'rxjs';
+import { Observable, Subscription, TimeoutError, filter, firstValueFrom, map, race, timeout } from 'rxjs';
+import { MessagingUnavailableError } from './messaging-errors';
 import { EventOf, EventSubject, ReplyOf, RequestOf, RequestSubject } from './subjects';
 
 export const NATS_CLIENT_PROXY = Symbol('NATS_CLIENT_PROXY');
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 
+/** Nest's NATS client statuses (NatsStatus) that mean nothing sent now can be answered. */
+const DISCONNECTED_STATUSES: ReadonlySet<string> = new Set(['disconnected', 'reconnecting']);
+
 /**
  * Typed request/reply and events over NATS. Errors thrown by a handler arrive as
  * KilnError with their original code; silence arrives as `unavailable` after the timeout.
+ *
+ * While NATS is down the nats client buffers what is published until it reconnects, so a request would sit out its
+ * whole timeout (minutes for a create). Instead a request made while disconnected fails at once, and one in flight
+ * when the connection drops fails then: its reply, if any, is lost with the connection.
  */
 @Injectable()
 export class MessagingClient implements OnApplicationShutdown {
-  constructor(@Inject(NATS_CLIENT_PROXY) private readonly proxy: ClientProxy) {}
+  private natsStatus?: string;
+  private readonly statusWatch: Subscription;
+
+  constructor(@Inject(NATS_CLIENT_PROXY) private readonly proxy: ClientProxy) {
+    this.statusWatch = this.statuses().subscribe((status) => (this.natsStatus = status));
+  }
 
   connect(): Promise<unknown> {
     return this.proxy.connect();
+  }
+
+  /** False while the client has lost NATS (it keeps reconnecting on its own). */
+  get connected(): boolean {
+    return this.natsStatus === undefined || !DISCONNECTED_STATUSES.has(this.natsStatus);
   }
 
   async request<S extends RequestSubject>(
@@ -25,8 +43,15 @@ export class MessagingClient implements OnApplicationShutdown {
     payload: RequestOf<S>,
     timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
   ): Promise<ReplyOf<S>> {
+    if (!this.connected) throw new MessagingUnavailableError(`NATS is unreachable (${this.natsStatus}): ${subject} was not sent`);
+    const lostConnection = this.statuses().pipe(
+      filter((status) => DISCONNECTED_STATUSES.has(status)),
+      map((status): never => {
+        throw new MessagingUnavailableError(`NATS connection lost (${status}) while waiting for the reply on ${subject}; its outcome is unknown`);
+      }),
+    );
     try {
-      return await firstValueFrom(this.proxy.send<ReplyOf<S>, RequestOf<S>>(subject, payload).pipe(timeout(timeoutMs)));
+      return await firstValueFrom(race(this.proxy.send<ReplyOf<S>, RequestOf<S>>(subject, payload), lostConnection).pipe(timeout(timeoutMs)));
     } catch (error) {
       throw toKilnError(subject, error, timeoutMs);
     }
@@ -37,7 +62,12 @@ export class MessagingClient implements OnApplicationShutdown {
   }
 
   async onApplicationShutdown(): Promise<void> {
+    this.statusWatch.unsubscribe();
     await this.proxy.close();
+  }
+
+  private statuses(): Observable<string> {
+    return (this.proxy as unknown as { status?: Observable<string> }).status ?? new Observable<string>();
   }
 }
 
@@ -45,10 +75,14 @@ function toKilnError(subject: string, error: unknown, timeoutMs: number): KilnEr
   if (error instanceof KilnError) return error;
   if (KilnError.isPayload(error)) return KilnError.fromPayload(error);
   if (error instanceof TimeoutError) {
-    return new KilnError(ErrorCode.Unavailable, `no reply on ${subject} within ${timeoutMs} ms`);
+    return new MessagingUnavailableError(`no reply on ${subject} within ${timeoutMs} ms`);
   }
   // NATS tells at once when no service subscribes to the subject; Nest surfaces it as EmptyResponseException.
-  if (error instanceof EmptyResponseException) return new KilnError(ErrorCode.Unavailable, `no service answers ${subject}`);
+  if (error instanceof EmptyResponseException) return new MessagingUnavailableError(`no service answers ${subject}`);
   const message = error instanceof Error ? error.message : typeof error === 'object' ? JSON.stringify(error) : String(error);
+  // Nest's NATS client rejects sends between a disconnect and the reconnect with this text (a plain string).
+  if (/connection lost|trying to reconnect|CONNECTION_CLOSED|CONNECTION_DRAINING|DISCONNECT/i.test(message)) {
+    return new MessagingUnavailableError(`NATS is unreachable: ${subject} was not sent (${message})`);
+  }
   return new KilnError(ErrorCode.Internal, `${subject} failed: ${message}`);
 }

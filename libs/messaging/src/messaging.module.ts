@@ -15,8 +15,14 @@ const MESSAGING_OPTIONS = Symbol('MESSAGING_OPTIONS');
 
 /** Options for an app that serves NATS request/reply handlers (Nest microservice). */
 export function natsServerOptions(natsUrl: string, queue: string): NatsOptions {
-  return { transport: Transport.NATS, options: { servers: [natsUrl], queue } };
+  return { transport: Transport.NATS, options: { servers: [natsUrl], queue, ...RECONNECT_FOREVER } };
 }
+
+/**
+ * The nats client gives up after 10 reconnect attempts (about 20 s) by default and then stays closed: an outage
+ * longer than that would need a restart. Every Kiln connection keeps trying for as long as the process runs.
+ */
+export const RECONNECT_FOREVER = { reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 1_000 } as const;
 
 @Global()
 @Module({})
@@ -38,7 +44,7 @@ export class MessagingModule implements OnModuleInit {
         { provide: MESSAGING_OPTIONS, useValue: options },
         {
           provide: NATS_CLIENT_PROXY,
-          useFactory: () => ClientProxyFactory.create({ transport: Transport.NATS, options: { servers: [options.natsUrl], name: options.name } }),
+          useFactory: () => ClientProxyFactory.create({ transport: Transport.NATS, options: { servers: [options.natsUrl], name: options.name, ...RECONNECT_FOREVER } }),
         },
         MessagingClient,
         NatsConnectionHolder,

@@ -1,3 +1,5 @@
 export * from './ports';
 export * from './private-servers';
 export * from './eventually';
+export * from './restartable-servers';
+export * from './tcp-relay';

@@ -27,3 +27,23 @@ describe('toHttpError', () => {
     expect(toHttpError(Object.assign(new Error('x'), { statusCode: 502 })).status).toBe(500);
   });
 });
+
+describe('toHttpError for dependency outages', () => {
+  it('answers 503 with Retry-After for an unreachable database, without its details leaking as a 500', () => {
+    const prismaError = Object.assign(new Error("Invalid `prisma.apiKey.findUnique()` invocation:\n\nCan't reach database server at 127.0.0.1:5432"), {
+      code: 'P1001',
+      meta: { driverAdapterError: { cause: { kind: 'DatabaseNotReachable' } } },
+    });
+    expect(toHttpError(prismaError)).toEqual({
+      status: 503,
+      body: { code: 503, message: "database unavailable: Can't reach database server at 127.0.0.1:5432", error_code: 'unavailable' },
+      retryAfterSeconds: 5,
+    });
+    expect(toHttpError(new Error('Query read timeout')).status).toBe(503);
+  });
+
+  it('always gives an unavailable answer a Retry-After', () => {
+    expect(toHttpError(new KilnError(ErrorCode.Unavailable, 'NATS is unreachable')).retryAfterSeconds).toBe(DEFAULT_RETRY_AFTER_SECONDS);
+    expect(toHttpError(new KilnError(ErrorCode.Unavailable, 'x', 3)).retryAfterSeconds).toBe(3);
+  });
+});

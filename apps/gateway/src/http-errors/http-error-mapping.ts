@@ -1,5 +1,6 @@
 import { HttpException } from '@nestjs/common';
 import { ApiErrorBody, ErrorCode, KilnError } from '@kiln/contracts';
+import { asDatabaseUnavailable } from '@kiln/db';
 
 /** What the gateway answers for a failed request: status, E2B's error body and an optional Retry-After. */
 export interface HttpErrorResponse {
@@ -8,8 +9,11 @@ export interface HttpErrorResponse {
   retryAfterSeconds?: number;
 }
 
-/** Seconds a client is told to wait when the platform is out of capacity and the scheduler gave no hint. */
+/** Seconds a client is told to wait when the platform is out of capacity or a dependency is down and no hint came. */
 export const DEFAULT_RETRY_AFTER_SECONDS = 5;
+
+/** Codes that mean "try again later": their answers always carry Retry-After. */
+const RETRYABLE_CODES: ReadonlySet<ErrorCode> = new Set([ErrorCode.ResourceExhausted, ErrorCode.Unavailable]);
 
 const ERROR_CODE_BY_HTTP_STATUS: Record<number, ErrorCode> = {
   400: ErrorCode.InvalidArgument,
@@ -72,12 +76,13 @@ function describeFrameworkError(error: FrameworkError): string {
  * Maps anything a request can fail with to E2B's error body. Only errors the
  * gateway cannot explain become 500, and their details never reach the client.
  */
-export function toHttpError(exception: unknown): HttpErrorResponse {
+export function toHttpError(thrown: unknown): HttpErrorResponse {
+  // The gateway reads Postgres itself (API keys, templates): an outage there is a 503 like any other dependency's.
+  const exception = asDatabaseUnavailable(thrown) ?? thrown;
   if (exception instanceof KilnError) {
-    const retryAfterSeconds =
-      exception.code === ErrorCode.ResourceExhausted
-        ? (exception.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_SECONDS)
-        : exception.retryAfterSeconds;
+    const retryAfterSeconds = RETRYABLE_CODES.has(exception.code)
+      ? (exception.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_SECONDS)
+      : exception.retryAfterSeconds;
     return { status: exception.httpStatus, body: exception.toBody(), retryAfterSeconds };
   }
   if (exception instanceof HttpException) {

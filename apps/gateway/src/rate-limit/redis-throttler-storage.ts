@@ -14,11 +14,16 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {hits, ttl}`;
 
+/** The longest a request waits on the rate-limit counter before it is let through uncounted. */
+const RATE_LIMIT_REDIS_DEADLINE_MS = 500;
+
 /**
  * Rate-limit counters in Redis, so every gateway replica enforces one shared
  * per-key limit. When Redis is unreachable requests are let through (and
  * /health reports it): rate limiting protects capacity, it must not take the
- * API down with it.
+ * API down with it. Nor may it slow it down: with no offline queue a command
+ * fails at once while Redis is away, and any call is cut off after
+ * RATE_LIMIT_REDIS_DEADLINE_MS (a Redis that accepts but does not answer).
  */
 @Injectable()
 export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShutdown {
@@ -31,7 +36,7 @@ export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShu
       lazyConnect: true,
       connectTimeout: 2_000,
       maxRetriesPerRequest: 1,
-      enableOfflineQueue: true,
+      enableOfflineQueue: false,
       keyPrefix: 'kiln:gateway:ratelimit:',
     });
     this.redis.on('error', (error) => this.logger.debug(`redis: ${describeError(error)}`));
@@ -40,8 +45,7 @@ export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShu
 
   async increment(key: string, ttl: number, limit: number, _blockDuration: number, _name: string): Promise<ThrottlerStorageRecord> {
     try {
-      if (this.redis.status === 'wait') await this.redis.connect();
-      const [hits, msLeft] = (await this.redis.eval(INCREMENT_WINDOW, 1, key, String(ttl))) as [number, number];
+      const [hits, msLeft] = await withDeadline(this.count(key, ttl), RATE_LIMIT_REDIS_DEADLINE_MS);
       const secondsLeft = Math.max(1, Math.ceil(msLeft / 1000));
       const isBlocked = hits > limit;
       return { totalHits: hits, timeToExpire: secondsLeft, isBlocked, timeToBlockExpire: isBlocked ? secondsLeft : 0 };
@@ -55,7 +59,26 @@ export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShu
     }
   }
 
+  private async count(key: string, ttl: number): Promise<[number, number]> {
+    if (this.redis.status === 'wait') await this.redis.connect();
+    return (await this.redis.eval(INCREMENT_WINDOW, 1, key, String(ttl))) as [number, number];
+  }
+
   async onApplicationShutdown(): Promise<void> {
     await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+}
+
+async function withDeadline<T>(operation: Promise<T>, deadlineMs: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      operation,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`Redis did not answer within ${deadlineMs} ms`)), deadlineMs);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -10,11 +10,14 @@ import { applyIngressHeaders, ingressDecision } from '@kiln/contracts/sandbox-in
 import { MetricsRegistry } from '@kiln/telemetry';
 import { SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, SandboxAddress, sandboxAddressOf } from './sandbox-address';
 import { SandboxRouteCache } from './sandbox-route.cache';
+import { DEFAULT_RETRY_AFTER_SECONDS } from '../http-errors/http-error-mapping';
 
 /** A refusal on the traffic listener: E2B's error body, plus the sandbox it concerns. */
 export interface TrafficRefusal {
   status: number;
   body: { code: number; message: string; error_code: ErrorCode; sandboxId?: string };
+  /** Sent as Retry-After: the refusal is an outage (scheduler or NATS unreachable), not an answer about the sandbox. */
+  retryAfterSeconds?: number;
 }
 
 const INTERNAL_REFUSAL: TrafficRefusal = { status: 500, body: { code: 500, message: 'internal error', error_code: ErrorCode.Internal } };
@@ -39,7 +42,8 @@ export function refusalFor(address: SandboxAddress, failure: KilnError | Sandbox
       return { status: 502, body: { code: 502, message: `sandbox ${sandboxId} was not found`, error_code: ErrorCode.NotFound, sandboxId } };
     }
     const status = failure.httpStatus >= 500 ? 503 : failure.httpStatus;
-    return { status, body: { code: status, message: failure.message, error_code: failure.code, sandboxId } };
+    const retryAfterSeconds = status === 503 ? (failure.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_SECONDS) : undefined;
+    return { status, body: { code: status, message: failure.message, error_code: failure.code, sandboxId }, ...(retryAfterSeconds ? { retryAfterSeconds } : {}) };
   }
   if (PAUSED_STATES.includes(failure.state)) {
     return {
@@ -225,14 +229,19 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
 
 function sendJson(res: ServerResponse, refusal: TrafficRefusal): void {
   const body = JSON.stringify(refusal.body);
-  res.writeHead(refusal.status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
+  res.writeHead(refusal.status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(body),
+    ...(refusal.retryAfterSeconds !== undefined ? { 'Retry-After': String(Math.ceil(refusal.retryAfterSeconds)) } : {}),
+  });
   res.end(body);
 }
 
 function writeRawJson(socket: Duplex, refusal: TrafficRefusal): void {
   const body = JSON.stringify(refusal.body);
+  const retryAfter = refusal.retryAfterSeconds !== undefined ? `Retry-After: ${Math.ceil(refusal.retryAfterSeconds)}\r\n` : '';
   socket.end(
     `HTTP/1.1 ${refusal.status} ${STATUS_CODES[refusal.status] ?? 'Error'}\r\n` +
-      `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      `Content-Type: application/json; charset=utf-8\r\n${retryAfter}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
 }

@@ -198,6 +198,7 @@ export class TestStack {
       metadata: options.metadata ?? {},
       envVars: {},
       network: { ...DEFAULT_NETWORK_SETTINGS, ...options.network },
+      deadlineAt: new Date(Date.now() + 60_000),
     });
     await this.sandboxes.transition(id, [SandboxState.Pending], SandboxState.Starting, { hostId });
     await this.sandboxes.transition(id, [SandboxState.Starting], SandboxState.Running, {
@@ -205,7 +206,7 @@ export class TestStack {
       expiresAt: new Date(Date.now() + 600_000),
     });
     if (options.state === SandboxState.Paused) {
-      await this.sandboxes.transition(id, [SandboxState.Running], SandboxState.Pausing);
+      await this.sandboxes.transition(id, [SandboxState.Running], SandboxState.Pausing, { deadlineAt: new Date(Date.now() + 60_000) });
       await this.sandboxes.transition(id, [SandboxState.Pausing], SandboxState.Paused);
     }
     return id;

@@ -40,8 +40,14 @@ export class HostAgentClients implements OnApplicationShutdown {
       return await firstValueFrom(call.pipe(timeout(deadlineMs)));
     } catch (error) {
       if (error instanceof TimeoutError) throw new KilnError(ErrorCode.Unavailable, `${what}: host agent did not answer within ${deadlineMs} ms`);
-      const grpc = error as { code?: number; details?: string; message?: string };
-      throw new KilnError(errorCodeForGrpcStatus(grpc.code), `${what}: ${grpc.details ?? grpc.message ?? String(error)}`);
+      const grpc = error as { code?: number; details?: string; message?: string; metadata?: { get(key: string): unknown[] } };
+      // A host that knows when to try again (a template snapshot being retried) says so in trailing metadata.
+      const retryAfter = Number(grpc.metadata?.get('retry-after')?.[0]);
+      throw new KilnError(
+        errorCodeForGrpcStatus(grpc.code),
+        `${what}: ${grpc.details ?? grpc.message ?? String(error)}`,
+        Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : undefined,
+      );
     }
   }
 

@@ -1,10 +1,11 @@
 import { Controller, UseFilters } from '@nestjs/common';
 import { EventPattern, MessagePattern, Payload } from '@nestjs/microservices';
-import { HostHeartbeat, HostRegistration, HostRegistrationReply, KilnRpcExceptionFilter, Subjects } from '@kiln/messaging';
+import { HostHeartbeat, HostRegistration, HostRegistrationReply, Subjects } from '@kiln/messaging';
 import { HostRegistryService } from './host-registry.service';
+import { SchedulerRpcExceptionFilter } from '../rpc/scheduler-rpc-exception.filter';
 
 @Controller()
-@UseFilters(KilnRpcExceptionFilter)
+@UseFilters(SchedulerRpcExceptionFilter)
 export class HostsController {
   constructor(private readonly registry: HostRegistryService) {}
 

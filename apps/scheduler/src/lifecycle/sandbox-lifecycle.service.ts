@@ -10,7 +10,17 @@ import {
   SandboxView,
   TERMINAL_SANDBOX_STATES,
 } from '@kiln/contracts';
-import { HostRepository, HostStartReport, SandboxRecord, SandboxRepository, TemplateRepository, TransitionPatch } from '@kiln/db';
+import { Metadata } from '@grpc/grpc-js';
+import { SchedulerEnv } from '@kiln/config';
+import {
+  HostRepository,
+  HostStartReport,
+  SandboxRecord,
+  SandboxRepository,
+  TemplateRepository,
+  TransitionPatch,
+  isTransitional,
+} from '@kiln/db';
 import {
   CreateSandboxCommand,
   KillReply,
@@ -43,14 +53,18 @@ const LIVE_OR_PAUSED: SandboxState[] = [
 ];
 const PUBLIC_RUNNING: SandboxState[] = [SandboxState.Pending, SandboxState.Starting, SandboxState.Running, SandboxState.Resuming];
 const PUBLIC_PAUSED: SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
-/** Restoring a snapshot is sub-second, but a cold host may first verify or build the template snapshot. */
-const CREATE_DEADLINE_MS = 180_000;
 const RETRY_AFTER_SECONDS = 5;
+/** A host attempt with less than this left of the create's deadline is not started: it could not finish. */
+const MIN_HOST_ATTEMPT_MS = 100;
 
 /**
  * The sandbox state machine: every change goes through a conditional transition in
  * Postgres, so concurrent callers (two kills, a kill racing a create, an expiry racing
  * a refresh) cannot both win.
+ *
+ * Crash safety: a row enters a transitional state (pending, starting) with a deadline stored on it, and reaches
+ * running with its expiry in the same transition. Whatever this process does not finish (a kill -9 mid-create, a
+ * lost timeout job) is found by reconcile's sweeps from the row alone: `failPastDeadline` and `expire`.
  */
 @Injectable()
 export class SandboxLifecycleService implements OnModuleInit {
@@ -67,6 +81,7 @@ export class SandboxLifecycleService implements OnModuleInit {
     private readonly timeouts: SandboxTimeouts,
     private readonly events: SandboxEventStream,
     private readonly tokens: SandboxTokens,
+    private readonly env: SchedulerEnv,
     metrics: MetricsRegistry,
   ) {
     this.createLatency = metrics.histogram('kiln_sandbox_create_seconds', 'Create request to running', ['outcome'], [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]);
@@ -101,6 +116,7 @@ export class SandboxLifecycleService implements OnModuleInit {
       envVars: command.envVars ?? {},
       network: command.network,
       requestKey: command.requestKey,
+      deadlineAt: new Date(Date.now() + this.env.SANDBOX_HOST_CREATE_DEADLINE_MS),
     });
     if (!created) return this.retriedCreate(sandbox);
 
@@ -115,7 +131,13 @@ export class SandboxLifecycleService implements OnModuleInit {
   }
 
   /** A retried create with the same request key answers with the sandbox the first attempt made. */
-  private retriedCreate(sandbox: SandboxRecord): SandboxView {
+  private async retriedCreate(sandbox: SandboxRecord): Promise<SandboxView> {
+    if (isPastDeadline(sandbox)) await this.failPastDeadline(sandbox);
+    const current = (await this.sandboxes.find(sandbox.id)) ?? sandbox;
+    return this.retriedCreateOf(current);
+  }
+
+  private retriedCreateOf(sandbox: SandboxRecord): SandboxView {
     if (TERMINAL_SANDBOX_STATES.includes(sandbox.state as SandboxState)) {
       throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} for this request already ended (${sandbox.stateReason ?? sandbox.state})`);
     }
@@ -129,12 +151,17 @@ export class SandboxLifecycleService implements OnModuleInit {
   private async start(sandbox: SandboxRecord, hostBuildId: string, envVars: Record<string, string>): Promise<SandboxView> {
     const candidates = await this.placement.candidates({ templateId: sandbox.templateId, vcpus: sandbox.vcpus, memoryMib: sandbox.memoryMib });
     if (candidates.length === 0) {
-      await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Error, { reason: 'no host with free capacity' });
+      await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Error, { reason: 'no host with free capacity', endedAt: new Date() });
       throw new KilnError(ErrorCode.ResourceExhausted, 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
     }
 
     let lastError: KilnError | undefined;
     for (const [attempt, host] of candidates.entries()) {
+      if (remainingMs(sandbox) < MIN_HOST_ATTEMPT_MS) {
+        lastError = new KilnError(ErrorCode.Unavailable, this.createDeadlineReason(), RETRY_AFTER_SECONDS);
+        await this.moveTo(sandbox, [SandboxState.Pending, SandboxState.Starting], SandboxState.Error, { reason: lastError.message, endedAt: new Date() });
+        throw lastError;
+      }
       const starting =
         attempt === 0
           ? await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Starting, { hostId: host.hostId })
@@ -147,24 +174,29 @@ export class SandboxLifecycleService implements OnModuleInit {
         lastError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, String(error));
         // A full host is a reason to try the next one; anything else is the sandbox's failure.
         if (lastError.code === ErrorCode.ResourceExhausted) continue;
-        await this.moveTo(starting, [SandboxState.Starting], SandboxState.Error, { reason: lastError.message });
+        await this.moveTo(starting, [SandboxState.Starting], SandboxState.Error, { reason: lastError.message, endedAt: new Date() });
+        // A timed-out or failed create may still have left a VM. Not awaited: a host that hung on the create may hang
+        // on this too, and the caller's answer must not wait for it (reconcile's orphan pass retries it).
+        void this.destroyOnHost(host.hostId, host.grpcAddress, sandbox.id);
         throw lastError;
       }
       const now = new Date();
+      // Expiry is part of the move to running: a crash right after it leaves a row the expiry sweep still covers.
       const running = await this.moveTo(starting, [SandboxState.Starting], SandboxState.Running, {
         startedAt: now,
         expiresAt: new Date(now.getTime() + sandbox.timeoutSeconds * 1000),
         started,
       });
       if (!running) {
-        // Killed while the VM was being made: the kill saw no VM yet, so this path removes it.
+        // Killed (or failed by reconcile) while the VM was being made: nothing else knows of this VM, so this path removes it.
         await this.destroyOnHost(host.hostId, host.grpcAddress, sandbox.id);
         throw await this.endedWhileStarting(sandbox.id);
       }
+      // Only a shortcut to the exact moment; when Redis is down the sweep expires the sandbox instead.
       await this.timeouts.schedule(running.id, running.expiresAt);
       return this.view(running);
     }
-    await this.moveTo(sandbox, [SandboxState.Pending, SandboxState.Starting], SandboxState.Error, { reason: 'every candidate host was full' });
+    await this.moveTo(sandbox, [SandboxState.Pending, SandboxState.Starting], SandboxState.Error, { reason: 'every candidate host was full', endedAt: new Date() });
     throw new KilnError(ErrorCode.ResourceExhausted, lastError?.message ?? 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
   }
 
@@ -180,9 +212,17 @@ export class SandboxLifecycleService implements OnModuleInit {
   ): Promise<HostStartReport> {
     const what = `create ${sandbox.id} on ${host.hostId}`;
     const agent = this.agents.for(host.hostId, host.grpcAddress);
-    const info = await this.agents.call(
+    // The host gets the create's own deadline (gRPC deadline, which the agent reads), so it never works on past it.
+    const deadline = createDeadlineOf(sandbox);
+    const createWithDeadline = agent.createSandbox as (
+      request: Parameters<typeof agent.createSandbox>[0],
+      metadata: Metadata,
+      options: { deadline: Date },
+    ) => ReturnType<typeof agent.createSandbox>;
+    const info = await this.agents
+      .call(
       what,
-      agent.createSandbox({
+      createWithDeadline.call(agent, {
         sandboxId: sandbox.id,
         templateId: sandbox.templateId,
         buildId: hostBuildId,
@@ -194,9 +234,16 @@ export class SandboxLifecycleService implements OnModuleInit {
         timeoutSeconds: sandbox.timeoutSeconds,
         teamId: sandbox.teamId,
         egress: effectiveEgressPolicy(networkOf(sandbox)),
-      }),
-      CREATE_DEADLINE_MS,
-    );
+      }, new Metadata(), { deadline }),
+      Math.max(MIN_HOST_ATTEMPT_MS, deadline.getTime() - Date.now()),
+    )
+      .catch((error: unknown) => {
+        // Whichever fired first (the gRPC deadline or the local timer), the create ran out of its budget.
+        if (error instanceof KilnError && Date.now() >= deadline.getTime() - MIN_HOST_ATTEMPT_MS) {
+          throw new KilnError(ErrorCode.Timeout, `${this.createDeadlineReason()}: host ${host.hostId} did not answer in time`);
+        }
+        throw error;
+      });
     if (info.buildId !== hostBuildId) {
       throw new KilnError(ErrorCode.Internal, `${what}: host started build ${info.buildId || '(none)'} instead of ${hostBuildId}`);
     }
@@ -230,6 +277,32 @@ export class SandboxLifecycleService implements OnModuleInit {
     return this.view(await this.requireLive(ref));
   }
 
+  private createDeadlineReason(): string {
+    return `create did not finish within ${Math.round(this.env.SANDBOX_HOST_CREATE_DEADLINE_MS / 1000)} s`;
+  }
+
+  /**
+   * A row still in a transitional state past its deadline: whoever drove the transition crashed or hung. The row
+   * goes to error with the reason, and the VM, if a host has one, is destroyed (DestroySandbox is idempotent; a
+   * failed destroy is retried by reconcile's orphan pass, since the row no longer counts as live).
+   */
+  async failPastDeadline(sandbox: SandboxRecord): Promise<boolean> {
+    if (!isTransitional(sandbox.state)) return false;
+    const what = sandbox.state === SandboxState.Pending || sandbox.state === SandboxState.Starting ? this.createDeadlineReason() : `${sandbox.state} did not finish by its deadline`;
+    const failed = await this.moveTo(sandbox, [sandbox.state as SandboxState], SandboxState.Error, {
+      reason: `${what} (scheduler restarted?)`,
+      endedAt: new Date(),
+    });
+    if (!failed) return false;
+    this.logger.warn(`sandbox ${sandbox.id} was ${sandbox.state} past its deadline: ${failed.stateReason}`);
+    await this.timeouts.cancel(sandbox.id);
+    if (failed.hostId) {
+      const host = await this.hosts.get(failed.hostId);
+      if (host) await this.destroyOnHost(host.id, host.address, sandbox.id);
+    }
+    return true;
+  }
+
   async list(query: ListSandboxesQuery): Promise<SandboxPage> {
     const wanted = query.states?.length ? query.states : ['running', 'paused'];
     const states = [...(wanted.includes('running') ? PUBLIC_RUNNING : []), ...(wanted.includes('paused') ? PUBLIC_PAUSED : [])];
@@ -239,6 +312,8 @@ export class SandboxLifecycleService implements OnModuleInit {
     const rows = await this.sandboxes.list({
       teamId: query.teamId,
       states,
+      // A pending or starting row past its deadline is failed, only not yet swept: it is not listed as running.
+      hideTransitionalDueBy: new Date(),
       metadata: query.metadata,
       limit: limit + 1,
       afterCreatedAt: cursor?.createdAt,
@@ -359,6 +434,11 @@ export class SandboxLifecycleService implements OnModuleInit {
   private async requireLive(ref: SandboxRef): Promise<SandboxRecord> {
     const sandbox = await this.sandboxes.findForTeam(ref.sandboxId, ref.teamId);
     if (!sandbox || !LIVE_OR_PAUSED.includes(sandbox.state as SandboxState)) throw KilnError.notFound(`sandbox ${ref.sandboxId}`);
+    if (isPastDeadline(sandbox)) {
+      // Reading it settles it: no caller sees a transition that can no longer finish as if it still might.
+      await this.failPastDeadline(sandbox);
+      throw KilnError.notFound(`sandbox ${ref.sandboxId}`);
+    }
     return sandbox;
   }
 
@@ -366,21 +446,20 @@ export class SandboxLifecycleService implements OnModuleInit {
     const result = await this.sandboxes.transition(sandbox.id, from, to, patch);
     if (!result) return null;
     const moved = result.sandbox;
-    {
-      this.transitions.inc({ to });
-      this.events
-        .publish({
-          kind: 'transition',
-          sandboxId: sandbox.id,
-          teamId: sandbox.teamId,
-          hostId: moved.hostId ?? undefined,
-          from: result.from,
-          to,
-          reason: patch.reason,
-          at: new Date().toISOString(),
-        })
-        .catch((error) => this.logger.warn(`event publish failed for ${sandbox.id}: ${String(error)}`));
-    }
+    this.transitions.inc({ to });
+    // The event is a notification, not the record: Postgres already holds the transition, so NATS being down only delays nothing.
+    this.events
+      .publish({
+        kind: 'transition',
+        sandboxId: sandbox.id,
+        teamId: sandbox.teamId,
+        hostId: moved.hostId ?? undefined,
+        from: result.from,
+        to,
+        reason: patch.reason,
+        at: new Date().toISOString(),
+      })
+      .catch((error) => this.logger.warn(`event publish failed for ${sandbox.id}: ${String(error)}`));
     return moved;
   }
 
@@ -392,6 +471,19 @@ export class SandboxLifecycleService implements OnModuleInit {
       this.logger.warn(`destroy of ${sandboxId} on ${hostId} failed; reconcile will retry: ${String(error)}`);
     }
   }
+}
+
+/** The create's deadline as stored on its row (rows from before deadlines existed get none: now). */
+function createDeadlineOf(sandbox: SandboxRecord): Date {
+  return sandbox.deadlineAt ?? new Date();
+}
+
+function remainingMs(sandbox: SandboxRecord): number {
+  return createDeadlineOf(sandbox).getTime() - Date.now();
+}
+
+function isPastDeadline(sandbox: SandboxRecord, now = Date.now()): boolean {
+  return isTransitional(sandbox.state) && sandbox.deadlineAt !== null && sandbox.deadlineAt.getTime() <= now;
 }
 
 function egressOf(info: SandboxInfo): EgressPolicy {

@@ -13,13 +13,13 @@ import {
   SetTimeoutCommand,
   Subjects,
   UpdateNetworkCommand,
-  KilnRpcExceptionFilter,
 } from '@kiln/messaging';
 import { SandboxLifecycleService } from './sandbox-lifecycle.service';
+import { SchedulerRpcExceptionFilter } from '../rpc/scheduler-rpc-exception.filter';
 
 /** NATS request/reply surface of the scheduler; the gateway is its caller. */
 @Controller()
-@UseFilters(KilnRpcExceptionFilter)
+@UseFilters(SchedulerRpcExceptionFilter)
 export class SandboxesController {
   constructor(private readonly lifecycle: SandboxLifecycleService) {}
 

@@ -1,14 +1,13 @@
 import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { SandboxState } from '@kiln/contracts';
 import { SchedulerEnv } from '@kiln/config';
-import { HostRepository, SandboxRepository } from '@kiln/db';
+import { HostRepository, SandboxRecord, SandboxRepository, isTransitional } from '@kiln/db';
 import { SandboxEventStream, SandboxLifecycleEvent } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { HostAgentClients } from '../hosts/host-agent-clients';
 import { SandboxLifecycleService } from '../lifecycle/sandbox-lifecycle.service';
 
-/** A sandbox may legitimately be absent from its host while its create is in flight. */
-const STARTING_GRACE_SECONDS = 240;
+/** Seconds past its expiry before the sweep kills a running sandbox: its timeout job normally does it on time. */
 const EXPIRY_GRACE_SECONDS = 10;
 
 export interface ReconcileReport {
@@ -16,12 +15,18 @@ export interface ReconcileReport {
   markedGone: string[];
   destroyedOrphans: string[];
   expired: string[];
+  /** Rows failed because they were still pending/starting (pausing/resuming) past their deadline. */
+  failedPastDeadline: string[];
 }
 
 /**
  * Makes Postgres and the hosts agree: a sandbox the host no longer runs is marked
  * ended; a VM the database does not count as live is destroyed. Host lifecycle events
  * (exit, crash) arrive through JetStream and are applied at once.
+ *
+ * It is also the guarantee behind every deadline, found from the rows alone so that no process has to survive for
+ * it: transitional rows past their deadline (plus SANDBOX_RECONCILE_GRACE_MS) are failed and their VMs destroyed,
+ * and running rows past their expiry are killed whether or not their timeout job still exists.
  */
 @Injectable()
 export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
@@ -45,7 +50,10 @@ export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
 
   async onModuleInit(): Promise<void> {
     this.stopConsuming = await this.events.consume('scheduler-host-events', (event) => this.onHostEvent(event));
-    this.timer = setInterval(() => void this.reconcileOnce(), this.env.RECONCILE_INTERVAL_SECONDS * 1000);
+    // A pass that fails (Postgres down) is logged and the next one tries again; it must never become an unhandled rejection.
+    this.timer = setInterval(() => {
+      this.reconcileOnce().catch((error) => this.logger.warn(`reconcile pass failed: ${String(error)}`));
+    }, this.env.RECONCILE_INTERVAL_SECONDS * 1000);
     this.timer.unref();
   }
 
@@ -63,10 +71,17 @@ export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
   }
 
   async reconcileOnce(): Promise<ReconcileReport> {
-    const report: ReconcileReport = { hostsChecked: 0, markedGone: [], destroyedOrphans: [], expired: [] };
+    const report: ReconcileReport = { hostsChecked: 0, markedGone: [], destroyedOrphans: [], expired: [], failedPastDeadline: [] };
     if (this.running) return report;
     this.running = true;
     try {
+      // First, so the host pass below sees these rows as ended and destroys their VMs if the direct destroy failed.
+      for (const sandbox of await this.sandboxes.pastDeadline(this.env.SANDBOX_RECONCILE_GRACE_MS)) {
+        if (await this.lifecycle.failPastDeadline(sandbox)) {
+          report.failedPastDeadline.push(sandbox.id);
+          this.fixes.inc({ kind: 'past_deadline' });
+        }
+      }
       for (const host of await this.hosts.fresh(this.env.HOST_HEARTBEAT_TTL_SECONDS)) {
         try {
           await this.reconcileHost(host.id, host.address, report);
@@ -95,8 +110,8 @@ export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
 
     for (const sandbox of live) {
       if (hostIds.has(sandbox.id)) continue;
-      const young = Date.now() - sandbox.updatedAt.getTime() < STARTING_GRACE_SECONDS * 1000;
-      if (sandbox.state === SandboxState.Starting && young) continue;
+      // A transition in flight may not have reached the host yet; its deadline, not the host listing, decides.
+      if (inFlight(sandbox, this.env.SANDBOX_RECONCILE_GRACE_MS)) continue;
       if (await this.lifecycle.markGone(sandbox.id, SandboxState.Error, `sandbox no longer exists on host ${hostId}`)) {
         report.markedGone.push(sandbox.id);
         this.fixes.inc({ kind: 'gone' });
@@ -105,11 +120,16 @@ export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
     for (const sandboxId of hostIds) {
       if (liveIds.has(sandboxId)) continue;
       const record = await this.sandboxes.find(sandboxId);
-      if (record && (record.state === SandboxState.Pending || record.state === SandboxState.Starting)) continue;
+      if (record && inFlight(record, this.env.SANDBOX_RECONCILE_GRACE_MS)) continue;
       this.logger.warn(`destroying VM ${sandboxId} on ${hostId}: the database does not count it as live`);
       await this.lifecycle.destroyOnHost(hostId, address, sandboxId);
       report.destroyedOrphans.push(sandboxId);
       this.fixes.inc({ kind: 'orphan' });
     }
   }
+}
+
+/** A transitional row whose deadline (plus grace) has not passed: someone may still be driving it. */
+function inFlight(sandbox: SandboxRecord, graceMs: number): boolean {
+  return isTransitional(sandbox.state) && (sandbox.deadlineAt === null || sandbox.deadlineAt.getTime() + graceMs > Date.now());
 }

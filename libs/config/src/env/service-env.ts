@@ -1,4 +1,4 @@
-import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
+import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength, ValidateBy } from 'class-validator';
 import { IsEnvBoolean, IsIpList, IsServiceUrl } from './validators';
 
 /**
@@ -13,10 +13,66 @@ export class CommonEnv {
   NODE_ENV: string = 'development';
 }
 
-/** Every app speaks NATS. */
+/**
+ * Every app speaks NATS. Every app also carries the create deadline chain, innermost first, so each layer reads its
+ * own deadline from the one validated set and any app refuses a set where a layer would outlive its caller:
+ * guest init (host agent) < host create (scheduler) < create request (gateway) < host create + reconcile grace.
+ */
 export class NatsClientEnv extends CommonEnv {
   @IsServiceUrl(['nats'])
   NATS_URL: string = 'nats://127.0.0.1:4222';
+
+  /** Host agent: how long a resumed clone's guest agent may take to accept /init before the create fails. */
+  @IsInt() @Min(100)
+  SANDBOX_GUEST_INIT_DEADLINE_MS: number = 90_000;
+
+  /**
+   * Scheduler: a create's whole budget, from its record to running (placement and every host it tries). Stored as
+   * the record's deadline and sent as the deadline of each host call, so nothing outlives it.
+   */
+  @IsInt() @Min(200)
+  SANDBOX_HOST_CREATE_DEADLINE_MS: number = 180_000;
+
+  /**
+   * Gateway: how long `POST /sandboxes` waits for the scheduler's answer. Creates can wait for a host to make a
+   * template snapshot (a cold boot) and, on a busy TCG host, for guests to come up, so they get longer than other
+   * requests; the scheduler answers (success or its own deadline) before this runs out.
+   */
+  @IsInt() @Min(300)
+  @ValidateBy({
+    name: 'createDeadlineChain',
+    validator: {
+      validate: (_value: unknown, args) => NatsClientEnv.createDeadlineChainViolations(args?.object as NatsClientEnv).length === 0,
+      defaultMessage: (args) =>
+        `each create deadline must be shorter than its caller's: ${NatsClientEnv.createDeadlineChainViolations(args?.object as NatsClientEnv).join('; ')}`,
+    },
+  })
+  SANDBOX_CREATE_TIMEOUT_MS: number = 200_000;
+
+  /**
+   * Scheduler reconcile: how long after a transition's deadline (a create's, a pause's) a row still in it is failed
+   * and its VM destroyed. Covers clock skew between replicas and a host reply landing at the deadline; reconcile
+   * acts only once the gateway stopped waiting, so it never takes a sandbox from a client that still waits for it.
+   */
+  @IsInt() @Min(0)
+  SANDBOX_RECONCILE_GRACE_MS: number = 30_000;
+
+  /** The broken links of the create deadline chain, each naming both values; empty when the chain holds. */
+  static createDeadlineChainViolations(env: NatsClientEnv): string[] {
+    const links: Array<[inner: string, innerMs: number, outer: string, outerMs: number]> = [
+      ['SANDBOX_GUEST_INIT_DEADLINE_MS', env.SANDBOX_GUEST_INIT_DEADLINE_MS, 'SANDBOX_HOST_CREATE_DEADLINE_MS', env.SANDBOX_HOST_CREATE_DEADLINE_MS],
+      ['SANDBOX_HOST_CREATE_DEADLINE_MS', env.SANDBOX_HOST_CREATE_DEADLINE_MS, 'SANDBOX_CREATE_TIMEOUT_MS', env.SANDBOX_CREATE_TIMEOUT_MS],
+      [
+        'SANDBOX_CREATE_TIMEOUT_MS',
+        env.SANDBOX_CREATE_TIMEOUT_MS,
+        'SANDBOX_HOST_CREATE_DEADLINE_MS + SANDBOX_RECONCILE_GRACE_MS',
+        env.SANDBOX_HOST_CREATE_DEADLINE_MS + env.SANDBOX_RECONCILE_GRACE_MS,
+      ],
+    ];
+    return links
+      .filter(([, innerMs, , outerMs]) => Number.isFinite(innerMs) && Number.isFinite(outerMs) && !(innerMs < outerMs))
+      .map(([inner, innerMs, outer, outerMs]) => `${inner} (${innerMs}) must be shorter than ${outer} (${outerMs})`);
+  }
 }
 
 /** Control-plane apps keep their state in Postgres. */
@@ -48,13 +104,6 @@ export class GatewayEnv extends RedisBackedEnv {
 
   @IsInt() @Min(100)
   NATS_REQUEST_TIMEOUT_MS: number = 60_000;
-
-  /**
-   * Creates can wait for a host to make a template snapshot (a cold boot) and, on a busy
-   * TCG host, for guests to come up, so they get longer than other requests.
-   */
-  @IsInt() @Min(1000)
-  SANDBOX_CREATE_TIMEOUT_MS: number = 200_000;
 }
 
 export class SchedulerEnv extends RedisBackedEnv {
@@ -206,6 +255,23 @@ export class HostAgentEnv extends HostVmmEnv {
    */
   @IsEnvBoolean()
   KILN_CLONE_POOL_WARM: boolean = false;
+
+  /**
+   * A template snapshot that fails is tried again after this many seconds, doubling after every further failure up
+   * to KILN_SNAPSHOT_RETRY_MAX_SECONDS, for as long as the agent runs.
+   */
+  @IsInt() @Min(1)
+  KILN_SNAPSHOT_RETRY_INITIAL_SECONDS: number = 2;
+
+  @IsInt() @Min(1)
+  KILN_SNAPSHOT_RETRY_MAX_SECONDS: number = 60;
+
+  /**
+   * How long a create waits for a template snapshot being built when its gRPC call carries no deadline of its own
+   * (the scheduler gives a create 180 s in all; a snapshot under TCG takes about a minute).
+   */
+  @IsInt() @Min(0)
+  KILN_CREATE_TEMPLATE_WAIT_SECONDS: number = 120;
 
   /**
    * DNS resolvers written to every sandbox's /etc/resolv.conf (comma-separated IPs, at most 3). Public resolvers by

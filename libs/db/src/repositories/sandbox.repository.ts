@@ -5,6 +5,21 @@ import { PrismaService } from '../prisma.service';
 
 export type SandboxRecord = Sandbox;
 
+/**
+ * States a sandbox passes through on its way somewhere else. A row in one always has a deadline (`deadlineAt`,
+ * enforced by a CHECK constraint): whoever drives the transition may crash, and reconcile fails rows past it.
+ */
+export const TRANSITIONAL_SANDBOX_STATES: readonly SandboxState[] = [
+  SandboxState.Pending,
+  SandboxState.Starting,
+  SandboxState.Pausing,
+  SandboxState.Resuming,
+];
+
+export function isTransitional(state: string): boolean {
+  return (TRANSITIONAL_SANDBOX_STATES as readonly string[]).includes(state);
+}
+
 export interface NewSandboxRecord {
   id: string;
   teamId: string;
@@ -20,6 +35,8 @@ export interface NewSandboxRecord {
   envVars: Record<string, string>;
   network: SandboxNetworkSettings;
   requestKey?: string;
+  /** When the create must have reached running (the scheduler's create budget from now). */
+  deadlineAt: Date;
 }
 
 /** What the host reported when the sandbox started: stored as the truth about what runs. */
@@ -35,6 +52,11 @@ export interface TransitionPatch {
   startedAt?: Date;
   expiresAt?: Date;
   endedAt?: Date;
+  /**
+   * Deadline of the transitional state being entered. Omitted when moving between transitional states, the
+   * deadline carries over (pending → starting keeps the create's); moving to any other state clears it.
+   */
+  deadlineAt?: Date;
   /** Set with the move to running: what the host says it started. */
   started?: HostStartReport;
 }
@@ -47,6 +69,8 @@ export interface SandboxListFilter {
   /** Opaque cursor: the id of the last sandbox of the previous page (ids sort by creation). */
   afterCreatedAt?: Date;
   afterId?: string;
+  /** Leave out transitional rows whose deadline is at or before this: they are failed, only not yet swept. */
+  hideTransitionalDueBy?: Date;
 }
 
 /**
@@ -78,6 +102,7 @@ export class SandboxRepository {
             diskMib: input.diskMib,
             timeoutSeconds: input.timeoutSeconds,
             expiresAt: new Date(Date.now() + input.timeoutSeconds * 1000),
+            deadlineAt: input.deadlineAt,
             autoPause: input.autoPause,
             metadata: input.metadata,
             envVars: input.envVars,
@@ -126,6 +151,7 @@ export class SandboxRepository {
           ...(patch.startedAt ? { startedAt: patch.startedAt } : {}),
           ...(patch.expiresAt ? { expiresAt: patch.expiresAt } : {}),
           ...(patch.endedAt ? { endedAt: patch.endedAt } : {}),
+          ...(isTransitional(to) ? (patch.deadlineAt ? { deadlineAt: patch.deadlineAt } : {}) : { deadlineAt: null }),
           ...(patch.started
             ? {
                 vcpus: patch.started.vcpus,
@@ -176,8 +202,11 @@ export class SandboxRepository {
             },
           ]
         : [];
+    const notOverdue: Prisma.SandboxWhereInput[] = filter.hideTransitionalDueBy
+      ? [{ OR: [{ deadlineAt: null }, { deadlineAt: { gt: filter.hideTransitionalDueBy } }] }]
+      : [];
     return this.prisma.sandbox.findMany({
-      where: { teamId: filter.teamId, state: { in: filter.states }, AND: [...metadataFilters, ...cursor] },
+      where: { teamId: filter.teamId, state: { in: filter.states }, AND: [...metadataFilters, ...cursor, ...notOverdue] },
       orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
       take: filter.limit,
     });
@@ -207,13 +236,6 @@ export class SandboxRepository {
     });
   }
 
-  /** Sandboxes stuck in a transient state longer than `olderThanSeconds`. */
-  stuck(states: SandboxState[], olderThanSeconds: number): Promise<SandboxRecord[]> {
-    return this.prisma.sandbox.findMany({
-      where: { state: { in: states }, updatedAt: { lt: new Date(Date.now() - olderThanSeconds * 1000) } },
-    });
-  }
-
   /** Resources held per host by sandboxes that are placed and not yet ended. */
   async usageByHost(): Promise<Map<string, { vcpus: number; memoryMib: number; sandboxes: number }>> {
     const rows = await this.prisma.sandbox.groupBy({
@@ -229,10 +251,23 @@ export class SandboxRepository {
     );
   }
 
-  /** Live sandboxes whose expiry passed more than `graceSeconds` ago (a safety net behind the timeout jobs). */
+  /**
+   * Running sandboxes whose expiry passed more than `graceSeconds` ago: the guarantee behind the timeout jobs, which
+   * a crash or a Redis outage can lose. (Transitional rows are covered by `pastDeadline`.)
+   */
   overdue(graceSeconds: number): Promise<SandboxRecord[]> {
     return this.prisma.sandbox.findMany({
       where: { state: SandboxState.Running, expiresAt: { lt: new Date(Date.now() - graceSeconds * 1000) } },
+      orderBy: { expiresAt: 'asc' },
+      take: 100,
+    });
+  }
+
+  /** Rows still in a transitional state more than `graceMs` after its deadline: their driver is gone or stuck. */
+  pastDeadline(graceMs: number): Promise<SandboxRecord[]> {
+    return this.prisma.sandbox.findMany({
+      where: { state: { in: [...TRANSITIONAL_SANDBOX_STATES] }, deadlineAt: { lt: new Date(Date.now() - graceMs) } },
+      orderBy: { deadlineAt: 'asc' },
       take: 100,
     });
   }
