@@ -1,5 +1,5 @@
-// Compiles one TypeScript benchmark with esbuild (reading libs' and apps' TypeScript source) and runs it.
-// Usage: node tools/bench/run-bench.mjs tools/bench/<name>.bench.ts
+// Compiles one TypeScript benchmark or soak with esbuild (reading libs' and apps' TypeScript source) and runs it.
+// Usage: node tools/bench/run-bench.mjs tools/bench/<name>.bench.ts | tools/soak/<name>.soak.ts
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 const entry = process.argv[2];
-if (!entry || !entry.endsWith('.bench.ts')) {
-  console.error('usage: node tools/bench/run-bench.mjs <path/to/name.bench.ts>');
+if (!entry || !['.bench.ts', '.soak.ts'].some((suffix) => entry.endsWith(suffix))) {
+  console.error('usage: node tools/bench/run-bench.mjs <path/to/name.bench.ts | path/to/name.soak.ts>');
   process.exit(2);
 }
 const outDir = mkdtempSync(join(tmpdir(), 'kiln-bench-build-'));

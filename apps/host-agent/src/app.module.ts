@@ -1,9 +1,11 @@
 import { DynamicModule, Module } from '@nestjs/common';
+import { APP_INTERCEPTOR } from '@nestjs/core';
 import { ConfigModule, HostAgentEnv } from '@kiln/config';
 import { MessagingModule } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
 import { ControlPlaneModule } from './control-plane/control-plane.module';
 import { EgressProxyModule } from './egress-proxy';
+import { TemplateSnapshotHealthInterceptor } from './health/template-snapshot-health.interceptor';
 import { hostResourceModules } from './host-modules';
 import { ProxyModule } from './proxy/proxy.module';
 import { SandboxModule } from './sandbox/sandbox.module';
@@ -27,6 +29,8 @@ export class AppModule {
         // Domain rules of sandboxes' egress policies; the network pool redirects to env.KILN_EGRESS_PROXY_PORT.
         EgressProxyModule.register(host.network, { host: env.KILN_EGRESS_PROXY_HOST, port: env.KILN_EGRESS_PROXY_PORT }),
       ],
+      // GET /health also reports each template's snapshot (see the interceptor for why not as a dependency).
+      providers: [{ provide: APP_INTERCEPTOR, useClass: TemplateSnapshotHealthInterceptor }],
     };
   }
 }

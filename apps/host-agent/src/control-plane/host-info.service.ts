@@ -35,12 +35,15 @@ export class HostInfoService {
   /** Templates whose current build is on this host; placement prefers hosts with a clone ready, then a snapshot. */
   async cachedTemplates(): Promise<CachedTemplate[]> {
     const pooled = new Map(this.clones.describe().map((p) => [`${p.templateId}/${p.buildId}`, p.clones.length]));
+    // A snapshot on disk that failed to load (and is being retried) is not one a create can use.
+    const notReady = new Set(this.sandboxes.templateSnapshots().filter((s) => s.state !== 'ready').map((s) => `${s.templateId}/${s.buildId}`));
     const cached: CachedTemplate[] = [];
     for (const summary of await this.templates.list()) {
       if (!summary.currentBuildId) continue;
       const build = await this.templates.resolve(summary.templateId).catch(() => undefined);
       if (!build) continue;
-      const snapshotReady = await access(join(build.snapshotDir, 'manifest.json')).then(() => true, () => false);
+      const snapshotReady =
+        !notReady.has(`${build.templateId}/${build.buildId}`) && (await access(join(build.snapshotDir, 'manifest.json')).then(() => true, () => false));
       cached.push({
         templateId: build.templateId,
         buildId: build.buildId,

@@ -1,4 +1,5 @@
 import { Controller, UseFilters } from '@nestjs/common';
+import type { Metadata, ServerUnaryCall } from '@grpc/grpc-js';
 import { ENVD_COMPAT_VERSION, ErrorCode, KilnError } from '@kiln/contracts';
 import {
   CreateSandboxRequest,
@@ -49,6 +50,20 @@ function toInfo(live: LiveSandbox): SandboxInfo {
   };
 }
 
+/**
+ * What is left of the call's gRPC deadline (less a margin for the rest of the create), or undefined when the
+ * caller set none: then the agent's own bound applies.
+ */
+function remainingDeadlineMs(call: Pick<ServerUnaryCall<unknown, unknown>, 'getDeadline'> | undefined): number | undefined {
+  const deadline = call?.getDeadline?.();
+  const at = deadline instanceof Date ? deadline.getTime() : deadline;
+  if (at === undefined || !Number.isFinite(at)) return undefined;
+  return Math.max(0, at - Date.now() - CREATE_AFTER_SNAPSHOT_MARGIN_MS);
+}
+
+/** Left of a create's deadline for the restore and the guest's /init once the snapshot is ready. */
+const CREATE_AFTER_SNAPSHOT_MARGIN_MS = 30_000;
+
 /** The control plane's view of this host (proto/hostagent/v1/hostagent.proto). */
 @Controller()
 @HostAgentControllerMethods()
@@ -59,7 +74,7 @@ export class HostAgentGrpcController implements HostAgentController {
     private readonly hostDescription: HostInfoService,
   ) {}
 
-  async createSandbox(request: CreateSandboxRequest): Promise<SandboxInfo> {
+  async createSandbox(request: CreateSandboxRequest, _metadata?: Metadata, call?: ServerUnaryCall<unknown, unknown>): Promise<SandboxInfo> {
     if (!request.buildId) throw new KilnError(ErrorCode.InvalidArgument, 'build_id is required: the host restores exactly the build it is given');
     const live = await this.sandboxes.create({
       sandboxId: request.sandboxId,
@@ -73,6 +88,7 @@ export class HostAgentGrpcController implements HostAgentController {
       envdAccessToken: request.envdAccessToken,
       egress: egressOf(request.egress),
       timeoutSeconds: request.timeoutSeconds,
+      templateWaitMs: remainingDeadlineMs(call),
     });
     return toInfo(live);
   }

@@ -19,7 +19,7 @@ import {
   type AppliedEgressPolicy,
 } from '../network';
 import { RootfsLayer, RootfsLayers } from '../rootfs';
-import { SnapshotError, TemplateSnapshot, TemplateSnapshots } from '../snapshot';
+import { SnapshotError, TemplateNotReadyError, TemplateSnapshot, TemplateSnapshotReadiness, TemplateSnapshots, type TemplateSnapshotStatus } from '../snapshot';
 import { InvalidTemplateIdError, TemplateNotFoundError, TemplateStore } from '../template';
 import { VMM_DRIVER, VmExit, VmHandle, VmmDriver } from '../vmm';
 import { initGuestAgent } from '../guest-agent-client';
@@ -43,6 +43,11 @@ export interface CreateSandboxInput {
   egress?: EgressPolicy;
   /** Kept in the record and reported back; the control plane enforces it. */
   timeoutSeconds?: number;
+  /**
+   * How long this create may wait for the build's snapshot while it is being made (the gRPC call's remaining
+   * deadline); default KILN_CREATE_TEMPLATE_WAIT_SECONDS.
+   */
+  templateWaitMs?: number;
 }
 
 export type LiveSandboxState = 'starting' | 'running' | 'stopping';
@@ -83,8 +88,6 @@ function guestConnectionPool(): Agent {
 }
 
 const SANDBOX_ID = /^[a-z0-9][a-z0-9-]{0,63}$/;
-/** Generous: with more restoring guests than cores, TCG guests take tens of seconds to answer. */
-const GUEST_INIT_DEADLINE_MS = 90_000;
 
 /**
  * Owns every sandbox on this host: the VMM process, its network slot and its disk
@@ -99,13 +102,15 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   private readonly nameservers: string[];
   private readonly createSeconds;
   private readonly liveGauge;
+  /** Each template build's snapshot: made, retried with backoff when it fails, and reported on /health. */
+  private readonly snapshotReadiness: TemplateSnapshotReadiness;
 
   constructor(
     private readonly env: HostAgentEnv,
     private readonly slots: NetworkSlotPool,
     private readonly layers: RootfsLayers,
     @Inject(VMM_DRIVER) private readonly vmm: VmmDriver,
-    private readonly snapshots: TemplateSnapshots,
+    snapshots: TemplateSnapshots,
     private readonly clones: ClonePool,
     private readonly templates: TemplateStore,
     private readonly events: SandboxEventStream,
@@ -121,6 +126,11 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
     );
     this.liveGauge = metrics.gauge('kiln_agent_sandboxes', 'Sandboxes on this host');
+    this.snapshotReadiness = new TemplateSnapshotReadiness(
+      snapshots,
+      { initialDelayMs: env.KILN_SNAPSHOT_RETRY_INITIAL_SECONDS * 1000, maxDelayMs: env.KILN_SNAPSHOT_RETRY_MAX_SECONDS * 1000 },
+      (snapshot) => clones.keepWarm(snapshot),
+    );
   }
 
   /** Adopts VMs that outlived a previous agent process and removes whatever is left of dead ones. */
@@ -168,21 +178,20 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
 
   /**
    * Makes (or verifies) every local template's snapshot in the background and starts its clone pool, so the
-   * first create does not pay for a cold boot, a full hash of the memory file or a restore.
+   * first create does not pay for a cold boot, a full hash of the memory file or a restore. The first attempts run
+   * one template at a time (each is a VM boot competing for the same cores); a failed one is retried with backoff.
    */
   onApplicationBootstrap(): void {
     void (async () => {
       for (const template of await this.templates.list()) {
-        if (!template.currentBuildId) continue;
-        const started = performance.now();
-        try {
-          this.clones.keepWarm(await this.snapshots.ensure(template.templateId));
-          this.logger.log(`template ${template.templateId} snapshot ready (${Math.round(performance.now() - started)} ms)`);
-        } catch (error) {
-          this.logger.error(`template ${template.templateId} snapshot failed: ${describeError(error)}`);
-        }
+        if (template.currentBuildId) await this.snapshotReadiness.prepare(template.templateId, template.currentBuildId);
       }
-    })();
+    })().catch((error) => this.logger.error(`listing templates for their snapshots failed: ${describeError(error)}`));
+  }
+
+  /** Each template build's snapshot state (building, ready, failed with the reason and the next retry). */
+  templateSnapshots(): TemplateSnapshotStatus[] {
+    return this.snapshotReadiness.describe();
   }
 
   list(): LiveSandbox[] {
@@ -213,12 +222,15 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     const t0 = performance.now();
     let snapshot: TemplateSnapshot;
     try {
-      snapshot = await this.snapshots.ensure(input.templateId, input.buildId);
+      const waitMs = input.templateWaitMs ?? this.env.KILN_CREATE_TEMPLATE_WAIT_SECONDS * 1000;
+      snapshot = await this.snapshotReadiness.whenReady(input.templateId, input.buildId, waitMs);
     } catch (error) {
       if (error instanceof TemplateNotFoundError || error instanceof InvalidTemplateIdError) {
         throw new KilnError(ErrorCode.FailedPrecondition, error.message);
       }
-      if (error instanceof SnapshotError) throw new KilnError(ErrorCode.Unavailable, `template snapshot unavailable: ${describeError(error)}`);
+      // The control plane may place the sandbox elsewhere or retry here later: the message says why, and when.
+      if (error instanceof TemplateNotReadyError) throw new KilnError(ErrorCode.Unavailable, error.message, error.retryAfterSeconds);
+      if (error instanceof SnapshotError) throw new KilnError(ErrorCode.Unavailable, `template ${input.templateId} is not ready: ${describeError(error)}`);
       throw error;
     }
     // A sandbox restored from a memory snapshot has exactly the snapshot's shape.
@@ -317,7 +329,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
             entropySeed: randomBytes(GUEST_ENTROPY_SEED_BYTES.sent).toString('base64'),
             nameservers: this.nameservers,
           },
-          GUEST_INIT_DEADLINE_MS,
+          // Part of the create deadline chain (SANDBOX_*_MS in the shared config), shorter than the scheduler's.
+          this.env.SANDBOX_GUEST_INIT_DEADLINE_MS,
           { signal: abort },
         ),
       ]);
@@ -481,6 +494,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
 
   /** Agent shutdown leaves VMs running (they are adopted on restart); only control connections close. */
   onApplicationShutdown(): void {
+    this.snapshotReadiness.close();
     for (const live of this.sandboxes.values()) {
       live.stopping = true;
       live.vm?.detach();

@@ -8,3 +8,5 @@ export type {
   SnapshotOptions,
   TemplateSnapshot,
 } from './template-snapshots';
+export { TemplateSnapshotReadiness } from './template-snapshot-readiness';
+export type { SnapshotRetryPolicy, SnapshotSource, TemplateSnapshotState, TemplateSnapshotStatus } from './template-snapshot-readiness';

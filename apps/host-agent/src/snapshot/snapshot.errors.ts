@@ -17,3 +17,18 @@ export class SnapshotMissingError extends SnapshotError {}
 
 /** The snapshot was written in an older layout; it is recreated on next use. */
 export class SnapshotOutdatedError extends SnapshotError {}
+
+/**
+ * A create needs a template build whose snapshot is not usable yet: its last attempt failed (and is retried with
+ * backoff), or it is still being built and the create could not wait longer. `reason` is the short cause a caller
+ * can act on; `retryAfterSeconds` is when trying again makes sense.
+ */
+export class TemplateNotReadyError extends SnapshotError {
+  constructor(
+    readonly templateId: string,
+    readonly reason: string,
+    readonly retryAfterSeconds: number,
+  ) {
+    super(`template ${templateId} is not ready: ${reason}`);
+  }
+}

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger } from '@nestjs/common';
@@ -213,6 +213,9 @@ export class TemplateSnapshots {
     const staging = `${build.snapshotDir}.partial-${randomBytes(4).toString('hex')}`;
     const runDir = join(this.options.runDir, runId);
     await mkdir(staging, { recursive: true });
+    // QEMU's `cat` writes the device state into it as the unprivileged VMM user (see VmHandle.snapshot): it must be
+    // able to reach its file whatever the agent's umask (mkdir's mode is masked by it, chmod is not).
+    await chmod(staging, 0o755);
     await mkdir(runDir, { recursive: true });
     const memoryPath = join(staging, 'memory');
     const diskPath = join(staging, 'disk.qcow2');
@@ -224,6 +227,9 @@ export class TemplateSnapshots {
       await runHostCommand('qemu-img', [
         'create', '-q', '-f', 'qcow2', '-F', build.rootfs.format, '-b', `../${basenameOf(build.rootfs.path)}`, diskPath,
       ]);
+      // The template VM opens its disk as root, but saving the snapshot inactivates it, which reopens the image as the
+      // VMM user: it must be readable by others whatever the agent's umask (qemu-img creates it under that umask).
+      await chmod(diskPath, 0o644);
       slot = await this.network.acquire();
       const spec = coldBootSpec(build, {
         id: runId,

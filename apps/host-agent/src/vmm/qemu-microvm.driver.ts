@@ -405,7 +405,9 @@ class QemuVmHandle implements VmHandle {
       const info = await qmp.execute('query-migrate');
       if (info.status === 'completed') break;
       if (info.status === 'failed' || info.status === 'cancelled') {
-        throw new VmSnapshotError(`vm ${this.id}: migration ${info.status}: ${info['error-desc'] ?? 'no detail'}`);
+        // QEMU often gives no error-desc (an exec: writer that failed only exits): its log says what the writer printed.
+        const vmmLog = (await tail(join(this.stateDir, STATE_FILES.vmmLog), 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
+        throw new VmSnapshotError(`vm ${this.id}: migration ${info.status}: ${info['error-desc'] ?? 'no detail'}${vmmLog ? `; qemu log: ${vmmLog}` : ''}`);
       }
       if (performance.now() > deadline) throw new VmSnapshotError(`vm ${this.id}: snapshot timed out`);
       await delay(2);
