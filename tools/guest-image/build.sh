@@ -10,11 +10,17 @@
 #   KILN_ROOTFS_SIZE         sparse rootfs size (default 2G)
 #   KILN_TEMPLATE_VCPUS / KILN_TEMPLATE_MEMORY_MIB   template.json defaults (1 / 512)
 #   KILN_TEMPLATE_KEEP_BUILDS  template builds kept, current included (default 3)
+#   KILN_DEB_CACHE           Debian package download cache (default $KILN_DATA_DIR/cache/debs): only .deb files
+#                            as the mirror serves them, so data dirs may share one (the first-run check does)
 set -euo pipefail
+# The image tree is read by QEMU after it dropped to kiln-vmm, and the rootfs contents (dirs this script makes,
+# the guest agent's files) must not depend on the builder's umask.
+umask 022
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DATA_DIR=${KILN_DATA_DIR:-/var/lib/kiln}
+DEB_CACHE=${KILN_DEB_CACHE:-$DATA_DIR/cache/debs}
 TEMPLATE_ID=${KILN_TEMPLATE_ID:-base}
 BUNDLE_DIR=${KILN_GUEST_AGENT_BUNDLE:-$REPO/apps/guest-agent/dist/bundle}
 ROOTFS_SIZE=${KILN_ROOTFS_SIZE:-2G}
@@ -83,7 +89,7 @@ compute_input_hash() {
 }
 
 build_kernel() {
-  local out=$1 deb_cache="$DATA_DIR/cache/debs" deb
+  local out=$1 deb_cache="$DEB_CACHE" deb
   mkdir -p "$deb_cache"
   deb=$(ls "$deb_cache/${KERNEL_PACKAGE}_${KERNEL_VERSION//:/%3a}_"*.deb 2>/dev/null | head -n1 || true)
   if [ -z "$deb" ]; then
@@ -114,15 +120,31 @@ build_rootfs() {
   local out=$1 root="$1/rootfs" mirror
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   mirror=${mirror:-http://deb.debian.org/debian}
-  log "mmdebstrap $SUITE from $mirror"
+  # The packages of the last build are kept in $DEB_CACHE/rootfs and handed to apt before it downloads (apt
+  # verifies each against the mirror's index and fetches only what is missing or newer); afterwards the cache holds
+  # exactly this build's packages. Hard links where the cache shares the filesystem: apt only reads and unlinks.
+  local cached="$DEB_CACHE/rootfs" staging="$DEB_CACHE/.rootfs-$$" q_cached q_staging
+  mkdir -p "$cached"
+  # A build killed mid-way leaves its staging dir; an hour is far longer than any build.
+  find "$DEB_CACHE" -maxdepth 1 -name '.rootfs-*' -mmin +60 -exec rm -rf {} + 2>/dev/null || true
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  q_cached=$(printf %q "$cached")
+  q_staging=$(printf %q "$staging")
+  log "mmdebstrap $SUITE from $mirror ($(find "$cached" -maxdepth 1 -name '*.deb' | wc -l) cached packages)"
   mmdebstrap --quiet --variant=minbase --mode=root \
     --include="$(package_list | paste -sd,)" \
+    --skip=essential/unlink \
+    --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\" && for f in $q_cached/*.deb; do [ -e \"\$f\" ] || continue; ln \"\$f\" \"\$1/var/cache/apt/archives/\" 2>/dev/null || cp \"\$f\" \"\$1/var/cache/apt/archives/\"; done" \
+    --customize-hook="for f in \"\$1\"/var/cache/apt/archives/*.deb; do [ -e \"\$f\" ] || continue; ln \"\$f\" $q_staging/ 2>/dev/null || cp \"\$f\" $q_staging/; done" \
     --aptopt='Acquire::Languages "none"' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     "$SUITE" "$root" "$mirror" </dev/null
+  rm -rf "$cached"
+  mv -T "$staging" "$cached"
 
   chroot "$root" useradd --uid 1000 --create-home --home-dir /home/user --shell /bin/bash --user-group user
   echo 'user ALL=(ALL) NOPASSWD:ALL' >"$root/etc/sudoers.d/user"
@@ -142,6 +164,8 @@ build_rootfs() {
   mkdir -p "$root/opt/kiln/guest-agent"
   cp -a "$BUNDLE_DIR/." "$root/opt/kiln/guest-agent/"
   chown -R 0:0 "$root/opt/kiln"
+  # A bundle built under umask 077 is 0600/0700; in the guest it is root's code, readable by all as any /usr file.
+  chmod -R u=rwX,go=rX "$root/opt/kiln"
   install -m 0755 "$HERE/guest-init.sh" "$root/opt/kiln/init"
 
   truncate -s "$ROOTFS_SIZE" "$out/rootfs.ext4"

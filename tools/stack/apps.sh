@@ -7,7 +7,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUN_DIR=${RUN_DIR:-$KILN_STATE/run}
 APPS=(scheduler host-monitor template-builder host-agent gateway)
 
-declare -A HEALTH_PORT=([gateway]=3000 [scheduler]=3001 [template-builder]=3002 [host-monitor]=3003 [host-agent]=3004)
+# Every app reads its HTTP port from HTTP_PORT, so one shared environment cannot carry five of them: the stack
+# takes <APP>_HTTP_PORT (e.g. GATEWAY_HTTP_PORT) and hands each app its own as HTTP_PORT. The other listeners
+# have names of their own in the apps' env classes (SANDBOX_PROXY_PORT, GRPC_PORT, PROXY_PORT,
+# KILN_EGRESS_PROXY_PORT) and pass through unchanged. A second stack beside the dev one sets all of them.
+declare -A HEALTH_PORT=(
+  [gateway]=${GATEWAY_HTTP_PORT:-3000}
+  [scheduler]=${SCHEDULER_HTTP_PORT:-3001}
+  [template-builder]=${TEMPLATE_BUILDER_HTTP_PORT:-3002}
+  [host-monitor]=${HOST_MONITOR_HTTP_PORT:-3003}
+  [host-agent]=${HOST_AGENT_HTTP_PORT:-3004}
+)
 
 random_secret() { head -c "$1" /dev/urandom | base64 | tr -d '/+=\n'; }
 
@@ -31,7 +41,16 @@ stack_env() {
   REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
   NODE_ENV=${NODE_ENV:-production}
   KILN_HOST_ID=${KILN_HOST_ID:-$(hostname -s)}
+  # seed-dev.cjs reads these to find the state dir and to print the URLs of dev.env.
+  GATEWAY_HTTP_PORT=${HEALTH_PORT[gateway]}
+  export KILN_STATE
   set +a
+}
+
+# The database named by DATABASE_URL (the last path segment, without query string).
+database_name() {
+  local name=${DATABASE_URL##*/}
+  echo "${name%%\?*}"
 }
 
 start_app() {
@@ -42,7 +61,7 @@ start_app() {
     return
   fi
   # setsid: each app leads its own session so `down` can signal exactly what it started.
-  setsid node "$ROOT/apps/$app/dist/main.js" >>"$RUN_DIR/$app.log" 2>&1 < /dev/null &
+  HTTP_PORT=${HEALTH_PORT[$app]} setsid node "$ROOT/apps/$app/dist/main.js" >>"$RUN_DIR/$app.log" 2>&1 < /dev/null &
   echo $! > "$RUN_DIR/$app.pid"
 }
 

@@ -2,6 +2,10 @@
 # Shared steps of `npm run up`, `npm test` and CI: every step is idempotent and
 # checks before it acts, so a second run on a prepared machine is fast.
 set -euo pipefail
+# Everything the stack makes is read by other users: the guest image and template tree by QEMU once it dropped to
+# kiln-vmm, the guest agent bundle inside the guest, the apps' data dirs. A user's shell may have umask 077; the
+# stack's modes must not depend on it (secrets.env sets its own 0600). The apps inherit this, as under systemd.
+umask 022
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 KILN_STATE=${KILN_STATE:-$ROOT/.kiln}

@@ -11,7 +11,7 @@ ensure_npm
 generate_and_build
 build_guest_image
 stack_env
-ensure_database kiln
+ensure_database "$(database_name)"
 
 for app in "${APPS[@]}"; do
   log "starting $app"
@@ -36,7 +36,7 @@ Kiln is up.
   Logs:                  $RUN_DIR/<app>.log
 
 Use it with the official e2b SDK:
-  set -a; source .kiln/dev.env; set +a
+  set -a; source ${KILN_STATE#"$PWD/"}/dev.env; set +a
   node -e "const {Sandbox}=require('e2b'); Sandbox.create('base').then(async s=>{console.log((await s.commands.run('uname -a')).stdout); await s.kill()})"
 
 Stop everything with: npm run down
