@@ -1,7 +1,7 @@
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import 'reflect-metadata';
 import { ApiKeyRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
 import { createTestDatabase } from '@kiln/db/testing';
@@ -18,6 +18,41 @@ export const E2E_NAMESERVER = '10.254.53.1';
 /** The suite's own host-agent state: separate from a dev stack's, sharing only the built templates. */
 const E2E_DATA_DIR = '/var/lib/kiln-e2e';
 
+/** What makes one test stack distinct from another on the same machine (and from a dev stack). */
+export interface StackOptions {
+  /** Names its run folder (`.kiln/<name>/run`) and its team. */
+  name: string;
+  dataDir: string;
+  networkPrefix: string;
+  slotCidr: string;
+  /** Where the stack file goes; the default stack's is STACK_FILE. */
+  stackFile: string;
+  /**
+   * Dependencies the caller runs (a fault suite's restartable servers). Absent: a private NATS, a throwaway
+   * database on the machine's Postgres and a Redis database index of its own.
+   */
+  dependencies?: { natsUrl: string; databaseUrl: string; redisUrl: string };
+  /** Extra settings for every app (e.g. a shorter create deadline chain). */
+  commonEnv?: Record<string, string>;
+  /** Extra host-agent settings. */
+  hostAgentEnv?: Record<string, string>;
+}
+
+/** The stack stack-e2e's suites share (global setup). */
+export const E2E_STACK: StackOptions = {
+  name: 'e2e',
+  dataDir: E2E_DATA_DIR,
+  networkPrefix: 'ke2e',
+  slotCidr: '10.201.0.0/20',
+  stackFile: STACK_FILE,
+  hostAgentEnv: {
+    // The security suite's "operator-opened" private range (test hosts in a namespace it owns).
+    KILN_EGRESS_OPEN_RANGES: OPENED_PRIVATE_RANGE,
+    // The DNS server the host-agent and security suites run in namespaces of their own (E2E_NAMESERVER).
+    KILN_GUEST_NAMESERVERS: E2E_NAMESERVER,
+  },
+};
+
 export interface StackInfo {
   apiUrl: string;
   sandboxUrl: string;
@@ -25,19 +60,24 @@ export interface StackInfo {
   otherTeamApiKey: string;
   teamId: string;
   databaseUrl: string;
-  databaseName: string;
+  /** Set when the stack made its own database (dropped by stopStack). */
+  databaseName?: string;
   natsUrl: string;
   redisUrl: string;
   hostAgent: { grpcAddress: string; proxyUrl: string; httpUrl: string; hostId: string };
   domain: string;
   dataDir: string;
   networkPrefix: string;
+  slotCidr: string;
+  stackFile: string;
   pids: Record<string, number>;
   runDir: string;
   /** HTTP ports of every app (health and metrics). */
   httpPorts: Record<string, number>;
   /** Full environment the host agent was started with, so a test can restart it. */
   hostAgentEnv: Record<string, string>;
+  /** Full environment of every app, so a test can restart any of them. */
+  appEnvs: Record<string, Record<string, string>>;
 }
 
 async function waitHealthy(name: string, url: string, child: ChildProcess, logPath: string, timeoutMs: number): Promise<void> {
@@ -72,10 +112,10 @@ function startProcess(command: string, args: string[], env: NodeJS.ProcessEnv, l
   return child;
 }
 
-function prepareDataDir(): void {
-  mkdirSync(E2E_DATA_DIR, { recursive: true });
+function prepareDataDir(dataDir: string): void {
+  mkdirSync(dataDir, { recursive: true });
   for (const shared of ['templates', 'images', 'cache', 'vmm']) {
-    const link = join(E2E_DATA_DIR, shared);
+    const link = join(dataDir, shared);
     if (!existsSync(link) && existsSync(join(SHARED_DATA_DIR, shared))) symlinkSync(join(SHARED_DATA_DIR, shared), link);
   }
 }
@@ -85,23 +125,26 @@ function prepareDataDir(): void {
  * NATS server (so a dev stack on the same machine cannot answer our requests), a fresh
  * database, a Redis database index of its own, and the five apps on free ports.
  */
-export async function startStack(): Promise<StackInfo> {
-  const runDir = join(ROOT, '.kiln', 'e2e', 'run');
+export async function startStack(options: StackOptions = E2E_STACK): Promise<StackInfo> {
+  const runDir = join(ROOT, '.kiln', options.name, 'run');
   rmSync(runDir, { recursive: true, force: true });
   mkdirSync(runDir, { recursive: true });
-  prepareDataDir();
+  prepareDataDir(options.dataDir);
   const pids: Record<string, number> = {};
 
-  const natsPort = await freePort();
-  const jsDir = join(runDir, 'jetstream');
-  const nats = startProcess('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', jsDir], process.env, join(runDir, 'nats.log'));
-  pids.nats = nats.pid!;
-  const natsUrl = `nats://127.0.0.1:${natsPort}`;
-  await waitForPort(natsPort, 'nats-server');
+  let natsUrl = options.dependencies?.natsUrl;
+  if (!natsUrl) {
+    const natsPort = await freePort();
+    const jsDir = join(runDir, 'jetstream');
+    const nats = startProcess('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', jsDir], process.env, join(runDir, 'nats.log'));
+    pids.nats = nats.pid!;
+    natsUrl = `nats://127.0.0.1:${natsPort}`;
+    await waitForPort(natsPort, 'nats-server');
+  }
 
-  const db = await createTestDatabase();
-  const redisUrl = 'redis://127.0.0.1:6379/7';
-  const token = `e2e-registration-${Date.now()}-token`;
+  const db = options.dependencies ? { url: options.dependencies.databaseUrl, name: undefined } : await createTestDatabase();
+  const redisUrl = options.dependencies?.redisUrl ?? 'redis://127.0.0.1:6379/7';
+  const token = `${options.name}-registration-${Date.now()}-token`;
   const ports = {
     gateway: await freePort(),
     sandboxProxy: await freePort(),
@@ -121,10 +164,11 @@ export async function startStack(): Promise<StackInfo> {
     NATS_URL: natsUrl,
     REDIS_URL: redisUrl,
     HOST_REGISTRATION_TOKEN: token,
-    KILN_SANDBOX_TOKEN_KEY: `e2e-sandbox-token-key-${randomBytes(24).toString('hex')}`,
+    KILN_SANDBOX_TOKEN_KEY: `${options.name}-sandbox-token-key-${randomBytes(24).toString('hex')}`,
     HOST_HEARTBEAT_TTL_SECONDS: '15',
+    ...options.commonEnv,
   };
-  const hostId = 'e2e-host';
+  const hostId = `${options.name}-host`;
   const apps: Array<{ name: string; env: Record<string, string>; port: number; timeoutMs: number }> = [
     { name: 'scheduler', env: { HTTP_PORT: String(ports.scheduler), RECONCILE_INTERVAL_SECONDS: '5' }, port: ports.scheduler, timeoutMs: 60_000 },
     { name: 'host-monitor', env: { HTTP_PORT: String(ports.hostMonitor) }, port: ports.hostMonitor, timeoutMs: 60_000 },
@@ -136,18 +180,15 @@ export async function startStack(): Promise<StackInfo> {
         GRPC_PORT: String(ports.grpc),
         PROXY_PORT: String(ports.agentProxy),
         KILN_EGRESS_PROXY_PORT: String(ports.egressProxy),
-        // The security suite's "operator-opened" private range (test hosts in a namespace it owns).
-        KILN_EGRESS_OPEN_RANGES: OPENED_PRIVATE_RANGE,
         KILN_HOST_ID: hostId,
         KILN_HOST_ADDRESS: '127.0.0.1',
-        KILN_DATA_DIR: E2E_DATA_DIR,
-        KILN_NETWORK_PREFIX: 'ke2e',
-        KILN_SLOT_CIDR: '10.201.0.0/20',
+        KILN_DATA_DIR: options.dataDir,
+        KILN_NETWORK_PREFIX: options.networkPrefix,
+        KILN_SLOT_CIDR: options.slotCidr,
         KILN_NETWORK_PREFILL: '4',
         KILN_MAX_SANDBOXES: '16',
         HEARTBEAT_INTERVAL_SECONDS: '2',
-        // The DNS server the host-agent suite runs in a namespace of its own (E2E_NAMESERVER).
-        KILN_GUEST_NAMESERVERS: E2E_NAMESERVER,
+        ...options.hostAgentEnv,
       },
       port: ports.hostAgent,
       timeoutMs: 120_000,
@@ -159,22 +200,28 @@ export async function startStack(): Promise<StackInfo> {
       timeoutMs: 60_000,
     },
   ];
-  let hostAgentEnv: Record<string, string> = {};
-  for (const app of apps) {
-    const env = { ...common, ...app.env } as Record<string, string>;
-    if (app.name === 'host-agent') hostAgentEnv = env;
-    pids[app.name] = (await startApp(app.name, env, runDir, app.port, app.timeoutMs)).pid!;
+  const appEnvs: Record<string, Record<string, string>> = {};
+  try {
+    for (const app of apps) {
+      const env = { ...common, ...app.env } as Record<string, string>;
+      appEnvs[app.name] = env;
+      pids[app.name] = (await startApp(app.name, env, runDir, app.port, app.timeoutMs)).pid!;
+    }
+    // The host agent makes the template snapshot in the background at start; suites start once it exists.
+    await waitForSnapshot(`127.0.0.1:${ports.grpc}`, 300_000);
+  } catch (error) {
+    // A stack that did not come up leaves nothing running: what started is stopped and the host cleaned.
+    const partial = { pids, dataDir: options.dataDir, networkPrefix: options.networkPrefix, slotCidr: options.slotCidr, databaseName: db.name, stackFile: options.stackFile };
+    await stopStack(partial as StackInfo).catch(() => undefined);
+    throw error;
   }
-
-  // The host agent makes the template snapshot in the background at start; suites start once it exists.
-  await waitForSnapshot(`127.0.0.1:${ports.grpc}`, 300_000);
 
   const prisma = new PrismaService(db.url);
   try {
     const teams = new TeamRepository(prisma);
     const keys = new ApiKeyRepository(prisma);
-    const team = await teams.ensure('e2e');
-    const other = await teams.ensure('e2e-other');
+    const team = await teams.ensure(options.name);
+    const other = await teams.ensure(`${options.name}-other`);
     const templates = new TemplateRepository(prisma);
     const manifest = JSON.parse(readFileSync(join(SHARED_DATA_DIR, 'templates', 'base', 'current', 'template.json'), 'utf8'));
     await templates.ensurePublicTemplate({
@@ -189,8 +236,8 @@ export async function startStack(): Promise<StackInfo> {
     const info: StackInfo = {
       apiUrl: `http://127.0.0.1:${ports.gateway}`,
       sandboxUrl: `http://127.0.0.1:${ports.sandboxProxy}`,
-      apiKey: (await keys.create(team.id, 'e2e')).key,
-      otherTeamApiKey: (await keys.create(other.id, 'e2e-other')).key,
+      apiKey: (await keys.create(team.id, options.name)).key,
+      otherTeamApiKey: (await keys.create(other.id, `${options.name}-other`)).key,
       teamId: team.id,
       databaseUrl: db.url,
       databaseName: db.name,
@@ -203,14 +250,18 @@ export async function startStack(): Promise<StackInfo> {
         hostId,
       },
       domain: 'localhost',
-      dataDir: E2E_DATA_DIR,
-      networkPrefix: 'ke2e',
+      dataDir: options.dataDir,
+      networkPrefix: options.networkPrefix,
+      slotCidr: options.slotCidr,
+      stackFile: options.stackFile,
       pids,
       runDir,
-      hostAgentEnv,
+      hostAgentEnv: appEnvs['host-agent'],
+      appEnvs,
       httpPorts: Object.fromEntries(apps.map((app) => [app.name, app.port])),
     };
-    writeFileSync(STACK_FILE, JSON.stringify(info, null, 2));
+    mkdirSync(dirname(options.stackFile), { recursive: true });
+    writeFileSync(options.stackFile, JSON.stringify(info, null, 2));
     return info;
   } finally {
     await prisma.$disconnect();
@@ -240,22 +291,32 @@ async function startApp(name: string, env: Record<string, string>, runDir: strin
   return child;
 }
 
-/** SIGKILLs the host agent (its VMs keep running) and starts it again with the same environment. */
-export async function restartHostAgentAfterKill(info: StackInfo): Promise<StackInfo> {
-  const pid = info.pids['host-agent'];
+/** SIGKILLs one of the stack's apps (a host agent's VMs keep running). */
+export async function killApp(info: StackInfo, name: string): Promise<void> {
+  const pid = info.pids[name];
   if (pid && alive(pid)) {
     process.kill(pid, 'SIGKILL');
     for (let i = 0; i < 50 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
   }
-  const port = Number(info.hostAgentEnv.HTTP_PORT);
-  const child = await startApp('host-agent', info.hostAgentEnv, info.runDir, port, 120_000);
-  const updated = { ...info, pids: { ...info.pids, 'host-agent': child.pid! } };
-  writeFileSync(STACK_FILE, JSON.stringify(updated, null, 2));
+}
+
+/** Starts a killed app again with the environment it had; returns the stack with its new pid. */
+export async function restartApp(info: StackInfo, name: string): Promise<StackInfo> {
+  const env = info.appEnvs[name];
+  const child = await startApp(name, env, info.runDir, Number(env.HTTP_PORT), 120_000);
+  const updated = { ...info, pids: { ...info.pids, [name]: child.pid! } };
+  writeFileSync(info.stackFile, JSON.stringify(updated, null, 2));
   return updated;
 }
 
-export function readStack(): StackInfo {
-  return JSON.parse(readFileSync(STACK_FILE, 'utf8')) as StackInfo;
+/** SIGKILLs the host agent (its VMs keep running) and starts it again with the same environment. */
+export async function restartHostAgentAfterKill(info: StackInfo): Promise<StackInfo> {
+  await killApp(info, 'host-agent');
+  return restartApp(info, 'host-agent');
+}
+
+export function readStack(stackFile = STACK_FILE): StackInfo {
+  return JSON.parse(readFileSync(stackFile, 'utf8')) as StackInfo;
 }
 
 function alive(pid: number): boolean {
@@ -278,17 +339,19 @@ export async function stopStack(info: StackInfo): Promise<void> {
   }
   await new Promise<void>((resolve) => {
     const teardown = spawn('node', [join(ROOT, 'apps', 'host-agent', 'dist', 'teardown.js')], {
-      env: { ...process.env, KILN_DATA_DIR: info.dataDir, KILN_NETWORK_PREFIX: info.networkPrefix, KILN_SLOT_CIDR: '10.201.0.0/20', LOG_LEVEL: 'warn' },
+      env: { ...process.env, KILN_DATA_DIR: info.dataDir, KILN_NETWORK_PREFIX: info.networkPrefix, KILN_SLOT_CIDR: info.slotCidr, LOG_LEVEL: 'warn' },
       stdio: 'inherit',
     });
     teardown.on('exit', () => resolve());
   });
-  const { Client } = await import('pg');
-  const admin = new Client({ connectionString: 'postgresql://postgres@127.0.0.1:5432/postgres' });
-  await admin.connect();
-  await admin.query(`DROP DATABASE IF EXISTS "${info.databaseName}" WITH (FORCE)`);
-  await admin.end();
-  rmSync(STACK_FILE, { force: true });
+  if (info.databaseName) {
+    const { Client } = await import('pg');
+    const admin = new Client({ connectionString: 'postgresql://postgres@127.0.0.1:5432/postgres' });
+    await admin.connect();
+    await admin.query(`DROP DATABASE IF EXISTS "${info.databaseName}" WITH (FORCE)`);
+    await admin.end();
+  }
+  rmSync(info.stackFile, { force: true });
   const leftovers = hostLeftovers(info);
   if (leftovers.length) throw new Error(`the e2e stack left resources behind: ${leftovers.join('; ')}`);
 }
