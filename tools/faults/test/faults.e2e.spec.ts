@@ -5,7 +5,7 @@ import { Client as PgClient } from 'pg';
 import { Sandbox } from 'e2b';
 import { eventually, RestartableServer, startRestartableNats, startRestartablePostgres, startRestartableRedis } from '@kiln/testing';
 import { hostAgentClient } from '../../e2e/harness/host-agent-client';
-import { ROOT, StackInfo, StackOptions, killApp, restartApp, startStack, stopStack } from '../../e2e/harness/stack-harness';
+import { ROOT, StackInfo, StackOptions, killApp, readStack, restartApp, startStack, stopStack } from '../../e2e/harness/stack-harness';
 
 /** The fault stack: its own data dir, slot prefix and CIDR, beside the e2e suite's and a developer's. */
 const FAULT_STACK: Omit<StackOptions, 'dependencies'> = {
@@ -172,6 +172,8 @@ describe('faults-e2e: kill -9 anything mid-create and mid-kill; nothing lost, st
   ];
 
   beforeAll(async () => {
+    // A previous run that was killed leaves its stack behind; remove it first (its dependencies died with it).
+    if (existsSync(FAULT_STACK.stackFile)) await stopStack(readStack(FAULT_STACK.stackFile)).catch(() => undefined);
     [postgres, redis, nats] = await Promise.all([startRestartablePostgres(), startRestartableRedis(), startRestartableNats()]);
     stack = await startStack({ ...FAULT_STACK, dependencies: { databaseUrl: postgres.url, redisUrl: redis.url, natsUrl: nats.url } });
   });
@@ -187,14 +189,10 @@ describe('faults-e2e: kill -9 anything mid-create and mid-kill; nothing lost, st
   /** After a fault: the API answers, no row is transitional, every running sandbox answers a command. */
   async function recoveredState(createdIds: string[]): Promise<{ lost: string[]; stuck: number; running: string[] }> {
     await eventually('the API to answer again', async () => (await api('/v2/sandboxes').catch(() => undefined))?.status === 200, { timeoutMs: 120_000 });
-    const stuck = await eventually(
-      'reconcile to settle every transitional row',
-      async () => {
-        const rows = await query<{ n: string }>('select count(*)::text as n from sandboxes where state::text = any($1)', [TRANSITIONAL]);
-        return rows[0].n === '0' ? 0 : undefined;
-      },
-      { timeoutMs: 240_000 },
-    );
+    const transitional = async () => Number((await query<{ n: string }>('select count(*)::text as n from sandboxes where state::text = any($1)', [TRANSITIONAL]))[0].n);
+    // Given the deadline chain plus reconcile's interval to settle; whatever is still transitional then is stuck.
+    await eventually('reconcile to settle every transitional row', async () => (await transitional()) === 0, { timeoutMs: 240_000 }).catch(() => undefined);
+    const stuck = await transitional();
     const rows = await query<{ id: string; state: string }>('select id, state::text as state from sandboxes where id = any($1)', [createdIds]);
     const lost = createdIds.filter((id) => !rows.some((r) => r.id === id));
     const running = (await query<{ id: string }>("select id from sandboxes where state = 'running'")).map((r) => r.id);

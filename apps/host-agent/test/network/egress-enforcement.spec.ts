@@ -20,6 +20,7 @@ import {
   NetnsEchoServer,
   probeFromHost,
   probeFromNetns,
+  stopNetnsChild,
 } from './netns-fixtures';
 
 jest.setTimeout(90_000);
@@ -99,13 +100,8 @@ class NetnsWebServer {
     });
   }
 
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
-    this.child.stdin?.end();
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 2_000);
-    await exited;
-    clearTimeout(timer);
+  stop(): Promise<void> {
+    return stopNetnsChild(this.child);
   }
 }
 

@@ -99,14 +99,8 @@ export class NetnsEchoServer {
     });
   }
 
-  /** Closing stdin makes the server exit; kill is the fallback should it hang. */
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
-    this.child.stdin?.end();
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 2_000);
-    await exited;
-    clearTimeout(timer);
+  stop(): Promise<void> {
+    return stopNetnsChild(this.child);
   }
 }
 
@@ -142,4 +136,14 @@ export async function probeFromHost(host: string, port: number, timeoutMs = 2_00
     });
     s.on('error', (e: NodeJS.ErrnoException) => resolve({ ok: false, code: e.code ?? 'ERROR' }));
   });
+}
+
+/** Stops a server a test runs in a namespace: closing its stdin makes it exit; kill is the fallback should it hang. */
+export async function stopNetnsChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.stdin?.end();
+  const timer = setTimeout(() => child.kill('SIGKILL'), 2_000);
+  await exited;
+  clearTimeout(timer);
 }
