@@ -23,6 +23,11 @@ const FAULT_STACK: Omit<StackOptions, 'dependencies'> = {
   },
 };
 
+/** The host agent's defaults the stack runs with: clones kept per template, slots kept free and kept idle. */
+const POOL_SIZE = 2;
+const SLOT_PREFILL = 4;
+const SLOT_MAX_IDLE = 32;
+
 /** Rows in these states are on their way somewhere; after recovery and reconcile none may be left. */
 const TRANSITIONAL = ['pending', 'starting', 'pausing', 'resuming'];
 
@@ -70,20 +75,67 @@ function resourceCounts(stack: StackInfo): ResourceCounts {
   };
 }
 
-/** Counts once they stop moving: the pools refill after every create and release. */
-async function settledCounts(stack: StackInfo): Promise<ResourceCounts> {
-  let previous = JSON.stringify(resourceCounts(stack));
+/** What the host agent says it holds: its clone pool, its slots by state, its sandboxes. */
+interface AgentAccount {
+  pooledClones: number;
+  sandboxes: number;
+  slotsLeased: number;
+  slotsFree: number;
+  slotsPreparing: number;
+}
+
+async function agentAccount(stack: StackInfo): Promise<AgentAccount | undefined> {
+  const text = await (await fetch(`${stack.hostAgent.httpUrl}/metrics`, { signal: AbortSignal.timeout(5_000) }).catch(() => undefined))?.text();
+  if (!text) return undefined;
+  const value = (name: string, labels = '') => Number(new RegExp(`^${name}\\{[^}]*${labels}[^}]*\\} ([0-9.]+)$`, 'm').exec(text)?.[1] ?? NaN);
+  return {
+    pooledClones: value('kiln_agent_clone_pool_ready'),
+    sandboxes: value('kiln_agent_sandboxes'),
+    slotsLeased: value('kiln_agent_network_slots', 'state="leased"'),
+    slotsFree: value('kiln_agent_network_slots', 'state="free"'),
+    slotsPreparing: value('kiln_agent_network_slots', 'state="preparing"'),
+  };
+}
+
+/**
+ * The host at rest: the clone pool full again (the agent refills it after every take and replaces a clone that
+ * died), nothing being prepared, and the counts unchanged for a few seconds.
+ */
+async function settled(stack: StackInfo, poolSize: number): Promise<{ counts: ResourceCounts; account: AgentAccount }> {
+  let previous = '';
   return eventually(
-    'host resources to settle',
+    'the host to come to rest (pool full, nothing being prepared)',
     async () => {
       await new Promise((r) => setTimeout(r, 2_000));
-      const now = JSON.stringify(resourceCounts(stack));
-      const settled = now === previous;
+      const account = await agentAccount(stack);
+      const counts = resourceCounts(stack);
+      const now = JSON.stringify({ account, counts });
+      const atRest = account !== undefined && account.pooledClones === poolSize && account.slotsPreparing === 0 && now === previous;
       previous = now;
-      return settled ? (JSON.parse(now) as ResourceCounts) : undefined;
+      return atRest ? { counts, account: account! } : undefined;
     },
     { timeoutMs: 120_000 },
   );
+}
+
+/**
+ * Whatever the host holds that nothing owns. Every qemu, clone dir and qcow2 layer belongs to a pooled clone or a
+ * sandbox; every slot namespace (with its veth and nft table) is one the pool leased or keeps free; every sandbox
+ * dir is a live sandbox's.
+ */
+function unowned(counts: ResourceCounts, account: AgentAccount): Record<string, number> {
+  const owners = account.pooledClones + account.sandboxes;
+  const slots = account.slotsLeased + account.slotsFree;
+  const excess: Record<string, number> = {
+    qemu: counts.qemu - owners,
+    cloneDirs: counts.cloneDirs - owners,
+    qcow2Layers: counts.qcow2Layers - owners,
+    sandboxDirs: counts.sandboxDirs - account.sandboxes,
+    netns: counts.netns - slots,
+    veths: counts.veths - slots,
+    nftTables: counts.nftTables - (slots + 1),
+  };
+  return Object.fromEntries(Object.entries(excess).filter(([, n]) => n !== 0));
 }
 
 /**
@@ -225,7 +277,8 @@ describe('faults-e2e: kill -9 anything mid-create and mid-kill; nothing lost, st
     describe(`mid-${phase}`, () => {
       for (const fault of faults()) {
         it(`${fault.name} killed with SIGKILL mid-${phase}: no record lost, none stuck, nothing leaked`, async () => {
-          const before = await settledCounts(stack);
+          const before = await settled(stack, POOL_SIZE);
+          expect(unowned(before.counts, before.account)).toEqual({});
           const createdIds: string[] = [];
           if (phase === 'create') {
             const creates = [createSandbox(), createSandbox()];
@@ -249,14 +302,18 @@ describe('faults-e2e: kill -9 anything mid-create and mid-kill; nothing lost, st
           }
           const state = await recoveredState(createdIds);
           await cleanUp();
-          const after = await settledCounts(stack);
+          const after = await settled(stack, POOL_SIZE);
+          const leaked = unowned(after.counts, after.account);
           summary.push(
             `  ${fault.name.padEnd(10)} mid-${phase}: records lost ${state.lost.length}, stuck ${state.stuck}, running after recovery ${state.running.length}, ` +
-              `resources before ${JSON.stringify(before)} after ${JSON.stringify(after)}`,
+              `leaked ${JSON.stringify(leaked)}; host after ${JSON.stringify(after.counts)} (before ${JSON.stringify(before.counts)})`,
           );
           expect(state.lost).toEqual([]);
           expect(state.stuck).toBe(0);
-          expect(after).toEqual(before);
+          expect(after.account.sandboxes).toBe(0);
+          expect(leaked).toEqual({});
+          // Pools are bounded: slots kept free never exceed what the agent keeps ready plus its idle allowance.
+          expect(after.account.slotsFree).toBeLessThanOrEqual(SLOT_PREFILL + SLOT_MAX_IDLE);
         });
       }
     });

@@ -126,6 +126,12 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
     );
     this.liveGauge = metrics.gauge('kiln_agent_sandboxes', 'Sandboxes on this host');
+    metrics.gauge('kiln_agent_network_slots', 'Network slots by state (leased: to a sandbox or a pooled clone)', ['state'], (gauge) => {
+      const stats = slots.stats();
+      gauge.set({ state: 'leased' }, stats.leased);
+      gauge.set({ state: 'free' }, stats.free);
+      gauge.set({ state: 'preparing' }, stats.preparing);
+    });
     this.snapshotReadiness = new TemplateSnapshotReadiness(
       snapshots,
       { initialDelayMs: env.KILN_SNAPSHOT_RETRY_INITIAL_SECONDS * 1000, maxDelayMs: env.KILN_SNAPSHOT_RETRY_MAX_SECONDS * 1000 },
