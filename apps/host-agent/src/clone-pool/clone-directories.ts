@@ -18,21 +18,26 @@ export async function removeUnclaimedClones(root: string, claimed: ReadonlySet<s
     if (claimed.has(dir)) continue;
     if (entry.isDirectory()) await vmm.terminate(join(dir, CLONE_VM_STATE_DIR));
     await rm(dir, { recursive: true, force: true });
-    // A VMM spawned just before the agent died may not have written its pidfile yet when terminate() looked:
-    // whatever still runs with this clone's paths on its command line goes too, or nothing would own it.
-    await killProcessesNaming(`${dir}/`);
     removed.push(entry.name);
   }
+  // A VMM spawned just before the agent died has no runtime record yet, so terminate() cannot find it: whatever
+  // still runs with an unclaimed clone's paths on its command line goes too, or nothing would ever own it.
+  await killProcessesNaming(root, claimed);
   return removed;
 }
 
-/** SIGKILLs every process whose command line contains `fragment`, and waits (bounded) until they are gone. */
-async function killProcessesNaming(fragment: string): Promise<void> {
+/** SIGKILLs every process naming a path under `root`/<clone>/ for a clone not in `claimed`; waits (bounded) for them. */
+async function killProcessesNaming(root: string, claimed: ReadonlySet<string>): Promise<void> {
+  const prefix = `${root}/`;
   const pids: number[] = [];
   for (const entry of await readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.includes(fragment)) pids.push(Number(entry));
+    const args = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    const cloneDirs = args.flatMap((arg) => {
+      const at = arg.indexOf(prefix);
+      return at === -1 ? [] : [join(root, arg.slice(at + prefix.length).split('/')[0])];
+    });
+    if (cloneDirs.length > 0 && !cloneDirs.some((dir) => claimed.has(dir))) pids.push(Number(entry));
   }
   for (const pid of pids) {
     try {
