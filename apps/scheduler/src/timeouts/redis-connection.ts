@@ -2,6 +2,7 @@ import { Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
 import IORedis from 'ioredis';
 import { SchedulerEnv, describeError, retryWithBackoff } from '@kiln/config';
 import { DependencyHealth } from '@kiln/telemetry';
+import { settleWithin } from './settle-within';
 
 /**
  * The scheduler's Redis connections. `blocking` is BullMQ's worker connection (it needs
@@ -32,7 +33,8 @@ export class RedisConnection implements OnApplicationShutdown {
     }
   }
 
+  /** `quit` waits for Redis to answer; with Redis gone it would wait forever, so it gets a few seconds. */
   async onApplicationShutdown(): Promise<void> {
-    await Promise.all([this.blocking, this.commands].map((c) => c.quit().catch(() => c.disconnect())));
+    await Promise.all([this.blocking, this.commands].map((c) => settleWithin(3_000, c.quit(), () => c.disconnect())));
   }
 }

@@ -1,6 +1,7 @@
 import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { Job, Queue, Worker } from 'bullmq';
 import { RedisConnection } from './redis-connection';
+import { settleWithin } from './settle-within';
 
 export const SANDBOX_TIMEOUT_QUEUE = 'sandbox-timeouts';
 
@@ -27,6 +28,9 @@ function jobIdFor(sandboxId: string): string {
  * and its scheduling, a Redis outage or a Redis without persistence is covered by reconcile's expiry sweep over the
  * rows' `expiresAt`. So scheduling and cancelling are best-effort, bounded in time, and never fail a request.
  */
+/** How long each shutdown step may wait for Redis. */
+const SHUTDOWN_STEP_MS = 3_000;
+
 @Injectable()
 export class SandboxTimeouts implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger(SandboxTimeouts.name);
@@ -102,9 +106,14 @@ export class SandboxTimeouts implements OnModuleInit, OnApplicationShutdown {
     return this.queue;
   }
 
+  /**
+   * Bounded: with Redis unreachable a graceful close would wait for it forever (and a scheduler asked to stop would
+   * never exit). A job cut short is picked up again by BullMQ's stalled-job check; expiry is idempotent.
+   */
   async onApplicationShutdown(): Promise<void> {
-    await this.worker?.close();
-    await this.queue?.close();
-    await this.workerConnection?.quit().catch(() => undefined);
+    await settleWithin(SHUTDOWN_STEP_MS, this.worker?.close(), () => this.worker?.close(true));
+    await settleWithin(SHUTDOWN_STEP_MS, this.queue?.close());
+    await settleWithin(SHUTDOWN_STEP_MS, this.workerConnection?.quit(), () => this.workerConnection?.disconnect());
   }
 }
+
