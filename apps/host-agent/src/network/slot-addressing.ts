@@ -1,4 +1,7 @@
+import { formatIpv4, parseIpv4 as parseIpv4OrUndefined } from '@kiln/contracts';
 import { NetworkConfigError } from './network.errors';
+
+export { formatIpv4 };
 
 /**
  * The slot pool is one IPv4 block carved into /31 point-to-point links, one per slot index:
@@ -23,16 +26,11 @@ export interface SlotAddresses {
 
 export const SLOT_LINK_PREFIX = 31;
 
+/** The contract's IPv4 parser, throwing the host's configuration error for what is not an address. */
 export function parseIpv4(text: string): number {
-  const parts = text.split('.');
-  if (parts.length !== 4 || parts.some((p) => !/^(0|[1-9]\d{0,2})$/.test(p) || Number(p) > 255)) {
-    throw new NetworkConfigError(`not an IPv4 address: ${JSON.stringify(text)}`);
-  }
-  return parts.reduce((acc, p) => acc * 256 + Number(p), 0);
-}
-
-export function formatIpv4(value: number): string {
-  return [value >>> 24, (value >>> 16) & 255, (value >>> 8) & 255, value & 255].join('.');
+  const value = parseIpv4OrUndefined(text);
+  if (value === undefined) throw new NetworkConfigError(`not an IPv4 address: ${JSON.stringify(text)}`);
+  return value;
 }
 
 export function parseSlotPool(cidr: string): SlotPool {
