@@ -48,6 +48,12 @@ const PORT_NAMES: Record<string, string> = {
   SANDBOX_PROXY_PORT: 'sandbox-proxy',
   GRPC_PORT: 'grpc',
   PROXY_PORT: 'proxy',
+  TLS_PORT: 'https',
+};
+
+/** Listeners an app opens only when its configuration turns them on. */
+const PORT_ENABLED: Record<string, (config: Record<string, unknown>) => boolean> = {
+  TLS_PORT: (config) => !!config.TLS_CERT_FILE,
 };
 
 const NAMESPACE = 'kiln';
@@ -203,6 +209,7 @@ describe.each(variants)('$name rendered', ({ view }) => {
       const config = loadedConfig(app);
       const expected = Object.entries(PORT_NAMES)
         .filter(([variable]) => declaredVariables(envClass).has(variable))
+        .filter(([variable]) => PORT_ENABLED[variable]?.(config) ?? true)
         .map(([variable, name]) => ({ name, containerPort: Number(config[variable]) }));
       const declared = (workload(app).container.ports ?? []).map((p) => ({ name: p.name, containerPort: p.containerPort }));
       const byPort = (a: { containerPort: number }, b: { containerPort: number }) => a.containerPort - b.containerPort;
@@ -269,6 +276,34 @@ describe.each(variants)('$name rendered', ({ view }) => {
       const ports = service.spec?.ports ?? [];
       expect(ports.length).toBeGreaterThan(0);
       for (const port of ports) expect(containerPortNumber(container, port.targetPort ?? port.port)).toBe(port.port);
+    });
+  });
+
+  describe('gateway Deployment', () => {
+    it('reads its TLS certificate and key from the operator\'s Secret, mounted read-only and readable by its group only', () => {
+      const { template, container } = workload('gateway');
+      const config = loadedConfig('gateway');
+      const files = [String(config.TLS_CERT_FILE), String(config.TLS_KEY_FILE)];
+      for (const file of files) {
+        const mount = container.volumeMounts?.find((m) => file.startsWith(`${m.mountPath}/`));
+        const volume = template.spec?.volumes?.find((v) => v.name === mount?.name);
+        const key = file.slice((mount?.mountPath.length ?? 0) + 1);
+        expect({ file, readOnly: mount?.readOnly, secret: volume?.secret?.secretName, mode: volume?.secret?.defaultMode }).toEqual({
+          file,
+          readOnly: true,
+          secret: 'gateway-tls',
+          mode: 0o440,
+        });
+        // A kubernetes.io/tls Secret (`kubectl create secret tls`) holds exactly these keys.
+        expect(['tls.crt', 'tls.key']).toContain(key);
+      }
+      expect(template.spec?.securityContext?.fsGroup).toBe(template.spec?.securityContext?.runAsUser);
+    });
+
+    it('may bind its TLS port as a non-root user (SDKs call 443), and only from that port up', () => {
+      const sysctls = workload('gateway').template.spec?.securityContext?.sysctls ?? [];
+      const start = Number(sysctls.find((s) => s.name === 'net.ipv4.ip_unprivileged_port_start')?.value);
+      expect(start).toBe(Number(loadedConfig('gateway').TLS_PORT));
     });
   });
 

@@ -43,8 +43,84 @@ stack_env() {
   KILN_HOST_ID=${KILN_HOST_ID:-$(hostname -s)}
   # seed-dev.cjs reads these to find the state dir and to print the URLs of dev.env.
   GATEWAY_HTTP_PORT=${HEALTH_PORT[gateway]}
+  # The domain E2B SDKs are given (E2B_DOMAIN): the gateway's TLS listener serves api.<domain> and
+  # <port>-<sandboxId>.<domain>, and create/get answer it as the sandbox domain. Two labels or more: TLS clients
+  # refuse a wildcard certificate over one (*.localhost). Under .localhost it resolves to loopback (ensure_loopback_names).
+  KILN_DOMAIN=${KILN_DOMAIN:-kiln.localhost}
+  TLS_PORT=${TLS_PORT:-443}
   export KILN_STATE
   set +a
+}
+
+# The local CA and the wildcard certificate of the gateway's TLS listener, under $KILN_STATE/tls: made once, the CA
+# (key 0600) kept across `down`. The CA may only sign names under KILN_DOMAIN (a critical name constraint), so
+# trusting it (NODE_EXTRA_CA_CERTS) vouches for nothing else even if its key leaks; a new domain gets a new CA. The
+# certificate is renewed when it no longer verifies, covers another domain or has under 30 days left; the gateway
+# re-reads it every minute. An operator's own TLS_CERT_FILE/TLS_KEY_FILE are left alone.
+ensure_dev_certificate() {
+  local dir="$KILN_STATE/tls" domain=$KILN_DOMAIN ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  if [ -n "${TLS_CERT_FILE:-}" ] && [ "$TLS_CERT_FILE" != "$dir/wildcard.pem" ]; then
+    log "TLS listener: using TLS_CERT_FILE=$TLS_CERT_FILE"
+    return 0
+  fi
+  mkdir -p "$dir"
+  if [ ! -s "$dir/ca.pem" ] || [ ! -s "$dir/ca-key.pem" ] || [ "$(cat "$dir/ca.domain" 2>/dev/null)" != "$domain" ]; then
+    log "making a local CA for *.$domain ($dir/ca.pem)"
+    (
+      umask 077
+      openssl req -x509 "${ec[@]}" -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" -days 3650 \
+        -subj "/CN=Kiln dev CA for $domain ($(hostname -s))" \
+        -addext 'basicConstraints=critical,CA:TRUE,pathlen:0' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+        -addext "nameConstraints=critical,permitted;DNS:$domain,excluded;IP:0.0.0.0/0.0.0.0,excluded;IP:0:0:0:0:0:0:0:0/0:0:0:0:0:0:0:0" \
+        2>/dev/null
+    ) || die "openssl could not make the dev CA in $dir"
+    chmod 600 "$dir/ca-key.pem"
+    chmod 644 "$dir/ca.pem"
+    echo "$domain" > "$dir/ca.domain"
+    rm -f "$dir/wildcard.pem"
+  fi
+  if ! { [ -s "$dir/wildcard.pem" ] && [ -s "$dir/wildcard-key.pem" ] &&
+    openssl verify -CAfile "$dir/ca.pem" "$dir/wildcard.pem" >/dev/null 2>&1 &&
+    openssl x509 -in "$dir/wildcard.pem" -noout -checkend $((30 * 86400)) >/dev/null 2>&1 &&
+    openssl x509 -in "$dir/wildcard.pem" -noout -checkhost "api.$domain" 2>/dev/null | grep -q 'does match'; }; then
+    log "making the TLS certificate for *.$domain and $domain ($dir/wildcard.pem)"
+    printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' \
+      'authorityKeyIdentifier=keyid' "subjectAltName=DNS:*.$domain,DNS:$domain" > "$dir/wildcard.ext"
+    (
+      umask 077
+      openssl req -new "${ec[@]}" -keyout "$dir/wildcard-key.pem" -out "$dir/wildcard.csr" -subj "/CN=*.$domain" 2>/dev/null &&
+        openssl x509 -req -in "$dir/wildcard.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" -CAcreateserial \
+          -days 397 -extfile "$dir/wildcard.ext" -out "$dir/wildcard.pem" 2>/dev/null
+    ) || die "openssl could not make the TLS certificate in $dir"
+    chmod 644 "$dir/wildcard.pem"
+    rm -f "$dir/wildcard.csr" "$dir/wildcard.ext"
+  fi
+  export TLS_CERT_FILE="$dir/wildcard.pem" TLS_KEY_FILE="$dir/wildcard-key.pem" KILN_DEV_CA_FILE="$dir/ca.pem"
+}
+
+# After the gateway is up: api.<domain> resolves to loopback through the machine's resolver (only checked for a
+# .localhost domain: any other needs DNS of its own) and the TLS listener answers there with the dev certificate.
+check_domain_mode() {
+  local api="api.$KILN_DOMAIN" address resolve=()
+  if [[ "$KILN_DOMAIN" == *.localhost ]]; then
+    address=$(getent ahostsv4 "$api" | awk '{ print $1; exit }')
+    [ "$address" = 127.0.0.1 ] || die "$api resolves to '${address:-nothing}', not 127.0.0.1: the hosts line of /etc/nsswitch.conf needs myhostname (libnss-myhostname)"
+  else
+    resolve=(--resolve "$api:$TLS_PORT:127.0.0.1")
+  fi
+  local ca=()
+  [ -n "${KILN_DEV_CA_FILE:-}" ] && ca=(--cacert "$KILN_DEV_CA_FILE")
+  curl -s -o /dev/null --max-time 10 "${ca[@]}" "${resolve[@]}" "https://$api:$TLS_PORT/health" ||
+    die "the gateway does not answer https://$api:$TLS_PORT (log: $RUN_DIR/gateway.log)"
+}
+
+# Does the gateway answer https://api.<domain>:<TLS_PORT> with a certificate the dev CA (or the system store) vouches
+# for? Any HTTP status will do (a dependency outage is a 503): the handshake and the routing are what is checked.
+# --resolve: the answer must not depend on the resolver, which ensure_loopback_names may only just have changed.
+gateway_tls_answers() {
+  local ca=()
+  [ -n "${KILN_DEV_CA_FILE:-}" ] && ca=(--cacert "$KILN_DEV_CA_FILE")
+  curl -s -o /dev/null --max-time 5 "${ca[@]}" --resolve "api.$KILN_DOMAIN:$TLS_PORT:127.0.0.1" "https://api.$KILN_DOMAIN:$TLS_PORT/health"
 }
 
 # The database named by DATABASE_URL (the last path segment, without query string).
@@ -53,10 +129,12 @@ database_name() {
   echo "${name%%\?*}"
 }
 
+app_running() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+
 start_app() {
   local app=$1
   mkdir -p "$RUN_DIR"
-  if [ -f "$RUN_DIR/$app.pid" ] && kill -0 "$(cat "$RUN_DIR/$app.pid")" 2>/dev/null; then
+  if app_running "$app"; then
     log "$app already running (pid $(cat "$RUN_DIR/$app.pid"))"
     return
   fi

@@ -12,4 +12,6 @@ if [ -f "$ROOT/apps/host-agent/dist/teardown.js" ]; then
   node "$ROOT/apps/host-agent/dist/teardown.js" || log "host teardown reported problems (see above)"
 fi
 rm -f "$KILN_STATE/dev.env"
+# The gateway took its TLS listener with it; the local CA and certificate ($KILN_STATE/tls) stay for the next up, so
+# a CA a developer has trusted keeps working.
 log "stopped"

@@ -95,9 +95,9 @@ round_env() {
   export KILN_DEB_CACHE=${KILN_DEB_CACHE:-/var/lib/kiln/cache/debs}
   export GATEWAY_HTTP_PORT=${PORTS[0]} SCHEDULER_HTTP_PORT=${PORTS[1]} TEMPLATE_BUILDER_HTTP_PORT=${PORTS[2]}
   export HOST_MONITOR_HTTP_PORT=${PORTS[3]} HOST_AGENT_HTTP_PORT=${PORTS[4]} SANDBOX_PROXY_PORT=${PORTS[5]}
-  export GRPC_PORT=${PORTS[6]} PROXY_PORT=${PORTS[7]} KILN_EGRESS_PROXY_PORT=${PORTS[8]}
+  export GRPC_PORT=${PORTS[6]} PROXY_PORT=${PORTS[7]} KILN_EGRESS_PROXY_PORT=${PORTS[8]} TLS_PORT=${PORTS[10]}
   # Settings a caller's environment may carry that would point the stack elsewhere.
-  unset HTTP_PORT RUN_DIR KILN_HOST_STATE_KEY HOST_REGISTRATION_TOKEN KILN_SANDBOX_TOKEN_KEY
+  unset HTTP_PORT RUN_DIR KILN_HOST_STATE_KEY HOST_REGISTRATION_TOKEN KILN_SANDBOX_TOKEN_KEY TLS_CERT_FILE TLS_KEY_FILE KILN_DEV_CA_FILE
 }
 
 npm_run() { # npm_run <up|down> <timeout> <log>
@@ -131,6 +131,24 @@ check_example() { # check_example <label>
 
 api_key() { sed -n 's/^E2B_API_KEY=//p' "$KILN_STATE/dev.env" 2>/dev/null; }
 
+# Domain mode as far as it goes off port 443 (the SDK itself only calls https://api.<domain> on 443, which the dev
+# stack holds): node, with only dev.env's NODE_EXTRA_CA_CERTS for trust, resolves api.<E2B_DOMAIN> through the
+# machine's resolver and gets an answer from the gateway's TLS listener; the CA key is the owner's alone.
+check_domain_mode() { # check_domain_mode <label>
+  local domain ca status
+  domain=$(sed -n 's/^E2B_DOMAIN=//p' "$KILN_STATE/dev.env" 2>/dev/null)
+  ca=$(sed -n 's/^NODE_EXTRA_CA_CERTS=//p' "$KILN_STATE/dev.env" 2>/dev/null)
+  if [ -z "$domain" ] || [ ! -f "$ca" ]; then fail "$1: dev.env names no E2B_DOMAIN or no NODE_EXTRA_CA_CERTS file"; return; fi
+  if [ "$(stat -c %a "$KILN_STATE/tls/ca-key.pem" 2>/dev/null)" != 600 ]; then fail "$1: the CA key $KILN_STATE/tls/ca-key.pem is not mode 0600"; return; fi
+  status=$(NODE_EXTRA_CA_CERTS="$ca" timeout 30 node -e "
+    fetch('https://api.$domain:$TLS_PORT/health').then((r) => console.log(r.status), (e) => console.log(e.cause?.code ?? e.message))" 2>&1) || true
+  if [ "$status" = 200 ]; then
+    pass "$1: node reached https://api.$domain:$TLS_PORT/health (machine resolver, dev CA from dev.env)"
+  else
+    fail "$1: https://api.$domain:$TLS_PORT/health from node: $status"
+  fi
+}
+
 tail_logs() {
   say "last lines of $1:"
   tail -n 25 "$1" | sed 's/^/    /' >&2
@@ -156,7 +174,7 @@ leftovers() {
   awk -v root="$ROUND_DIR/" -v ns="/run/netns/$PREFIX-" 'index($5, root) == 1 || index($5, ns) == 1 { print "mount " $5 }' /proc/self/mountinfo
   losetup -a 2>/dev/null | grep -F "$ROUND_DIR/" | sed 's/^/loop device /' || true
   local port
-  for port in "${PORTS[@]:0:9}"; do
+  for port in "${PORTS[@]:0:9}" "${PORTS[10]}"; do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && echo "listener on port $port"
   done
   local d
@@ -208,14 +226,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Nine ports for the stack (five HTTP, sandbox traffic, gRPC, agent proxy, egress proxy) and one for NATS, all
-# held open at once so they are distinct.
+# Nine ports for the stack (five HTTP, sandbox traffic, gRPC, agent proxy, egress proxy), one for NATS and one for
+# the gateway's TLS listener (the dev stack holds 443), all held open at once so they are distinct.
 mapfile -t PORTS < <(node -e "
   const net = require('node:net');
-  const servers = Array.from({ length: 10 }, () => net.createServer());
+  const servers = Array.from({ length: 11 }, () => net.createServer());
   Promise.all(servers.map((s) => new Promise((r) => s.listen(0, '127.0.0.1', () => r(s.address().port)))))
     .then((ports) => { console.log(ports.join('\n')); servers.forEach((s) => s.close()); });")
-[ "${#PORTS[@]}" = 10 ] || { say "could not find free ports"; exit 1; }
+[ "${#PORTS[@]}" = 11 ] || { say "could not find free ports"; exit 1; }
 
 # A private NATS: on a shared one, a developer's scheduler in the same queue group could answer our gateway.
 mkdir -p "$TMP_ROOT/nats"
@@ -245,6 +263,7 @@ for round in $ROUNDS; do
   if [ "$rc" = 0 ] && [ -f "$KILN_STATE/dev.env" ]; then
     pass "$round: first npm run up succeeded in $((SECONDS - t)) s"
     check_example "$round: after the first up"
+    check_domain_mode "$round: after the first up"
     key1=$(api_key)
     if [ "$round" = inherit ]; then
       # Idempotent: a second `up` on the running stack keeps the key and the stack working.

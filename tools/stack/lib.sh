@@ -21,6 +21,9 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs xfsprogs iproute2 iptables nftables
   debootstrap mmdebstrap tini curl ca-certificates conntrack
   postgresql redis-server nats-server
+  # The dev domain (KILN_DOMAIN, kiln.localhost) and its certificate: *.localhost names resolve to loopback through
+  # myhostname, and openssl makes the local CA and the wildcard certificate of the gateway's TLS listener.
+  libnss-myhostname openssl
 )
 
 ensure_root() {
@@ -44,6 +47,52 @@ ensure_vmm_user() {
   local user=${KILN_VMM_USER:-kiln-vmm}
   [ "$user" = root ] && return 0
   id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
+}
+
+# The hosts line of an nsswitch.conf with `myhostname` before `dns` (appended when there is no dns; the file's other
+# lines unchanged; a line already listing it before dns is left as it is). Prints the result.
+nsswitch_with_myhostname() {
+  awk '
+    !done && /^hosts:/ {
+      done = 1
+      line = $0; comment = ""
+      if ((c = index(line, "#")) > 0) { comment = " " substr(line, c); line = substr(line, 1, c - 1) }
+      match(line, /^hosts:[ \t]*/); prefix = substr(line, 1, RLENGTH)
+      n = split(substr(line, RLENGTH + 1), t, /[ \t]+/)
+      m = 0; d = 0
+      for (i = 1; i <= n; i++) { if (t[i] == "myhostname" && !m) m = i; if (t[i] == "dns" && !d) d = i }
+      if (m && (!d || m < d)) { print; next }
+      # Move it: drop it (with the [action] items that belonged to it) and put it right before dns.
+      out = ""; skip = 0; placed = 0
+      for (i = 1; i <= n; i++) {
+        if (t[i] == "") continue
+        if (t[i] == "myhostname") { skip = 1; continue }
+        if (skip && t[i] ~ /^\[/) continue
+        skip = 0
+        if (t[i] == "dns" && !placed) { out = out (out == "" ? "" : " ") "myhostname"; placed = 1 }
+        out = out (out == "" ? "" : " ") t[i]
+      }
+      if (!placed) out = out (out == "" ? "" : " ") "myhostname"
+      print prefix out comment
+      next
+    }
+    { print }
+    END { if (!done) print "hosts: files myhostname dns" }
+  ' "$1"
+}
+
+# `*.localhost` names (the dev KILN_DOMAIN and every `{port}-{sandboxId}.` name under it) resolve to 127.0.0.1 and
+# ::1 through glibc's myhostname module (package libnss-myhostname), with no DNS query and no /etc/hosts entry per
+# sandbox. Its package may add it after `dns`; it goes before. Rewritten in place: /etc/nsswitch.conf may be a
+# bind mount that a rename could not replace.
+ensure_loopback_names() {
+  local conf=/etc/nsswitch.conf wanted
+  [ -f "$conf" ] || touch "$conf"
+  wanted=$(nsswitch_with_myhostname "$conf")
+  if [ "$wanted" != "$(cat "$conf")" ]; then
+    log "resolving *.localhost to loopback: $(grep -m1 '^hosts:' <<<"$wanted" | tr -s ' \t' ' ') in $conf"
+    printf '%s\n' "$wanted" > "$conf"
+  fi
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

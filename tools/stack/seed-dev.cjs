@@ -58,13 +58,16 @@ async function main() {
     if (!key || (await keys.authenticate(key))?.teamId !== team.id) key = (await keys.create(team.id, 'dev')).key;
     const templates = await registerTemplates();
     process.stderr.write(`[kiln] templates: ${templates.map((t) => `${t.templateId}@${t.buildId.slice(0, 12)}`).join(', ')}\n`);
-    const domain = env.KILN_DOMAIN || 'localhost';
+    // E2B_DOMAIN alone (without the two URLs) reaches the gateway's TLS listener: https://api.<domain> and
+    // https://<port>-<sandboxId>.<domain>; NODE_EXTRA_CA_CERTS makes node trust the stack's local CA for it.
+    const domain = env.KILN_DOMAIN || 'kiln.localhost';
     process.stdout.write(
       [
         `E2B_API_URL=http://localhost:${env.GATEWAY_HTTP_PORT || 3000}`,
         `E2B_SANDBOX_URL=http://localhost:${env.SANDBOX_PROXY_PORT || 3080}`,
         `E2B_API_KEY=${key}`,
         `E2B_DOMAIN=${domain}`,
+        ...(env.KILN_DEV_CA_FILE ? [`NODE_EXTRA_CA_CERTS=${env.KILN_DEV_CA_FILE}`] : []),
         '',
       ].join('\n'),
     );

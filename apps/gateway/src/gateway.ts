@@ -1,10 +1,14 @@
 import { GatewayEnv } from '@kiln/config';
+import { Module } from '@nestjs/common';
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { startHttpService } from '@kiln/telemetry';
 import { AppModule } from './app.module';
 import { frameworkErrors } from './http-errors/framework-errors';
 import { requireJsonBodies } from './http-errors/json-body-policy';
 import { OpenApiDocument } from './openapi/openapi-document';
+import { TlsEdgeListener } from './tls-edge/tls-edge.listener';
+import { TlsEdgeModule } from './tls-edge/tls-edge.module';
+import { readTlsEdgeCredentials } from './tls-edge/tls-credentials';
 import { SandboxTrafficProxy } from './traffic/sandbox-traffic.proxy';
 
 /** Request bodies are JSON documents (the largest legitimate one carries env vars); anything bigger is refused with 413. */
@@ -16,32 +20,52 @@ export interface RunningGateway {
   apiUrl: string;
   /** Base URL of the sandbox-traffic listener (E2B_SANDBOX_URL). */
   sandboxUrl: string;
+  /** Port of the TLS listener for E2B_DOMAIN clients; undefined when no certificate is configured. */
+  tlsPort: number | undefined;
   close(): Promise<void>;
 }
 
+/** The app plus the TLS listener, which routes to both of its HTTP handlers. */
+@Module({})
+class GatewayModule {}
+
 /**
- * Starts the REST API on HTTP_PORT and the sandbox-traffic listener on
- * SANDBOX_PROXY_PORT. Used by main.ts and by the tests, so both run the same code.
+ * Starts the REST API on HTTP_PORT, the sandbox-traffic listener on SANDBOX_PROXY_PORT and, when a certificate is
+ * configured, the TLS listener on TLS_PORT. Used by main.ts and by the tests, so both run the same code.
  */
 export async function startGateway(env: GatewayEnv, options: { host?: string } = {}): Promise<RunningGateway> {
-  const app = await startHttpService(AppModule.forRoot(env), {
-    port: env.HTTP_PORT,
-    host: options.host,
-    bodyLimitBytes: API_BODY_LIMIT_BYTES,
-    fastifyOptions: { frameworkErrors },
-    configure: (created) => {
-      requireJsonBodies(created.getHttpAdapter().getInstance());
-      // The SDK also runs in browsers. Keys travel in headers, never cookies, so any origin may call.
-      created.enableCors({ origin: '*', credentials: false, exposedHeaders: ['x-next-token', 'retry-after'], maxAge: 600 });
-      created.get(OpenApiDocument).build(created);
+  // Before anything starts: a missing or wrong certificate fails the start with one line naming the setting.
+  const tlsCredentials = readTlsEdgeCredentials(env);
+  const app = await startHttpService(
+    { module: GatewayModule, imports: [AppModule.forRoot(env), TlsEdgeModule.forRoot(tlsCredentials)] },
+    {
+      port: env.HTTP_PORT,
+      host: options.host,
+      bodyLimitBytes: API_BODY_LIMIT_BYTES,
+      fastifyOptions: { frameworkErrors },
+      configure: (created) => {
+        requireJsonBodies(created.getHttpAdapter().getInstance());
+        // The SDK also runs in browsers. Keys travel in headers, never cookies, so any origin may call.
+        created.enableCors({ origin: '*', credentials: false, exposedHeaders: ['x-next-token', 'retry-after'], maxAge: 600 });
+        created.get(OpenApiDocument).build(created);
+      },
     },
-  });
+  );
+  const tlsEdge = app.get(TlsEdgeListener);
+  try {
+    // Only now: the API's routes are ready once it listens.
+    await tlsEdge.listen(options.host);
+  } catch (error) {
+    await app.close();
+    throw error;
+  }
   const address = app.getHttpServer().address();
   const port = typeof address === 'object' && address ? address.port : env.HTTP_PORT;
   return {
     app,
     apiUrl: `http://127.0.0.1:${port}`,
     sandboxUrl: `http://127.0.0.1:${app.get(SandboxTrafficProxy).port}`,
+    tlsPort: tlsEdge.port,
     close: () => app.close(),
   };
 }

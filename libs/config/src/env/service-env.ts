@@ -95,9 +95,41 @@ export class GatewayEnv extends RedisBackedEnv {
   @IsInt() @Min(1) @Max(65535)
   SANDBOX_PROXY_PORT: number = 3080;
 
-  /** Base domain of sandbox hosts, as returned to SDKs in `domain`. */
+  /**
+   * Base domain of sandbox hosts, as returned to SDKs in `domain` (their sandboxDomain), and the E2B_DOMAIN of
+   * SDKs that reach Kiln through the TLS listener: `api.{domain}` and `{port}-{sandboxId}.{domain}`.
+   */
   @IsString() @MinLength(1)
   KILN_DOMAIN: string = 'localhost';
+
+  /** The TLS listener (`api.{KILN_DOMAIN}` and `{port}-{sandboxId}.{KILN_DOMAIN}`); only opened when TLS_CERT_FILE is set. */
+  @IsInt() @Min(1) @Max(65535)
+  TLS_PORT: number = 443;
+
+  /**
+   * PEM certificate (chain) for `*.{KILN_DOMAIN}`, e.g. a mounted Kubernetes TLS Secret; with TLS_KEY_FILE it turns
+   * the TLS listener on. Read, and checked against KILN_DOMAIN, at start; re-read every minute to pick up rotations.
+   */
+  @IsOptional() @IsString() @MinLength(1)
+  @ValidateBy({
+    name: 'tlsFilesTogether',
+    validator: {
+      validate: (_value: unknown, args) => !!(args?.object as GatewayEnv).TLS_KEY_FILE,
+      defaultMessage: () => 'TLS_CERT_FILE is set, so TLS_KEY_FILE must be too',
+    },
+  })
+  TLS_CERT_FILE?: string;
+
+  /** Unencrypted PEM private key of TLS_CERT_FILE's certificate. */
+  @IsOptional() @IsString() @MinLength(1)
+  @ValidateBy({
+    name: 'tlsFilesTogether',
+    validator: {
+      validate: (_value: unknown, args) => !!(args?.object as GatewayEnv).TLS_CERT_FILE,
+      defaultMessage: () => 'TLS_KEY_FILE is set, so TLS_CERT_FILE must be too',
+    },
+  })
+  TLS_KEY_FILE?: string;
 
   @IsInt() @Min(1)
   RATE_LIMIT_PER_MINUTE: number = 1200;
