@@ -8,6 +8,7 @@ import { ApiKeyGuard } from './auth/api-key.guard';
 import { AuthModule } from './auth/auth.module';
 import { GatewayHealthModule } from './health/health.module';
 import { ApiExceptionFilter } from './http-errors/api-exception.filter';
+import { NotSupportedModule } from './not-supported/not-supported.module';
 import { OpenApiModule } from './openapi/openapi.module';
 import { ApiKeyThrottlerGuard } from './rate-limit/api-key-throttler.guard';
 import { RateLimitModule } from './rate-limit/rate-limit.module';
@@ -35,6 +36,7 @@ export class AppModule {
         TrafficModule,
         SandboxesModule,
         TemplatesModule,
+        NotSupportedModule,
       ],
       providers: [
         { provide: APP_FILTER, useClass: ApiExceptionFilter },

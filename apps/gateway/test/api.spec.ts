@@ -210,15 +210,17 @@ describe('sandboxes through the real scheduler', () => {
     expect(answer.body).toMatchObject({ sandboxID: sandboxId, templateID: 'base', domain: 'kiln.test', trafficAccessToken: null });
   });
 
-  it("surfaces the scheduler's answer for pause and resume", async () => {
+  it('answers pause and resume, which Kiln does not have yet, with 501 (never 409, which the SDK reads as "already paused")', async () => {
     const pause = await call('POST', `/sandboxes/${sandboxId}/pause`, { body: {} });
-    expect(pause.status).toBe(409);
-    expect(pause.body).toEqual({ code: 409, message: expect.any(String), error_code: 'conflict' });
+    expect(pause.status).toBe(501);
+    expect(pause.body).toEqual({ code: 501, message: expect.stringContaining('pause'), error_code: 'not_implemented' });
     const resume = await call('POST', `/sandboxes/${pausedId}/resume`, { body: { timeout: 30 } });
-    expect(resume.status).toBe(409);
-    expect(resume.body.error_code).toBe('conflict');
-    const pauseAgain = await call('POST', `/sandboxes/${pausedId}/pause`);
-    expect(pauseAgain.status).toBe(409);
+    expect(resume.status).toBe(501);
+    expect(resume.body.error_code).toBe('not_implemented');
+    expect((await call('POST', `/sandboxes/${pausedId}/pause`)).status).toBe(501);
+    // Connecting to a paused sandbox would resume it: not implemented either.
+    const connect = await call('POST', `/sandboxes/${pausedId}/connect`, { body: { timeout: 30 } });
+    expect({ status: connect.status, error_code: connect.body.error_code }).toEqual({ status: 501, error_code: 'not_implemented' });
   });
 
   it("reads metrics from the guest agent's /metrics through the route", async () => {
@@ -281,7 +283,11 @@ describe('templates', () => {
     await stack.templates.ensurePublicTemplate({ templateId: 'base', alias: 'base', vcpus: 1, memoryMib: 256, diskMib: 1024, envdVersion: '0.5.7', contentHash: 'gateway-test' });
     const list = await call('GET', '/templates');
     expect(list.status).toBe(200);
-    expect(list.body).toEqual(expect.arrayContaining([expect.objectContaining({ templateID: 'base', aliases: ['base'], public: true, buildStatus: 'ready', cpuCount: 1, memoryMB: 256 })]));
+    expect(list.body).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ templateID: 'base', aliases: ['base'], public: true, buildStatus: 'ready', cpuCount: 1, memoryMB: 256, spawnCount: expect.any(Number) }),
+      ]),
+    );
     expect((await call('GET', '/templates/aliases/base')).body).toEqual({ templateID: 'base', public: true });
     expect((await call('GET', '/templates/aliases/nope')).status).toBe(404);
   });

@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { Sandbox, SandboxNotFoundError, ServiceBusyError, AuthenticationError } from 'e2b';
+import { Sandbox, SandboxError, SandboxNotFoundError, ServiceBusyError, AuthenticationError } from 'e2b';
 import { BUNDLE, RunningAgent } from '../../guest-agent/test/support/running-agent';
 import { SeededTeam, TestStack } from './support/test-stack';
 
@@ -79,6 +79,58 @@ describe('official e2b SDK through the gateway', () => {
     expect(metrics).toHaveLength(1);
     expect(metrics[0].cpuCount).toBeGreaterThan(0);
     expect(metrics[0].memTotal).toBeGreaterThan(0);
+  });
+
+  it('pages Sandbox.list() in either order and filters by startedAfter and template', async () => {
+    const listed: string[] = [];
+    for (let i = 0; i < 3; i++) listed.push(await stack.seedSandbox({ teamId: team.teamId, proxyUrl: agent.url, metadata: { suite: 'sdk-list' } }));
+    const everyPage = async (order: 'asc' | 'desc') => {
+      const paginator = Sandbox.list({ query: { metadata: { suite: 'sdk-list' } }, order, limit: 1 });
+      const seen: Array<{ sandboxId: string; startedAt: Date }> = [];
+      while (paginator.hasNext) seen.push(...(await paginator.nextItems()));
+      return seen;
+    };
+    const desc = await everyPage('desc');
+    expect(desc.map((s) => s.sandboxId).sort()).toEqual([...listed].sort());
+    expect(desc.map((s) => s.startedAt.getTime())).toEqual([...desc.map((s) => s.startedAt.getTime())].sort((a, b) => b - a));
+    expect((await everyPage('asc')).map((s) => s.sandboxId)).toEqual(desc.map((s) => s.sandboxId).reverse());
+
+    const newest = desc[0];
+    const since = await Sandbox.list({ query: { metadata: { suite: 'sdk-list' }, startedAfter: newest.startedAt } }).nextItems();
+    expect(since.map((s) => s.sandboxId)).toEqual([newest.sandboxId]);
+    expect(await Sandbox.list({ query: { metadata: { suite: 'sdk-list' }, template: 'base' } }).nextItems()).toHaveLength(3);
+    expect(await Sandbox.list({ query: { template: 'no-such-template' } }).nextItems()).toEqual([]);
+    for (const id of listed) await Sandbox.kill(id);
+  });
+
+  it('raises a clear error, never SandboxNotFoundError or "already paused", for what Kiln does not have yet', async () => {
+    const notSupported = async (what: Promise<unknown>) => {
+      const error = await what.then(
+        (value) => ({ resolvedWith: value }),
+        (thrown: unknown) => thrown,
+      );
+      expect(error).toBeInstanceOf(SandboxError);
+      expect(error).not.toBeInstanceOf(SandboxNotFoundError);
+      expect((error as Error).message).toMatch(/^501: .*not supported by this deployment/);
+    };
+    const sandbox = await Sandbox.connect(sandboxId);
+    // With the old 409, pause() answered false ("already paused") and the caller carried on.
+    await notSupported(Sandbox.pause(sandboxId));
+    await notSupported(sandbox.pause());
+    await notSupported(Sandbox.createSnapshot(sandboxId));
+    await notSupported(Sandbox.listSnapshots().nextItems());
+    await notSupported(Sandbox.fork(sandboxId));
+    // With the old 404, deleteSnapshot() answered false ("not found").
+    await notSupported(Sandbox.deleteSnapshot('base'));
+    expect(await sandbox.isRunning()).toBe(true);
+    // A missing sandbox is still not found.
+    await expect(Sandbox.pause('doesnotexist0')).rejects.toBeInstanceOf(SandboxNotFoundError);
+  });
+
+  it("refuses lifecycle onTimeout 'pause' at create with a 400 naming autoPause, rather than killing the sandbox at its timeout", async () => {
+    const error = await Sandbox.create('base', { timeoutMs: 30_000, lifecycle: { onTimeout: 'pause' } }).catch((thrown: unknown) => thrown);
+    expect(error).toBeInstanceOf(SandboxError);
+    expect((error as Error).message).toBe('400: not supported by this deployment: autoPause');
   });
 
   it('kills: kill() is true once, then false, and the sandbox reads as not running', async () => {

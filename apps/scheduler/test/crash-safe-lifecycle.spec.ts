@@ -1,6 +1,4 @@
 import 'reflect-metadata';
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
@@ -10,11 +8,11 @@ import { SchedulerEnv, loadConfig } from '@kiln/config';
 import { HostRepository, PrismaService, SandboxRepository, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
-import { GRPC_LOADER_OPTIONS, HOSTAGENT_PROTO_PATH } from '@kiln/proto';
 import { TelemetryModule } from '@kiln/telemetry';
 import { PrivateServer, RestartableServer, TcpRelay, eventually, freePort, startPrivateNats, startRestartableRedis } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
 import { ReconcileService } from '../src/reconcile/reconcile.service';
+import { FakeHostAgent } from './support/fake-host-agent';
 
 const TOKEN = 'crash-safety-registration-token';
 /** A short create deadline chain, in the required order, so deadlines pass within a test. */
@@ -26,52 +24,6 @@ const CHAIN = {
 };
 const HOST_CREATE_DEADLINE_MS = Number(CHAIN.SANDBOX_HOST_CREATE_DEADLINE_MS);
 const GATEWAY_WAIT_MS = Number(CHAIN.SANDBOX_CREATE_TIMEOUT_MS);
-
-/** A host agent on a real gRPC port whose create either answers or never does, and which lists what it "runs". */
-class FakeHostAgent {
-  readonly running = new Set<string>();
-  readonly destroyed: string[] = [];
-  readonly createDeadlines: number[] = [];
-  createAnswers = true;
-  private readonly server = new grpc.Server();
-  address = '';
-
-  async start(): Promise<void> {
-    const definition = protoLoader.loadSync(HOSTAGENT_PROTO_PATH, { ...GRPC_LOADER_OPTIONS, includeDirs: [...GRPC_LOADER_OPTIONS.includeDirs] });
-    const proto = grpc.loadPackageDefinition(definition) as unknown as { kiln: { hostagent: { v1: { HostAgent: { service: grpc.ServiceDefinition } } } } };
-    type Call = grpc.ServerUnaryCall<Record<string, unknown>, unknown>;
-    this.server.addService(proto.kiln.hostagent.v1.HostAgent.service, {
-      createSandbox: (call: Call, callback: grpc.sendUnaryData<unknown>) => {
-        const request = call.request as { sandboxId: string; buildId: string; vcpus: number; memoryMib: number };
-        const deadline = call.getDeadline();
-        this.createDeadlines.push(deadline instanceof Date ? deadline.getTime() : Number(deadline));
-        // The VM exists on the host from here on, whether or not the create is ever answered.
-        this.running.add(request.sandboxId);
-        if (!this.createAnswers) return;
-        callback(null, { sandboxId: request.sandboxId, buildId: request.buildId, vcpus: request.vcpus, memoryMib: request.memoryMib, egress: { allowOut: [], denyOut: [] } });
-      },
-      destroySandbox: (call: Call, callback: grpc.sendUnaryData<unknown>) => {
-        const { sandboxId } = call.request as { sandboxId: string };
-        this.destroyed.push(sandboxId);
-        this.running.delete(sandboxId);
-        callback(null, {});
-      },
-      listSandboxes: (_call: Call, callback: grpc.sendUnaryData<unknown>) => {
-        callback(null, { sandboxes: [...this.running].map((sandboxId) => ({ sandboxId })) });
-      },
-    });
-    const port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
-    );
-    this.address = `127.0.0.1:${port}`;
-  }
-
-  /** Forced: creates it never answered are still open on the server, and a graceful shutdown would wait for them. */
-  stop(): Promise<void> {
-    this.server.forceShutdown();
-    return Promise.resolve();
-  }
-}
 
 async function startScheduler(env: SchedulerEnv): Promise<NestFastifyApplication> {
   const app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(env), new FastifyAdapter(), { logger: false });

@@ -74,6 +74,8 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
         memoryMib: 512,
         diskMib: 2048,
         timeoutSeconds,
+        // A running row has its start time: it is set with the move to running, and lists only show started rows.
+        startedAt: new Date(),
         expiresAt: new Date(Date.now() + timeoutSeconds * 1000),
         metadata: { purpose: 'test' },
       },

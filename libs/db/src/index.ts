@@ -1,5 +1,6 @@
 export * from './migrations';
 export * from './database-errors';
+export * from './keyset-cursor';
 export * from './prisma.service';
 export * from './repositories/api-key.repository';
 export * from './repositories/team.repository';

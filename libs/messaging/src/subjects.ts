@@ -50,13 +50,22 @@ export interface SandboxRef extends TeamScoped {
 export interface ListSandboxesQuery extends TeamScoped {
   states?: Array<'running' | 'paused'>;
   metadata?: Record<string, string>;
+  /** A template id or alias; a template the team cannot see matches nothing. */
+  templateRef?: string;
+  /** ISO 8601 (ms precision): only sandboxes started at or after it. */
+  startedAfter?: string;
+  /** By start time, sandbox id breaking ties; default desc (E2B). */
+  order?: 'asc' | 'desc';
   limit: number;
+  /** The previous page's `nextToken`; only valid with the same order. */
   nextToken?: string;
 }
 
 export interface SandboxPage {
   sandboxes: SandboxView[];
   nextToken?: string;
+  /** Running sandboxes matching the filters, regardless of paging (E2B's X-Total-Running); set when running ones were asked for. */
+  totalRunning?: number;
 }
 
 export interface SetTimeoutCommand extends SandboxRef {

@@ -1,5 +1,6 @@
 import { ArgumentsHost, Catch, ExceptionFilter, Logger } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { ErrorCode } from '@kiln/contracts';
 import { toHttpError } from './http-error-mapping';
 
 /**
@@ -22,8 +23,11 @@ export function sendHttpError(reply: FastifyReply, exception: unknown, logger: L
   const error = toHttpError(exception);
   if (error.status >= 500) {
     const what = request ? `${request.method} ${request.url}` : 'request';
-    // Expected outages (capacity, scheduler down) are one line; only unexplained failures carry a stack.
-    if (error.body.error_code === 'internal') {
+    // Expected outages (capacity, scheduler down) are one line; only unexplained failures carry a stack. A route this
+    // deployment does not implement (501) is the caller's request, not an outage: debug only.
+    if (error.body.error_code === ErrorCode.NotImplemented) {
+      logger.debug(`${what} answered ${error.status}: ${error.body.message}`);
+    } else if (error.body.error_code === 'internal') {
       logger.error(`${what} failed: ${exception instanceof Error ? (exception.stack ?? exception.message) : String(exception)}`);
     } else {
       logger.warn(`${what} answered ${error.status}: ${error.body.message}`);

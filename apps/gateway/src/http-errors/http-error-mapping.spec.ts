@@ -14,6 +14,14 @@ describe('toHttpError', () => {
     expect(toHttpError(KilnError.notFound('sandbox x'))).toMatchObject({ status: 404, body: { code: 404, error_code: 'not_found' } });
   });
 
+  it('answers a feature this deployment does not implement with 501, no Retry-After (retrying will not help)', () => {
+    expect(toHttpError(new KilnError(ErrorCode.NotImplemented, 'POST /x is not supported'))).toEqual({
+      status: 501,
+      body: { code: 501, message: 'POST /x is not supported', error_code: 'not_implemented' },
+      retryAfterSeconds: undefined,
+    });
+  });
+
   it('maps Nest and Fastify 4xx errors to the error body', () => {
     expect(toHttpError(new NotFoundException('Cannot GET /x')).body).toEqual({ code: 404, message: 'Cannot GET /x', error_code: 'not_found' });
     expect(toHttpError(new BadRequestException(['a is bad', 'b is bad'])).body.message).toBe('a is bad; b is bad');

@@ -14,7 +14,7 @@ import { AuthenticatedTeam, CallerTeam } from '../auth/authenticated-team';
 import { PayloadPipe } from '../validation/payload.pipe';
 import { SandboxIdPipe } from '../validation/sandbox-id.pipe';
 import { parseSandboxListQuery } from './sandbox-list-query';
-import { MetricsWindowQueryDto, PauseSandboxDto, SandboxLogsV1QueryDto, SandboxLogsV2QueryDto } from './sandbox-request.dto';
+import { MetricsWindowQueryDto, SandboxLogsV1QueryDto, SandboxLogsV2QueryDto } from './sandbox-request.dto';
 import {
   ListedSandboxBody,
   SandboxBody,
@@ -27,14 +27,17 @@ import {
   toSandboxDetailBody,
 } from './sandbox-responses';
 import { SandboxesService } from './sandboxes.service';
-import { rejectUnsupportedCreateOptions, rejectUnsupportedNetworkUpdate } from './unsupported-create-options';
+import { rejectUnsupportedConnectOptions, rejectUnsupportedCreateOptions, rejectUnsupportedNetworkUpdate } from './unsupported-create-options';
 
 const IDEMPOTENCY_KEY_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 const LIST_QUERY_DOC = [
   { name: 'metadata', required: false, type: String, description: 'URL-encoded key=value&key2=value2 filter' },
   { name: 'state', required: false, type: String, description: 'running and/or paused, comma-separated' },
-  { name: 'limit', required: false, type: Number, description: '1-1000, default 100' },
-  { name: 'nextToken', required: false, type: String, description: 'The x-next-token header of the previous page' },
+  { name: 'order', required: false, enum: ['asc', 'desc'], description: 'By start time (sandbox id breaks ties); default desc, newest first' },
+  { name: 'startedAfter', required: false, type: String, description: 'RFC 3339 date-time: only sandboxes started at or after it' },
+  { name: 'template', required: false, type: String, description: 'Template id or alias (no tag)' },
+  { name: 'limit', required: false, type: Number, description: '1-100, default 100' },
+  { name: 'nextToken', required: false, type: String, description: 'The x-next-token header of the previous page (same order)' },
 ];
 
 /** E2B's sandbox lifecycle API. Thin: validation happens in pipes, logic in SandboxesService. */
@@ -79,6 +82,9 @@ export class SandboxesController {
   @ApiQuery(LIST_QUERY_DOC[1])
   @ApiQuery(LIST_QUERY_DOC[2])
   @ApiQuery(LIST_QUERY_DOC[3])
+  @ApiQuery(LIST_QUERY_DOC[4])
+  @ApiQuery(LIST_QUERY_DOC[5])
+  @ApiQuery(LIST_QUERY_DOC[6])
   @ApiOkResponse({ type: [ListedSandboxBody] })
   async list(
     @CallerTeam() team: AuthenticatedTeam,
@@ -87,6 +93,8 @@ export class SandboxesController {
   ): Promise<ListedSandboxBody[]> {
     const page = await this.sandboxes.list(team.teamId, parseSandboxListQuery(query));
     if (page.nextToken) reply.header('x-next-token', page.nextToken);
+    // E2B: running sandboxes matching the filters, all pages; only sent when running ones were asked for.
+    if (page.totalRunning !== undefined) reply.header('x-total-running', String(page.totalRunning));
     return page.sandboxes.map(toListedSandboxBody);
   }
 
@@ -139,30 +147,6 @@ export class SandboxesController {
     await this.sandboxes.refresh(team.teamId, sandboxId, body.duration);
   }
 
-  @Post('sandboxes/:sandboxID/pause')
-  @HttpCode(204)
-  @ApiNoContentResponse({ description: 'Paused' })
-  @ApiBody({ type: PauseSandboxDto, required: false })
-  async pause(
-    @CallerTeam() team: AuthenticatedTeam,
-    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
-    @Body(new PayloadPipe(PauseSandboxDto, { optional: true })) _body: PauseSandboxDto,
-  ): Promise<void> {
-    await this.sandboxes.pause(team.teamId, sandboxId);
-  }
-
-  @Post('sandboxes/:sandboxID/resume')
-  @HttpCode(201)
-  @ApiBody({ type: ResumeSandboxDto, required: false })
-  @ApiCreatedResponse({ type: SandboxBody })
-  async resume(
-    @CallerTeam() team: AuthenticatedTeam,
-    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
-    @Body(new PayloadPipe(ResumeSandboxDto, { optional: true })) body: ResumeSandboxDto,
-  ): Promise<SandboxBody> {
-    return toSandboxBody(await this.sandboxes.resume(team.teamId, sandboxId, body), this.env.KILN_DOMAIN);
-  }
-
   @Post(['sandboxes/:sandboxID/connect', 'v2/sandboxes/:sandboxID/connect'])
   @HttpCode(200)
   @ApiOperation({ summary: 'Return a running sandbox (extending, never shortening, its timeout) or resume a paused one' })
@@ -171,7 +155,7 @@ export class SandboxesController {
   async connect(
     @CallerTeam() team: AuthenticatedTeam,
     @Param('sandboxID', SandboxIdPipe) sandboxId: string,
-    @Body(new PayloadPipe(ResumeSandboxDto, { optional: true })) body: ResumeSandboxDto,
+    @Body(new PayloadPipe(ResumeSandboxDto, { optional: true, precheck: rejectUnsupportedConnectOptions })) body: ResumeSandboxDto,
   ): Promise<SandboxBody> {
     return toSandboxBody(await this.sandboxes.connect(team.teamId, sandboxId, body), this.env.KILN_DOMAIN);
   }

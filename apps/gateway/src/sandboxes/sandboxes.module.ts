@@ -8,5 +8,6 @@ import { SandboxesService } from './sandboxes.service';
   imports: [TrafficModule],
   controllers: [SandboxesController],
   providers: [SandboxesService, GuestMetricsClient],
+  exports: [SandboxesService],
 })
 export class SandboxesModule {}

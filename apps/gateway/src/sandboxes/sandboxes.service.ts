@@ -7,6 +7,7 @@ import {
   normaliseEgressPolicy,
   UpdateSandboxNetworkDto,
   ResumeSandboxDto,
+  SANDBOX_LIST_DEFAULT_LIMIT,
   SandboxState,
   SandboxView,
   TERMINAL_SANDBOX_STATES,
@@ -79,13 +80,23 @@ export class SandboxesService {
     return this.requireVisible(view, teamId, sandboxId);
   }
 
-  async list(teamId: string, filter: SandboxListFilter): Promise<{ sandboxes: SandboxView[]; nextToken?: string }> {
+  /** One page, filtered and ordered by the scheduler's query (never by fetching everything here). */
+  async list(teamId: string, filter: SandboxListFilter): Promise<{ sandboxes: SandboxView[]; nextToken?: string; totalRunning?: number }> {
     const page = await this.messaging.request(
       Subjects.sandboxList,
-      { teamId, states: filter.states, metadata: filter.metadata, limit: filter.limit ?? 100, nextToken: filter.nextToken },
+      {
+        teamId,
+        states: filter.states,
+        metadata: filter.metadata,
+        templateRef: filter.templateRef,
+        startedAfter: filter.startedAfter?.toISOString(),
+        order: filter.order,
+        limit: filter.limit ?? SANDBOX_LIST_DEFAULT_LIMIT,
+        nextToken: filter.nextToken,
+      },
       this.env.NATS_REQUEST_TIMEOUT_MS,
     );
-    return { sandboxes: page.sandboxes.filter((s) => isVisible(s, teamId)), nextToken: page.nextToken };
+    return { sandboxes: page.sandboxes.filter((s) => isVisible(s, teamId)), nextToken: page.nextToken, totalRunning: page.totalRunning };
   }
 
   /** Every running sandbox (E2B's deprecated v1 list), following the scheduler's pages. */
@@ -113,19 +124,6 @@ export class SandboxesService {
 
   async refresh(teamId: string, sandboxId: string, durationSeconds?: number): Promise<void> {
     await this.messaging.request(Subjects.sandboxRefresh, { teamId, sandboxId, durationSeconds }, this.env.NATS_REQUEST_TIMEOUT_MS);
-  }
-
-  async pause(teamId: string, sandboxId: string): Promise<void> {
-    await this.messaging.request(Subjects.sandboxPause, { teamId, sandboxId }, this.env.NATS_REQUEST_TIMEOUT_MS);
-    this.routes.invalidate(sandboxId);
-  }
-
-  resume(teamId: string, sandboxId: string, body: ResumeSandboxDto): Promise<SandboxView> {
-    return this.messaging.request(
-      Subjects.sandboxResume,
-      { teamId, sandboxId, timeoutSeconds: body.timeout ?? DEFAULT_SANDBOX_TIMEOUT_SECONDS, autoPause: body.autoPause },
-      this.env.NATS_REQUEST_TIMEOUT_MS,
-    );
   }
 
   connect(teamId: string, sandboxId: string, body: ResumeSandboxDto): Promise<SandboxView> {

@@ -45,7 +45,33 @@ export function rejectUnsupportedCreateOptions(body: unknown): void {
   if (raw.mcp !== undefined && raw.mcp !== null) unsupported.push('mcp');
   if (isNonEmptyObject((raw.iam as { tokens?: unknown } | undefined)?.tokens)) unsupported.push('iam');
   if ((raw.autoResume as { enabled?: unknown } | undefined)?.enabled === true) unsupported.push('autoResume');
+  unsupported.push(...unsupportedPauseOnTimeout(raw));
   if (unsupported.length > 0) {
     throw KilnError.invalid(`not supported by this deployment: ${unsupported.join(', ')}`);
   }
+}
+
+/**
+ * Pausing on timeout, in any of the shapes a client may ask for it: `autoPause: true` (what the SDKs send for
+ * `lifecycle: { onTimeout: 'pause' }`), or a `lifecycle` object itself (the SDK option's shape, sent by hand-written
+ * clients). Until pause exists such a sandbox would be killed at its timeout, so it is refused instead. What the SDKs
+ * send by default (no autoPause, or `autoPause: false`; `onTimeout: 'kill'`) stays accepted.
+ */
+function unsupportedPauseOnTimeout(raw: Record<string, unknown>): string[] {
+  const unsupported: string[] = [];
+  if (raw.autoPause === true) unsupported.push('autoPause');
+  const lifecycle = raw.lifecycle;
+  if (typeof lifecycle === 'object' && lifecycle !== null) {
+    const { onTimeout, autoResume } = lifecycle as { onTimeout?: unknown; autoResume?: unknown };
+    const action = typeof onTimeout === 'object' && onTimeout !== null ? (onTimeout as { action?: unknown }).action : onTimeout;
+    if (action === 'pause') unsupported.push('lifecycle.onTimeout');
+    if (autoResume === true) unsupported.push('lifecycle.autoResume');
+  }
+  return unsupported;
+}
+
+/** `POST /sandboxes/{id}/connect` with the deprecated `autoPause: true`: refused for the same reason as at create. */
+export function rejectUnsupportedConnectOptions(body: unknown): void {
+  if (typeof body !== 'object' || body === null) return;
+  if ((body as Record<string, unknown>).autoPause === true) throw KilnError.invalid('not supported by this deployment: autoPause');
 }

@@ -3,6 +3,14 @@ import { ENVD_COMPAT_VERSION } from '@kiln/contracts';
 import type { TemplateRepository } from '@kiln/db';
 
 type VisibleTemplate = Awaited<ReturnType<TemplateRepository['listVisible']>>[number];
+type FoundTemplate = NonNullable<Awaited<ReturnType<TemplateRepository['findVisible']>>>;
+type TemplateBuildRecord = Awaited<ReturnType<TemplateRepository['buildsPage']>>[number];
+
+/** The counters the scheduler moves when a sandbox from the template reaches running. */
+function spawnCountersOf(template: { spawnCount: bigint; lastSpawnedAt: Date | null }): { spawnCount: number; lastSpawnedAt: string | null } {
+  // A BIGINT in Postgres (E2B: int64); a JSON number is exact up to 2^53, far beyond any real count.
+  return { spawnCount: Number(template.spawnCount), lastSpawnedAt: template.lastSpawnedAt?.toISOString() ?? null };
+}
 
 /** E2B's `Template`. */
 export class TemplateBody {
@@ -22,6 +30,32 @@ export class TemplateBody {
   @ApiProperty({ description: 'Builds known for this template (Kiln reports whether the latest exists)' }) buildCount: number;
   @ApiProperty() envdVersion: string;
   @ApiProperty({ enum: ['building', 'waiting', 'ready', 'error'] }) buildStatus: string;
+}
+
+/** E2B's `TemplateBuild`. */
+export class TemplateBuildBody {
+  @ApiProperty({ format: 'uuid' }) buildID: string;
+  @ApiProperty({ enum: ['building', 'waiting', 'ready', 'error'] }) status: string;
+  @ApiProperty({ format: 'date-time' }) createdAt: string;
+  @ApiProperty({ format: 'date-time', description: 'Kiln builds change once, when they finish' }) updatedAt: string;
+  @ApiPropertyOptional({ format: 'date-time' }) finishedAt?: string;
+  @ApiProperty() cpuCount: number;
+  @ApiProperty() memoryMB: number;
+  @ApiPropertyOptional() diskSizeMB?: number;
+  @ApiPropertyOptional() envdVersion?: string;
+}
+
+/** E2B's `TemplateWithBuilds` (`GET /templates/{templateID}`); the builds page's next token is the x-next-token header. */
+export class TemplateWithBuildsBody {
+  @ApiProperty() templateID: string;
+  @ApiProperty() public: boolean;
+  @ApiProperty({ type: [String], deprecated: true }) aliases: string[];
+  @ApiProperty({ type: [String] }) names: string[];
+  @ApiProperty({ format: 'date-time' }) createdAt: string;
+  @ApiProperty({ format: 'date-time' }) updatedAt: string;
+  @ApiPropertyOptional({ nullable: true, type: String, format: 'date-time' }) lastSpawnedAt: string | null;
+  @ApiProperty() spawnCount: number;
+  @ApiProperty({ type: [TemplateBuildBody] }) builds: TemplateBuildBody[];
 }
 
 /** E2B's `TemplateAliasResponse`. */
@@ -45,10 +79,37 @@ export function toTemplateBody(template: VisibleTemplate): TemplateBody {
     createdAt: template.createdAt.toISOString(),
     updatedAt: template.updatedAt.toISOString(),
     createdBy: null,
-    lastSpawnedAt: null,
-    spawnCount: 0,
+    ...spawnCountersOf(template),
     buildCount: template.builds.length,
     envdVersion: latest?.envdVersion ?? ENVD_COMPAT_VERSION,
     buildStatus: latest?.state ?? 'waiting',
+  };
+}
+
+export function toTemplateBuildBody(build: TemplateBuildRecord): TemplateBuildBody {
+  return {
+    buildID: build.id,
+    status: build.state,
+    createdAt: build.createdAt.toISOString(),
+    updatedAt: (build.finishedAt ?? build.createdAt).toISOString(),
+    ...(build.finishedAt ? { finishedAt: build.finishedAt.toISOString() } : {}),
+    cpuCount: build.vcpus,
+    memoryMB: build.memoryMib,
+    diskSizeMB: build.diskMib,
+    ...(build.envdVersion ? { envdVersion: build.envdVersion } : {}),
+  };
+}
+
+export function toTemplateWithBuildsBody(template: FoundTemplate, builds: TemplateBuildRecord[]): TemplateWithBuildsBody {
+  const aliases = template.aliases.map((a) => a.alias);
+  return {
+    templateID: template.id,
+    public: template.public,
+    aliases,
+    names: aliases,
+    createdAt: template.createdAt.toISOString(),
+    updatedAt: template.updatedAt.toISOString(),
+    ...spawnCountersOf(template),
+    builds: builds.map(toTemplateBuildBody),
   };
 }

@@ -1,8 +1,11 @@
-import { Controller, Get, Param, Query } from '@nestjs/common';
+import { Controller, Get, Param, Query, Res } from '@nestjs/common';
 import { ApiOkResponse, ApiQuery, ApiSecurity, ApiTags } from '@nestjs/swagger';
+import type { FastifyReply } from 'fastify';
 import { KilnError, TEMPLATE_REF_PATTERN } from '@kiln/contracts';
 import { AuthenticatedTeam, CallerTeam } from '../auth/authenticated-team';
-import { TemplateAliasBody, TemplateBody } from './template-responses';
+import { PayloadPipe } from '../validation/payload.pipe';
+import { TemplateBuildsQueryDto } from './template-request.dto';
+import { TemplateAliasBody, TemplateBody, TemplateWithBuildsBody } from './template-responses';
 import { TemplatesService } from './templates.service';
 
 @ApiTags('templates')
@@ -18,6 +21,24 @@ export class TemplatesController {
     // E2B lets dashboard users pick a team; an API key belongs to exactly one, so any other team is not found.
     if (teamId !== undefined && teamId !== team.teamId) throw KilnError.notFound(`team ${String(teamId)}`);
     return this.templates.list(team.teamId);
+  }
+
+  @Get(':templateID')
+  @ApiQuery({ name: 'limit', required: false, type: Number, description: 'Builds per page, 1-100, default 100' })
+  @ApiQuery({ name: 'nextToken', required: false, type: String, description: 'The x-next-token header of the previous page' })
+  @ApiOkResponse({ type: TemplateWithBuildsBody })
+  async get(
+    @CallerTeam() team: AuthenticatedTeam,
+    @Param('templateID') templateId: string,
+    @Query(new PayloadPipe(TemplateBuildsQueryDto)) query: TemplateBuildsQueryDto,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ): Promise<TemplateWithBuildsBody> {
+    if (templateId.length > 128 || !TEMPLATE_REF_PATTERN.test(templateId) || templateId.includes(':')) {
+      throw KilnError.invalid('templateID must be a template id or alias');
+    }
+    const page = await this.templates.getWithBuilds(team.teamId, templateId, query);
+    if (page.nextToken) reply.header('x-next-token', page.nextToken);
+    return page.template;
   }
 
   @Get('aliases/:alias')

@@ -1,7 +1,8 @@
 import { Injectable } from '@nestjs/common';
 import { KilnError } from '@kiln/contracts';
-import { TemplateRepository } from '@kiln/db';
-import { TemplateAliasBody, TemplateBody, toTemplateBody } from './template-responses';
+import { TemplateRepository, decodeKeysetCursor, encodeKeysetCursor } from '@kiln/db';
+import { TEMPLATE_BUILDS_MAX_LIMIT } from './template-request.dto';
+import { TemplateAliasBody, TemplateBody, TemplateWithBuildsBody, toTemplateBody, toTemplateWithBuildsBody } from './template-responses';
 
 /** Templates a team may use: its own and the platform's public ones. */
 @Injectable()
@@ -10,6 +11,29 @@ export class TemplatesService {
 
   async list(teamId: string): Promise<TemplateBody[]> {
     return (await this.templates.listVisible(teamId)).map(toTemplateBody);
+  }
+
+  /**
+   * E2B's `GET /templates/{templateID}`: the template with a page of its builds, newest first. An alias works too.
+   * Another team's private template is not found (404), never forbidden (E2B: 403): existence is not leaked.
+   */
+  async getWithBuilds(
+    teamId: string,
+    ref: string,
+    page: { limit?: number; nextToken?: string },
+  ): Promise<{ template: TemplateWithBuildsBody; nextToken?: string }> {
+    const cursor = page.nextToken !== undefined ? decodeKeysetCursor(page.nextToken) : undefined;
+    if (page.nextToken !== undefined && (!cursor || cursor.order !== 'desc')) throw KilnError.invalid('nextToken: not a token this API issued');
+    const template = await this.templates.findVisible(ref, teamId);
+    if (!template) throw KilnError.notFound(`template ${ref}`);
+    const limit = page.limit ?? TEMPLATE_BUILDS_MAX_LIMIT;
+    const builds = await this.templates.buildsPage(template.id, { limit: limit + 1, after: cursor ? { createdAt: cursor.at, id: cursor.id } : undefined });
+    const shown = builds.slice(0, limit);
+    const last = shown[shown.length - 1];
+    return {
+      template: toTemplateWithBuildsBody(template, shown),
+      nextToken: builds.length > limit ? encodeKeysetCursor(last.createdAt, last.id, 'desc') : undefined,
+    };
   }
 
   /** Another team's private alias is reported missing (404), never forbidden: existence is not leaked. */

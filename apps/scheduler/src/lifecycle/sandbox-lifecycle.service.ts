@@ -15,10 +15,13 @@ import { SchedulerEnv } from '@kiln/config';
 import {
   HostRepository,
   HostStartReport,
+  SandboxListFilter,
   SandboxRecord,
   SandboxRepository,
   TemplateRepository,
   TransitionPatch,
+  decodeKeysetCursor,
+  encodeKeysetCursor,
   isTransitional,
 } from '@kiln/db';
 import {
@@ -41,7 +44,7 @@ import { SandboxTimeoutJob, SandboxTimeouts } from '../timeouts/sandbox-timeouts
 import { SandboxInfo } from '@kiln/proto/hostagent';
 import { newSandboxId } from './sandbox-ids';
 import { SandboxTokens } from './sandbox-tokens';
-import { decodeCursor, encodeCursor, networkOf, toSandboxView } from './sandbox-view.mapper';
+import { networkOf, toSandboxView } from './sandbox-view.mapper';
 
 const LIVE_OR_PAUSED: SandboxState[] = [
   SandboxState.Pending,
@@ -51,8 +54,14 @@ const LIVE_OR_PAUSED: SandboxState[] = [
   SandboxState.Paused,
   SandboxState.Resuming,
 ];
-const PUBLIC_RUNNING: SandboxState[] = [SandboxState.Pending, SandboxState.Starting, SandboxState.Running, SandboxState.Resuming];
-const PUBLIC_PAUSED: SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
+/**
+ * What a list shows as running and as paused. A create still in flight (pending, starting) is not listed: like E2B,
+ * a sandbox appears once its create succeeded, with the start time it keeps from then on (the list's sort key).
+ */
+const LISTED_RUNNING: SandboxState[] = [SandboxState.Running, SandboxState.Resuming];
+const LISTED_PAUSED: SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
+/** The scheduler's own ceiling per list request (the gateway's v1 list reads in pages of this size). */
+const MAX_LIST_PAGE = 1000;
 const RETRY_AFTER_SECONDS = 5;
 /** A host attempt with less than this left of the create's deadline is not started: it could not finish. */
 const MIN_HOST_ATTEMPT_MS = 100;
@@ -93,6 +102,8 @@ export class SandboxLifecycleService implements OnModuleInit {
   }
 
   async create(command: CreateSandboxCommand): Promise<SandboxView> {
+    // Until pause exists, a sandbox asked to pause at its timeout would be killed instead: refused, never downgraded.
+    if (command.autoPause) throw new KilnError(ErrorCode.InvalidArgument, 'autoPause: pausing on timeout is not supported by this deployment');
     const started = performance.now();
     const template = await this.templates.resolve(command.templateRef, command.teamId);
     if (!template) throw new KilnError(ErrorCode.NotFound, `template '${command.templateRef}' not found`);
@@ -186,6 +197,8 @@ export class SandboxLifecycleService implements OnModuleInit {
         startedAt: now,
         expiresAt: new Date(now.getTime() + sandbox.timeoutSeconds * 1000),
         started,
+        // Counted on reaching running, not on request: E2B counts sandboxes its create actually started.
+        spawnedFromTemplate: sandbox.templateId,
       });
       if (!running) {
         // Killed (or failed by reconcile) while the VM was being made: nothing else knows of this VM, so this path removes it.
@@ -303,24 +316,51 @@ export class SandboxLifecycleService implements OnModuleInit {
     return true;
   }
 
+  /**
+   * A page of the team's sandboxes, filtered and ordered in the query (E2B's GET /v2/sandboxes): by start time, newest
+   * first unless `order` is asc, the sandbox id breaking ties; `nextToken` continues after the previous page's last row.
+   */
   async list(query: ListSandboxesQuery): Promise<SandboxPage> {
+    const order = query.order ?? 'desc';
+    const cursor = query.nextToken ? decodeKeysetCursor(query.nextToken) : undefined;
+    if (query.nextToken && !cursor) throw new KilnError(ErrorCode.InvalidArgument, 'nextToken: not a token this API issued');
+    if (cursor && cursor.order !== order) {
+      throw new KilnError(ErrorCode.InvalidArgument, `nextToken: it continues a list in ${cursor.order} order; send order=${cursor.order} with it`);
+    }
+    const startedAfter = query.startedAfter !== undefined ? new Date(query.startedAfter) : undefined;
+    if (startedAfter && Number.isNaN(startedAfter.getTime())) throw new KilnError(ErrorCode.InvalidArgument, 'startedAfter: not a timestamp');
+
     const wanted = query.states?.length ? query.states : ['running', 'paused'];
-    const states = [...(wanted.includes('running') ? PUBLIC_RUNNING : []), ...(wanted.includes('paused') ? PUBLIC_PAUSED : [])];
-    const cursor = query.nextToken ? decodeCursor(query.nextToken) : undefined;
-    if (query.nextToken && !cursor) throw new KilnError(ErrorCode.InvalidArgument, 'nextToken is not a token this API issued');
-    const limit = Math.min(Math.max(query.limit || 100, 1), 1000);
-    const rows = await this.sandboxes.list({
+    const states = [...(wanted.includes('running') ? LISTED_RUNNING : []), ...(wanted.includes('paused') ? LISTED_PAUSED : [])];
+    let templateId: string | undefined;
+    if (query.templateRef !== undefined) {
+      // A template the team cannot see names no sandbox of the team (E2B answers an empty list, not an error).
+      const resolved = await this.templates.resolveVisibleId(query.templateRef, query.teamId);
+      if (!resolved) return { sandboxes: [], ...(wanted.includes('running') ? { totalRunning: 0 } : {}) };
+      templateId = resolved;
+    }
+    const filter: SandboxListFilter = {
       teamId: query.teamId,
       states,
-      // A pending or starting row past its deadline is failed, only not yet swept: it is not listed as running.
-      hideTransitionalDueBy: new Date(),
       metadata: query.metadata,
-      limit: limit + 1,
-      afterCreatedAt: cursor?.createdAt,
-      afterId: cursor?.id,
-    });
+      templateId,
+      startedAtOrAfter: startedAfter,
+      // A row past its transition deadline is failed, only not yet swept: it is not listed.
+      hideTransitionalDueBy: new Date(),
+    };
+    const limit = Math.min(Math.max(query.limit || 100, 1), MAX_LIST_PAGE);
+    const [rows, totalRunning] = await Promise.all([
+      this.sandboxes.list(filter, { order, limit: limit + 1, after: cursor ? { startedAt: cursor.at, id: cursor.id } : undefined }),
+      wanted.includes('running') ? this.sandboxes.countListed({ ...filter, states: LISTED_RUNNING }) : Promise.resolve(undefined),
+    ]);
     const page = rows.slice(0, limit);
-    return { sandboxes: page.map((row) => this.view(row)), nextToken: rows.length > limit ? encodeCursor(page[page.length - 1]) : undefined };
+    const last = page[page.length - 1];
+    return {
+      sandboxes: page.map((row) => this.view(row)),
+      // startedAt is set on every listed row (the filter requires it).
+      nextToken: rows.length > limit ? encodeKeysetCursor(last.startedAt as Date, last.id, order) : undefined,
+      ...(totalRunning !== undefined ? { totalRunning } : {}),
+    };
   }
 
   async kill(ref: SandboxRef, reason = 'killed by request'): Promise<KillReply> {
@@ -359,17 +399,19 @@ export class SandboxLifecycleService implements OnModuleInit {
     return this.view(updated);
   }
 
+  /**
+   * Pause does not exist yet. Not a conflict (409): the SDK reads that as "already paused" and reports success. A
+   * missing sandbox is still not found.
+   */
   async pause(ref: SandboxRef): Promise<SandboxView> {
     const sandbox = await this.requireLive(ref);
-    if (sandbox.state === SandboxState.Paused) throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} is already paused`);
-    throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} cannot be paused: pause is not available on this deployment yet`);
+    throw new KilnError(ErrorCode.NotImplemented, `sandbox ${sandbox.id} cannot be paused: pause is not supported by this deployment yet`);
   }
 
-  /** Resume: only a paused sandbox can be resumed; a running one answers 409 as E2B does. */
+  /** Resume does not exist yet either (connect to a paused sandbox comes here too). */
   async resume(command: ResumeCommand): Promise<SandboxView> {
     const sandbox = await this.requireLive(command);
-    if (sandbox.state !== SandboxState.Paused) throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} is already running`);
-    throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} cannot be resumed: pause/resume is not available on this deployment yet`);
+    throw new KilnError(ErrorCode.NotImplemented, `sandbox ${sandbox.id} cannot be resumed: pause/resume is not supported by this deployment yet`);
   }
 
   /** Connect: a running sandbox is returned (and its timeout applied); a paused one would be resumed. */
@@ -413,7 +455,7 @@ export class SandboxLifecycleService implements OnModuleInit {
     };
   }
 
-  /** Timeout job: kills (autoPause falls back to kill until pause exists) unless extended since. */
+  /** Timeout job: kills unless extended since. (autoPause is refused at create until pause exists; a row stored with it earlier is killed too.) */
   async expire(job: SandboxTimeoutJob): Promise<void> {
     const sandbox = await this.sandboxes.find(job.sandboxId);
     if (!sandbox || !LIVE_OR_PAUSED.includes(sandbox.state as SandboxState)) return;

@@ -36,19 +36,3 @@ export function toSandboxView(record: SandboxRecord, tokens: SandboxTokens): San
     endedAt: record.endedAt?.toISOString(),
   };
 }
-
-/** Opaque paging cursor: creation time and id of the last row served. */
-export function encodeCursor(record: SandboxRecord): string {
-  return Buffer.from(JSON.stringify({ c: record.createdAt.toISOString(), i: record.id })).toString('base64url');
-}
-
-export function decodeCursor(token: string): { createdAt: Date; id: string } | null {
-  try {
-    const { c, i } = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as { c: unknown; i: unknown };
-    const createdAt = new Date(String(c));
-    if (typeof i !== 'string' || Number.isNaN(createdAt.getTime())) return null;
-    return { createdAt, id: i };
-  } catch {
-    return null;
-  }
-}

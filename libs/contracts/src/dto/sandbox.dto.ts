@@ -141,6 +141,16 @@ export class ResumeSandboxDto {
 
 export const SANDBOX_ID_PATTERN = /^[a-z0-9]{1,64}$/;
 
+/** E2B's page size for `GET /v2/sandboxes` (paginationLimit: default 100, maximum 100). */
+export const SANDBOX_LIST_DEFAULT_LIMIT = 100;
+export const SANDBOX_LIST_MAX_LIMIT = 100;
+
+/**
+ * An RFC 3339 date-time (`2024-05-01T12:00:00Z`, `…T12:00:00.123456+02:00`). The date and time ranges are checked
+ * when it is parsed; this only decides the shape.
+ */
+export const RFC3339_DATE_TIME_PATTERN = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$/;
+
 /** Query of `GET /sandboxes` and `GET /v2/sandboxes`. */
 export class ListSandboxesQueryDto {
   /** URL-encoded `key=value&key2=value2`, as the E2B SDK sends it. */
@@ -154,6 +164,27 @@ export class ListSandboxesQueryDto {
   @IsIn(['running', 'paused'], { each: true, message: 'state must be running and/or paused' })
   state?: Array<'running' | 'paused'>;
 
+  /** By start time; E2B's default is desc (newest first). */
+  @IsOptional()
+  @IsIn(['asc', 'desc'], { message: 'order must be asc or desc' })
+  order?: 'asc' | 'desc';
+
+  /** Only sandboxes started at or after this time. */
+  @IsOptional()
+  @IsString()
+  @MaxLength(64)
+  @Matches(RFC3339_DATE_TIME_PATTERN, {
+    message: "startedAfter must be an RFC 3339 date-time such as 2024-05-01T12:00:00Z (a '+' in an offset must be sent as %2B)",
+  })
+  startedAfter?: string;
+
+  /** A template id or alias (E2B: without a tag, since sandboxes are not tag-scoped). */
+  @IsOptional()
+  @IsString()
+  @MaxLength(128)
+  @Matches(TEMPLATE_REF_PATTERN, { message: 'template must be a template id or alias' })
+  template?: string;
+
   @IsOptional()
   @IsString()
   @MaxLength(512)
@@ -163,6 +194,6 @@ export class ListSandboxesQueryDto {
   @Type(() => Number)
   @IsInt()
   @Min(1)
-  @Max(1000)
+  @Max(SANDBOX_LIST_MAX_LIMIT)
   limit?: number;
 }

@@ -16,6 +16,8 @@ export enum ErrorCode {
   ResourceExhausted = 'resource_exhausted',
   Unavailable = 'unavailable',
   Timeout = 'timeout',
+  /** A documented E2B route or option this deployment does not implement yet (HTTP 501, gRPC UNIMPLEMENTED). */
+  NotImplemented = 'not_implemented',
   Internal = 'internal',
 }
 
@@ -32,6 +34,7 @@ export const HTTP_STATUS_BY_ERROR_CODE: Record<ErrorCode, number> = {
   [ErrorCode.ResourceExhausted]: 503,
   [ErrorCode.Unavailable]: 503,
   [ErrorCode.Timeout]: 504,
+  [ErrorCode.NotImplemented]: 501,
   [ErrorCode.Internal]: 500,
 };
 
@@ -49,6 +52,7 @@ export const GRPC_STATUS_BY_ERROR_CODE: Record<ErrorCode, number> = {
   [ErrorCode.ResourceExhausted]: 8,
   [ErrorCode.Unavailable]: 14,
   [ErrorCode.Timeout]: 4,
+  [ErrorCode.NotImplemented]: 12,
   [ErrorCode.Internal]: 13,
 };
 

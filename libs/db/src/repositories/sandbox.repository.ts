@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { Prisma, Sandbox } from '@prisma/client';
 import { EgressPolicy, LIVE_SANDBOX_STATES, SandboxNetworkSettings, SandboxState, canTransition } from '@kiln/contracts';
+import { SortOrder } from '../keyset-cursor';
 import { PrismaService } from '../prisma.service';
 
 export type SandboxRecord = Sandbox;
@@ -59,18 +60,32 @@ export interface TransitionPatch {
   deadlineAt?: Date;
   /** Set with the move to running: what the host says it started. */
   started?: HostStartReport;
+  /**
+   * Set with a create's move to running: this template's spawn counter and last-spawned time move in the same
+   * transaction, so they count exactly the creates that reached running (a failed create, or one killed while
+   * starting, never counts; a retried create with the same request key makes no new transition, so counts once).
+   */
+  spawnedFromTemplate?: string;
 }
 
+/** Which sandboxes a list shows. Only started sandboxes (`startedAt` set) are ever listed. */
 export interface SandboxListFilter {
   teamId: string;
   states: SandboxState[];
   metadata?: Record<string, string>;
-  limit: number;
-  /** Opaque cursor: the id of the last sandbox of the previous page (ids sort by creation). */
-  afterCreatedAt?: Date;
-  afterId?: string;
+  templateId?: string;
+  /** Only sandboxes started at or after this time. */
+  startedAtOrAfter?: Date;
   /** Leave out transitional rows whose deadline is at or before this: they are failed, only not yet swept. */
   hideTransitionalDueBy?: Date;
+}
+
+/** A page of a list: by start time in `order`, the sandbox id breaking ties (E2B: id ascending under desc, and back). */
+export interface SandboxPageRequest {
+  order: SortOrder;
+  limit: number;
+  /** The last sandbox of the previous page: this page starts right after it in `order`. */
+  after?: { startedAt: Date; id: string };
 }
 
 /**
@@ -162,6 +177,13 @@ export class SandboxRepository {
         },
       });
       if (count !== 1) return null;
+      if (patch.spawnedFromTemplate) {
+        // An increment in SQL, not read-modify-write: concurrent creates from one template each count.
+        await tx.template.updateMany({
+          where: { id: patch.spawnedFromTemplate },
+          data: { spawnCount: { increment: 1 }, lastSpawnedAt: patch.startedAt ?? new Date() },
+        });
+      }
       await tx.sandboxEvent.create({
         data: { sandboxId: id, fromState: current.state, toState: to, reason: patch.reason },
       });
@@ -187,29 +209,33 @@ export class SandboxRepository {
     return this.prisma.sandbox.findUnique({ where: { id } });
   }
 
-  async list(filter: SandboxListFilter): Promise<SandboxRecord[]> {
-    const metadataFilters = Object.entries(filter.metadata ?? {}).map(([key, value]) => ({
-      metadata: { path: [key], equals: value },
-    }));
-    const cursor: Prisma.SandboxWhereInput[] =
-      filter.afterCreatedAt && filter.afterId
-        ? [
-            {
-              OR: [
-                { createdAt: { lt: filter.afterCreatedAt } },
-                { createdAt: filter.afterCreatedAt, id: { lt: filter.afterId } },
-              ],
-            },
-          ]
-        : [];
-    const notOverdue: Prisma.SandboxWhereInput[] = filter.hideTransitionalDueBy
-      ? [{ OR: [{ deadlineAt: null }, { deadlineAt: { gt: filter.hideTransitionalDueBy } }] }]
+  /**
+   * One page of the team's started sandboxes, filtered in the query. Keyed on (started_at, id): both are set once
+   * (started_at with the move to running) so a row never moves between pages, and sandboxes started while a caller
+   * pages land before its first page (desc) or after its last row (asc), never in between.
+   */
+  list(filter: SandboxListFilter, page: SandboxPageRequest): Promise<SandboxRecord[]> {
+    const after: Prisma.SandboxWhereInput[] = page.after
+      ? [
+          {
+            OR:
+              page.order === 'desc'
+                ? [{ startedAt: { lt: page.after.startedAt } }, { startedAt: page.after.startedAt, id: { gt: page.after.id } }]
+                : [{ startedAt: { gt: page.after.startedAt } }, { startedAt: page.after.startedAt, id: { lt: page.after.id } }],
+          },
+        ]
       : [];
+    const where = listWhere(filter);
     return this.prisma.sandbox.findMany({
-      where: { teamId: filter.teamId, state: { in: filter.states }, AND: [...metadataFilters, ...cursor, ...notOverdue] },
-      orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
-      take: filter.limit,
+      where: { ...where, AND: [...where.AND, ...after] },
+      orderBy: page.order === 'desc' ? [{ startedAt: 'desc' }, { id: 'asc' }] : [{ startedAt: 'asc' }, { id: 'desc' }],
+      take: page.limit,
     });
+  }
+
+  /** How many sandboxes the filter matches, across all pages. */
+  countListed(filter: SandboxListFilter): Promise<number> {
+    return this.prisma.sandbox.count({ where: listWhere(filter) });
   }
 
   async setExpiry(id: string, expiresAt: Date, timeoutSeconds?: number): Promise<SandboxRecord | null> {
@@ -275,4 +301,20 @@ export class SandboxRepository {
   events(id: string) {
     return this.prisma.sandboxEvent.findMany({ where: { sandboxId: id }, orderBy: { id: 'asc' } });
   }
+}
+
+function listWhere(filter: SandboxListFilter): Prisma.SandboxWhereInput & { AND: Prisma.SandboxWhereInput[] } {
+  const metadata: Prisma.SandboxWhereInput[] = Object.entries(filter.metadata ?? {}).map(([key, value]) => ({
+    metadata: { path: [key], equals: value },
+  }));
+  const notOverdue: Prisma.SandboxWhereInput[] = filter.hideTransitionalDueBy
+    ? [{ OR: [{ deadlineAt: null }, { deadlineAt: { gt: filter.hideTransitionalDueBy } }] }]
+    : [];
+  return {
+    teamId: filter.teamId,
+    state: { in: filter.states },
+    startedAt: filter.startedAtOrAfter ? { not: null, gte: filter.startedAtOrAfter } : { not: null },
+    ...(filter.templateId !== undefined ? { templateId: filter.templateId } : {}),
+    AND: [...metadata, ...notOverdue],
+  };
 }

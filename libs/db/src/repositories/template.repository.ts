@@ -44,6 +44,36 @@ export class TemplateRepository {
     };
   }
 
+  /** The id of the template an id or alias names, if the team may see it (its own or public); null otherwise. */
+  async resolveVisibleId(ref: string, teamId: string): Promise<string | null> {
+    const alias = await this.prisma.templateAlias.findUnique({ where: { alias: ref }, select: { templateId: true } });
+    const template = await this.prisma.template.findFirst({
+      where: { id: alias?.templateId ?? ref, OR: [{ public: true }, { teamId }] },
+      select: { id: true },
+    });
+    return template?.id ?? null;
+  }
+
+  /** A template the team may see, by id or alias, with its aliases; null when it may not (never "forbidden"). */
+  async findVisible(ref: string, teamId: string) {
+    const id = await this.resolveVisibleId(ref, teamId);
+    return id ? this.prisma.template.findUnique({ where: { id }, include: { aliases: true } }) : null;
+  }
+
+  /** One page of a template's builds, newest first (E2B: created_at desc, id desc), after the previous page's last. */
+  buildsPage(templateId: string, page: { limit: number; after?: { createdAt: Date; id: string } }) {
+    return this.prisma.templateBuild.findMany({
+      where: {
+        templateId,
+        ...(page.after
+          ? { OR: [{ createdAt: { lt: page.after.createdAt } }, { createdAt: page.after.createdAt, id: { lt: page.after.id } }] }
+          : {}),
+      },
+      orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+      take: page.limit,
+    });
+  }
+
   listVisible(teamId: string) {
     return this.prisma.template.findMany({
       where: { OR: [{ public: true }, { teamId }] },
