@@ -46,7 +46,7 @@ export async function startGateway(env: GatewayEnv, options: { host?: string } =
       configure: (created) => {
         requireJsonBodies(created.getHttpAdapter().getInstance());
         // The SDK also runs in browsers. Keys travel in headers, never cookies, so any origin may call.
-        created.enableCors({ origin: '*', credentials: false, exposedHeaders: ['x-next-token', 'retry-after'], maxAge: 600 });
+        created.enableCors({ origin: '*', credentials: false, exposedHeaders: ['x-next-token', 'x-total-running', 'retry-after'], maxAge: 600 });
         created.get(OpenApiDocument).build(created);
       },
     },
