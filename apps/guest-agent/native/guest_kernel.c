@@ -9,6 +9,9 @@
  *                              sandboxes would draw identical "random" bytes. The host's seed
  *                              is credited to the kernel's input pool, the CRNG is reseeded at
  *                              once, and Node's OpenSSL is reseeded on top of that.
+ *
+ * The same addon also carries the calls the agent needs on every host, VM or not, that Node has no API for:
+ * FIONREAD on a command's output pipe (pipe_fd.c) and extended attributes for file metadata (xattr_calls.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,13 +27,50 @@
 #include <node_api.h>
 #include <openssl/rand.h>
 
+#include "addon.h"
+
 #define MIN_SEED_BYTES 16
 #define MAX_SEED_BYTES 512
 
-static napi_value throw_errno(napi_env env, const char *what, int err) {
+const char *errno_code(int err) {
+  switch (err) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EIO: return "EIO";
+    case E2BIG: return "E2BIG";
+    case EBADF: return "EBADF";
+    case ENOMEM: return "ENOMEM";
+    case EACCES: return "EACCES";
+    case EFAULT: return "EFAULT";
+    case EBUSY: return "EBUSY";
+    case EEXIST: return "EEXIST";
+    case ENOTDIR: return "ENOTDIR";
+    case EISDIR: return "EISDIR";
+    case EINVAL: return "EINVAL";
+    case ENOTTY: return "ENOTTY";
+    case ENOSPC: return "ENOSPC";
+    case EROFS: return "EROFS";
+    case ERANGE: return "ERANGE";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case ELOOP: return "ELOOP";
+    case ENODATA: return "ENODATA";
+    case ENOTSUP: return "ENOTSUP"; /* == EOPNOTSUPP on Linux */
+    case EDQUOT: return "EDQUOT";
+    default: return "EUNKNOWN";
+  }
+}
+
+napi_value throw_errno(napi_env env, const char *what, int err) {
   char message[160];
   snprintf(message, sizeof message, "%s: %s", what, strerror(err));
-  napi_throw_error(env, NULL, message);
+  napi_value text, error, code, errno_value;
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &text);
+  napi_create_error(env, NULL, text, &error);
+  napi_create_string_utf8(env, errno_code(err), NAPI_AUTO_LENGTH, &code);
+  napi_create_int32(env, -err, &errno_value);
+  napi_set_named_property(env, error, "code", code);
+  napi_set_named_property(env, error, "errno", errno_value);
+  napi_throw(env, error);
   return NULL;
 }
 
@@ -100,6 +140,11 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"setRealtimeClock", NULL, set_realtime_clock, NULL, NULL, NULL, napi_enumerable, NULL},
     {"reseedRandom", NULL, reseed_random, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"pipeBytesAvailable", NULL, pipe_bytes_available, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"listXattrs", NULL, xattr_list, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"getXattr", NULL, xattr_get, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"setXattr", NULL, xattr_set, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"removeXattr", NULL, xattr_remove, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -1,11 +1,13 @@
 import { AgentServer } from './server/agent-server';
 import { createAgentRequestHandler } from './http/agent-request-handler';
+import { EntryDescriber } from './filesystem/entry-info';
+import { FileMetadataStore } from './filesystem/file-metadata';
 import { FilesystemService } from './filesystem/filesystem-service';
 import { ProcessTable } from './process/process-table';
 import { AgentState } from './runtime/agent-state';
 import { ClockSync } from './runtime/clock-sync';
 import { EntropyReseed } from './runtime/entropy-reseed';
-import { loadGuestKernel } from './runtime/guest-kernel';
+import { loadGuestAddon, type GuestAddon } from './runtime/guest-kernel';
 import { ResolverConfig } from './runtime/resolver-config';
 import { guestDutiesEnabled, type GuestDutiesMode } from './runtime/guest-duties';
 import { OomPolicy } from './runtime/oom-policy';
@@ -59,20 +61,29 @@ async function main(): Promise<void> {
     process.stderr.write(`guest-agent: ${(err as Error).message}\n`);
     process.exit(2);
   }
+  // Guest duties (clock stepping, entropy reseeding, resolv.conf, OOM protection) act on the machine: only inside the VM, never
+  // on a host. In the VM the native addon is required: a clone that cannot be reseeded must not start. Elsewhere it is
+  // still used when present (command output at exit, file metadata); without it those fall back or refuse.
+  const duties = guestDutiesEnabled(options.guestDuties);
+  let addon: GuestAddon | undefined;
+  try {
+    addon = loadGuestAddon();
+  } catch (err) {
+    if (duties) throw err;
+    process.stderr.write(`guest-agent: ${(err as Error).message}; file metadata is off, command ends use a quiet period\n`);
+  }
   const state = new AgentState();
   const users = new SystemUserDirectory();
-  const processes = new ProcessTable();
-  const filesystem = new FilesystemService(state, users);
-  // Guest duties (clock stepping, entropy reseeding, resolv.conf, OOM protection) act on the machine: only inside the VM, never
-  // on a host. In the VM the native addon is required: a clone that cannot be reseeded must not start.
-  const duties = guestDutiesEnabled(options.guestDuties);
-  const kernel = duties ? loadGuestKernel() : undefined;
-  const clock = new ClockSync(kernel);
-  const entropy = new EntropyReseed(kernel);
+  const processes = new ProcessTable(addon);
+  const metadata = new FileMetadataStore(addon);
+  const entries = new EntryDescriber(users, metadata);
+  const filesystem = new FilesystemService(state, users, entries);
+  const clock = new ClockSync(duties ? addon : undefined);
+  const entropy = new EntropyReseed(duties ? addon : undefined);
   const resolver = new ResolverConfig(duties);
   const oom = new OomPolicy(duties);
   oom.apply();
-  const server = new AgentServer(createAgentRequestHandler({ state, users, processes, filesystem, clock, entropy, resolver, oom }));
+  const server = new AgentServer(createAgentRequestHandler({ state, users, processes, filesystem, entries, metadata, clock, entropy, resolver, oom }));
 
   const shutdown = (signal: string) => {
     process.stderr.write(`guest-agent: ${signal}, stopping\n`);

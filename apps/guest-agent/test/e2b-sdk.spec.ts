@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { chown, mkdir, rm } from 'node:fs/promises';
+import { chown, mkdir, rm, stat } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
-import { CommandExitError, FilesystemEventType, NotFoundError, Sandbox, type FilesystemEvent } from 'e2b';
+import { CommandExitError, FilesystemEventType, FileType, NotFoundError, Sandbox, type FilesystemEvent } from 'e2b';
+import { ENVD_COMPAT_VERSION } from '@kiln/contracts';
 import { RunningAgent, scratchDirName } from './support/running-agent';
 
 const TOKEN = 'sdk-test-token';
@@ -9,13 +10,14 @@ const TOKEN = 'sdk-test-token';
 /**
  * The official e2b SDK aimed straight at the agent: a Sandbox object is constructed with `sandboxUrl` (the SDK's
  * own ConnectionConfig option, also settable as E2B_SANDBOX_URL), so no API server is involved and nothing in the
- * SDK is patched. envdVersion is what our platform advertises for the agent.
+ * SDK is patched. envdVersion is what our platform advertises for the agent, so the SDK uses every feature it
+ * would against a real sandbox (metadata, entry info in watch events, network-mount watches).
  */
 function sdkSandbox(agent: RunningAgent, envdAccessToken?: string): Sandbox {
   const SandboxCtor = Sandbox as unknown as new (opts: Record<string, unknown>) => Sandbox;
   return new SandboxCtor({
     sandboxId: 'guest-agent-test',
-    envdVersion: '0.5.7',
+    envdVersion: ENVD_COMPAT_VERSION,
     envdAccessToken,
     sandboxUrl: agent.url,
     requestTimeoutMs: 20_000,
@@ -153,6 +155,84 @@ describe('official e2b SDK against the guest agent', () => {
     await handle.stop();
     const types = events.filter((e) => e.name === 'w.txt').map((e) => e.type);
     expect(types).toEqual(expect.arrayContaining([FilesystemEventType.CREATE, FilesystemEventType.WRITE, FilesystemEventType.REMOVE]));
+  });
+
+  it('commands.run returns as soon as the command exits, with a background child still running', async () => {
+    const startedAt = Date.now();
+    const result = await sandbox.commands.run('sleep 8 & echo started');
+    expect(result).toMatchObject({ exitCode: 0, stdout: 'started\n', stderr: '' });
+    expect(Date.now() - startedAt).toBeLessThan(2000);
+    const server = await sandbox.commands.run(`cd ${dir} && nohup sleep 8 >/dev/null 2>&1 &`);
+    expect(server.exitCode).toBe(0);
+    // Both sleeps are the user's and end by themselves; this test leaves nothing else behind.
+  });
+
+  it('files.write as the user creates missing parents under / for the user (as the SDK\'s own write test does)', async () => {
+    const top = `/kiln-ga-sdk-${process.pid}-${Date.now()}`;
+    try {
+      const info = await sandbox.files.write(`${top}/multi_test_file0.txt`, 'zero');
+      expect(info).toMatchObject({ path: `${top}/multi_test_file0.txt`, type: 'file' });
+      expect(await sandbox.files.read(`${top}/multi_test_file0.txt`)).toBe('zero');
+      const uid = Number(spawnSync('id', ['-u', 'user'], { encoding: 'utf8' }).stdout.trim());
+      expect((await stat(top)).uid).toBe(uid);
+      expect((await sandbox.files.getInfo(top)).owner).toBe('user');
+    } finally {
+      await rm(top, { recursive: true, force: true });
+    }
+  });
+
+  it('file metadata: written (multipart and octet-stream), read back, listed, kept by rename, cleared by an overwrite', async () => {
+    const metadata = { author: 'mish', purpose: 'upload' };
+    const multipart = await sandbox.files.write(`${dir}/meta/a.txt`, 'a', { metadata });
+    expect(multipart.metadata).toEqual(metadata);
+    const octet = await sandbox.files.write(`${dir}/meta/b.txt`, 'b', { metadata, useOctetStream: true });
+    expect(octet.metadata).toEqual(metadata);
+    expect((await sandbox.files.getInfo(`${dir}/meta/b.txt`)).metadata).toEqual(metadata);
+    const many = await sandbox.files.writeFiles(
+      [
+        { path: `${dir}/meta/m1.txt`, data: '1' },
+        { path: `${dir}/meta/m2.txt`, data: '2' },
+      ],
+      { metadata: { source: 'test-suite' } },
+    );
+    expect(many.map((w) => w.metadata)).toEqual([{ source: 'test-suite' }, { source: 'test-suite' }]);
+    const listed = await sandbox.files.list(`${dir}/meta`);
+    expect(listed.find((e) => e.name === 'a.txt')?.metadata).toEqual(metadata);
+    expect((await sandbox.files.rename(`${dir}/meta/a.txt`, `${dir}/meta/renamed.txt`)).metadata).toEqual(metadata);
+
+    const plain = await sandbox.files.write(`${dir}/meta/b.txt`, 'second');
+    expect(plain.metadata).toBeUndefined();
+    expect((await sandbox.files.getInfo(`${dir}/meta/b.txt`)).metadata).toBeUndefined();
+
+    // Set inside the sandbox, out of band: surfaces with the namespace stripped.
+    await sandbox.files.write(`${dir}/meta/x.txt`, 'x');
+    await sandbox.commands.run(`python3 -c "import os; os.setxattr('${dir}/meta/x.txt', 'user.e2b.author', b'mish')"`);
+    expect((await sandbox.files.getInfo(`${dir}/meta/x.txt`)).metadata).toEqual({ author: 'mish' });
+  });
+
+  it('watchDir with includeEntry carries the entry; allowNetworkMounts still watches a local directory', async () => {
+    const watched = `${dir}/watched-entry`;
+    await sandbox.files.makeDir(watched);
+    await sandbox.files.write(`${watched}/w.txt`, 'first');
+    const seen = (opts: { includeEntry?: boolean; allowNetworkMounts?: boolean }) =>
+      new Promise<{ event: FilesystemEvent; stop: () => Promise<void> }>((resolve, reject) => {
+        let stop: () => Promise<void> = async () => undefined;
+        sandbox.files
+          .watchDir(watched, (event) => {
+            if (event.type === FilesystemEventType.WRITE && event.name === 'w.txt') resolve({ event, stop });
+          }, opts)
+          .then(async (handle) => {
+            stop = () => handle.stop();
+            await sandbox.files.write(`${watched}/w.txt`, 'second');
+          })
+          .catch(reject);
+      });
+    const withEntry = await seen({ includeEntry: true });
+    await withEntry.stop();
+    expect(withEntry.event.entry).toMatchObject({ name: 'w.txt', path: `${watched}/w.txt`, type: FileType.FILE });
+    const networkAllowed = await seen({ allowNetworkMounts: true });
+    await networkAllowed.stop();
+    expect(networkAllowed.event.entry).toBeUndefined();
   });
 
   it('a wrong access token surfaces as an authentication error', async () => {

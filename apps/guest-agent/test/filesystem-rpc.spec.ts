@@ -1,6 +1,7 @@
-import { mkdir, rm, writeFile, symlink, chown } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { appendFile, mkdir, rm, stat, unlink, writeFile, symlink, chown } from 'node:fs/promises';
 import { Code, ConnectError } from '@connectrpc/connect';
-import { EventType, FileType, type WatchDirResponse } from '@kiln/proto/filesystem';
+import { EventType, FileType, type EntryInfo, type WatchDirResponse } from '@kiln/proto/filesystem';
 import { RunningAgent, scratchDirName } from './support/running-agent';
 
 const codeOf = async (p: Promise<unknown>) => ConnectError.from(await p.then(() => undefined, (e: unknown) => e)).code;
@@ -137,6 +138,114 @@ describe('filesystem.Filesystem over Connect', () => {
     const forG = events.filter((e) => e.name === 'g.txt').map((e) => e.type);
     expect(forG).toEqual([EventType.CREATE, EventType.REMOVE]);
     expect(events.filter((e) => e.name === 'sub/g.txt').map((e) => e.type)).toContain(EventType.CREATE);
+  });
+
+  it('makes directories under a root-owned parent for the user, owned by the user (as envd)', async () => {
+    const top = `/kiln-ga-mkdir-${process.pid}-${Date.now()}`;
+    try {
+      const { entry } = await agent.filesystemClient().makeDir({ path: `${top}/a/b` });
+      expect(entry).toMatchObject({ path: `${top}/a/b`, type: FileType.DIRECTORY, owner: 'user', group: 'user' });
+      const uid = Number(spawnSync('id', ['-u', 'user'], { encoding: 'utf8' }).stdout.trim());
+      for (const created of [top, `${top}/a`, `${top}/a/b`]) expect((await stat(created)).uid).toBe(uid);
+    } finally {
+      await rm(top, { recursive: true, force: true });
+    }
+  });
+
+  it('shows user.e2b.* attributes set by other tools as metadata in Stat and ListDir, and nothing else', async () => {
+    const path = `${dir}/tagged.txt`;
+    await writeFile(path, 't');
+    const set = spawnSync('python3', ['-c', `import os; os.setxattr(${JSON.stringify(path)}, 'user.e2b.author', b'mish'); os.setxattr(${JSON.stringify(path)}, 'user.plain', b'x')`]);
+    expect(set.status).toBe(0);
+    const fs = agent.filesystemClient();
+    expect((await fs.stat({ path })).entry?.metadata).toEqual({ author: 'mish' });
+    const listed = await fs.listDir({ path: dir, depth: 1 });
+    expect(listed.entries.find((e) => e.name === 'tagged.txt')?.metadata).toEqual({ author: 'mish' });
+  });
+
+  it('includes the entry in watch events when asked (envd 0.6.3), where the entry still exists', async () => {
+    const watched = `${dir}/entries`;
+    await mkdir(watched);
+    const abort = new AbortController();
+    const withEntry: Array<{ name: string; type: EventType; entry?: EntryInfo }> = [];
+    const without: Array<{ name: string; type: EventType; entry?: EntryInfo }> = [];
+    const readAll = (includeEntry: boolean, into: typeof withEntry) => {
+      const iterator = agent.filesystemClient().watchDir({ path: watched, recursive: false, includeEntry }, { signal: abort.signal })[Symbol.asyncIterator]();
+      return (async () => {
+        expect(((await iterator.next()).value as WatchDirResponse).event.case).toBe('start');
+        // Wrapped: an async function returning a promise would wait for it, i.e. for the end of the stream.
+        const reading = (async () => {
+          try {
+            for (;;) {
+              const next = await iterator.next();
+              if (next.done) return;
+              const event = next.value.event;
+              if (event.case === 'filesystem') into.push({ name: event.value.name, type: event.value.type, entry: event.value.entry });
+            }
+          } catch {
+            // Aborted at the end of the test.
+          }
+        })();
+        return { reading };
+      })();
+    };
+    const readers = (await Promise.all([readAll(true, withEntry), readAll(false, without)])).map((r) => r.reading);
+    await writeFile(`${watched}/f.txt`, 'one');
+    await new Promise((r) => setTimeout(r, 200));
+    await appendFile(`${watched}/f.txt`, 'two');
+    await new Promise((r) => setTimeout(r, 200));
+    await unlink(`${watched}/f.txt`);
+    const deadline = Date.now() + 3000;
+    while (Date.now() < deadline && !(withEntry.some((e) => e.type === EventType.REMOVE) && without.some((e) => e.type === EventType.REMOVE))) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    abort.abort();
+    await Promise.all(readers);
+
+    const created = withEntry.find((e) => e.type === EventType.CREATE);
+    expect(created?.entry).toMatchObject({ name: 'f.txt', path: `${watched}/f.txt`, type: FileType.FILE });
+    const written = withEntry.find((e) => e.type === EventType.WRITE);
+    expect(written?.entry).toMatchObject({ name: 'f.txt', path: `${watched}/f.txt`, type: FileType.FILE });
+    const removed = withEntry.find((e) => e.type === EventType.REMOVE);
+    expect(removed).toBeDefined();
+    expect(removed?.entry).toBeUndefined();
+    expect(without.length).toBeGreaterThan(0);
+    expect(without.every((e) => e.entry === undefined)).toBe(true);
+
+    // The polling watcher carries entries too, in the order the changes happened.
+    const fs = agent.filesystemClient();
+    const { watcherId } = await fs.createWatcher({ path: watched, recursive: false, includeEntry: true });
+    await writeFile(`${watched}/p.txt`, 'p');
+    await unlink(`${watched}/p.txt`);
+    let polled: Array<{ name: string; type: EventType; entry?: EntryInfo }> = [];
+    const until = Date.now() + 3000;
+    while (Date.now() < until && !polled.some((e) => e.type === EventType.REMOVE)) {
+      await new Promise((r) => setTimeout(r, 50));
+      polled = polled.concat((await fs.getWatcherEvents({ watcherId })).events);
+    }
+    await fs.removeWatcher({ watcherId });
+    const types = polled.filter((e) => e.name === 'p.txt').map((e) => e.type);
+    expect(types[0]).toBe(EventType.CREATE);
+    expect(types.at(-1)).toBe(EventType.REMOVE);
+    expect(polled.filter((e) => e.type === EventType.REMOVE).every((e) => e.entry === undefined)).toBe(true);
+  });
+
+  it('watches a local directory whether or not network mounts are allowed (envd 0.6.4)', async () => {
+    const fs = agent.filesystemClient();
+    for (const allowNetworkMounts of [false, true]) {
+      const watched = `${dir}/local-${allowNetworkMounts}`;
+      await mkdir(watched);
+      const { watcherId } = await fs.createWatcher({ path: watched, recursive: false, allowNetworkMounts });
+      await writeFile(`${watched}/n.txt`, 'n');
+      let events: Array<{ name: string; type: EventType }> = [];
+      const deadline = Date.now() + 3000;
+      while (Date.now() < deadline && events.length === 0) {
+        await new Promise((r) => setTimeout(r, 50));
+        events = events.concat((await fs.getWatcherEvents({ watcherId })).events);
+      }
+      await fs.removeWatcher({ watcherId });
+      expect(events.map((e) => [e.name, e.type])).toContainEqual(['n.txt', EventType.CREATE]);
+    }
   });
 
   it('polling watchers collect events until removed', async () => {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { Signal, type StartResponse, type ConnectResponse } from '@kiln/proto/process';
@@ -171,6 +171,86 @@ describe('process.Process over Connect', () => {
     expect(ConnectError.from(err).code).toBe(Code.FailedPrecondition);
     await client.sendSignal({ process: { selector: { case: 'pid', value: pid } }, signal: Signal.SIGKILL });
     await run;
+  });
+
+  it('ends a command when its own process exits, not when a background child it started does (envd semantics)', async () => {
+    const client = agent.processClient();
+    const marker = `/tmp/kiln-ga-bg-${process.pid}-${Date.now()}`;
+    // Each command is its own process group (pgid = its pid), which its background children stay in.
+    const groups: number[] = [];
+    try {
+      const startedAt = Date.now();
+      // The background child holds stdout and stderr for 8 s; waiting for EOF on them would take that long.
+      const result = await collect(
+        client.start({ process: { cmd: '/bin/bash', args: ['-c', `(sleep 8; touch ${marker}) & echo started`], envs: {} } }),
+        (pid) => groups.push(pid),
+      );
+      const elapsed = Date.now() - startedAt;
+      expect(result.stdout.toString()).toBe('started\n');
+      expect(result.end).toMatchObject({ exitCode: 0, exited: true });
+      expect(elapsed).toBeLessThan(2000);
+      expect(existsSync(marker)).toBe(false);
+      // The usual ways of starting a server from a command must not hang it either.
+      for (const script of ['cd /tmp && nohup sleep 8 >/dev/null 2>&1 &', 'sleep 8 &', 'sleep 8 & disown']) {
+        const t = Date.now();
+        const plain = await collect(client.start({ process: bash(script) }), (pid) => groups.push(pid));
+        expect(plain.end).toMatchObject({ exitCode: 0 });
+        expect(Date.now() - t).toBeLessThan(2000);
+      }
+    } finally {
+      for (const group of groups) {
+        try {
+          process.kill(-group, 'SIGKILL');
+        } catch {
+          // That group is already gone.
+        }
+      }
+    }
+  });
+
+  it('delivers all output written right before the exit, to a slow client too, and no later output of a background child', async () => {
+    const client = agent.processClient();
+    // 3 MB of base64 (more than the agent buffers before pausing the pipe for a stalled client), then a last line;
+    // a background child writes LATE after the command is gone.
+    const script = 'head -c 2400000 /dev/zero | base64 -w 76; (sleep 1; echo LATE) & echo LAST';
+    let stdout = '';
+    let first = true;
+    let end: unknown;
+    const startedAt = Date.now();
+    for await (const message of client.start({ process: { cmd: '/bin/bash', args: ['-c', script], envs: {} } })) {
+      const event = message.event?.event;
+      if (event?.case === 'data' && event.value.output.case === 'stdout') {
+        stdout += Buffer.from(event.value.output.value).toString();
+        if (first) {
+          first = false;
+          await new Promise((r) => setTimeout(r, 1500));
+        }
+      }
+      if (event?.case === 'end') end = event.value;
+    }
+    const expected = Buffer.alloc(2400000).toString('base64').replace(/(.{76})/g, '$1\n').replace(/\n$/, '') + '\nLAST\n';
+    expect(stdout.length).toBe(expected.length);
+    expect(stdout === expected).toBe(true);
+    expect(end).toMatchObject({ exitCode: 0 });
+    expect(Date.now() - startedAt).toBeLessThan(8000);
+  });
+
+  it('delivers seq 1 200000 complete before the end event', async () => {
+    const result = await collect(agent.processClient().start({ process: bash('seq 1 200000') }));
+    const expected = Array.from({ length: 200000 }, (_, i) => `${i + 1}\n`).join('');
+    expect(result.stdout.length).toBe(expected.length);
+    expect(result.stdout.toString() === expected).toBe(true);
+    expect(result.end?.exitCode).toBe(0);
+  });
+
+  it('ends a PTY command with a background child promptly too', async () => {
+    const startedAt = Date.now();
+    const result = await collect(
+      agent.processClient().start({ process: bash('nohup sleep 8 >/dev/null 2>&1 & echo started'), pty: { size: { cols: 80, rows: 24 } } }),
+    );
+    expect(result.pty.toString()).toContain('started');
+    expect(result.end).toMatchObject({ exitCode: 0 });
+    expect(Date.now() - startedAt).toBeLessThan(3000);
   });
 
   it('delivers 5 MB of output complete and in order', async () => {

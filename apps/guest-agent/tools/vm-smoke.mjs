@@ -96,7 +96,7 @@ try {
   // The entropy seed goes through the native addon (RNDADDENTROPY + RNDRESEEDCRNG); any failure there is a 500.
   const entropySeed = Buffer.from(crypto.getRandomValues(new Uint8Array(64))).toString('base64');
   assert.equal((await init({ accessToken: token, timestamp: '2031-01-02T03:04:05Z', envVars: { FROM_INIT: 'yes' }, entropySeed, nameservers: ['10.0.2.3'] })).status, 204);
-  const sbx = new Sandbox({ sandboxId: 'vm-smoke', envdVersion: '0.5.7', envdAccessToken: token, sandboxUrl: url });
+  const sbx = new Sandbox({ sandboxId: 'vm-smoke', envdVersion: '0.6.4', envdAccessToken: token, sandboxUrl: url });
 
   const first = await sbx.commands.run(
     'date -u +%Y-%m-%d; whoami; echo $FROM_INIT; cat /proc/1/comm; agent=$(ps -o ppid= -p $$ | tr -d " "); ' +

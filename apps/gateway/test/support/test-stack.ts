@@ -180,7 +180,7 @@ export class TestStack {
       vcpus: 1,
       memoryMib: 256,
       diskMib: 1024,
-      envdVersion: '0.5.7',
+      envdVersion: '0.6.4',
       contentHash: 'gateway-test',
     });
     const hostId = await this.seedHost(options.proxyUrl);

@@ -5,6 +5,7 @@ import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import { EntryInfoSchema, FileType, type EntryInfo } from '@kiln/proto/filesystem';
 import type { SystemUserDirectory } from '../users/system-users';
+import type { FileMetadataStore } from './file-metadata';
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
@@ -48,47 +49,61 @@ function fileTypeOf(mode: number): FileType {
 
 export type EntryInfoInit = MessageInitShape<typeof EntryInfoSchema>;
 
-/**
- * EntryInfo as envd builds it from lstat: a symlink reports its own name, path and permissions, the type and mode
- * of what it points to, and its resolved target in symlink_target.
- */
-export async function describeEntry(path: string, users: SystemUserDirectory, info?: Stats): Promise<EntryInfo> {
-  const own = info ?? (await lstat(path));
-  let type = fileTypeOf(own.mode);
-  let mode = own.mode & 0o7777 & 0o777;
-  let symlinkTarget: string | undefined;
-  if (own.isSymbolicLink()) {
-    symlinkTarget = await realpath(path).catch(async () => resolve(dirname(path), await readlink(path)));
-    try {
-      const target = await stat(path);
-      type = fileTypeOf(target.mode);
-      mode = target.mode & 0o777;
-    } catch {
-      type = FileType.UNSPECIFIED;
-      mode = 0;
+/** Builds envd's EntryInfo for paths: ownership names from the user directory, metadata from extended attributes. */
+export class EntryDescriber {
+  constructor(
+    private readonly users: SystemUserDirectory,
+    private readonly metadata: FileMetadataStore,
+  ) {}
+
+  /**
+   * EntryInfo as envd builds it from lstat: a symlink reports its own name, path and permissions, the type and mode
+   * of what it points to, and its resolved target in symlink_target. Metadata is read through symlinks, as envd does.
+   */
+  async describe(path: string, info?: Stats): Promise<EntryInfo> {
+    const own = info ?? (await lstat(path));
+    let type = fileTypeOf(own.mode);
+    let mode = own.mode & 0o777;
+    let symlinkTarget: string | undefined;
+    if (own.isSymbolicLink()) {
+      symlinkTarget = await realpath(path).catch(async () => resolve(dirname(path), await readlink(path)));
+      try {
+        const target = await stat(path);
+        type = fileTypeOf(target.mode);
+        mode = target.mode & 0o777;
+      } catch {
+        type = FileType.UNSPECIFIED;
+        mode = 0;
+      }
     }
+    const init: EntryInfoInit = {
+      name: basename(path) || path,
+      type,
+      path,
+      size: BigInt(own.size),
+      mode,
+      permissions: goModeString(own.mode),
+      owner: this.users.userNameOf(own.uid),
+      group: this.users.groupNameOf(own.gid),
+      modifiedTime: timestampFromMs(Math.floor(own.mtimeMs)),
+      symlinkTarget,
+      metadata: (await this.metadata.read(path)) ?? {},
+    };
+    return create(EntryInfoSchema, init);
   }
-  const init: EntryInfoInit = {
-    name: basename(path) || path,
-    type,
-    path,
-    size: BigInt(own.size),
-    mode,
-    permissions: goModeString(own.mode),
-    owner: users.userNameOf(own.uid),
-    group: users.groupNameOf(own.gid),
-    modifiedTime: timestampFromMs(Math.floor(own.mtimeMs)),
-    symlinkTarget,
-  };
-  return create(EntryInfoSchema, init);
 }
 
-/** The JSON EntryInfo of the HTTP API (upload results): lower-case type names, as envd.yml shows. */
+/**
+ * The JSON EntryInfo of the HTTP API (upload results): lower-case type names, as envd.yml shows, and `metadata`
+ * only when the file has some (envd omits an empty map).
+ */
 export function entryJson(entry: EntryInfo): Record<string, unknown> {
   const typeName: Record<number, string> = {
     [FileType.FILE]: 'file',
     [FileType.DIRECTORY]: 'directory',
     [FileType.SYMLINK]: 'symlink',
   };
-  return { path: entry.path, name: entry.name, type: typeName[entry.type] ?? 'unknown' };
+  const json: Record<string, unknown> = { path: entry.path, name: entry.name, type: typeName[entry.type] ?? 'unknown' };
+  if (Object.keys(entry.metadata).length > 0) json.metadata = { ...entry.metadata };
+  return json;
 }

@@ -15,10 +15,11 @@ import { keepaliveIntervalMs, requestUser } from '../rpc/rpc-context';
 import type { AgentState } from '../runtime/agent-state';
 import type { SystemUser, SystemUserDirectory } from '../users/system-users';
 import { assertAccess, assertCanChangeEntriesOf, assertReachable, permits } from './access-check';
-import { describeEntry } from './entry-info';
+import type { EntryDescriber } from './entry-info';
 import { DirWatcher, type DirChange } from './dir-watcher';
 import { ensureDirectoryFor } from './directory-creation';
 import { fsConnectError } from './fs-errors';
+import { networkMountOf } from './network-mounts';
 import { resolveUserPath } from './path-resolution';
 
 type FilesystemEventInit = MessageInitShape<typeof FilesystemEventSchema>;
@@ -41,6 +42,7 @@ export class FilesystemService {
   constructor(
     private readonly state: AgentState,
     private readonly users: SystemUserDirectory,
+    private readonly entries: EntryDescriber,
   ) {}
 
   closeAll(): void {
@@ -56,7 +58,7 @@ export class FilesystemService {
         const path = resolveUserPath(req.path, user);
         try {
           await assertReachable(user, path);
-          return { entry: await describeEntry(path, this.users) };
+          return { entry: await this.entries.describe(path) };
         } catch (err) {
           throw fsConnectError(err, `error getting file info for '${path}'`);
         }
@@ -71,7 +73,7 @@ export class FilesystemService {
           if (existing?.isDirectory()) throw new ConnectError(`directory '${path}' already exists`, Code.AlreadyExists);
           if (existing) throw new ConnectError(`path '${path}' already exists and is not a directory`, Code.InvalidArgument);
           await ensureDirectoryFor(user, path);
-          return { entry: await describeEntry(path, this.users) };
+          return { entry: await this.entries.describe(path) };
         } catch (err) {
           throw fsConnectError(err, `error creating directory '${path}'`);
         }
@@ -88,7 +90,7 @@ export class FilesystemService {
           await ensureDirectoryFor(user, dirname(destination));
           await assertCanChangeEntriesOf(user, dirname(destination));
           await moveEntry(source, destination);
-          return { entry: await describeEntry(destination, this.users) };
+          return { entry: await this.entries.describe(destination) };
         } catch (err) {
           throw fsConnectError(err, `error moving '${source}' to '${destination}'`);
         }
@@ -129,22 +131,26 @@ export class FilesystemService {
 
       createWatcher: async (req, ctx) => {
         const user = userOf(ctx);
-        const path = await this.watchablePath(req.path, user);
+        const path = await this.watchablePath(req.path, user, req.allowNetworkMounts);
         if (this.pollingWatchers.size >= MAX_POLLING_WATCHERS) {
           throw new ConnectError('too many watchers; remove some first', Code.ResourceExhausted);
         }
         // No entropy cache: Node's pre-drawn UUID bytes would be the same in every clone of a snapshot.
         const id = randomUUID({ disableEntropyCache: true });
         const events: FilesystemEventInit[] = [];
+        // Entry info takes a stat per event; chaining keeps the events in the order they happened.
+        let delivered: Promise<void> = Promise.resolve();
         try {
           const watcher = await DirWatcher.open(
             path,
             req.recursive,
             (change) => {
-              void this.toEvent(change, req.includeEntry).then((event) => {
-                events.push(event);
-                if (events.length > MAX_BUFFERED_WATCHER_EVENTS) events.shift();
-              });
+              delivered = delivered
+                .then(() => this.toEvent(change, req.includeEntry))
+                .then((event) => {
+                  events.push(event);
+                  if (events.length > MAX_BUFFERED_WATCHER_EVENTS) events.shift();
+                });
             },
             () => undefined,
           );
@@ -172,11 +178,11 @@ export class FilesystemService {
   }
 
   private async *watchStream(
-    req: { path: string; recursive: boolean; includeEntry: boolean },
+    req: { path: string; recursive: boolean; includeEntry: boolean; allowNetworkMounts: boolean },
     ctx: HandlerContext,
   ): AsyncGenerator<MessageInitShape<(typeof Filesystem)['method']['watchDir']['output']>> {
     const user = requestUser(ctx, this.state, this.users);
-    const path = await this.watchablePath(req.path, user);
+    const path = await this.watchablePath(req.path, user, req.allowNetworkMounts);
     const queue = new EventQueue<DirChange | Error>();
     let overflowed = false;
     let watcher: DirWatcher;
@@ -218,13 +224,26 @@ export class FilesystemService {
     }
   }
 
-  private async watchablePath(requested: string, user: SystemUser): Promise<string> {
+  /**
+   * The directory a watch may be put on. As envd >= 0.6.4: a directory on a network filesystem (NFS, CIFS/SMB, FUSE)
+   * is refused unless the request allows network mounts, since inotify misses changes made elsewhere.
+   */
+  private async watchablePath(requested: string, user: SystemUser, allowNetworkMounts: boolean): Promise<string> {
     const path = resolveUserPath(requested, user);
     try {
       await assertReachable(user, path);
       const info = await stat(path);
       if (!info.isDirectory()) throw new ConnectError(`path '${path}' is not a directory`, Code.InvalidArgument);
       await assertAccess(user, path, 'read');
+      if (!allowNetworkMounts) {
+        const network = await networkMountOf(path);
+        if (network) {
+          throw new ConnectError(
+            `cannot watch path on network filesystem (${network}): ${path}; allow network mounts to watch it anyway`,
+            Code.InvalidArgument,
+          );
+        }
+      }
     } catch (err) {
       throw fsConnectError(err, `error watching '${path}'`);
     }
@@ -234,7 +253,7 @@ export class FilesystemService {
   private async toEvent(change: DirChange, includeEntry: boolean): Promise<FilesystemEventInit> {
     const event: FilesystemEventInit = { name: change.name, type: change.type };
     if (includeEntry && change.type !== EventType.REMOVE && change.type !== EventType.RENAME) {
-      event.entry = await describeEntry(change.path, this.users).catch(() => undefined);
+      event.entry = await this.entries.describe(change.path).catch(() => undefined);
     }
     return event;
   }
@@ -249,7 +268,7 @@ export class FilesystemService {
       } catch {
         continue; // Removed while we listed.
       }
-      out.push(await describeEntry(path, this.users, info));
+      out.push(await this.entries.describe(path, info));
       if (depthLeft > 1 && info.isDirectory() && permits(user, info, 'read') && permits(user, info, 'search')) {
         await this.walk(path, depthLeft - 1, user, out);
       }

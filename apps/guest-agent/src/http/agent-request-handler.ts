@@ -3,6 +3,8 @@ import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { Filesystem } from '@kiln/proto/filesystem';
 import { Process } from '@kiln/proto/process';
 import { ACCESS_TOKEN_HEADER, rejectSignedFilesUrl, tokensEqual } from '../auth/access-token';
+import type { EntryDescriber } from '../filesystem/entry-info';
+import type { FileMetadataStore } from '../filesystem/file-metadata';
 import type { FilesystemService } from '../filesystem/filesystem-service';
 import { createProcessService } from '../process/process-service';
 import type { ProcessTable } from '../process/process-table';
@@ -36,6 +38,8 @@ export interface AgentServices {
   users: SystemUserDirectory;
   processes: ProcessTable;
   filesystem: FilesystemService;
+  entries: EntryDescriber;
+  metadata: FileMetadataStore;
   clock: ClockSync;
   entropy: EntropyReseed;
   resolver: ResolverConfig;
@@ -55,7 +59,7 @@ export function createAgentRequestHandler(services: AgentServices): (req: AgentR
     },
     readMaxBytes: MAX_RPC_MESSAGE_BYTES,
   });
-  const files = new FilesRoutes(state, services.users);
+  const files = new FilesRoutes(state, services.users, services.entries, services.metadata);
   const metrics = new ResourceMetrics();
 
   const route = async (req: AgentRequest, res: AgentResponse, url: URL): Promise<void> => {

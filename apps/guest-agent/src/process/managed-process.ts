@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
-import type { Readable } from 'node:stream';
 import * as pty from 'node-pty';
+import type { PipeCalls } from '../runtime/guest-kernel';
 import { EventQueue } from '../streaming/event-queue';
 import { exitStatusOf, type ExitStatus } from './exit-status';
+import { OutputPipe } from './output-pipe';
 import { launchPlan } from './user-launch';
 
 export type ProcessOutput =
@@ -147,25 +148,51 @@ export abstract class ManagedProcess {
   }
 }
 
-/** A process with plain pipes: stdout and stderr kept apart, stdin piped only when asked for. */
+/**
+ * When the owed output cannot be counted exactly (see OutputPipe), a pipe is settled after the command's exit once
+ * no data has arrived on it for this long (the reader not held back by backpressure)...
+ */
+const PIPE_FALLBACK_QUIET_MS = 100;
+/** ...or at the latest this long after the exit, so a background process that keeps writing cannot hold it open. */
+const PIPE_FALLBACK_MAX_MS = 1000;
+
+/**
+ * A process with plain pipes: stdout and stderr kept apart, stdin piped only when asked for.
+ *
+ * It ends when the process itself exits, as in envd, not when every holder of its pipes has let go: `sleep 8 & echo
+ * started` ends at once. Everything it wrote before exiting still arrives, in order, before the end event (see
+ * OutputPipe); only a background process's later output is dropped.
+ */
 export class PipeProcess extends ManagedProcess {
   readonly pid: number;
   private readonly child: ChildProcess;
+  private readonly outputs: OutputPipe[] = [];
+  private exitStatus: ExitStatus | undefined;
+  private sourcePaused = false;
 
-  private constructor(spec: ProcessSpec, child: ChildProcess) {
+  private constructor(
+    spec: ProcessSpec,
+    child: ChildProcess,
+    private readonly pipes: PipeCalls | undefined,
+  ) {
     super(spec);
     this.child = child;
     this.pid = child.pid as number;
-    this.pipeOutput(child.stdout, 'stdout');
-    this.pipeOutput(child.stderr, 'stderr');
+    for (const [stream, kind] of [
+      [child.stdout, 'stdout'],
+      [child.stderr, 'stderr'],
+    ] as const) {
+      if (!stream) continue;
+      this.outputs.push(new OutputPipe(stream, (data) => this.emitOutput(kind, data), () => this.endIfDrained()));
+    }
     child.stdin?.on('error', () => {
       // EPIPE after the process closed its stdin: surfaced to the caller by writeInput's callback.
     });
-    // 'close' comes after both pipes reached EOF and the process was reaped, so the end event follows all output.
-    child.on('close', (code, signal) => this.emitEnd(exitStatusOf(code, signal)));
+    // 'exit' fires once the process is reaped; Node's 'close' would also wait for EOF on every pipe.
+    child.on('exit', (code, signal) => this.commandExited(exitStatusOf(code, signal)));
   }
 
-  static async spawn(spec: ProcessSpec): Promise<PipeProcess> {
+  static async spawn(spec: ProcessSpec, pipes: PipeCalls | undefined): Promise<PipeProcess> {
     const plan = launchPlan(spec.cmd, spec.args, spec);
     const child = spawn(plan.file, plan.args, {
       cwd: spec.cwd,
@@ -182,9 +209,9 @@ export class PipeProcess extends ManagedProcess {
       throw error;
     }
     child.on('error', () => {
-      // Errors after a successful spawn (a failed kill) carry no information the close event does not.
+      // Errors after a successful spawn (a failed kill) carry no information the exit event does not.
     });
-    return new PipeProcess(spec, child);
+    return new PipeProcess(spec, child, pipes);
   }
 
   async writeInput(data: Buffer, target: 'stdin' | 'pty'): Promise<void> {
@@ -207,29 +234,67 @@ export class PipeProcess extends ManagedProcess {
   }
 
   protected pauseSource(): void {
-    this.child.stdout?.pause();
-    this.child.stderr?.pause();
+    this.sourcePaused = true;
+    for (const output of this.outputs) output.pause();
   }
 
   protected resumeSource(): void {
-    this.child.stdout?.resume();
-    this.child.stderr?.resume();
+    this.sourcePaused = false;
+    for (const output of this.outputs) output.resume();
   }
 
-  private pipeOutput(stream: Readable | null, kind: 'stdout' | 'stderr'): void {
-    stream?.on('data', (chunk: Buffer) => this.emitOutput(kind, chunk));
+  private commandExited(status: ExitStatus): void {
+    this.exitStatus = status;
+    // Every pipe is counted (no short-circuit): a pipe that can be counted exactly should be.
+    const counted = this.outputs.map((output) => output.countOwedAtExit(this.pipes));
+    if (!counted.every(Boolean)) this.settleByQuietPeriod(Date.now());
+    this.endIfDrained();
+  }
+
+  private endIfDrained(): void {
+    if (this.exitStatus && this.outputs.every((output) => output.isSettled)) this.emitEnd(this.exitStatus);
+  }
+
+  /** The fallback when the owed bytes could not be counted (no native addon): quiet period, with a ceiling. */
+  private settleByQuietPeriod(exitedAt: number): void {
+    // Judged from setImmediate, i.e. after an I/O poll phase, so output a stalled event loop has not read yet is
+    // read before the decision.
+    const check = () =>
+      setImmediate(() => {
+        if (this.hasEnded) return;
+        const now = Date.now();
+        if (!this.sourcePaused) {
+          for (const output of this.outputs) {
+            if (output.quietForMs(now) >= PIPE_FALLBACK_QUIET_MS || now - exitedAt >= PIPE_FALLBACK_MAX_MS) output.settle();
+          }
+        }
+        if (!this.hasEnded) setTimeout(check, PIPE_FALLBACK_QUIET_MS).unref();
+      });
+    check();
   }
 }
 
 /** node-pty's private fields this module relies on (node-pty 1.1, pinned by the bundle). */
 interface NodePtyInternals {
   ptsName?: string;
-  _socket?: { destroy: (...args: unknown[]) => unknown };
+  /** The terminal's master side, which the agent reads. */
+  fd?: number;
+  _socket?: { destroy: (...args: unknown[]) => unknown; readableLength?: number };
 }
 
-/** After the command exits, output is considered fully read once none has arrived for this long. */
-// Generous: on a loaded host the event loop can be late to read what the terminal still holds.
-const PTY_DRAIN_QUIET_MS = 100;
+/** After the command exits, how often the terminal is checked for having been read empty. */
+const PTY_DRAIN_CHECK_MS = 10;
+/**
+ * Without the native addon the terminal's content cannot be measured: output is considered fully read once none has
+ * arrived for this long after the exit. Generous: on a loaded host the event loop can be late to read it.
+ */
+const PTY_FALLBACK_QUIET_MS = 100;
+/**
+ * A background process that keeps writing to the terminal would never let it be read empty: the end comes at the
+ * latest this long after the exit (time spent held back by a slow subscriber not counted), long enough to read the
+ * little a terminal can hold (its buffers take some 68 KB before the writer blocks).
+ */
+const PTY_DRAIN_MAX_MS = 1000;
 /** How often a PTY's command is checked for having exited (one kill(pid, 0) per tick). */
 const PTY_EXIT_POLL_MS = 20;
 
@@ -240,8 +305,10 @@ const PTY_EXIT_POLL_MS = 20;
  * read yet, so plain node-pty loses the tail of a burst (measured here: the last ~4 KB of `seq 1 100000` in about a
  * third of runs). The agent therefore keeps a slave fd of its own open, so the buffer stays readable after the
  * command exits. node-pty would end the terminal by destroying its socket after a 200 ms grace timer; instead the
- * agent notices the exit itself (the pid is gone once node-pty has reaped it) and destroys the socket as soon as
- * the reader is not held back by backpressure and the output has gone quiet. The end event follows that.
+ * agent notices the exit itself (the pid is gone once node-pty has reaped it) and destroys the socket once the
+ * terminal has been read empty: nothing buffered by the socket, nothing left on the master (poll + FIONREAD, see
+ * native/pipe_fd.c), the reader not held back by backpressure. A background process that still holds the terminal
+ * does not delay that unless it keeps writing, and then only up to PTY_DRAIN_MAX_MS. The end event follows.
  */
 export class PtyProcess extends ManagedProcess {
   readonly pid: number;
@@ -250,7 +317,11 @@ export class PtyProcess extends ManagedProcess {
   private sourcePaused = false;
   private lastOutputAt = 0;
 
-  private constructor(spec: ProcessSpec, terminal: pty.IPty) {
+  private constructor(
+    spec: ProcessSpec,
+    terminal: pty.IPty,
+    private readonly pipes: PipeCalls | undefined,
+  ) {
     super(spec);
     this.terminal = terminal;
     this.pid = terminal.pid;
@@ -265,7 +336,7 @@ export class PtyProcess extends ManagedProcess {
     });
   }
 
-  static spawn(spec: ProcessSpec): PtyProcess {
+  static spawn(spec: ProcessSpec, pipes: PipeCalls | undefined): PtyProcess {
     const size = spec.pty ?? { cols: 80, rows: 24 };
     const plan = launchPlan(spec.cmd, spec.args, spec);
     const terminal = pty.spawn(plan.file, plan.args, {
@@ -279,7 +350,7 @@ export class PtyProcess extends ManagedProcess {
       // Raw bytes: decoding here would corrupt multi-byte characters split across reads.
       encoding: null,
     });
-    return new PtyProcess(spec, terminal);
+    return new PtyProcess(spec, terminal, pipes);
   }
 
   async writeInput(data: Buffer): Promise<void> {
@@ -319,15 +390,25 @@ export class PtyProcess extends ManagedProcess {
     const destroyWhenDrained = () => {
       if (draining) return;
       draining = true;
+      const exitNoticedAt = Date.now();
+      let lastCheckAt = exitNoticedAt;
+      let heldBackMs = 0;
       // Judged from setImmediate, i.e. after an I/O poll phase: had the event loop been stalled, output waiting in
-      // the terminal is read (and lastOutputAt moves) before the decision, not after it.
+      // the terminal is read before the decision, not after it.
       const finish = () =>
         setImmediate(() => {
-          if (this.sourcePaused || Date.now() - this.lastOutputAt < PTY_DRAIN_QUIET_MS) {
-            setTimeout(finish, PTY_DRAIN_QUIET_MS);
+          const now = Date.now();
+          if (this.sourcePaused) heldBackMs += now - lastCheckAt;
+          lastCheckAt = now;
+          if (this.sourcePaused) {
+            setTimeout(finish, PTY_DRAIN_CHECK_MS);
             return;
           }
-          destroy();
+          if (this.terminalReadEmpty(internals, exitNoticedAt, now) || now - exitNoticedAt - heldBackMs >= PTY_DRAIN_MAX_MS) {
+            destroy();
+            return;
+          }
+          setTimeout(finish, this.pipes ? PTY_DRAIN_CHECK_MS : PTY_FALLBACK_QUIET_MS);
         });
       finish();
     };
@@ -346,6 +427,20 @@ export class PtyProcess extends ManagedProcess {
     }, PTY_EXIT_POLL_MS);
     exitWatch.unref();
     this.onEnd(() => clearInterval(exitWatch));
+  }
+
+  /** Whether everything written to the terminal so far has been read and delivered. */
+  private terminalReadEmpty(internals: NodePtyInternals, exitNoticedAt: number, now: number): boolean {
+    if ((internals._socket?.readableLength ?? 0) > 0) return false;
+    if (this.pipes && typeof internals.fd === 'number' && internals.fd >= 0) {
+      try {
+        return this.pipes.pipeBytesAvailable(internals.fd) === 0;
+      } catch {
+        // The master is already closed: nothing more can be read from it.
+        return true;
+      }
+    }
+    return now - Math.max(this.lastOutputAt, exitNoticedAt) >= PTY_FALLBACK_QUIET_MS;
   }
 
   private releaseSlave(): void {

@@ -1,5 +1,6 @@
 import { statSync } from 'node:fs';
 import { findExecutable } from './executable-lookup';
+import type { PipeCalls } from '../runtime/guest-kernel';
 import type { EventQueue } from '../streaming/event-queue';
 import { ManagedProcess, PipeProcess, PtyProcess, type ProcessOutput, type ProcessSpec } from './managed-process';
 
@@ -22,6 +23,9 @@ export type ProcessSelection = { by: 'pid'; pid: number } | { by: 'tag'; tag: st
 export class ProcessTable {
   private readonly byPid = new Map<number, ManagedProcess>();
 
+  /** `pipes` (the native addon) lets a command's end follow exactly the output it wrote; without it, a fallback. */
+  constructor(private readonly pipes?: PipeCalls) {}
+
   /**
    * Starts a process and returns it with a subscription taken in the same tick as the spawn, so the caller sees
    * every byte of output from the first one on.
@@ -34,7 +38,7 @@ export class ProcessTable {
     }
     let started: ManagedProcess;
     try {
-      started = spec.pty ? PtyProcess.spawn(spec) : await PipeProcess.spawn(spec);
+      started = spec.pty ? PtyProcess.spawn(spec, this.pipes) : await PipeProcess.spawn(spec, this.pipes);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const reason = code === 'ENOENT' || code === 'EACCES' ? 'invalid_argument' : 'internal';

@@ -43,7 +43,8 @@ export interface SandboxRoute {
 
 /**
  * The envd protocol version Kiln's guest agent implements. The e2b SDK gates
- * features on it (closeStdin ≥ 0.5.2, octet-stream uploads ≥ 0.5.7), so it must
- * only be raised together with the guest agent.
+ * features on it (closeStdin ≥ 0.5.2, octet-stream uploads ≥ 0.5.7, file metadata
+ * ≥ 0.6.2, entry info in watch events ≥ 0.6.3, watching network mounts ≥ 0.6.4),
+ * so it must only be raised together with the guest agent.
  */
-export const ENVD_COMPAT_VERSION = '0.5.7';
+export const ENVD_COMPAT_VERSION = '0.6.4';
