@@ -43,16 +43,24 @@ export class SandboxRouteCache {
     if (cached && cached.expiresAt > Date.now()) return cached.route;
     const pending = this.lookups.get(sandboxId);
     if (pending) return pending;
-    const lookup = this.lookup(sandboxId).finally(() => this.lookups.delete(sandboxId));
+    const isCurrent = () => this.lookups.get(sandboxId) === lookup;
+    const lookup: Promise<SandboxRoute> = this.lookup(sandboxId, isCurrent).finally(() => {
+      if (isCurrent()) this.lookups.delete(sandboxId);
+    });
     this.lookups.set(sandboxId, lookup);
     return lookup;
   }
 
+  /**
+   * Forgets the sandbox's route, and any lookup in flight for it: that lookup's answer may predate what made the
+   * caller drop the route (a kill, a move), so it is not cached and the next resolve asks again.
+   */
   invalidate(sandboxId: string): void {
     this.routes.delete(sandboxId);
+    this.lookups.delete(sandboxId);
   }
 
-  private async lookup(sandboxId: string): Promise<SandboxRoute> {
+  private async lookup(sandboxId: string, isCurrent: () => boolean): Promise<SandboxRoute> {
     this.lookupCount++;
     const timeout = Math.min(ROUTE_LOOKUP_TIMEOUT_MS, this.env.NATS_REQUEST_TIMEOUT_MS);
     const stopTimer = this.lookupSeconds.startTimer();
@@ -64,6 +72,7 @@ export class SandboxRouteCache {
       stopTimer({ outcome: 'error' });
       throw error;
     }
+    if (!isCurrent()) return route;
     if (route.state === SandboxState.Running) {
       if (this.routes.size >= MAX_CACHED_ROUTES) this.evictExpired();
       this.routes.set(sandboxId, { route, expiresAt: Date.now() + ROUTE_TTL_MS });

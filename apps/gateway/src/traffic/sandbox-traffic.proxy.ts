@@ -80,12 +80,19 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     // Present from the start, so "nothing was forwarded" reads as an unchanged number rather than a missing series.
     for (const outcome of ['forwarded', 'upgraded', 'refused_401', 'refused_403']) this.requests.inc({ outcome }, 0);
     this.proxy = createProxyServer({ xfwd: true, agent: this.upstreamAgent });
-    // A host agent answering 502 for a sandbox means it no longer has it: look the route up afresh next time.
-    this.proxy.on('proxyRes', (proxyRes, req) => {
-      if (proxyRes.statusCode === 502) {
-        const sandboxId = req.headers[SANDBOX_ID_HEADER];
+    this.proxy.on('proxyRes', (proxyRes, req, res) => {
+      const sandboxId = req.headers[SANDBOX_ID_HEADER];
+      // A host agent answering 502 for a sandbox means it no longer has it: look the route up afresh next time.
+      if (proxyRes.statusCode === 502 && typeof sandboxId === 'string') this.routes.invalidate(sandboxId);
+      // A body the host agent cut off (it does when the sandbox is destroyed mid-stream) must reach the caller as cut
+      // off, at once: http-proxy would leave the caller's response open, and ending it cleanly would make a truncated
+      // Connect stream or download look complete. The SDK reads the cut as "connection terminated" and probes /health.
+      proxyRes.once('close', () => {
+        if (proxyRes.complete || res.writableEnded || res.destroyed) return;
         if (typeof sandboxId === 'string') this.routes.invalidate(sandboxId);
-      }
+        this.requests.inc({ outcome: 'upstream_cut' });
+        res.destroy();
+      });
     });
     this.server = createServer((req, res) => {
       this.handleRequest(req, res).catch((error) => this.failed(error, () => (res.headersSent ? res.destroy() : sendJson(res, INTERNAL_REFUSAL))));

@@ -1,5 +1,6 @@
 import 'reflect-metadata';
-import { Agent, IncomingMessage, Server, createServer, request } from 'node:http';
+import { Agent, IncomingMessage, Server, ServerResponse, createServer, request } from 'node:http';
+import type { Socket } from 'node:net';
 import type { HostAgentEnv } from '@kiln/config';
 import { fileSignature } from '@kiln/contracts/envd-auth';
 import { MetricsRegistry } from '@kiln/telemetry';
@@ -11,10 +12,20 @@ const GUEST_ADDRESS = '127.77.0.1';
 const ENVD = 49983;
 const TOKEN = 'host-proxy-test-token';
 
+/** One Connect streaming envelope (flags 0: a message) with a JSON payload. */
+function connectEnvelope(message: unknown): Buffer {
+  const payload = Buffer.from(JSON.stringify(message));
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(payload.length, 1);
+  return Buffer.concat([header, payload]);
+}
+
 /** Stands in for a guest behind a network slot: records every request that reaches it. */
 class GuestStandIn {
   readonly seen: Array<{ method?: string; url?: string; headers: IncomingMessage['headers']; body: string }> = [];
   upgrades = 0;
+  /** Start streams the guest is holding open. */
+  readonly openStreams: ServerResponse[] = [];
   private readonly servers: Server[] = [];
 
   async listen(port: number): Promise<number> {
@@ -22,12 +33,33 @@ class GuestStandIn {
       let body = '';
       for await (const chunk of req) body += String(chunk);
       this.seen.push({ method: req.method, url: req.url, headers: req.headers, body });
+      if (req.url === '/process.Process/Start') {
+        // envd's Start stream: the start event, then nothing until the process ends (here: until the test says).
+        res.writeHead(200, { 'content-type': 'application/connect+json' });
+        res.write(connectEnvelope({ event: { start: { pid: 42 } } }));
+        this.openStreams.push(res);
+        return;
+      }
+      if (req.url === '/hang') return; // answers nothing, like a guest busy on a long unary call
+      if (req.url === '/cut') {
+        // The guest's side of the connection dies mid-body (its agent crashed): the socket closes, the body is unfinished.
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        res.write('partial');
+        setTimeout(() => res.socket?.destroy(), 20);
+        return;
+      }
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ reached: true }));
     });
-    server.on('upgrade', (_req, socket) => {
+    server.on('upgrade', (req, socket) => {
       this.upgrades++;
-      socket.end('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+      const accept = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n';
+      if (req.url === '/held') {
+        socket.write(accept);
+        socket.pipe(socket);
+        return;
+      }
+      socket.end(accept);
     });
     this.servers.push(server);
     await new Promise<void>((resolve) => server.listen(port, GUEST_ADDRESS, resolve));
@@ -48,19 +80,36 @@ let userPort: number;
 let proxy: SandboxTrafficProxy;
 let metrics: MetricsRegistry;
 const records = new Map<string, { envdAccessToken?: string }>();
-const agents: Agent[] = [];
+/** Each sandbox's keep-alive pool to its guest, as the manager keeps one per sandbox. */
+const guestPools = new Map<string, Agent>();
+const endingListeners = new Set<(sandboxId: string) => void>();
 
 function liveSandbox(id: string) {
   const record = records.get(id);
   if (!record) return undefined;
-  const guestConnections = new Agent({ keepAlive: false });
-  agents.push(guestConnections);
+  let guestConnections = guestPools.get(id);
+  if (!guestConnections) guestPools.set(id, (guestConnections = new Agent({ keepAlive: true })));
   return { record, state: 'running', slot: { hostAddress: GUEST_ADDRESS }, guestConnections };
+}
+
+/**
+ * What SandboxManager does as a teardown begins: the sandbox stops being routable and the ending listeners are told.
+ * The guest's side stays silent, as a dead VM's does (it resets none of its connections): whatever ends the client's
+ * connections is the proxy's doing.
+ */
+function destroySandbox(id: string): void {
+  records.delete(id);
+  for (const listener of endingListeners) listener(id);
 }
 
 async function counted(outcome: string): Promise<number> {
   const metric = metrics.registry.getSingleMetric('kiln_agent_proxy_requests_total')!;
   return (await metric.get()).values.find((v) => v.labels.outcome === outcome)?.value ?? 0;
+}
+
+async function endedByDestroy(how: string): Promise<number> {
+  const metric = metrics.registry.getSingleMetric('kiln_agent_proxy_ended_by_destroy_total')!;
+  return (await metric.get()).values.find((v) => v.labels.how === how)?.value ?? 0;
 }
 
 function send(path: string, headers: Record<string, string>, init: { method?: string; body?: string } = {}) {
@@ -76,7 +125,13 @@ beforeAll(async () => {
   records.set('secured', { envdAccessToken: TOKEN });
   records.set('legacy', {});
   metrics = new MetricsRegistry();
-  const sandboxes = { get: (id: string) => liveSandbox(id) } as unknown as SandboxManager;
+  const sandboxes = {
+    get: (id: string) => liveSandbox(id),
+    onSandboxEnding: (listener: (sandboxId: string) => void) => {
+      endingListeners.add(listener);
+      return () => endingListeners.delete(listener);
+    },
+  } as unknown as SandboxManager;
   proxy = new SandboxTrafficProxy({ PROXY_PORT: 0 } as HostAgentEnv, sandboxes, metrics);
   await proxy.onApplicationBootstrap();
 });
@@ -84,7 +139,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await proxy?.onApplicationShutdown();
   await guest?.close();
-  for (const agent of agents) agent.destroy();
+  for (const agent of guestPools.values()) agent.destroy();
 });
 
 beforeEach(() => {
@@ -173,3 +228,131 @@ describe('host agent proxy: user ports and routing', () => {
     expect(guest.seen).toEqual([]);
   });
 });
+
+describe('host agent proxy: a destroyed sandbox’s open connections', () => {
+  /** A Start stream through the proxy with fetch (undici, what the e2b SDK's transport uses): resolves once its start event arrived. */
+  async function openStartStream(id: string) {
+    const response = await send('/process.Process/Start', envd(id, { 'x-access-token': TOKEN, 'content-type': 'application/connect+json' }), {
+      method: 'POST',
+      body: '{"process":{"cmd":"sleep","args":["60"]}}',
+    });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    const first = await reader.read();
+    expect(Buffer.from(first.value!).subarray(5).toString()).toBe('{"event":{"start":{"pid":42}}}');
+    /** How the rest of the body ended: 'end' for a clean end, else the transport's error message. */
+    const rest = (async () => {
+      try {
+        while (!(await reader.read()).done);
+        return 'end';
+      } catch (error) {
+        return (error as Error).message;
+      }
+    })();
+    // Wrapped: an async function returning the bare promise would wait for the whole stream.
+    return { rest };
+  }
+
+  function withSandbox(id: string): void {
+    records.set(id, { envdAccessToken: TOKEN });
+  }
+
+  it('cuts a mid-stream Connect response at once: the client sees the connection terminated, as the SDK expects', async () => {
+    withSandbox('doomed-stream');
+    const cutBefore = await endedByDestroy('cut');
+    const { rest } = await openStartStream('doomed-stream');
+    expect(proxy.connections.count('doomed-stream')).toBe(1);
+
+    const destroyedAt = Date.now();
+    destroySandbox('doomed-stream');
+    // undici's words for a body that ended before its end: the SDK probes /health on it and, given the 502 below,
+    // raises "The sandbox was killed or reached its end of life while the request was in flight".
+    expect(await rest).toBe('terminated');
+    expect(Date.now() - destroyedAt).toBeLessThan(1_000);
+    expect(await endedByDestroy('cut')).toBe(cutBefore + 1);
+    expect(proxy.connections.count('doomed-stream')).toBe(0);
+
+    const health = await send('/health', envd('doomed-stream'));
+    expect(health.status).toBe(502);
+    expect(await health.json()).toEqual({ code: 502, message: 'sandbox doomed-stream is not running on this host' });
+  });
+
+  it('leaves other sandboxes’ streams open, and they end normally', async () => {
+    withSandbox('doomed-neighbour');
+    withSandbox('survivor');
+    guest.openStreams.length = 0;
+    const { rest: doomed } = await openStartStream('doomed-neighbour');
+    const { rest: survivor } = await openStartStream('survivor');
+    const [doomedAtGuest, survivorAtGuest] = guest.openStreams;
+
+    destroySandbox('doomed-neighbour');
+    expect(await doomed).toBe('terminated');
+    expect(doomedAtGuest.destroyed).toBe(true);
+    expect(proxy.connections.count('survivor')).toBe(1);
+    // Still open: the guest can go on writing to it and end it properly.
+    survivorAtGuest.end(Buffer.concat([connectEnvelope({ event: { end: { exitCode: 0, exited: true, status: 'exit status 0' } } }), endStreamEnvelope()]));
+    expect(await survivor).toBe('end');
+    destroySandbox('survivor');
+  });
+
+  it('answers a request still waiting for the guest with the 502 refusal', async () => {
+    withSandbox('doomed-unary');
+    const refusedBefore = await endedByDestroy('refused');
+    const pending = send('/hang', envd('doomed-unary', { 'x-access-token': TOKEN }));
+    await eventuallyTrue(() => proxy.connections.count('doomed-unary') === 1);
+
+    destroySandbox('doomed-unary');
+    const response = await pending;
+    expect(response.status).toBe(502);
+    expect(await response.json()).toEqual({ code: 502, message: 'sandbox doomed-unary was destroyed while the request was in flight' });
+    expect(await endedByDestroy('refused')).toBe(refusedBefore + 1);
+  });
+
+  it('closes a WebSocket tunnel of the sandbox', async () => {
+    withSandbox('doomed-ws');
+    const tunnelBefore = await endedByDestroy('tunnel');
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port: proxy.port, path: '/held', headers: { ...envd('doomed-ws', { 'x-access-token': TOKEN }), connection: 'Upgrade', upgrade: 'websocket' } });
+      req.on('upgrade', (_res, upgraded) => resolve(upgraded));
+      req.on('response', () => reject(new Error('not upgraded')));
+      req.on('error', reject);
+      req.end();
+    });
+    // The tunnel works until the sandbox goes.
+    const echoed = new Promise<string>((resolve) => socket.once('data', (data) => resolve(String(data))));
+    socket.write('ping');
+    expect(await echoed).toBe('ping');
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+
+    destroySandbox('doomed-ws');
+    await closed;
+    expect(await endedByDestroy('tunnel')).toBe(tunnelBefore + 1);
+  });
+
+  it('cuts the client’s response when the guest’s body ends early, rather than leaving it open', async () => {
+    withSandbox('flaky-guest');
+    const before = await counted('upstream_cut');
+    const response = await send('/cut', envd('flaky-guest', { 'x-access-token': TOKEN }));
+    expect(response.status).toBe(200);
+    await expect(response.text()).rejects.toThrow('terminated');
+    expect(await counted('upstream_cut')).toBe(before + 1);
+    destroySandbox('flaky-guest');
+  });
+});
+
+/** Connect's end-of-stream envelope (flags 2) with no error: a stream that ended well. */
+function endStreamEnvelope(): Buffer {
+  const payload = Buffer.from('{}');
+  const header = Buffer.alloc(5);
+  header[0] = 2;
+  header.writeUInt32BE(payload.length, 1);
+  return Buffer.concat([header, payload]);
+}
+
+async function eventuallyTrue(check: () => boolean, timeoutMs = 2_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

@@ -8,6 +8,7 @@ import { MetricsRegistry } from '@kiln/telemetry';
 import { createProxyServer } from 'http-proxy-3';
 import { GUEST_AGENT_PORT } from '../network';
 import { SandboxManager } from '../sandbox/sandbox-manager.service';
+import { DestroyEnding, SandboxConnections, refusalBody } from './sandbox-connections';
 
 const SANDBOX_HEADER = 'e2b-sandbox-id';
 const PORT_HEADER = 'e2b-sandbox-port';
@@ -20,7 +21,7 @@ export interface TrafficTarget {
 }
 
 /** Where a request ended up, as counted in kiln_agent_proxy_requests_total. */
-type ProxyOutcome = 'forwarded' | 'upgraded' | 'refused_401' | 'refused_403' | 'bad_request' | 'no_sandbox' | 'upstream_error';
+type ProxyOutcome = 'forwarded' | 'upgraded' | 'refused_401' | 'refused_403' | 'bad_request' | 'no_sandbox' | 'upstream_error' | 'upstream_cut';
 
 interface Refusal {
   status: number;
@@ -49,10 +50,6 @@ export function trafficTargetOf(req: IncomingMessage): TrafficTarget | null | 'b
   return { sandboxId: match[2], port };
 }
 
-function refusalBody(status: number, message: string): string {
-  return JSON.stringify({ code: status, message });
-}
-
 function reject(res: ServerResponse, status: number, message: string): void {
   if (res.headersSent) {
     res.destroy();
@@ -79,7 +76,10 @@ function rejectUpgrade(socket: Duplex, status: number, message: string): void {
  * record. Traffic access tokens and Host masks of user ports are the gateway's to
  * enforce: the host does not have them (yet), so user ports pass here as public.
  * Bodies stream both ways (Connect streams, uploads, downloads) and WebSocket
- * upgrades are tunnelled.
+ * upgrades are tunnelled. Every open request and tunnel is tracked by sandbox
+ * (SandboxConnections) and ended the moment the sandbox's teardown begins, and a
+ * response the guest cuts off mid-body is cut off downstream too: a dead VM resets
+ * none of its connections, and http-proxy ends nothing when an upstream body aborts.
  */
 @Injectable()
 export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicationShutdown {
@@ -87,6 +87,10 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   private server?: Server;
   private readonly proxy = createProxyServer({ xfwd: true, ws: true, proxyTimeout: 0 });
   private readonly requests;
+  private readonly endedByDestroy;
+  /** Open requests and tunnels by sandbox, ended when the sandbox is (read-only outside: metrics and tests). */
+  readonly connections = new SandboxConnections();
+  private readonly stopWatchingEndings: () => void;
 
   constructor(
     private readonly env: HostAgentEnv,
@@ -94,13 +98,39 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     metrics: MetricsRegistry,
   ) {
     this.requests = metrics.counter('kiln_agent_proxy_requests_total', 'Sandbox-traffic requests on the host proxy, by outcome', ['outcome']);
+    this.endedByDestroy = metrics.counter(
+      'kiln_agent_proxy_ended_by_destroy_total',
+      'Proxied requests and tunnels ended because their sandbox was destroyed, by how (refused: no response yet; cut: body cut mid-stream; tunnel: upgraded connection closed)',
+      ['how'],
+    );
+    metrics.gauge('kiln_agent_proxy_open_connections', 'Proxied requests and tunnels open on the host proxy', [], (gauge) => gauge.set(this.connections.count()));
     // Present from the start, so "nothing reached the guest" reads as an unchanged number rather than a missing series.
     for (const outcome of ['forwarded', 'upgraded', 'refused_401', 'refused_403'] as const) this.requests.inc({ outcome }, 0);
+    for (const how of ['refused', 'cut', 'tunnel'] satisfies DestroyEnding[]) this.endedByDestroy.inc({ how }, 0);
     this.proxy.on('error', (error, _req, res) => {
+      // A response already answered (by the destroy path) is finished: its upstream failing afterwards changes nothing.
+      if (res instanceof ServerResponse && res.writableEnded) return;
       this.requests.inc({ outcome: 'upstream_error' });
       if (res instanceof ServerResponse) reject(res, 502, `sandbox unreachable: ${error.message}`);
       else (res as Socket | undefined)?.destroy();
     });
+    // http-proxy pipes the guest's body and never ends the client's response when that body aborts: the client would
+    // wait for the rest forever. Cutting it the same way lets the client see the connection end.
+    this.proxy.on('proxyRes', (proxyRes, _req, res) => {
+      proxyRes.once('close', () => {
+        if (proxyRes.complete || !(res instanceof ServerResponse) || res.writableEnded || res.destroyed) return;
+        this.requests.inc({ outcome: 'upstream_cut' });
+        res.destroy();
+      });
+    });
+    this.stopWatchingEndings = sandboxes.onSandboxEnding((sandboxId) => this.endConnectionsOf(sandboxId));
+  }
+
+  /** Ends every open request and tunnel of a sandbox whose teardown has begun. */
+  private endConnectionsOf(sandboxId: string): void {
+    const endings = this.connections.endAll(sandboxId, `sandbox ${sandboxId} was destroyed while the request was in flight`);
+    for (const how of endings) this.endedByDestroy.inc({ how });
+    if (endings.length) this.logger.log(`sandbox ${sandboxId} destroyed: ended ${endings.length} open connection(s) (${endings.join(', ')})`);
   }
 
   /** The bound port (differs from PROXY_PORT only when that is 0). */
@@ -110,7 +140,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   }
 
   /** Where the request goes, or why it goes nowhere. */
-  private route(req: IncomingMessage): { upstream: { target: string; agent: Agent } } | { refusal: Refusal } {
+  private route(req: IncomingMessage): { sandboxId: string; upstream: { target: string; agent: Agent } } | { refusal: Refusal } {
     const target = trafficTargetOf(req);
     if (target === 'bad-port') return { refusal: { status: 400, message: 'E2b-Sandbox-Port must be a port number', outcome: 'bad_request' } };
     if (!target) {
@@ -123,7 +153,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     const decision = ingressDecision(req, target.port, { envdAccessToken: live.record.envdAccessToken });
     if (!decision.allowed) return { refusal: { status: decision.status, message: decision.message, outcome: `refused_${decision.status}` } };
     applyIngressHeaders(req.headers, decision);
-    return { upstream: { target: `http://${live.slot.hostAddress}:${target.port}`, agent: live.guestConnections } };
+    return { sandboxId: target.sandboxId, upstream: { target: `http://${live.slot.hostAddress}:${target.port}`, agent: live.guestConnections } };
   }
 
   handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -135,6 +165,8 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
       return reject(res, routed.refusal.status, routed.refusal.message);
     }
     this.requests.inc({ outcome: 'forwarded' });
+    // Tracked in the same tick as the route check: a teardown cannot begin between the two and miss it.
+    this.connections.trackRequest(routed.sandboxId, res);
     this.proxy.web(req, res, routed.upstream);
   };
 
@@ -146,6 +178,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
       return rejectUpgrade(socket, routed.refusal.status, routed.refusal.message);
     }
     this.requests.inc({ outcome: 'upgraded' });
+    this.connections.trackTunnel(routed.sandboxId, socket);
     this.proxy.ws(req, socket, head, routed.upstream);
   };
 
@@ -164,6 +197,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   }
 
   async onApplicationShutdown(): Promise<void> {
+    this.stopWatchingEndings();
     this.proxy.close();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     this.server?.closeAllConnections();

@@ -104,6 +104,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   private readonly liveGauge;
   /** Each template build's snapshot: made, retried with backoff when it fails, and reported on /health. */
   private readonly snapshotReadiness: TemplateSnapshotReadiness;
+  /** Told as each sandbox's teardown begins (see onSandboxEnding). */
+  private readonly endingListeners = new Set<(sandboxId: string) => void>();
 
   constructor(
     private readonly env: HostAgentEnv,
@@ -198,6 +200,16 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
   /** Each template build's snapshot state (building, ready, failed with the reason and the next retry). */
   templateSnapshots(): TemplateSnapshotStatus[] {
     return this.snapshotReadiness.describe();
+  }
+
+  /**
+   * Calls `listener` with a sandbox's id as its teardown begins, whatever ended it (a destroy for a kill, a timeout
+   * or a reconcile; the VM's exit or crash; a failed start), before its VM is killed: the traffic proxy ends the
+   * sandbox's open connections then, as a dead VM resets none of them. Returns the unsubscribe.
+   */
+  onSandboxEnding(listener: (sandboxId: string) => void): () => void {
+    this.endingListeners.add(listener);
+    return () => this.endingListeners.delete(listener);
   }
 
   list(): LiveSandbox[] {
@@ -446,6 +458,13 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
 
   /** Removes whatever exists of a sandbox, in reverse order of creation; never throws. */
   private async teardown(sandboxId: string, vm?: VmHandle, slot?: NetworkSlot, layer?: Pick<RootfsLayer, 'path'>, cloneDir?: string): Promise<void> {
+    for (const listener of this.endingListeners) {
+      try {
+        listener(sandboxId);
+      } catch (error) {
+        this.logger.warn(`a sandbox-ending listener failed for ${sandboxId}: ${describeError(error)}`);
+      }
+    }
     this.sandboxes.get(sandboxId)?.guestConnections.destroy();
     if (vm && !vm.hasExited) await vm.kill().catch((error) => this.logger.warn(`kill of ${sandboxId} failed: ${describeError(error)}`));
     await this.removeDisk({ sandboxId, rootfs: layer, cloneDir });
