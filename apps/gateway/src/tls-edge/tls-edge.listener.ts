@@ -41,17 +41,6 @@ function stripClientForwardingHeaders(req: IncomingMessage): void {
   for (const header of CLIENT_FORWARDING_HEADERS) delete req.headers[header];
 }
 
-/**
- * The traffic listener's HTTP server, whose 'request' and 'upgrade' handlers sandbox requests are handed to.
- * SandboxTrafficProxy keeps it private; until it exposes it, it is read here and checked, so a rename fails the
- * gateway's start (and its TLS suite) instead of misrouting.
- */
-function trafficServerOf(proxy: SandboxTrafficProxy): HttpServer {
-  const server = (proxy as unknown as { server?: unknown }).server;
-  if (!(server instanceof HttpServer)) throw new Error('SandboxTrafficProxy no longer holds its HTTP server in `server`: the TLS listener cannot reach the traffic handler');
-  return server;
-}
-
 /** Ends a handshake for a name nothing here serves; counted where it is raised, not again as a handshake error. */
 class UnknownServerNameError extends Error {}
 
@@ -104,7 +93,7 @@ export class TlsEdgeListener implements BeforeApplicationShutdown {
     const credentials = this.credentials;
     if (!credentials || this.server) return;
     const api = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();
-    const trafficServer = trafficServerOf(this.traffic);
+    const trafficServer = this.traffic.httpServer;
     this.secureContext = createSecureContext({ cert: credentials.cert, key: credentials.key });
     const server = createServer({
       cert: credentials.cert,

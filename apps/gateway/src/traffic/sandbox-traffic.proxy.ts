@@ -67,6 +67,14 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   private readonly logger = new Logger('traffic');
   private readonly server: Server;
   private readonly proxy: ProxyServer;
+
+  /**
+   * The listener's HTTP server. The gateway's TLS edge hands decrypted sandbox-host requests and upgrades to its
+   * 'request'/'upgrade' handlers, so both ports share one routing and refusal path.
+   */
+  get httpServer(): Server {
+    return this.server;
+  }
   private readonly upstreamAgent = new Agent({ keepAlive: true, maxSockets: Infinity });
   private readonly tunnels = new Set<Duplex>();
   private readonly requests;
