@@ -7,9 +7,11 @@
 #   KILN_DATA_DIR            data dir (default /var/lib/kiln)
 #   KILN_GUEST_AGENT_BUNDLE  guest agent bundle dir (default apps/guest-agent/dist/bundle)
 #   KILN_TEMPLATE_ID         template name to register (default base)
-#   KILN_ROOTFS_SIZE         sparse rootfs size (default 2G)
+#   KILN_ROOTFS_SIZE         sparse rootfs size (default 3G: about 2.1 GiB left free for users after the packages)
 #   KILN_TEMPLATE_VCPUS / KILN_TEMPLATE_MEMORY_MIB   template.json defaults (1 / 512)
 #   KILN_TEMPLATE_KEEP_BUILDS  template builds kept, current included (default 3)
+#   KILN_NPM_DIR             npm distribution copied into the guest beside node (default: the one the host's `npm`
+#                            command runs, e.g. /usr/lib/node_modules/npm); `none` leaves npm and npx out
 #   KILN_DEB_CACHE           Debian package download cache (default $KILN_DATA_DIR/cache/debs): only .deb files
 #                            as the mirror serves them, so data dirs may share one (the first-run check does)
 set -euo pipefail
@@ -23,12 +25,13 @@ DATA_DIR=${KILN_DATA_DIR:-/var/lib/kiln}
 DEB_CACHE=${KILN_DEB_CACHE:-$DATA_DIR/cache/debs}
 TEMPLATE_ID=${KILN_TEMPLATE_ID:-base}
 BUNDLE_DIR=${KILN_GUEST_AGENT_BUNDLE:-$REPO/apps/guest-agent/dist/bundle}
-ROOTFS_SIZE=${KILN_ROOTFS_SIZE:-2G}
+ROOTFS_SIZE=${KILN_ROOTFS_SIZE:-3G}
 VCPUS=${KILN_TEMPLATE_VCPUS:-1}
 MEMORY_MIB=${KILN_TEMPLATE_MEMORY_MIB:-512}
 SUITE=bookworm
 KERNEL_META_PACKAGE=linux-image-cloud-amd64
 NODE_BIN=$(command -v node)
+NPM_DIR=${KILN_NPM_DIR:-}
 KERNEL_ARGS="console=ttyS0 reboot=t panic=-1 quiet"
 # Kernel modules the initramfs loads, in load order (see initramfs-init.sh).
 VIRTIO_MODULES="kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko \
@@ -62,6 +65,20 @@ resolve_kernel_package() {
   [ -n "$KERNEL_VERSION" ] && [ "$KERNEL_VERSION" != "(none)" ] || die "no candidate for $KERNEL_PACKAGE"
 }
 
+# The npm that belongs to the host's node: the package the `npm` command runs (bin/npm-cli.js two levels down), not
+# whatever `npm root -g` says, which a user prefix can point elsewhere. Debian's npm/nodejs packages would bring a
+# second, older node, so the guest gets this one instead.
+resolve_npm_dir() {
+  if [ -z "$NPM_DIR" ]; then
+    local npm_bin
+    npm_bin=$(command -v npm) || die "npm not found on the host (install it beside node, or set KILN_NPM_DIR, or KILN_NPM_DIR=none)"
+    NPM_DIR=$(cd "$(dirname "$(readlink -f "$npm_bin")")/.." && pwd)
+  fi
+  [ "$NPM_DIR" = none ] && return 0
+  [ -f "$NPM_DIR/bin/npm-cli.js" ] && [ -f "$NPM_DIR/bin/npx-cli.js" ] || die "$NPM_DIR is not an npm distribution (no bin/npm-cli.js, bin/npx-cli.js)"
+  NPM_DIR=$(cd "$NPM_DIR" && pwd -P)
+}
+
 package_list() { grep -v '^\s*#' "$HERE/packages.txt" | grep -v '^\s*$' | sort -u; }
 
 # Hash of a directory tree: relative paths, modes and contents, independent of mtimes.
@@ -84,6 +101,7 @@ compute_input_hash() {
       echo "script $f $(sha256sum "$HERE/$f" | cut -d' ' -f1)"
     done
     echo "node $(sha256sum "$NODE_BIN" | cut -d' ' -f1)"
+    if [ "$NPM_DIR" = none ]; then echo "npm none"; else echo "npm $(tree_digest "$NPM_DIR")"; fi
     echo "agent $(tree_digest "$BUNDLE_DIR")"
   } | tee "$WORK_INPUTS" | sha256sum | cut -d' ' -f1
 }
@@ -160,6 +178,7 @@ build_rootfs() {
     die "node has unresolved libraries in the guest rootfs"
   fi
   chroot "$root" /usr/local/bin/node -e 'process.exit(0)' || die "node does not run in the guest rootfs"
+  [ "$NPM_DIR" = none ] || install_npm "$root"
 
   mkdir -p "$root/opt/kiln/guest-agent"
   cp -a "$BUNDLE_DIR/." "$root/opt/kiln/guest-agent/"
@@ -170,6 +189,27 @@ build_rootfs() {
 
   truncate -s "$ROOTFS_SIZE" "$out/rootfs.ext4"
   mke2fs -q -F -t ext4 -L kiln-root -d "$root" "$out/rootfs.ext4"
+}
+
+# npm and npx as a node distribution lays them out under its prefix (/usr/local, node's dir's parent), so the guest's
+# `npm root -g` is /usr/local/lib/node_modules and `npm install -g` lands beside npm itself.
+install_npm() {
+  local root=$1 home
+  mkdir -p "$root/usr/local/lib/node_modules"
+  cp -a "$NPM_DIR" "$root/usr/local/lib/node_modules/npm"
+  chown -R 0:0 "$root/usr/local/lib/node_modules/npm"
+  chmod -R u=rwX,go=rX "$root/usr/local/lib/node_modules/npm"
+  ln -sfn ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/local/bin/npm"
+  ln -sfn ../lib/node_modules/npm/bin/npx-cli.js "$root/usr/local/bin/npx"
+  # Run through the links as a user would; a scratch HOME so npm's cache and logs stay out of the image.
+  home=$(mktemp -d "$root/tmp/npm-check.XXXXXX")
+  local npm_version npx_version
+  npm_version=$(chroot "$root" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="${home#"$root"}" npm --version) || die "npm does not run in the guest rootfs"
+  npx_version=$(chroot "$root" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="${home#"$root"}" npx --version) || die "npx does not run in the guest rootfs"
+  rm -rf "$home"
+  [ "$npm_version" = "$("$NODE_BIN" -p 'require(process.argv[1]).version' "$NPM_DIR/package.json")" ] ||
+    die "npm in the guest reports $npm_version, not the version copied from $NPM_DIR"
+  log "npm $npm_version (npx $npx_version) from $NPM_DIR"
 }
 
 write_template_json() {
@@ -252,6 +292,7 @@ main() {
     die "guest agent bundle not found at $BUNDLE_DIR (build it: npx nx run guest-agent:bundle, or set KILN_GUEST_AGENT_BUNDLE)"
   ensure_host_packages
   resolve_kernel_package
+  resolve_npm_dir
   mkdir -p "$DATA_DIR/images"
   # One build at a time per data dir: concurrent runs (CI retries, two checkouts) would
   # otherwise race on the same image dir and the `current` links.

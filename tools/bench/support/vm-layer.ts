@@ -13,12 +13,13 @@ import { AccelerationProbe, QemuMicrovmDriver, VmmConfig } from '../../../apps/h
  * The host agent's VM layer (slots, disk layers, driver, snapshots) wired by hand: benches are bundled by
  * esbuild, which emits no decorator metadata for Nest's injector. Private slot prefix and CIDR per bench.
  */
-export function vmLayerForBench(options: { slotPrefix: string; slotCidr: string; workDir: string; bootTimeoutMs?: number }) {
+export function vmLayerForBench(options: { slotPrefix: string; slotCidr: string; workDir: string; bootTimeoutMs?: number; dataDir?: string }) {
   const networkOptions = resolveNetworkOptions({ namePrefix: options.slotPrefix, slotCidr: options.slotCidr, prefill: 2, maxIdle: 8 });
   const pool = new NetworkSlotPool(networkOptions, new SlotProvisioner(networkOptions));
   const rootfsOptions = resolveRootfsOptions({ driver: 'qcow2', vmm: 'qemu' });
   const layers = new RootfsLayers(rootfsOptions, new ReflinkSupport(), new FlattenedImages(rootfsOptions));
-  const config = VmmConfig.fromEnv();
+  // A data dir of the bench's own (its templates and snapshots) instead of KILN_DATA_DIR's.
+  const config = VmmConfig.fromEnv(options.dataDir ? { ...process.env, KILN_DATA_DIR: options.dataDir } : process.env);
   const templates = new TemplateStore({ dataDir: config.dataDir });
   const probe = new AccelerationProbe(config, templates);
   const driver = new QemuMicrovmDriver(config, probe);
