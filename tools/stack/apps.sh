@@ -131,16 +131,30 @@ database_name() {
 
 app_running() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
 
+# Identifies the code an app runs: the contents of its compiled JavaScript and native addons and the libs' (not
+# mtimes: a rebuild re-emits some files unchanged).
+app_build_id() {
+  (cd "$ROOT" && find "apps/$1/dist" libs/*/dist -type f \( -name '*.js' -o -name '*.cjs' -o -name '*.mjs' -o -name '*.node' \) \
+    -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum | cut -c1-16)
+}
+
 start_app() {
-  local app=$1
+  local app=$1 build
   mkdir -p "$RUN_DIR"
+  build=$(app_build_id "$app")
   if app_running "$app"; then
-    log "$app already running (pid $(cat "$RUN_DIR/$app.pid"))"
-    return
+    if [ "$(cat "$RUN_DIR/$app.build" 2>/dev/null)" = "$build" ]; then
+      log "$app already running (pid $(cat "$RUN_DIR/$app.pid"))"
+      return
+    fi
+    # An app left running by an earlier `up` would otherwise keep serving the code it was started with.
+    log "restarting $app: its build changed since it started"
+    stop_app "$app"
   fi
   # setsid: each app leads its own session so `down` can signal exactly what it started.
   HTTP_PORT=${HEALTH_PORT[$app]} setsid node "$ROOT/apps/$app/dist/main.js" >>"$RUN_DIR/$app.log" 2>&1 < /dev/null &
   echo $! > "$RUN_DIR/$app.pid"
+  echo "$build" > "$RUN_DIR/$app.build"
 }
 
 wait_healthy() {
@@ -166,5 +180,5 @@ stop_app() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$RUN_DIR/$app.build"
 }
