@@ -169,8 +169,8 @@ describe('routes Kiln does not implement yet', () => {
     sandboxId = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: NO_PROXY });
   });
 
-  const concrete = (path: string) =>
-    path.replace('{sandboxID}', 'abc123').replace('{templateID}', 'base').replace('{buildID}', '0b0e8d2c-1f1a-4c52-9f5e-0d8a7b6c5d4e').replace('{hash}', 'deadbeef').replace(/\{\w+\}/g, 'x1');
+  const concrete = (path: string, sandbox = sandboxId) =>
+    path.replace('{sandboxID}', sandbox).replace('{templateID}', 'base').replace('{buildID}', '0b0e8d2c-1f1a-4c52-9f5e-0d8a7b6c5d4e').replace('{hash}', 'deadbeef').replace(/\{\w+\}/g, 'x1');
 
   it.each(NOT_SUPPORTED_ROUTES.map((r) => [`${r.method} ${r.path}`, r] as const))('%s answers 501 naming the route', async (_name, route) => {
     const answer = await call(route.method, concrete(route.path), { body: route.method === 'POST' || route.method === 'PATCH' ? {} : undefined });
@@ -198,6 +198,12 @@ describe('routes Kiln does not implement yet', () => {
   });
 
   it("keeps 404 for a missing or another team's sandbox, and 400 for a bad id or body", async () => {
+    // fork and snapshots of a killed sandbox: the SDK must raise SandboxNotFoundError, not "not supported".
+    for (const route of NOT_SUPPORTED_ROUTES.filter((r) => r.path.includes('{sandboxID}'))) {
+      const body = route.method === 'POST' ? {} : undefined;
+      expect((await call(route.method, concrete(route.path, 'doesnotexist0'), { body })).status).toBe(404);
+      expect((await call(route.method, concrete(route.path), { key: otherTeam.apiKey, body })).status).toBe(404);
+    }
     for (const action of ['pause', 'resume']) {
       expect((await call('POST', `/sandboxes/doesnotexist0/${action}`, { body: {} })).status).toBe(404);
       expect((await call('POST', `/sandboxes/${sandboxId}/${action}`, { key: otherTeam.apiKey, body: {} })).status).toBe(404);

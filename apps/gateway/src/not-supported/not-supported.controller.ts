@@ -17,7 +17,8 @@ const ROUTE_DECORATORS: Record<NotSupportedMethod, (path: string) => MethodDecor
 @ApiExcludeController()
 @Controller()
 export class NotSupportedController {
-  constructor(private readonly sandboxes: SandboxesService) {}
+  // Not private: the table-driven handlers below, defined outside the class body, look sandboxes up too.
+  constructor(readonly sandboxes: SandboxesService) {}
 
   /** Was 409, which the SDK's pause() reads as "already paused" and returns false. A missing sandbox stays 404. */
   @Post('sandboxes/:sandboxID/pause')
@@ -45,15 +46,27 @@ export class NotSupportedController {
 }
 
 // One handler per table row, registered like any decorated method (so the API-key guard and the error filter apply).
+// A row about one sandbox first looks the sandbox up, so a missing or another team's sandbox stays 404 (the SDK's
+// SandboxNotFoundError), as on every sandbox route.
 for (const [index, route] of NOT_SUPPORTED_ROUTES.entries()) {
   const name = `notSupported${index}`;
+  const aboutOneSandbox = route.path.includes('{sandboxID}');
   Object.defineProperty(NotSupportedController.prototype, name, {
-    value: function answerNotSupported(): never {
-      throw notSupported(route);
-    },
+    value: aboutOneSandbox
+      ? async function answerNotSupportedForSandbox(this: NotSupportedController, team: AuthenticatedTeam, sandboxId: string): Promise<never> {
+          await this.sandboxes.get(team.teamId, sandboxId);
+          throw notSupported(route);
+        }
+      : function answerNotSupported(): never {
+          throw notSupported(route);
+        },
     configurable: true,
     writable: true,
   });
+  if (aboutOneSandbox) {
+    CallerTeam()(NotSupportedController.prototype, name, 0);
+    Param('sandboxID', SandboxIdPipe)(NotSupportedController.prototype, name, 1);
+  }
   const descriptor = Object.getOwnPropertyDescriptor(NotSupportedController.prototype, name) as PropertyDescriptor;
   ROUTE_DECORATORS[route.method](toRouterPath(route.path))(NotSupportedController.prototype, name, descriptor);
 }
