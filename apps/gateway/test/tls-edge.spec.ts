@@ -181,9 +181,9 @@ describe('TLS listener', () => {
     expect(forwarded.body.headers.forwarded).toBeUndefined();
     // The traffic handler's own refusals come back as they are: proof the request reached it.
     const unknown = await call({ name: sandboxHost('nosuchsandbox'), path: '/health' });
-    expect(unknown).toMatchObject({ status: 502, body: { code: 502, sandboxId: 'nosuchsandbox', message: expect.stringContaining('was not found') } });
+    expect(unknown).toMatchObject({ status: 502, body: { code: 502, sandboxId: 'nosuchsandbox', message: 'The sandbox was not found' } });
     const noToken = await call({ name: sandboxHost(sandboxId), path: '/envs' });
-    expect(noToken).toMatchObject({ status: 401, body: { code: 401, sandboxId } });
+    expect(noToken).toMatchObject({ status: 401, body: { code: 401, message: expect.any(String) } });
   });
 
   it('streams a sandbox response as it comes, without buffering it', async () => {

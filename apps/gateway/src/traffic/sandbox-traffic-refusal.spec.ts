@@ -9,7 +9,7 @@ describe('refusalFor', () => {
   it('answers 502 for a missing sandbox, as E2B does and the SDK expects', () => {
     expect(refusalFor(address, KilnError.notFound('sandbox abc'))).toEqual({
       status: 502,
-      body: { code: 502, message: 'sandbox abc was not found', error_code: 'not_found', sandboxId: 'abc' },
+      body: { code: 502, message: 'The sandbox was not found', error_code: 'not_found', sandboxId: 'abc' },
     });
   });
 

@@ -8,14 +8,19 @@ import { GatewayEnv } from '@kiln/config';
 import { ErrorCode, KilnError, SandboxRoute, SandboxState } from '@kiln/contracts';
 import { applyIngressHeaders, ingressDecision } from '@kiln/contracts/sandbox-ingress';
 import { MetricsRegistry } from '@kiln/telemetry';
-import { SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, SandboxAddress, sandboxAddressOf } from './sandbox-address';
+import { ENVD_PORT, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, SandboxAddress, sandboxAddressOf } from './sandbox-address';
 import { SandboxRouteCache } from './sandbox-route.cache';
 import { DEFAULT_RETRY_AFTER_SECONDS } from '../http-errors/http-error-mapping';
 
-/** A refusal on the traffic listener: E2B's error body, plus the sandbox it concerns. */
+/**
+ * A refusal on the traffic listener. Its body is what E2B answers in the same place: its edge proxy's
+ * `{code, message, sandboxId}` for a sandbox it cannot route to (plus Kiln's error_code), and for a request envd
+ * itself refuses (its access token, a file URL's signature) exactly envd's `{code, message}`, which the SDK's tests
+ * compare whole.
+ */
 export interface TrafficRefusal {
   status: number;
-  body: { code: number; message: string; error_code: ErrorCode; sandboxId?: string };
+  body: { code: number; message: string; error_code?: ErrorCode; sandboxId?: string };
   /** Sent as Retry-After: the refusal is an outage (scheduler or NATS unreachable), not an answer about the sandbox. */
   retryAfterSeconds?: number;
 }
@@ -39,7 +44,8 @@ export function refusalFor(address: SandboxAddress, failure: KilnError | Sandbox
   const sandboxId = address.sandboxId;
   if (failure instanceof KilnError) {
     if (failure.code === ErrorCode.NotFound) {
-      return { status: 502, body: { code: 502, message: `sandbox ${sandboxId} was not found`, error_code: ErrorCode.NotFound, sandboxId } };
+      // E2B's proxy words it exactly so; the sandbox id is in the body.
+      return { status: 502, body: { code: 502, message: 'The sandbox was not found', error_code: ErrorCode.NotFound, sandboxId } };
     }
     const status = failure.httpStatus >= 500 ? 503 : failure.httpStatus;
     const retryAfterSeconds = status === 503 ? (failure.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_SECONDS) : undefined;
@@ -229,6 +235,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     const decision = ingressDecision(req, address.port, route);
     if (!decision.allowed) {
       const { status, message } = decision;
+      if (address.port === ENVD_PORT) return { refusal: { status, body: { code: status, message } } };
       return { refusal: { status, body: { code: status, message, error_code: ERROR_CODE_BY_INGRESS_STATUS[status], sandboxId: address.sandboxId } } };
     }
     applyIngressHeaders(req.headers, decision);
