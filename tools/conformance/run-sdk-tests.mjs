@@ -157,14 +157,20 @@ function runFile(sdk, test, env, timeoutS, scratch) {
   });
 }
 
+/**
+ * The expected failure covering one test: an entry names a file (or a folder, ending in '/') and optionally one test
+ * and the modes it applies to. The most specific entry wins.
+ */
 function loadExpected() {
   const path = join(HERE, 'expected-failures.json');
   const list = JSON.parse(readFileSync(path, 'utf8')).expected;
-  const byKey = new Map();
-  for (const e of list) {
-    for (const mode of e.modes ?? ['url', 'domain']) byKey.set(`${mode}|${e.file}|${e.test ?? '*'}`, e);
-  }
-  return (mode, file, test) => byKey.get(`${mode}|${file}|${test}`) ?? byKey.get(`${mode}|${file}|*`);
+  const covers = (e, mode, file, test) =>
+    (e.modes ?? ['url', 'domain']).includes(mode) &&
+    (e.file.endsWith('/') ? file.startsWith(e.file) : file === e.file) &&
+    (e.test === undefined || e.test === test);
+  const specificity = (e) => (e.test !== undefined ? 2 : 0) + (e.file.endsWith('/') ? 0 : 1);
+  return (mode, file, test) =>
+    list.filter((e) => covers(e, mode, file, test)).sort((a, b) => specificity(b) - specificity(a))[0];
 }
 
 function pad(text, width) {
@@ -188,9 +194,10 @@ async function main() {
       const result = await runFile(args.sdk, test, env, args.fileTimeoutS, scratch);
       result.mode = mode;
       for (const t of result.tests) {
-        if (t.status !== 'failed') continue;
         const expected = expectedFor(mode, test.file, t.name);
-        t.expected = expected ? expected.reason : undefined;
+        if (t.status === 'failed') t.expected = expected ? expected.reason : undefined;
+        // An entry naming this very test is stale once it passes: the list should only shrink.
+        else if (t.status === 'passed' && expected?.test === t.name) t.staleExpectation = true;
       }
       const count = (s) => result.tests.filter((t) => t.status === s).length;
       result.passed = count('passed');
@@ -198,7 +205,7 @@ async function main() {
       result.skipped = result.tests.length - result.passed - result.failed;
       result.unexpected = result.tests.filter((t) => t.status === 'failed' && !t.expected).length;
       // A file that ran no test at all (crash, timeout, collection error) is a failure of the file itself.
-      if (result.tests.length === 0 && !expectedFor(mode, test.file, '*')) result.unexpected += 1;
+      if (result.tests.length === 0 && !expectedFor(mode, test.file, undefined)) result.unexpected += 1;
       results.push(result);
       const flag = result.unexpected > 0 ? 'FAIL' : result.failed > 0 ? 'ok*' : 'ok';
       console.log(
@@ -207,6 +214,9 @@ async function main() {
       );
       for (const t of result.tests.filter((x) => x.status === 'failed')) {
         console.log(`       ${t.expected ? 'expected' : 'UNEXPECTED'}: ${t.name}${t.expected ? ` (${t.expected})` : `: ${t.message}`}`);
+      }
+      for (const t of result.tests.filter((x) => x.staleExpectation)) {
+        console.log(`       now passes, remove it from expected-failures.json: ${t.name}`);
       }
       if (result.tests.length === 0) console.log(`       no test ran: ${result.output.split('\n').slice(-8).join(' | ')}`);
     }

@@ -6,6 +6,7 @@ import { HostAgentEnv } from '@kiln/config';
 import { applyIngressHeaders, ingressDecision } from '@kiln/contracts/sandbox-ingress';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { createProxyServer } from 'http-proxy-3';
+import { canonicaliseHeaderNames } from './header-case';
 import { GUEST_AGENT_PORT } from '../network';
 import { SandboxManager } from '../sandbox/sandbox-manager.service';
 import { DestroyEnding, SandboxConnections, refusalBody } from './sandbox-connections';
@@ -114,6 +115,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
       if (res instanceof ServerResponse) reject(res, 502, `sandbox unreachable: ${error.message}`);
       else (res as Socket | undefined)?.destroy();
     });
+    this.proxy.on('proxyReq', (proxyReq) => canonicaliseHeaderNames(proxyReq));
     // http-proxy pipes the guest's body and never ends the client's response when that body aborts: the client would
     // wait for the rest forever. Cutting it the same way lets the client see the connection end.
     this.proxy.on('proxyRes', (proxyRes, _req, res) => {
