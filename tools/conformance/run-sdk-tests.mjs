@@ -168,7 +168,7 @@ function loadExpected() {
     (e.modes ?? ['url', 'domain']).includes(mode) &&
     (e.file.endsWith('/') ? file.startsWith(e.file) : file === e.file) &&
     (e.test === undefined || e.test === test);
-  const specificity = (e) => (e.test !== undefined ? 2 : 0) + (e.file.endsWith('/') ? 0 : 1);
+  const specificity = (e) => (e.test !== undefined ? 4 : 0) + (e.file.endsWith('/') ? 0 : 2) + (e.modes ? 1 : 0);
   return (mode, file, test) =>
     list.filter((e) => covers(e, mode, file, test)).sort((a, b) => specificity(b) - specificity(a))[0];
 }

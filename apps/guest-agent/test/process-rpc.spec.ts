@@ -188,7 +188,7 @@ describe('process.Process over Connect', () => {
       const elapsed = Date.now() - startedAt;
       expect(result.stdout.toString()).toBe('started\n');
       expect(result.end).toMatchObject({ exitCode: 0, exited: true });
-      expect(elapsed).toBeLessThan(2000);
+      expect(elapsed).toBeLessThan(1000);
       expect(existsSync(marker)).toBe(false);
       // The usual ways of starting a server from a command must not hang it either.
       for (const script of ['cd /tmp && nohup sleep 8 >/dev/null 2>&1 &', 'sleep 8 &', 'sleep 8 & disown']) {

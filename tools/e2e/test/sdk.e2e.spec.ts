@@ -63,6 +63,32 @@ describe('official e2b SDK against Kiln (real stack, real VMs)', () => {
     expect(entries.map((e) => e.name).sort()).toEqual(['blob.bin', 'note.txt']);
   });
 
+  it('ends a command when its own process exits, not when a background child it started lets go of the output', async () => {
+    // Control: the same background sleep still runs after the command returned, so the command did not wait for it.
+    const startedAt = Date.now();
+    const result = await sandbox.commands.run('sleep 8 & echo started');
+    const elapsedMs = Date.now() - startedAt;
+    expect(result.stdout).toBe('started\n');
+    expect(result.exitCode).toBe(0);
+    // Well under a second on KVM; under TCG a round trip through gateway, host proxy and guest is ~100-300 ms.
+    expect(elapsedMs).toBeLessThan(1000);
+    const sleeping = await sandbox.commands.run('pgrep -x sleep || true');
+    expect(sleeping.stdout.trim()).not.toBe('');
+    const nohup = Date.now();
+    await sandbox.commands.run('cd /tmp && nohup sleep 8 >/dev/null 2>&1 &');
+    expect(Date.now() - nohup).toBeLessThan(1000);
+  });
+
+  it("creates a user's missing parent directories on write, owned by the user", async () => {
+    await sandbox.files.write('/kiln-e2e-parent/deeper/x.txt', 'made by user');
+    const { stdout } = await sandbox.commands.run(
+      'stat -c %U /kiln-e2e-parent /kiln-e2e-parent/deeper /kiln-e2e-parent/deeper/x.txt; cat /kiln-e2e-parent/deeper/x.txt',
+    );
+    expect(stdout).toBe('user\nuser\nuser\nmade by user');
+    // Control: the parent of the created directory is root's and stays so.
+    expect((await sandbox.commands.run('stat -c %U /')).stdout).toBe('root\n');
+  });
+
   it('runs a PTY session', async () => {
     let output = '';
     const pty = await sandbox.pty.create({ cols: 80, rows: 24, onData: (data) => {
