@@ -1,17 +1,14 @@
 import 'reflect-metadata';
-import { NestFactory } from '@nestjs/core';
-import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
-import { Test } from '@nestjs/testing';
+import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { INestApplicationContext } from '@nestjs/common';
 import { DEFAULT_NETWORK_SETTINGS, ErrorCode, SandboxState } from '@kiln/contracts';
 import { SchedulerEnv, loadConfig } from '@kiln/config';
 import { HostRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
-import { ListSandboxesQuery, MessagingClient, MessagingModule, SandboxPage, Subjects, natsServerOptions } from '@kiln/messaging';
-import { TelemetryModule } from '@kiln/telemetry';
+import { ListSandboxesQuery, MessagingClient, SandboxPage, Subjects } from '@kiln/messaging';
 import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
-import { AppModule } from '../src/app.module';
 import { FakeHostAgent } from './support/fake-host-agent';
+import { startCaller, startScheduler } from './support/scheduler-app';
 
 jest.setTimeout(60_000);
 
@@ -42,14 +39,8 @@ describe('sandbox list query and template spawn counters (real Postgres, Redis, 
       RECONCILE_INTERVAL_SECONDS: '3600',
       HOST_HEARTBEAT_TTL_SECONDS: '3600',
     });
-    scheduler = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(env), new FastifyAdapter(), { logger: false });
-    scheduler.connectMicroservice(natsServerOptions(env.NATS_URL, 'scheduler'));
-    await scheduler.startAllMicroservices();
-    await scheduler.listen(0, '127.0.0.1');
-    const moduleRef = await Test.createTestingModule({
-      imports: [TelemetryModule.forRoot({ service: 'test-caller', logLevel: 'silent' }), MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: 'test-caller' })],
-    }).compile();
-    caller = await moduleRef.init();
+    scheduler = await startScheduler(env);
+    caller = await startCaller(env.NATS_URL);
     client = caller.get(MessagingClient);
     prisma = scheduler.get(PrismaService);
     teams = scheduler.get(TeamRepository);
