@@ -67,7 +67,8 @@ describe('gateway during NATS and Redis outages', () => {
     await db?.drop();
     await nats?.dispose();
     await redis?.dispose();
-  });
+    // Restarting two servers and closing two apps: seconds on a loaded CI machine, beyond the 5 s hook default.
+  }, 60_000);
 
   async function call(url: string, init: RequestInit = {}): Promise<Answer> {
     const started = Date.now();
