@@ -141,7 +141,8 @@ check_domain_mode() { # check_domain_mode <label>
   if [ -z "$domain" ] || [ ! -f "$ca" ]; then fail "$1: dev.env names no E2B_DOMAIN or no NODE_EXTRA_CA_CERTS file"; return; fi
   if [ "$(stat -c %a "$KILN_STATE/tls/ca-key.pem" 2>/dev/null)" != 600 ]; then fail "$1: the CA key $KILN_STATE/tls/ca-key.pem is not mode 0600"; return; fi
   status=$(NODE_EXTRA_CA_CERTS="$ca" timeout 30 node -e "
-    fetch('https://api.$domain:$TLS_PORT/health').then((r) => console.log(r.status), (e) => console.log(e.cause?.code ?? e.message))" 2>&1) || true
+    fetch('https://api.$domain:$TLS_PORT/health').then((r) => console.log(String(r.status)), (e) => console.log(String(e.cause?.code ?? e.message)))" 2>&1) || true
+  # String(): under nx, FORCE_COLOR makes console.log colour a bare number (ESC[33m200ESC[39m).
   if [ "$status" = 200 ]; then
     pass "$1: node reached https://api.$domain:$TLS_PORT/health (machine resolver, dev CA from dev.env)"
   else
