@@ -1,4 +1,4 @@
-import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,7 +19,10 @@ export interface RestartableServer {
   kill9(): Promise<void>;
   /** SIGTERM (an outage); resolves once the process is gone. */
   stop(): Promise<void>;
-  /** Starts it (again) on the same port with the same data; resolves once it listens. A running one is left as is. */
+  /**
+   * Starts it (again) on the same port with the same data; resolves once it serves (not merely listens: PostgreSQL
+   * opens its port while it still answers "the database system is starting up"). A running one is left as is.
+   */
   start(): Promise<void>;
   /** Stops it for good and removes its data. */
   dispose(): Promise<void>;
@@ -34,6 +37,8 @@ class SupervisedProcess implements RestartableServer {
     readonly port: number,
     private readonly launch: () => ChildProcess,
     private readonly removeData: () => void,
+    /** Resolves true once the server answers requests; polled after the port opens. */
+    private readonly serves: () => Promise<boolean> = async () => true,
   ) {}
 
   pid(): number | undefined {
@@ -44,7 +49,16 @@ class SupervisedProcess implements RestartableServer {
     if (this.child && this.child.exitCode === null && this.child.signalCode === null) return;
     this.child = this.launch();
     const exited = new Promise<never>((_, reject) => this.child!.once('exit', (code) => reject(new Error(`${this.name} exited with ${code} while starting`))));
-    await Promise.race([waitForPort(this.port, this.name, 60_000), exited]);
+    await Promise.race([this.untilServing(60_000), exited]);
+  }
+
+  private async untilServing(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    await waitForPort(this.port, this.name, timeoutMs);
+    while (!(await this.serves())) {
+      if (Date.now() > deadline) throw new Error(`${this.name} listened on ${this.port} but did not serve within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   async kill9(): Promise<void> {
@@ -123,8 +137,10 @@ export async function startRestartablePostgres(): Promise<RestartableServer> {
     port,
     () => spawn(join(bin, 'postgres'), ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off'], asPostgres),
     () => rmSync(dir, { recursive: true, force: true }),
+    // pg_isready exits 0 only once the server accepts connections (after startup or WAL replay after a kill).
+    () => new Promise<boolean>((resolve) => execFile(join(bin, 'pg_isready'), ['-q', '-h', '127.0.0.1', '-p', String(port)], (error) => resolve(!error))),
   );
   await server.start();
-  execFileSync(join(bin, 'psql'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-qc', 'create database kiln'], asPostgres);
+  execFileSync(join(bin, 'psql'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-qc', 'create database kiln'], { uid, gid, stdio: 'pipe' });
   return server;
 }
