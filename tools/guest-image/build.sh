@@ -15,7 +15,7 @@
 #   KILN_DEB_CACHE           Debian package download cache (default $KILN_DATA_DIR/cache/debs): only .deb files
 #                            as the mirror serves them, so data dirs may share one (the first-run check does)
 set -euo pipefail
-# The image tree is read by QEMU after it dropped to kiln-vmm, and the rootfs contents (dirs this script makes,
+# The image tree is read by QEMU after it dropped to its VM's uid, and the rootfs contents (dirs this script makes,
 # the guest agent's files) must not depend on the builder's umask.
 umask 022
 

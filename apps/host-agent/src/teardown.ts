@@ -2,7 +2,8 @@ import 'reflect-metadata';
 import { join } from 'node:path';
 import { Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { HostAgentEnv, describeError, loadConfig, runOrExit } from '@kiln/config';
+import { ConfigModule, HostAgentEnv, describeError, loadConfig, runOrExit } from '@kiln/config';
+import { VmCgroups } from './cgroup';
 import { removeUnclaimedClones } from './clone-pool';
 import { hostResourceModules } from './host-modules';
 import { NetworkSlotPool } from './network';
@@ -20,7 +21,8 @@ void runOrExit('host-agent-teardown', async () => {
   const env = loadConfig(HostAgentEnv, { HOST_REGISTRATION_TOKEN: 'teardown-needs-no-token', ...process.env });
   const host = hostResourceModules(env);
 
-  @Module({ imports: [host.network, host.rootfs, VmmModule] })
+  // The env as a provider: the VMM and cgroup settings (the cgroup parent is named after the network prefix).
+  @Module({ imports: [ConfigModule.forRoot(HostAgentEnv, env), host.network, host.rootfs, VmmModule] })
   class TeardownModule {}
 
   const app = await NestFactory.createApplicationContext(TeardownModule, { logger: ['error', 'warn'], abortOnError: false });
@@ -44,6 +46,11 @@ void runOrExit('host-agent-teardown', async () => {
   }
   // Clones the agent kept ready (and the clone directories of the sandboxes above).
   await removeUnclaimedClones(join(env.KILN_DATA_DIR, 'clones'), new Set(), vmm);
+  // Every VM is gone: their cgroups and the agent's parent group go too.
+  if (!(await app.get(VmCgroups).removeAll())) {
+    problems++;
+    process.stderr.write('some VM cgroups still hold processes; kept\n');
+  }
   const pool = app.get(NetworkSlotPool);
   await pool.init([]);
   await pool.destroyAll();

@@ -42,6 +42,20 @@ describe('loadConfig', () => {
     expect(() => loadConfig(HostVmmEnv, { KILN_VMM_TCG_TB_MIB: '4' })).toThrow(/KILN_VMM_TCG_TB_MIB/);
   });
 
+  it('gives VMMs a uid range that covers every VM the agent may run', () => {
+    const token = { HOST_REGISTRATION_TOKEN: 'a-registration-token' };
+    expect(loadConfig(HostAgentEnv, token)).toMatchObject({ KILN_VMM_UID_BASE: 200_000, KILN_VMM_UID_COUNT: 65_536 });
+    // 8 sandboxes + 2 × 4 pooled clones + 2 template boots.
+    const sized = { ...token, KILN_MAX_SANDBOXES: '8', KILN_CLONE_POOL_SIZE: '2', KILN_CLONE_POOL_TEMPLATES: '4' };
+    expect(loadConfig(HostAgentEnv, { ...sized, KILN_VMM_UID_COUNT: '18' }).KILN_VMM_UID_COUNT).toBe(18);
+    expect(() => loadConfig(HostAgentEnv, { ...sized, KILN_VMM_UID_COUNT: '17' })).toThrow(/KILN_VMM_UID_COUNT must cover/);
+    // Base 0: QEMU stays root, no range needed.
+    expect(loadConfig(HostAgentEnv, { ...sized, KILN_VMM_UID_BASE: '0', KILN_VMM_UID_COUNT: '1' }).KILN_VMM_UID_BASE).toBe(0);
+    // A tool without sandboxes only needs the range to be valid.
+    expect(loadConfig(HostVmmEnv, { KILN_VMM_UID_COUNT: '1' }).KILN_VMM_UID_COUNT).toBe(1);
+    expect(() => loadConfig(HostVmmEnv, { KILN_VMM_UID_BASE: '4294967000' })).toThrow(/KILN_VMM_UID_BASE/);
+  });
+
   it('rejects URLs of the wrong scheme', () => {
     expect(() => loadConfig(GatewayEnv, { DATABASE_URL: 'mysql://db/kiln' })).toThrow(/DATABASE_URL must be a postgres\/postgresql URL/);
   });

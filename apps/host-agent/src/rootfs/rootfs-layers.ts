@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { link, open, rm, stat } from 'node:fs/promises';
+import { chmod, link, open, rm, stat } from 'node:fs/promises';
 import { basename, isAbsolute, join, resolve } from 'node:path';
 import { Inject, Injectable } from '@nestjs/common';
 import { runHostCommand } from '../host-command/host-command';
@@ -72,6 +72,9 @@ export class RootfsLayers {
     const partial = `${path}.partial-${randomBytes(6).toString('hex')}`;
     try {
       await this.build(driver, source, partial);
+      // A sandbox's disk is its data: only root opens it (the agent hands it to the VMM as fds), never the uid of any
+      // VMM, whatever the agent's umask.
+      await chmod(partial, 0o600);
       await link(partial, path).catch((err: NodeJS.ErrnoException) => {
         throw err.code === 'EEXIST' ? new LayerExistsError(path) : err;
       });

@@ -213,8 +213,9 @@ export class TemplateSnapshots {
     const staging = `${build.snapshotDir}.partial-${randomBytes(4).toString('hex')}`;
     const runDir = join(this.options.runDir, runId);
     await mkdir(staging, { recursive: true });
-    // QEMU's `cat` writes the device state into it as the unprivileged VMM user (see VmHandle.snapshot): it must be
-    // able to reach its file whatever the agent's umask (mkdir's mode is masked by it, chmod is not).
+    // The agent writes the device state (QEMU streams it to a socket in its chroot, see VmHandle.snapshot); the
+    // finished snapshot is read by every clone's VMM before it drops privileges. An explicit mode, whatever the
+    // agent's umask (mkdir's mode is masked by it, chmod is not).
     await chmod(staging, 0o755);
     await mkdir(runDir, { recursive: true });
     const memoryPath = join(staging, 'memory');
@@ -227,8 +228,8 @@ export class TemplateSnapshots {
       await runHostCommand('qemu-img', [
         'create', '-q', '-f', 'qcow2', '-F', build.rootfs.format, '-b', `../${basenameOf(build.rootfs.path)}`, diskPath,
       ]);
-      // The template VM opens its disk as root, but saving the snapshot inactivates it, which reopens the image as the
-      // VMM user: it must be readable by others whatever the agent's umask (qemu-img creates it under that umask).
+      // The template VM opens its disk as root and keeps that fd when saving the snapshot (auto-read-only=off); the
+      // frozen disk is the backing file of every clone's layer. Explicit mode whatever the agent's umask.
       await chmod(diskPath, 0o644);
       slot = await this.network.acquire();
       const spec = coldBootSpec(build, {

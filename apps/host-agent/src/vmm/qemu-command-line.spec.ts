@@ -43,32 +43,44 @@ describe('validateVmSpec', () => {
     ['a malformed MAC', { network: { ...spec.network!, guestMac: '02:fc:00' } }],
     ['a tap name longer than 15 characters', { network: { ...spec.network!, tapName: 'tap0123456789abcdef' } }],
     ['a state dir too long for a unix socket', { stateDir: `/${'x'.repeat(120)}` }],
+    ['a state dir too long for the snapshot socket in its chroot', { stateDir: `/${'x'.repeat(90)}` }],
   ])('rejects %s', (_label, override) => {
     expect(() => validateVmSpec({ ...spec, ...(override as Partial<VmSpec>) })).toThrow(InvalidVmSpecError);
   });
 });
 
 describe('buildQemuArgs', () => {
-  it('confines a clone: unprivileged, chrooted, no spawning; a template VM may spawn its snapshot writer', () => {
-    const clone = buildQemuArgs(spec, { ...options, runAs: 'kiln-vmm', confineTo: '/var/lib/kiln/vmm/empty', incoming: true });
-    expect(valueOf(clone, '-runas')).toEqual(['kiln-vmm']);
+  it('confines every VM to its own uid:gid, a chroot and no spawning', () => {
+    const vmm = { uid: 200_007, gid: 200_007 };
+    const clone = buildQemuArgs(spec, { ...options, runAs: vmm, confineTo: '/var/lib/kiln/vmm/empty', incoming: true });
+    expect(valueOf(clone, '-runas')).toEqual(['200007:200007']);
     expect(valueOf(clone, '-chroot')).toEqual(['/var/lib/kiln/vmm/empty']);
     expect(valueOf(clone, '-sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny']);
-    const template = buildQemuArgs(spec, { ...options, runAs: 'kiln-vmm' });
-    expect(valueOf(template, '-sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=allow']);
-    expect(template).not.toContain('-chroot');
+    const template = buildQemuArgs(spec, { ...options, runAs: vmm, confineTo: '/run/kiln/vms/sbx-1/jail' });
+    expect(valueOf(template, '-sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny']);
+    expect(valueOf(template, '-chroot')).toEqual(['/run/kiln/vms/sbx-1/jail']);
     const asRoot = buildQemuArgs(spec, options);
     expect(valueOf(asRoot, '-sandbox')).toEqual(['on,obsolete=deny,elevateprivileges=deny']);
     expect(asRoot).not.toContain('-runas');
   });
 
+  it('keeps the fd of a disk opened by path across a snapshot (no reopen by path inside the chroot)', () => {
+    expect(valueOf(buildQemuArgs(spec, options), '-drive')[0]).toContain(',auto-read-only=off');
+    const byFd = buildQemuArgs(spec, { ...options, incoming: true, rootDiskFds: { readWrite: 4, readOnly: 5 } });
+    expect(valueOf(byFd, '-drive')[0]).toMatch(/^id=root,file=\/dev\/fdset\/1,/);
+    expect(valueOf(byFd, '-drive')[0]).not.toContain('auto-read-only');
+    const readOnly = buildQemuArgs({ ...spec, rootDisk: { ...spec.rootDisk, readOnly: true } }, options);
+    expect(valueOf(readOnly, '-drive')[0]).not.toContain('auto-read-only');
+  });
+
   it.each([
-    ['7.2', { major: 7, minor: 2, micro: 19 }, ['-runas', 'kiln-vmm', '-chroot', '/d/empty']],
-    ['8.2', { major: 8, minor: 2, micro: 2 }, ['-runas', 'kiln-vmm', '-run-with', 'chroot=/d/empty']],
-    ['9.1', { major: 9, minor: 1, micro: 0 }, ['-run-with', 'user=kiln-vmm,chroot=/d/empty']],
-    ['10.0', { major: 10, minor: 0, micro: 3 }, ['-run-with', 'user=kiln-vmm,chroot=/d/empty']],
+    ['7.2', { major: 7, minor: 2, micro: 19 }, ['-runas', '200001:200002', '-chroot', '/d/empty']],
+    ['8.2', { major: 8, minor: 2, micro: 2 }, ['-runas', '200001:200002', '-run-with', 'chroot=/d/empty']],
+    ['9.1', { major: 9, minor: 1, micro: 0 }, ['-run-with', 'user=200001:200002,chroot=/d/empty']],
+    ['10.0', { major: 10, minor: 0, micro: 3 }, ['-run-with', 'user=200001:200002,chroot=/d/empty']],
   ])('drops privileges in the spelling QEMU %s accepts', (_label, qemuVersion, expected) => {
-    const args = buildQemuArgs(spec, { ...options, qemuVersion, runAs: 'kiln-vmm', confineTo: '/d/empty', incoming: true });
+    const runAs = { uid: 200_001, gid: 200_002 };
+    const args = buildQemuArgs(spec, { ...options, qemuVersion, runAs, confineTo: '/d/empty', incoming: true });
     const start = args.findIndex((arg) => arg === '-runas' || arg === '-run-with');
     expect(args.slice(start, start + expected.length)).toEqual(expected);
     expect(args.filter((arg) => ['-runas', '-chroot', '-run-with'].includes(arg))).toHaveLength(expected.filter((a) => a.startsWith('-')).length);
@@ -104,6 +116,17 @@ describe('buildQemuArgs', () => {
     expect(valueOf(args, '-object')).toEqual(['memory-backend-file,id=ram,size=512M,mem-path=/snap/memory,share=off,prealloc=off']);
     expect(valueOf(args, '-M')[0]).toContain('memory-backend=ram');
     expect(valueOf(args, '-incoming')).toEqual(['defer']);
+  });
+
+  it("opens a clone's memory file read-only where QEMU keeps such RAM writable (8.2+: rom=off); never a template's", () => {
+    const clone = { ...spec, memoryFile: { path: '/snap/memory', share: false } };
+    const on82 = buildQemuArgs(clone, { ...options, qemuVersion: { major: 8, minor: 2, micro: 0 }, incoming: true });
+    expect(valueOf(on82, '-object')[0]).toMatch(/,share=off,prealloc=off,readonly=on,rom=off$/);
+    // 7.2 has readonly= but no rom=: its readonly=on turns guest RAM into ROM.
+    const on72 = buildQemuArgs(clone, { ...options, incoming: true });
+    expect(valueOf(on72, '-object')[0]).not.toContain('readonly');
+    const template = buildQemuArgs({ ...spec, memoryFile: { path: '/snap/memory', share: true } }, { ...options, qemuVersion: { major: 9, minor: 2, micro: 0 } });
+    expect(valueOf(template, '-object')[0]).not.toContain('readonly');
   });
 
   it('escapes commas in paths, which QEMU would otherwise read as option separators', () => {

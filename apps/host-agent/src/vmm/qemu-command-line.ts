@@ -1,5 +1,5 @@
 import { isAbsolute } from 'node:path';
-import { privilegeDropArgs, type QemuVersion } from './qemu-version';
+import { privilegeDropArgs, qemuVersionAtLeast, type QemuVersion } from './qemu-version';
 import { InvalidVmSpecError } from './vmm.errors';
 import type { VmAccelerator, VmSpec } from './vmm-driver';
 
@@ -19,10 +19,11 @@ export interface QemuLaunchOptions {
   /** Host TSC frequency handed to TCG guests so they skip PIT calibration (see host-tsc.ts). */
   tcgGuestTscKhz?: number;
   /**
-   * Unprivileged user QEMU switches to once its devices are open (-run-with user=, or -runas). Unset: it stays root, and set*uid
-   * calls are forbidden by its seccomp filter instead.
+   * The VM's own uid and gid QEMU switches to once its devices are open (-run-with user=, or -runas, both take
+   * `uid:gid` without a passwd entry; supplementary groups are dropped). Unset: it stays root, and set*uid calls are
+   * forbidden by its seccomp filter instead.
    */
-  runAs?: string;
+  runAs?: { uid: number; gid: number };
   /**
    * Inherited fds of the writable root disk, one opened read-write and one read-only, to use instead of its path.
    * An unprivileged QEMU could not open a root-owned layer, and after an incoming migration QEMU re-opens its
@@ -30,9 +31,9 @@ export interface QemuLaunchOptions {
    */
   rootDiskFds?: { readWrite: number; readOnly: number };
   /**
-   * Empty directory QEMU chroots into after start-up: only for clones, which open nothing once running (their
-   * snapshot arrives on an inherited fd). A template VM writes its snapshot through a spawned `cat`, so it can
-   * neither be chrooted nor denied spawning.
+   * Directory QEMU chroots into after start-up; with it QEMU may also neither spawn nor change scheduling or resource
+   * limits. A clone opens nothing once running (snapshot and disk arrive on inherited fds), a cold-booted VM only
+   * connects to the socket its snapshot is written to, which the agent creates in this directory.
    */
   confineTo?: string;
 }
@@ -43,6 +44,18 @@ const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
 /** sockaddr_un.sun_path is 108 bytes including the terminator. */
 const MAX_UNIX_SOCKET_PATH = 107;
+
+/** The directory a cold-booted VM's QEMU is chrooted into: empty but for the socket a snapshot is written to. */
+export function confinementDir(stateDir: string): string {
+  return `${stateDir}/jail`;
+}
+
+/** Name of the snapshot socket inside the VM's chroot (QEMU connects to `/<name>`). */
+export const SNAPSHOT_SOCKET_NAME = 'snapshot.sock';
+
+export function snapshotSocketPath(stateDir: string): string {
+  return `${confinementDir(stateDir)}/${SNAPSHOT_SOCKET_NAME}`;
+}
 
 /** Rejects specs QEMU would choke on, with a message that names the bad field. */
 export function validateVmSpec(spec: VmSpec): void {
@@ -78,6 +91,10 @@ export function validateVmSpec(spec: VmSpec): void {
     fail('accelerator must be kvm or tcg');
   }
   if (`${spec.stateDir}/qmp.sock`.length > MAX_UNIX_SOCKET_PATH) fail('stateDir is too long for a unix socket path');
+  // A VM that is not a clone may be snapshotted: the agent listens for the stream in the VM's chroot (snapshotSocketPath).
+  if ((!spec.memoryFile || spec.memoryFile.share) && snapshotSocketPath(spec.stateDir).length > MAX_UNIX_SOCKET_PATH) {
+    fail('stateDir is too long for the snapshot socket path');
+  }
 }
 
 function kernelCommandLine(spec: VmSpec, options: QemuLaunchOptions): string {
@@ -90,10 +107,21 @@ function kernelCommandLine(spec: VmSpec, options: QemuLaunchOptions): string {
  * QEMU is unprivileged they cannot regain anything); a confined clone may also neither spawn nor change its own
  * scheduling or resource limits.
  */
-function seccompPolicy(options: QemuLaunchOptions): string {
+export function seccompPolicy(options: Pick<QemuLaunchOptions, 'runAs' | 'confineTo'>): string {
   const rules = ['on', 'obsolete=deny', `elevateprivileges=${options.runAs ? 'allow' : 'deny'}`];
   if (options.confineTo) rules.push('spawn=deny', 'resourcecontrol=deny');
   return rules.join(',');
+}
+
+/**
+ * A clone's private (copy-on-write) mapping of the template memory file, opened O_RDONLY so that not even a VMM that
+ * escaped its guest can write the file every clone maps. QEMU 8.2 added rom=off, which keeps such guest RAM writable;
+ * before it readonly=on turns guest RAM into ROM, so on 7.2 the file is opened read-write (the mapping is still
+ * private: guest writes never reach the file).
+ */
+function privateMemoryFileArgs(spec: VmSpec, version: QemuVersion): string[] {
+  if (!spec.memoryFile || spec.memoryFile.share || !qemuVersionAtLeast(version, 8, 2)) return [];
+  return ['readonly=on', 'rom=off'];
 }
 
 /** QEMU splits option values on commas; a literal comma is written twice. */
@@ -130,6 +158,7 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
         `mem-path=${optionValue(spec.memoryFile.path)}`,
         `share=${spec.memoryFile.share ? 'on' : 'off'}`,
         'prealloc=off',
+        ...privateMemoryFileArgs(spec, options.qemuVersion),
       ].join(','),
     );
     machine.push('memory-backend=ram');
@@ -172,6 +201,9 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
     'discard=unmap',
   ];
   if (spec.rootDisk.readOnly) drive.push('read-only=on');
+  // Saving a snapshot inactivates the disk, and a -drive image (auto-read-only=on) then reopens its file read-only
+  // by path, which fails once QEMU is chrooted: a disk opened by path keeps the fd it was opened with instead.
+  else if (!diskFds) drive.push('auto-read-only=off');
   args.push('-drive', drive.join(','), '-device', 'virtio-blk-device,drive=root');
 
   if (spec.network) {
@@ -183,7 +215,8 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
     );
   }
 
-  args.push(...privilegeDropArgs(options.qemuVersion, { runAs: options.runAs, chrootTo: options.confineTo }));
+  const runAs = options.runAs && `${options.runAs.uid}:${options.runAs.gid}`;
+  args.push(...privilegeDropArgs(options.qemuVersion, { runAs, chrootTo: options.confineTo }));
   if (options.startPaused) args.push('-S');
   if (options.incoming) args.push('-incoming', 'defer');
   return args;

@@ -1,16 +1,19 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { access, chmod, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Optional } from '@nestjs/common';
+import { VmCgroups, VmCgroupsConfig, type VmCgroupPlacement } from '../cgroup';
 import { AccelerationProbe } from './acceleration-probe';
 import { hostTscKhz } from './host-tsc';
-import { buildQemuArgs, validateVmSpec } from './qemu-command-line';
+import { buildQemuArgs, SNAPSHOT_SOCKET_NAME, snapshotSocketPath, validateVmSpec } from './qemu-command-line';
 import { parseQemuVersion, readQemuVersionLine, type QemuVersion } from './qemu-version';
 import { QmpClient, type QemuRunState } from './qmp-client';
 import { VmmConfig } from './vmm.config';
+import { processStartTicks, VmmIdentityLeases, type VmmIdentity } from './vmm-identities';
+import { prepareConfinementDir, SnapshotReceiver } from './vm-confinement';
 import {
   InvalidVmSpecError,
   QmpConnectionError,
@@ -38,6 +41,8 @@ interface VmRuntimeRecord {
   pid: number;
   /** Field 22 of /proc/<pid>/stat: tells a live VMM from an unrelated process that reused the pid. */
   processStartTicks: string;
+  /** The uid/gid leased to this VM (absent: QEMU stays root); its exit ends the lease. */
+  identity?: VmmIdentity;
   spec: VmSpec;
   startedAt: string;
 }
@@ -66,14 +71,20 @@ const ADOPTED_LIVENESS_POLL_MS = 500;
 export class QemuMicrovmDriver implements VmmDriver {
   readonly name = 'qemu-microvm';
   private tscKhz: Promise<number | undefined> | undefined;
-  private account: Promise<VmmAccount | undefined> | undefined;
+  /** Per-VM uids (KILN_VMM_UID_BASE/COUNT); undefined when VMMs stay root. */
+  private readonly identities: VmmIdentityLeases | undefined;
   private confinementRoot: Promise<string> | undefined;
   private version: Promise<QemuVersion> | undefined;
 
   constructor(
     @Inject(VmmConfig) private readonly config: VmmConfig,
     @Inject(AccelerationProbe) private readonly acceleration: AccelerationProbe,
-  ) {}
+    // A driver built by hand (tools, test harnesses) takes its cgroup settings from the environment, as VmmConfig does.
+    @Optional() @Inject(VmCgroups) private readonly cgroups: VmCgroups = new VmCgroups(VmCgroupsConfig.fromEnv()),
+  ) {
+    const uids = config.vmmUids;
+    this.identities = uids && new VmmIdentityLeases(join(config.dataDir, 'vmm', 'uid-leases'), uids.base, uids.count);
+  }
 
   async spawn(spec: VmSpec, options: VmStartOptions = {}): Promise<VmHandle> {
     return (await this.startProcess(spec, undefined, options)).complete(false);
@@ -94,10 +105,9 @@ export class QemuMicrovmDriver implements VmmDriver {
     return { handle: started.handle, start: () => started.complete(true) };
   }
 
-  /** The account QEMU drops to (KILN_VMM_USER), looked up once; undefined when VMMs run as root. */
-  private vmmAccount(): Promise<VmmAccount | undefined> {
-    this.account ??= this.config.vmmUser === undefined ? Promise.resolve(undefined) : lookUpAccount(this.config.vmmUser);
-    return this.account;
+  /** Ends the uid lease of a VM whose VMM is gone. */
+  private async releaseIdentity(identity: VmmIdentity | undefined, vmId: string): Promise<void> {
+    if (identity && this.identities) await this.identities.release(identity, vmId).catch(() => undefined);
   }
 
   /** The version of KILN_QEMU_BINARY, read once: it decides how some options are spelt. */
@@ -116,7 +126,7 @@ export class QemuMicrovmDriver implements VmmDriver {
     return this.version;
   }
 
-  /** The empty, root-owned directory clones are chrooted into. */
+  /** The empty, root-owned directory clones are chrooted into (they open nothing by path once running). */
   private emptyRoot(): Promise<string> {
     this.confinementRoot ??= (async () => {
       const dir = join(this.config.dataDir, 'vmm', 'empty-root');
@@ -131,9 +141,15 @@ export class QemuMicrovmDriver implements VmmDriver {
     const record = await readRuntimeRecord(stateDir).catch(() => undefined);
     if (!record) return false;
     const ticks = await processStartTicks(record.pid);
-    if (ticks === undefined || ticks !== record.processStartTicks) return false;
+    if (ticks === undefined || ticks !== record.processStartTicks) {
+      await this.cgroups.release(record.spec.id, record.pid);
+      await this.releaseIdentity(record.identity, record.spec.id);
+      return false;
+    }
     killGroupOrProcess(record.pid);
     for (let waited = 0; waited < 5_000 && (await processStartTicks(record.pid)) === ticks; waited += 10) await delay(10);
+    await this.cgroups.release(record.spec.id, record.pid);
+    await this.releaseIdentity(record.identity, record.spec.id);
     return true;
   }
 
@@ -154,8 +170,13 @@ export class QemuMicrovmDriver implements VmmDriver {
     } catch (error) {
       throw new VmAdoptError(`VM ${record.spec.id}: cannot attach to its QMP socket: ${(error as Error).message}`);
     }
-    const handle = new QemuVmHandle(record.spec, record.pid, qmp, stateDir, undefined, await this.vmmAccount());
+    const handle = new QemuVmHandle(record.spec, record.pid, qmp, stateDir, undefined, record.identity);
     handle.watchAdoptedProcess(record.processStartTicks);
+    // Its lease already names this VMM (bound at start); it ends with the VMM, as for a VM started here.
+    void handle.exited.then(() => this.releaseIdentity(record.identity, record.spec.id));
+    // Its group (if it was started with one) is still in place; its exit releases it as for a VM started here.
+    this.cgroups.adopted(record.spec.id, record.pid);
+    void handle.exited.then(() => this.cgroups.release(record.spec.id, record.pid));
     return handle;
   }
 
@@ -177,31 +198,44 @@ export class QemuMicrovmDriver implements VmmDriver {
     const qmpSocketPath = join(stateDir, STATE_FILES.qmpSocket);
     await rm(qmpSocketPath, { force: true });
 
-    const account = await this.vmmAccount();
-    // Only a restore re-opens its disk after QEMU dropped privileges (when the incoming migration completes); a cold
-    // boot opens it once, as root. (An fd-set image also cannot resolve a relative backing path.)
-    const diskByFd = account !== undefined && snapshot !== undefined && !spec.rootDisk.readOnly;
-    // A clone opens nothing once it runs (its snapshot arrives on an inherited fd): it can be chrooted and kept
-    // from spawning. A VM with a shared memory file is a template boot, whose snapshot is written by a spawned cat.
+    // Only a restore re-opens its disk after QEMU dropped privileges and was chrooted (when the incoming migration
+    // completes); a cold boot opens it once, as root, and keeps that fd. (An fd-set image also cannot resolve a
+    // relative backing path.)
+    const diskByFd = snapshot !== undefined && !spec.rootDisk.readOnly;
+    // A clone opens nothing once it runs (snapshot and disk arrive on inherited fds): the shared empty root does. Any
+    // other VM may be snapshotted, into a socket the agent creates in the VM's own (otherwise empty) chroot.
     const isClone = snapshot !== undefined && spec.memoryFile !== undefined && !spec.memoryFile.share;
+    const confineTo = isClone ? await this.emptyRoot() : await prepareConfinementDir(stateDir);
+    const qemuVersion = await this.qemuVersion();
+    const tcgGuestTscKhz = accelerator === 'tcg' ? await (this.tscKhz ??= hostTscKhz()) : undefined;
+    // A uid of its own: from here on, every way out before the VMM is spawned ends the lease; after, its exit does.
+    const identity = await this.identities?.claim(spec.id);
     const args = buildQemuArgs(resolvedSpec, {
-      qemuVersion: await this.qemuVersion(),
+      qemuVersion,
       accelerator,
       tcgTranslationBufferMib: this.config.tcgTranslationBufferMib,
       qmpSocketPath,
       pidFilePath: join(stateDir, STATE_FILES.pidFile),
       incoming: snapshot !== undefined,
       startPaused: options.startPaused,
-      tcgGuestTscKhz: accelerator === 'tcg' ? await (this.tscKhz ??= hostTscKhz()) : undefined,
-      runAs: account?.name,
+      tcgGuestTscKhz,
+      runAs: identity,
       rootDiskFds: diskByFd ? ROOT_DISK_FDS : undefined,
-      confineTo: isClone ? await this.emptyRoot() : undefined,
+      confineTo,
     });
     // nice and nsenter exec what follows them, so the pid is QEMU's own. Threads inherit the niceness.
     const inNetns: [string, string[]] = spec.network
       ? ['nsenter', [`--net=${spec.network.netnsPath}`, '--', this.config.qemuBinary, ...args]]
       : [this.config.qemuBinary, args];
     const [file, argv] = options.background ? ['nice', ['-n', String(BACKGROUND_NICE), inNetns[0], ...inNetns[1]]] : inNetns;
+
+    let cgroup: VmCgroupPlacement | undefined;
+    try {
+      cgroup = await this.cgroups.prepare(spec.id, { vcpus: spec.vcpus, memoryMib: spec.memoryMib, accelerator });
+    } catch (error) {
+      await this.releaseIdentity(identity, spec.id);
+      throw new VmStartError(`vm ${spec.id}: ${(error as Error).message}`);
+    }
 
     const logFd = openSync(join(stateDir, STATE_FILES.vmmLog), 'a');
     const opened: number[] = [];
@@ -217,11 +251,24 @@ export class QemuMicrovmDriver implements VmmDriver {
       const extra: Array<number | 'ignore'> = [snapshot ? open(snapshot.statePath, 'r') : 'ignore'];
       if (diskByFd) extra.push(open(spec.rootDisk.path, 'r+'), open(spec.rootDisk.path, 'r'));
       child = spawn(file, argv, { detached: true, stdio: ['ignore', logFd, logFd, ...extra] });
+    } catch (error) {
+      await this.releaseIdentity(identity, spec.id);
+      throw error;
     } finally {
       closeSync(logFd);
       for (const fd of opened) closeSync(fd);
     }
     child.unref();
+    // Straight after the exec, long before QEMU has set up the guest: its RAM and every thread it starts are charged
+    // to the VM's group. A failure surfaces below, where the child is killed.
+    let cgroupFailure: unknown;
+    if (cgroup && child.pid !== undefined) {
+      try {
+        cgroup.enterSync(child.pid);
+      } catch (error) {
+        cgroupFailure = error;
+      }
+    }
 
     const exitedEarly = new AbortController();
     const childExit = new Promise<VmExit>((resolve) => {
@@ -234,6 +281,10 @@ export class QemuMicrovmDriver implements VmmDriver {
         resolve({ code, signal, reason: 'process-exit', at: new Date() });
       });
     });
+    // The group lives as long as the VMM process (an adopted VM releases it from adopt()).
+    void childExit.then(() => this.cgroups.release(spec.id, child.pid));
+    // So does the uid lease (bound to the VMM below, so that it outlives this process with the VMM).
+    void childExit.then(() => this.releaseIdentity(identity, spec.id));
 
     const timeoutMs = options.timeoutMs ?? DEFAULT_START_TIMEOUT_MS;
     const fail = async (error: unknown): Promise<never> => {
@@ -258,13 +309,16 @@ export class QemuMicrovmDriver implements VmmDriver {
         child.once('spawn', () => resolve(child.pid as number));
         child.once('error', reject);
       });
+      if (cgroupFailure) throw cgroupFailure;
+      if (identity) await this.identities!.bind(identity, spec.id, pid);
       const qmp = await QmpClient.connect(qmpSocketPath, timeoutMs, exitedEarly.signal);
       const controlReadyMs = performance.now() - launchedAt;
-      const vm = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit, account);
+      const vm = new QemuVmHandle(resolvedSpec, pid, qmp, stateDir, childExit, identity);
       const record: VmRuntimeRecord = {
         driver: 'qemu-microvm',
         pid,
         processStartTicks: (await processStartTicks(pid)) ?? '',
+        identity,
         spec: resolvedSpec,
         startedAt: new Date().toISOString(),
       };
@@ -305,8 +359,8 @@ class QemuVmHandle implements VmHandle {
     private readonly qmp: QmpClient,
     private readonly stateDir: string,
     childExit: Promise<VmExit> | undefined,
-    /** The unprivileged account QEMU runs as; a snapshot it writes must be writable by it. */
-    private readonly account: VmmAccount | undefined,
+    /** The VM's own uid/gid QEMU runs as; the socket its snapshot is written to must be open to it. */
+    private readonly identity: VmmIdentity | undefined,
   ) {
     this.exited = new Promise((resolve) => (this.resolveExited = resolve));
     childExit?.then((exit) => this.markExited(exit));
@@ -396,23 +450,31 @@ class QemuVmHandle implements VmHandle {
     if (status === 'running') await qmp.execute('stop');
     const partial = `${statePath}.partial`;
     await rm(partial, { force: true });
-    // The writer is a `cat` QEMU spawns, as QEMU's own user: it gets a file of its own to write, not the directory.
-    await writeFile(partial, '', { mode: 0o600 });
-    if (this.account) await chown(partial, this.account.uid, this.account.gid);
-    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(partial)}` });
-    const deadline = performance.now() + 120_000;
-    for (;;) {
-      const info = await qmp.execute('query-migrate');
-      if (info.status === 'completed') break;
-      if (info.status === 'failed' || info.status === 'cancelled') {
-        // QEMU often gives no error-desc (an exec: writer that failed only exits): its log says what the writer printed.
-        const vmmLog = (await tail(join(this.stateDir, STATE_FILES.vmmLog), 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
-        throw new VmSnapshotError(`vm ${this.id}: migration ${info.status}: ${info['error-desc'] ?? 'no detail'}${vmmLog ? `; qemu log: ${vmmLog}` : ''}`);
+    // QEMU is chrooted and may not spawn a writer: it connects to a socket the agent listens on in its chroot, and the
+    // agent writes the stream to the file.
+    const receiver = await SnapshotReceiver.listen(snapshotSocketPath(this.stateDir), partial, this.identity);
+    try {
+      await qmp.execute('migrate', { uri: `unix:/${SNAPSHOT_SOCKET_NAME}` });
+      const deadline = performance.now() + 120_000;
+      for (;;) {
+        const info = await qmp.execute('query-migrate');
+        if (info.status === 'completed') break;
+        if (info.status === 'failed' || info.status === 'cancelled') {
+          // QEMU often gives no error-desc: its log says what went wrong.
+          const vmmLog = (await tail(join(this.stateDir, STATE_FILES.vmmLog), 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
+          throw new VmSnapshotError(`vm ${this.id}: migration ${info.status}: ${info['error-desc'] ?? 'no detail'}${vmmLog ? `; qemu log: ${vmmLog}` : ''}`);
+        }
+        if (performance.now() > deadline) throw new VmSnapshotError(`vm ${this.id}: snapshot timed out`);
+        await delay(2);
       }
-      if (performance.now() > deadline) throw new VmSnapshotError(`vm ${this.id}: snapshot timed out`);
-      await delay(2);
+      // QEMU closes the stream once the migration completed: the file is whole when the receiver has written it all.
+      await receiver.written(10_000);
+    } catch (error) {
+      await rm(partial, { force: true });
+      throw error;
+    } finally {
+      await receiver.close();
     }
-    if (this.account) await chown(partial, 0, 0);
     await rename(partial, statePath);
     const { size } = await stat(statePath);
     return { statePath, stateBytes: size, durationMs: performance.now() - started };
@@ -432,8 +494,7 @@ class QemuVmHandle implements VmHandle {
   async kill(): Promise<VmExit> {
     if (this.exitInfo) return this.exitInfo;
     try {
-      // The VMM leads its own process group (detached spawn); the group also holds any
-      // helper it forked, such as the `cat` of a snapshot being written.
+      // The VMM leads its own process group (detached spawn): nice and nsenter exec it, so that is QEMU alone.
       killGroupOrProcess(this.pid);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ESRCH') {
@@ -514,41 +575,12 @@ async function assertReadable(spec: VmSpec, snapshot: VmSnapshotRef | undefined)
   }
 }
 
-interface VmmAccount {
-  name: string;
-  uid: number;
-  gid: number;
-}
-
-/** The passwd entry of the VMM user; a missing one is a host set-up error with a way out in its message. */
-async function lookUpAccount(name: string): Promise<VmmAccount> {
-  const passwd = await readFile('/etc/passwd', 'utf8');
-  for (const line of passwd.split('\n')) {
-    const [user, , uid, gid] = line.split(':');
-    if (user === name && uid !== undefined && gid !== undefined) return { name, uid: Number(uid), gid: Number(gid) };
-  }
-  throw new InvalidVmSpecError(
-    `VMM user ${JSON.stringify(name)} does not exist on this host: create it (npm run up and npm test do: ` +
-      `useradd --system ${name}) or set KILN_VMM_USER=root to run QEMU as root`,
-  );
-}
-
 async function readRuntimeRecord(stateDir: string): Promise<VmRuntimeRecord> {
   return JSON.parse(await readFile(join(stateDir, STATE_FILES.runtime), 'utf8')) as VmRuntimeRecord;
 }
 
-/** Start time of a process in clock ticks since boot, or undefined when it does not exist (or is a zombie). */
-export async function processStartTicks(pid: number): Promise<string | undefined> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    // comm (field 2) may contain spaces and parentheses; fields after it start at the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (fields[0] === 'Z' || fields[0] === 'X') return undefined;
-    return fields[19];
-  } catch {
-    return undefined;
-  }
-}
+// Adopting a VM and leasing its uid both tell a live VMM from a reused pid the same way; tests import it from here.
+export { processStartTicks };
 
 async function writeFileAtomic(path: string, content: string): Promise<void> {
   const partial = `${path}.partial`;
@@ -572,10 +604,6 @@ function killGroupOrProcess(pid: number): void {
     if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
     process.kill(pid, 'SIGKILL');
   }
-}
-
-function shellQuote(value: string): string {
-  return `'${value.replace(/'/g, `'\\''`)}'`;
 }
 
 /** How long a command whose control socket closed waits for the VMM process to be gone (it unmaps guest RAM). */

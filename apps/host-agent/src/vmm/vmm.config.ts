@@ -15,8 +15,11 @@ export class VmmConfig {
     readonly tcgTranslationBufferMib: number,
     /** How long the KVM probe guest may take to print its marker. */
     readonly probeTimeoutMs: number,
-    /** Account QEMU drops to once its devices are open; undefined: QEMU stays root (KILN_VMM_USER=root). */
-    readonly vmmUser?: string,
+    /**
+     * The uids (gid = uid) QEMU drops to once its devices are open, one per VM (KILN_VMM_UID_BASE/COUNT);
+     * undefined: QEMU stays root (KILN_VMM_UID_BASE=0).
+     */
+    readonly vmmUids?: { base: number; count: number },
   ) {}
 
   static from(env: HostVmmEnv): VmmConfig {
@@ -26,7 +29,7 @@ export class VmmConfig {
       env.KILN_VMM_ACCEL as AcceleratorSetting,
       env.KILN_VMM_TCG_TB_MIB,
       env.KILN_VMM_PROBE_TIMEOUT_MS,
-      env.KILN_VMM_USER === 'root' ? undefined : env.KILN_VMM_USER,
+      env.KILN_VMM_UID_BASE === 0 ? undefined : { base: env.KILN_VMM_UID_BASE, count: env.KILN_VMM_UID_COUNT },
     );
   }
 

@@ -12,6 +12,9 @@ export class InvalidVmSpecError extends VmmError {}
 /** The VMM process could not be started or exited before it was ready. */
 export class VmStartError extends VmmError {}
 
+/** Every uid of the VMM range (KILN_VMM_UID_BASE/COUNT) is held by a live VMM. */
+export class VmIdentityExhaustedError extends VmStartError {}
+
 /** The VM is gone (exited or killed) and cannot take the requested action. */
 export class VmNotRunningError extends VmmError {}
 

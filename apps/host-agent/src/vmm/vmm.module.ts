@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
+import { CgroupModule } from '../cgroup/cgroup.module';
 import { TemplateModule } from '../template/template.module';
 import { AccelerationProbe } from './acceleration-probe';
 import { QemuMicrovmDriver } from './qemu-microvm.driver';
@@ -12,7 +13,7 @@ import { VMM_DRIVER } from './vmm-driver';
  * harness) validates the same variables from the environment.
  */
 @Module({
-  imports: [TemplateModule.register()],
+  imports: [TemplateModule.register(), CgroupModule],
   providers: [
     {
       provide: VmmConfig,

@@ -63,6 +63,8 @@ describe('RootfsLayers on real images', () => {
       const layers = await start({ driver: 'qcow2' });
       const layer = await layers.createLayer('sbx-q1', { path: rawSource, format: 'raw' }, work);
       expect(layer).toMatchObject({ path: join(work, 'sbx-q1-rootfs.qcow2'), format: 'qcow2', driver: 'qcow2' });
+      // Only root opens a sandbox's disk (VMMs get it as fds): no VMM uid can read another sandbox's data.
+      expect((await stat(layer.path)).mode & 0o777).toBe(0o600);
       const info = JSON.parse((await runHostCommand('qemu-img', ['info', '--output=json', layer.path])).stdout);
       expect(info).toMatchObject({ format: 'qcow2', 'backing-filename': rawSource, 'backing-filename-format': 'raw' });
       expect(info['virtual-size']).toBe(IMAGE_MIB * MiB);

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { build } from 'esbuild';
@@ -157,6 +158,10 @@ describe('QEMU microvm driver (real TCG VM, base template)', () => {
     await ownerExited;
     await new Promise((r) => setTimeout(r, 200));
     expect(await processStartTicks(pid)).toBeDefined();
+    // Its uid stays leased to it, not to the process that started it and is gone.
+    const vmmUid = Number(/^Uid:\s+(\d+)/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1]);
+    const leasePath = join(ctx.config.dataDir, 'vmm', 'uid-leases', String(vmmUid));
+    expect(JSON.parse(await readFile(leasePath, 'utf8'))).toMatchObject({ vmId: 'ktvm-orphan', pid });
 
     const adopted = await new QemuMicrovmDriver(ctx.config, ctx.probe).adopt(orphanSpec.stateDir);
     expect(adopted.pid).toBe(pid);
@@ -166,6 +171,10 @@ describe('QEMU microvm driver (real TCG VM, base template)', () => {
     const exit = await adopted.stop();
     expect(exit.reason).toMatch(/control-socket-closed|process-gone/);
     expect(await processStartTicks(pid)).toBeUndefined();
+    // The adopting driver ends the lease with the VMM (right after `exited` settles).
+    const leaseGone = async () => (await readFile(leasePath, 'utf8').then(() => false, () => true));
+    for (let waited = 0; waited < 2_000 && !(await leaseGone()); waited += 50) await new Promise((r) => setTimeout(r, 50));
+    expect(await leaseGone()).toBe(true);
   });
 
   it('refuses to adopt a state dir whose VM is gone', async () => {

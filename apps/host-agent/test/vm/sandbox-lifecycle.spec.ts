@@ -1,5 +1,4 @@
 import 'reflect-metadata';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, symlinkSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -168,10 +167,13 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
         expect(live.vm?.pid).toBe(waiting.pid);
         expect(live.record.cloneDir).toBe(waiting.dir);
         expect(await runInSandbox(live, 'echo $FROM_CREATE')).toBe('slpool1\n');
-        // Its VMM dropped to the unprivileged VMM user, sits in an empty chroot and runs under a seccomp filter.
+        // Its VMM dropped to a uid of its own from the VMM range, sits in an empty chroot and runs under a seccomp filter.
         const status = readFileSync(`/proc/${waiting.pid}/status`, 'utf8');
-        const vmmUid = Number(execFileSync('id', ['-u', 'kiln-vmm'], { encoding: 'utf8' }).trim());
-        expect(Number(/^Uid:\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status)?.[1])).toBe(vmmUid);
+        const vmmUid = Number(/^Uid:\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status)?.[1]);
+        const { KILN_VMM_UID_BASE, KILN_VMM_UID_COUNT } = new HostAgentEnv();
+        expect(vmmUid).toBeGreaterThanOrEqual(KILN_VMM_UID_BASE);
+        expect(vmmUid).toBeLessThan(KILN_VMM_UID_BASE + KILN_VMM_UID_COUNT);
+        expect(Number(/^Gid:\s+(\d+)/m.exec(status)?.[1])).toBe(vmmUid);
         expect(/^CapEff:\s+(\w+)/m.exec(status)?.[1]).toBe('0000000000000000');
         expect(/^Seccomp:\s+(\d)/m.exec(status)?.[1]).toBe('2');
         expect(readlinkSync(`/proc/${waiting.pid}/root`)).toBe(realpathSync(join(TEST_DATA_DIR, 'vmm', 'empty-root')));

@@ -4,8 +4,8 @@ import type { TemplateBuild } from '../../src/template';
 import { Cleanup, registerTestTemplate, startVmTestApp, type VmTestApp } from './vm-test-context';
 
 /**
- * The snapshot's device state is written by a `cat` QEMU spawns as the unprivileged VMM user (kiln-vmm), into the
- * snapshot's staging directory: that directory's mode must be set by the agent, not left to its umask.
+ * The snapshot's files are made by the agent (QEMU streams the device state to a socket in its chroot) and read by
+ * every clone's VMM: their modes must be set by the agent, not left to its umask.
  */
 describe('template snapshot with the agent at umask 077 (real TCG VM)', () => {
   let ctx: VmTestApp;
@@ -26,7 +26,7 @@ describe('template snapshot with the agent at umask 077 (real TCG VM)', () => {
     }
   });
 
-  it('makes the snapshot, and the directories the VMM user writes into have explicit modes', async () => {
+  it('makes the snapshot, and its directory and frozen disk have explicit modes', async () => {
     const previousUmask = process.umask(0o077);
     try {
       const snapshot = await ctx.snapshots.ensure('ktvm-umask');

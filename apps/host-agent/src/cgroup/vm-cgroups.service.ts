@@ -1,0 +1,235 @@
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Inject, Injectable, Logger, Optional, type OnModuleInit } from '@nestjs/common';
+import type { CgroupBackend, CgroupLimits } from './cgroup-backend';
+import { detectCgroupHost, v1Usable, v2Usable, type CgroupHost } from './cgroup-detect';
+import { CgroupV1, V1_CONTROLLERS, type V1Controller } from './cgroup-v1';
+import { CgroupV2 } from './cgroup-v2';
+import { CgroupSetupError, CgroupUnavailableError } from './cgroup.errors';
+import { VmCgroupsConfig } from './vm-cgroups.config';
+
+/** Injection token for a backend chosen by the caller instead of by detection (tests). */
+export const CGROUP_BACKEND = Symbol('CGROUP_BACKEND');
+
+/** Period of the CFS bandwidth limit: the kernel default, short enough that a throttled VMM is not visibly jerky. */
+export const CPU_PERIOD_US = 100_000;
+const VM_GROUP_PREFIX = 'vm-';
+const REMOVE_ATTEMPTS = 50;
+const REMOVE_RETRY_MS = 20;
+/**
+ * At start-up, a VM group younger than this may be being set up by another process sharing the parent (tools with
+ * the default kiln-vmm), between creating it and moving its VMM in: not a leftover yet.
+ */
+const FRESH_GROUP_MS = 30_000;
+
+export interface VmResources {
+  vcpus: number;
+  memoryMib: number;
+  accelerator: 'kvm' | 'tcg';
+}
+
+/** A VM's group, created with its limits, waiting for the VMM's pid. */
+export interface VmCgroupPlacement {
+  readonly name: string;
+  readonly limits: CgroupLimits;
+  /** Moves the VMM in; synchronous so it happens before the VMM gets far (see CgroupBackend.enterSync). */
+  enterSync(pid: number): void;
+}
+
+/**
+ * One cgroup per VM under a parent per agent (kiln-<network prefix>): a VMM may use at most its vCPUs' worth of
+ * CPU, its guest RAM plus a measured overhead, and a bounded number of tasks, so one sandbox cannot starve the host
+ * or its neighbours. The driver creates the group before spawning QEMU, moves the pid in straight after, and
+ * releases the group when the VMM exits; start-up removes the empty groups a previous run left behind.
+ */
+@Injectable()
+export class VmCgroups implements OnModuleInit {
+  private readonly logger = new Logger(VmCgroups.name);
+  private started: Promise<CgroupBackend | undefined> | undefined;
+  /** The pid (undefined until entered) each group was made for: a late release must not remove a successor's group. */
+  private readonly owners = new Map<string, number | undefined>();
+
+  constructor(
+    @Inject(VmCgroupsConfig) private readonly config: VmCgroupsConfig,
+    @Optional() @Inject(CGROUP_BACKEND) private readonly backendOverride?: CgroupBackend,
+  ) {}
+
+  async onModuleInit(): Promise<void> {
+    await this.backend();
+  }
+
+  /** 'off' when VMs run without limits (KILN_VMM_CGROUP=off, or auto on a host with neither version usable). */
+  async version(): Promise<'v2' | 'v1' | 'off'> {
+    return (await this.backend())?.version ?? 'off';
+  }
+
+  limitsFor(vm: VmResources): CgroupLimits {
+    const overheadMib = this.config.memoryOverheadMib + (vm.accelerator === 'tcg' ? this.config.tcgTranslationBufferMib : 0);
+    return {
+      cpuQuotaUs: Math.round(((vm.vcpus * 100 + this.config.cpuHeadroomPercent) * CPU_PERIOD_US) / 100),
+      cpuPeriodUs: CPU_PERIOD_US,
+      memoryBytes: (vm.memoryMib + overheadMib) * 1024 * 1024,
+      pidsMax: vm.vcpus + this.config.pidsMargin,
+    };
+  }
+
+  /** Creates the VM's group with its limits; undefined when cgroups are off. */
+  async prepare(vmId: string, vm: VmResources): Promise<VmCgroupPlacement | undefined> {
+    const backend = await this.backend();
+    if (!backend) return undefined;
+    const name = groupName(vmId);
+    const limits = this.limitsFor(vm);
+    try {
+      await backend.create(name, limits).catch(async (error: NodeJS.ErrnoException) => {
+        if (error.code !== 'ENOENT') throw error;
+        // The parent went (host teardown, an operator): made again, with its controllers.
+        await backend.ensureParent();
+        await backend.create(name, limits);
+      });
+    } catch (error) {
+      await backend.remove(name).catch(() => false);
+      throw new CgroupSetupError(`vm ${vmId}: cannot create its cgroup: ${(error as Error).message}`);
+    }
+    this.owners.set(name, undefined);
+    return {
+      name,
+      limits,
+      enterSync: (pid: number) => {
+        try {
+          backend.enterSync(name, pid);
+        } catch (error) {
+          throw new CgroupSetupError(`vm ${vmId}: cannot move pid ${pid} into its cgroup: ${(error as Error).message}`);
+        }
+        this.owners.set(name, pid);
+      },
+    };
+  }
+
+  /** Records the group of a VM this process did not start (adopted after a restart), so its exit releases it. */
+  adopted(vmId: string, pid: number): void {
+    this.owners.set(groupName(vmId), pid);
+  }
+
+  /**
+   * Removes the VM's group once its VMM `pid` is gone. Helpers the VMM left behind (a snapshot writer) are killed
+   * first: the group is the VM's, nothing else runs in it. A group since taken by a VM of the same id is left alone.
+   */
+  async release(vmId: string, pid: number | undefined): Promise<void> {
+    const backend = await this.backend().catch(() => undefined);
+    if (!backend) return;
+    const name = groupName(vmId);
+    if (this.owners.has(name) && this.owners.get(name) !== pid) return;
+    this.owners.delete(name);
+    for (let attempt = 0; attempt < REMOVE_ATTEMPTS; attempt++) {
+      for (const leftover of await backend.processes(name)) {
+        try {
+          process.kill(leftover, 'SIGKILL');
+        } catch {
+          /* exited meanwhile */
+        }
+      }
+      // EBUSY while the killed tasks finish exiting.
+      if (await backend.remove(name).catch(() => false)) return;
+      await delay(REMOVE_RETRY_MS);
+    }
+    // Start-up reconciliation removes it once empty.
+    this.logger.warn(`vm ${vmId}: its cgroup ${backend.paths(name).join(', ')} is still busy; left for the next start`);
+  }
+
+  /**
+   * Empty VM groups under the parent are leftovers of VMs that died while no agent ran: removed. Busy ones are kept,
+   * and so are groups younger than `minAgeMs` (see FRESH_GROUP_MS). Runs at start-up.
+   */
+  async reconcile(minAgeMs = FRESH_GROUP_MS): Promise<{ removed: string[]; kept: string[] }> {
+    const backend = await this.backend();
+    return backend ? reconcileGroups(backend, minAgeMs) : { removed: [], kept: [] };
+  }
+
+  /**
+   * Host teardown, once every VM of the agent is gone: removes the empty VM groups and the parent. Groups that
+   * still hold processes are kept (and so is the parent). Resolves whether everything went.
+   */
+  async removeAll(): Promise<boolean> {
+    const backend = await this.backend();
+    if (!backend) return true;
+    const { kept } = await reconcileGroups(backend, 0);
+    return kept.length === 0 && (await backend.removeParent());
+  }
+
+  /** The VM's group directories (one per v1 hierarchy); [] when cgroups are off. */
+  async paths(vmId: string): Promise<string[]> {
+    return (await this.backend())?.paths(groupName(vmId)) ?? [];
+  }
+
+  async limitsOf(vmId: string): Promise<CgroupLimits | undefined> {
+    return (await this.backend())?.readLimits(groupName(vmId));
+  }
+
+  async processesOf(vmId: string): Promise<number[]> {
+    return (await this.backend())?.processes(groupName(vmId)) ?? [];
+  }
+
+  private backend(): Promise<CgroupBackend | undefined> {
+    this.started ??= this.start();
+    return this.started;
+  }
+
+  private async start(): Promise<CgroupBackend | undefined> {
+    const backend = this.backendOverride ?? selectBackend(this.config, await detectCgroupHost());
+    if (!backend) {
+      if (this.config.mode === 'auto') {
+        this.logger.warn('no usable cgroup v2 or v1 controllers (cpu, memory, pids): VMs run without per-VM limits');
+      }
+      return undefined;
+    }
+    await backend.ensureParent();
+    const { removed, kept } = await reconcileGroups(backend, FRESH_GROUP_MS);
+    this.logger.log(
+      `per-VM cgroup ${backend.version} under ${backend.parentPaths.join(', ')}` +
+        (removed.length + kept.length > 0 ? `: removed ${removed.length} empty group(s), kept ${kept.length} busy` : ''),
+    );
+    return backend;
+  }
+}
+
+export function selectBackend(config: VmCgroupsConfig, host: CgroupHost): CgroupBackend | undefined {
+  const { mode, parent } = config;
+  if (mode === 'off') return undefined;
+  if ((mode === 'auto' || mode === 'v2') && v2Usable(host)) return new CgroupV2(host.v2!.mountPath, parent);
+  if ((mode === 'auto' || mode === 'v1') && v1Usable(host)) {
+    const parents = Object.fromEntries(
+      V1_CONTROLLERS.map((controller) => [controller, join(host.v1Mounts[controller]!, host.v1OwnPaths[controller] ?? '/', parent)]),
+    ) as Record<V1Controller, string>;
+    return new CgroupV1(parents);
+  }
+  if (mode === 'auto') return undefined;
+  const found = host.v2 ? `cgroup2 at ${host.v2.mountPath} with [${host.v2.controllers.join(' ')}]` : 'no cgroup2 mount';
+  const v1 = Object.keys(host.v1Mounts).join(', ') || 'none';
+  throw new CgroupUnavailableError(`KILN_VMM_CGROUP=${mode} but this host has ${found}; v1 controllers: ${v1}`);
+}
+
+async function reconcileGroups(backend: CgroupBackend, minAgeMs: number): Promise<{ removed: string[]; kept: string[] }> {
+  const removed: string[] = [];
+  const kept: string[] = [];
+  for (const name of await backend.children()) {
+    if (!name.startsWith(VM_GROUP_PREFIX)) continue;
+    // Another process sharing the parent (a second tool with the default one) may be between creating a group and
+    // moving its VMM in: a group that new is not a leftover.
+    const ages = await Promise.all(backend.paths(name).map((dir) => stat(dir).then((s) => Date.now() - s.ctimeMs, () => Infinity)));
+    if (Math.min(...ages) < minAgeMs) {
+      kept.push(name);
+      continue;
+    }
+    if ((await backend.processes(name)).length > 0 || !(await backend.remove(name))) kept.push(name);
+    else removed.push(name);
+  }
+  return { removed, kept };
+}
+
+function groupName(vmId: string): string {
+  return `${VM_GROUP_PREFIX}${vmId}`;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
