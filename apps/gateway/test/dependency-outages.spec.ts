@@ -111,12 +111,12 @@ describe('gateway during NATS and Redis outages', () => {
     await eventually('/health to be ok again', async () => (await health()).status === 200, { timeoutMs: 15_000 });
   }, 60_000);
 
-  it('with Redis down still serves the API (rate limit fails open) without delay, /health names redis, and recovers', async () => {
+  it('with Redis down refuses the API with 503 + Retry-After without delay (rate limit fails closed), /health names redis, and recovers', async () => {
     await redis.stop();
     try {
       const answer = await listSandboxes();
-      expect(answer.status).toBe(200);
-      expect(answer.elapsedMs).toBeLessThan(OUTAGE_ANSWER_WITHIN_MS);
+      expectOutageAnswer(answer);
+      expect(answer.body).toMatchObject({ code: 503, message: expect.stringContaining('rate limiting is unavailable') });
       const report = await health();
       expect(report.status).toBe(503);
       expect(report.body.dependencies?.redis.status).toBe('down');
@@ -125,5 +125,6 @@ describe('gateway during NATS and Redis outages', () => {
       await redis.start();
     }
     await eventually('/health to be ok again after Redis is back', async () => (await health()).status === 200, { timeoutMs: 20_000, intervalMs: 500 });
+    await eventually('the API to answer again after Redis is back', async () => (await listSandboxes()).status === 200, { timeoutMs: 20_000, intervalMs: 500 });
   }, 60_000);
 });

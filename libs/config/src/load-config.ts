@@ -10,10 +10,29 @@ export class ConfigError extends Error {
   }
 }
 
+/** Variables that hold secrets: their values never appear in a configuration error (it is logged). */
+const SECRET_VARIABLE = /(TOKEN|KEY|PASSWORD|SECRET)$/;
+
+/** A rejected value as the error may show it: secrets by length only, a URL's password masked. */
+function shownValue(variable: string, value: unknown): string {
+  const text = String(value);
+  if (SECRET_VARIABLE.test(variable)) return `${text.length} characters, not shown`;
+  try {
+    const url = new URL(text);
+    if (url.password) {
+      url.password = '***';
+      return JSON.stringify(url.toString().slice(0, 80));
+    }
+  } catch {
+    // not a URL
+  }
+  return JSON.stringify(text.slice(0, 80));
+}
+
 function describe(errors: ValidationError[]): string {
   return errors
     .map((e) => {
-      const got = e.value === undefined ? 'unset' : `got ${JSON.stringify(String(e.value).slice(0, 80))}`;
+      const got = e.value === undefined ? 'unset' : `got ${shownValue(e.property, e.value)}`;
       const why = Object.values(e.constraints ?? {})[0] ?? 'is invalid';
       return `${why} (${got})`;
     })

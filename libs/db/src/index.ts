@@ -4,6 +4,7 @@ export * from './keyset-cursor';
 export * from './prisma.service';
 export * from './repositories/api-key.repository';
 export * from './repositories/team.repository';
+export * from './repositories/team-quota';
 export * from './repositories/template.repository';
 export * from './repositories/host.repository';
 export * from './repositories/sandbox.repository';

@@ -11,6 +11,11 @@ export interface HttpServiceOptions {
   bodyLimitBytes?: number;
   /** Extra Fastify server options (e.g. `frameworkErrors`, which can only be set at construction). */
   fastifyOptions?: FastifyServerOptions;
+  /**
+   * Proxies (IPs or CIDR blocks) whose X-Forwarded-For/-Host/-Proto Fastify believes (request.ip and friends).
+   * Unset or empty: none, so request.ip is always the connection's peer and no client can claim another address.
+   */
+  trustedProxies?: string[];
   /** Runs after the app is created and before it starts listening (microservices, hooks). */
   configure?: (app: NestFastifyApplication) => Promise<void> | void;
 }
@@ -23,7 +28,7 @@ export interface HttpServiceOptions {
 export async function startHttpService(module: unknown, options: HttpServiceOptions): Promise<NestFastifyApplication> {
   const app = await NestFactory.create<NestFastifyApplication>(
     module as never,
-    new FastifyAdapter({ ...options.fastifyOptions, bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, trustProxy: true }),
+    new FastifyAdapter({ ...options.fastifyOptions, bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, trustProxy: options.trustedProxies?.length ? options.trustedProxies : false }),
     { bufferLogs: true, abortOnError: false },
   );
   app.useLogger(app.get(Logger));

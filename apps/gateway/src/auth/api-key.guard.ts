@@ -2,6 +2,7 @@ import { CanActivate, ExecutionContext, Injectable } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import { ErrorCode, KilnError } from '@kiln/contracts';
 import { HealthController, MetricsController } from '@kiln/telemetry';
+import { UnauthenticatedRequestThrottle } from '../rate-limit/unauthenticated-request-throttle';
 import { ApiKeyAuthenticator } from './api-key-authenticator';
 import { AuthenticatedRequest } from './authenticated-team';
 import { PUBLIC_ROUTE } from './public-route.decorator';
@@ -28,6 +29,7 @@ export class ApiKeyGuard implements CanActivate {
   constructor(
     private readonly reflector: Reflector,
     private readonly authenticator: ApiKeyAuthenticator,
+    private readonly unauthenticated: UnauthenticatedRequestThrottle,
   ) {}
 
   async canActivate(context: ExecutionContext): Promise<boolean> {
@@ -36,10 +38,18 @@ export class ApiKeyGuard implements CanActivate {
     if (this.reflector.getAllAndOverride<boolean>(PUBLIC_ROUTE, [context.getHandler(), context.getClass()])) return true;
 
     const request = context.switchToHttp().getRequest<AuthenticatedRequest>();
+    // Requests without a valid key have a budget per client address, checked before any lookup.
+    await this.unauthenticated.refuseIfOverBudget(request.ip);
     const key = presentedApiKey(request.headers);
-    if (!key) throw new KilnError(ErrorCode.Unauthenticated, 'missing API key: send it in the X-API-Key header');
+    if (!key) {
+      await this.unauthenticated.countFailure(request.ip);
+      throw new KilnError(ErrorCode.Unauthenticated, 'missing API key: send it in the X-API-Key header');
+    }
     const team = await this.authenticator.authenticate(key);
-    if (!team) throw new KilnError(ErrorCode.Unauthenticated, 'invalid API key');
+    if (!team) {
+      await this.unauthenticated.countFailure(request.ip);
+      throw new KilnError(ErrorCode.Unauthenticated, 'invalid API key');
+    }
     request.team = team;
     return true;
   }

@@ -3,6 +3,7 @@ import { ThrottlerStorage } from '@nestjs/throttler';
 import IORedis from 'ioredis';
 import { GatewayEnv, describeError } from '@kiln/config';
 import { DependencyHealth } from '@kiln/telemetry';
+import { RateLimitUnavailableError } from './rate-limit.errors';
 
 type ThrottlerStorageRecord = Awaited<ReturnType<ThrottlerStorage['increment']>>;
 
@@ -14,15 +15,17 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {hits, ttl}`;
 
-/** The longest a request waits on the rate-limit counter before it is let through uncounted. */
+/** The longest a request waits on the rate-limit counter before the counter counts as unreachable. */
 const RATE_LIMIT_REDIS_DEADLINE_MS = 500;
 
 /**
  * Rate-limit counters in Redis, so every gateway replica enforces one shared
- * per-key limit. When Redis is unreachable requests are let through (and
- * /health reports it): rate limiting protects capacity, it must not take the
- * API down with it. Nor may it slow it down: with no offline queue a command
- * fails at once while Redis is away, and any call is cut off after
+ * per-key limit. When Redis is unreachable the limiter fails closed: counting
+ * throws RateLimitUnavailableError (503), because an outage (or an attacker
+ * who causes one) must not switch every limit off; RATE_LIMIT_FAIL_OPEN=true
+ * lets requests through uncounted instead. /health reports it either way. An
+ * outage must not slow requests down: with no offline queue a command fails at
+ * once while Redis is away, and any call is cut off after
  * RATE_LIMIT_REDIS_DEADLINE_MS (a Redis that accepts but does not answer).
  */
 @Injectable()
@@ -30,8 +33,10 @@ export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShu
   private readonly logger = new Logger('rate-limit');
   private readonly redis: IORedis;
   private lastFailureLoggedAt = 0;
+  private readonly failOpen: boolean;
 
   constructor(env: GatewayEnv, health: DependencyHealth) {
+    this.failOpen = env.RATE_LIMIT_FAIL_OPEN;
     this.redis = new IORedis(env.REDIS_URL, {
       lazyConnect: true,
       connectTimeout: 2_000,
@@ -50,13 +55,36 @@ export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShu
       const isBlocked = hits > limit;
       return { totalHits: hits, timeToExpire: secondsLeft, isBlocked, timeToBlockExpire: isBlocked ? secondsLeft : 0 };
     } catch (error) {
-      const now = Date.now();
-      if (now - this.lastFailureLoggedAt > 30_000) {
-        this.lastFailureLoggedAt = now;
-        this.logger.warn(`rate limiting disabled while Redis is unreachable: ${describeError(error)}`);
-      }
+      this.unreachable(error);
       return { totalHits: 0, timeToExpire: Math.ceil(ttl / 1000), isBlocked: false, timeToBlockExpire: 0 };
     }
+  }
+
+  /** The hits counted so far in `key`'s current window, without counting one (0 when it has none). */
+  async hits(key: string): Promise<number> {
+    try {
+      const count = await withDeadline(this.read(key), RATE_LIMIT_REDIS_DEADLINE_MS);
+      return Number(count ?? 0);
+    } catch (error) {
+      this.unreachable(error);
+      return 0;
+    }
+  }
+
+  /** Redis could not count: throws RateLimitUnavailableError unless configured to fail open (then returns). */
+  private unreachable(error: unknown): void {
+    const now = Date.now();
+    if (now - this.lastFailureLoggedAt > 30_000) {
+      this.lastFailureLoggedAt = now;
+      const outcome = this.failOpen ? 'requests pass uncounted (RATE_LIMIT_FAIL_OPEN)' : 'API requests are refused with 503';
+      this.logger.warn(`rate-limit Redis unreachable, ${outcome}: ${describeError(error)}`);
+    }
+    if (!this.failOpen) throw new RateLimitUnavailableError();
+  }
+
+  private async read(key: string): Promise<string | null> {
+    if (this.redis.status === 'wait') await this.redis.connect();
+    return this.redis.get(key);
   }
 
   private async count(key: string, ttl: number): Promise<[number, number]> {

@@ -66,3 +66,98 @@ export function ipListEntries(value: string): string[] {
     .map((entry) => entry.trim())
     .filter((entry) => entry.length > 0);
 }
+
+/**
+ * Words a secret is left at when nobody replaced it: sample values, tutorial defaults and manifest placeholders.
+ * Compared after lower-casing and dropping everything but letters and digits (so `Change_Me`, `change-me-token`).
+ */
+const PLACEHOLDER_FRAGMENTS = ['changeme', 'replaceme', 'placeholder', 'example', 'notasecret', 'insecure', 'dummy', 'fixme'];
+/** Whole values (optionally followed by digits) that are never a real secret. */
+const PLACEHOLDER_WORDS = new Set(['secret', 'password', 'passwd', 'pass', 'token', 'key', 'admin', 'root', 'test', 'default', 'kiln', 'redis', 'postgres', 'qwerty', 'letmein', 'none', 'null', 'empty']);
+
+/** Why `value` is not a secret anyone should run with, or undefined when it may be one. */
+export function placeholderSecretReason(value: string): string | undefined {
+  if (value.trim().length === 0) return 'is empty';
+  const letters = value.toLowerCase().replace(/[^a-z0-9]/g, '');
+  const fragment = PLACEHOLDER_FRAGMENTS.find((f) => letters.includes(f));
+  if (fragment) return `is a placeholder (contains "${fragment}")`;
+  if (PLACEHOLDER_WORDS.has(letters.replace(/\d+$/, ''))) return 'is a well-known default, not a secret';
+  if (/^(.)\1*$/s.test(value)) return 'repeats a single character';
+  if (letters.length > 0 && '0123456789abcdefghijklmnopqrstuvwxyz'.includes(letters) && letters.length >= 4) return 'is a run of consecutive characters';
+  return undefined;
+}
+
+function isProduction(object: unknown): boolean {
+  return (object as { NODE_ENV?: unknown } | undefined)?.NODE_ENV === 'production';
+}
+
+/**
+ * A secret that must have been replaced in production (NODE_ENV=production): empty values and placeholders such as
+ * the ones deploy/base/secret.yaml ships (`change-me…`), `secret`, `password`, all-same-character, are refused with
+ * the variable's name, so a deployment never runs on a secret everyone can read in the repository. Outside
+ * production anything is accepted (tests and the dev stack use readable values).
+ */
+export function IsRealSecretInProduction(options?: ValidationOptions): PropertyDecorator {
+  return (target: object, propertyName: string | symbol) =>
+    registerDecorator({
+      name: 'isRealSecretInProduction',
+      target: target.constructor,
+      propertyName: propertyName as string,
+      options,
+      validator: {
+        validate: (value: unknown, args) => !isProduction(args?.object) || (typeof value === 'string' && placeholderSecretReason(value) === undefined),
+        defaultMessage: (args) =>
+          `${args?.property} ${typeof args?.value === 'string' ? placeholderSecretReason(args.value) : 'is missing'}: production needs a real secret (generate one, e.g. openssl rand -hex 32)`,
+      },
+    });
+}
+
+/**
+ * The password inside a service URL (`redis://:<password>@host`, `postgresql://user:<password>@host`) must be a
+ * real secret in production: not a placeholder, and present unless `passwordOptional` (Postgres can authenticate
+ * without one in the URL: client certificates, peer/trust on the host, PGPASSFILE).
+ */
+export function HasRealUrlPasswordInProduction(options?: ValidationOptions & { passwordOptional?: boolean }): PropertyDecorator {
+  const reason = (value: unknown): string | undefined => {
+    if (typeof value !== 'string') return 'is missing';
+    let url: URL;
+    try {
+      url = new URL(value);
+    } catch {
+      return undefined; // the URL validator reports it
+    }
+    const password = decodeURIComponent(url.password);
+    if (password.length === 0) return options?.passwordOptional ? undefined : 'has no password';
+    const why = placeholderSecretReason(password);
+    return why ? `has a password that ${why}` : undefined;
+  };
+  return (target: object, propertyName: string | symbol) =>
+    registerDecorator({
+      name: 'hasRealUrlPasswordInProduction',
+      target: target.constructor,
+      propertyName: propertyName as string,
+      options,
+      validator: {
+        validate: (value: unknown, args) => !isProduction(args?.object) || reason(value) === undefined,
+        defaultMessage: (args) => `${args?.property} ${reason(args?.value) ?? 'is invalid'}: production needs a real password in it`,
+      },
+    });
+}
+
+/** One IP address or CIDR block (v4 or v6), e.g. `10.0.0.0/8`, `192.0.2.7`, `fd00::/8`. */
+function isAddressOrCidr(entry: string): boolean {
+  const [address, prefix, ...rest] = entry.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}
+
+/** A comma-separated list of at most `max` IP addresses or CIDR blocks; empty is allowed (no entries). */
+export function IsAddressList(max: number, options?: ValidationOptions): PropertyDecorator {
+  const accepts = (value: string) => {
+    const entries = ipListEntries(value);
+    return entries.length <= max && entries.every(isAddressOrCidr);
+  };
+  return stringCheck('isAddressList', accepts, `a comma-separated list of at most ${max} IP addresses or CIDR blocks`, options);
+}

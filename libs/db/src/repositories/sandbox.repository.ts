@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { Prisma, Sandbox } from '@prisma/client';
 import { EgressPolicy, LIVE_SANDBOX_STATES, SandboxNetworkSettings, SandboxState, canTransition } from '@kiln/contracts';
+import { TeamQuota, lockTeamAndCheckQuota } from './team-quota';
 import { SortOrder } from '../keyset-cursor';
 import { PrismaService } from '../prisma.service';
 
@@ -33,7 +34,6 @@ export interface NewSandboxRecord {
   timeoutSeconds: number;
   autoPause: boolean;
   metadata: Record<string, string>;
-  envVars: Record<string, string>;
   network: SandboxNetworkSettings;
   requestKey?: string;
   /** When the create must have reached running (the scheduler's create budget from now). */
@@ -96,14 +96,20 @@ export interface SandboxPageRequest {
 export class SandboxRepository {
   constructor(private readonly prisma: PrismaService) {}
 
-  /** Inserts a pending sandbox; with a request key, a retry returns the existing row instead. */
-  async createPending(input: NewSandboxRecord): Promise<{ sandbox: SandboxRecord; created: boolean }> {
+  /**
+   * Inserts a pending sandbox; with a request key, a retry returns the existing row instead. With `quota` (the
+   * deployment's defaults; the team's own columns override them) the insert happens only if the team stays within
+   * it, else TeamQuotaExceededError: the check and the insert share one transaction holding the team's row lock, so
+   * concurrent creates of one team are counted one after another and cannot together pass the quota.
+   */
+  async createPending(input: NewSandboxRecord, quota?: TeamQuota): Promise<{ sandbox: SandboxRecord; created: boolean }> {
     if (input.requestKey) {
       const existing = await this.prisma.sandbox.findUnique({ where: { requestKey: input.requestKey } });
       if (existing) return { sandbox: existing, created: false };
     }
     try {
       const sandbox = await this.prisma.$transaction(async (tx) => {
+        if (quota) await lockTeamAndCheckQuota(tx, input, quota);
         const row = await tx.sandbox.create({
           data: {
             id: input.id,
@@ -120,7 +126,6 @@ export class SandboxRepository {
             deadlineAt: input.deadlineAt,
             autoPause: input.autoPause,
             metadata: input.metadata,
-            envVars: input.envVars,
             egress: { allowOut: input.network.egress.allowOut, denyOut: input.network.egress.denyOut },
             allowInternetAccess: input.network.allowInternetAccess,
             allowPublicTraffic: input.network.allowPublicTraffic,
