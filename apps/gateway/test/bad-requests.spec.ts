@@ -137,6 +137,9 @@ const cases: BadRequest[] = [
   { name: 'fork: not supported, never "sandbox not found"', method: 'POST', path: `/sandboxes/${SANDBOX}/fork`, body: json({ count: 1 }), status: 501, names: ['fork'] },
   { name: 'pause: not supported, never 409 "already paused"', method: 'POST', path: `/sandboxes/${SANDBOX}/pause`, body: json({}), status: 501, names: ['pause'] },
   { name: 'pause of an unknown sandbox', method: 'POST', path: '/sandboxes/doesnotexist0/pause', body: json({}), status: 404 },
+  // Found by tools/fuzz: class-transformer recursed through the nesting and overflowed the stack (500).
+  { name: 'body nested 5000 levels deep', method: 'POST', path: '/sandboxes/doesnotexist0/pause', body: '{"a":'.repeat(5000) + '1' + '}'.repeat(5000), status: 400, names: ['nests deeper'] },
+  { name: 'body nested 5000 levels deep (create)', method: 'POST', path: '/sandboxes', body: `{"templateID":"base","metadata":${'['.repeat(5000)}${']'.repeat(5000)}}`, status: 400, names: ['nests deeper'] },
   { name: 'autoPause at create (until pause exists)', method: 'POST', path: '/v2/sandboxes', body: json({ templateID: 'base', autoPause: true }), status: 400, names: ['autoPause'] },
   { name: 'template builds with a bad limit', method: 'GET', path: '/templates/base?limit=0', status: 400, names: ['limit'] },
   { name: 'v3 route', method: 'GET', path: '/v3/sandboxes', status: 404 },
@@ -181,4 +184,19 @@ describe.each(cases)('$name: $method $path', (bad) => {
     });
     for (const field of bad.names ?? []) expect(body?.message).toContain(field);
   });
+});
+
+it('answers CONNECT on the REST port with 405 {code, message} instead of dropping the connection (found by tools/fuzz)', async () => {
+  const { connect } = await import('node:net');
+  const answer = await new Promise<string>((resolve, reject) => {
+    const socket = connect(Number(new URL(stack.gateway.apiUrl).port), '127.0.0.1', () =>
+      socket.write(`CONNECT /sandboxes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: ${team.apiKey}\r\n\r\n`),
+    );
+    let text = '';
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    socket.on('close', () => resolve(text));
+    socket.on('error', reject);
+  });
+  expect(answer).toMatch(/^HTTP\/1\.1 405 /);
+  expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toMatchObject({ code: 405, message: expect.any(String) });
 });

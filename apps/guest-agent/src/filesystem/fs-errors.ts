@@ -21,6 +21,8 @@ export function fsConnectError(err: unknown, what: string): ConnectError {
     case 'EINVAL':
     case 'ENAMETOOLONG':
     case 'ELOOP':
+    // Node refuses a path holding a NUL byte before any syscall (no errno): the caller's input, not the agent's fault.
+    case 'ERR_INVALID_ARG_VALUE':
       return new ConnectError(message, Code.InvalidArgument);
     case 'ENOSPC':
       return new ConnectError(message, Code.ResourceExhausted);

@@ -7,6 +7,7 @@ import type { EntryDescriber } from '../filesystem/entry-info';
 import type { FileMetadataStore } from '../filesystem/file-metadata';
 import type { FilesystemService } from '../filesystem/filesystem-service';
 import { createProcessService } from '../process/process-service';
+import { withCallerProtocolErrorsAsInvalidArgument } from '../rpc/protocol-errors';
 import type { ProcessTable } from '../process/process-table';
 import type { AgentState } from '../runtime/agent-state';
 import type { ClockSync } from '../runtime/clock-sync';
@@ -56,6 +57,8 @@ export function createAgentRequestHandler(services: AgentServices): (req: AgentR
     routes: (router) => {
       router.service(Process, createProcessService(services.processes, state, services.users, services.oom));
       router.service(Filesystem, services.filesystem.impl());
+      // The adapter reads router.handlers after this callback: wrapped here, every RPC answers malformed framing 400.
+      router.handlers.splice(0, router.handlers.length, ...router.handlers.map(withCallerProtocolErrorsAsInvalidArgument));
     },
     readMaxBytes: MAX_RPC_MESSAGE_BYTES,
   });

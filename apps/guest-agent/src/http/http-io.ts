@@ -83,6 +83,8 @@ export function fileHttpError(err: unknown, path: string): HttpError {
       return new HttpError(507, 'not enough disk space available');
     case 'ENAMETOOLONG':
     case 'EINVAL':
+    // Node refuses a path holding a NUL byte before any syscall (no errno).
+    case 'ERR_INVALID_ARG_VALUE':
       return new HttpError(400, `invalid path '${path}'`);
     default:
       return new HttpError(500, `error accessing '${path}': ${(err as Error).message}`);

@@ -21,6 +21,8 @@ export class AgentServer {
 
   constructor(handler: (req: AgentRequest, res: AgentResponse) => void) {
     this.http1 = createHttp1Server({ keepAliveTimeout: 65_000, requestTimeout: 0 }, handler);
+    // Node hands CONNECT to a 'connect' listener and, with none, drops the connection unanswered: refuse it in words.
+    this.http1.on('connect', (_req, socket: Duplex) => refuseConnectMethod(socket));
     this.h2c = createH2cServer({}, handler);
     this.tcp = createTcpServer((socket) => this.dispatch(socket));
   }
@@ -66,6 +68,13 @@ export class AgentServer {
     };
     socket.on('data', onData);
   }
+}
+
+/** The answer to an HTTP CONNECT (a forward-proxy tunnel request): envd's `{code, message}`, then the connection ends. */
+export function refuseConnectMethod(socket: Duplex): void {
+  const body = JSON.stringify({ code: 405, message: 'method CONNECT is not allowed' });
+  socket.on('error', () => socket.destroy());
+  socket.end(`HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
 }
 
 /** A socket stand-in that yields the already-read bytes first, then everything the real socket receives. */

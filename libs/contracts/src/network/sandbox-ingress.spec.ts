@@ -1,5 +1,13 @@
 import { fileSignature } from '../guest/envd-auth';
-import { IngressRequest, TRAFFIC_ACCESS_TOKEN_HEADER, applyIngressHeaders, envdAccessDecision, ingressDecision, userPortDecision } from './sandbox-ingress';
+import {
+  IngressRequest,
+  TRAFFIC_ACCESS_TOKEN_HEADER,
+  applyIngressHeaders,
+  envdAccessDecision,
+  forwardableRequestTarget,
+  ingressDecision,
+  userPortDecision,
+} from './sandbox-ingress';
 
 const TOKEN = 'envd-token-1';
 const NOW = 1_700_000_000;
@@ -119,5 +127,19 @@ describe('applyIngressHeaders', () => {
     const unmasked: Record<string, string> = { host: 'caller.example', [TRAFFIC_ACCESS_TOKEN_HEADER]: 't' };
     applyIngressHeaders(unmasked, { allowed: true });
     expect(unmasked).toEqual({ host: 'caller.example' });
+  });
+});
+
+describe('forwardableRequestTarget', () => {
+  it('refuses targets http-proxy would throw on or read as another host (/\\..., found by tools/fuzz)', () => {
+    for (const target of ['/\\', '/\\[', '/\\a b', '/\\evil.example/x', '', '*', 'http://other/x', undefined]) {
+      expect({ target, forwardable: forwardableRequestTarget(target) }).toEqual({ target, forwardable: false });
+    }
+  });
+
+  it('forwards ordinary paths, odd but valid ones included (control)', () => {
+    for (const target of ['/', '/health', '/files?path=/tmp/a%00b', '//double/slash', '/%zz', '/process.Process/Start', '/a\\b']) {
+      expect({ target, forwardable: forwardableRequestTarget(target) }).toEqual({ target, forwardable: true });
+    }
   });
 });

@@ -99,3 +99,22 @@ export function applyIngressHeaders(headers: Record<string, string | string[] | 
   delete headers[TRAFFIC_ACCESS_TOKEN_HEADER];
   if (decision.host !== undefined) headers.host = decision.host;
 }
+
+/** The base http-proxy resolves a request-target against; only a target that keeps it is a plain path. */
+const PROXY_BASE = 'http://base.invalid';
+
+/**
+ * Whether a request-target can be forwarded as the path it is. Both traffic proxies hand the target to http-proxy,
+ * which reads it as a WHATWG URL against a dummy base: `/\x` parses as a network-path reference (the backslash counts
+ * as a slash) naming host `x`, so it either throws (`/\`, `/\[`: a 500 from the gateway, an uncaught exception in the
+ * host agent's synchronous handler) or forwards a different path than the caller sent. Such targets are refused 400.
+ */
+export function forwardableRequestTarget(target: string | undefined): boolean {
+  if (!target?.startsWith('/')) return false;
+  try {
+    // As http-proxy does: a leading '//' is kept as part of the path under the base.
+    return new URL(target.startsWith('//') ? `${PROXY_BASE}${target}` : target, PROXY_BASE).host === 'base.invalid';
+  } catch {
+    return false;
+  }
+}
