@@ -53,6 +53,20 @@ export class ManifestView {
     return { object, template, container: containers[0] };
   }
 
+  /**
+   * The container's environment as an operator deploys it: every value that comes from a Secret passed through
+   * `replace` (real secrets in place of the shipped placeholders).
+   */
+  containerEnvWithSecrets(container: IContainer, replace: (value: string) => string): Record<string, string> {
+    const env = resolveContainerEnv(container, this.sources);
+    return Object.fromEntries([...env].map(([name, { value, source }]) => [name, source.startsWith('Secret ') ? replace(value) : value]));
+  }
+
+  /** Names of the container's variables that come from a Secret. */
+  secretVariables(container: IContainer): string[] {
+    return [...resolveContainerEnv(container, this.sources)].filter(([, { source }]) => source.startsWith('Secret ')).map(([name]) => name);
+  }
+
   /** The container's environment as plain name → value, the way the app sees process.env. */
   containerEnv(container: IContainer): Record<string, string> {
     const env = resolveContainerEnv(container, this.sources);

@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { createHash } from 'node:crypto';
 import { relative } from 'node:path';
 import {
   GatewayEnv,
@@ -30,6 +31,10 @@ import { parseQuantity } from './resource-quantity';
 import { unknownFields, validateAgainstSchema } from './schema-check';
 
 type EnvClass = new () => object;
+
+/** What an operator puts where the Secret says `change-me`: one generated value per placeholder, same across apps. */
+const OPERATOR_SECRET = createHash('sha256').update('kiln deploy test: an operator-generated secret').digest('hex');
+const replacePlaceholders = (value: string) => value.replace(/change-me[a-z-]*/g, (placeholder) => createHash('sha256').update(OPERATOR_SECRET + placeholder).digest('hex'));
 
 /** Each app's workload kind and the env class its main.ts loads. */
 const APPS: Record<string, { kind: 'Deployment' | 'DaemonSet'; env: EnvClass }> = {
@@ -156,7 +161,9 @@ describe('the test renderer of kustomizations', () => {
 describe.each(variants)('$name rendered', ({ view }) => {
   const workload = (app: string) => view.workload<IDeployment | IDaemonSet>(APPS[app].kind, app);
   const containerEnv = (app: string) => view.containerEnv(workload(app).container);
-  const loadedConfig = (app: string) => loadConfig(APPS[app].env, containerEnv(app)) as Record<string, unknown>;
+  /** As an operator deploys it: the Secret's placeholders replaced by real values (README "Secrets"). */
+  const deployedEnv = (app: string) => view.containerEnvWithSecrets(workload(app).container, replacePlaceholders);
+  const loadedConfig = (app: string) => loadConfig(APPS[app].env, deployedEnv(app)) as Record<string, unknown>;
 
   it.each(view.documents.map((d) => [describeDoc(d), d] as const))('%s is still valid against the schema', (_label, doc) => {
     expect(() => validateAgainstSchema(doc.object)).not.toThrow();
@@ -195,6 +202,26 @@ describe.each(variants)('$name rendered', ({ view }) => {
       expect(container.image).toBe(`kiln/${app}:dev`);
       expect(template.metadata?.labels?.['app.kubernetes.io/name']).toBe(app);
       expect(labelsMatch(object.spec?.selector.matchLabels, template.metadata?.labels)).toBe(true);
+    });
+
+    it('refuses to start on the Secret as shipped, naming every placeholder secret it reads (production)', () => {
+      const shipped = containerEnv(app);
+      expect(shipped.NODE_ENV).toBe('production');
+      const secrets = view.secretVariables(workload(app).container);
+      expect(secrets.length).toBeGreaterThan(0);
+      const problems = (env: Record<string, string>) => {
+        try {
+          loadConfig(envClass, env);
+          return '';
+        } catch (error) {
+          return (error as Error).message;
+        }
+      };
+      const refused = problems(shipped);
+      for (const name of secrets) expect(refused).toMatch(new RegExp(`${name} (is a placeholder|has a password that is a placeholder)`));
+      // Control: with the placeholders replaced, none of them is refused (the next test loads the whole config).
+      const replaced = problems(deployedEnv(app));
+      for (const name of secrets) expect(replaced).not.toMatch(new RegExp(`\\b${name} `));
     });
 
     it(`gets only variables ${envClass.name} declares, every required one, with values it accepts`, () => {
@@ -276,6 +303,29 @@ describe.each(variants)('$name rendered', ({ view }) => {
       const ports = service.spec?.ports ?? [];
       expect(ports.length).toBeGreaterThan(0);
       for (const port of ports) expect(containerPortNumber(container, port.targetPort ?? port.port)).toBe(port.port);
+    });
+  });
+
+  describe.each(['scheduler', 'gateway', 'host-agent'])('%s internal mTLS', (app) => {
+    it('reads the internal CA, its certificate and key from a Secret of its own, mounted read-only and readable by its group only', () => {
+      const { template, container } = workload(app);
+      const config = loadedConfig(app);
+      for (const variable of ['KILN_INTERNAL_CA_FILE', 'KILN_INTERNAL_CERT_FILE', 'KILN_INTERNAL_KEY_FILE']) {
+        const file = String(config[variable]);
+        const mount = container.volumeMounts?.find((m) => file.startsWith(`${m.mountPath}/`));
+        const volume = template.spec?.volumes?.find((v) => v.name === mount?.name);
+        expect({ variable, readOnly: mount?.readOnly, secret: volume?.secret?.secretName, mode: volume?.secret?.defaultMode }).toEqual({
+          variable,
+          readOnly: true,
+          secret: `${app}-internal-tls`,
+          mode: 0o440,
+        });
+        // A cert-manager Certificate's Secret holds exactly these keys.
+        expect(['ca.crt', 'tls.crt', 'tls.key']).toContain(file.slice((mount?.mountPath.length ?? 0) + 1));
+      }
+      const pod = template.spec?.securityContext;
+      // Group-readable files: a non-root app reads them through fsGroup (the host agent runs as root).
+      if (pod?.runAsUser !== undefined && pod.runAsUser !== 0) expect(pod.fsGroup).toBe(pod.runAsGroup);
     });
   });
 

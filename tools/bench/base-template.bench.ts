@@ -34,7 +34,7 @@ import { performance } from 'node:perf_hooks';
 import type { Client } from '@connectrpc/connect';
 import type { Process } from '@kiln/proto/process';
 import type { TemplateSnapshot } from '../../apps/host-agent/src/snapshot';
-import { BenchAgent, createPhases, startHostAgent, stopHostAgent } from './support/bench-host-agent';
+import { BenchAgent, agentEnvd, createPhases, startHostAgent, stopHostAgent } from './support/bench-host-agent';
 import { envdProcess, firstStdoutByte } from './support/envd-process';
 import { formatSamples, percentile } from './support/sample-stats';
 import { benchCloneOptions, vmLayerForBench } from './support/vm-layer';
@@ -167,7 +167,7 @@ async function measuredCreate(set: PackageSet, id: string, measure = true): Prom
     sandboxId: id, templateId: 'base', buildId: snapshot.build.buildId, vcpus: snapshot.manifest.vcpus, memoryMib: snapshot.manifest.memoryMib,
     envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 300, teamId: 'bench', egress: { allowOut: [], denyOut: [] },
   });
-  const firstByteMs = await firstStdoutByte(envdProcess(`http://127.0.0.1:${agent.ports.proxy}`, { 'E2b-Sandbox-Id': id, 'X-Access-Token': 'bench-token' }), started);
+  const firstByteMs = await firstStdoutByte(agentEnvd(agent, { 'E2b-Sandbox-Id': id, 'X-Access-Token': 'bench-token' }), started);
   try {
     if (!measure) return;
     record(set, 'create -> first stdout byte of echo (ms)', firstByteMs);

@@ -20,8 +20,7 @@ import { performance } from 'node:perf_hooks';
 import type { EgressPolicy } from '@kiln/contracts';
 import { runCommand } from '../e2e/harness/envd-client';
 import { PUBLIC_HOST, TestInternet } from '../e2e/harness/test-internet';
-import { BenchAgent, createPhases, metricsText, metricValue, poolRefilled, startHostAgent, stopHostAgent } from './support/bench-host-agent';
-import { envdProcess } from './support/envd-process';
+import { BenchAgent, agentEnvd, createPhases, metricsText, metricValue, poolRefilled, startHostAgent, stopHostAgent } from './support/bench-host-agent';
 import { percentile, report } from './support/sample-stats';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 15);
@@ -69,7 +68,7 @@ async function main(): Promise<void> {
         teamId: 'bench',
         egress,
       });
-    const shell = (id: string) => envdProcess(`http://127.0.0.1:${agent!.ports.proxy}`, { 'E2b-Sandbox-Id': id, 'X-Access-Token': TOKEN });
+    const shell = (id: string) => agentEnvd(agent!, { 'E2b-Sandbox-Id': id, 'X-Access-Token': TOKEN });
     console.log(`egress policy benchmark: host agent with a pool of ${POOL_SIZE}, ${host.acceleration === 2 ? 'TCG' : 'KVM'}, template base/${base.buildId}`);
 
     console.log(`\n== create -> running: no policy vs ${FIFTY_RULES.allowOut.length + FIFTY_RULES.denyOut.length} rules, interleaved ==`);

@@ -11,17 +11,22 @@
  *   set -a; source .kiln/dev.env; set +a
  *   node tools/bench/gateway-bench.mjs tools/bench/gateway-e2e.bench.ts
  * Env: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY (from .kiln/dev.env);
- *      HOST_AGENT_GRPC (default 127.0.0.1:50051), HOST_AGENT_PROXY_URL (default http://127.0.0.1:5007);
+ *      HOST_AGENT_GRPC (default 127.0.0.1:50051), HOST_AGENT_PROXY_URL (default https://127.0.0.1:5007);
+ *      KILN_INTERNAL_TLS_DIR (default .kiln/internal-tls): the dev stack's internal CA and certificates, since the
+ *      host agent answers only mTLS; the baseline calls gRPC as the scheduler and its proxy as the gateway would.
  *      BENCH_TEMPLATE (default base), BENCH_ITERATIONS (default 10), BENCH_CONCURRENCY (default 8),
  *      BENCH_CREATES (creates per mode in the throughput phase, default 16), BENCH_SANDBOX_TIMEOUT_MS (default 120000).
  * Every sandbox it makes is killed (or destroyed on the host) before it exits, also on failure.
  */
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { Sandbox } from 'e2b';
 import { GRPC_LOADER_OPTIONS, HOSTAGENT_PACKAGE, HOSTAGENT_PROTO_PATH } from '@kiln/proto';
+import { grpcChannelCredentials, httpsAgentOptions, loadInternalTls } from '@kiln/config/internal-tls';
+import { Agent as UndiciAgent, setGlobalDispatcher } from 'undici';
 import { report } from './support/sample-stats';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 10);
@@ -30,7 +35,10 @@ const CREATES = Number(process.env.BENCH_CREATES ?? 16);
 const TEMPLATE = process.env.BENCH_TEMPLATE ?? 'base';
 const SANDBOX_TIMEOUT_MS = Number(process.env.BENCH_SANDBOX_TIMEOUT_MS ?? 120_000);
 const HOST_AGENT_GRPC = process.env.HOST_AGENT_GRPC ?? '127.0.0.1:50051';
-const HOST_AGENT_PROXY_URL = process.env.HOST_AGENT_PROXY_URL ?? 'http://127.0.0.1:5007';
+const HOST_AGENT_PROXY_URL = process.env.HOST_AGENT_PROXY_URL ?? 'https://127.0.0.1:5007';
+const INTERNAL_TLS_DIR = process.env.KILN_INTERNAL_TLS_DIR ?? join(process.env.KILN_ROOT ?? process.cwd(), '.kiln', 'internal-tls');
+const internalTls = (service: string) =>
+  loadInternalTls({ caFile: join(INTERNAL_TLS_DIR, 'ca.pem'), certFile: join(INTERNAL_TLS_DIR, `${service}.pem`), keyFile: join(INTERNAL_TLS_DIR, `${service}-key.pem`) });
 const ENVD_VERSION = '0.5.7';
 const REQUEST_TIMEOUT_MS = 300_000;
 
@@ -50,7 +58,7 @@ function hostAgentClient(): HostAgentGrpc {
   const root = grpc.loadPackageDefinition(definition) as unknown as Record<string, Record<string, Record<string, grpc.ServiceClientConstructor>>>;
   const [a, b, c] = HOSTAGENT_PACKAGE.split('.');
   const Ctor = (root[a] as unknown as Record<string, Record<string, Record<string, grpc.ServiceClientConstructor>>>)[b][c].HostAgent;
-  return new Ctor(HOST_AGENT_GRPC, grpc.credentials.createInsecure()) as unknown as HostAgentGrpc;
+  return new Ctor(HOST_AGENT_GRPC, grpcChannelCredentials(internalTls('scheduler'), 'host-agent')) as unknown as HostAgentGrpc;
 }
 
 function call<Req, Res>(method: Unary<Req, Res>, client: grpc.Client, request: Req): Promise<Res> {
@@ -158,6 +166,10 @@ async function main(): Promise<void> {
   for (const name of ['E2B_API_URL', 'E2B_SANDBOX_URL', 'E2B_API_KEY']) {
     if (!process.env[name]) throw new Error(`${name} is not set: run \`set -a; source .kiln/dev.env; set +a\` after \`npm run up\``);
   }
+  // The baseline's SDK reaches the host agent's proxy directly, which answers only the gateway's certificate. The SDK
+  // takes no TLS options, so the process's fetch presents it (only https connections use it: the gateway's API is http).
+  const proxyTls = httpsAgentOptions(internalTls('gateway'), 'host-agent');
+  setGlobalDispatcher(new UndiciAgent({ connect: { ca: proxyTls.ca, cert: proxyTls.cert, key: proxyTls.key, checkServerIdentity: proxyTls.checkServerIdentity } }));
   console.log(`gateway e2e benchmark: template ${TEMPLATE}, ${ITERATIONS} iterations, gateway ${process.env.E2B_API_URL}, host agent ${HOST_AGENT_GRPC}`);
   const direct = new DirectHost();
   const gateway = new ThroughGateway();

@@ -29,7 +29,7 @@ import { Process } from '@kiln/proto/process';
 import { waitForGuestAgent } from '../../apps/host-agent/src/guest-agent-client';
 import { coldBootSpec } from '../../apps/host-agent/src/template';
 import type { VmHandle } from '../../apps/host-agent/src/vmm';
-import { BenchAgent, createPhases, metricsText, metricValue, poolRefilled, startHostAgent, stopHostAgent } from './support/bench-host-agent';
+import { BenchAgent, agentEnvd, createPhases, metricsText, metricValue, poolRefilled, startHostAgent, stopHostAgent } from './support/bench-host-agent';
 import { envdProcess, firstStdoutByte } from './support/envd-process';
 import { percentile, report } from './support/sample-stats';
 import { benchCloneOptions, vmLayerForBench } from './support/vm-layer';
@@ -81,7 +81,7 @@ async function main(): Promise<void> {
     const kilnFirstByte = async (agent: BenchAgent, id: string) => {
       const started = performance.now();
       await create(agent, id);
-      const ms = await firstStdoutByte(envdProcess(`http://127.0.0.1:${agent.ports.proxy}`, { 'E2b-Sandbox-Id': id, 'X-Access-Token': 'bench-token' }), started);
+      const ms = await firstStdoutByte(agentEnvd(agent, { 'E2b-Sandbox-Id': id, 'X-Access-Token': 'bench-token' }), started);
       await agent.client.destroySandbox({ sandboxId: id });
       return ms;
     };
@@ -159,7 +159,7 @@ async function main(): Promise<void> {
     for (const id of onDemandIdle) await create(onDemand, id);
     // One of the on-demand sandboxes runs one command (the SDK's shape), to show what use costs.
     const used = onDemandIdle[0];
-    await runOnce(envdProcess(`http://127.0.0.1:${onDemand.ports.proxy}`, { 'E2b-Sandbox-Id': used, 'X-Access-Token': 'bench-token' }), '/bin/bash', ['-l', '-c', 'true']);
+    await runOnce(agentEnvd(onDemand, { 'E2b-Sandbox-Id': used, 'X-Access-Token': 'bench-token' }), '/bin/bash', ['-l', '-c', 'true']);
     await poolRefilled(pooled, POOL_SIZE);
     await new Promise((r) => setTimeout(r, 5_000));
     const pidOf = async (agent: BenchAgent, id: string) => (await agent.client.getSandbox({ sandboxId: id })).pid;

@@ -3,6 +3,12 @@
 # files under a run folder. Sourced by up.sh, down.sh and the e2e test harness.
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=internal-tls.sh
+source "$(dirname "${BASH_SOURCE[0]}")/internal-tls.sh"
+# shellcheck source=nats.sh
+source "$(dirname "${BASH_SOURCE[0]}")/nats.sh"
+# shellcheck source=redis.sh
+source "$(dirname "${BASH_SOURCE[0]}")/redis.sh"
 
 RUN_DIR=${RUN_DIR:-$KILN_STATE/run}
 APPS=(scheduler host-monitor template-builder host-agent gateway)
@@ -32,13 +38,19 @@ stack_env() {
     chmod 600 "$secrets"
     grep -q '^HOST_REGISTRATION_TOKEN=' "$secrets" || echo "HOST_REGISTRATION_TOKEN=$(random_secret 24)" >> "$secrets"
     grep -q '^KILN_SANDBOX_TOKEN_KEY=' "$secrets" || echo "KILN_SANDBOX_TOKEN_KEY=$(random_secret 48)" >> "$secrets"
+    grep -q '^KILN_REDIS_PASSWORD=' "$secrets" || echo "KILN_REDIS_PASSWORD=$(random_secret 32)" >> "$secrets"
+    ensure_nats_secrets "$secrets"
   )
   set -a
   # shellcheck disable=SC1090
   source "$secrets"
   DATABASE_URL=${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/kiln}
-  NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
-  REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+  # The stack's own authenticated NATS (nats.sh), not the machine's anonymous one.
+  KILN_NATS_PORT=${KILN_NATS_PORT:-4223}
+  NATS_URL=nats://127.0.0.1:$KILN_NATS_PORT
+  # The stack's own password-protected Redis (redis.sh), not the machine's open one on 6379.
+  KILN_REDIS_PORT=${KILN_REDIS_PORT:-6380}
+  REDIS_URL=redis://:$KILN_REDIS_PASSWORD@127.0.0.1:$KILN_REDIS_PORT
   NODE_ENV=${NODE_ENV:-production}
   KILN_HOST_ID=${KILN_HOST_ID:-$(hostname -s)}
   # seed-dev.cjs reads these to find the state dir and to print the URLs of dev.env.
@@ -98,6 +110,29 @@ ensure_dev_certificate() {
   export TLS_CERT_FILE="$dir/wildcard.pem" TLS_KEY_FILE="$dir/wildcard-key.pem" KILN_DEV_CA_FILE="$dir/ca.pem"
 }
 
+# The internal plane's mTLS (host agent gRPC and proxy; libs/config/src/internal-tls.ts): a CA of its own (key 0600)
+# and the scheduler's, gateway's and host agent's certificates under $KILN_STATE/internal-tls, made once and kept
+# across `down`, each renewed by ensure_internal_tls (internal-tls.sh) when it nears expiry. The CA is separate from
+# the TLS listener's: that one is trusted by SDK users, this one vouches only for Kiln's own services.
+ensure_internal_certificates() {
+  local dir="$KILN_STATE/internal-tls" addresses=127.0.0.1,localhost
+  case ",$addresses," in *",${KILN_HOST_ADDRESS:-127.0.0.1},"*) ;; *) addresses="$addresses,$KILN_HOST_ADDRESS" ;; esac
+  ensure_internal_tls "$dir" "$addresses" scheduler gateway host-agent || die "could not make the internal certificates in $dir"
+  export KILN_INTERNAL_CA_FILE="$dir/ca.pem"
+}
+
+# The internal certificate and key of an app that has one (start_app), as env assignments.
+internal_tls_env_of() {
+  case $1 in
+    scheduler | gateway | host-agent)
+      [ -n "${KILN_INTERNAL_CA_FILE:-}" ] || return 0
+      local dir
+      dir=$(dirname "$KILN_INTERNAL_CA_FILE")
+      echo "KILN_INTERNAL_CERT_FILE=$dir/$1.pem" "KILN_INTERNAL_KEY_FILE=$dir/$1-key.pem"
+      ;;
+  esac
+}
+
 # After the gateway is up: api.<domain> resolves to loopback through the machine's resolver (only checked for a
 # .localhost domain: any other needs DNS of its own) and the TLS listener answers there with the dev certificate.
 check_domain_mode() {
@@ -152,7 +187,11 @@ start_app() {
     stop_app "$app"
   fi
   # setsid: each app leads its own session so `down` can signal exactly what it started.
-  HTTP_PORT=${HEALTH_PORT[$app]} setsid node "$ROOT/apps/$app/dist/main.js" >>"$RUN_DIR/$app.log" 2>&1 < /dev/null &
+  local tls_env
+  read -r -a tls_env <<< "$(internal_tls_env_of "$app")"
+  local nats_env
+  read -r -a nats_env <<< "$(nats_env_of "$app")"
+  env "${tls_env[@]}" "${nats_env[@]}" HTTP_PORT="${HEALTH_PORT[$app]}" setsid node "$ROOT/apps/$app/dist/main.js" >>"$RUN_DIR/$app.log" 2>&1 < /dev/null &
   echo $! > "$RUN_DIR/$app.pid"
   echo "$build" > "$RUN_DIR/$app.build"
 }

@@ -11,6 +11,9 @@ stop_app host-agent
 if [ -f "$ROOT/apps/host-agent/dist/teardown.js" ]; then
   node "$ROOT/apps/host-agent/dist/teardown.js" || log "host teardown reported problems (see above)"
 fi
+# After every app: none of them may lose NATS while it still runs. Its JetStream store ($KILN_STATE/nats) stays.
+stop_stack_nats
+stop_stack_redis
 rm -f "$KILN_STATE/dev.env"
 # The gateway took its TLS listener with it; the local CA and certificate ($KILN_STATE/tls) stay for the next up, so
 # a CA a developer has trusted keeps working.

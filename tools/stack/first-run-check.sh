@@ -7,7 +7,7 @@
 # works on a prepared machine (the umask 077 leak of apps.sh: a 500 on the first create) goes unnoticed.
 #
 # The stack under test is isolated from a developer's stack and from the e2e suites' (so it may run beside them):
-# its own ports, network prefix and slot CIDR, host id, Postgres database, Redis DB index and a private NATS. Only
+# its own ports, network prefix and slot CIDR, host id, Postgres database, and the stack's own NATS and Redis. Only
 # the Debian package download cache is shared (KILN_DEB_CACHE): downloads, never built images or templates.
 #
 # Rounds (KILN_FIRST_RUN_UMASKS, default "inherit 077"): a full round under the caller's umask (CI's 022), and a
@@ -16,7 +16,6 @@
 #
 # Environment (all optional):
 #   KILN_FIRST_RUN_UMASKS     rounds to run, e.g. "inherit" or "077" (default "inherit 077")
-#   KILN_FIRST_RUN_REDIS_DB   Redis DB index, flushed before and after (default 9; e2e uses 7)
 #   KILN_FIRST_RUN_PREFIX     network prefix (default kfr), KILN_FIRST_RUN_SLOT_CIDR (default 10.209.0.0/24)
 #   KILN_DEB_CACHE            shared package download cache (default /var/lib/kiln/cache/debs)
 #   KILN_FIRST_RUN_KEEP       1: keep the temp dirs and logs (the stack is still torn down)
@@ -27,7 +26,6 @@ UP_TIMEOUT=900      # a fresh `up`: build (no-op when built), guest image (~45 s
 DOWN_TIMEOUT=180
 EXAMPLE_TIMEOUT=300 # the first create may wait for the template's snapshot under TCG
 ROUNDS=${KILN_FIRST_RUN_UMASKS:-inherit 077}
-REDIS_DB=${KILN_FIRST_RUN_REDIS_DB:-9}
 PREFIX=${KILN_FIRST_RUN_PREFIX:-kfr}
 SLOT_CIDR=${KILN_FIRST_RUN_SLOT_CIDR:-10.209.0.0/24}
 
@@ -46,7 +44,6 @@ TMP_ROOT=$(mktemp -d /tmp/kiln-first-run.XXXXXX)
 chmod 0755 "$TMP_ROOT"
 NATS_PID=
 DB_NAME=kiln_first_run_$$_$RANDOM
-REDIS_URL_BASE=redis://127.0.0.1:6379
 ROUND_DIR=
 declare -a STACK_PIDS=()
 
@@ -90,7 +87,8 @@ unmount_under() {
 # Runs the README's commands with the round's isolated settings.
 round_env() {
   export KILN_STATE="$ROUND_DIR/state" KILN_DATA_DIR="$ROUND_DIR/data"
-  export DATABASE_URL="postgresql://postgres@127.0.0.1:5432/$DB_NAME" REDIS_URL="$REDIS_URL_BASE/$REDIS_DB" NATS_URL
+  # The stack runs its own authenticated nats-server (tools/stack/nats.sh), here on a port of the round's.
+  export DATABASE_URL="postgresql://postgres@127.0.0.1:5432/$DB_NAME" KILN_NATS_PORT=${PORTS[9]} KILN_REDIS_PORT=${PORTS[11]}
   export KILN_NETWORK_PREFIX="$PREFIX" KILN_SLOT_CIDR="$SLOT_CIDR" KILN_HOST_ID=first-run
   export KILN_DEB_CACHE=${KILN_DEB_CACHE:-/var/lib/kiln/cache/debs}
   export GATEWAY_HTTP_PORT=${PORTS[0]} SCHEDULER_HTTP_PORT=${PORTS[1]} TEMPLATE_BUILDER_HTTP_PORT=${PORTS[2]}
@@ -98,6 +96,10 @@ round_env() {
   export GRPC_PORT=${PORTS[6]} PROXY_PORT=${PORTS[7]} KILN_EGRESS_PROXY_PORT=${PORTS[8]} TLS_PORT=${PORTS[10]}
   # Settings a caller's environment may carry that would point the stack elsewhere.
   unset HTTP_PORT RUN_DIR KILN_HOST_STATE_KEY HOST_REGISTRATION_TOKEN KILN_SANDBOX_TOKEN_KEY TLS_CERT_FILE TLS_KEY_FILE KILN_DEV_CA_FILE
+  unset NATS_URL NATS_USER NATS_PASSWORD
+  # The stack runs its own password-protected redis-server (tools/stack/redis.sh), here on a port of the round's.
+  unset REDIS_URL KILN_REDIS_PASSWORD
+  unset KILN_INTERNAL_CA_FILE KILN_INTERNAL_CERT_FILE KILN_INTERNAL_KEY_FILE
 }
 
 npm_run() { # npm_run <up|down> <timeout> <log>
@@ -214,7 +216,6 @@ cleanup() {
   force_down || true
   if [ -n "$NATS_PID" ]; then stop_pid "$NATS_PID"; fi
   psql_admin -c "drop database if exists \"$DB_NAME\" with (force)" >/dev/null 2>&1 || say "could not drop database $DB_NAME"
-  redis-cli -n "$REDIS_DB" flushdb >/dev/null 2>&1 || true
   unmount_under "$TMP_ROOT"
   if [ "${KILN_FIRST_RUN_KEEP:-0}" = 1 ]; then
     say "kept $TMP_ROOT"
@@ -227,25 +228,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Nine ports for the stack (five HTTP, sandbox traffic, gRPC, agent proxy, egress proxy), one for NATS and one for
-# the gateway's TLS listener (the dev stack holds 443), all held open at once so they are distinct.
+# Nine ports for the stack (five HTTP, sandbox traffic, gRPC, agent proxy, egress proxy), one for NATS, one for the
+# gateway's TLS listener (the dev stack holds 443) and one for Redis, all held open at once so they are distinct.
 mapfile -t PORTS < <(node -e "
   const net = require('node:net');
-  const servers = Array.from({ length: 11 }, () => net.createServer());
+  const servers = Array.from({ length: 12 }, () => net.createServer());
   Promise.all(servers.map((s) => new Promise((r) => s.listen(0, '127.0.0.1', () => r(s.address().port)))))
     .then((ports) => { console.log(ports.join('\n')); servers.forEach((s) => s.close()); });")
-[ "${#PORTS[@]}" = 11 ] || { say "could not find free ports"; exit 1; }
+[ "${#PORTS[@]}" = 12 ] || { say "could not find free ports"; exit 1; }
 
-# A private NATS: on a shared one, a developer's scheduler in the same queue group could answer our gateway.
-mkdir -p "$TMP_ROOT/nats"
-setsid nats-server -a 127.0.0.1 -p "${PORTS[9]}" -js -sd "$TMP_ROOT/nats/js" >"$TMP_ROOT/nats/nats.log" 2>&1 </dev/null &
-NATS_PID=$!
-NATS_URL="nats://127.0.0.1:${PORTS[9]}"
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/${PORTS[9]}") 2>/dev/null && break; sleep 0.1; done
-alive "$NATS_PID" || { say "private nats-server did not start: $(tail -n 3 "$TMP_ROOT/nats/nats.log")"; exit 1; }
-redis-cli -n "$REDIS_DB" flushdb >/dev/null
 
-say "temp root $TMP_ROOT, database $DB_NAME, redis db $REDIS_DB, nats :${PORTS[9]}, prefix $PREFIX, slots $SLOT_CIDR, gateway :${PORTS[0]}"
+say "temp root $TMP_ROOT, database $DB_NAME, redis :${PORTS[11]}, nats :${PORTS[9]}, prefix $PREFIX, slots $SLOT_CIDR, gateway :${PORTS[0]}"
 started=$SECONDS
 
 for round in $ROUNDS; do

@@ -3,7 +3,7 @@
 # checks before it acts, so a second run on a prepared machine is fast.
 set -euo pipefail
 # Everything the stack makes is read by other users: the guest image and template tree by QEMU once it dropped to
-# kiln-vmm, the guest agent bundle inside the guest, the apps' data dirs. A user's shell may have umask 077; the
+# its VM's own uid, the guest agent bundle inside the guest, the apps' data dirs. A user's shell may have umask 077; the
 # stack's modes must not depend on it (secrets.env sets its own 0600). The apps inherit this, as under systemd.
 umask 022
 
@@ -40,13 +40,6 @@ ensure_apt_packages() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-}
-
-# The unprivileged account every QEMU switches to once its devices are open (KILN_VMM_USER).
-ensure_vmm_user() {
-  local user=${KILN_VMM_USER:-kiln-vmm}
-  [ "$user" = root ] && return 0
-  id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
 }
 
 # The hosts line of an nsswitch.conf with `myhostname` before `dns` (appended when there is no dns; the file's other

@@ -8,7 +8,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_root
 ensure_apt_packages
 ensure_services
-ensure_vmm_user
 ensure_npm
 generate_and_build
 build_guest_image

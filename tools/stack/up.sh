@@ -7,13 +7,15 @@ ensure_root
 ensure_apt_packages
 ensure_loopback_names
 ensure_services
-ensure_vmm_user
 ensure_npm
 generate_and_build
 build_guest_image
 stack_env
 ensure_dev_certificate
+ensure_internal_certificates
 ensure_database "$(database_name)"
+ensure_stack_nats
+ensure_stack_redis
 
 # A gateway an earlier `up` left running may predate the TLS listener, or serve another domain or certificate. It
 # keeps no state, so it is restarted rather than left serving the old configuration.

@@ -2,7 +2,7 @@ import { DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD } from '@nestjs/core';
 import { ConfigModule, GatewayEnv } from '@kiln/config';
 import { DbModule } from '@kiln/db';
-import { MessagingModule } from '@kiln/messaging';
+import { MessagingModule, natsAuthOf } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
 import { ApiKeyGuard } from './auth/api-key.guard';
 import { AuthModule } from './auth/auth.module';
@@ -28,7 +28,7 @@ export class AppModule {
         TelemetryModule.forRoot({ service: SERVICE_NAME, logLevel: env.LOG_LEVEL }),
         // Migrations are advisory-locked and idempotent, so whichever app starts first on a fresh database applies them.
         DbModule.forRoot({ databaseUrl: env.DATABASE_URL, migrate: true }),
-        MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME }),
+        MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME, auth: natsAuthOf(env), jetStream: false }),
         AuthModule,
         RateLimitModule,
         GatewayHealthModule,

@@ -1,8 +1,10 @@
-import { GatewayEnv } from '@kiln/config';
+import type { Duplex } from 'node:stream';
+import { GatewayEnv, ipListEntries } from '@kiln/config';
 import { Module } from '@nestjs/common';
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { startHttpService } from '@kiln/telemetry';
 import { AppModule } from './app.module';
+import { refuseConnectMethod } from './http-errors/connect-method';
 import { frameworkErrors } from './http-errors/framework-errors';
 import { requireJsonBodies } from './http-errors/json-body-policy';
 import { OpenApiDocument } from './openapi/openapi-document';
@@ -43,8 +45,11 @@ export async function startGateway(env: GatewayEnv, options: { host?: string } =
       host: options.host,
       bodyLimitBytes: API_BODY_LIMIT_BYTES,
       fastifyOptions: { frameworkErrors },
+      // The client address (per-address rate limits) comes from X-Forwarded-For only behind these proxies.
+      trustedProxies: ipListEntries(env.TRUSTED_PROXIES),
       configure: (created) => {
         requireJsonBodies(created.getHttpAdapter().getInstance());
+        created.getHttpServer().on('connect', (_req: unknown, socket: Duplex) => refuseConnectMethod(socket));
         // The SDK also runs in browsers. Keys travel in headers, never cookies, so any origin may call.
         created.enableCors({ origin: '*', credentials: false, exposedHeaders: ['x-next-token', 'x-total-running', 'retry-after'], maxAge: 600 });
         created.get(OpenApiDocument).build(created);

@@ -1,7 +1,7 @@
 import 'reflect-metadata';
 import { createHash } from 'node:crypto';
 import { IncomingMessage, Server, createServer, request } from 'node:http';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { SandboxState } from '@kiln/contracts';
 import { fileSignature } from '@kiln/contracts/envd-auth';
 import { MetricsRegistry } from '@kiln/telemetry';
@@ -132,6 +132,17 @@ function upgradeStatus(headers: Record<string, string>): Promise<number> {
     });
     req.on('error', reject);
     req.end();
+  });
+}
+
+/** One request written as raw bytes (fetch would normalise what these tests send) and everything answered. */
+function rawExchange(raw: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(new URL(stack.gateway.sandboxUrl).port), '127.0.0.1', () => socket.write(raw));
+    let text = '';
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    socket.on('close', () => resolve(text));
+    socket.on('error', reject);
   });
 }
 
@@ -351,6 +362,23 @@ describe('sandbox traffic routing', () => {
       expect(response.status).toBe(400);
       expect(await response.json()).toMatchObject({ code: 400, message: expect.any(String), error_code: 'invalid_argument' });
     }
+  });
+
+  it('answers 400 for a request-target http-proxy cannot forward as a path (/\\, found by tools/fuzz: was a 500)', async () => {
+    const hitsBefore = upstream.hits;
+    const headers = Object.entries(addressed(sandboxId)).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+    const answer = await rawExchange(`GET /\\ HTTP/1.1\r\nHost: x\r\n${headers}Connection: close\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toMatchObject({ code: 400, error_code: 'invalid_argument' });
+    expect(upstream.hits).toBe(hitsBefore);
+    // Control: the same request with a plain path is forwarded.
+    expect((await send('/plain', addressed(sandboxId))).status).toBeLessThan(500);
+  });
+
+  it('answers CONNECT with 405 {code, message} instead of dropping the connection unanswered', async () => {
+    const answer = await rawExchange('CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 405 /);
+    expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toMatchObject({ code: 405, message: expect.any(String) });
   });
 
   it('refuses a WebSocket upgrade for an unknown sandbox with a 502 response, not a hang', async () => {

@@ -1,7 +1,7 @@
 import { DynamicModule, Module } from '@nestjs/common';
 import { APP_INTERCEPTOR } from '@nestjs/core';
 import { ConfigModule, HostAgentEnv } from '@kiln/config';
-import { MessagingModule } from '@kiln/messaging';
+import { MessagingModule, natsAuthOf } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
 import { ControlPlaneModule } from './control-plane/control-plane.module';
 import { EgressProxyModule } from './egress-proxy';
@@ -22,7 +22,7 @@ export class AppModule {
       imports: [
         ConfigModule.forRoot(HostAgentEnv, env),
         TelemetryModule.forRoot({ service: SERVICE_NAME, logLevel: env.LOG_LEVEL }),
-        MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME }),
+        MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME, auth: natsAuthOf(env) }),
         sandboxes,
         ControlPlaneModule.register(host, sandboxes),
         ProxyModule.register(sandboxes),

@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import { HostMonitorEnv, loadConfig, runOrExit } from '@kiln/config';
-import { natsServerOptions } from '@kiln/messaging';
+import { natsAuthOf, natsServerOptions } from '@kiln/messaging';
 import { startHttpService } from '@kiln/telemetry';
 import { AppModule, SERVICE_NAME } from './app.module';
 
@@ -9,7 +9,7 @@ void runOrExit(SERVICE_NAME, async () => {
   await startHttpService(AppModule.forRoot(env), {
     port: env.HTTP_PORT,
     configure: (app) => {
-      app.connectMicroservice(natsServerOptions(env.NATS_URL, SERVICE_NAME), { inheritAppConfig: true });
+      app.connectMicroservice(natsServerOptions(env.NATS_URL, SERVICE_NAME, natsAuthOf(env)), { inheritAppConfig: true });
     },
   });
 });

@@ -5,7 +5,7 @@ import { INestApplicationContext } from '@nestjs/common';
 import { HostMonitorEnv, loadConfig } from '@kiln/config';
 import { PrismaService } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
-import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
+import { MessagingClient, MessagingModule, hostHeartbeatSubject, natsServerOptions } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
 import { PrivateServer, startPrivateNats } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
@@ -51,12 +51,33 @@ describe('host-monitor heartbeats (real NATS, Postgres)', () => {
       readyCloneTemplates: ['base'],
       sandboxIds: ['a', 'b'],
     };
-    await messaging.emit(Subjects.hostHeartbeat, heartbeat);
+    await messaging.emit(hostHeartbeatSubject(hostId), heartbeat);
     const liveness = monitor.get(HostLivenessService);
     for (let i = 0; i < 50 && liveness.lastSeenAt(hostId) === undefined; i++) await new Promise((r) => setTimeout(r, 50));
     expect(liveness.lastSeenAt(hostId)).toBeDefined();
     const metrics = await (await fetch(`${await monitor.getUrl()}/metrics`)).text();
     expect(metrics).toContain(`kiln_host_sandboxes{host="${hostId}",service="host-monitor"} 2`);
+  });
+
+  it("ignores a heartbeat about one host sent on another host's subject (only the subject's host id is vouched for)", async () => {
+    const messaging = agent.get(MessagingClient);
+    const liveness = monitor.get(HostLivenessService);
+    const forgedFor = `${hostId}-victim`;
+    const beat = (about: string) => ({
+      hostId: about,
+      at: new Date().toISOString(),
+      capacity: { vcpus: 1, memoryMib: 1, sandboxes: 1 },
+      usage: { vcpus: 0, memoryMib: 0, sandboxes: 0 },
+      templates: [],
+      readyCloneTemplates: [],
+      sandboxIds: [],
+    });
+    // The forged one first, then a genuine one of the sender: once that arrives, the forged one was handled too.
+    await messaging.emit(hostHeartbeatSubject(`${hostId}-sender`), beat(forgedFor));
+    await messaging.emit(hostHeartbeatSubject(`${hostId}-sender`), beat(`${hostId}-sender`));
+    for (let i = 0; i < 50 && liveness.lastSeenAt(`${hostId}-sender`) === undefined; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(liveness.lastSeenAt(`${hostId}-sender`)).toBeDefined();
+    expect(liveness.lastSeenAt(forgedFor)).toBeUndefined();
   });
 
   it('marks a registered host unhealthy once its heartbeats stop', async () => {

@@ -1,7 +1,7 @@
 import { DynamicModule, Module } from '@nestjs/common';
 import { ConfigModule, SchedulerEnv } from '@kiln/config';
 import { DbModule } from '@kiln/db';
-import { MessagingModule } from '@kiln/messaging';
+import { MessagingModule, natsAuthOf } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
 import { HostsModule } from './hosts/hosts.module';
 import { LifecycleModule } from './lifecycle/lifecycle.module';
@@ -19,7 +19,7 @@ export class AppModule {
         ConfigModule.forRoot(SchedulerEnv, env),
         TelemetryModule.forRoot({ service: SERVICE_NAME, logLevel: env.LOG_LEVEL }),
         DbModule.forRoot({ databaseUrl: env.DATABASE_URL, migrate: true }),
-        MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME }),
+        MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME, auth: natsAuthOf(env) }),
         HostsModule,
         LifecycleModule,
         ReconcileModule,

@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import { SchedulerEnv, loadConfig, runOrExit } from '@kiln/config';
-import { natsServerOptions } from '@kiln/messaging';
+import { natsAuthOf, natsServerOptions } from '@kiln/messaging';
 import { startHttpService } from '@kiln/telemetry';
 import { AppModule, SERVICE_NAME } from './app.module';
 
@@ -10,7 +10,7 @@ void runOrExit(SERVICE_NAME, async () => {
     port: env.HTTP_PORT,
     configure: (app) => {
       // Queue group: with several scheduler replicas each request is answered once.
-      app.connectMicroservice(natsServerOptions(env.NATS_URL, SERVICE_NAME));
+      app.connectMicroservice(natsServerOptions(env.NATS_URL, SERVICE_NAME, natsAuthOf(env)));
     },
   });
 });

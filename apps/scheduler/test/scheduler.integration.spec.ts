@@ -6,7 +6,7 @@ import { DEFAULT_NETWORK_SETTINGS, ErrorCode, KilnError, SandboxState } from '@k
 import { SchedulerEnv, loadConfig } from '@kiln/config';
 import { PrismaService, SandboxRepository, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
-import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
+import { MessagingClient, MessagingModule, Subjects, hostHeartbeatSubject, hostRegisterSubject, natsServerOptions } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
 import { PrivateServer, eventually, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
@@ -105,10 +105,10 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
       templates: ['base'],
       readyCloneTemplates: [],
     };
-    await expect(client.request(Subjects.hostRegister, { ...registration, token: 'wrong-token-wrong-token' }, 5_000)).rejects.toMatchObject({
+    await expect(client.request(hostRegisterSubject(registration.hostId), { ...registration, token: 'wrong-token-wrong-token' }, 5_000)).rejects.toMatchObject({
       code: ErrorCode.Unauthenticated,
     });
-    const reply = await client.request(Subjects.hostRegister, { ...registration, token: TOKEN }, 5_000);
+    const reply = await client.request(hostRegisterSubject(registration.hostId), { ...registration, token: TOKEN }, 5_000);
     expect(reply.accepted).toBe(true);
     const host = await scheduler.get(PrismaService).host.findUniqueOrThrow({ where: { id: 'test-host-1' } });
     expect(host.state).toBe('ready');
@@ -124,7 +124,7 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
     const hosts = { empty: 'place-empty', cached: 'place-cached', ready: 'place-ready' };
     const register = (hostId: string, templates: string[], readyCloneTemplates: string[]) =>
       client.request(
-        Subjects.hostRegister,
+        hostRegisterSubject(hostId),
         { hostId, token: TOKEN, grpcAddress: '127.0.0.1:1', proxyUrl: 'http://127.0.0.1:1', acceleration: 'tcg' as const, version: 'test', capacity, templates, readyCloneTemplates },
         5_000,
       );
@@ -139,8 +139,8 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
 
       // Readiness follows the heartbeats: the ready host's pool ran dry and the other refilled.
       const at = new Date().toISOString();
-      await client.emit(Subjects.hostHeartbeat, { hostId: hosts.ready, at, capacity, usage, templates: ['base'], readyCloneTemplates: [], sandboxIds: [] });
-      await client.emit(Subjects.hostHeartbeat, { hostId: hosts.cached, at, capacity, usage, templates: ['base'], readyCloneTemplates: ['base'], sandboxIds: [] });
+      await client.emit(hostHeartbeatSubject(hosts.ready), { hostId: hosts.ready, at, capacity, usage, templates: ['base'], readyCloneTemplates: [], sandboxIds: [] });
+      await client.emit(hostHeartbeatSubject(hosts.cached), { hostId: hosts.cached, at, capacity, usage, templates: ['base'], readyCloneTemplates: ['base'], sandboxIds: [] });
       const reordered = await eventually('placement to follow the heartbeats', async () => {
         const now = await order();
         return now[0] === hosts.cached && now;

@@ -5,3 +5,6 @@ export * from './rpc-exception.filter';
 export * from './nats-connection';
 export * from './sandbox-event-stream';
 export * from './messaging.module';
+export * from './nats-auth';
+export * from './nats-permissions';
+export * from './nats-server-config';

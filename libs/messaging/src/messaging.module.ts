@@ -1,7 +1,8 @@
-import { DynamicModule, Global, Module, OnModuleInit } from '@nestjs/common';
+import { DynamicModule, Global, Inject, Module, OnModuleInit } from '@nestjs/common';
 import { ClientProxyFactory, NatsOptions, Transport } from '@nestjs/microservices';
 import { DependencyHealth } from '@kiln/telemetry';
 import { MessagingClient, NATS_CLIENT_PROXY } from './messaging.client';
+import { NatsAuth, natsAuthOptions } from './nats-auth';
 import { NatsConnectionHolder } from './nats-connection';
 import { SandboxEventStream } from './sandbox-event-stream';
 
@@ -9,13 +10,20 @@ export interface MessagingOptions {
   natsUrl: string;
   /** Connection name shown by the NATS server (`service@host`). */
   name: string;
+  /** Credentials and TLS (natsAuthOf(env)); unset: anonymous. */
+  auth?: NatsAuth;
+  /**
+   * Whether this service publishes or consumes the JetStream sandbox events (and so makes sure their stream
+   * exists). Services that do not are not granted the JetStream API (nats-permissions.ts). Default true.
+   */
+  jetStream?: boolean;
 }
 
 const MESSAGING_OPTIONS = Symbol('MESSAGING_OPTIONS');
 
 /** Options for an app that serves NATS request/reply handlers (Nest microservice). */
-export function natsServerOptions(natsUrl: string, queue: string): NatsOptions {
-  return { transport: Transport.NATS, options: { servers: [natsUrl], queue, ...RECONNECT_FOREVER } };
+export function natsServerOptions(natsUrl: string, queue: string, auth?: NatsAuth): NatsOptions {
+  return { transport: Transport.NATS, options: { servers: [natsUrl], queue, ...RECONNECT_FOREVER, ...natsAuthOptions(auth) } };
 }
 
 /**
@@ -32,19 +40,21 @@ export class MessagingModule implements OnModuleInit {
     private readonly client: MessagingClient,
     private readonly health: DependencyHealth,
     private readonly events: SandboxEventStream,
+    @Inject(MESSAGING_OPTIONS) private readonly options: MessagingOptions,
   ) {}
 
-  private static options: MessagingOptions;
-
   static forRoot(options: MessagingOptions): DynamicModule {
-    MessagingModule.options = options;
     return {
       module: MessagingModule,
       providers: [
         { provide: MESSAGING_OPTIONS, useValue: options },
         {
           provide: NATS_CLIENT_PROXY,
-          useFactory: () => ClientProxyFactory.create({ transport: Transport.NATS, options: { servers: [options.natsUrl], name: options.name, ...RECONNECT_FOREVER } }),
+          useFactory: () =>
+            ClientProxyFactory.create({
+              transport: Transport.NATS,
+              options: { servers: [options.natsUrl], name: options.name, ...RECONNECT_FOREVER, ...natsAuthOptions(options.auth) },
+            }),
         },
         MessagingClient,
         NatsConnectionHolder,
@@ -55,10 +65,10 @@ export class MessagingModule implements OnModuleInit {
   }
 
   async onModuleInit(): Promise<void> {
-    const { natsUrl, name } = MessagingModule.options;
-    await this.holder.open(natsUrl, name);
+    const { natsUrl, name, auth, jetStream = true } = this.options;
+    await this.holder.open(natsUrl, name, auth);
     await this.client.connect();
-    await this.events.ensureStream();
+    if (jetStream) await this.events.ensureStream();
     this.health.register('nats', () => this.holder.ping());
   }
 }

@@ -1,6 +1,7 @@
 import { Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
 import { NatsConnection, connect } from 'nats';
 import { describeError, retryWithBackoff } from '@kiln/config';
+import { NatsAuth, natsAuthOptions } from './nats-auth';
 
 /**
  * A raw NATS connection for what Nest's transport does not do (JetStream, health
@@ -13,11 +14,11 @@ export class NatsConnectionHolder implements OnApplicationShutdown {
   /** Why the connection is down (the last status event), or undefined while it is up. */
   private downBecause?: string;
 
-  async open(servers: string, name: string): Promise<NatsConnection> {
+  async open(servers: string, name: string, auth?: NatsAuth): Promise<NatsConnection> {
     if (this.connection) return this.connection;
     this.connection = await retryWithBackoff(
       `NATS at ${servers}`,
-      () => connect({ servers, name, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 1_000, timeout: 2_000 }),
+      () => connect({ servers, name, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 1_000, timeout: 2_000, ...natsAuthOptions(auth) }),
       { onRetry: (error, n, delay) => this.logger.warn(`NATS connect attempt ${n} failed (${describeError(error)}); retrying in ${delay} ms`) },
     );
     void this.followStatus(this.connection);

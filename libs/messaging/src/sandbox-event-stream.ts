@@ -4,7 +4,9 @@ import { NatsConnectionHolder } from './nats-connection';
 import {
   SANDBOX_EVENTS_STREAM,
   SANDBOX_EVENTS_SUBJECT_PREFIX,
+  SandboxEventSource,
   SandboxLifecycleEvent,
+  sandboxEventSourceOf,
   sandboxEventSubject,
 } from './subjects';
 
@@ -34,16 +36,21 @@ export class SandboxEventStream {
     }
   }
 
-  async publish(event: SandboxLifecycleEvent): Promise<number> {
-    const ack = await this.nats.nc.jetstream().publish(sandboxEventSubject(event.kind), codec.encode(event));
+  /** `source` picks the subject, which the publisher's NATS user must be allowed to publish on (its own host id). */
+  async publish(event: SandboxLifecycleEvent, source: SandboxEventSource): Promise<number> {
+    const ack = await this.nats.nc.jetstream().publish(sandboxEventSubject(event.kind, source), codec.encode(event));
     return ack.seq;
   }
 
   /**
    * Delivers every event to `handler` through a durable consumer, so a restarted
-   * consumer resumes where it stopped. Returns a stop function.
+   * consumer resumes where it stopped. The handler also gets the publisher the subject names (undefined for a
+   * subject of no known form): unlike the payload's hostId, NATS permissions vouch for it. Returns a stop function.
    */
-  async consume(durableName: string, handler: (event: SandboxLifecycleEvent) => Promise<void>): Promise<() => Promise<void>> {
+  async consume(
+    durableName: string,
+    handler: (event: SandboxLifecycleEvent, source: SandboxEventSource | undefined) => Promise<void>,
+  ): Promise<() => Promise<void>> {
     const jsm = await this.nats.nc.jetstreamManager();
     try {
       await jsm.consumers.info(SANDBOX_EVENTS_STREAM, durableName);
@@ -60,7 +67,7 @@ export class SandboxEventStream {
     void (async () => {
       for await (const message of messages) {
         try {
-          await handler(codec.decode(message.data));
+          await handler(codec.decode(message.data), sandboxEventSourceOf(message.subject));
           message.ack();
         } catch (error) {
           this.logger.warn(`handler failed for event ${message.seq}: ${String(error)}`);

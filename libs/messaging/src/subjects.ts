@@ -18,9 +18,45 @@ export const Subjects = {
   sandboxRoute: 'kiln.scheduler.sandboxes.route',
   sandboxUpdateNetwork: 'kiln.scheduler.sandboxes.update-network',
   sandboxLogs: 'kiln.scheduler.sandboxes.logs',
-  hostRegister: 'kiln.scheduler.hosts.register',
-  hostHeartbeat: 'kiln.hosts.heartbeat',
+  /** Every host's registration (`hostRegisterSubject(hostId)`): the scheduler's subscription. */
+  hostRegister: 'kiln.scheduler.hosts.register.>',
+  /** Every host's heartbeat (`hostHeartbeatSubject(hostId)`): the scheduler's and host monitor's subscription. */
+  hostHeartbeat: 'kiln.hosts.heartbeat.>',
 } as const;
+
+/*
+ * What a host publishes carries its host id as the subject's last tokens, and each host's NATS user may publish only
+ * on its own (libs/messaging/src/nats-permissions.ts): the host id in the subject is authenticated by the server, the
+ * one in the payload is not. The id goes last because host ids may hold dots (a hostname): `<prefix>.<hostId>` is
+ * granted exactly, so host `a` cannot publish as host `a.b`.
+ */
+const HOST_REGISTER_PREFIX = 'kiln.scheduler.hosts.register';
+const HOST_HEARTBEAT_PREFIX = 'kiln.hosts.heartbeat';
+
+export type HostRegisterSubject = `${typeof HOST_REGISTER_PREFIX}.${string}`;
+export type HostHeartbeatSubject = `${typeof HOST_HEARTBEAT_PREFIX}.${string}`;
+
+export function hostRegisterSubject(hostId: string): HostRegisterSubject {
+  return `${HOST_REGISTER_PREFIX}.${hostId}`;
+}
+
+export function hostHeartbeatSubject(hostId: string): HostHeartbeatSubject {
+  return `${HOST_HEARTBEAT_PREFIX}.${hostId}`;
+}
+
+/** The host id a registration subject names, or undefined for any other subject. */
+export function hostIdOfRegisterSubject(subject: string): string | undefined {
+  return hostIdAfter(HOST_REGISTER_PREFIX, subject);
+}
+
+/** The host id a heartbeat subject names, or undefined for any other subject. */
+export function hostIdOfHeartbeatSubject(subject: string): string | undefined {
+  return hostIdAfter(HOST_HEARTBEAT_PREFIX, subject);
+}
+
+function hostIdAfter(prefix: string, subject: string): string | undefined {
+  return subject.startsWith(`${prefix}.`) && subject.length > prefix.length + 1 ? subject.slice(prefix.length + 1) : undefined;
+}
 
 export interface PingReply {
   service: string;
@@ -109,7 +145,12 @@ export interface HostCapacity {
 
 export interface HostRegistration {
   hostId: string;
-  token: string;
+  /**
+   * The shared registration secret: sent on the agent's first registration only. Its later re-registrations (which
+   * heal a scheduler that lost its host table) go without it: the subject's host id, which only that host's NATS
+   * user may publish on, vouches for a host the scheduler already knows; an unknown host is asked for the token.
+   */
+  token?: string;
   /** host:port of the agent's gRPC server. */
   grpcAddress: string;
   /** Base URL of the agent's sandbox-traffic proxy. */
@@ -153,12 +194,12 @@ export interface RequestMap {
   [Subjects.sandboxRoute]: [{ sandboxId: string }, SandboxRoute];
   [Subjects.sandboxUpdateNetwork]: [UpdateNetworkCommand, SandboxView];
   [Subjects.sandboxLogs]: [SandboxRef, SandboxLogsReply];
-  [Subjects.hostRegister]: [HostRegistration, HostRegistrationReply];
+  [subject: HostRegisterSubject]: [HostRegistration, HostRegistrationReply];
 }
 
 /** Fire-and-forget subjects (core NATS). */
 export interface EventMap {
-  [Subjects.hostHeartbeat]: HostHeartbeat;
+  [subject: HostHeartbeatSubject]: HostHeartbeat;
 }
 
 export type RequestSubject = keyof RequestMap;
@@ -170,6 +211,7 @@ export type EventOf<S extends EventSubject> = EventMap[S];
 // ---- JetStream: durable sandbox lifecycle events -------------------------------------------
 
 export const SANDBOX_EVENTS_STREAM = 'KILN_SANDBOX_EVENTS';
+/** Every lifecycle event's subject starts with it; the stream holds `<prefix>.>`. */
 export const SANDBOX_EVENTS_SUBJECT_PREFIX = 'kiln.events.sandbox';
 
 export type SandboxLifecycleKind = 'created' | 'exited' | 'crashed' | 'destroyed' | 'transition';
@@ -186,8 +228,35 @@ export interface SandboxLifecycleEvent {
   at: string;
 }
 
-export function sandboxEventSubject(kind: SandboxLifecycleKind): string {
-  return `${SANDBOX_EVENTS_SUBJECT_PREFIX}.${kind}`;
+/** Who publishes an event: a host agent (about the sandboxes it runs) or the scheduler (state transitions). */
+export type SandboxEventSource = { hostId: string } | 'scheduler';
+
+/**
+ * `kiln.events.sandbox.<kind>.host.<hostId>` for a host agent's events, `kiln.events.sandbox.<kind>.scheduler` for
+ * the scheduler's. The host id goes last for the reason given above hostRegisterSubject.
+ */
+export function sandboxEventSubject(kind: SandboxLifecycleKind, source: SandboxEventSource): string {
+  return eventSubject(kind, source);
+}
+
+/** Every event subject of one publisher (any kind): what its NATS user is granted. */
+export function sandboxEventSubjectsOf(source: SandboxEventSource): string {
+  return eventSubject('*', source);
+}
+
+function eventSubject(kindToken: string, source: SandboxEventSource): string {
+  const publisher = source === 'scheduler' ? 'scheduler' : `host.${source.hostId}`;
+  return `${SANDBOX_EVENTS_SUBJECT_PREFIX}.${kindToken}.${publisher}`;
+}
+
+/** The publisher a lifecycle event's subject names (authenticated by the NATS permissions), or undefined if none. */
+export function sandboxEventSourceOf(subject: string): SandboxEventSource | undefined {
+  const prefix = `${SANDBOX_EVENTS_SUBJECT_PREFIX}.`;
+  if (!subject.startsWith(prefix)) return undefined;
+  const rest = subject.slice(prefix.length).split('.');
+  if (rest.length === 2 && rest[1] === 'scheduler') return 'scheduler';
+  if (rest.length >= 3 && rest[1] === 'host' && rest.slice(2).every((token) => token.length > 0)) return { hostId: rest.slice(2).join('.') };
+  return undefined;
 }
 
 export type { ErrorPayload };

@@ -1,5 +1,5 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitForPort } from './ports';
@@ -20,14 +20,27 @@ export async function stopProcess(child: ChildProcess | undefined, graceMs = 5_0
   clearTimeout(escalate);
 }
 
+/** Renders a nats-server configuration for the port and JetStream store directory chosen for it. */
+export type NatsConfigRenderer = (server: { port: number; storeDir: string }) => string;
+
+/** The arguments of a nats-server on `port` storing JetStream under `dir`: anonymous, or from `config` when given. */
+export function natsServerArgs(port: number, dir: string, config?: NatsConfigRenderer): string[] {
+  if (!config) return ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir];
+  const file = join(dir, 'nats-server.conf');
+  // It holds the users' passwords.
+  writeFileSync(file, config({ port, storeDir: join(dir, 'jetstream') }), { mode: 0o600 });
+  return ['-c', file];
+}
+
 /**
  * A nats-server with JetStream on a free port, private to one suite: with a shared NATS,
  * any other scheduler in the same queue group (a dev stack) could answer the suite's requests.
+ * With `config` (e.g. renderNatsServerConfig of @kiln/messaging) it runs that configuration: its users only.
  */
-export async function startPrivateNats(): Promise<PrivateServer> {
+export async function startPrivateNats(options: { config?: NatsConfigRenderer } = {}): Promise<PrivateServer> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'kiln-test-nats-'));
-  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' });
+  const child = spawn('nats-server', natsServerArgs(port, dir, options.config), { stdio: 'ignore' });
   await waitForPort(port, 'nats-server');
   return {
     url: `nats://127.0.0.1:${port}`,

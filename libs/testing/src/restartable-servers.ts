@@ -3,7 +3,7 @@ import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitForPort } from './ports';
-import { stopProcess } from './private-servers';
+import { NatsConfigRenderer, natsServerArgs, stopProcess } from './private-servers';
 
 /**
  * A dependency a test may take away and bring back on the same port with the same data (an outage and its end, or a
@@ -79,15 +79,16 @@ class SupervisedProcess implements RestartableServer {
   }
 }
 
-/** nats-server with JetStream; its stream data survives a kill. */
-export async function startRestartableNats(): Promise<RestartableServer> {
+/** nats-server with JetStream; its stream data survives a kill. With `config`, it runs that configuration (its users only). */
+export async function startRestartableNats(options: { config?: NatsConfigRenderer } = {}): Promise<RestartableServer> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'kiln-fault-nats-'));
+  const args = natsServerArgs(port, dir, options.config);
   const server = new SupervisedProcess(
     'nats-server',
     `nats://127.0.0.1:${port}`,
     port,
-    () => spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' }),
+    () => spawn('nats-server', args, { stdio: 'ignore' }),
     () => rmSync(dir, { recursive: true, force: true }),
   );
   await server.start();

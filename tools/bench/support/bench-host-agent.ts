@@ -3,11 +3,14 @@ import { existsSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { hostAgentClient } from '../../e2e/harness/host-agent-client';
+import { hostProxyRequestOptions, internalTlsEnv, internalTlsFiles, makeInternalTls } from '../../e2e/harness/internal-tls';
+import { envdProcess } from './envd-process';
 
 /**
  * A host agent process of its own for a benchmark: own ports, data dir (sharing the built templates), slot prefix
- * and CIDR, and no control plane (it never registers). Stopping it runs the agent's teardown, which removes every
- * VM, slot and layer it made.
+ * and CIDR, and no control plane (it never registers). With `internalTls` its gRPC and proxy speak internal mTLS as
+ * in production, with a CA and certificates of its own in its data dir (reach its proxy with agentEnvd); without, plain
+ * text. Stopping it runs the agent's teardown, which removes every VM, slot and layer it made.
  */
 
 // Bundled into a temp dir by run-bench.mjs, so the repository is found from the working directory.
@@ -22,6 +25,14 @@ export interface BenchAgent {
   dataDir: string;
   prefix: string;
   cidr: string;
+  /** The agent's internal CA and certificates when it speaks mTLS (its proxy answers only the gateway's, its gRPC the scheduler's). */
+  tlsDir?: string;
+}
+
+/** envd's process service of a sandbox on `agent`, through the agent's own proxy as the gateway reaches it. */
+export function agentEnvd(agent: BenchAgent, headers: Record<string, string>) {
+  if (!agent.tlsDir) return envdProcess(`http://127.0.0.1:${agent.ports.proxy}`, headers);
+  return envdProcess(`https://127.0.0.1:${agent.ports.proxy}`, headers, hostProxyRequestOptions(agent.tlsDir));
 }
 
 export async function metricsText(agent: BenchAgent): Promise<string> {
@@ -61,15 +72,18 @@ export async function poolRefilled(agent: BenchAgent, size: number): Promise<voi
   }
 }
 
-export async function startHostAgent(name: string, options: { ports: BenchAgent['ports']; dataDir: string; prefix: string; cidr: string; poolSize: number; env?: Record<string, string> }): Promise<BenchAgent> {
+export async function startHostAgent(name: string, options: { ports: BenchAgent['ports']; dataDir: string; prefix: string; cidr: string; poolSize: number; env?: Record<string, string>; internalTls?: boolean }): Promise<BenchAgent> {
   mkdirSync(options.dataDir, { recursive: true });
   for (const shared of ['templates', 'images', 'cache', 'vmm']) {
     const link = join(options.dataDir, shared);
     if (!existsSync(link) && existsSync(join(SHARED_DATA_DIR, shared))) symlinkSync(join(SHARED_DATA_DIR, shared), link);
   }
+  const tlsDir = options.internalTls ? join(options.dataDir, 'internal-tls') : undefined;
+  if (tlsDir) makeInternalTls(tlsDir);
   const child = spawn('node', [join(ROOT, 'apps', 'host-agent', 'dist', 'main.js')], {
     env: {
       ...process.env,
+      ...(tlsDir ? internalTlsEnv(tlsDir, 'host-agent') : {}),
       LOG_LEVEL: 'error',
       HTTP_PORT: String(options.ports.http),
       GRPC_PORT: String(options.ports.grpc),
@@ -91,7 +105,7 @@ export async function startHostAgent(name: string, options: { ports: BenchAgent[
   });
   for (let i = 0; i < 600; i++) {
     const ok = await fetch(`http://127.0.0.1:${options.ports.http}/health`).then((r) => r.status === 200, () => false);
-    if (ok) return { name, process: child, client: hostAgentClient(`127.0.0.1:${options.ports.grpc}`), ...options };
+    if (ok) return { name, process: child, client: hostAgentClient(`127.0.0.1:${options.ports.grpc}`, tlsDir ? internalTlsFiles(tlsDir, 'scheduler') : undefined), tlsDir, ...options };
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`bench host agent ${name} did not become healthy`);

@@ -1,10 +1,12 @@
+import type { RequestOptions } from 'node:https';
 import { performance } from 'node:perf_hooks';
 import { createClient, type Client } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-node';
 import { Process } from '@kiln/proto/process';
 
 /** An envd Process client over HTTP/1.1, as the e2b SDK talks to a sandbox, with fixed headers on every call. */
-export function envdProcess(baseUrl: string, headers: Record<string, string>): Client<typeof Process> {
+/** `tls`: client certificate options for a host agent's own proxy, which speaks internal mTLS (bench-host-agent agentEnvd). */
+export function envdProcess(baseUrl: string, headers: Record<string, string>, tls?: RequestOptions): Client<typeof Process> {
   return createClient(
     Process,
     createConnectTransport({
@@ -14,6 +16,7 @@ export function envdProcess(baseUrl: string, headers: Record<string, string>): C
         for (const [k, v] of Object.entries(headers)) req.header.set(k, v);
         return next(req);
       }],
+      ...(tls ? { nodeOptions: tls } : {}),
     }),
   );
 }

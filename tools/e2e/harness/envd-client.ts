@@ -1,5 +1,6 @@
 import { Client, Interceptor, createClient } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-node';
+import type { RequestOptions } from 'node:https';
 import { Process } from '@kiln/proto/process';
 
 export interface CommandResult {
@@ -8,15 +9,18 @@ export interface CommandResult {
   exitCode: number;
 }
 
-/** A Connect client for the guest agent's process service, addressed through a traffic proxy by headers. */
-export function envdProcessClient(proxyUrl: string, sandboxId: string, accessToken?: string): Client<typeof Process> {
+/**
+ * A Connect client for the guest agent's process service, addressed through a traffic proxy by headers. `tls`: the
+ * client certificate options a host agent's own (https) proxy requires (internal-tls.ts hostProxyRequestOptions).
+ */
+export function envdProcessClient(proxyUrl: string, sandboxId: string, accessToken?: string, tls?: RequestOptions): Client<typeof Process> {
   const route: Interceptor = (next) => async (request) => {
     request.header.set('E2b-Sandbox-Id', sandboxId);
     request.header.set('E2b-Sandbox-Port', '49983');
     if (accessToken) request.header.set('X-Access-Token', accessToken);
     return next(request);
   };
-  return createClient(Process, createConnectTransport({ baseUrl: proxyUrl, httpVersion: '1.1', interceptors: [route] }));
+  return createClient(Process, createConnectTransport({ baseUrl: proxyUrl, httpVersion: '1.1', interceptors: [route], ...(tls ? { nodeOptions: tls } : {}) }));
 }
 
 /** Runs `bash -l -c command` as envd does and collects its output. */

@@ -1,4 +1,5 @@
-import { credentials, loadPackageDefinition, Client, ServiceError } from '@grpc/grpc-js';
+import { ChannelCredentials, credentials, loadPackageDefinition, Client, ServiceError } from '@grpc/grpc-js';
+import { InternalTlsFiles, grpcChannelCredentials, loadInternalTls } from '@kiln/config/internal-tls';
 import { loadSync } from '@grpc/proto-loader';
 import { GRPC_LOADER_OPTIONS, HOSTAGENT_PROTO_PATH } from '@kiln/proto';
 import type {
@@ -21,13 +22,18 @@ interface RawHostAgentClient extends Client {
   updateSandboxNetwork: Unary<UpdateSandboxNetworkRequest, SandboxInfo>;
 }
 
-/** A plain grpc-js client for the host agent's HostAgent service, promisified. */
-export function hostAgentClient(address: string) {
+/**
+ * A plain grpc-js client for the host agent's HostAgent service, promisified. With `tls` (a test stack's scheduler
+ * certificate, see internal-tls.ts) it speaks internal mTLS as the scheduler does; without, plaintext, which only an
+ * agent started without KILN_INTERNAL_* (a benchmark's) accepts.
+ */
+export function hostAgentClient(address: string, tls?: InternalTlsFiles) {
   const definition = loadSync(HOSTAGENT_PROTO_PATH, { ...GRPC_LOADER_OPTIONS, includeDirs: [...GRPC_LOADER_OPTIONS.includeDirs] });
   const pkg = loadPackageDefinition(definition) as unknown as {
-    kiln: { hostagent: { v1: { HostAgent: new (address: string, creds: ReturnType<typeof credentials.createInsecure>) => RawHostAgentClient } } };
+    kiln: { hostagent: { v1: { HostAgent: new (address: string, creds: ChannelCredentials) => RawHostAgentClient } } };
   };
-  const raw = new pkg.kiln.hostagent.v1.HostAgent(address, credentials.createInsecure());
+  const channelCredentials = tls ? grpcChannelCredentials(loadInternalTls(tls), 'host-agent') : credentials.createInsecure();
+  const raw = new pkg.kiln.hostagent.v1.HostAgent(address, channelCredentials);
   const call =
     <Req, Res>(method: Unary<Req, Res>) =>
     (request: Req) =>

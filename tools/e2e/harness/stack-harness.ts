@@ -6,8 +6,10 @@ import 'reflect-metadata';
 import { ApiKeyRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
 import { createTestDatabase } from '@kiln/db/testing';
 import { ENVD_COMPAT_VERSION } from '@kiln/contracts';
+import { NatsUser, generateKilnNatsUsers, hostAgentNatsUser, natsCredentialsEnv, renderNatsServerConfig } from '@kiln/messaging';
 import { freePort, waitForPort } from '@kiln/testing';
 import { hostAgentClient } from './host-agent-client';
+import { internalTlsEnv, internalTlsFiles, makeInternalTls } from './internal-tls';
 import { OPENED_PRIVATE_RANGE } from './test-internet';
 
 export const ROOT = join(__dirname, '..', '..', '..');
@@ -29,9 +31,15 @@ export interface StackOptions {
   stackFile: string;
   /**
    * Dependencies the caller runs (a fault suite's restartable servers). Absent: a private NATS, a throwaway
-   * database on the machine's Postgres and a Redis database index of its own.
+   * database on the machine's Postgres and a private Redis with a password.
    */
-  dependencies?: { natsUrl: string; databaseUrl: string; redisUrl: string };
+  dependencies?: {
+    natsUrl: string;
+    /** The users that NATS admits (its config: renderNatsServerConfig of these, hosts: stackHostId(name)). */
+    natsUsers: NatsUser[];
+    databaseUrl: string;
+    redisUrl: string;
+  };
   /** Extra settings for every app (e.g. a shorter create deadline chain). */
   commonEnv?: Record<string, string>;
   /** Extra host-agent settings. */
@@ -63,6 +71,8 @@ export interface StackInfo {
   /** Set when the stack made its own database (dropped by stopStack). */
   databaseName?: string;
   natsUrl: string;
+  /** The NATS users (and passwords) of the stack's apps: its NATS admits no one else. */
+  natsUsers: NatsUser[];
   redisUrl: string;
   hostAgent: { grpcAddress: string; proxyUrl: string; httpUrl: string; hostId: string };
   domain: string;
@@ -76,6 +86,11 @@ export interface StackInfo {
   httpPorts: Record<string, number>;
   /** Full environment the host agent was started with, so a test can restart it. */
   hostAgentEnv: Record<string, string>;
+  /**
+   * The stack's internal CA and certificates (internal-tls.ts): the host agent's gRPC and proxy answer only mTLS.
+   * A test calls them with internalTlsFiles(stack.internalTlsDir, 'scheduler') or hostProxyDispatcher(stack.internalTlsDir).
+   */
+  internalTlsDir: string;
   /** Full environment of every app, so a test can restart any of them. */
   appEnvs: Record<string, Record<string, string>>;
 }
@@ -120,10 +135,15 @@ function prepareDataDir(dataDir: string): void {
   }
 }
 
+/** The host id of a stack's host agent (its NATS user is hostAgentNatsUser of it). */
+export function stackHostId(stackName: string): string {
+  return `${stackName}-host`;
+}
+
 /**
  * Starts the whole stack as it runs in production, from the built apps: a private
  * NATS server (so a dev stack on the same machine cannot answer our requests), a fresh
- * database, a Redis database index of its own, and the five apps on free ports.
+ * database, a private Redis with a password, and the five apps on free ports.
  */
 export async function startStack(options: StackOptions = E2E_STACK): Promise<StackInfo> {
   const runDir = join(ROOT, '.kiln', options.name, 'run');
@@ -132,18 +152,33 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
   prepareDataDir(options.dataDir);
   const pids: Record<string, number> = {};
 
+  const hostId = stackHostId(options.name);
   let natsUrl = options.dependencies?.natsUrl;
+  // As in production, NATS admits only the apps' users, each limited to its own subjects (nats-permissions.ts).
+  const natsUsers = options.dependencies?.natsUsers ?? generateKilnNatsUsers([hostId]);
   if (!natsUrl) {
     const natsPort = await freePort();
-    const jsDir = join(runDir, 'jetstream');
-    const nats = startProcess('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', jsDir], process.env, join(runDir, 'nats.log'));
+    const natsConfig = join(runDir, 'nats-server.conf');
+    writeFileSync(natsConfig, renderNatsServerConfig({ port: natsPort, storeDir: join(runDir, 'jetstream'), users: natsUsers }), { mode: 0o600 });
+    const nats = startProcess('nats-server', ['-c', natsConfig], process.env, join(runDir, 'nats.log'));
     pids.nats = nats.pid!;
     natsUrl = `nats://127.0.0.1:${natsPort}`;
     await waitForPort(natsPort, 'nats-server');
   }
 
   const db = options.dependencies ? { url: options.dependencies.databaseUrl, name: undefined } : await createTestDatabase();
-  const redisUrl = options.dependencies?.redisUrl ?? 'redis://127.0.0.1:6379/7';
+  let redisUrl = options.dependencies?.redisUrl;
+  if (!redisUrl) {
+    // A private Redis that requires a password, as a deployment's must (production refuses a REDIS_URL without one).
+    const redisPort = await freePort();
+    const redisPassword = randomBytes(24).toString('hex');
+    const redisConfig = join(runDir, 'redis.conf');
+    writeFileSync(redisConfig, `bind 127.0.0.1\nport ${redisPort}\nrequirepass ${redisPassword}\nsave ""\nappendonly no\ndir ${runDir}\n`, { mode: 0o600 });
+    const redis = startProcess('redis-server', [redisConfig], process.env, join(runDir, 'redis.log'));
+    pids.redis = redis.pid!;
+    redisUrl = `redis://:${redisPassword}@127.0.0.1:${redisPort}`;
+    await waitForPort(redisPort, 'redis-server');
+  }
   const token = `${options.name}-registration-${Date.now()}-token`;
   const ports = {
     gateway: await freePort(),
@@ -156,6 +191,10 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
     agentProxy: await freePort(),
     egressProxy: await freePort(),
   };
+  // The internal plane speaks mTLS as in production: the stack's own CA and the scheduler's, gateway's and host
+  // agent's certificates (its run folder owns them).
+  const internalTlsDir = join(runDir, 'internal-tls');
+  makeInternalTls(internalTlsDir);
   const common = {
     ...process.env,
     NODE_ENV: 'test',
@@ -168,7 +207,6 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
     HOST_HEARTBEAT_TTL_SECONDS: '15',
     ...options.commonEnv,
   };
-  const hostId = `${options.name}-host`;
   const apps: Array<{ name: string; env: Record<string, string>; port: number; timeoutMs: number }> = [
     { name: 'scheduler', env: { HTTP_PORT: String(ports.scheduler), RECONCILE_INTERVAL_SECONDS: '5' }, port: ports.scheduler, timeoutMs: 60_000 },
     { name: 'host-monitor', env: { HTTP_PORT: String(ports.hostMonitor) }, port: ports.hostMonitor, timeoutMs: 60_000 },
@@ -203,12 +241,14 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
   const appEnvs: Record<string, Record<string, string>> = {};
   try {
     for (const app of apps) {
-      const env = { ...common, ...app.env } as Record<string, string>;
+      const certificate = ['scheduler', 'gateway', 'host-agent'].includes(app.name) ? internalTlsEnv(internalTlsDir, app.name) : {};
+      const natsUser = app.name === 'host-agent' ? hostAgentNatsUser(hostId) : app.name;
+      const env = { ...common, ...certificate, ...natsCredentialsEnv(natsUsers, natsUser), ...app.env } as Record<string, string>;
       appEnvs[app.name] = env;
       pids[app.name] = (await startApp(app.name, env, runDir, app.port, app.timeoutMs)).pid!;
     }
     // The host agent makes the template snapshot in the background at start; suites start once it exists.
-    await waitForSnapshot(`127.0.0.1:${ports.grpc}`, 300_000);
+    await waitForSnapshot(`127.0.0.1:${ports.grpc}`, internalTlsDir, 300_000);
   } catch (error) {
     // A stack that did not come up leaves nothing running: what started is stopped and the host cleaned.
     const partial = { pids, dataDir: options.dataDir, networkPrefix: options.networkPrefix, slotCidr: options.slotCidr, databaseName: db.name, stackFile: options.stackFile };
@@ -242,10 +282,11 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
       databaseUrl: db.url,
       databaseName: db.name,
       natsUrl,
+      natsUsers,
       redisUrl,
       hostAgent: {
         grpcAddress: `127.0.0.1:${ports.grpc}`,
-        proxyUrl: `http://127.0.0.1:${ports.agentProxy}`,
+        proxyUrl: `https://127.0.0.1:${ports.agentProxy}`,
         httpUrl: `http://127.0.0.1:${ports.hostAgent}`,
         hostId,
       },
@@ -259,6 +300,7 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
       hostAgentEnv: appEnvs['host-agent'],
       appEnvs,
       httpPorts: Object.fromEntries(apps.map((app) => [app.name, app.port])),
+      internalTlsDir,
     };
     mkdirSync(dirname(options.stackFile), { recursive: true });
     writeFileSync(options.stackFile, JSON.stringify(info, null, 2));
@@ -269,8 +311,8 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
 }
 
 
-async function waitForSnapshot(grpcAddress: string, timeoutMs: number): Promise<void> {
-  const agent = hostAgentClient(grpcAddress);
+async function waitForSnapshot(grpcAddress: string, internalTlsDir: string, timeoutMs: number): Promise<void> {
+  const agent = hostAgentClient(grpcAddress, internalTlsFiles(internalTlsDir, 'scheduler'));
   try {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
@@ -330,7 +372,7 @@ function alive(pid: number): boolean {
 
 /** Stops the apps (host agent last), then removes every VM, slot and layer the suite's host agent made. */
 export async function stopStack(info: StackInfo): Promise<void> {
-  for (const name of ['gateway', 'template-builder', 'host-monitor', 'scheduler', 'host-agent', 'nats']) {
+  for (const name of ['gateway', 'template-builder', 'host-monitor', 'scheduler', 'host-agent', 'nats', 'redis']) {
     const pid = info.pids[name];
     if (!pid || !alive(pid)) continue;
     process.kill(pid, 'SIGTERM');

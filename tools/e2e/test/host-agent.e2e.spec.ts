@@ -9,6 +9,7 @@ import { eventually } from '@kiln/testing';
 import { CreatedSandbox, createSandbox, killSandbox, sandboxStatus } from '../harness/api-client';
 import { envdProcessClient, runCommand } from '../harness/envd-client';
 import { hostAgentClient } from '../harness/host-agent-client';
+import { hostProxyFetch, hostProxyRequestOptions, internalTlsFiles } from '../harness/internal-tls';
 import { E2E_NAMESERVER, StackInfo, readStack, restartHostAgentAfterKill } from '../harness/stack-harness';
 
 function sha256(path: string): Promise<string> {
@@ -23,20 +24,24 @@ describe('host agent with real VMs (TCG here)', () => {
   let stack: StackInfo;
   let agent: ReturnType<typeof hostAgentClient>;
   let db: PgClient;
+  /** The host agent's own proxy speaks internal mTLS: the suite reaches it with the gateway's certificate. */
+  let hostProxy: ReturnType<typeof hostProxyFetch>;
 
   beforeAll(async () => {
     stack = readStack();
-    agent = hostAgentClient(stack.hostAgent.grpcAddress);
+    agent = hostAgentClient(stack.hostAgent.grpcAddress, internalTlsFiles(stack.internalTlsDir, 'scheduler'));
+    hostProxy = hostProxyFetch(stack.internalTlsDir);
     db = new PgClient({ connectionString: stack.databaseUrl });
     await db.connect();
   });
 
   afterAll(async () => {
     agent?.close();
+    await hostProxy?.close();
     await db?.end();
   });
 
-  const shell = (sandbox: CreatedSandbox) => envdProcessClient(stack.hostAgent.proxyUrl, sandbox.sandboxID, sandbox.envdAccessToken);
+  const shell = (sandbox: CreatedSandbox) => envdProcessClient(stack.hostAgent.proxyUrl, sandbox.sandboxID, sandbox.envdAccessToken, hostProxyRequestOptions(stack.internalTlsDir));
 
   it('reports its acceleration and cached templates', async () => {
     const info = await agent.hostInfo();
@@ -110,7 +115,7 @@ describe('host agent with real VMs (TCG here)', () => {
       const bAddress = (await agent.getSandbox({ sandboxId: b.sandboxID })).guestAddress;
       // Positive control: the host reaches B's server through B's slot address.
       const served = await eventually('B serving on 8000', async () => {
-        const r = await fetch(`${stack.hostAgent.proxyUrl}/`, { headers: { 'E2b-Sandbox-Id': b.sandboxID, 'E2b-Sandbox-Port': '8000' } }).catch(() => undefined);
+        const r = await hostProxy.fetch(`${stack.hostAgent.proxyUrl}/`, { headers: { 'E2b-Sandbox-Id': b.sandboxID, 'E2b-Sandbox-Port': '8000' } }).catch(() => undefined);
         return r?.status === 200 ? r : undefined;
       });
       expect(served.status).toBe(200);

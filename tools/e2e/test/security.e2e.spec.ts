@@ -5,7 +5,9 @@ import { Client as PgClient } from 'pg';
 import { CommandExitError, Sandbox } from 'e2b';
 import { fileSignature } from '@kiln/contracts/envd-auth';
 import { eventually } from '@kiln/testing';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { hostAgentClient } from '../harness/host-agent-client';
+import { hostProxyFetch, internalTlsFiles } from '../harness/internal-tls';
 import { E2E_NAMESERVER, StackInfo, readStack, restartHostAgentAfterKill } from '../harness/stack-harness';
 import { OPENED_PRIVATE_HOST, OTHER_PUBLIC_HOST, PRIVATE_HOST, PUBLIC_HOST, PUBLIC_NAME, TestInternet } from '../harness/test-internet';
 
@@ -88,6 +90,8 @@ describe('security-e2e: sandbox trust boundary', () => {
   let stack: StackInfo;
   let opts: SdkOptions;
   let internet: TestInternet;
+  /** The host agent's proxy only answers the gateway's certificate (internal mTLS): the suite presents it. */
+  let hostProxy: ReturnType<typeof hostProxyFetch>;
   const created: Sandbox[] = [];
 
   const create = async (extra: Parameters<typeof Sandbox.create>[1] = {}) => {
@@ -98,7 +102,7 @@ describe('security-e2e: sandbox trust boundary', () => {
 
   /** Raw request to a traffic listener, addressed to the sandbox by headers. */
   const raw = (base: string, sandboxId: string, path: string, init: RequestInit & { port?: number } = {}) =>
-    fetch(`${base}${path}`, {
+    hostProxy.fetch(`${base}${path}`, {
       ...init,
       headers: { 'E2b-Sandbox-Id': sandboxId, 'E2b-Sandbox-Port': String(init.port ?? ENVD_PORT), ...(init.headers as Record<string, string>) },
     });
@@ -106,6 +110,7 @@ describe('security-e2e: sandbox trust boundary', () => {
   beforeAll(async () => {
     stack = readStack();
     opts = { apiKey: stack.apiKey, apiUrl: stack.apiUrl, sandboxUrl: stack.sandboxUrl, domain: stack.domain };
+    hostProxy = hostProxyFetch(stack.internalTlsDir);
     // The stack's sandboxes resolve through E2E_NAMESERVER: the test internet serves DNS there.
     internet = await TestInternet.start({ dnsServerAt: E2E_NAMESERVER });
   });
@@ -113,6 +118,53 @@ describe('security-e2e: sandbox trust boundary', () => {
   afterAll(async () => {
     await Promise.all(created.map((s) => s.kill().catch(() => undefined)));
     await internet?.stop();
+    await hostProxy?.close();
+  });
+
+  describe('the internal plane: a host agent answers only the control plane’s certificates', () => {
+    it('gRPC: refuses a client without a certificate and a host agent’s certificate; the scheduler’s gets through', async () => {
+      const call = async (tls?: ReturnType<typeof internalTlsFiles>) => {
+        const agent = hostAgentClient(stack.hostAgent.grpcAddress, tls);
+        try {
+          return await agent.listSandboxes().then((r) => ({ listed: Array.isArray(r.sandboxes) }), (e: { code: number }) => ({ code: e.code }));
+        } finally {
+          agent.close();
+        }
+      };
+      expect(await call(undefined)).toEqual({ code: grpcStatus.UNAVAILABLE });
+      // Signed by the stack's internal CA, but a host agent is not a caller of host agents.
+      expect(await call(internalTlsFiles(stack.internalTlsDir, 'host-agent'))).toEqual({ code: grpcStatus.PERMISSION_DENIED });
+      expect(await call(internalTlsFiles(stack.internalTlsDir, 'scheduler'))).toEqual({ listed: true });
+    });
+
+    it('proxy: refuses plain HTTP and a client without a certificate, answers the scheduler 403; the gateway reaches the routing', async () => {
+      const url = `${stack.hostAgent.proxyUrl}/health`;
+      const headers = { 'E2b-Sandbox-Id': 'nosuchsandbox', 'E2b-Sandbox-Port': String(ENVD_PORT) };
+      expect(url.startsWith('https://')).toBe(true);
+      await expect(fetch(url.replace('https:', 'http:'), { headers })).rejects.toThrow();
+      const withoutCertificate = hostProxyFetch(stack.internalTlsDir, null);
+      try {
+        // TLS with the internal CA trusted but no client certificate: the handshake is refused.
+        await expect(withoutCertificate.fetch(url, { headers })).rejects.toThrow();
+      } finally {
+        await withoutCertificate.close();
+      }
+      const asScheduler = hostProxyFetch(stack.internalTlsDir, 'scheduler');
+      try {
+        const refused = await asScheduler.fetch(url, { headers });
+        expect({ status: refused.status, body: await refused.json() }).toEqual({
+          status: 403,
+          body: { code: 403, message: expect.stringContaining('spiffe://kiln/scheduler may not call this service') },
+        });
+      } finally {
+        await asScheduler.close();
+      }
+      const routed = await hostProxy.fetch(url, { headers });
+      expect({ status: routed.status, body: await routed.json() }).toEqual({
+        status: 502,
+        body: { code: 502, message: 'sandbox nosuchsandbox is not running on this host' },
+      });
+    });
   });
 
   describe('envd access token on every sandbox', () => {
@@ -383,7 +435,7 @@ describe('security-e2e: sandbox trust boundary', () => {
 });
 
 async function hostAgentInfo(stack: StackInfo, sandboxId: string) {
-  const agent = hostAgentClient(stack.hostAgent.grpcAddress);
+  const agent = hostAgentClient(stack.hostAgent.grpcAddress, internalTlsFiles(stack.internalTlsDir, 'scheduler'));
   try {
     return await agent.getSandbox({ sandboxId });
   } finally {

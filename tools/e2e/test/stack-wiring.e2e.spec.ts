@@ -1,6 +1,7 @@
 import { AckPolicy, DeliverPolicy, JSONCodec, connect } from 'nats';
 import { Client as PgClient } from 'pg';
-import { SANDBOX_EVENTS_STREAM, SandboxLifecycleEvent } from '@kiln/messaging';
+import { SANDBOX_EVENTS_STREAM, SandboxLifecycleEvent, natsAuthOptions } from '@kiln/messaging';
+import { SchedulerEnv, loadConfig } from '@kiln/config';
 import { HostAgentClients } from '../../../apps/scheduler/src/hosts/host-agent-clients';
 import { eventually } from '@kiln/testing';
 import { createSandbox, killSandbox } from '../harness/api-client';
@@ -22,7 +23,7 @@ describe('inter-service wiring (real stack)', () => {
   });
 
   it('calls the host agent over gRPC with the scheduler’s own client', async () => {
-    const clients = new HostAgentClients();
+    const clients = new HostAgentClients(loadConfig(SchedulerEnv, stack.appEnvs.scheduler));
     try {
       const agent = clients.for(stack.hostAgent.hostId, stack.hostAgent.grpcAddress);
       const info = await clients.call('host info', agent.hostInfo({}), 10_000);
@@ -50,7 +51,7 @@ describe('inter-service wiring (real stack)', () => {
   });
 
   it('tells placement which templates have a restored clone waiting on the host', async () => {
-    const clients = new HostAgentClients();
+    const clients = new HostAgentClients(loadConfig(SchedulerEnv, stack.appEnvs.scheduler));
     try {
       const agent = clients.for(stack.hostAgent.hostId, stack.hostAgent.grpcAddress);
       // The agent fills a pool for each local template at start.
@@ -71,7 +72,9 @@ describe('inter-service wiring (real stack)', () => {
   });
 
   it('records every lifecycle transition as a sandbox event and on the JetStream stream', async () => {
-    const nc = await connect({ servers: stack.natsUrl });
+    // The stack's NATS admits its users only; the scheduler's may read the event stream (JetStream API, its inbox).
+    const scheduler = stack.natsUsers.find((user) => user.user === 'scheduler')!;
+    const nc = await connect({ servers: stack.natsUrl, ...natsAuthOptions({ user: scheduler.user, password: scheduler.password }) });
     try {
       const jsm = await nc.jetstreamManager();
       const durable = `wiring-${Date.now()}`;

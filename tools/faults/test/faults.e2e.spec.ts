@@ -3,9 +3,11 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Client as PgClient } from 'pg';
 import { Sandbox } from 'e2b';
+import { generateKilnNatsUsers, renderNatsServerConfig } from '@kiln/messaging';
 import { eventually, RestartableServer, startRestartableNats, startRestartablePostgres, startRestartableRedis } from '@kiln/testing';
 import { hostAgentClient } from '../../e2e/harness/host-agent-client';
-import { ROOT, StackInfo, StackOptions, killApp, readStack, restartApp, startStack, stopStack } from '../../e2e/harness/stack-harness';
+import { internalTlsFiles } from '../../e2e/harness/internal-tls';
+import { ROOT, StackInfo, StackOptions, killApp, readStack, restartApp, stackHostId, startStack, stopStack } from '../../e2e/harness/stack-harness';
 
 /** The fault stack: its own data dir, slot prefix and CIDR, beside the e2e suite's and a developer's. */
 const FAULT_STACK: Omit<StackOptions, 'dependencies'> = {
@@ -226,8 +228,14 @@ describe('faults-e2e: kill -9 anything mid-create and mid-kill; nothing lost, st
   beforeAll(async () => {
     // A previous run that was killed leaves its stack behind; remove it first (its dependencies died with it).
     if (existsSync(FAULT_STACK.stackFile)) await stopStack(readStack(FAULT_STACK.stackFile)).catch(() => undefined);
-    [postgres, redis, nats] = await Promise.all([startRestartablePostgres(), startRestartableRedis(), startRestartableNats()]);
-    stack = await startStack({ ...FAULT_STACK, dependencies: { databaseUrl: postgres.url, redisUrl: redis.url, natsUrl: nats.url } });
+    // NATS as in production: the stack's users only (the same config across its restarts).
+    const natsUsers = generateKilnNatsUsers([stackHostId(FAULT_STACK.name)]);
+    [postgres, redis, nats] = await Promise.all([
+      startRestartablePostgres(),
+      startRestartableRedis(),
+      startRestartableNats({ config: ({ port, storeDir }) => renderNatsServerConfig({ port, storeDir, users: natsUsers }) }),
+    ]);
+    stack = await startStack({ ...FAULT_STACK, dependencies: { databaseUrl: postgres.url, redisUrl: redis.url, natsUrl: nats.url, natsUsers } });
   });
 
   afterAll(async () => {
@@ -264,7 +272,7 @@ describe('faults-e2e: kill -9 anything mid-create and mid-kill; nothing lost, st
       // 404: it ended on its own meanwhile (its VM was the one killed, say).
       expect({ id, ended: status === 204 || status === 404 }).toEqual({ id, ended: true });
     }
-    const agent = hostAgentClient(stack.hostAgent.grpcAddress);
+    const agent = hostAgentClient(stack.hostAgent.grpcAddress, internalTlsFiles(stack.internalTlsDir, 'scheduler'));
     try {
       await eventually('the host to hold no sandbox', async () => (await agent.listSandboxes().catch(() => undefined))?.sandboxes.length === 0, { timeoutMs: 120_000 });
     } finally {

@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { ErrorCode, KilnError, SandboxRoute } from '@kiln/contracts';
 import { SandboxRouteCache } from '../traffic/sandbox-route.cache';
+import { HostProxyConnections } from '../traffic/host-proxy-connections';
 import { ENVD_PORT, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER } from '../traffic/sandbox-address';
 import { SandboxMetricBody } from './sandbox-responses';
 
@@ -43,7 +44,10 @@ export function toSandboxMetric(metrics: GuestMetrics, now = Date.now()): Sandbo
  */
 @Injectable()
 export class GuestMetricsClient {
-  constructor(private readonly routes: SandboxRouteCache) {}
+  constructor(
+    private readonly routes: SandboxRouteCache,
+    private readonly hosts: HostProxyConnections,
+  ) {}
 
   async sample(route: SandboxRoute): Promise<SandboxMetricBody> {
     const headers: Record<string, string> = {
@@ -51,9 +55,9 @@ export class GuestMetricsClient {
       [SANDBOX_PORT_HEADER]: String(ENVD_PORT),
     };
     if (route.envdAccessToken) headers['x-access-token'] = route.envdAccessToken;
-    let response: Response;
+    let response: Awaited<ReturnType<HostProxyConnections['fetch']>>;
     try {
-      response = await fetch(new URL('/metrics', route.proxyUrl), { headers, signal: AbortSignal.timeout(GUEST_METRICS_TIMEOUT_MS) });
+      response = await this.hosts.fetch(new URL('/metrics', route.proxyUrl), { headers, signal: AbortSignal.timeout(GUEST_METRICS_TIMEOUT_MS) });
     } catch (error) {
       this.routes.invalidate(route.sandboxId);
       throw new KilnError(ErrorCode.Unavailable, `metrics of sandbox ${route.sandboxId} are unavailable: ${error instanceof Error ? error.message : String(error)}`);

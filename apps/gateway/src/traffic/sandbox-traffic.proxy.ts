@@ -1,16 +1,18 @@
 import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
-import { Agent, IncomingMessage, STATUS_CODES, Server, ServerResponse, createServer } from 'node:http';
+import { IncomingMessage, STATUS_CODES, Server, ServerResponse, createServer } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { once } from 'node:events';
 import { createProxyServer } from 'http-proxy-3';
 import type { ProxyServer } from 'http-proxy-3';
 import { GatewayEnv } from '@kiln/config';
 import { ErrorCode, KilnError, SandboxRoute, SandboxState } from '@kiln/contracts';
-import { applyIngressHeaders, ingressDecision } from '@kiln/contracts/sandbox-ingress';
+import { applyIngressHeaders, forwardableRequestTarget, ingressDecision } from '@kiln/contracts/sandbox-ingress';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { ENVD_PORT, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, SandboxAddress, sandboxAddressOf } from './sandbox-address';
 import { SandboxRouteCache } from './sandbox-route.cache';
+import { HostProxyConnections } from './host-proxy-connections';
 import { DEFAULT_RETRY_AFTER_SECONDS } from '../http-errors/http-error-mapping';
+import { refuseConnectMethod } from '../http-errors/connect-method';
 
 /**
  * A refusal on the traffic listener. Its body is what E2B answers in the same place: its edge proxy's
@@ -81,7 +83,6 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   get httpServer(): Server {
     return this.server;
   }
-  private readonly upstreamAgent = new Agent({ keepAlive: true, maxSockets: Infinity });
   private readonly tunnels = new Set<Duplex>();
   private readonly requests;
 
@@ -89,11 +90,12 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     private readonly env: GatewayEnv,
     private readonly routes: SandboxRouteCache,
     metrics: MetricsRegistry,
+    private readonly hosts: HostProxyConnections,
   ) {
     this.requests = metrics.counter('kiln_gateway_traffic_requests_total', 'Sandbox-traffic requests by outcome', ['outcome']);
     // Present from the start, so "nothing was forwarded" reads as an unchanged number rather than a missing series.
     for (const outcome of ['forwarded', 'upgraded', 'refused_401', 'refused_403']) this.requests.inc({ outcome }, 0);
-    this.proxy = createProxyServer({ xfwd: true, agent: this.upstreamAgent });
+    this.proxy = createProxyServer({ xfwd: true });
     this.proxy.on('proxyRes', (proxyRes, req, res) => {
       const sandboxId = req.headers[SANDBOX_ID_HEADER];
       // A host agent answering 502 for a sandbox means it no longer has it: look the route up afresh next time.
@@ -114,6 +116,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     this.server.on('upgrade', (req, socket, head) => {
       this.handleUpgrade(req, socket, head).catch((error) => this.failed(error, () => writeRawJson(socket, INTERNAL_REFUSAL)));
     });
+    this.server.on('connect', (_req, socket: Duplex) => refuseConnectMethod(socket));
     this.server.on('clientError', (error, socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
       else socket.destroy(error);
@@ -152,7 +155,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     for (const tunnel of this.tunnels) tunnel.destroy();
     this.server.closeAllConnections();
     await closed;
-    this.upstreamAgent.destroy();
+    await this.hosts.close();
     this.proxy.close();
   }
 
@@ -173,7 +176,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
       return;
     }
     this.requests.inc({ outcome: 'forwarded' });
-    this.proxy.web(req, res, { target: target.route.proxyUrl, headers: target.headers }, (error) => {
+    this.proxy.web(req, res, { target: target.route.proxyUrl, headers: target.headers, agent: this.hosts.agentFor(target.route.proxyUrl) }, (error) => {
       this.routes.invalidate(target.address.sandboxId);
       this.requests.inc({ outcome: 'upstream_error' });
       this.logger.warn(`forwarding to ${target.route.proxyUrl} for sandbox ${target.address.sandboxId} failed: ${error.message}`);
@@ -204,7 +207,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     this.tunnels.add(socket);
     socket.once('close', () => this.tunnels.delete(socket));
     this.requests.inc({ outcome: 'upgraded' });
-    this.proxy.ws(req, socket, head, { target: target.route.proxyUrl, headers: target.headers }, (error) => {
+    this.proxy.ws(req, socket, head, { target: target.route.proxyUrl, headers: target.headers, agent: this.hosts.agentFor(target.route.proxyUrl) }, (error) => {
       this.routes.invalidate(target.address.sandboxId);
       this.logger.warn(`websocket to sandbox ${target.address.sandboxId} failed: ${error.message}`);
       socket.destroy();
@@ -214,6 +217,9 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   private async target(
     req: IncomingMessage,
   ): Promise<{ refusal: TrafficRefusal } | { address: SandboxAddress; route: SandboxRoute; headers: Record<string, string> }> {
+    if (!forwardableRequestTarget(req.url)) {
+      return { refusal: { status: 400, body: { code: 400, message: 'malformed request target: send a path', error_code: ErrorCode.InvalidArgument } } };
+    }
     const parsed = sandboxAddressOf(req.headers, this.env.KILN_DOMAIN);
     if (!parsed.ok) {
       const message =
@@ -232,6 +238,11 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     }
     const refusal = refusalFor(address, route);
     if (refusal) return { refusal };
+    if (!this.hosts.canReach(route.proxyUrl)) {
+      // Only outside production (where KILN_INTERNAL_* are required): a configuration error, not the sandbox's.
+      const message = `sandbox ${address.sandboxId}'s host speaks internal mTLS and this gateway has no internal certificate (KILN_INTERNAL_*)`;
+      return { refusal: { status: 503, body: { code: 503, message, error_code: ErrorCode.Unavailable, sandboxId: address.sandboxId } } };
+    }
     const decision = ingressDecision(req, address.port, route);
     if (!decision.allowed) {
       const { status, message } = decision;

@@ -7,6 +7,7 @@ import { MetricsRegistry } from '@kiln/telemetry';
 import { PrivateServer, eventually, startPrivateNats } from '@kiln/testing';
 import { LifecycleRouteInvalidator } from './lifecycle-route-invalidator';
 import { SandboxRouteCache } from './sandbox-route.cache';
+import { HostProxyConnections } from './host-proxy-connections';
 import { SandboxTrafficProxy } from './sandbox-traffic.proxy';
 
 const TOKEN = 'gateway-upstream-end-token';
@@ -108,7 +109,7 @@ beforeAll(async () => {
   scheduler = new SchedulerRoutesStandIn(await host.listen());
   metrics = new MetricsRegistry();
   routes = new SandboxRouteCache(scheduler.messaging(), env, metrics);
-  gateway = new SandboxTrafficProxy(env, routes, metrics);
+  gateway = new SandboxTrafficProxy(env, routes, metrics, new HostProxyConnections(env));
   await gateway.onApplicationBootstrap();
 });
 
@@ -173,7 +174,7 @@ describe('route cache: lifecycle events drop routes', () => {
     await routes.resolve('timedout');
     expect(scheduler.count('timedout')).toBe(1);
 
-    await events.publish({ kind: 'destroyed', sandboxId: 'timedout', reason: 'destroyed on request', at: new Date().toISOString() });
+    await events.publish({ kind: 'destroyed', sandboxId: 'timedout', reason: 'destroyed on request', at: new Date().toISOString() }, { hostId: 'host-a' });
     await eventually('a fresh lookup after the event', async () => {
       await routes.resolve('timedout');
       return scheduler.count('timedout') === 2 || undefined;

@@ -196,7 +196,6 @@ export class TestStack {
       timeoutSeconds: 600,
       autoPause: false,
       metadata: options.metadata ?? {},
-      envVars: {},
       network: { ...DEFAULT_NETWORK_SETTINGS, ...options.network },
       deadlineAt: new Date(Date.now() + 60_000),
     });

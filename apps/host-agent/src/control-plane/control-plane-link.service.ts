@@ -1,11 +1,16 @@
 import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { HostAgentEnv, describeError } from '@kiln/config';
-import { MessagingClient, Subjects } from '@kiln/messaging';
+import { ErrorCode, KilnError } from '@kiln/contracts';
+import { MessagingClient, hostHeartbeatSubject, hostRegisterSubject } from '@kiln/messaging';
 import { SandboxManager } from '../sandbox/sandbox-manager.service';
 import { AccelerationProbe } from '../vmm';
 import { CachedTemplate, HOST_AGENT_VERSION, HostInfoService } from './host-info.service';
 
-/** Re-registering is an idempotent upsert; doing it periodically heals a scheduler that lost its host table. */
+/**
+ * Re-registering is an idempotent upsert; doing it periodically heals a scheduler that lost its host table. Only the
+ * first registration carries the registration token: later ones are vouched for by this host's NATS user (only it
+ * may publish on its registration subject), and the token is sent again only if the scheduler no longer knows us.
+ */
 const REREGISTER_EVERY_MS = 60_000;
 const REGISTER_RETRY_MS = 2_000;
 
@@ -23,6 +28,8 @@ export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationSh
   private heartbeatTimer?: NodeJS.Timeout;
   private registerTimer?: NodeJS.Timeout;
   private registered = false;
+  /** The scheduler accepted our token once: re-registrations go without it unless it asks again. */
+  private tokenAccepted = false;
   private stopped = false;
 
   constructor(
@@ -65,12 +72,27 @@ export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationSh
   }
 
   async register(): Promise<void> {
+    if (!this.tokenAccepted) {
+      await this.sendRegistration(true);
+      this.tokenAccepted = true;
+      return;
+    }
+    try {
+      await this.sendRegistration(false);
+    } catch (error) {
+      if (!(error instanceof KilnError && error.code === ErrorCode.Unauthenticated)) throw error;
+      // The scheduler lost this host's row (a fresh database): only the token can register it again.
+      await this.sendRegistration(true);
+    }
+  }
+
+  private async sendRegistration(withToken: boolean): Promise<void> {
     const [accelerator, templates] = await Promise.all([this.acceleration.accelerator(), this.hostInfo.cachedTemplates()]);
     await this.messaging.request(
-      Subjects.hostRegister,
+      hostRegisterSubject(this.sandboxes.hostId),
       {
         hostId: this.sandboxes.hostId,
-        token: this.env.HOST_REGISTRATION_TOKEN,
+        ...(withToken ? { token: this.env.HOST_REGISTRATION_TOKEN } : {}),
         grpcAddress: this.hostInfo.grpcAddress,
         proxyUrl: this.hostInfo.proxyUrl,
         acceleration: accelerator,
@@ -87,7 +109,7 @@ export class ControlPlaneLink implements OnApplicationBootstrap, OnApplicationSh
     if (!this.registered) return;
     try {
       const templates = await this.hostInfo.cachedTemplates();
-      await this.messaging.emit(Subjects.hostHeartbeat, {
+      await this.messaging.emit(hostHeartbeatSubject(this.sandboxes.hostId), {
         hostId: this.sandboxes.hostId,
         at: new Date().toISOString(),
         capacity: this.sandboxes.capacity,

@@ -2,6 +2,7 @@ import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Injectable } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
+import { internalTlsFilesOf } from '@kiln/config/internal-tls';
 import { Acceleration, HostInfoResponse } from '@kiln/proto/hostagent';
 import { ClonePool } from '../clone-pool';
 import { NetworkSlotPool } from '../network';
@@ -56,8 +57,9 @@ export class HostInfoService {
     return cached;
   }
 
+  /** https when the proxy speaks internal mTLS (the gateway then presents its certificate), as it must in production. */
   get proxyUrl(): string {
-    return `http://${this.env.KILN_HOST_ADDRESS}:${this.env.PROXY_PORT}`;
+    return `${internalTlsFilesOf(this.env) ? 'https' : 'http'}://${this.env.KILN_HOST_ADDRESS}:${this.env.PROXY_PORT}`;
   }
 
   get grpcAddress(): string {

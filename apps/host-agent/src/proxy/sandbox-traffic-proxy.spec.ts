@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import { Agent, IncomingMessage, Server, ServerResponse, createServer, request } from 'node:http';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import type { HostAgentEnv } from '@kiln/config';
 import { fileSignature } from '@kiln/contracts/envd-auth';
 import { MetricsRegistry } from '@kiln/telemetry';
@@ -226,6 +226,23 @@ describe('host agent proxy: user ports and routing', () => {
     expect(await counted('no_sandbox')).toBe(before + 1);
     expect((await send('/', {})).status).toBe(400);
     expect(guest.seen).toEqual([]);
+  });
+
+  it('refuses a request-target http-proxy cannot parse (/\\) with 400 instead of throwing in the handler', async () => {
+    // Raw: fetch would rewrite the backslash. http-proxy reads `/\` as a host-less network path and throws.
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect(proxy.port, '127.0.0.1', () =>
+        socket.write(`GET /\\ HTTP/1.1\r\nHost: x\r\ne2b-sandbox-id: secured\r\nx-access-token: ${TOKEN}\r\nConnection: close\r\n\r\n`),
+      );
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(guest.seen).toEqual([]);
+    // Control: the proxy still forwards.
+    expect((await send('/health', envd('secured', { 'x-access-token': TOKEN }))).status).toBe(200);
   });
 });
 

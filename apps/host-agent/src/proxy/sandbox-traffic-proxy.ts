@@ -1,9 +1,12 @@
 import { Agent, IncomingMessage, STATUS_CODES, Server, ServerResponse, createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
-import { applyIngressHeaders, ingressDecision } from '@kiln/contracts/sandbox-ingress';
+import { InternalService, InternalTlsMaterial, httpsServerOptions, internalTlsOf, peerRefusal } from '@kiln/config/internal-tls';
+import { applyIngressHeaders, forwardableRequestTarget, ingressDecision } from '@kiln/contracts/sandbox-ingress';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { createProxyServer } from 'http-proxy-3';
 import { canonicaliseHeaderNames } from './header-case';
@@ -22,7 +25,19 @@ export interface TrafficTarget {
 }
 
 /** Where a request ended up, as counted in kiln_agent_proxy_requests_total. */
-type ProxyOutcome = 'forwarded' | 'upgraded' | 'refused_401' | 'refused_403' | 'bad_request' | 'no_sandbox' | 'upstream_error' | 'upstream_cut';
+type ProxyOutcome =
+  | 'forwarded'
+  | 'upgraded'
+  | 'refused_401'
+  | 'refused_403'
+  | 'refused_caller'
+  | 'bad_request'
+  | 'no_sandbox'
+  | 'upstream_error'
+  | 'upstream_cut';
+
+/** Who may send sandbox traffic through this proxy: only the gateway, which has applied the edge policy first. */
+const PROXY_CALLERS: readonly InternalService[] = ['gateway'];
 
 interface Refusal {
   status: number;
@@ -92,6 +107,8 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   /** Open requests and tunnels by sandbox, ended when the sandbox is (read-only outside: metrics and tests). */
   readonly connections = new SandboxConnections();
   private readonly stopWatchingEndings: () => void;
+  /** Internal mTLS: set, the proxy is HTTPS and serves only callers whose certificate names the gateway. */
+  private readonly internalTls?: InternalTlsMaterial;
 
   constructor(
     private readonly env: HostAgentEnv,
@@ -126,6 +143,18 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
       });
     });
     this.stopWatchingEndings = sandboxes.onSandboxEnding((sandboxId) => this.endConnectionsOf(sandboxId));
+    this.internalTls = internalTlsOf(env);
+  }
+
+  /**
+   * Why the connection's peer may not use the proxy, or undefined. TLS already refused peers without a certificate
+   * from the internal CA; a CA-signed certificate of another service (the scheduler's) gets a 403 here.
+   */
+  private callerRefusal(req: IncomingMessage): Refusal | undefined {
+    if (!this.internalTls) return undefined;
+    const socket = req.socket;
+    const message = socket instanceof TLSSocket ? peerRefusal(socket.getPeerCertificate(), PROXY_CALLERS) : 'the proxy only answers over TLS';
+    return message ? { status: 403, message, outcome: 'refused_caller' } : undefined;
   }
 
   /** Ends every open request and tunnel of a sandbox whose teardown has begun. */
@@ -143,6 +172,10 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
 
   /** Where the request goes, or why it goes nowhere. */
   private route(req: IncomingMessage): { sandboxId: string; upstream: { target: string; agent: Agent } } | { refusal: Refusal } {
+    const callerRefusal = this.callerRefusal(req);
+    if (callerRefusal) return { refusal: callerRefusal };
+    // http-proxy throws on some targets (`/\`), and this handler is synchronous: that would be an uncaught exception.
+    if (!forwardableRequestTarget(req.url)) return { refusal: { status: 400, message: 'malformed request target: send a path', outcome: 'bad_request' } };
     const target = trafficTargetOf(req);
     if (target === 'bad-port') return { refusal: { status: 400, message: 'E2b-Sandbox-Port must be a port number', outcome: 'bad_request' } };
     if (!target) {
@@ -185,7 +218,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   };
 
   async onApplicationBootstrap(): Promise<void> {
-    this.server = createServer(this.handle);
+    this.server = this.internalTls ? createHttpsServer(httpsServerOptions(this.internalTls), this.handle) : createServer(this.handle);
     this.server.on('upgrade', this.upgrade);
     // Long-lived Connect streams and PTY sessions must not be cut by server timeouts.
     this.server.requestTimeout = 0;
@@ -193,9 +226,9 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     this.server.keepAliveTimeout = 65_000;
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
-      this.server!.listen(this.env.PROXY_PORT, '0.0.0.0', () => resolve());
+      this.server!.listen(this.env.PROXY_PORT, this.env.PROXY_HOST ?? this.env.KILN_HOST_ADDRESS, () => resolve());
     });
-    this.logger.log(`sandbox traffic proxy listening on :${this.port}`);
+    this.logger.log(`sandbox traffic proxy listening on ${this.internalTls ? 'https (mTLS, gateway only)' : 'http'} :${this.port}`);
   }
 
   async onApplicationShutdown(): Promise<void> {

@@ -509,7 +509,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
 
   private publish(kind: SandboxLifecycleKind, record: SandboxRecord, reason?: string, exitCode?: number): void {
     void this.events
-      .publish({ kind, sandboxId: record.sandboxId, teamId: record.teamId, hostId: this.hostId, reason, exitCode, at: new Date().toISOString() })
+      .publish({ kind, sandboxId: record.sandboxId, teamId: record.teamId, hostId: this.hostId, reason, exitCode, at: new Date().toISOString() }, { hostId: this.hostId })
       .catch((error) => this.logger.warn(`publishing ${kind} for ${record.sandboxId} failed: ${describeError(error)}`));
   }
 

@@ -1,5 +1,8 @@
 import { Injectable, OnApplicationShutdown } from '@nestjs/common';
 import { ClientGrpcProxy, ClientProxyFactory, Transport } from '@nestjs/microservices';
+import type { ChannelCredentials } from '@grpc/grpc-js';
+import { SchedulerEnv } from '@kiln/config';
+import { grpcChannelCredentials, internalTlsOf } from '@kiln/config/internal-tls';
 import { ErrorCode, KilnError, errorCodeForGrpcStatus } from '@kiln/contracts';
 import { GRPC_LOADER_OPTIONS, HOSTAGENT_PACKAGE, HOSTAGENT_PROTO_PATH } from '@kiln/proto';
 import { HOST_AGENT_SERVICE_NAME, HostAgentClient } from '@kiln/proto/hostagent';
@@ -11,10 +14,21 @@ interface CachedClient {
   service: HostAgentClient;
 }
 
-/** One gRPC channel per host agent, keyed by host id and replaced when the address changes. */
+/**
+ * One gRPC channel per host agent, keyed by host id and replaced when the address changes. With internal mTLS
+ * configured (always in production) each channel presents the scheduler's certificate and accepts only a host
+ * agent's (spiffe://kiln/host-agent from the internal CA).
+ */
 @Injectable()
 export class HostAgentClients implements OnApplicationShutdown {
   private readonly clients = new Map<string, CachedClient>();
+  /** Read once at start: a certificate rotated on disk is picked up on restart. */
+  private readonly credentials?: ChannelCredentials;
+
+  constructor(env: SchedulerEnv) {
+    const internalTls = internalTlsOf(env);
+    this.credentials = internalTls ? grpcChannelCredentials(internalTls, 'host-agent') : undefined;
+  }
 
   for(hostId: string, address: string): HostAgentClient {
     const cached = this.clients.get(hostId);
@@ -27,6 +41,7 @@ export class HostAgentClients implements OnApplicationShutdown {
         package: HOSTAGENT_PACKAGE,
         protoPath: HOSTAGENT_PROTO_PATH,
         loader: { ...GRPC_LOADER_OPTIONS, includeDirs: [...GRPC_LOADER_OPTIONS.includeDirs] },
+        ...(this.credentials ? { credentials: this.credentials } : {}),
       },
     }) as ClientGrpcProxy;
     const service = proxy.getService<HostAgentClient>(HOST_AGENT_SERVICE_NAME);

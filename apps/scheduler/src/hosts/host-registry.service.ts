@@ -21,9 +21,22 @@ export class HostRegistryService {
     private readonly hosts: HostRepository,
   ) {}
 
-  async register(registration: HostRegistration): Promise<HostRegistrationReply> {
-    if (typeof registration?.token !== 'string' || !sameSecret(registration.token, this.env.HOST_REGISTRATION_TOKEN)) {
-      throw new KilnError(ErrorCode.Unauthenticated, 'host registration token rejected');
+  /**
+   * `subjectHostId` is the host id of the subject the registration came on, which only that host's NATS user may
+   * publish on: a registration for any other host is refused. A registration with the token is checked against it; one
+   * without (a re-registration) is accepted only for a host already registered, whose subject vouches for it.
+   */
+  async register(registration: HostRegistration, subjectHostId: string | undefined): Promise<HostRegistrationReply> {
+    if (registration?.hostId === undefined || registration.hostId !== subjectHostId) {
+      this.logger.warn(`registration for host ${String(registration?.hostId)} sent on the subject of host ${String(subjectHostId)} refused`);
+      throw new KilnError(ErrorCode.PermissionDenied, 'a host registers only itself, on its own subject');
+    }
+    if (registration.token !== undefined) {
+      if (typeof registration.token !== 'string' || !sameSecret(registration.token, this.env.HOST_REGISTRATION_TOKEN)) {
+        throw new KilnError(ErrorCode.Unauthenticated, 'host registration token rejected');
+      }
+    } else if (!(await this.hosts.get(registration.hostId))) {
+      throw new KilnError(ErrorCode.Unauthenticated, `host ${registration.hostId} is not registered: its first registration needs the token`);
     }
     if (!/^[a-zA-Z0-9._-]{1,63}$/.test(registration.hostId ?? '') || !registration.grpcAddress || !registration.proxyUrl) {
       throw new KilnError(ErrorCode.InvalidArgument, 'registration needs hostId, grpcAddress and proxyUrl');
@@ -45,7 +58,12 @@ export class HostRegistryService {
     return { accepted: true, heartbeatIntervalSeconds: Math.max(1, Math.floor(this.env.HOST_HEARTBEAT_TTL_SECONDS / 3)) };
   }
 
-  async heartbeat(heartbeat: HostHeartbeat): Promise<void> {
+  /** `subjectHostId`: the host id of the heartbeat's subject (vouched for by NATS); the payload must name the same. */
+  async heartbeat(heartbeat: HostHeartbeat, subjectHostId: string | undefined): Promise<void> {
+    if (heartbeat.hostId !== subjectHostId) {
+      this.logger.warn(`heartbeat for host ${heartbeat.hostId} sent on the subject of host ${String(subjectHostId)} ignored`);
+      return;
+    }
     const known = await this.hosts.heartbeat(heartbeat.hostId, {
       vcpus: heartbeat.usage.vcpus,
       memoryMib: heartbeat.usage.memoryMib,

@@ -1,6 +1,6 @@
 import { Controller, UseFilters } from '@nestjs/common';
-import { EventPattern, MessagePattern, Payload } from '@nestjs/microservices';
-import { HostHeartbeat, HostRegistration, HostRegistrationReply, Subjects } from '@kiln/messaging';
+import { Ctx, EventPattern, MessagePattern, NatsContext, Payload } from '@nestjs/microservices';
+import { HostHeartbeat, HostRegistration, HostRegistrationReply, Subjects, hostIdOfHeartbeatSubject, hostIdOfRegisterSubject } from '@kiln/messaging';
 import { HostRegistryService } from './host-registry.service';
 import { SchedulerRpcExceptionFilter } from '../rpc/scheduler-rpc-exception.filter';
 
@@ -10,13 +10,13 @@ export class HostsController {
   constructor(private readonly registry: HostRegistryService) {}
 
   @MessagePattern(Subjects.hostRegister)
-  register(@Payload() registration: HostRegistration): Promise<HostRegistrationReply> {
-    return this.registry.register(registration);
+  register(@Payload() registration: HostRegistration, @Ctx() context: NatsContext): Promise<HostRegistrationReply> {
+    return this.registry.register(registration, hostIdOfRegisterSubject(context.getSubject()));
   }
 
   @EventPattern(Subjects.hostHeartbeat)
-  async heartbeat(@Payload() heartbeat: HostHeartbeat): Promise<void> {
+  async heartbeat(@Payload() heartbeat: HostHeartbeat, @Ctx() context: NatsContext): Promise<void> {
     if (typeof heartbeat?.hostId !== 'string' || typeof heartbeat.usage !== 'object') return;
-    await this.registry.heartbeat(heartbeat);
+    await this.registry.heartbeat(heartbeat, hostIdOfHeartbeatSubject(context.getSubject()));
   }
 }

@@ -18,6 +18,7 @@ import {
   SandboxListFilter,
   SandboxRecord,
   SandboxRepository,
+  TeamQuota,
   TemplateRepository,
   TransitionPatch,
   decodeKeysetCursor,
@@ -124,11 +125,11 @@ export class SandboxLifecycleService implements OnModuleInit {
       timeoutSeconds,
       autoPause: command.autoPause,
       metadata: command.metadata ?? {},
-      envVars: command.envVars ?? {},
+      // No env vars: they may hold secrets, so they only travel with the host create call below and are never stored.
       network: command.network,
       requestKey: command.requestKey,
       deadlineAt: new Date(Date.now() + this.env.SANDBOX_HOST_CREATE_DEADLINE_MS),
-    });
+    }, this.quotaDefaults());
     if (!created) return this.retriedCreate(sandbox);
 
     try {
@@ -139,6 +140,15 @@ export class SandboxLifecycleService implements OnModuleInit {
       this.createLatency.observe({ outcome: 'error' }, (performance.now() - started) / 1000);
       throw error;
     }
+  }
+
+  /** The deployment's quota, checked by createPending atomically with the insert (TeamQuotaExceededError: 429). */
+  private quotaDefaults(): TeamQuota {
+    return {
+      maxConcurrentSandboxes: this.env.TEAM_MAX_CONCURRENT_SANDBOXES,
+      maxVcpus: this.env.TEAM_MAX_VCPUS,
+      maxMemoryMib: this.env.TEAM_MAX_MEMORY_MIB,
+    };
   }
 
   /** A retried create with the same request key answers with the sandbox the first attempt made. */
@@ -500,7 +510,7 @@ export class SandboxLifecycleService implements OnModuleInit {
         to,
         reason: patch.reason,
         at: new Date().toISOString(),
-      })
+      }, 'scheduler')
       .catch((error) => this.logger.warn(`event publish failed for ${sandbox.id}: ${String(error)}`));
     return moved;
   }

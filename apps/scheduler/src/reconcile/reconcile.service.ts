@@ -2,7 +2,7 @@ import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs
 import { SandboxState } from '@kiln/contracts';
 import { SchedulerEnv } from '@kiln/config';
 import { HostRepository, SandboxRecord, SandboxRepository, isTransitional } from '@kiln/db';
-import { SandboxEventStream, SandboxLifecycleEvent } from '@kiln/messaging';
+import { SandboxEventSource, SandboxEventStream, SandboxLifecycleEvent } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { HostAgentClients } from '../hosts/host-agent-clients';
 import { SandboxLifecycleService } from '../lifecycle/sandbox-lifecycle.service';
@@ -49,7 +49,7 @@ export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
   }
 
   async onModuleInit(): Promise<void> {
-    this.stopConsuming = await this.events.consume('scheduler-host-events', (event) => this.onHostEvent(event));
+    this.stopConsuming = await this.events.consume('scheduler-host-events', (event, source) => this.onHostEvent(event, source));
     // A pass that fails (Postgres down) is logged and the next one tries again; it must never become an unhandled rejection.
     this.timer = setInterval(() => {
       this.reconcileOnce().catch((error) => this.logger.warn(`reconcile pass failed: ${String(error)}`));
@@ -62,7 +62,22 @@ export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
     await this.stopConsuming?.();
   }
 
-  async onHostEvent(event: SandboxLifecycleEvent): Promise<void> {
+  /**
+   * Applies a host's exit or crash event. `source` is the publisher its subject names, which NATS permissions vouch
+   * for: only the host that runs the sandbox (its row's host) may end it; any other event about it is ignored.
+   */
+  async onHostEvent(event: SandboxLifecycleEvent, source: SandboxEventSource | undefined): Promise<void> {
+    if (event.kind !== 'exited' && event.kind !== 'crashed') return;
+    if (typeof event.sandboxId !== 'string') return;
+    const sandbox = await this.sandboxes.find(event.sandboxId);
+    if (!sandbox) return;
+    const fromHost = source && source !== 'scheduler' ? source.hostId : undefined;
+    if (fromHost === undefined || fromHost !== sandbox.hostId) {
+      this.logger.warn(
+        `${event.kind} event for ${event.sandboxId} (on host ${String(sandbox.hostId)}) from ${fromHost === undefined ? 'no host' : `host ${fromHost}`} ignored`,
+      );
+      return;
+    }
     if (event.kind === 'exited') {
       if (await this.lifecycle.markGone(event.sandboxId, SandboxState.Killed, event.reason ?? 'sandbox exited')) this.fixes.inc({ kind: 'exited' });
     } else if (event.kind === 'crashed') {

@@ -10,6 +10,8 @@ export class FakeHostAgent {
   readonly running = new Set<string>();
   readonly destroyed: string[] = [];
   readonly createDeadlines: number[] = [];
+  /** The env vars each create request carried, by sandbox id. */
+  readonly envVarsOf = new Map<string, Record<string, string>>();
   createAnswers = true;
   createFails = false;
   private readonly server = new grpc.Server();
@@ -21,7 +23,8 @@ export class FakeHostAgent {
     type Call = grpc.ServerUnaryCall<Record<string, unknown>, unknown>;
     this.server.addService(proto.kiln.hostagent.v1.HostAgent.service, {
       createSandbox: (call: Call, callback: grpc.sendUnaryData<unknown>) => {
-        const request = call.request as { sandboxId: string; buildId: string; vcpus: number; memoryMib: number };
+        const request = call.request as { sandboxId: string; buildId: string; vcpus: number; memoryMib: number; envVars?: Record<string, string> };
+        this.envVarsOf.set(request.sandboxId, { ...(request.envVars ?? {}) });
         const deadline = call.getDeadline();
         this.createDeadlines.push(deadline instanceof Date ? deadline.getTime() : Number(deadline));
         // The VM exists on the host from here on, whether or not the create is ever answered.

@@ -1,5 +1,5 @@
 import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength, ValidateBy } from 'class-validator';
-import { IsEnvBoolean, IsIpList, IsServiceUrl } from './validators';
+import { HasRealUrlPasswordInProduction, IsAddressList, IsEnvBoolean, IsIpList, IsRealSecretInProduction, IsServiceUrl } from './validators';
 
 /**
  * Environment variables of every Kiln app. The names are the deployment contract:
@@ -14,6 +14,30 @@ export class CommonEnv {
 }
 
 /**
+ * NATS_USER / NATS_PASSWORD: set together; required in production, where the NATS server admits only Kiln's users,
+ * each limited to its service's subjects (libs/messaging/src/nats-permissions.ts). Outside it, unset means anonymous.
+ */
+function natsCredentialViolation(env: Record<string, unknown>, variable: 'NATS_USER' | 'NATS_PASSWORD'): string | undefined {
+  const value = env[variable];
+  if (value !== undefined) return typeof value === 'string' && value.length > 0 ? undefined : `${variable} must not be empty`;
+  if (env.NODE_ENV === 'production') {
+    return `${variable} is required in production: NATS admits only authenticated service users (see libs/messaging/src/nats-permissions.ts)`;
+  }
+  const other = variable === 'NATS_USER' ? 'NATS_PASSWORD' : 'NATS_USER';
+  return env[other] !== undefined ? `${variable} is unset but ${other} is set: NATS credentials need both` : undefined;
+}
+
+function IsNatsCredential(): PropertyDecorator {
+  return ValidateBy({
+    name: 'natsCredential',
+    validator: {
+      validate: (_value: unknown, args) => natsCredentialViolation(args?.object as Record<string, unknown>, args!.property as 'NATS_USER') === undefined,
+      defaultMessage: (args) => natsCredentialViolation(args?.object as Record<string, unknown>, args!.property as 'NATS_USER') ?? `${args?.property} is invalid`,
+    },
+  });
+}
+
+/**
  * Every app speaks NATS. Every app also carries the create deadline chain, innermost first, so each layer reads its
  * own deadline from the one validated set and any app refuses a set where a layer would outlive its caller:
  * guest init (host agent) < host create (scheduler) < create request (gateway) < host create + reconcile grace.
@@ -21,6 +45,17 @@ export class CommonEnv {
 export class NatsClientEnv extends CommonEnv {
   @IsServiceUrl(['nats'])
   NATS_URL: string = 'nats://127.0.0.1:4222';
+
+  /** This service's NATS user (`host-<hostId>` for a host agent); see natsCredentialViolation. */
+  @IsNatsCredential()
+  NATS_USER?: string;
+
+  @IsNatsCredential() @IsRealSecretInProduction()
+  NATS_PASSWORD?: string;
+
+  /** PEM CA bundle that signed the NATS server's certificate: set, the connection requires TLS and verifies it. */
+  @IsOptional() @IsString() @MinLength(1)
+  NATS_TLS_CA_FILE?: string;
 
   /** Host agent: how long a resumed clone's guest agent may take to accept /init before the create fails. */
   @IsInt() @Min(100)
@@ -77,14 +112,44 @@ export class NatsClientEnv extends CommonEnv {
 
 /** Control-plane apps keep their state in Postgres. */
 export class ControlPlaneEnv extends NatsClientEnv {
-  @IsServiceUrl(['postgres', 'postgresql'])
+  /** In production a password in it must be real (none at all is allowed: certificate, peer or trust auth). */
+  @IsServiceUrl(['postgres', 'postgresql']) @HasRealUrlPasswordInProduction({ passwordOptional: true })
   DATABASE_URL: string;
 }
 
 /** Control-plane apps with BullMQ queues or shared counters in Redis. */
 export class RedisBackedEnv extends ControlPlaneEnv {
-  @IsServiceUrl(['redis'])
+  /** `redis://:<password>@host:port`; in production the password is required and must be real. */
+  @IsServiceUrl(['redis']) @HasRealUrlPasswordInProduction()
   REDIS_URL: string = 'redis://127.0.0.1:6379';
+}
+
+/** The internal-mTLS variables; all three or none, and all three in production. */
+const INTERNAL_TLS_VARIABLES = ['KILN_INTERNAL_CA_FILE', 'KILN_INTERNAL_CERT_FILE', 'KILN_INTERNAL_KEY_FILE'] as const;
+
+function internalTlsViolation(env: Record<string, unknown>, variable: string): string | undefined {
+  const value = env[variable];
+  if (value !== undefined) return typeof value === 'string' && value.length > 0 ? undefined : `${variable} must be a file path`;
+  if (env.NODE_ENV === 'production') {
+    return `${variable} is required in production: the host agent's gRPC and proxy only speak mTLS there (see libs/config/src/internal-tls.ts)`;
+  }
+  const set = INTERNAL_TLS_VARIABLES.filter((name) => env[name] !== undefined);
+  return set.length ? `${variable} is unset but ${set.join(', ')} is set: internal mTLS needs all three` : undefined;
+}
+
+/**
+ * A PEM file of the internal plane's mTLS (libs/config/src/internal-tls.ts): KILN_INTERNAL_CA_FILE (the internal CA),
+ * KILN_INTERNAL_CERT_FILE (this service's certificate, with its `spiffe://kiln/<service>` URI SAN) and
+ * KILN_INTERNAL_KEY_FILE (its unencrypted key). Required in production; outside it, unset means plaintext.
+ */
+function IsInternalTlsFile(): PropertyDecorator {
+  return ValidateBy({
+    name: 'internalTlsFile',
+    validator: {
+      validate: (_value: unknown, args) => internalTlsViolation(args?.object as Record<string, unknown>, args!.property) === undefined,
+      defaultMessage: (args) => internalTlsViolation(args?.object as Record<string, unknown>, args!.property) ?? `${args?.property} is invalid`,
+    },
+  });
 }
 
 export class GatewayEnv extends RedisBackedEnv {
@@ -134,8 +199,39 @@ export class GatewayEnv extends RedisBackedEnv {
   @IsInt() @Min(1)
   RATE_LIMIT_PER_MINUTE: number = 1200;
 
+  /**
+   * Requests per minute per client address that carry no API key or an invalid one. Past it the address is answered
+   * 429 for the rest of the minute before any key lookup (valid keys from it included), so keys cannot be sprayed.
+   */
+  @IsInt() @Min(1)
+  RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE: number = 60;
+
+  /**
+   * When the rate limiter's Redis cannot be reached: false (default) refuses API requests with 503, so an outage
+   * does not switch the limits off; true lets them through uncounted. /health and /metrics are served either way.
+   */
+  @IsEnvBoolean()
+  RATE_LIMIT_FAIL_OPEN: boolean = false;
+
+  /**
+   * Proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed: the client address (per-address rate
+   * limits, logs) is read from it only for connections from these. Empty (default): always the connection's peer.
+   */
+  @IsAddressList(64)
+  TRUSTED_PROXIES: string = '';
+
   @IsInt() @Min(100)
   NATS_REQUEST_TIMEOUT_MS: number = 60_000;
+
+  /** Internal mTLS: the gateway presents spiffe://kiln/gateway to host agents' proxies and requires spiffe://kiln/host-agent. */
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CA_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CERT_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_KEY_FILE?: string;
 }
 
 export class SchedulerEnv extends RedisBackedEnv {
@@ -143,14 +239,14 @@ export class SchedulerEnv extends RedisBackedEnv {
   HTTP_PORT: number = 3001;
 
   /** Shared secret host agents present when they register. */
-  @IsString() @MinLength(16)
+  @IsString() @MinLength(16) @IsRealSecretInProduction()
   HOST_REGISTRATION_TOKEN: string;
 
   /**
    * Key every sandbox's envd and traffic access tokens are derived from (HMAC-SHA256 of the sandbox id), so no token
    * is ever stored. Rotating it invalidates the tokens of running sandboxes.
    */
-  @IsString() @MinLength(32)
+  @IsString() @MinLength(32) @IsRealSecretInProduction()
   KILN_SANDBOX_TOKEN_KEY: string;
 
   /** A host whose last heartbeat is older than this is not placed on. */
@@ -159,6 +255,29 @@ export class SchedulerEnv extends RedisBackedEnv {
 
   @IsInt() @Min(1)
   RECONCILE_INTERVAL_SECONDS: number = 30;
+
+  /** Internal mTLS: the scheduler presents spiffe://kiln/scheduler to host agents' gRPC and requires spiffe://kiln/host-agent. */
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CA_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CERT_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_KEY_FILE?: string;
+
+  /**
+   * Default quota of every team, over its sandboxes that hold host resources (pending, starting, running, pausing,
+   * resuming; paused ones hold none). A team's own columns (teams.max_*) override each; a create over any is a 429.
+   */
+  @IsInt() @Min(0)
+  TEAM_MAX_CONCURRENT_SANDBOXES: number = 100;
+
+  @IsInt() @Min(0)
+  TEAM_MAX_VCPUS: number = 200;
+
+  @IsInt() @Min(0)
+  TEAM_MAX_MEMORY_MIB: number = 204_800;
 }
 
 export class TemplateBuilderEnv extends RedisBackedEnv {
@@ -207,11 +326,70 @@ export class HostVmmEnv extends NatsClientEnv {
   KILN_VMM_PROBE_TIMEOUT_MS: number = 10_000;
 
   /**
-   * Unprivileged account every QEMU switches to once its devices are open; sandbox VMMs are also chrooted into an
-   * empty directory and may not spawn. `root` keeps QEMU privileged (only its seccomp filter then).
+   * First of the uids (each with the gid of the same number) QEMU switches to once its devices are open: every VM
+   * gets one of its own for its lifetime, so an escaped VMM cannot signal or trace another. No passwd entries are
+   * needed. Every VMM is also chrooted and may not spawn. 0: QEMU stays root (only its seccomp filter then).
    */
-  @IsString() @Matches(/^[a-z_][a-z0-9_-]{0,31}$/, { message: 'KILN_VMM_USER must be a user name' })
-  KILN_VMM_USER: string = 'kiln-vmm';
+  // With KILN_VMM_UID_COUNT's maximum the range stays below (uid_t)-1, which setuid(2) reads as "unchanged".
+  @IsInt() @Min(0) @Max(4_000_000_000)
+  KILN_VMM_UID_BASE: number = 200_000;
+
+  /**
+   * How many uids from KILN_VMM_UID_BASE on belong to Kiln's VMMs: at least the VMs that run at once (sandboxes,
+   * pooled clones, template boots). Agents sharing a KILN_DATA_DIR share the range; others need disjoint ones.
+   */
+  @IsInt() @Min(1) @Max(1_000_000)
+  @ValidateBy({
+    name: 'vmmUidsCoverVms',
+    validator: {
+      // In the agent: every sandbox, pooled clone and template boot (at most 2 at once) needs a uid while it runs.
+      validate: (count: unknown, args) => {
+        const env = args?.object as Partial<Record<'KILN_VMM_UID_BASE' | 'KILN_MAX_SANDBOXES' | 'KILN_CLONE_POOL_SIZE' | 'KILN_CLONE_POOL_TEMPLATES', number>>;
+        if (env.KILN_VMM_UID_BASE === 0 || env.KILN_MAX_SANDBOXES === undefined) return true;
+        return Number(count) >= env.KILN_MAX_SANDBOXES + (env.KILN_CLONE_POOL_SIZE ?? 0) * (env.KILN_CLONE_POOL_TEMPLATES ?? 0) + 2;
+      },
+      defaultMessage: () => 'KILN_VMM_UID_COUNT must cover KILN_MAX_SANDBOXES + KILN_CLONE_POOL_SIZE × KILN_CLONE_POOL_TEMPLATES + 2 template boots',
+    },
+  })
+  KILN_VMM_UID_COUNT: number = 65_536;
+
+  /**
+   * Per-VM cgroup (CPU quota from the vCPUs, memory = guest RAM + overhead, pids) so one sandbox cannot take the
+   * host. auto: cgroup v2 when its cpu, memory and pids controllers are available, else the v1 hierarchies, else
+   * none (with a warning). v2/v1: that one or fail at start. off: no limits.
+   */
+  @IsIn(['auto', 'v2', 'v1', 'off'])
+  KILN_VMM_CGROUP: string = 'auto';
+
+  /**
+   * Parent group of the per-VM groups (a path relative to the v2 mount, or to the agent's own group under v1).
+   * Unset: kiln-<KILN_NETWORK_PREFIX> in the agent, kiln-vmm in tools that drive VMs without it.
+   */
+  @IsOptional() @IsString() @Matches(/^[A-Za-z0-9._-]{1,64}(\/[A-Za-z0-9._-]{1,64}){0,4}$/, {
+    message: 'KILN_VMM_CGROUP_PARENT must be a relative cgroup path',
+  })
+  KILN_VMM_CGROUP_PARENT?: string;
+
+  /**
+   * What a VMM holds beyond guest RAM, on top of the TCG translation buffer (KILN_VMM_TCG_TB_MIB) under TCG:
+   * QEMU's heap, device state and libraries. Measured: 15-107 MiB charged beyond guest RAM for a 512 MiB TCG guest,
+   * translation buffer included (docs/bench/noisy-neighbour.md); the default leaves headroom because going over it
+   * gets the VMM OOM-killed.
+   */
+  @IsInt() @Min(16) @Max(65536)
+  KILN_VMM_CGROUP_MEMORY_OVERHEAD_MIB: number = 128;
+
+  /** Tasks a VMM may have beyond one per vCPU: main, RCU and I/O threads (QEMU's pool grows to 64) and helpers. */
+  @IsInt() @Min(16) @Max(65536)
+  KILN_VMM_CGROUP_PIDS_MARGIN: number = 96;
+
+  /**
+   * CPU a VMM may use beyond its vCPUs, in percent of one CPU: QEMU's main loop (virtio, timers) and I/O threads run
+   * next to the vCPU threads, and a quota of exactly the vCPUs throttles a busy VM's own device emulation
+   * (docs/bench/noisy-neighbour.md). quota = vCPUs + this.
+   */
+  @IsInt() @Min(0) @Max(400)
+  KILN_VMM_CGROUP_CPU_HEADROOM_PERCENT: number = 50;
 }
 
 export class HostAgentEnv extends HostVmmEnv {
@@ -225,6 +403,31 @@ export class HostAgentEnv extends HostVmmEnv {
   @IsInt() @Min(1) @Max(65535)
   PROXY_PORT: number = 5007;
 
+  /**
+   * Addresses the gRPC and proxy ports listen on. Unset: KILN_HOST_ADDRESS, the one address the control plane uses,
+   * so they are not also open on every other interface of the host (set 0.0.0.0 when that address is not local,
+   * e.g. behind NAT).
+   */
+  @IsOptional() @IsString() @MinLength(1)
+  GRPC_HOST?: string;
+
+  @IsOptional() @IsString() @MinLength(1)
+  PROXY_HOST?: string;
+
+  /**
+   * Internal mTLS: gRPC and the proxy require a client certificate from KILN_INTERNAL_CA_FILE's CA, naming
+   * spiffe://kiln/scheduler or spiffe://kiln/gateway (the proxy: the gateway only); this agent presents
+   * spiffe://kiln/host-agent.
+   */
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CA_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CERT_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_KEY_FILE?: string;
+
   /** Stable identity of this host; defaults to the machine's hostname. */
   @IsOptional() @IsString() @Matches(/^[a-zA-Z0-9._-]{1,63}$/)
   KILN_HOST_ID?: string;
@@ -233,14 +436,14 @@ export class HostAgentEnv extends HostVmmEnv {
   @IsString() @MinLength(1)
   KILN_HOST_ADDRESS: string = '127.0.0.1';
 
-  @IsString() @MinLength(16)
+  @IsString() @MinLength(16) @IsRealSecretInProduction()
   HOST_REGISTRATION_TOKEN: string;
 
   /**
    * Key the secrets in this host's sandbox records (their envd tokens) are sealed with on disk (AES-256-GCM, HKDF).
    * Unset: derived from HOST_REGISTRATION_TOKEN; set it to rotate that token without losing running sandboxes.
    */
-  @IsOptional() @IsString() @MinLength(32)
+  @IsOptional() @IsString() @MinLength(32) @IsRealSecretInProduction()
   KILN_HOST_STATE_KEY?: string;
 
   @IsIn(['auto', 'qcow2', 'reflink', 'copy'])

@@ -1,0 +1,31 @@
+import { GrpcOptions, Transport } from '@nestjs/microservices';
+import type { HostAgentEnv } from '@kiln/config';
+import { InternalService, InternalTlsMaterial, grpcCallerInterceptor, grpcServerCredentials } from '@kiln/config/internal-tls';
+import { GRPC_LOADER_OPTIONS, HOSTAGENT_PACKAGE, HOSTAGENT_PROTO_PATH } from '@kiln/proto';
+
+/** Who may call this agent's gRPC: the scheduler places and manages sandboxes, the gateway may read them. */
+export const GRPC_CALLERS: readonly InternalService[] = ['scheduler', 'gateway'];
+
+/**
+ * The HostAgent gRPC server as main.ts connects it. With internal mTLS (always in production) TLS requires a client
+ * certificate from the internal CA (no certificate: the handshake fails, UNAVAILABLE) and the interceptor ends calls
+ * from any other service's certificate with PERMISSION_DENIED; without it, plaintext (development and tests only).
+ */
+export function hostAgentGrpcOptions(env: Pick<HostAgentEnv, 'GRPC_HOST' | 'KILN_HOST_ADDRESS' | 'GRPC_PORT'>, internalTls: InternalTlsMaterial | undefined): GrpcOptions {
+  return {
+    transport: Transport.GRPC,
+    options: {
+      package: HOSTAGENT_PACKAGE,
+      protoPath: HOSTAGENT_PROTO_PATH,
+      url: `${env.GRPC_HOST ?? env.KILN_HOST_ADDRESS}:${env.GRPC_PORT}`,
+      loader: { ...GRPC_LOADER_OPTIONS, includeDirs: [...GRPC_LOADER_OPTIONS.includeDirs] },
+      ...(internalTls
+        ? {
+            credentials: grpcServerCredentials(internalTls),
+            // grpc-js takes server interceptors from its constructor options, which Nest passes as channelOptions.
+            channelOptions: { interceptors: [grpcCallerInterceptor(GRPC_CALLERS)] } as NonNullable<GrpcOptions['options']['channelOptions']>,
+          }
+        : {}),
+    },
+  };
+}

@@ -1,0 +1,124 @@
+import {
+  SANDBOX_EVENTS_STREAM,
+  SANDBOX_EVENTS_SUBJECT_PREFIX,
+  Subjects,
+  hostHeartbeatSubject,
+  hostRegisterSubject,
+  sandboxEventSubjectsOf,
+} from './subjects';
+
+/**
+ * Who may publish and subscribe to what on Kiln's NATS: one user per service, and one per host agent, each allowed
+ * exactly the subjects its code uses (derived from `Subjects` so a new subject cannot drift from its grant). The
+ * nats-server configuration is generated from these (nats-server-config.ts); nothing else spells a grant.
+ *
+ * A host agent's user is per host (`host:<hostId>`) and may publish only on subjects carrying its own host id, so
+ * the host id of a heartbeat, registration or lifecycle event subject is vouched for by the server: the scheduler
+ * takes it from the subject and ignores what the payload claims (see hosts.controller.ts and reconcile.service.ts).
+ *
+ * Replies: requesters receive them on their own inbox prefix (`natsInboxPrefix`), so no user can read another's
+ * replies (a route reply carries an envd token); responders answer through `allow_responses`, which lets them
+ * publish only to the reply subject of a request they received.
+ */
+
+/** The service users; a host agent's user is `hostAgentNatsUser(hostId)`. */
+export const NATS_SERVICE_USERS = ['gateway', 'scheduler', 'host-monitor', 'template-builder'] as const;
+export type NatsServiceUser = (typeof NATS_SERVICE_USERS)[number];
+
+export interface NatsPermissions {
+  /** Subjects the user may publish on; empty: none. */
+  publish: string[];
+  /** Subjects the user may subscribe to (with or without a queue group); empty: none. */
+  subscribe: string[];
+  /** May publish to the reply subject of a message it received (answers requests). */
+  allowResponses: boolean;
+}
+
+export interface NatsUser {
+  user: string;
+  password: string;
+  permissions: NatsPermissions;
+}
+
+// No service user name has a colon, nor any host id: a host's user can never be a service's (a host named `monitor`).
+const HOST_AGENT_USER_PREFIX = 'host:';
+
+export function hostAgentNatsUser(hostId: string): string {
+  return `${HOST_AGENT_USER_PREFIX}${hostId}`;
+}
+
+/**
+ * The inbox prefix of a user's connections (nats `inboxPrefix`), which its grant subscribes under. Dots, allowed
+ * in host ids, become `~` (not allowed in them) so that one user's inbox can never be a sub-subject of another's.
+ */
+export function natsInboxPrefix(user: string): string {
+  return `_INBOX.${user.replace(/\./g, '~')}`;
+}
+
+function inboxOf(user: string): string {
+  return `${natsInboxPrefix(user)}.>`;
+}
+
+/** Every request subject the gateway sends: the sandbox API and the scheduler's health ping. */
+const GATEWAY_REQUESTS = Object.entries(Subjects)
+  .filter(([name]) => name !== 'hostRegister' && name !== 'hostHeartbeat')
+  .map(([, subject]) => subject);
+
+const JETSTREAM_ACCOUNT_INFO = '$JS.API.INFO';
+
+/** What a service user may do. */
+export function serviceNatsPermissions(service: NatsServiceUser): NatsPermissions {
+  switch (service) {
+    case 'gateway':
+      return {
+        publish: GATEWAY_REQUESTS,
+        // Core-NATS subscription to every lifecycle event (route invalidation), not a JetStream consumer.
+        subscribe: [`${SANDBOX_EVENTS_SUBJECT_PREFIX}.>`, inboxOf(service)],
+        allowResponses: false,
+      };
+    case 'scheduler':
+      return {
+        // It owns the event stream and its durable consumer (JetStream API), acks what it consumed, and publishes
+        // its own transitions. Requests it answers go back through allowResponses.
+        publish: [sandboxEventSubjectsOf('scheduler'), '$JS.API.>', `$JS.ACK.${SANDBOX_EVENTS_STREAM}.>`],
+        subscribe: ['kiln.scheduler.>', Subjects.hostHeartbeat, inboxOf(service)],
+        allowResponses: true,
+      };
+    case 'host-monitor':
+      return { publish: [], subscribe: [Subjects.hostHeartbeat, inboxOf(service)], allowResponses: false };
+    case 'template-builder':
+      // Carries the NATS variables of every app but sends and receives nothing over NATS today.
+      return { publish: [], subscribe: [], allowResponses: false };
+  }
+}
+
+/**
+ * What one host agent may do: register, heartbeat and publish lifecycle events under its own host id only, and the
+ * JetStream calls its publisher makes (account info, the event stream's info and, when it starts first, creation).
+ */
+export function hostAgentNatsPermissions(hostId: string): NatsPermissions {
+  return {
+    publish: [
+      hostRegisterSubject(hostId),
+      hostHeartbeatSubject(hostId),
+      sandboxEventSubjectsOf({ hostId }),
+      JETSTREAM_ACCOUNT_INFO,
+      `$JS.API.STREAM.INFO.${SANDBOX_EVENTS_STREAM}`,
+      `$JS.API.STREAM.CREATE.${SANDBOX_EVENTS_STREAM}`,
+    ],
+    subscribe: [inboxOf(hostAgentNatsUser(hostId))],
+    allowResponses: false,
+  };
+}
+
+/** Every user of a deployment: the service users and one per host agent, with the passwords given. */
+export function kilnNatsUsers(passwords: Record<NatsServiceUser, string>, hostPasswords: Record<string, string>): NatsUser[] {
+  return [
+    ...NATS_SERVICE_USERS.map((service) => ({ user: service, password: passwords[service], permissions: serviceNatsPermissions(service) })),
+    ...Object.entries(hostPasswords).map(([hostId, password]) => ({
+      user: hostAgentNatsUser(hostId),
+      password,
+      permissions: hostAgentNatsPermissions(hostId),
+    })),
+  ];
+}
