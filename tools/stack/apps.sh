@@ -173,6 +173,13 @@ app_build_id() {
     -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum | cut -c1-16)
 }
 
+# The variables one app gets beside the shared stack environment (NAME=value words): its own HTTP port, internal
+# certificate and NATS user. Its helpers (the host agent's teardown) run with the same, so they validate as it does.
+app_env_of() {
+  local app=$1
+  echo "$(internal_tls_env_of "$app") $(nats_env_of "$app") HTTP_PORT=${HEALTH_PORT[$app]}"
+}
+
 start_app() {
   local app=$1 build
   mkdir -p "$RUN_DIR"
@@ -187,11 +194,9 @@ start_app() {
     stop_app "$app"
   fi
   # setsid: each app leads its own session so `down` can signal exactly what it started.
-  local tls_env
-  read -r -a tls_env <<< "$(internal_tls_env_of "$app")"
-  local nats_env
-  read -r -a nats_env <<< "$(nats_env_of "$app")"
-  env "${tls_env[@]}" "${nats_env[@]}" HTTP_PORT="${HEALTH_PORT[$app]}" setsid node "$ROOT/apps/$app/dist/main.js" >>"$RUN_DIR/$app.log" 2>&1 < /dev/null &
+  local own_env
+  read -r -a own_env <<< "$(app_env_of "$app")"
+  env "${own_env[@]}" setsid node "$ROOT/apps/$app/dist/main.js" >>"$RUN_DIR/$app.log" 2>&1 < /dev/null &
   echo $! > "$RUN_DIR/$app.pid"
   echo "$build" > "$RUN_DIR/$app.build"
 }

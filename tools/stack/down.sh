@@ -9,7 +9,10 @@ for app in gateway template-builder host-monitor scheduler; do stop_app "$app"; 
 # The host agent leaves VMs running across its own restarts by design; `down` removes them.
 stop_app host-agent
 if [ -f "$ROOT/apps/host-agent/dist/teardown.js" ]; then
-  node "$ROOT/apps/host-agent/dist/teardown.js" || log "host teardown reported problems (see above)"
+  # The teardown validates the host agent's environment as the agent does, so it gets the agent's certificate paths.
+  ensure_internal_certificates
+  read -r -a host_agent_env <<< "$(app_env_of host-agent)"
+  env "${host_agent_env[@]}" node "$ROOT/apps/host-agent/dist/teardown.js" || log "host teardown reported problems (see above)"
 fi
 # After every app: none of them may lose NATS while it still runs. Its JetStream store ($KILN_STATE/nats) stays.
 stop_stack_nats
