@@ -62,13 +62,24 @@ describe('gateway during NATS and Redis outages', () => {
   afterAll(async () => {
     await nats?.start().catch(() => undefined);
     await redis?.start().catch(() => undefined);
-    await gateway?.close();
-    await scheduler?.close();
+    // What this suite checks is the answers during outages, not shutdown. Under CI load the scheduler's close after
+    // a NATS and a Redis restart once outlived the hook's 60 s (1 run in ~15 here, not reproduced with its shutdown
+    // hooks traced): each close is bounded and a slow one is reported by name, so the rest of the teardown (the
+    // database, the private servers) still happens and the report says where to look.
+    await closeWithin('gateway', 15_000, () => gateway?.close());
+    await closeWithin('scheduler', 15_000, () => scheduler?.close());
     await db?.drop();
     await nats?.dispose();
     await redis?.dispose();
     // Restarting two servers and closing two apps: seconds on a loaded CI machine, beyond the 5 s hook default.
   }, 60_000);
+
+  async function closeWithin(what: string, ms: number, close: () => Promise<void> | undefined): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const slow = new Promise<'slow'>((resolve) => (timer = setTimeout(() => resolve('slow'), ms)));
+    const outcome = await Promise.race([Promise.resolve(close()).then(() => 'closed' as const), slow]).finally(() => clearTimeout(timer));
+    if (outcome === 'slow') process.stderr.write(`dependency-outages teardown: the ${what} did not close within ${ms} ms; left to --forceExit\n`);
+  }
 
   async function call(url: string, init: RequestInit = {}): Promise<Answer> {
     const started = Date.now();
