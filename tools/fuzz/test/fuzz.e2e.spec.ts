@@ -33,7 +33,10 @@ const SURFACES = {
   envd: { share: 0.3, concurrency: 4 },
 } as const;
 type Surface = keyof typeof SURFACES;
-const WARM_UP_PER_SURFACE = 150;
+// Large enough that the allocators reach their working size at the run's concurrency: with 150 per surface the
+// gateway's RSS baseline sat ~25 MiB under its plateau (native memory, V8's heap meanwhile shrank), and a run failed
+// on that, not on a leak.
+const WARM_UP_PER_SURFACE = 500;
 const SETTLE_MS = 15_000;
 const SETTLE_DEADLINE_MS = 120_000;
 const USER_PORT = 8000;
