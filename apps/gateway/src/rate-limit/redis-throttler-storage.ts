@@ -60,17 +60,6 @@ export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShu
     }
   }
 
-  /** The hits counted so far in `key`'s current window, without counting one (0 when it has none). */
-  async hits(key: string): Promise<number> {
-    try {
-      const count = await withDeadline(this.read(key), RATE_LIMIT_REDIS_DEADLINE_MS);
-      return Number(count ?? 0);
-    } catch (error) {
-      this.unreachable(error);
-      return 0;
-    }
-  }
-
   /** Redis could not count: throws RateLimitUnavailableError unless configured to fail open (then returns). */
   private unreachable(error: unknown): void {
     const now = Date.now();
@@ -80,11 +69,6 @@ export class RedisThrottlerStorage implements ThrottlerStorage, OnApplicationShu
       this.logger.warn(`rate-limit Redis unreachable, ${outcome}: ${describeError(error)}`);
     }
     if (!this.failOpen) throw new RateLimitUnavailableError();
-  }
-
-  private async read(key: string): Promise<string | null> {
-    if (this.redis.status === 'wait') await this.redis.connect();
-    return this.redis.get(key);
   }
 
   private async count(key: string, ttl: number): Promise<[number, number]> {
