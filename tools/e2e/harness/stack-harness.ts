@@ -361,7 +361,8 @@ export function readStack(stackFile = STACK_FILE): StackInfo {
   return JSON.parse(readFileSync(stackFile, 'utf8')) as StackInfo;
 }
 
-function alive(pid: number): boolean {
+/** Whether a process with this pid exists (signal 0). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -5,7 +5,7 @@ import { eventually } from '@kiln/testing';
 import { NOT_SUPPORTED_ROUTES } from '../../../apps/gateway/src/not-supported/not-supported-routes';
 import { createSandbox } from '../../e2e/harness/api-client';
 import { envdProcessClient, runCommand } from '../../e2e/harness/envd-client';
-import { ROOT, StackInfo, StackOptions, startStack, stopStack } from '../../e2e/harness/stack-harness';
+import { ROOT, StackInfo, alive, StackOptions, startStack, stopStack } from '../../e2e/harness/stack-harness';
 import { FuzzTargets, SCRATCH_DIR, envdRequest, restRequest, trafficRequest } from '../support/arbitraries';
 import { mib, rssOfPid, rssTolerance } from '../support/process-memory';
 import { RawRequest, RawResponse, describeRequest, sendRaw } from '../support/raw-http';
@@ -333,12 +333,3 @@ describe('malformed input fuzz (REST API, sandbox-traffic listener, envd)', () =
     expect(tally.failures).toEqual([]);
   });
 });
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
