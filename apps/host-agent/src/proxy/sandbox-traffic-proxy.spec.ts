@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import { Agent, IncomingMessage, Server, ServerResponse, createServer, request } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer as createTcpServer, type Socket } from 'node:net';
 import type { HostAgentEnv } from '@kiln/config';
 import { fileSignature } from '@kiln/contracts/envd-auth';
 import { MetricsRegistry } from '@kiln/telemetry';
@@ -11,6 +11,11 @@ import { SandboxTrafficProxy } from './sandbox-traffic-proxy';
 const GUEST_ADDRESS = '127.77.0.1';
 const ENVD = 49983;
 const TOKEN = 'host-proxy-test-token';
+
+/** An upload envd refuses on its headers (bad username) and the answer it gives. */
+const EARLY_REFUSAL = '/files?path=/tmp/upload&username=nobody';
+const EARLY_REFUSAL_BODY = JSON.stringify({ code: 400, message: 'error looking up user nobody: unknown user nobody' });
+const DIES_ON_HEADERS = '/files?path=/tmp/upload&username=crash';
 
 /** One Connect streaming envelope (flags 0: a message) with a JSON payload. */
 function connectEnvelope(message: unknown): Buffer {
@@ -30,6 +35,18 @@ class GuestStandIn {
 
   async listen(port: number): Promise<number> {
     const server = createServer(async (req, res) => {
+      if (req.url?.startsWith(EARLY_REFUSAL)) {
+        // envd refusing an upload on its headers alone (a user that does not exist): it answers, then closes without
+        // reading the body, so the proxy's next write of that body fails (EPIPE, or ECONNRESET).
+        res.writeHead(400, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(EARLY_REFUSAL_BODY) });
+        res.end(EARLY_REFUSAL_BODY, () => req.socket.destroy());
+        return;
+      }
+      if (req.url?.startsWith(DIES_ON_HEADERS)) {
+        // A guest agent that crashes on the request: the connection dies with no answer at all.
+        req.socket.destroy();
+        return;
+      }
       let body = '';
       for await (const chunk of req) body += String(chunk);
       this.seen.push({ method: req.method, url: req.url, headers: req.headers, body });
@@ -373,3 +390,182 @@ async function eventuallyTrue(check: () => boolean, timeoutMs = 2_000): Promise<
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+/** What an upload client saw: the answer, if any, how its request failed, if it did, and how much of the body it wrote. */
+interface UploadOutcome {
+  status?: number;
+  /** The answer's Connection header. */
+  connection?: string;
+  body: string;
+  error?: string;
+  bodyBytesWritten: number;
+  /** When the client's connection closed, from the first byte of the answer (ms), or undefined when it stayed open. */
+  closedAfterAnswerMs?: number;
+}
+
+/**
+ * POSTs `bodyBytes` through the proxy as an upload client (the gateway's proxy, the SDK) does: node:http on a keep-alive
+ * pool, writing the body in chunks as fast as the connection takes them, and going on writing after an answer arrives
+ * (HTTP/1.1 clients do not stop on an early response). Settles once the answer has ended and the connection closed,
+ * or after `settleMs`.
+ */
+function upload(path: string, headers: Record<string, string>, bodyBytes: number, settleMs = 10_000): Promise<UploadOutcome> {
+  const pool = new Agent({ keepAlive: true });
+  const chunk = Buffer.alloc(64 * 1024, 'u');
+  return new Promise<UploadOutcome>((resolve) => {
+    const outcome: UploadOutcome = { body: '', bodyBytesWritten: 0 };
+    let answeredAt: number | undefined;
+    let answerEnded = false;
+    let connectionClosed = false;
+    const settle = () => {
+      clearTimeout(giveUp);
+      pool.destroy();
+      resolve(outcome);
+    };
+    const giveUp = setTimeout(() => {
+      outcome.error ??= `not settled after ${settleMs} ms`;
+      req.destroy();
+      settle();
+    }, settleMs);
+    const settleIfDone = () => {
+      if ((answerEnded || outcome.status === undefined) && connectionClosed) settle();
+    };
+    const req = request({
+      host: '127.0.0.1',
+      port: proxy.port,
+      path,
+      method: 'POST',
+      agent: pool,
+      headers: { ...headers, 'content-type': 'application/octet-stream', 'content-length': String(bodyBytes) },
+    });
+    req.on('response', (res) => {
+      answeredAt = Date.now();
+      outcome.status = res.statusCode;
+      outcome.connection = res.headers.connection;
+      res.setEncoding('utf8');
+      res.on('data', (text: string) => (outcome.body += text));
+      res.on('error', (error) => (outcome.error ??= `answer: ${error.message}`));
+      res.on('close', () => {
+        answerEnded = res.complete;
+        settleIfDone();
+      });
+    });
+    req.on('error', (error) => (outcome.error ??= `request: ${error.message}`));
+    req.on('close', () => {
+      connectionClosed = true;
+      if (answeredAt !== undefined) outcome.closedAfterAnswerMs = Date.now() - answeredAt;
+      settleIfDone();
+    });
+    const writeMore = (): void => {
+      while (outcome.bodyBytesWritten < bodyBytes) {
+        if (req.destroyed) return;
+        const piece = chunk.subarray(0, Math.min(chunk.length, bodyBytes - outcome.bodyBytesWritten));
+        outcome.bodyBytesWritten += piece.length;
+        if (!req.write(piece)) {
+          req.once('drain', writeMore);
+          return;
+        }
+      }
+      req.end();
+    };
+    writeMore();
+  });
+}
+
+describe('host agent proxy: a guest that answers before it has read the body', () => {
+  const BIG_BODY = 16 * 1024 * 1024;
+
+  /**
+   * Runs an upload and collects the proxy's own side of the client connections it opened (the server is private: read
+   * here only to see that each of them ends, lingering close included, rather than trusting the client's view).
+   */
+  async function uploadWatchingProxySide(...args: Parameters<typeof upload>) {
+    const server = (proxy as unknown as { server: Server }).server;
+    const proxySide: Socket[] = [];
+    const collect = (socket: Socket) => proxySide.push(socket);
+    server.on('connection', collect);
+    try {
+      return { outcome: await upload(...args), proxySide };
+    } finally {
+      server.off('connection', collect);
+    }
+  }
+
+  /**
+   * A guest port served from a bare socket, to control what the guest reads: it reads a request's headers, answers
+   * 400 (with `connection: close`, as Go's server does when it will not read a body, or without), reads nothing more,
+   * and closes `closeAfterMs` later: at once, or after the answer has surely been read.
+   */
+  async function listenEarlyRefuser(closeAfterMs: number, connectionClose: boolean) {
+    const sockets = new Set<Socket>();
+    const server = createTcpServer((socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => undefined);
+      let head = '';
+      const onData = (chunk: Buffer) => {
+        head += chunk.toString('latin1');
+        if (!head.includes('\r\n\r\n')) return;
+        socket.off('data', onData);
+        socket.pause();
+        const answer =
+          `HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(EARLY_REFUSAL_BODY)}\r\n` +
+          `${connectionClose ? 'connection: close\r\n' : ''}\r\n${EARLY_REFUSAL_BODY}`;
+        socket.write(answer, () => (closeAfterMs ? setTimeout(() => socket.destroy(), closeAfterMs) : socket.destroy()));
+      };
+      socket.on('data', onData);
+    });
+    await new Promise<void>((resolve) => server.listen(0, GUEST_ADDRESS, resolve));
+    return {
+      port: (server.address() as { port: number }).port,
+      close: async () => {
+        for (const socket of sockets) socket.destroy();
+        await new Promise((resolve) => server.close(resolve));
+      },
+    };
+  }
+
+  it.each([
+    ['envd (node:http) closes at once: the answer is still unread when the write fails', 'envd', 0, false],
+    ['a bare-socket guest answers `connection: close` and closes at once', 'bare', 0, true],
+    ['a bare-socket guest answers keep-alive and closes 50 ms later: the answer is read before the reset reaches the proxy', 'bare', 50, false],
+    ['a bare-socket guest answers `connection: close` and closes 50 ms later: the proxy ends the guest connection itself', 'bare', 50, true],
+  ])('relays the guest’s early 400 and its body, not a 502, and closes the client’s connection: %s', async (_case, guestKind, closeAfterMs, connectionClose) => {
+    records.set('early-answer', { envdAccessToken: TOKEN });
+    const refuser = guestKind === 'bare' ? await listenEarlyRefuser(closeAfterMs as number, connectionClose as boolean) : undefined;
+    const errorsBefore = await counted('upstream_error');
+    const earlyBefore = await counted('answered_early');
+    const headers = refuser ? { 'e2b-sandbox-id': 'early-answer', 'e2b-sandbox-port': String(refuser.port) } : envd('early-answer', { 'x-access-token': TOKEN });
+    const { outcome, proxySide } = await uploadWatchingProxySide(EARLY_REFUSAL, headers, BIG_BODY).finally(() => refuser?.close());
+    expect(outcome).toMatchObject({ status: 400, body: EARLY_REFUSAL_BODY });
+    expect(outcome.error).toBeUndefined();
+    // Counted as a guest that answered early, not as one that was unreachable.
+    expect(await counted('answered_early')).toBe(earlyBefore + 1);
+    expect(await counted('upstream_error')).toBe(errorsBefore);
+    // Neither read to its end nor left hanging: the client is told the connection is over soon after the answer.
+    expect(outcome.bodyBytesWritten).toBeLessThan(BIG_BODY);
+    expect(outcome.closedAfterAnswerMs).toBeDefined();
+    expect(outcome.closedAfterAnswerMs!).toBeLessThan(3_000);
+    await eventuallyTrue(() => proxy.connections.count('early-answer') === 0);
+    expect(proxySide).toHaveLength(1);
+    await eventuallyTrue(() => proxySide.every((socket) => socket.destroyed), 3_000);
+    destroySandbox('early-answer');
+  });
+
+  it('still answers 502 when the guest’s connection dies without an answer', async () => {
+    records.set('dies-on-headers', { envdAccessToken: TOKEN });
+    const errorsBefore = await counted('upstream_error');
+    const { outcome, proxySide } = await uploadWatchingProxySide(DIES_ON_HEADERS, envd('dies-on-headers', { 'x-access-token': TOKEN }), BIG_BODY);
+    expect(outcome.status).toBe(502);
+    expect(JSON.parse(outcome.body)).toEqual({ code: 502, message: expect.stringMatching(/^sandbox unreachable: /) });
+    expect(outcome.connection).toBe('close');
+    expect(outcome.bodyBytesWritten).toBeLessThan(BIG_BODY);
+    expect(outcome.closedAfterAnswerMs).toBeDefined();
+    expect(outcome.closedAfterAnswerMs!).toBeLessThan(3_000);
+    expect(await counted('upstream_error')).toBe(errorsBefore + 1);
+    await eventuallyTrue(() => proxy.connections.count('dies-on-headers') === 0);
+    expect(proxySide).toHaveLength(1);
+    await eventuallyTrue(() => proxySide.every((socket) => socket.destroyed), 3_000);
+    destroySandbox('dies-on-headers');
+  });
+});

@@ -34,7 +34,21 @@ type ProxyOutcome =
   | 'bad_request'
   | 'no_sandbox'
   | 'upstream_error'
-  | 'upstream_cut';
+  | 'upstream_cut'
+  | 'answered_early';
+
+/**
+ * How a write of a request body fails once the guest has closed its side: a guest that answers before reading the
+ * whole body (envd refusing an upload on its headers) and then closes gives the proxy one of these on its next write.
+ */
+const CLOSED_BY_PEER = new Set(['EPIPE', 'ECONNRESET']);
+
+/**
+ * How long a client's connection stays half-closed after a reply to a body nobody reads any more, before it is closed.
+ * Closing at once, with the client's bytes still arriving, is a reset, and a reset can overtake a reply the client
+ * has not read yet (what the guest's own early close does to this proxy). Go's server waits 500 ms for the same reason.
+ */
+const UNREAD_BODY_LINGER_MS = 1_000;
 
 /** Who may send sandbox traffic through this proxy: only the gateway, which has applied the edge policy first. */
 const PROXY_CALLERS: readonly InternalService[] = ['gateway'];
@@ -76,6 +90,77 @@ function reject(res: ServerResponse, status: number, message: string): void {
   res.end(body);
 }
 
+/** Half-closes a client's connection, drops what it still sends, and closes it once the client has or the linger is over. */
+function closeLingering(socket: Socket): void {
+  if (socket.destroyed || socket.writableEnded) return;
+  socket.end();
+  const cut = setTimeout(() => socket.destroy(), UNREAD_BODY_LINGER_MS);
+  socket.once('close', () => clearTimeout(cut));
+}
+
+/**
+ * Node closes a client connection outright the moment a `connection: close` reply is written (destroySoon); with the
+ * client's body still arriving, that is a reset under the reply. This connection's close lingers instead.
+ */
+function lingerOnClose(socket: Socket): void {
+  socket.destroySoon = () => closeLingering(socket);
+}
+
+/** Requests endUnreadBody has ended. */
+const unreadBodies = new WeakSet<IncomingMessage>();
+
+type WriteDone = (error?: Error | null) => void;
+
+/** What to do when the guest closes a connection under the request now using it, by connection (keep-alive reuses them). */
+const onGuestClosedWrites = new WeakMap<Socket, () => void>();
+/** Guest connections whose writes are guarded. */
+const watchedConnections = new WeakSet<Socket>();
+/** Guest connections whose writes fail because the guest closed them: every write to one is dropped. */
+const closedToWrites = new WeakSet<Socket>();
+
+/**
+ * Keeps a guest connection readable after the guest has closed it under a request body. Node destroys a socket on its
+ * first failed write, with whatever the guest answered still unread in the kernel's buffer: an early answer (envd's
+ * 400 to an upload it refuses on its headers) would be lost, and the client would get a 502 for it. Here the write the
+ * guest's close made fail, and every later one on that connection, is dropped instead, and the connection ends
+ * through its read side, which delivers the answer first (or, with none, ends the request with "socket hang up").
+ */
+function watchForGuestClose(socket: Socket, onClosed: () => void): void {
+  onGuestClosedWrites.set(socket, onClosed);
+  if (watchedConnections.has(socket)) return;
+  watchedConnections.add(socket);
+  const guarded = (done: WriteDone): WriteDone => (error) => {
+    if (!error || !CLOSED_BY_PEER.has((error as NodeJS.ErrnoException).code ?? '')) return done(error);
+    if (!closedToWrites.has(socket)) {
+      closedToWrites.add(socket);
+      onGuestClosedWrites.get(socket)?.();
+    }
+    done();
+  };
+  const write = socket._write.bind(socket);
+  socket._write = (chunk, encoding, done) => (closedToWrites.has(socket) ? done() : write(chunk, encoding, guarded(done)));
+  const writev = socket._writev?.bind(socket);
+  if (writev) socket._writev = (chunks, done) => (closedToWrites.has(socket) ? done() : writev(chunks, guarded(done)));
+}
+
+/**
+ * Ends a request whose body the guest will take no more of (its connection failed) without reading that body to its
+ * end or leaving the client blocked on it: the rest is read and dropped, the reply says `connection: close`, and once
+ * it is written the connection is closed with a linger (closeLingering). Nothing to do when the body has all arrived:
+ * that connection stays usable.
+ */
+function endUnreadBody(req: IncomingMessage, res: ServerResponse): void {
+  if (req.complete || req.destroyed || unreadBodies.has(req)) return;
+  unreadBodies.add(req);
+  req.unpipe();
+  req.resume();
+  if (!res.headersSent) res.setHeader('connection', 'close');
+  const socket = req.socket;
+  lingerOnClose(socket);
+  if (res.writableFinished) closeLingering(socket);
+  else res.once('finish', () => closeLingering(socket));
+}
+
 function rejectUpgrade(socket: Duplex, status: number, message: string): void {
   const body = refusalBody(status, message);
   socket.end(
@@ -96,6 +181,10 @@ function rejectUpgrade(socket: Duplex, status: number, message: string): void {
  * (SandboxConnections) and ended the moment the sandbox's teardown begins, and a
  * response the guest cuts off mid-body is cut off downstream too: a dead VM resets
  * none of its connections, and http-proxy ends nothing when an upstream body aborts.
+ * A guest that answers before it has read the whole body and closes (envd refusing an
+ * upload on its headers) has its answer relayed, not a 502: only a guest that never
+ * answered is unreachable. Either way the rest of the client's body is dropped and its
+ * connection closed after the reply (watchForGuestClose, endUnreadBody).
  */
 @Injectable()
 export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicationShutdown {
@@ -109,6 +198,14 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   private readonly stopWatchingEndings: () => void;
   /** Internal mTLS: set, the proxy is HTTPS and serves only callers whose certificate names the gateway. */
   private readonly internalTls?: InternalTlsMaterial;
+  /** Requests the guest has sent response headers for. */
+  private readonly answeredByGuest = new WeakSet<IncomingMessage>();
+  /** Requests whose body the guest closed its connection under. */
+  private readonly bodyClosedByGuest = new WeakSet<IncomingMessage>();
+  /** Requests counted as answered_early. */
+  private readonly answeredEarly = new WeakSet<IncomingMessage>();
+  /** Requests whose upstream failure has been handled: a later error of the same request (the client's side closing) is not a second one. */
+  private readonly failedUpstream = new WeakSet<IncomingMessage>();
 
   constructor(
     private readonly env: HostAgentEnv,
@@ -125,17 +222,46 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     // Present from the start, so "nothing reached the guest" reads as an unchanged number rather than a missing series.
     for (const outcome of ['forwarded', 'upgraded', 'refused_401', 'refused_403'] as const) this.requests.inc({ outcome }, 0);
     for (const how of ['refused', 'cut', 'tunnel'] satisfies DestroyEnding[]) this.endedByDestroy.inc({ how }, 0);
-    this.proxy.on('error', (error, _req, res) => {
+    this.proxy.on('error', (error, req, res) => {
+      if (!(res instanceof ServerResponse)) {
+        this.requests.inc({ outcome: 'upstream_error' });
+        (res as Socket | undefined)?.destroy();
+        return;
+      }
+      if (this.failedUpstream.has(req)) return;
+      this.failedUpstream.add(req);
+      // Whatever the guest did, it takes no more of the body.
+      endUnreadBody(req, res);
+      // The guest answered and then closed before reading the whole body: its answer is the reply, and http-proxy is
+      // already relaying it (a cut-off answer is cut downstream by the proxyRes handler). Only a guest that never
+      // answered is unreachable.
+      if (this.answeredByGuest.has(req) && CLOSED_BY_PEER.has((error as NodeJS.ErrnoException).code ?? '')) {
+        this.countAnsweredEarly(req);
+        return;
+      }
       // A response already answered (by the destroy path) is finished: its upstream failing afterwards changes nothing.
-      if (res instanceof ServerResponse && res.writableEnded) return;
+      if (res.writableEnded) return;
       this.requests.inc({ outcome: 'upstream_error' });
-      if (res instanceof ServerResponse) reject(res, 502, `sandbox unreachable: ${error.message}`);
-      else (res as Socket | undefined)?.destroy();
+      reject(res, 502, `sandbox unreachable: ${error.message}`);
     });
-    this.proxy.on('proxyReq', (proxyReq) => canonicaliseHeaderNames(proxyReq));
+    this.proxy.on('proxyReq', (proxyReq, req, res, _options, socket) => {
+      canonicaliseHeaderNames(proxyReq);
+      watchForGuestClose(socket, () => this.guestStoppedReading(req, res));
+      // A guest may also close cleanly once it has answered: no write fails then, http-proxy's pipe just stalls on a
+      // request that is gone, and the client would wait on a body nobody reads.
+      proxyReq.once('close', () => this.guestStoppedReading(req, res));
+    });
     // http-proxy pipes the guest's body and never ends the client's response when that body aborts: the client would
     // wait for the rest forever. Cutting it the same way lets the client see the connection end.
-    this.proxy.on('proxyRes', (proxyRes, _req, res) => {
+    this.proxy.on('proxyRes', (proxyRes, req, res) => {
+      this.answeredByGuest.add(req);
+      // An answer before the whole body (a refusal; its connection: close is relayed): the client is still sending.
+      if (!req.complete) lingerOnClose(req.socket);
+      if (this.bodyClosedByGuest.has(req)) {
+        // Read after the guest closed under the body: the client's connection closes after this answer (endUnreadBody).
+        proxyRes.headers.connection = 'close';
+        this.countAnsweredEarly(req);
+      }
       proxyRes.once('close', () => {
         if (proxyRes.complete || !(res instanceof ServerResponse) || res.writableEnded || res.destroyed) return;
         this.requests.inc({ outcome: 'upstream_cut' });
@@ -144,6 +270,21 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     });
     this.stopWatchingEndings = sandboxes.onSandboxEnding((sandboxId) => this.endConnectionsOf(sandboxId));
     this.internalTls = internalTlsOf(env);
+  }
+
+  /** The guest's connection of a request closed (or failed to take writes) while the client may still be sending the body. */
+  private guestStoppedReading(req: IncomingMessage, res: ServerResponse): void {
+    if (req.complete || req.destroyed || this.bodyClosedByGuest.has(req)) return;
+    this.bodyClosedByGuest.add(req);
+    endUnreadBody(req, res);
+    if (this.answeredByGuest.has(req)) this.countAnsweredEarly(req);
+  }
+
+  /** Counts a guest's answer to a request whose body it closed its connection under, once. */
+  private countAnsweredEarly(req: IncomingMessage): void {
+    if (this.answeredEarly.has(req)) return;
+    this.answeredEarly.add(req);
+    this.requests.inc({ outcome: 'answered_early' });
   }
 
   /**
@@ -182,7 +323,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
       return { refusal: { status: 400, message: 'request names no sandbox (E2b-Sandbox-Id header or {port}-{id}.{domain} host)', outcome: 'bad_request' } };
     }
     const live = this.sandboxes.get(target.sandboxId);
-    if (!live || live.state !== 'running') {
+    if (!live || live.state !== 'running' || !live.slot) {
       return { refusal: { status: 502, message: `sandbox ${target.sandboxId} is not running on this host`, outcome: 'no_sandbox' } };
     }
     const decision = ingressDecision(req, target.port, { envdAccessToken: live.record.envdAccessToken });
@@ -234,7 +375,9 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
   async onApplicationShutdown(): Promise<void> {
     this.stopWatchingEndings();
     this.proxy.close();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    const closed = new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    // Before the wait, not after it: close() waits for every open connection, and a held stream may never end on its own.
     this.server?.closeAllConnections();
+    await closed;
   }
 }
