@@ -210,17 +210,17 @@ describe('sandboxes through the real scheduler', () => {
     expect(answer.body).toMatchObject({ sandboxID: sandboxId, templateID: 'base', domain: 'kiln.test', trafficAccessToken: null });
   });
 
-  it('answers pause and resume, which Kiln does not have yet, with 501 (never 409, which the SDK reads as "already paused")', async () => {
-    const pause = await call('POST', `/sandboxes/${sandboxId}/pause`, { body: {} });
-    expect(pause.status).toBe(501);
-    expect(pause.body).toEqual({ code: 501, message: expect.stringContaining('pause'), error_code: 'not_implemented' });
-    const resume = await call('POST', `/sandboxes/${pausedId}/resume`, { body: { timeout: 30 } });
-    expect(resume.status).toBe(501);
-    expect(resume.body.error_code).toBe('not_implemented');
-    expect((await call('POST', `/sandboxes/${pausedId}/pause`)).status).toBe(501);
-    // Connecting to a paused sandbox would resume it: not implemented either.
+  it('answers pause of a paused sandbox and resume of a running one with 409 (the SDK reads the first as "already paused")', async () => {
+    const pause = await call('POST', `/sandboxes/${pausedId}/pause`, { body: {} });
+    expect(pause.status).toBe(409);
+    expect(pause.body).toEqual({ code: 409, message: expect.stringContaining('already paused'), error_code: 'conflict' });
+    expect((await call('POST', `/sandboxes/${pausedId}/pause`)).status).toBe(409);
+    const resume = await call('POST', `/sandboxes/${sandboxId}/resume`, { body: { timeout: 30 } });
+    expect({ status: resume.status, error_code: resume.body.error_code }).toEqual({ status: 409, error_code: 'conflict' });
+    // Its seeded host has no agent: a resume cannot reach it, is refused as an outage, and leaves the sandbox paused.
     const connect = await call('POST', `/sandboxes/${pausedId}/connect`, { body: { timeout: 30 } });
-    expect({ status: connect.status, error_code: connect.body.error_code }).toEqual({ status: 501, error_code: 'not_implemented' });
+    expect(connect.status).toBe(503);
+    expect((await call('GET', `/sandboxes/${pausedId}`)).body.state).toBe('paused');
   });
 
   it("reads metrics from the guest agent's /metrics through the route", async () => {

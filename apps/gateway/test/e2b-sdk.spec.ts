@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { Sandbox, SandboxError, SandboxNotFoundError, ServiceBusyError, AuthenticationError } from 'e2b';
 import { BUNDLE, RunningAgent } from '../../guest-agent/test/support/running-agent';
+import { FakeHostAgent } from '../../scheduler/test/support/fake-host-agent';
 import { SeededTeam, TestStack } from './support/test-stack';
 
 jest.setTimeout(120_000);
@@ -103,34 +104,69 @@ describe('official e2b SDK through the gateway', () => {
     for (const id of listed) await Sandbox.kill(id);
   });
 
-  it('raises a clear error, never SandboxNotFoundError or "already paused", for what Kiln does not have yet', async () => {
-    const notSupported = async (what: Promise<unknown>) => {
-      const error = await what.then(
-        (value) => ({ resolvedWith: value }),
-        (thrown: unknown) => thrown,
-      );
-      expect(error).toBeInstanceOf(SandboxError);
-      expect(error).not.toBeInstanceOf(SandboxNotFoundError);
-      expect((error as Error).message).toMatch(/^501: .*not supported by this deployment/);
-    };
-    const sandbox = await Sandbox.connect(sandboxId);
-    // With the old 409, pause() answered false ("already paused") and the caller carried on.
-    await notSupported(Sandbox.pause(sandboxId));
-    await notSupported(sandbox.pause());
-    await notSupported(Sandbox.createSnapshot(sandboxId));
-    await notSupported(Sandbox.listSnapshots().nextItems());
-    await notSupported(Sandbox.fork(sandboxId));
-    // With the old 404, deleteSnapshot() answered false ("not found").
-    await notSupported(Sandbox.deleteSnapshot('base'));
-    expect(await sandbox.isRunning()).toBe(true);
-    // A missing sandbox is still not found.
-    await expect(Sandbox.pause('doesnotexist0')).rejects.toBeInstanceOf(SandboxNotFoundError);
+  it('pauses, resumes, forks and snapshots through the SDK (the scheduler drives a fake of the host agent)', async () => {
+    // The host agent is a separate service: a fake of it on a real gRPC port answers creates, pauses, resumes, forks
+    // and snapshots; the sandboxes' traffic still goes to the guest agent process.
+    const host = new FakeHostAgent('sdk-fake-host');
+    await host.start();
+    try {
+      await stack.hosts.register({
+        hostId: 'sdk-fake-host',
+        address: host.address,
+        proxyUrl: agent.url,
+        acceleration: 'tcg',
+        version: 'test',
+        vcpus: 64,
+        memoryMib: 65536,
+        sandboxes: 64,
+        templates: ['base'],
+        readyCloneTemplates: ['base'],
+      });
+      const sandbox = await Sandbox.create('base', { timeoutMs: 60_000, lifecycle: { onTimeout: 'pause', autoResume: true } });
+      const id = sandbox.sandboxId;
+      expect((await Sandbox.getInfo(id)).lifecycle).toEqual({ onTimeout: 'pause', autoResume: true });
+
+      expect(await Sandbox.pause(id)).toBe(true);
+      // 409: the SDK's "already paused".
+      expect(await sandbox.pause()).toBe(false);
+      expect((await Sandbox.getInfo(id)).state).toBe('paused');
+      expect((await Sandbox.list({ query: { state: ['paused'] } }).nextItems()).map((s) => s.sandboxId)).toContain(id);
+
+      const resumed = await Sandbox.connect(id, { timeoutMs: 60_000 });
+      expect(resumed.sandboxId).toBe(id);
+      expect((await Sandbox.getInfo(id)).state).toBe('running');
+      expect(host.resumeRequests.map((r) => r.sandboxId)).toEqual([id]);
+
+      const forks = await Sandbox.fork(id, { count: 2, timeoutMs: 30_000 });
+      expect(forks).toHaveLength(2);
+      for (const fork of forks) {
+        expect(fork).toBeInstanceOf(Sandbox);
+        expect((fork as Sandbox).sandboxId).not.toBe(id);
+      }
+
+      const snapshot = await Sandbox.createSnapshot(id, { name: 'sdk-snap' });
+      expect(snapshot).toEqual({ snapshotId: 'sdk-snap:default', names: ['sdk-snap:default'] });
+      expect(await Sandbox.listSnapshots({ sandboxId: id }).nextItems()).toEqual([snapshot]);
+      const fromSnapshot = await Sandbox.create(snapshot.snapshotId, { timeoutMs: 30_000 });
+      expect(host.createRequests.at(-1)).toMatchObject({ sandboxId: fromSnapshot.sandboxId, snapshotId: host.snapshotRequests[0].snapshotId });
+      expect(await Sandbox.deleteSnapshot(snapshot.snapshotId)).toBe(true);
+      expect(await Sandbox.deleteSnapshot(snapshot.snapshotId)).toBe(false);
+
+      // A paused sandbox is killed like any other (its host destroys its artifacts); a missing one is not found.
+      expect(await Sandbox.pause(id)).toBe(true);
+      expect(await Sandbox.kill(id)).toBe(true);
+      expect(host.destroyed).toContain(id);
+      await expect(Sandbox.pause('doesnotexist0')).rejects.toBeInstanceOf(SandboxNotFoundError);
+      for (const other of [fromSnapshot.sandboxId, ...forks.map((f) => (f as Sandbox).sandboxId)]) await Sandbox.kill(other);
+    } finally {
+      await host.stop();
+    }
   });
 
-  it("refuses lifecycle onTimeout 'pause' at create with a 400 naming autoPause, rather than killing the sandbox at its timeout", async () => {
-    const error = await Sandbox.create('base', { timeoutMs: 30_000, lifecycle: { onTimeout: 'pause' } }).catch((thrown: unknown) => thrown);
+  it('refuses what Kiln does not implement with a 400 naming it: resuming from disk only (onResume: reboot)', async () => {
+    const error = await Sandbox.connect(sandboxId, { onResume: 'reboot' } as Parameters<typeof Sandbox.connect>[1]).catch((thrown: unknown) => thrown);
     expect(error).toBeInstanceOf(SandboxError);
-    expect((error as Error).message).toBe('400: not supported by this deployment: autoPause');
+    expect((error as Error).message).toContain('memory: false');
   });
 
   it('kills: kill() is true once, then false, and the sandbox reads as not running', async () => {

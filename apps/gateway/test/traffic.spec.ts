@@ -8,6 +8,7 @@ import { MetricsRegistry } from '@kiln/telemetry';
 import { SandboxRouteCache } from '../src/traffic/sandbox-route.cache';
 import { freePort } from '@kiln/testing';
 import { SeededTeam, TestStack } from './support/test-stack';
+import { FakeHostAgent } from '../../scheduler/test/support/fake-host-agent';
 
 jest.setTimeout(60_000);
 
@@ -353,7 +354,35 @@ describe('sandbox traffic routing', () => {
     const paused = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: upstreamUrl, state: SandboxState.Paused });
     const response = await send('/', addressed(paused));
     expect(response.status).toBe(409);
-    expect(await response.json()).toMatchObject({ code: 409, error_code: 'conflict', sandboxId: paused });
+    // E2B's client-proxy answer for a paused sandbox traffic cannot resume.
+    expect(await response.json()).toEqual({ code: 409, message: 'The sandbox is paused', error_code: 'conflict', sandboxId: paused, canAutoResume: false });
+  });
+
+  it('resumes a paused sandbox with autoResume for its traffic (one resume for many requests), then serves them', async () => {
+    const agent = new FakeHostAgent('traffic-fake-host');
+    await agent.start();
+    try {
+      const paused = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: upstreamUrl, state: SandboxState.Paused, autoResume: true, hostAddress: agent.address });
+      agent.paused.add(paused);
+      agent.resumeDelayMs = 300;
+      const responses = await Promise.all(Array.from({ length: 5 }, () => send('/after-resume', addressed(paused, 8080))));
+      expect(responses.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+      for (const response of responses) expect(await response.json()).toMatchObject({ url: '/after-resume', headers: { 'e2b-sandbox-id': paused } });
+      expect(agent.resumeRequests.map((r) => r.sandboxId)).toEqual([paused]);
+      expect((await stack.sandboxes.find(paused))?.state).toBe(SandboxState.Running);
+
+      // A resume the host fails is refused at once (never a hang), and the sandbox stays paused.
+      const failing = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: upstreamUrl, state: SandboxState.Paused, autoResume: true, hostAddress: agent.address });
+      agent.paused.add(failing);
+      agent.resumeDelayMs = 0;
+      agent.resumeOutcome = { fail: 9, details: 'artifact state.bin: sha256 mismatch' };
+      const refused = await send('/', addressed(failing, 8080));
+      expect(refused.status).toBe(400);
+      expect(await refused.json()).toMatchObject({ error_code: 'failed_precondition', message: expect.stringContaining('sha256 mismatch'), sandboxId: failing });
+      expect((await stack.sandboxes.find(failing))?.state).toBe(SandboxState.Paused);
+    } finally {
+      await agent.stop();
+    }
   });
 
   it('answers 400 when the request names no sandbox or a malformed one', async () => {

@@ -240,7 +240,7 @@ describe('sandbox list query and template spawn counters (real Postgres, Redis, 
     });
 
     const baseCounters = () => prisma.template.findUniqueOrThrow({ where: { id: 'base' }, select: { spawnCount: true, lastSpawnedAt: true } });
-    const create = (extra: { autoPause?: boolean; requestKey?: string; templateRef?: string } = {}) =>
+    const create = (extra: { autoPause?: boolean; autoPauseMemory?: boolean; autoResume?: boolean; requestKey?: string; templateRef?: string } = {}) =>
       client.request(
         Subjects.sandboxCreate,
         { teamId, templateRef: 'base', timeoutSeconds: 300, autoPause: false, network: DEFAULT_NETWORK_SETTINGS, metadata: {}, envVars: {}, ...extra },
@@ -275,24 +275,15 @@ describe('sandbox list query and template spawn counters (real Postgres, Redis, 
       expect(await baseCounters()).toEqual(before);
     });
 
-    it('refuses autoPause before making anything: the sandbox would otherwise be killed at its timeout', async () => {
+    it('refuses autoResume with a disk-only pause at timeout before making anything (E2B: traffic never resumes one)', async () => {
       const before = await baseCounters();
       const rows = await prisma.sandbox.count({ where: { teamId } });
-      await expect(create({ autoPause: true })).rejects.toMatchObject({ code: ErrorCode.InvalidArgument, message: expect.stringContaining('autoPause') });
+      await expect(create({ autoPause: true, autoPauseMemory: false, autoResume: true })).rejects.toMatchObject({
+        code: ErrorCode.InvalidArgument,
+        message: expect.stringContaining('autoPauseMemory'),
+      });
       expect(await prisma.sandbox.count({ where: { teamId } })).toBe(rows);
       expect(await baseCounters()).toEqual(before);
-    });
-
-    it('answers pause, resume and connect-to-paused as not implemented, and a missing sandbox as not found', async () => {
-      const running = await create();
-      await insertStarted(teamId, 'pausedrow', new Date(), { state: SandboxState.Paused });
-      const notImplemented = { code: ErrorCode.NotImplemented, message: expect.stringContaining('not supported') };
-      await expect(client.request(Subjects.sandboxPause, { teamId, sandboxId: running.sandboxId }, 5_000)).rejects.toMatchObject(notImplemented);
-      await expect(client.request(Subjects.sandboxResume, { teamId, sandboxId: 'pausedrow' }, 5_000)).rejects.toMatchObject(notImplemented);
-      await expect(client.request(Subjects.sandboxConnect, { teamId, sandboxId: 'pausedrow' }, 5_000)).rejects.toMatchObject(notImplemented);
-      await expect(client.request(Subjects.sandboxPause, { teamId, sandboxId: 'nosuchsandbox' }, 5_000)).rejects.toMatchObject({ code: ErrorCode.NotFound });
-      // The sandbox was left running.
-      expect((await client.request(Subjects.sandboxGet, { teamId, sandboxId: running.sandboxId }, 5_000)).state).toBe(SandboxState.Running);
     });
   });
 });

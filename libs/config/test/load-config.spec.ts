@@ -1,4 +1,4 @@
-import { ConfigError, GatewayEnv, HostAgentEnv, HostVmmEnv, describeError, ipListEntries, loadConfig, retryWithBackoff } from '../src';
+import { ConfigError, GatewayEnv, HostAgentEnv, HostVmmEnv, SchedulerEnv, describeError, ipListEntries, loadConfig, pauseDeadlineMs, resumeDeadlineMs, retryWithBackoff } from '../src';
 
 describe('loadConfig', () => {
   it('applies defaults and converts numbers', () => {
@@ -54,6 +54,17 @@ describe('loadConfig', () => {
     // A tool without sandboxes only needs the range to be valid.
     expect(loadConfig(HostVmmEnv, { KILN_VMM_UID_COUNT: '1' }).KILN_VMM_UID_COUNT).toBe(1);
     expect(() => loadConfig(HostVmmEnv, { KILN_VMM_UID_BASE: '4294967000' })).toThrow(/KILN_VMM_UID_BASE/);
+  });
+
+  it("gives pauses and resumes the create's budget unless set, and refuses one the gateway would not wait for", () => {
+    const base = { DATABASE_URL: 'postgresql://db:5432/kiln', HOST_REGISTRATION_TOKEN: 'a-registration-token', KILN_SANDBOX_TOKEN_KEY: 'k'.repeat(40) };
+    const defaults = loadConfig(SchedulerEnv, base);
+    expect([pauseDeadlineMs(defaults), resumeDeadlineMs(defaults)]).toEqual([defaults.SANDBOX_HOST_CREATE_DEADLINE_MS, defaults.SANDBOX_HOST_CREATE_DEADLINE_MS]);
+    const set = loadConfig(SchedulerEnv, { ...base, SANDBOX_PAUSE_DEADLINE_MS: '5000', SANDBOX_RESUME_DEADLINE_MS: '7000' });
+    expect([pauseDeadlineMs(set), resumeDeadlineMs(set)]).toEqual([5000, 7000]);
+    expect(() => loadConfig(SchedulerEnv, { ...base, SANDBOX_RESUME_DEADLINE_MS: String(defaults.SANDBOX_CREATE_TIMEOUT_MS) })).toThrow(
+      /SANDBOX_RESUME_DEADLINE_MS must be shorter than SANDBOX_CREATE_TIMEOUT_MS/,
+    );
   });
 
   it('rejects URLs of the wrong scheme', () => {

@@ -8,6 +8,7 @@ import { HostRepository } from './repositories/host.repository';
 import { SandboxRepository } from './repositories/sandbox.repository';
 import { TeamRepository } from './repositories/team.repository';
 import { TemplateRepository } from './repositories/template.repository';
+import { NamedSnapshotRepository } from './repositories/named-snapshot.repository';
 
 export interface DbOptions {
   databaseUrl: string;
@@ -15,7 +16,7 @@ export interface DbOptions {
   migrate: boolean;
 }
 
-const REPOSITORIES = [ApiKeyRepository, TeamRepository, SandboxRepository, TemplateRepository, HostRepository];
+const REPOSITORIES = [ApiKeyRepository, TeamRepository, SandboxRepository, TemplateRepository, HostRepository, NamedSnapshotRepository];
 
 @Global()
 @Module({})

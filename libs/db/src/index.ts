@@ -8,5 +8,6 @@ export * from './repositories/team-quota';
 export * from './repositories/template.repository';
 export * from './repositories/host.repository';
 export * from './repositories/sandbox.repository';
+export * from './repositories/named-snapshot.repository';
 export * from './db.module';
 export type { Prisma } from '@prisma/client';

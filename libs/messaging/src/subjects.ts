@@ -15,6 +15,12 @@ export const Subjects = {
   sandboxPause: 'kiln.scheduler.sandboxes.pause',
   sandboxResume: 'kiln.scheduler.sandboxes.resume',
   sandboxConnect: 'kiln.scheduler.sandboxes.connect',
+  /** Traffic for a paused sandbox with autoResume: the traffic listener asks for it by sandbox id (no team). */
+  sandboxAutoResume: 'kiln.scheduler.sandboxes.auto-resume',
+  sandboxFork: 'kiln.scheduler.sandboxes.fork',
+  snapshotCreate: 'kiln.scheduler.snapshots.create',
+  snapshotList: 'kiln.scheduler.snapshots.list',
+  snapshotDelete: 'kiln.scheduler.snapshots.delete',
   sandboxRoute: 'kiln.scheduler.sandboxes.route',
   sandboxUpdateNetwork: 'kiln.scheduler.sandboxes.update-network',
   sandboxLogs: 'kiln.scheduler.sandboxes.logs',
@@ -71,6 +77,10 @@ export interface CreateSandboxCommand extends TeamScoped {
   templateRef: string;
   timeoutSeconds: number;
   autoPause: boolean;
+  /** Default true. */
+  autoPauseMemory?: boolean;
+  /** Default false. */
+  autoResume?: boolean;
   /** Egress rules (normalised by the gateway), internet access and user-port exposure. */
   network: SandboxNetworkSettings;
   metadata: Record<string, string>;
@@ -115,6 +125,63 @@ export interface RefreshCommand extends SandboxRef {
 export interface ResumeCommand extends SandboxRef {
   timeoutSeconds?: number;
   autoPause?: boolean;
+}
+
+export interface PauseCommand extends SandboxRef {
+  /** E2B's pause `memory` (default true): false keeps only the disk, and the resume cold-boots. */
+  keepMemory?: boolean;
+}
+
+/** What resume and connect answer: `resumed` is true when this call (or one it waited for) resumed a paused sandbox. */
+export interface ResumeReply {
+  sandbox: SandboxView;
+  resumed: boolean;
+}
+
+export interface ForkCommand extends SandboxRef {
+  /** Each fork's timeout (E2B default 15). */
+  timeoutSeconds?: number;
+  /** 1..100, default 1. */
+  count?: number;
+}
+
+/** E2B's SandboxForkResult: exactly one of the two, per requested fork, in order. */
+export type ForkResultView = { sandbox: SandboxView } | { error: { code: number; message: string } };
+
+export interface ForkReply {
+  results: ForkResultView[];
+}
+
+export interface CreateSnapshotCommand extends SandboxRef {
+  name?: string;
+}
+
+/** E2B's SnapshotInfo. */
+export interface SnapshotInfoView {
+  snapshotID: string;
+  names: string[];
+}
+
+export interface ListSnapshotsQuery extends TeamScoped {
+  sandboxId?: string;
+  name?: string;
+  limit?: number;
+  nextToken?: string;
+}
+
+export interface SnapshotPage {
+  snapshots: SnapshotInfoView[];
+  nextToken?: string;
+}
+
+/** `DELETE /templates/{templateID}` for a snapshot: the id or name, tag and namespace allowed. */
+export interface DeleteSnapshotCommand extends TeamScoped {
+  ref: string;
+}
+
+export interface DeleteSnapshotReply {
+  /** False when the reference names a template that is not a snapshot (deleting templates is not implemented). */
+  wasSnapshot: boolean;
 }
 
 /** `PUT /sandboxes/{id}/network`: replaces the egress rules of a running sandbox (omitted fields clear). */
@@ -188,9 +255,14 @@ export interface RequestMap {
   [Subjects.sandboxKill]: [SandboxRef, KillReply];
   [Subjects.sandboxSetTimeout]: [SetTimeoutCommand, SandboxView];
   [Subjects.sandboxRefresh]: [RefreshCommand, SandboxView];
-  [Subjects.sandboxPause]: [SandboxRef, SandboxView];
-  [Subjects.sandboxResume]: [ResumeCommand, SandboxView];
-  [Subjects.sandboxConnect]: [ResumeCommand, SandboxView];
+  [Subjects.sandboxPause]: [PauseCommand, SandboxView];
+  [Subjects.sandboxResume]: [ResumeCommand, ResumeReply];
+  [Subjects.sandboxConnect]: [ResumeCommand, ResumeReply];
+  [Subjects.sandboxAutoResume]: [{ sandboxId: string }, SandboxRoute];
+  [Subjects.sandboxFork]: [ForkCommand, ForkReply];
+  [Subjects.snapshotCreate]: [CreateSnapshotCommand, SnapshotInfoView];
+  [Subjects.snapshotList]: [ListSnapshotsQuery, SnapshotPage];
+  [Subjects.snapshotDelete]: [DeleteSnapshotCommand, DeleteSnapshotReply];
   [Subjects.sandboxRoute]: [{ sandboxId: string }, SandboxRoute];
   [Subjects.sandboxUpdateNetwork]: [UpdateNetworkCommand, SandboxView];
   [Subjects.sandboxLogs]: [SandboxRef, SandboxLogsReply];

@@ -15,15 +15,11 @@ export interface NotSupportedRoute {
  * `404 Cannot POST …`, which the SDK reads as "sandbox not found" (SandboxNotFoundError) or, for a snapshot delete,
  * as "already gone". Each answers 501 {code, message} naming the route instead; the SDK raises that as a plain
  * SandboxError / BuildError carrying the message. The work that implements a route deletes its line here.
- * (Pause and resume, which need the sandbox to exist first, are methods of NotSupportedController.)
  */
 export const NOT_SUPPORTED_ROUTES: readonly NotSupportedRoute[] = [
   // Sandboxes
   { method: 'GET', path: '/sandboxes/metrics', feature: 'metrics of several sandboxes at once' },
-  { method: 'POST', path: '/sandboxes/{sandboxID}/fork', feature: 'forking a sandbox' },
-  { method: 'POST', path: '/sandboxes/{sandboxID}/snapshots', feature: 'snapshotting a sandbox' },
-  { method: 'GET', path: '/snapshots', feature: 'listing snapshots' },
-  // Templates: building, editing, deleting (deleteSnapshot deletes through DELETE /templates/{templateID}), tags
+  // Templates: building, editing, tags (DELETE /templates/{templateID} is TemplatesController's: snapshots are deleted, other templates answer 501)
   { method: 'GET', path: '/v2/templates', feature: 'the paged template list (GET /templates is served)' },
   { method: 'POST', path: '/v3/templates', feature: 'building templates' },
   { method: 'POST', path: '/v2/templates', feature: 'building templates' },
@@ -31,7 +27,6 @@ export const NOT_SUPPORTED_ROUTES: readonly NotSupportedRoute[] = [
   { method: 'POST', path: '/templates/{templateID}', feature: 'rebuilding a template' },
   { method: 'PATCH', path: '/templates/{templateID}', feature: 'updating a template' },
   { method: 'PATCH', path: '/v2/templates/{templateID}', feature: 'updating a template' },
-  { method: 'DELETE', path: '/templates/{templateID}', feature: 'deleting a template or snapshot' },
   { method: 'GET', path: '/templates/{templateID}/files/{hash}', feature: 'uploading template build files' },
   { method: 'POST', path: '/templates/{templateID}/builds/{buildID}', feature: 'starting a template build' },
   { method: 'POST', path: '/v2/templates/{templateID}/builds/{buildID}', feature: 'starting a template build' },

@@ -1,10 +1,7 @@
-import { Body, Controller, Delete, Get, HttpCode, Param, Patch, Post } from '@nestjs/common';
+import { Controller, Delete, Get, Param, Patch, Post } from '@nestjs/common';
 import { ApiExcludeController } from '@nestjs/swagger';
-import { ResumeSandboxDto } from '@kiln/contracts';
 import { AuthenticatedTeam, CallerTeam } from '../auth/authenticated-team';
-import { PauseSandboxDto } from '../sandboxes/sandbox-request.dto';
 import { SandboxesService } from '../sandboxes/sandboxes.service';
-import { PayloadPipe } from '../validation/payload.pipe';
 import { SandboxIdPipe } from '../validation/sandbox-id.pipe';
 import { NOT_SUPPORTED_ROUTES, NotSupportedMethod, notSupported, toRouterPath } from './not-supported-routes';
 
@@ -17,33 +14,8 @@ const ROUTE_DECORATORS: Record<NotSupportedMethod, (path: string) => MethodDecor
 @ApiExcludeController()
 @Controller()
 export class NotSupportedController {
-  // Not private: the table-driven handlers below, defined outside the class body, look sandboxes up too.
-  constructor(readonly sandboxes: SandboxesService) {}
-
-  /** Was 409, which the SDK's pause() reads as "already paused" and returns false. A missing sandbox stays 404. */
-  @Post('sandboxes/:sandboxID/pause')
-  @HttpCode(204)
-  async pause(
-    @CallerTeam() team: AuthenticatedTeam,
-    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
-    @Body(new PayloadPipe(PauseSandboxDto, { optional: true })) _body: PauseSandboxDto,
-  ): Promise<void> {
-    await this.sandboxes.get(team.teamId, sandboxId);
-    throw notSupported({ method: 'POST', path: '/sandboxes/{sandboxID}/pause', feature: 'pausing a sandbox' });
-  }
-
-  /** Resuming needs pause; a missing sandbox stays 404. */
-  @Post('sandboxes/:sandboxID/resume')
-  @HttpCode(201)
-  async resume(
-    @CallerTeam() team: AuthenticatedTeam,
-    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
-    @Body(new PayloadPipe(ResumeSandboxDto, { optional: true })) _body: ResumeSandboxDto,
-  ): Promise<void> {
-    await this.sandboxes.get(team.teamId, sandboxId);
-    throw notSupported({ method: 'POST', path: '/sandboxes/{sandboxID}/resume', feature: 'resuming a paused sandbox' });
-  }
-}
+  // Not private: the table-driven handlers below, defined outside the class body, look sandboxes up.
+  constructor(readonly sandboxes: SandboxesService) {}}
 
 // One handler per table row, registered like any decorated method (so the API-key guard and the error filter apply).
 // A row about one sandbox first looks the sandbox up, so a missing or another team's sandbox stays 404 (the SDK's

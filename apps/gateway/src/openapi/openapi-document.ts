@@ -1,11 +1,10 @@
 import { Injectable } from '@nestjs/common';
 import type { INestApplication } from '@nestjs/common';
 import { DocumentBuilder, OpenAPIObject, SwaggerModule } from '@nestjs/swagger';
-import { NewSandboxDto, ResumeSandboxDto, SandboxRefreshDto, SandboxTimeoutDto } from '@kiln/contracts';
-import { PauseSandboxDto } from '../sandboxes/sandbox-request.dto';
+import { NewSandboxDto, PauseSandboxDto, ResumeSandboxDto, SandboxForkDto, SandboxRefreshDto, SandboxSnapshotDto, SandboxTimeoutDto } from '@kiln/contracts';
 import { documentFromValidation } from './validation-schema';
 
-const REQUEST_DTOS = [NewSandboxDto, SandboxTimeoutDto, SandboxRefreshDto, ResumeSandboxDto, PauseSandboxDto];
+const REQUEST_DTOS = [NewSandboxDto, SandboxTimeoutDto, SandboxRefreshDto, ResumeSandboxDto, PauseSandboxDto, SandboxForkDto, SandboxSnapshotDto];
 
 /** The OpenAPI description of the routes this gateway actually serves, built once at start-up from its controllers. */
 @Injectable()

@@ -1,5 +1,5 @@
 import { Type } from 'class-transformer';
-import { IsBoolean, IsIn, IsInt, IsOptional, IsString, Max, MaxLength, Min } from 'class-validator';
+import { IsIn, IsInt, IsOptional, IsString, Max, MaxLength, Min } from 'class-validator';
 
 /** Query of `GET /sandboxes/{id}/metrics`: a window in Unix seconds. */
 export class MetricsWindowQueryDto {
@@ -36,11 +36,4 @@ export class SandboxLogsV1QueryDto {
 
   @IsOptional() @Type(() => Number) @IsInt() @Min(0) @Max(10_000)
   limit?: number;
-}
-
-/** Body of `POST /sandboxes/{id}/pause` (optional). */
-export class PauseSandboxDto {
-  /** Keep memory in the snapshot (E2B default); Kiln only ever takes full snapshots. */
-  @IsOptional() @IsBoolean()
-  memory?: boolean;
 }

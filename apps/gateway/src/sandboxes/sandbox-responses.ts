@@ -18,6 +18,24 @@ export class SandboxLifecycleBody {
   @ApiProperty({ enum: ['kill', 'pause'] }) onTimeout: 'kill' | 'pause';
 }
 
+/** E2B's `Error` as a fork result carries it. */
+export class ForkErrorBody {
+  @ApiProperty() code: number;
+  @ApiProperty() message: string;
+}
+
+/** E2B's `SandboxForkResult`: exactly one of sandbox or error. */
+export class ForkResultBody {
+  @ApiPropertyOptional({ type: SandboxBody }) sandbox?: SandboxBody;
+  @ApiPropertyOptional({ type: ForkErrorBody }) error?: ForkErrorBody;
+}
+
+/** E2B's `SnapshotInfo`. */
+export class SnapshotInfoBody {
+  @ApiProperty({ description: 'name:tag when named, else templateID:tag; what Sandbox.create() takes' }) snapshotID: string;
+  @ApiProperty({ type: [String] }) names: string[];
+}
+
 /** E2B's `ListedSandbox`. */
 export class ListedSandboxBody {
   @ApiProperty() sandboxID: string;
@@ -33,6 +51,7 @@ export class ListedSandboxBody {
   @ApiProperty({ enum: ['running', 'paused'] }) state: 'running' | 'paused';
   @ApiProperty() envdVersion: string;
   @ApiProperty({ type: [Object] }) volumeMounts: Array<{ name: string; path: string }>;
+  @ApiProperty({ type: SandboxLifecycleBody }) lifecycle: SandboxLifecycleBody;
 }
 
 /** E2B's `SandboxNetworkConfig` as a sandbox's detail shows it: the rules in force. */
@@ -49,7 +68,6 @@ export class SandboxDetailBody extends ListedSandboxBody {
   @ApiPropertyOptional({ nullable: true, type: Boolean }) allowInternetAccess: boolean | null;
   @ApiProperty({ type: SandboxNetworkBody }) network: SandboxNetworkBody;
   @ApiPropertyOptional({ nullable: true, type: String }) domain: string | null;
-  @ApiProperty({ type: SandboxLifecycleBody }) lifecycle: SandboxLifecycleBody;
 }
 
 /** E2B's `SandboxMetric`. */
@@ -120,6 +138,7 @@ export function toListedSandboxBody(view: SandboxView): ListedSandboxBody {
     state: toPublicSandboxState(view.state) ?? 'running',
     envdVersion: view.envdVersion,
     volumeMounts: [],
+    lifecycle: lifecycleBodyOf(view),
   };
 }
 
@@ -135,6 +154,10 @@ export function toSandboxDetailBody(view: SandboxView, domain: string): SandboxD
       ...(view.network.maskRequestHost ? { maskRequestHost: view.network.maskRequestHost } : {}),
     },
     domain,
-    lifecycle: { autoResume: false, onTimeout: view.autoPause ? 'pause' : 'kill' },
   };
+}
+
+/** E2B's SandboxLifecycle as the sandbox has it. */
+export function lifecycleBodyOf(view: SandboxView): SandboxLifecycleBody {
+  return { onTimeout: view.autoPause ? 'pause' : 'kill', autoResume: view.autoResume ?? false };
 }

@@ -4,8 +4,12 @@ import type { FastifyReply } from 'fastify';
 import { GatewayEnv } from '@kiln/config';
 import {
   KilnError,
+  ListSnapshotsQueryDto,
   NewSandboxDto,
+  PauseSandboxDto,
   ResumeSandboxDto,
+  SandboxForkDto,
+  SandboxSnapshotDto,
   SandboxRefreshDto,
   SandboxTimeoutDto,
   UpdateSandboxNetworkDto,
@@ -16,7 +20,9 @@ import { SandboxIdPipe } from '../validation/sandbox-id.pipe';
 import { parseSandboxListQuery } from './sandbox-list-query';
 import { MetricsWindowQueryDto, SandboxLogsV1QueryDto, SandboxLogsV2QueryDto } from './sandbox-request.dto';
 import {
+  ForkResultBody,
   ListedSandboxBody,
+  SnapshotInfoBody,
   SandboxBody,
   SandboxDetailBody,
   SandboxLogsBody,
@@ -149,15 +155,89 @@ export class SandboxesController {
 
   @Post(['sandboxes/:sandboxID/connect', 'v2/sandboxes/:sandboxID/connect'])
   @HttpCode(200)
-  @ApiOperation({ summary: 'Return a running sandbox (extending, never shortening, its timeout) or resume a paused one' })
+  @ApiOperation({ summary: 'Return a running sandbox (200, extending, never shortening, its timeout) or resume a paused one (201)' })
   @ApiBody({ type: ResumeSandboxDto, required: false })
   @ApiOkResponse({ type: SandboxBody })
+  @ApiCreatedResponse({ type: SandboxBody, description: 'The sandbox was paused and is resumed' })
   async connect(
     @CallerTeam() team: AuthenticatedTeam,
     @Param('sandboxID', SandboxIdPipe) sandboxId: string,
     @Body(new PayloadPipe(ResumeSandboxDto, { optional: true, precheck: rejectUnsupportedConnectOptions })) body: ResumeSandboxDto,
+    @Res({ passthrough: true }) reply: FastifyReply,
   ): Promise<SandboxBody> {
-    return toSandboxBody(await this.sandboxes.connect(team.teamId, sandboxId, body), this.env.KILN_DOMAIN);
+    const result = await this.sandboxes.connect(team.teamId, sandboxId, body);
+    if (result.resumed) reply.status(201);
+    return toSandboxBody(result.sandbox, this.env.KILN_DOMAIN);
+  }
+
+  @Post('sandboxes/:sandboxID/pause')
+  @HttpCode(204)
+  @ApiOperation({ summary: 'Pause a running sandbox (409 when it is already paused)' })
+  @ApiBody({ type: PauseSandboxDto, required: false })
+  @ApiNoContentResponse({ description: 'Paused; resume it with connect or resume' })
+  async pause(
+    @CallerTeam() team: AuthenticatedTeam,
+    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
+    @Body(new PayloadPipe(PauseSandboxDto, { optional: true })) body: PauseSandboxDto,
+  ): Promise<void> {
+    await this.sandboxes.pause(team.teamId, sandboxId, body.memory ?? true);
+  }
+
+  @Post('sandboxes/:sandboxID/resume')
+  @HttpCode(201)
+  @ApiOperation({ summary: 'Resume a paused sandbox (deprecated in E2B: use connect); 409 when it is running' })
+  @ApiBody({ type: ResumeSandboxDto, required: false })
+  @ApiCreatedResponse({ type: SandboxBody })
+  async resume(
+    @CallerTeam() team: AuthenticatedTeam,
+    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
+    @Body(new PayloadPipe(ResumeSandboxDto, { optional: true, precheck: rejectUnsupportedConnectOptions })) body: ResumeSandboxDto,
+  ): Promise<SandboxBody> {
+    return toSandboxBody((await this.sandboxes.resume(team.teamId, sandboxId, body)).sandbox, this.env.KILN_DOMAIN);
+  }
+
+  @Post('sandboxes/:sandboxID/fork')
+  @HttpCode(201)
+  @ApiOperation({ summary: 'Fork a running sandbox into `count` new ones; one result per fork, a sandbox or an error' })
+  @ApiBody({ type: SandboxForkDto, required: false })
+  @ApiCreatedResponse({ type: [ForkResultBody] })
+  async fork(
+    @CallerTeam() team: AuthenticatedTeam,
+    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
+    @Body(new PayloadPipe(SandboxForkDto, { optional: true })) body: SandboxForkDto,
+  ): Promise<ForkResultBody[]> {
+    const reply = await this.sandboxes.fork(team.teamId, sandboxId, body);
+    return reply.results.map((result) => ('sandbox' in result ? { sandbox: toSandboxBody(result.sandbox, this.env.KILN_DOMAIN) } : { error: result.error }));
+  }
+
+  @Post('sandboxes/:sandboxID/snapshots')
+  @HttpCode(201)
+  @ApiOperation({ summary: "Snapshot a running sandbox's state into a snapshot that outlives it (Sandbox.create(snapshotID) starts from it)" })
+  @ApiBody({ type: SandboxSnapshotDto, required: false })
+  @ApiCreatedResponse({ type: SnapshotInfoBody })
+  createSnapshot(
+    @CallerTeam() team: AuthenticatedTeam,
+    @Param('sandboxID', SandboxIdPipe) sandboxId: string,
+    @Body(new PayloadPipe(SandboxSnapshotDto, { optional: true })) body: SandboxSnapshotDto,
+  ): Promise<SnapshotInfoBody> {
+    return this.sandboxes.createSnapshot(team.teamId, sandboxId, body.name);
+  }
+
+  @Get('snapshots')
+  @ApiOperation({ summary: "The team's snapshots, newest first; the next page token is returned in the x-next-token header" })
+  @ApiQuery({ name: 'sandboxID', required: false, type: String })
+  @ApiQuery({ name: 'name', required: false, type: String })
+  @ApiQuery({ name: 'limit', required: false, type: Number })
+  @ApiQuery({ name: 'nextToken', required: false, type: String })
+  @ApiOkResponse({ type: [SnapshotInfoBody] })
+  async listSnapshots(
+    @CallerTeam() team: AuthenticatedTeam,
+    @Query(new PayloadPipe(ListSnapshotsQueryDto)) query: ListSnapshotsQueryDto,
+    @Res({ passthrough: true }) reply: FastifyReply,
+  ): Promise<SnapshotInfoBody[]> {
+    const page = await this.sandboxes.listSnapshots(team.teamId, query);
+    if (page.nextToken) reply.header('x-next-token', page.nextToken);
+    return page.snapshots;
   }
 
   @Get('sandboxes/:sandboxID/metrics')

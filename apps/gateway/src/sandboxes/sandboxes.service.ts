@@ -12,7 +12,8 @@ import {
   SandboxView,
   TERMINAL_SANDBOX_STATES,
 } from '@kiln/contracts';
-import { MessagingClient, SandboxLogLine, Subjects } from '@kiln/messaging';
+import { ForkReply, MessagingClient, ResumeReply, SandboxLogLine, SnapshotInfoView, SnapshotPage, Subjects } from '@kiln/messaging';
+import { lifecycleOf } from './unsupported-create-options';
 import { SandboxRouteCache } from '../traffic/sandbox-route.cache';
 import { GuestMetricsClient } from './guest-metrics.client';
 import { SandboxListFilter } from './sandbox-list-query';
@@ -44,13 +45,16 @@ export class SandboxesService {
   ) {}
 
   create(teamId: string, body: NewSandboxDto, idempotencyKey?: string): Promise<SandboxView> {
+    const lifecycle = lifecycleOf(body);
     return this.messaging.request(
       Subjects.sandboxCreate,
       {
         teamId,
         templateRef: body.templateID,
         timeoutSeconds: body.timeout ?? DEFAULT_SANDBOX_TIMEOUT_SECONDS,
-        autoPause: body.autoPause ?? false,
+        autoPause: lifecycle.autoPause,
+        autoPauseMemory: lifecycle.autoPauseMemory,
+        autoResume: lifecycle.autoResume,
         network: {
           egress: normaliseEgressPolicy(body.network ?? {}),
           allowInternetAccess: body.allow_internet_access ?? null,
@@ -126,12 +130,59 @@ export class SandboxesService {
     await this.messaging.request(Subjects.sandboxRefresh, { teamId, sandboxId, durationSeconds }, this.env.NATS_REQUEST_TIMEOUT_MS);
   }
 
-  connect(teamId: string, sandboxId: string, body: ResumeSandboxDto): Promise<SandboxView> {
-    return this.messaging.request(
+  /**
+   * Pause, resume, fork and snapshot wait on a host like a create does (a resume may first wait for a pause in
+   * flight), so the scheduler gets the create's budget to answer within.
+   */
+  async pause(teamId: string, sandboxId: string, keepMemory: boolean): Promise<void> {
+    await this.messaging.request(Subjects.sandboxPause, { teamId, sandboxId, keepMemory }, this.env.SANDBOX_CREATE_TIMEOUT_MS);
+    this.routes.invalidate(sandboxId);
+  }
+
+  async resume(teamId: string, sandboxId: string, body: ResumeSandboxDto): Promise<ResumeReply> {
+    const reply = await this.messaging.request(
+      Subjects.sandboxResume,
+      { teamId, sandboxId, timeoutSeconds: body.timeout, autoPause: body.autoPause },
+      this.env.SANDBOX_CREATE_TIMEOUT_MS,
+    );
+    this.routes.invalidate(sandboxId);
+    return { sandbox: this.requireVisible(reply.sandbox, teamId, sandboxId), resumed: reply.resumed };
+  }
+
+  async connect(teamId: string, sandboxId: string, body: ResumeSandboxDto): Promise<ResumeReply> {
+    const reply = await this.messaging.request(
       Subjects.sandboxConnect,
       { teamId, sandboxId, timeoutSeconds: body.timeout, autoPause: body.autoPause },
+      this.env.SANDBOX_CREATE_TIMEOUT_MS,
+    );
+    if (reply.resumed) this.routes.invalidate(sandboxId);
+    return { sandbox: this.requireVisible(reply.sandbox, teamId, sandboxId), resumed: reply.resumed };
+  }
+
+  fork(teamId: string, sandboxId: string, body: { timeout?: number; count?: number }): Promise<ForkReply> {
+    return this.messaging.request(
+      Subjects.sandboxFork,
+      { teamId, sandboxId, timeoutSeconds: body.timeout, count: body.count },
+      this.env.SANDBOX_CREATE_TIMEOUT_MS,
+    );
+  }
+
+  createSnapshot(teamId: string, sandboxId: string, name?: string): Promise<SnapshotInfoView> {
+    return this.messaging.request(Subjects.snapshotCreate, { teamId, sandboxId, ...(name !== undefined ? { name } : {}) }, this.env.SANDBOX_CREATE_TIMEOUT_MS);
+  }
+
+  listSnapshots(teamId: string, query: { sandboxID?: string; name?: string; limit?: number; nextToken?: string }): Promise<SnapshotPage> {
+    return this.messaging.request(
+      Subjects.snapshotList,
+      { teamId, sandboxId: query.sandboxID, name: query.name, limit: query.limit, nextToken: query.nextToken },
       this.env.NATS_REQUEST_TIMEOUT_MS,
     );
+  }
+
+  /** True when `ref` was a snapshot and is deleted; false when it names a template that is not a snapshot. */
+  async deleteSnapshot(teamId: string, ref: string): Promise<boolean> {
+    const reply = await this.messaging.request(Subjects.snapshotDelete, { teamId, ref }, this.env.SANDBOX_CREATE_TIMEOUT_MS);
+    return reply.wasSnapshot;
   }
 
   async logs(teamId: string, sandboxId: string, query: LogQuery): Promise<SandboxLogLine[]> {

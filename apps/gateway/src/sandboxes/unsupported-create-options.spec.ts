@@ -1,22 +1,24 @@
 import { KilnError } from '@kiln/contracts';
-import { rejectUnsupportedConnectOptions, rejectUnsupportedCreateOptions } from './unsupported-create-options';
+import { lifecycleOf, rejectUnsupportedConnectOptions, rejectUnsupportedCreateOptions } from './unsupported-create-options';
 
-/** The create body the e2b JS SDK builds for `Sandbox.create('base', opts)` (sandboxApi.ts createSandbox), trimmed. */
-function sdkBody(autoPause?: boolean, autoResume?: boolean) {
-  return {
-    templateID: 'base',
-    timeout: 300,
-    secure: true,
-    allow_internet_access: true,
-    autoPause,
-    autoPauseMemory: undefined,
-    autoResume: autoResume === undefined ? undefined : { enabled: autoResume },
-  };
+/** The create body the e2b JS SDK 2.51 builds for `Sandbox.create('base', { lifecycle })` (createSandbox), trimmed. */
+function sdkBody(onTimeout?: 'kill' | 'pause' | { action: 'kill' | 'pause'; keepMemory?: boolean }, autoResume?: boolean) {
+  const action = typeof onTimeout === 'string' ? onTimeout : onTimeout?.action;
+  const hasKeepMemory = typeof onTimeout === 'object' && 'keepMemory' in onTimeout;
+  return JSON.parse(
+    JSON.stringify({
+      templateID: 'base',
+      timeout: 300,
+      autoPause: onTimeout === undefined ? undefined : action === 'pause',
+      autoPauseMemory: action === 'pause' && hasKeepMemory ? (onTimeout as { keepMemory?: boolean }).keepMemory : undefined,
+      autoResume: autoResume === undefined ? undefined : { enabled: autoResume },
+    }),
+  );
 }
 
-function refusal(body: unknown): string | undefined {
+function refusal(fn: () => unknown): string | undefined {
   try {
-    rejectUnsupportedCreateOptions(body);
+    fn();
     return undefined;
   } catch (error) {
     expect(error).toBeInstanceOf(KilnError);
@@ -24,34 +26,42 @@ function refusal(body: unknown): string | undefined {
   }
 }
 
-describe('pausing on timeout at create', () => {
-  it("accepts what the SDK sends by default and for onTimeout: 'kill'", () => {
-    // No lifecycle: autoPause is left out. onTimeout 'kill': autoPause false.
-    expect(refusal(JSON.parse(JSON.stringify(sdkBody())))).toBeUndefined();
-    expect(refusal(sdkBody(false))).toBeUndefined();
-    expect(refusal(sdkBody(false, false))).toBeUndefined();
-    expect(refusal({ templateID: 'base', lifecycle: { onTimeout: 'kill', autoResume: false } })).toBeUndefined();
-    expect(refusal({ templateID: 'base', lifecycle: { onTimeout: { action: 'kill' } } })).toBeUndefined();
+describe('the create lifecycle', () => {
+  it('reads what the SDK sends for each lifecycle option', () => {
+    expect(lifecycleOf(sdkBody())).toEqual({ autoPause: false, autoPauseMemory: true, autoResume: false });
+    expect(lifecycleOf(sdkBody('kill'))).toEqual({ autoPause: false, autoPauseMemory: true, autoResume: false });
+    expect(lifecycleOf(sdkBody('pause'))).toEqual({ autoPause: true, autoPauseMemory: true, autoResume: false });
+    expect(lifecycleOf(sdkBody('pause', true))).toEqual({ autoPause: true, autoPauseMemory: true, autoResume: true });
+    expect(lifecycleOf(sdkBody({ action: 'pause', keepMemory: false }))).toEqual({ autoPause: true, autoPauseMemory: false, autoResume: false });
   });
 
-  it("refuses autoPause: true (the SDK's onTimeout: 'pause'), naming the field", () => {
-    expect(refusal(sdkBody(true))).toBe('not supported by this deployment: autoPause');
-    expect(refusal(sdkBody(true, true))).toBe('not supported by this deployment: autoResume, autoPause');
+  it('reads the lifecycle object hand-written clients send, in both onTimeout shapes', () => {
+    expect(lifecycleOf({ lifecycle: { onTimeout: 'pause', autoResume: true } })).toEqual({ autoPause: true, autoPauseMemory: true, autoResume: true });
+    expect(lifecycleOf({ lifecycle: { onTimeout: { action: 'pause', keepMemory: false } } })).toEqual({ autoPause: true, autoPauseMemory: false, autoResume: false });
+    expect(lifecycleOf({ lifecycle: { onTimeout: { action: 'kill' } } })).toEqual({ autoPause: false, autoPauseMemory: true, autoResume: false });
+    expect(lifecycleOf({ lifecycle: { onTimeout: null, autoResume: null } })).toEqual({ autoPause: false, autoPauseMemory: true, autoResume: false });
+    // Both forms at once, agreeing.
+    expect(lifecycleOf({ autoPause: true, lifecycle: { onTimeout: 'pause' } })).toEqual({ autoPause: true, autoPauseMemory: true, autoResume: false });
   });
 
-  it('refuses a lifecycle object that asks for pause or auto-resume', () => {
-    expect(refusal({ templateID: 'base', lifecycle: { onTimeout: 'pause' } })).toContain('lifecycle.onTimeout');
-    expect(refusal({ templateID: 'base', lifecycle: { onTimeout: { action: 'pause', keepMemory: false } } })).toContain('lifecycle.onTimeout');
-    expect(refusal({ templateID: 'base', lifecycle: { onTimeout: 'pause', autoResume: true } })).toContain('lifecycle.onTimeout, lifecycle.autoResume');
+  it('refuses what E2B refuses: autoResume with a disk-only pause, keepMemory without pause, unknown actions, disagreements', () => {
+    expect(refusal(() => lifecycleOf({ autoPause: true, autoPauseMemory: false, autoResume: { enabled: true } }))).toContain('autoPauseMemory: false');
+    expect(refusal(() => lifecycleOf({ lifecycle: { onTimeout: { action: 'pause', keepMemory: false }, autoResume: true } }))).toContain('autoResume');
+    expect(refusal(() => lifecycleOf({ lifecycle: { onTimeout: { action: 'kill', keepMemory: true } } }))).toContain('keepMemory');
+    expect(refusal(() => lifecycleOf({ lifecycle: { onTimeout: 'hibernate' } }))).toContain('lifecycle.onTimeout');
+    expect(refusal(() => lifecycleOf({ autoPause: false, lifecycle: { onTimeout: 'pause' } }))).toContain('disagree');
+    expect(refusal(() => lifecycleOf({ autoResume: { enabled: false }, lifecycle: { autoResume: true } }))).toContain('disagree');
+    expect(refusal(() => lifecycleOf({ lifecycle: { autoResume: 'yes' } }))).toContain('lifecycle.autoResume');
   });
 
-  it('leaves a mistyped autoPause to validation, which names it', () => {
-    expect(refusal({ templateID: 'base', autoPause: 'yes' })).toBeUndefined();
+  it('no longer refuses pausing options at create', () => {
+    expect(refusal(() => rejectUnsupportedCreateOptions(sdkBody('pause', true)))).toBeUndefined();
+    expect(refusal(() => rejectUnsupportedCreateOptions({ templateID: 'base', lifecycle: { onTimeout: 'pause', autoResume: true } }))).toBeUndefined();
   });
 
-  it('refuses autoPause: true on connect too', () => {
-    expect(() => rejectUnsupportedConnectOptions({ timeout: 30, autoPause: true })).toThrow('not supported by this deployment: autoPause');
-    expect(() => rejectUnsupportedConnectOptions({ timeout: 30, autoPause: false })).not.toThrow();
-    expect(() => rejectUnsupportedConnectOptions(undefined)).not.toThrow();
+  it('refuses resuming from disk only (memory: false) on connect and resume, and accepts the rest', () => {
+    expect(refusal(() => rejectUnsupportedConnectOptions({ timeout: 30, memory: false }))).toContain('memory: false');
+    expect(refusal(() => rejectUnsupportedConnectOptions({ timeout: 30, memory: true, autoPause: true }))).toBeUndefined();
+    expect(refusal(() => rejectUnsupportedConnectOptions(undefined))).toBeUndefined();
   });
 });

@@ -44,34 +44,66 @@ export function rejectUnsupportedCreateOptions(body: unknown): void {
   if (Array.isArray(raw.volumeMounts) && raw.volumeMounts.length > 0) unsupported.push('volumeMounts');
   if (raw.mcp !== undefined && raw.mcp !== null) unsupported.push('mcp');
   if (isNonEmptyObject((raw.iam as { tokens?: unknown } | undefined)?.tokens)) unsupported.push('iam');
-  if ((raw.autoResume as { enabled?: unknown } | undefined)?.enabled === true) unsupported.push('autoResume');
-  unsupported.push(...unsupportedPauseOnTimeout(raw));
   if (unsupported.length > 0) {
     throw KilnError.invalid(`not supported by this deployment: ${unsupported.join(', ')}`);
   }
 }
 
-/**
- * Pausing on timeout, in any of the shapes a client may ask for it: `autoPause: true` (what the SDKs send for
- * `lifecycle: { onTimeout: 'pause' }`), or a `lifecycle` object itself (the SDK option's shape, sent by hand-written
- * clients). Until pause exists such a sandbox would be killed at its timeout, so it is refused instead. What the SDKs
- * send by default (no autoPause, or `autoPause: false`; `onTimeout: 'kill'`) stays accepted.
- */
-function unsupportedPauseOnTimeout(raw: Record<string, unknown>): string[] {
-  const unsupported: string[] = [];
-  if (raw.autoPause === true) unsupported.push('autoPause');
-  const lifecycle = raw.lifecycle;
-  if (typeof lifecycle === 'object' && lifecycle !== null) {
-    const { onTimeout, autoResume } = lifecycle as { onTimeout?: unknown; autoResume?: unknown };
-    const action = typeof onTimeout === 'object' && onTimeout !== null ? (onTimeout as { action?: unknown }).action : onTimeout;
-    if (action === 'pause') unsupported.push('lifecycle.onTimeout');
-    if (autoResume === true) unsupported.push('lifecycle.autoResume');
-  }
-  return unsupported;
+/** What a create asks for at its timeout and while paused, from E2B's fields or the SDK option's `lifecycle` shape. */
+export interface CreateLifecycle {
+  autoPause: boolean;
+  autoPauseMemory: boolean;
+  autoResume: boolean;
 }
 
-/** `POST /sandboxes/{id}/connect` with the deprecated `autoPause: true`: refused for the same reason as at create. */
+/**
+ * The create's lifecycle: E2B's `autoPause`, `autoPauseMemory`, `autoResume.enabled` (what the SDKs send for
+ * `lifecycle: { onTimeout, autoResume }`), or that `lifecycle` object itself (hand-written clients); both at once must
+ * agree. Refused as E2B refuses them: autoResume with a disk-only pause (traffic never resumes one), keepMemory or
+ * autoResume with onTimeout 'kill', an unknown onTimeout.
+ */
+export function lifecycleOf(body: {
+  autoPause?: boolean;
+  autoPauseMemory?: boolean;
+  autoResume?: { enabled?: boolean };
+  lifecycle?: Record<string, unknown>;
+}): CreateLifecycle {
+  let autoPause = body.autoPause;
+  let autoPauseMemory = body.autoPauseMemory;
+  let autoResume = body.autoResume?.enabled;
+  const lifecycle = body.lifecycle;
+  if (lifecycle !== undefined) {
+    const { onTimeout, autoResume: lifecycleAutoResume } = lifecycle as { onTimeout?: unknown; autoResume?: unknown };
+    // null, as untyped SDK callers may leave it, selects nothing (the SDK itself omits it).
+    if (onTimeout !== undefined && onTimeout !== null) {
+      const action = typeof onTimeout === 'object' && onTimeout !== null ? (onTimeout as { action?: unknown }).action : onTimeout;
+      if (action !== 'kill' && action !== 'pause') throw KilnError.invalid("lifecycle.onTimeout must be 'kill' or 'pause' (or { action, keepMemory })");
+      const keepMemory = typeof onTimeout === 'object' && onTimeout !== null ? (onTimeout as { keepMemory?: unknown }).keepMemory : undefined;
+      if (keepMemory !== undefined && typeof keepMemory !== 'boolean') throw KilnError.invalid('lifecycle.onTimeout.keepMemory must be a boolean');
+      if (keepMemory !== undefined && action !== 'pause') throw KilnError.invalid("lifecycle.onTimeout.keepMemory is only allowed when action is 'pause'");
+      if (autoPause !== undefined && autoPause !== (action === 'pause')) throw KilnError.invalid('autoPause and lifecycle.onTimeout disagree');
+      autoPause = action === 'pause';
+      if (keepMemory !== undefined) autoPauseMemory = keepMemory;
+    }
+    if (lifecycleAutoResume !== undefined && lifecycleAutoResume !== null) {
+      if (typeof lifecycleAutoResume !== 'boolean') throw KilnError.invalid('lifecycle.autoResume must be a boolean');
+      if (autoResume !== undefined && autoResume !== lifecycleAutoResume) throw KilnError.invalid('autoResume.enabled and lifecycle.autoResume disagree');
+      autoResume = lifecycleAutoResume;
+    }
+  }
+  if (autoResume && autoPauseMemory === false) {
+    throw KilnError.invalid('autoResume cannot be enabled with autoPauseMemory: false (a filesystem-only pause must be resumed explicitly)');
+  }
+  return { autoPause: autoPause ?? false, autoPauseMemory: autoPauseMemory ?? true, autoResume: autoResume ?? false };
+}
+
+/**
+ * `POST /sandboxes/{id}/resume` and `/connect` with `memory: false` (E2B: resume from disk only, ignoring the saved
+ * memory): not implemented, so refused rather than silently restoring the memory (E2B says the same).
+ */
 export function rejectUnsupportedConnectOptions(body: unknown): void {
   if (typeof body !== 'object' || body === null) return;
-  if ((body as Record<string, unknown>).autoPause === true) throw KilnError.invalid('not supported by this deployment: autoPause');
+  if ((body as Record<string, unknown>).memory === false) {
+    throw KilnError.invalid('not supported by this deployment: memory: false (resuming from disk only)');
+  }
 }

@@ -1,5 +1,5 @@
-import { Controller, Get, Param, Query, Res } from '@nestjs/common';
-import { ApiOkResponse, ApiQuery, ApiSecurity, ApiTags } from '@nestjs/swagger';
+import { Controller, Delete, Get, HttpCode, Param, Query, Res } from '@nestjs/common';
+import { ApiNoContentResponse, ApiOkResponse, ApiOperation, ApiQuery, ApiSecurity, ApiTags } from '@nestjs/swagger';
 import type { FastifyReply } from 'fastify';
 import { KilnError, TEMPLATE_REF_PATTERN } from '@kiln/contracts';
 import { AuthenticatedTeam, CallerTeam } from '../auth/authenticated-team';
@@ -7,12 +7,17 @@ import { PayloadPipe } from '../validation/payload.pipe';
 import { TemplateBuildsQueryDto } from './template-request.dto';
 import { TemplateAliasBody, TemplateBody, TemplateWithBuildsBody } from './template-responses';
 import { TemplatesService } from './templates.service';
+import { SandboxesService } from '../sandboxes/sandboxes.service';
+import { notSupported } from '../not-supported/not-supported-routes';
 
 @ApiTags('templates')
 @ApiSecurity('ApiKeyAuth')
 @Controller('templates')
 export class TemplatesController {
-  constructor(private readonly templates: TemplatesService) {}
+  constructor(
+    private readonly templates: TemplatesService,
+    private readonly sandboxes: SandboxesService,
+  ) {}
 
   @Get()
   @ApiQuery({ name: 'teamID', required: false, description: "Must be the caller's team when given" })
@@ -46,5 +51,20 @@ export class TemplatesController {
   byAlias(@CallerTeam() team: AuthenticatedTeam, @Param('alias') alias: string): Promise<TemplateAliasBody> {
     if (alias.length > 128 || !TEMPLATE_REF_PATTERN.test(alias)) throw KilnError.invalid('alias must be a template alias');
     return this.templates.byAlias(team.teamId, alias);
+  }
+
+  /**
+   * What the SDK's `Sandbox.deleteSnapshot(snapshotId)` calls: a snapshot (by id or name, with its tag) is deleted with
+   * its artifacts (204; 404 when the team has none by that name, which the SDK reads as "not found"). Deleting a
+   * template that is not a snapshot is not implemented (501, as before).
+   */
+  @Delete(':templateID')
+  @HttpCode(204)
+  @ApiOperation({ summary: 'Delete a snapshot (deleting other templates is not supported)' })
+  @ApiNoContentResponse({ description: 'The snapshot and its artifacts are deleted' })
+  async delete(@CallerTeam() team: AuthenticatedTeam, @Param('templateID') templateId: string): Promise<void> {
+    if (templateId.length > 200 || !TEMPLATE_REF_PATTERN.test(templateId)) throw KilnError.invalid('templateID must be a template or snapshot id or name');
+    const deleted = await this.sandboxes.deleteSnapshot(team.teamId, templateId);
+    if (!deleted) throw notSupported({ method: 'DELETE', path: '/templates/{templateID}', feature: 'deleting a template' });
   }
 }

@@ -20,6 +20,7 @@ const MAX_CACHED_ROUTES = 50_000;
 export class SandboxRouteCache {
   private readonly routes = new Map<string, { route: SandboxRoute; expiresAt: number }>();
   private readonly lookups = new Map<string, Promise<SandboxRoute>>();
+  private readonly resumes = new Map<string, Promise<SandboxRoute>>();
   private lookupCount = 0;
   private readonly lookupSeconds;
 
@@ -49,6 +50,26 @@ export class SandboxRouteCache {
     });
     this.lookups.set(sandboxId, lookup);
     return lookup;
+  }
+
+  /**
+   * Traffic for a paused sandbox with autoResume: asks the scheduler to resume it and answers its route once it runs.
+   * Every request that arrives meanwhile waits on the same call (the scheduler also lets only one resume reach the
+   * host); bounded by the create budget, after which the request is refused, never left hanging.
+   */
+  resumeForTraffic(sandboxId: string): Promise<SandboxRoute> {
+    const pending = this.resumes.get(sandboxId);
+    if (pending) return pending;
+    const resume = this.messaging
+      .request(Subjects.sandboxAutoResume, { sandboxId }, this.env.SANDBOX_CREATE_TIMEOUT_MS)
+      .then((route) => {
+        this.invalidate(sandboxId);
+        if (route.state === SandboxState.Running) this.routes.set(sandboxId, { route, expiresAt: Date.now() + ROUTE_TTL_MS });
+        return route;
+      })
+      .finally(() => this.resumes.delete(sandboxId));
+    this.resumes.set(sandboxId, resume);
+    return resume;
   }
 
   /**

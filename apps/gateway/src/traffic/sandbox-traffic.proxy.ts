@@ -16,13 +16,14 @@ import { refuseConnectMethod } from '../http-errors/connect-method';
 
 /**
  * A refusal on the traffic listener. Its body is what E2B answers in the same place: its edge proxy's
- * `{code, message, sandboxId}` for a sandbox it cannot route to (plus Kiln's error_code), and for a request envd
+ * `{code, message, sandboxId}` for a sandbox it cannot route to (plus Kiln's error_code; `canAutoResume` for a paused
+ * one), and for a request envd
  * itself refuses (its access token, a file URL's signature) exactly envd's `{code, message}`, which the SDK's tests
  * compare whole.
  */
 export interface TrafficRefusal {
   status: number;
-  body: { code: number; message: string; error_code?: ErrorCode; sandboxId?: string };
+  body: { code: number; message: string; error_code?: ErrorCode; sandboxId?: string; canAutoResume?: boolean };
   /** Sent as Retry-After: the refusal is an outage (scheduler or NATS unreachable), not an answer about the sandbox. */
   retryAfterSeconds?: number;
 }
@@ -54,9 +55,10 @@ export function refusalFor(address: SandboxAddress, failure: KilnError | Sandbox
     return { status, body: { code: status, message: failure.message, error_code: failure.code, sandboxId }, ...(retryAfterSeconds ? { retryAfterSeconds } : {}) };
   }
   if (PAUSED_STATES.includes(failure.state)) {
+    // E2B's client-proxy: 409 {sandboxId, message: 'The sandbox is paused', code, canAutoResume} (Sandbox.connect resumes it).
     return {
       status: 409,
-      body: { code: 409, message: `sandbox ${sandboxId} is paused: resume it (Sandbox.connect) before sending traffic`, error_code: ErrorCode.Conflict, sandboxId },
+      body: { code: 409, message: 'The sandbox is paused', error_code: ErrorCode.Conflict, sandboxId, canAutoResume: failure.autoResume ?? false },
     };
   }
   return undefined;
@@ -231,6 +233,8 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     let route: SandboxRoute;
     try {
       route = await this.routes.resolve(address.sandboxId);
+      // autoResume: the request waits for the resume (shared by every request meanwhile), then goes through.
+      if (PAUSED_STATES.includes(route.state) && route.autoResume) route = await this.routes.resumeForTraffic(address.sandboxId);
     } catch (error) {
       const kilnError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, 'route lookup failed');
       if (!(error instanceof KilnError)) this.logger.error(`route lookup for ${address.sandboxId} failed: ${String(error)}`);

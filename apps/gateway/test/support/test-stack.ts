@@ -36,6 +36,10 @@ export interface SeededSandboxOptions {
   state?: SandboxState.Running | SandboxState.Paused;
   metadata?: Record<string, string>;
   network?: Partial<SandboxNetworkSettings>;
+  /** Traffic resumes it while paused. */
+  autoResume?: boolean;
+  /** The host agent's gRPC address (default: nothing listens, so host calls fail fast). */
+  hostAddress?: string;
 }
 
 /**
@@ -154,12 +158,12 @@ export class TestStack {
     return { teamId: team.id, apiKey: key.key };
   }
 
-  async seedHost(proxyUrl: string): Promise<string> {
+  async seedHost(proxyUrl: string, address = '127.0.0.1:1'): Promise<string> {
     const hostId = `host-${randomBytes(4).toString('hex')}`;
     await this.hosts.register({
       hostId,
-      // Nothing listens here: the scheduler's best-effort destroy calls fail fast.
-      address: '127.0.0.1:1',
+      // By default nothing listens here: the scheduler's best-effort destroy calls fail fast.
+      address,
       proxyUrl,
       acceleration: 'tcg',
       version: 'test',
@@ -183,7 +187,7 @@ export class TestStack {
       envdVersion: '0.6.4',
       contentHash: 'gateway-test',
     });
-    const hostId = await this.seedHost(options.proxyUrl);
+    const hostId = await this.seedHost(options.proxyUrl, options.hostAddress);
     const id = randomBytes(10).toString('hex');
     await this.sandboxes.createPending({
       id,
@@ -195,6 +199,7 @@ export class TestStack {
       diskMib: 1024,
       timeoutSeconds: 600,
       autoPause: false,
+      autoResume: options.autoResume ?? false,
       metadata: options.metadata ?? {},
       network: { ...DEFAULT_NETWORK_SETTINGS, ...options.network },
       deadlineAt: new Date(Date.now() + 60_000),

@@ -114,6 +114,17 @@ export class ClonePool implements OnModuleDestroy, OnApplicationShutdown {
     }));
   }
 
+  /**
+   * A new clone directory for a VM the pool does not make (a sandbox restored from a checkpoint): the same layout, so
+   * the same reconcile claims or removes it.
+   */
+  async newCloneDirectory(): Promise<{ cloneId: string; dir: string; vmStateDir: string; serialLogPath: string }> {
+    const cloneId = `c${randomBytes(8).toString('hex')}`;
+    const dir = join(this.options.dir, cloneId);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    return { cloneId, dir, vmStateDir: join(dir, CLONE_VM_STATE_DIR), serialLogPath: join(dir, CLONE_SERIAL_LOG) };
+  }
+
   /** At agent start, after live sandboxes were adopted: every clone directory they do not claim goes. */
   async reconcile(claimed: ReadonlySet<string>): Promise<number> {
     const removed = await removeUnclaimedClones(this.options.dir, claimed, this.vmm);

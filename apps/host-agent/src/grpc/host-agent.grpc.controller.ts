@@ -1,8 +1,16 @@
 import { Controller, UseFilters } from '@nestjs/common';
-import type { Metadata, ServerUnaryCall } from '@grpc/grpc-js';
-import { ENVD_COMPAT_VERSION, ErrorCode, KilnError } from '@kiln/contracts';
+import { status, type Metadata, type ServerUnaryCall } from '@grpc/grpc-js';
+import { ENVD_COMPAT_VERSION, ErrorCode, GRPC_STATUS_BY_ERROR_CODE, KilnError } from '@kiln/contracts';
 import {
   CreateSandboxRequest,
+  CreateSnapshotRequest,
+  DeleteSnapshotRequest,
+  DeleteSnapshotResponse,
+  ForkSandboxRequest,
+  ForkSandboxResponse,
+  PauseSandboxRequest,
+  ResumeSandboxRequest,
+  SnapshotInfo,
   DestroySandboxRequest,
   DestroySandboxResponse,
   GetSandboxRequest,
@@ -23,8 +31,14 @@ import { GrpcExceptionFilter } from './grpc-exception.filter';
 const STATE: Record<LiveSandbox['state'], SandboxState> = {
   starting: SandboxState.SANDBOX_STATE_STARTING,
   running: SandboxState.SANDBOX_STATE_RUNNING,
+  pausing: SandboxState.SANDBOX_STATE_PAUSING,
+  paused: SandboxState.SANDBOX_STATE_PAUSED,
+  resuming: SandboxState.SANDBOX_STATE_RESUMING,
   stopping: SandboxState.SANDBOX_STATE_STOPPING,
 };
+
+/** gRPC status names for per-fork errors (ForkResult.error_code), from the one error-code mapping. */
+const GRPC_STATUS_NAME: Record<number, string> = Object.fromEntries(Object.entries(status).filter(([, v]) => typeof v === 'number').map(([k, v]) => [v, k]));
 
 /** The wire form of a policy: an absent message is an empty policy (no rules). */
 function egressOf(egress: EgressPolicy | undefined): EgressPolicy {
@@ -89,6 +103,7 @@ export class HostAgentGrpcController implements HostAgentController {
       egress: egressOf(request.egress),
       timeoutSeconds: request.timeoutSeconds,
       templateWaitMs: remainingDeadlineMs(call),
+      ...(request.snapshotId ? { snapshotId: request.snapshotId } : {}),
     });
     return toInfo(live);
   }
@@ -111,12 +126,79 @@ export class HostAgentGrpcController implements HostAgentController {
     return { sandboxes: this.sandboxes.list().map(toInfo) };
   }
 
-  pauseSandbox(): PauseSandboxResponse {
-    throw new KilnError(ErrorCode.FailedPrecondition, 'pause is not implemented on this host agent yet');
+  async pauseSandbox(request: PauseSandboxRequest): Promise<PauseSandboxResponse> {
+    const { paused, durationMs } = await this.sandboxes.pause(request.sandboxId, request.keepMemory);
+    return {
+      sandboxId: request.sandboxId,
+      artifacts: {
+        keepMemory: paused.keepMemory,
+        memoryBytes: paused.memoryBytes,
+        stateBytes: paused.stateBytes,
+        diskBytes: paused.diskBytes,
+        manifestSha256: paused.manifestSha256,
+      },
+      durationMs,
+    };
   }
 
-  resumeSandbox(): SandboxInfo {
-    throw new KilnError(ErrorCode.FailedPrecondition, 'resume is not implemented on this host agent yet');
+  async resumeSandbox(request: ResumeSandboxRequest): Promise<SandboxInfo> {
+    const live = await this.sandboxes.resume(request.sandboxId, {
+      envdAccessToken: request.envdAccessToken,
+      egress: request.egress ? egressOf(request.egress) : undefined,
+      timeoutSeconds: request.timeoutSeconds,
+    });
+    return toInfo(live);
+  }
+
+  async forkSandbox(request: ForkSandboxRequest): Promise<ForkSandboxResponse> {
+    if (!request.forks?.length) throw new KilnError(ErrorCode.InvalidArgument, 'forks: at least one fork is required');
+    const report = await this.sandboxes.fork(
+      request.sourceSandboxId,
+      request.forks.map((fork) => ({
+        sandboxId: fork.sandboxId,
+        templateId: '',
+        buildId: '',
+        teamId: fork.teamId,
+        envVars: {},
+        metadata: fork.metadata ?? {},
+        envdAccessToken: fork.envdAccessToken,
+        egress: egressOf(fork.egress),
+        timeoutSeconds: fork.timeoutSeconds,
+      })),
+    );
+    return {
+      checkpointMs: report.checkpointMs,
+      results: report.results.map((result) =>
+        result.sandbox
+          ? { sandboxId: result.sandboxId, sandbox: toInfo(result.sandbox), errorCode: '', errorMessage: '' }
+          : {
+              sandboxId: result.sandboxId,
+              sandbox: undefined,
+              errorCode: GRPC_STATUS_NAME[GRPC_STATUS_BY_ERROR_CODE[result.error!.code]] ?? 'UNKNOWN',
+              errorMessage: result.error!.message,
+            },
+      ),
+    };
+  }
+
+  async createSnapshot(request: CreateSnapshotRequest): Promise<SnapshotInfo> {
+    const report = await this.sandboxes.createSnapshot(request.sandboxId, request.snapshotId);
+    const { manifest } = report;
+    return {
+      snapshotId: report.snapshotId,
+      sourceSandboxId: manifest.sourceSandboxId,
+      templateId: manifest.templateId,
+      buildId: manifest.buildId,
+      vcpus: manifest.vm.vcpus,
+      memoryMib: manifest.vm.memoryMib,
+      sizeBytes: report.sizeBytes,
+      manifestSha256: report.manifestSha256,
+      createdAtMs: Date.parse(manifest.createdAt),
+    };
+  }
+
+  async deleteSnapshot(request: DeleteSnapshotRequest): Promise<DeleteSnapshotResponse> {
+    return { existed: await this.sandboxes.deleteSnapshot(request.snapshotId) };
   }
 
   hostInfo(): Promise<HostInfoResponse> {

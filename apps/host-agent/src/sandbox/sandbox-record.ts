@@ -34,6 +34,26 @@ export interface SandboxRecord {
   egress?: EgressPolicy;
   /** The lifetime the control plane enforces, as it gave it at create (reported back, not enforced here). */
   timeoutSeconds?: number;
+  /**
+   * The checkpoint directory (a fork's or a named snapshot's) the sandbox's disk layer backs onto, when it was started
+   * from one: that checkpoint is kept as long as this sandbox exists.
+   */
+  diskCheckpointDir?: string;
+  /**
+   * Set while the sandbox is paused: its VMM is gone, and this checkpoint (in its clone directory) is what a resume
+   * restores. Saving the record with it is the pause's commit point; clearing it, the resume's.
+   */
+  paused?: PausedState;
+}
+
+export interface PausedState {
+  checkpointDir: string;
+  keepMemory: boolean;
+  manifestSha256: string;
+  pausedAt: string;
+  memoryBytes: number;
+  stateBytes: number;
+  diskBytes: number;
 }
 
 /** The record as written to disk: the envd token only sealed (RecordSealer), never in plaintext. */

@@ -38,8 +38,9 @@ const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state', 'restore-kernel', 'rest
  * 5: the warm-up also sets, uses and clears an access token, and leaves no connection open.
  * 6: TCG guests get a CPU with ARAT (the command line changed, and the guest kernel picks its tick mode at boot).
  * 7: the warm-up's /init writes the host's guest nameservers (recorded as guestNameservers).
+ * 8: VMs save and load migration streams without the configuration section (checkpoints are device state alone).
  */
-const SNAPSHOT_FORMAT_VERSION = 7;
+const SNAPSHOT_FORMAT_VERSION = 8;
 type SnapshotFile = (typeof SNAPSHOT_FILES)[number];
 
 export interface SnapshotManifest {

@@ -215,6 +215,10 @@ export function buildQemuArgs(spec: VmSpec, options: QemuLaunchOptions): string[
     );
   }
 
+  // A checkpoint saves device state alone (xen-save-devices-state), a stream without the configuration section;
+  // every VM saves and loads without it, so template snapshots and checkpoints load the same way.
+  args.push('-global', 'migration.send-configuration=off');
+
   const runAs = options.runAs && `${options.runAs.uid}:${options.runAs.gid}`;
   args.push(...privilegeDropArgs(options.qemuVersion, { runAs, chrootTo: options.confineTo }));
   if (options.startPaused) args.push('-S');

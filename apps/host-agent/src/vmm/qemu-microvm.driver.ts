@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { access, chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { access, chown, mkdir, open as openFile, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -8,7 +9,8 @@ import { Inject, Injectable, Optional } from '@nestjs/common';
 import { VmCgroups, VmCgroupsConfig, type VmCgroupPlacement } from '../cgroup';
 import { AccelerationProbe } from './acceleration-probe';
 import { hostTscKhz } from './host-tsc';
-import { buildQemuArgs, SNAPSHOT_SOCKET_NAME, snapshotSocketPath, validateVmSpec } from './qemu-command-line';
+import { applyChangedPages, captureChangedPages, findGuestRamAreas } from './guest-memory-pages';
+import { buildQemuArgs, confinementDir, SNAPSHOT_SOCKET_NAME, snapshotSocketPath, validateVmSpec } from './qemu-command-line';
 import { parseQemuVersion, readQemuVersionLine, type QemuVersion } from './qemu-version';
 import { QmpClient, type QemuRunState } from './qmp-client';
 import { VmmConfig } from './vmm.config';
@@ -27,6 +29,7 @@ import type {
   VmExit,
   VmHandle,
   VmmDriver,
+  VmCheckpoint,
   VmRunState,
   VmSnapshotRef,
   VmSnapshotResult,
@@ -54,6 +57,8 @@ const STATE_FILES = {
   vmmLog: 'qemu.log',
 } as const;
 
+/** The file a checkpoint's device state is saved to, in the VM's chroot and then in the checkpoint directory. */
+const DEVICE_STATE_FILE = 'device-state';
 /** fd number of the snapshot stream in the child: 0-2 are stdio. */
 const INCOMING_FD = 3;
 /** fd numbers of the root disk in an unprivileged child (see QemuLaunchOptions.rootDiskFds). */
@@ -73,7 +78,6 @@ export class QemuMicrovmDriver implements VmmDriver {
   private tscKhz: Promise<number | undefined> | undefined;
   /** Per-VM uids (KILN_VMM_UID_BASE/COUNT); undefined when VMMs stay root. */
   private readonly identities: VmmIdentityLeases | undefined;
-  private confinementRoot: Promise<string> | undefined;
   private version: Promise<QemuVersion> | undefined;
 
   constructor(
@@ -124,17 +128,6 @@ export class QemuMicrovmDriver implements VmmDriver {
         throw error;
       });
     return this.version;
-  }
-
-  /** The empty, root-owned directory clones are chrooted into (they open nothing by path once running). */
-  private emptyRoot(): Promise<string> {
-    this.confinementRoot ??= (async () => {
-      const dir = join(this.config.dataDir, 'vmm', 'empty-root');
-      await mkdir(dir, { recursive: true, mode: 0o555 });
-      await chmod(dir, 0o555);
-      return dir;
-    })();
-    return this.confinementRoot;
   }
 
   async terminate(stateDir: string): Promise<boolean> {
@@ -202,10 +195,10 @@ export class QemuMicrovmDriver implements VmmDriver {
     // completes); a cold boot opens it once, as root, and keeps that fd. (An fd-set image also cannot resolve a
     // relative backing path.)
     const diskByFd = snapshot !== undefined && !spec.rootDisk.readOnly;
-    // A clone opens nothing once it runs (snapshot and disk arrive on inherited fds): the shared empty root does. Any
-    // other VM may be snapshotted, into a socket the agent creates in the VM's own (otherwise empty) chroot.
-    const isClone = snapshot !== undefined && spec.memoryFile !== undefined && !spec.memoryFile.share;
-    const confineTo = isClone ? await this.emptyRoot() : await prepareConfinementDir(stateDir);
+    // Every VM is chrooted into a directory of its own, otherwise empty: a clone opens nothing by path once it runs
+    // (snapshot and disk arrive on inherited fds), but any VM may be snapshotted or checkpointed, into a socket or a
+    // file the agent puts there for it.
+    const confineTo = await prepareConfinementDir(stateDir);
     const qemuVersion = await this.qemuVersion();
     const tcgGuestTscKhz = accelerator === 'tcg' ? await (this.tscKhz ??= hostTscKhz()) : undefined;
     // A uid of its own: from here on, every way out before the VMM is spawned ends the lease; after, its exit does.
@@ -328,6 +321,10 @@ export class QemuMicrovmDriver implements VmmDriver {
         const since = prepared ? performance.now() : launchedAt;
         try {
           if (snapshot) {
+            if (snapshot.changedMemory) {
+              // The pages the VM had changed go back before its device state: the guest must see them when it runs.
+              await applyChangedPages(pid, await findGuestRamAreas(pid, spec.memoryFile!.path), snapshot.changedMemory);
+            }
             const loaded = await vm.loadIncomingMigration(`fd:${INCOMING_FD}`, performance.now() + timeoutMs);
             // A snapshot taken from a stopped VM comes back stopped; running is what was asked for.
             if (loaded !== 'running' && !options.startPaused) await vm.resume();
@@ -480,6 +477,50 @@ class QemuVmHandle implements VmHandle {
     return { statePath, stateBytes: size, durationMs: performance.now() - started };
   }
 
+  async checkpoint(dir: string): Promise<VmCheckpoint> {
+    const qmp = this.control();
+    const memoryFile = this.spec.memoryFile;
+    if (!memoryFile || memoryFile.share) {
+      throw new VmSnapshotError(`vm ${this.id}: only a clone (guest RAM on a private mapping of its memory file) can be checkpointed`);
+    }
+    const started = performance.now();
+    const { status } = await qmp.execute('query-status');
+    if (status === 'running') await qmp.execute('stop');
+    const stopped = performance.now();
+
+    // QEMU saves device state by path, chrooted: into a file the agent makes for it (the chroot stays root's).
+    const jail = confinementDir(this.stateDir);
+    const jailed = join(jail, DEVICE_STATE_FILE);
+    await rm(jailed, { force: true });
+    await writeFile(jailed, '', { mode: 0o600, flag: 'wx' });
+    if (this.identity) await chown(jailed, this.identity.uid, this.identity.gid);
+    try {
+      await qmp.execute('xen-save-devices-state', { filename: `/${DEVICE_STATE_FILE}`, live: false });
+    } catch (error) {
+      await rm(jailed, { force: true });
+      throw new VmSnapshotError(`vm ${this.id}: saving device state failed: ${(error as Error).message}`);
+    }
+    const statePath = join(dir, DEVICE_STATE_FILE);
+    await rename(jailed, statePath);
+    await chown(statePath, 0, 0);
+    const stateSaved = performance.now();
+
+    const changedMemory = { pagesPath: join(dir, 'memory.pages'), indexPath: join(dir, 'memory.index') };
+    const captured = await captureChangedPages(this.pid, await findGuestRamAreas(this.pid, memoryFile.path), changedMemory);
+    const [stateBytes, stateSha256] = await Promise.all([stat(statePath).then((s) => s.size), sha256Of(statePath)]);
+    const memorySaved = performance.now();
+    await Promise.all([statePath, changedMemory.pagesPath, changedMemory.indexPath].map(fsyncPath));
+    const done = performance.now();
+    return {
+      statePath,
+      stateBytes,
+      changedMemory: { ...changedMemory, pages: captured.pages, bytes: captured.bytes, runs: captured.runs, indexBytes: captured.indexBytes },
+      sha256: { state: stateSha256, pages: captured.pagesSha256, index: captured.indexSha256 },
+      durationMs: done - started,
+      timings: { stopMs: stopped - started, deviceStateMs: stateSaved - stopped, memoryMs: memorySaved - stateSaved, syncMs: done - memorySaved },
+    };
+  }
+
   async stop(timeoutMs = 10_000): Promise<VmExit> {
     if (this.exitInfo) return this.exitInfo;
     try {
@@ -572,6 +613,19 @@ async function assertReadable(spec: VmSpec, snapshot: VmSnapshotRef | undefined)
     } catch {
       throw new InvalidVmSpecError(`vm ${spec.id}: ${what} ${path} does not exist`);
     }
+  }
+}
+
+async function sha256Of(path: string): Promise<string> {
+  return createHash('sha256').update(await readFile(path)).digest('hex');
+}
+
+async function fsyncPath(path: string): Promise<void> {
+  const handle = await openFile(path, 'r');
+  try {
+    await handle.datasync();
+  } finally {
+    await handle.close();
   }
 }
 

@@ -51,6 +51,8 @@ export interface QmpCommands {
   migrate: { args: { uri: string }; ret: Record<string, never> };
   'migrate-incoming': { args: { uri: string }; ret: Record<string, never> };
   'query-migrate': { args: Record<string, never>; ret: QmpMigrationInfo };
+  /** Device state without RAM (despite the name, not Xen-specific): what a checkpoint of a clone saves. */
+  'xen-save-devices-state': { args: { filename: string; live?: boolean }; ret: Record<string, never> };
 }
 
 interface PendingCommand {

@@ -53,8 +53,31 @@ export interface VmSpec {
 }
 
 export interface VmSnapshotRef {
-  /** Device state written by VmHandle.snapshot(). */
+  /** Device state written by VmHandle.snapshot() or VmHandle.checkpoint(). */
   statePath: string;
+  /**
+   * The guest pages a checkpointed VM had changed from its memory file (VmHandle.checkpoint()); written into the
+   * restored VM before its device state is loaded. Absent: the memory file alone is the guest's RAM.
+   */
+  changedMemory?: ChangedMemoryFiles;
+}
+
+/** Guest pages that differ from the VM's memory file: the pages back to back, and their index (see guest-memory-pages). */
+export interface ChangedMemoryFiles {
+  pagesPath: string;
+  indexPath: string;
+}
+
+/** A checkpoint of a running clone: what it wrote and how long the guest was stopped for it. */
+export interface VmCheckpoint {
+  statePath: string;
+  stateBytes: number;
+  changedMemory: ChangedMemoryFiles & { pages: number; bytes: number; runs: number; indexBytes: number };
+  /** sha256 of each file, computed while it was written or straight after. */
+  sha256: { state: string; pages: string; index: string };
+  /** stop → everything written (the VM is still stopped when checkpoint() resolves). */
+  durationMs: number;
+  timings: { stopMs: number; deviceStateMs: number; memoryMs: number; syncMs: number };
 }
 
 export interface VmExit {
@@ -126,6 +149,12 @@ export interface VmHandle {
    * With a shared memory file only device state is written, guest RAM stays in the file.
    */
   snapshot(statePath: string): Promise<VmSnapshotResult>;
+  /**
+   * Stops a clone (a VM on a private mapping of its memory file) and writes into `dir` its device state and the guest
+   * pages it changed from the memory file: the bytes written follow the pages the guest wrote, not its RAM size. The
+   * VM stays stopped: resume() it (fork, named snapshot) or end it (pause). `dir` must exist.
+   */
+  checkpoint(dir: string): Promise<VmCheckpoint>;
   /** Asks the VMM to exit cleanly (disks flushed); kills it after `timeoutMs`. */
   stop(timeoutMs?: number): Promise<VmExit>;
   /** SIGKILL. */

@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync, symlinkSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Module, type INestApplicationContext } from '@nestjs/common';
@@ -107,7 +107,7 @@ function alive(pid: number): boolean {
 
 async function runInSandbox(live: LiveSandbox, command: string): Promise<string> {
   const headers: Record<string, string> = live.record.envdAccessToken ? { 'X-Access-Token': live.record.envdAccessToken } : {};
-  const client = createClient(Process, createConnectTransport({ baseUrl: `http://${live.slot.hostAddress}:49983`, httpVersion: '1.1', nodeOptions: { agent: live.guestConnections } }));
+  const client = createClient(Process, createConnectTransport({ baseUrl: `http://${live.slot!.hostAddress}:49983`, httpVersion: '1.1', nodeOptions: { agent: live.guestConnections } }));
   let out = '';
   for await (const r of client.start({ process: { cmd: '/bin/bash', args: ['-c', command], envs: {} } }, { headers, timeoutMs: 60_000 })) {
     const e = r.event?.event;
@@ -176,7 +176,11 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
         expect(Number(/^Gid:\s+(\d+)/m.exec(status)?.[1])).toBe(vmmUid);
         expect(/^CapEff:\s+(\w+)/m.exec(status)?.[1]).toBe('0000000000000000');
         expect(/^Seccomp:\s+(\d)/m.exec(status)?.[1]).toBe('2');
-        expect(readlinkSync(`/proc/${waiting.pid}/root`)).toBe(realpathSync(join(TEST_DATA_DIR, 'vmm', 'empty-root')));
+        // Its chroot is a directory of its own (where a checkpoint's device state is written), empty and root's.
+        const jail = realpathSync(join(waiting.dir, 'vm', 'jail'));
+        expect(readlinkSync(`/proc/${waiting.pid}/root`)).toBe(jail);
+        expect(readdirSync(jail)).toEqual([]);
+        expect(statSync(jail).uid).toBe(0);
         const [next] = await eventually('the pool to refill', () => pooled().length === 1 && pooled());
         expect(next.cloneId).not.toBe(waiting.cloneId);
       } finally {

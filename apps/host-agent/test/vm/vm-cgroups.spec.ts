@@ -77,7 +77,7 @@ async function removeSuiteNetwork(): Promise<void> {
 
 async function runInSandbox(live: LiveSandbox, command: string): Promise<string> {
   const headers: Record<string, string> = live.record.envdAccessToken ? { 'X-Access-Token': live.record.envdAccessToken } : {};
-  const client = createClient(Process, createConnectTransport({ baseUrl: `http://${live.slot.hostAddress}:49983`, httpVersion: '1.1', nodeOptions: { agent: live.guestConnections } }));
+  const client = createClient(Process, createConnectTransport({ baseUrl: `http://${live.slot!.hostAddress}:49983`, httpVersion: '1.1', nodeOptions: { agent: live.guestConnections } }));
   let out = '';
   for await (const r of client.start({ process: { cmd: '/bin/bash', args: ['-c', command], envs: {} } }, { headers, timeoutMs: 60_000 })) {
     const e = r.event?.event;

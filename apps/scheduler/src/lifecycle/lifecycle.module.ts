@@ -5,11 +5,12 @@ import { TimeoutsModule } from '../timeouts/timeouts.module';
 import { SandboxLifecycleService } from './sandbox-lifecycle.service';
 import { SandboxesController } from './sandboxes.controller';
 import { SandboxTokens } from './sandbox-tokens';
+import { NamedSnapshotsService } from './named-snapshots.service';
 
 @Module({
   imports: [HostsModule, PlacementModule, TimeoutsModule],
   controllers: [SandboxesController],
-  providers: [SandboxLifecycleService, SandboxTokens],
+  providers: [SandboxLifecycleService, NamedSnapshotsService, SandboxTokens],
   exports: [SandboxLifecycleService],
 })
 export class LifecycleModule {}

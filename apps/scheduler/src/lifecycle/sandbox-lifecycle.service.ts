@@ -4,6 +4,7 @@ import {
   EgressPolicy,
   effectiveEgressPolicy,
   ErrorCode,
+  errorCodeForGrpcStatus,
   KilnError,
   SandboxRoute,
   SandboxState,
@@ -11,9 +12,11 @@ import {
   TERMINAL_SANDBOX_STATES,
 } from '@kiln/contracts';
 import { Metadata } from '@grpc/grpc-js';
-import { SchedulerEnv } from '@kiln/config';
+import { SchedulerEnv, pauseDeadlineMs, resumeDeadlineMs } from '@kiln/config';
+import { status as GrpcStatus } from '@grpc/grpc-js';
 import {
   HostRepository,
+  HostSnapshotLocation,
   HostStartReport,
   SandboxListFilter,
   SandboxRecord,
@@ -27,7 +30,12 @@ import {
 } from '@kiln/db';
 import {
   CreateSandboxCommand,
+  ForkCommand,
+  ForkReply,
+  ForkResultView,
   KillReply,
+  PauseCommand,
+  ResumeReply,
   ListSandboxesQuery,
   RefreshCommand,
   ResumeCommand,
@@ -42,7 +50,7 @@ import { MetricsRegistry } from '@kiln/telemetry';
 import { HostAgentClients } from '../hosts/host-agent-clients';
 import { PlacementCandidate, PlacementService } from '../placement/placement.service';
 import { SandboxTimeoutJob, SandboxTimeouts } from '../timeouts/sandbox-timeouts';
-import { SandboxInfo } from '@kiln/proto/hostagent';
+import { ForkSandboxResponse, SandboxInfo, SandboxState as HostSandboxState } from '@kiln/proto/hostagent';
 import { newSandboxId } from './sandbox-ids';
 import { SandboxTokens } from './sandbox-tokens';
 import { networkOf, toSandboxView } from './sandbox-view.mapper';
@@ -59,6 +67,9 @@ const LIVE_OR_PAUSED: SandboxState[] = [
  * What a list shows as running and as paused. A create still in flight (pending, starting) is not listed: like E2B,
  * a sandbox appears once its create succeeded, with the start time it keeps from then on (the list's sort key).
  */
+const PAUSED_OR_PAUSING: SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
+/** How often a caller waiting for another caller's pause or resume re-reads the row. */
+const SETTLE_POLL_MS = 100;
 const LISTED_RUNNING: SandboxState[] = [SandboxState.Running, SandboxState.Resuming];
 const LISTED_PAUSED: SandboxState[] = [SandboxState.Pausing, SandboxState.Paused];
 /** The scheduler's own ceiling per list request (the gateway's v1 list reads in pages of this size). */
@@ -103,8 +114,10 @@ export class SandboxLifecycleService implements OnModuleInit {
   }
 
   async create(command: CreateSandboxCommand): Promise<SandboxView> {
-    // Until pause exists, a sandbox asked to pause at its timeout would be killed instead: refused, never downgraded.
-    if (command.autoPause) throw new KilnError(ErrorCode.InvalidArgument, 'autoPause: pausing on timeout is not supported by this deployment');
+    // E2B: a disk-only pause cannot be resumed by traffic, so the two together are refused.
+    if (command.autoResume && command.autoPauseMemory === false) {
+      throw new KilnError(ErrorCode.InvalidArgument, 'autoResume cannot be enabled with autoPauseMemory: false (a filesystem-only pause must be resumed explicitly)');
+    }
     const started = performance.now();
     const template = await this.templates.resolve(command.templateRef, command.teamId);
     if (!template) throw new KilnError(ErrorCode.NotFound, `template '${command.templateRef}' not found`);
@@ -124,6 +137,8 @@ export class SandboxLifecycleService implements OnModuleInit {
       diskMib: template.diskMib,
       timeoutSeconds,
       autoPause: command.autoPause,
+      autoPauseMemory: command.autoPauseMemory ?? true,
+      autoResume: command.autoResume ?? false,
       metadata: command.metadata ?? {},
       // No env vars: they may hold secrets, so they only travel with the host create call below and are never stored.
       network: command.network,
@@ -133,7 +148,7 @@ export class SandboxLifecycleService implements OnModuleInit {
     if (!created) return this.retriedCreate(sandbox);
 
     try {
-      const view = await this.start(sandbox, template.hostBuildId, command.envVars ?? {});
+      const view = await this.start(sandbox, template.hostBuildId, command.envVars ?? {}, template.snapshot);
       this.createLatency.observe({ outcome: 'ok' }, (performance.now() - started) / 1000);
       return view;
     } catch (error) {
@@ -169,11 +184,19 @@ export class SandboxLifecycleService implements OnModuleInit {
     return toSandboxView(record, this.tokens);
   }
 
-  private async start(sandbox: SandboxRecord, hostBuildId: string, envVars: Record<string, string>): Promise<SandboxView> {
-    const candidates = await this.placement.candidates({ templateId: sandbox.templateId, vcpus: sandbox.vcpus, memoryMib: sandbox.memoryMib });
+  private async start(
+    sandbox: SandboxRecord,
+    hostBuildId: string,
+    envVars: Record<string, string>,
+    snapshot?: HostSnapshotLocation,
+  ): Promise<SandboxView> {
+    const all = await this.placement.candidates({ templateId: sandbox.templateId, vcpus: sandbox.vcpus, memoryMib: sandbox.memoryMib });
+    // A named snapshot's artifacts live on one host: its sandboxes start there or nowhere.
+    const candidates = snapshot ? all.filter((c) => c.hostId === snapshot.hostId) : all;
     if (candidates.length === 0) {
-      await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Error, { reason: 'no host with free capacity', endedAt: new Date() });
-      throw new KilnError(ErrorCode.ResourceExhausted, 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
+      const reason = snapshot ? `the snapshot's host ${snapshot.hostId} is unavailable or has no free capacity` : 'no host with free capacity';
+      await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Error, { reason, endedAt: new Date() });
+      throw new KilnError(ErrorCode.ResourceExhausted, snapshot ? `${reason} right now` : 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
     }
 
     let lastError: KilnError | undefined;
@@ -190,7 +213,7 @@ export class SandboxLifecycleService implements OnModuleInit {
       if (!starting) throw await this.endedWhileStarting(sandbox.id);
       let started: HostStartReport;
       try {
-        started = await this.createOnHost(starting, host, hostBuildId, envVars);
+        started = await this.createOnHost(starting, host, hostBuildId, envVars, snapshot);
       } catch (error) {
         lastError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, String(error));
         // A full host is a reason to try the next one; anything else is the sandbox's failure.
@@ -232,6 +255,7 @@ export class SandboxLifecycleService implements OnModuleInit {
     host: PlacementCandidate,
     hostBuildId: string,
     envVars: Record<string, string>,
+    snapshot?: HostSnapshotLocation,
   ): Promise<HostStartReport> {
     const what = `create ${sandbox.id} on ${host.hostId}`;
     const agent = this.agents.for(host.hostId, host.grpcAddress);
@@ -247,8 +271,10 @@ export class SandboxLifecycleService implements OnModuleInit {
       what,
       createWithDeadline.call(agent, {
         sandboxId: sandbox.id,
-        templateId: sandbox.templateId,
+        // From a snapshot: the template build its memory is based on, as the host named them, and the snapshot itself.
+        templateId: snapshot ? snapshot.hostTemplateId : sandbox.templateId,
         buildId: hostBuildId,
+        snapshotId: snapshot?.snapshotId ?? '',
         vcpus: sandbox.vcpus,
         memoryMib: sandbox.memoryMib,
         envVars,
@@ -311,6 +337,10 @@ export class SandboxLifecycleService implements OnModuleInit {
    */
   async failPastDeadline(sandbox: SandboxRecord): Promise<boolean> {
     if (!isTransitional(sandbox.state)) return false;
+    if (sandbox.state === SandboxState.Pausing || sandbox.state === SandboxState.Resuming) {
+      // Never half-way and never lost: the host says whether the VM runs or is paused, and the row follows it.
+      if (await this.settleWithHost(sandbox, `${sandbox.state} did not finish by its deadline (scheduler restarted?)`)) return true;
+    }
     const what = sandbox.state === SandboxState.Pending || sandbox.state === SandboxState.Starting ? this.createDeadlineReason() : `${sandbox.state} did not finish by its deadline`;
     const failed = await this.moveTo(sandbox, [sandbox.state as SandboxState], SandboxState.Error, {
       reason: `${what} (scheduler restarted?)`,
@@ -384,9 +414,11 @@ export class SandboxLifecycleService implements OnModuleInit {
     if (!killed) return { killed: false };
     await this.timeouts.cancel(sandbox.id);
     if (killed.hostId) {
+      // A paused sandbox's destroy removes its pause artifacts on the host too.
       const host = await this.hosts.get(killed.hostId);
       if (host) await this.destroyOnHost(host.id, host.address, sandbox.id);
     }
+    await this.sandboxes.clearPause(sandbox.id);
     return { killed: true };
   }
 
@@ -410,29 +442,392 @@ export class SandboxLifecycleService implements OnModuleInit {
   }
 
   /**
-   * Pause does not exist yet. Not a conflict (409): the SDK reads that as "already paused" and reports success. A
-   * missing sandbox is still not found.
+   * `POST /sandboxes/{id}/pause`: running → pausing (with its deadline) → host PauseSandbox → paused, with what the
+   * host wrote stored. Already paused (or pausing) is a conflict, which the SDK reads as "already paused".
    */
-  async pause(ref: SandboxRef): Promise<SandboxView> {
-    const sandbox = await this.requireLive(ref);
-    throw new KilnError(ErrorCode.NotImplemented, `sandbox ${sandbox.id} cannot be paused: pause is not supported by this deployment yet`);
+  async pause(command: PauseCommand): Promise<SandboxView> {
+    const sandbox = await this.requireLive(command);
+    return this.view(await this.pauseRecord(sandbox, command.keepMemory ?? true, 'paused by request'));
   }
 
-  /** Resume does not exist yet either (connect to a paused sandbox comes here too). */
-  async resume(command: ResumeCommand): Promise<SandboxView> {
-    const sandbox = await this.requireLive(command);
-    throw new KilnError(ErrorCode.NotImplemented, `sandbox ${sandbox.id} cannot be resumed: pause/resume is not supported by this deployment yet`);
-  }
-
-  /** Connect: a running sandbox is returned (and its timeout applied); a paused one would be resumed. */
-  async connect(command: ResumeCommand): Promise<SandboxView> {
-    const sandbox = await this.requireLive(command);
-    if (sandbox.state === SandboxState.Paused) return this.resume(command);
-    if (command.timeoutSeconds !== undefined) {
-      const wanted = new Date(Date.now() + command.timeoutSeconds * 1000);
-      if (wanted > sandbox.expiresAt) return this.extendTo(sandbox.id, wanted);
+  private async pauseRecord(sandbox: SandboxRecord, keepMemory: boolean, reason: string): Promise<SandboxRecord> {
+    if (PAUSED_OR_PAUSING.includes(sandbox.state as SandboxState)) throw alreadyPaused(sandbox.id);
+    if (sandbox.state !== SandboxState.Running) {
+      throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} is ${sandbox.state}: only a running sandbox can be paused`);
     }
-    return this.view(sandbox);
+    const host = await this.requireHost(sandbox);
+    const deadline = new Date(Date.now() + pauseDeadlineMs(this.env));
+    const pausing = await this.moveTo(sandbox, [SandboxState.Running], SandboxState.Pausing, { deadlineAt: deadline, reason });
+    if (!pausing) {
+      const now = await this.sandboxes.find(sandbox.id);
+      if (now && PAUSED_OR_PAUSING.includes(now.state as SandboxState)) throw alreadyPaused(sandbox.id);
+      throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} is ${now?.state ?? 'gone'}: only a running sandbox can be paused`);
+    }
+    // A paused sandbox does not expire; the resume schedules a new timeout.
+    await this.timeouts.cancel(sandbox.id);
+    let reply;
+    try {
+      reply = await this.agents.call(
+        `pause ${sandbox.id} on ${host.id}`,
+        this.agents.for(host.id, host.address).pauseSandbox({ sandboxId: sandbox.id, keepMemory }),
+        Math.max(MIN_HOST_ATTEMPT_MS, deadline.getTime() - Date.now()),
+      );
+    } catch (error) {
+      const failure = asKilnError(error);
+      const settled = await this.settleWithHost(pausing, `pause failed: ${failure.message}`, keepMemory);
+      const now = await this.sandboxes.find(sandbox.id);
+      // The host has it paused after all (its answer was lost): the pause happened.
+      if (settled && now?.state === SandboxState.Paused) return now;
+      throw failure;
+    }
+    const artifacts = reply.artifacts;
+    await this.sandboxes.recordPause(sandbox.id, host.id, {
+      keepMemory: artifacts?.keepMemory ?? keepMemory,
+      memoryBytes: artifacts?.memoryBytes ?? 0,
+      stateBytes: artifacts?.stateBytes ?? 0,
+      diskBytes: artifacts?.diskBytes ?? 0,
+      manifestSha256: artifacts?.manifestSha256 ?? '',
+      durationMs: reply.durationMs,
+      reported: true,
+    });
+    const paused = await this.moveTo(pausing, [SandboxState.Pausing], SandboxState.Paused, { reason });
+    if (!paused) throw await this.endedWhile(sandbox.id, 'pausing');
+    return paused;
+  }
+
+  /** `POST /sandboxes/{id}/resume`: a paused sandbox is resumed (201); a running one is a conflict (409). */
+  async resume(command: ResumeCommand): Promise<ResumeReply> {
+    return this.resumeOrConnect(command, 'resume');
+  }
+
+  /** `POST /sandboxes/{id}/connect`: a running sandbox is returned (its timeout only extended); a paused one is resumed. */
+  async connect(command: ResumeCommand): Promise<ResumeReply> {
+    return this.resumeOrConnect(command, 'connect');
+  }
+
+  private async resumeOrConnect(command: ResumeCommand, mode: 'resume' | 'connect'): Promise<ResumeReply> {
+    const sandbox = await this.requireLive(command);
+    if (sandbox.state === SandboxState.Running || sandbox.state === SandboxState.Pending || sandbox.state === SandboxState.Starting) {
+      if (mode === 'resume') throw new KilnError(ErrorCode.Conflict, `sandbox ${sandbox.id} is already running`);
+      if (command.timeoutSeconds !== undefined) {
+        const wanted = new Date(Date.now() + command.timeoutSeconds * 1000);
+        if (wanted > sandbox.expiresAt) return { sandbox: await this.extendTo(sandbox.id, wanted), resumed: false };
+      }
+      return { sandbox: this.view(sandbox), resumed: false };
+    }
+    const running = await this.resumeRecord(sandbox, command.timeoutSeconds, command.autoPause);
+    return { sandbox: this.view(running), resumed: true };
+  }
+
+  /**
+   * Traffic for a paused sandbox (the traffic listener, no team): resumes it when its lifecycle allows (autoResume,
+   * and a pause that kept memory), and answers its route once it runs. Concurrent calls share one resume (the row's
+   * conditional move to resuming lets one caller win; the others wait for it).
+   */
+  async autoResume(sandboxId: string): Promise<SandboxRoute> {
+    const found = await this.sandboxes.find(sandboxId);
+    if (!found || !LIVE_OR_PAUSED.includes(found.state as SandboxState)) throw KilnError.notFound(`sandbox ${sandboxId}`);
+    // A pause in flight is waited for: whether traffic may resume it depends on what that pause kept.
+    const sandbox = await this.settled(found);
+    if (!LIVE_OR_PAUSED.includes(sandbox.state as SandboxState)) throw KilnError.notFound(`sandbox ${sandboxId}`);
+    if (PAUSED_OR_PAUSING.includes(sandbox.state as SandboxState) && !(await this.trafficMayResume(sandbox))) {
+      throw new KilnError(
+        ErrorCode.Conflict,
+        sandbox.autoResume
+          ? `sandbox ${sandboxId} is paused without its memory: resume it explicitly (Sandbox.connect)`
+          : `sandbox ${sandboxId} is paused: resume it (Sandbox.connect) before sending traffic`,
+      );
+    }
+    if (sandbox.state !== SandboxState.Running) await this.resumeRecord(sandbox, undefined, undefined);
+    return this.route(sandboxId);
+  }
+
+  /** The row once it left pausing/resuming (or as it is when that takes longer than those deadlines allow). */
+  private async settled(sandbox: SandboxRecord): Promise<SandboxRecord> {
+    const waitUntil = Date.now() + pauseDeadlineMs(this.env) + resumeDeadlineMs(this.env) + this.env.SANDBOX_RECONCILE_GRACE_MS;
+    let current = sandbox;
+    while ((current.state === SandboxState.Pausing || current.state === SandboxState.Resuming) && Date.now() < waitUntil) {
+      if (isPastDeadline(current)) await this.failPastDeadline(current);
+      else await sleep(SETTLE_POLL_MS);
+      const next = await this.sandboxes.find(sandbox.id);
+      if (!next) throw KilnError.notFound(`sandbox ${sandbox.id}`);
+      current = next;
+    }
+    return current;
+  }
+
+  /** Whether traffic may resume this paused sandbox: autoResume, and a pause that kept memory (E2B). */
+  private async trafficMayResume(sandbox: SandboxRecord): Promise<boolean> {
+    if (!sandbox.autoResume) return false;
+    const pause = await this.sandboxes.pauseOf(sandbox.id);
+    return pause === null ? sandbox.autoPauseMemory : pause.keepMemory;
+  }
+
+  /**
+   * Brings a paused sandbox back: paused → resuming (deadline) → host ResumeSandbox → running with a new expiry and
+   * timeout job. A caller that finds it pausing or resuming waits for that to settle first, so two resumes never both
+   * reach the host; one that finds it running (another caller resumed it) returns it.
+   */
+  private async resumeRecord(sandbox: SandboxRecord, timeoutSeconds: number | undefined, autoPause: boolean | undefined): Promise<SandboxRecord> {
+    const waitUntil = Date.now() + pauseDeadlineMs(this.env) + resumeDeadlineMs(this.env) + this.env.SANDBOX_RECONCILE_GRACE_MS;
+    let current: SandboxRecord | null = sandbox;
+    while (current) {
+      if (current.state === SandboxState.Running) return current;
+      if (current.state === SandboxState.Paused) {
+        const deadline = new Date(Date.now() + resumeDeadlineMs(this.env));
+        // A resumed sandbox holds vCPUs and memory again: it must fit the team's quota, as a create must (429).
+        const resuming = await this.moveTo(current, [SandboxState.Paused], SandboxState.Resuming, {
+          deadlineAt: deadline,
+          reason: 'resume requested',
+          quota: this.quotaDefaults(),
+        });
+        if (resuming) return this.resumeOnHost(resuming, deadline, timeoutSeconds, autoPause);
+      } else if (current.state === SandboxState.Pausing || current.state === SandboxState.Resuming) {
+        if (Date.now() > waitUntil) break;
+        if (isPastDeadline(current)) await this.failPastDeadline(current);
+        else await sleep(SETTLE_POLL_MS);
+      } else {
+        throw KilnError.notFound(`sandbox ${sandbox.id}`);
+      }
+      current = await this.sandboxes.find(sandbox.id);
+    }
+    if (!current) throw KilnError.notFound(`sandbox ${sandbox.id}`);
+    throw new KilnError(ErrorCode.Unavailable, `sandbox ${sandbox.id} is still ${current.state}; try again`, RETRY_AFTER_SECONDS);
+  }
+
+  private async resumeOnHost(
+    resuming: SandboxRecord,
+    deadline: Date,
+    timeoutSeconds: number | undefined,
+    autoPause: boolean | undefined,
+  ): Promise<SandboxRecord> {
+    const id = resuming.id;
+    const host = resuming.hostId ? await this.hosts.get(resuming.hostId) : null;
+    if (!host) {
+      await this.moveTo(resuming, [SandboxState.Resuming], SandboxState.Paused, { reason: 'resume failed: its host is not registered' });
+      throw new KilnError(ErrorCode.Unavailable, `host of sandbox ${id} is not registered`, RETRY_AFTER_SECONDS);
+    }
+    const timeout = timeoutSeconds ?? resuming.timeoutSeconds;
+    try {
+      await this.agents.call(
+        `resume ${id} on ${host.id}`,
+        this.agents.for(host.id, host.address).resumeSandbox({
+          sandboxId: id,
+          timeoutSeconds: timeout,
+          envdAccessToken: this.tokens.envdAccessToken(id),
+          egress: effectiveEgressPolicy(networkOf(resuming)),
+        }),
+        Math.max(MIN_HOST_ATTEMPT_MS, deadline.getTime() - Date.now()),
+      );
+    } catch (error) {
+      const failure = asKilnError(error);
+      if (failure.code === ErrorCode.NotFound) {
+        await this.markGone(id, SandboxState.Error, `resume failed: the host no longer has the sandbox (${failure.message})`);
+        throw KilnError.notFound(`sandbox ${id}`);
+      }
+      // Back to paused with its artifacts (the host guarantees that), unless the host has it running after all.
+      if (failure.code === ErrorCode.FailedPrecondition) {
+        await this.moveTo(resuming, [SandboxState.Resuming], SandboxState.Paused, { reason: `resume failed: ${failure.message}` });
+        throw failure;
+      }
+      if (!(await this.settleWithHost(resuming, `resume failed: ${failure.message}`, undefined, timeout))) {
+        // The host could not be asked: a failed ResumeSandbox leaves the sandbox paused with its artifacts (the host's
+        // contract), so the row goes back to paused and a later resume tries again.
+        await this.moveTo(resuming, [SandboxState.Resuming], SandboxState.Paused, { reason: `resume failed: ${failure.message}` });
+      }
+      const now = await this.sandboxes.find(id);
+      if (now?.state === SandboxState.Running) return now;
+      throw failure;
+    }
+    const now = new Date();
+    const running = await this.moveTo(resuming, [SandboxState.Resuming], SandboxState.Running, {
+      expiresAt: new Date(now.getTime() + timeout * 1000),
+      timeoutSeconds: timeout,
+      reason: 'resumed',
+      ...(autoPause !== undefined ? { autoPause } : {}),
+    });
+    if (!running) {
+      // Killed while resuming: the kill's destroy may have run before the VM was back, so remove it again.
+      await this.destroyOnHost(host.id, host.address, id);
+      throw await this.endedWhile(id, 'resuming');
+    }
+    await this.timeouts.schedule(id, running.expiresAt);
+    return running;
+  }
+
+  /**
+   * A pause or resume that failed or outlived its deadline: the host says whether the VM is running or paused (it
+   * never leaves one half-way) and the row follows it; a host without the sandbox fails the row. Returns false when
+   * the host could not be asked (the row is left for the deadline sweep).
+   */
+  private async settleWithHost(sandbox: SandboxRecord, reason: string, keepMemory?: boolean, timeoutSeconds?: number): Promise<boolean> {
+    const from = sandbox.state as SandboxState;
+    const host = sandbox.hostId ? await this.hosts.get(sandbox.hostId) : null;
+    if (!host) return false;
+    let onHost: 'running' | 'paused' | 'gone' | 'unknown';
+    try {
+      const info = await this.agents.call(`get ${sandbox.id} on ${host.id}`, this.agents.for(host.id, host.address).getSandbox({ sandboxId: sandbox.id }), 10_000);
+      onHost =
+        info.state === HostSandboxState.SANDBOX_STATE_RUNNING
+          ? 'running'
+          : info.state === HostSandboxState.SANDBOX_STATE_PAUSED
+            ? 'paused'
+            : info.state === HostSandboxState.SANDBOX_STATE_EXITED || info.state === HostSandboxState.SANDBOX_STATE_STOPPING
+              ? 'gone'
+              : 'unknown';
+    } catch (error) {
+      onHost = asKilnError(error).code === ErrorCode.NotFound ? 'gone' : 'unknown';
+    }
+    this.logger.warn(`sandbox ${sandbox.id} ${reason}; its host has it ${onHost}`);
+    if (onHost === 'unknown') return false;
+    if (onHost === 'gone') return this.markGone(sandbox.id, SandboxState.Error, `${reason}; the host no longer has the sandbox`);
+    if (onHost === 'paused') {
+      if (from === SandboxState.Pausing && !(await this.sandboxes.pauseOf(sandbox.id))) {
+        // The host's report was lost: what is known is that it paused, with the memory the caller asked for.
+        await this.sandboxes.recordPause(sandbox.id, host.id, {
+          keepMemory: keepMemory ?? sandbox.autoPauseMemory,
+          memoryBytes: 0,
+          stateBytes: 0,
+          diskBytes: 0,
+          manifestSha256: '',
+          reported: false,
+        });
+      }
+      return (await this.moveTo(sandbox, [from], SandboxState.Paused, { reason })) !== null;
+    }
+    const now = new Date();
+    const expiresAt =
+      from === SandboxState.Resuming ? new Date(now.getTime() + (timeoutSeconds ?? sandbox.timeoutSeconds) * 1000) : sandbox.expiresAt;
+    const running = await this.moveTo(sandbox, [from], SandboxState.Running, {
+      reason,
+      expiresAt,
+      ...(from === SandboxState.Resuming ? { timeoutSeconds: timeoutSeconds ?? sandbox.timeoutSeconds } : {}),
+    });
+    // Running again with the timeout it had (or a resume's new one); one already past fires at once.
+    if (running) await this.timeouts.schedule(sandbox.id, running.expiresAt);
+    return running !== null;
+  }
+
+  /**
+   * `POST /sandboxes/{id}/fork`: `count` new sandboxes from a checkpoint of the running source (which keeps running).
+   * Each fork is its own row, checked against the team's quota on its own; the host gets one ForkSandbox with every
+   * fork that passed, and each row follows its own result. The answer has one entry per requested fork, in order.
+   */
+  async fork(command: ForkCommand): Promise<ForkReply> {
+    const count = command.count ?? 1;
+    if (!Number.isInteger(count) || count < 1 || count > 100) throw KilnError.invalid('count must be an integer from 1 to 100');
+    const source = await this.requireLive(command);
+    if (source.state !== SandboxState.Running) {
+      throw new KilnError(ErrorCode.Conflict, `sandbox ${source.id} is ${source.state}: only a running sandbox can be forked`);
+    }
+    const host = await this.requireHost(source);
+    const timeoutSeconds = command.timeoutSeconds ?? DEFAULT_SANDBOX_TIMEOUT_SECONDS;
+    const deadline = new Date(Date.now() + this.env.SANDBOX_HOST_CREATE_DEADLINE_MS);
+    const network = networkOf(source);
+    const slots: Array<{ record: SandboxRecord } | { error: KilnError }> = [];
+    for (let i = 0; i < count; i++) {
+      try {
+        const { sandbox } = await this.sandboxes.createPending(
+          {
+            id: newSandboxId(),
+            teamId: source.teamId,
+            templateId: source.templateId,
+            buildId: source.buildId ?? undefined,
+            alias: source.alias ?? undefined,
+            vcpus: source.vcpus,
+            memoryMib: source.memoryMib,
+            diskMib: source.diskMib,
+            timeoutSeconds,
+            autoPause: false,
+            metadata: (source.metadata ?? {}) as Record<string, string>,
+            network,
+            deadlineAt: deadline,
+          },
+          this.quotaDefaults(),
+        );
+        const starting = await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Starting, { hostId: host.id, reason: `fork of ${source.id}` });
+        slots.push(starting ? { record: starting } : { error: await this.endedWhileStarting(sandbox.id) });
+      } catch (error) {
+        slots.push({ error: asKilnError(error) });
+      }
+    }
+    const targets = slots.flatMap((slot) => ('record' in slot ? [slot.record] : []));
+    let response: ForkSandboxResponse | undefined;
+    let callError: KilnError | undefined;
+    if (targets.length > 0) {
+      try {
+        response = await this.agents.call(
+          `fork ${source.id} on ${host.id}`,
+          this.agents.for(host.id, host.address).forkSandbox({
+            sourceSandboxId: source.id,
+            forks: targets.map((target) => ({
+              sandboxId: target.id,
+              envdAccessToken: this.tokens.envdAccessToken(target.id),
+              timeoutSeconds,
+              metadata: (target.metadata ?? {}) as Record<string, string>,
+              teamId: target.teamId,
+              egress: effectiveEgressPolicy(network),
+            })),
+          }),
+          Math.max(MIN_HOST_ATTEMPT_MS, deadline.getTime() - Date.now()),
+        );
+      } catch (error) {
+        callError = asKilnError(error);
+      }
+    }
+    const byId = new Map((response?.results ?? []).map((result) => [result.sandboxId, result]));
+    const results: ForkResultView[] = [];
+    for (const slot of slots) {
+      if ('error' in slot) {
+        results.push({ error: { code: slot.error.httpStatus, message: slot.error.message } });
+        continue;
+      }
+      results.push(await this.settleFork(slot.record, byId.get(slot.record.id), callError, host));
+    }
+    return { results };
+  }
+
+  private async settleFork(
+    fork: SandboxRecord,
+    result: ForkSandboxResponse['results'][number] | undefined,
+    callError: KilnError | undefined,
+    host: { id: string; address: string },
+  ): Promise<ForkResultView> {
+    if (result?.sandbox) {
+      const now = new Date();
+      const running = await this.moveTo(fork, [SandboxState.Starting], SandboxState.Running, {
+        startedAt: now,
+        expiresAt: new Date(now.getTime() + fork.timeoutSeconds * 1000),
+        started: { vcpus: result.sandbox.vcpus || fork.vcpus, memoryMib: result.sandbox.memoryMib || fork.memoryMib, egress: egressOf(result.sandbox) },
+        spawnedFromTemplate: fork.templateId,
+      });
+      if (!running) {
+        await this.destroyOnHost(host.id, host.address, fork.id);
+        const error = await this.endedWhileStarting(fork.id);
+        return { error: { code: error.httpStatus, message: error.message } };
+      }
+      await this.timeouts.schedule(running.id, running.expiresAt);
+      return { sandbox: this.view(running) };
+    }
+    const failure = result
+      ? new KilnError(errorCodeForGrpcName(result.errorCode), `fork ${fork.id} did not start: ${result.errorMessage || result.errorCode || 'no reason given'}`)
+      : (callError ?? new KilnError(ErrorCode.Internal, `fork ${fork.id}: the host reported no result for it`));
+    await this.moveTo(fork, [SandboxState.Starting], SandboxState.Error, { reason: failure.message, endedAt: new Date() });
+    // Without a result from the host, a VM may still exist: removed (or by reconcile's orphan pass).
+    if (!result) void this.destroyOnHost(host.id, host.address, fork.id);
+    return { error: { code: failure.httpStatus, message: failure.message } };
+  }
+
+  /** The sandbox's registered host, or Unavailable. */
+  async requireHost(sandbox: SandboxRecord): Promise<{ id: string; address: string }> {
+    const host = sandbox.hostId ? await this.hosts.get(sandbox.hostId) : null;
+    if (!host) throw new KilnError(ErrorCode.Unavailable, `host of sandbox ${sandbox.id} is not registered`, RETRY_AFTER_SECONDS);
+    return host;
+  }
+
+  private async endedWhile(id: string, what: string): Promise<KilnError> {
+    const now = await this.sandboxes.find(id);
+    return new KilnError(ErrorCode.NotFound, `sandbox ${id} was ${now?.state ?? 'removed'} while ${what}`);
   }
 
   async route(sandboxId: string): Promise<SandboxRoute> {
@@ -450,6 +845,7 @@ export class SandboxLifecycleService implements OnModuleInit {
       envdAccessToken: this.tokens.envdAccessToken(sandbox.id),
       ...(sandbox.allowPublicTraffic ? {} : { trafficAccessToken: this.tokens.trafficAccessToken(sandbox.id) }),
       ...(sandbox.maskRequestHost ? { maskRequestHost: sandbox.maskRequestHost } : {}),
+      ...(PAUSED_OR_PAUSING.includes(sandbox.state as SandboxState) ? { autoResume: await this.trafficMayResume(sandbox) } : {}),
     };
   }
 
@@ -465,11 +861,24 @@ export class SandboxLifecycleService implements OnModuleInit {
     };
   }
 
-  /** Timeout job: kills unless extended since. (autoPause is refused at create until pause exists; a row stored with it earlier is killed too.) */
+  /**
+   * Timeout job: kills, or pauses with autoPause (E2B onTimeout 'pause'), unless extended since. Only a running
+   * sandbox expires: a paused one stays paused (its job was cancelled with the pause; a late one finds it paused).
+   */
   async expire(job: SandboxTimeoutJob): Promise<void> {
     const sandbox = await this.sandboxes.find(job.sandboxId);
-    if (!sandbox || !LIVE_OR_PAUSED.includes(sandbox.state as SandboxState)) return;
+    if (!sandbox || sandbox.state !== SandboxState.Running) return;
     if (sandbox.expiresAt.getTime() > Date.now() + 250) return; // refreshed after this job was queued
+    if (sandbox.autoPause) {
+      this.logger.log(`sandbox ${sandbox.id} reached its timeout: pausing it`);
+      try {
+        await this.pauseRecord(sandbox, sandbox.autoPauseMemory, 'timeout (autoPause)');
+      } catch (error) {
+        // Left running or paused as the host says (pauseRecord settles it); a running one is retried by the expiry sweep.
+        this.logger.warn(`pause at timeout of ${sandbox.id} failed: ${error instanceof Error ? error.message : String(error)}`);
+      }
+      return;
+    }
     this.logger.log(`sandbox ${sandbox.id} reached its timeout`);
     await this.killRecord(sandbox, 'timeout');
   }
@@ -479,16 +888,23 @@ export class SandboxLifecycleService implements OnModuleInit {
     const sandbox = await this.sandboxes.find(sandboxId);
     if (!sandbox) return false;
     const moved = await this.moveTo(sandbox, LIVE_OR_PAUSED, to, { reason, endedAt: new Date() });
-    if (moved) await this.timeouts.cancel(sandboxId);
+    if (moved) {
+      await this.timeouts.cancel(sandboxId);
+      await this.sandboxes.clearPause(sandboxId);
+    }
     return moved !== null;
   }
 
-  private async requireLive(ref: SandboxRef): Promise<SandboxRecord> {
+  /** The team's sandbox if it is live or paused (NotFound otherwise); a transition past its deadline is settled first. */
+  async requireLive(ref: SandboxRef): Promise<SandboxRecord> {
     const sandbox = await this.sandboxes.findForTeam(ref.sandboxId, ref.teamId);
     if (!sandbox || !LIVE_OR_PAUSED.includes(sandbox.state as SandboxState)) throw KilnError.notFound(`sandbox ${ref.sandboxId}`);
     if (isPastDeadline(sandbox)) {
       // Reading it settles it: no caller sees a transition that can no longer finish as if it still might.
       await this.failPastDeadline(sandbox);
+      const settled = await this.sandboxes.find(sandbox.id);
+      // A pause or resume past its deadline settles to running or paused (what the host has), which stays visible.
+      if (settled && !isTransitional(settled.state) && LIVE_OR_PAUSED.includes(settled.state as SandboxState)) return settled;
       throw KilnError.notFound(`sandbox ${ref.sandboxId}`);
     }
     return sandbox;
@@ -540,4 +956,22 @@ function isPastDeadline(sandbox: SandboxRecord, now = Date.now()): boolean {
 
 function egressOf(info: SandboxInfo): EgressPolicy {
   return { allowOut: info.egress?.allowOut ?? [], denyOut: info.egress?.denyOut ?? [] };
+}
+
+function alreadyPaused(id: string): KilnError {
+  return new KilnError(ErrorCode.Conflict, `sandbox ${id} is already paused`);
+}
+
+function asKilnError(error: unknown): KilnError {
+  return error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, error instanceof Error ? error.message : String(error));
+}
+
+/** A ForkResult's error_code (a gRPC status name such as RESOURCE_EXHAUSTED) as Kiln's error code. */
+function errorCodeForGrpcName(name: string): ErrorCode {
+  const status = (GrpcStatus as unknown as Record<string, number | undefined>)[name];
+  return errorCodeForGrpcStatus(status ?? GrpcStatus.UNKNOWN);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

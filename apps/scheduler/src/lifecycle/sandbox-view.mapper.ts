@@ -31,6 +31,8 @@ export function toSandboxView(record: SandboxRecord, tokens: SandboxTokens): San
     network: networkOf(record),
     envdVersion: ENVD_COMPAT_VERSION,
     autoPause: record.autoPause,
+    autoPauseMemory: record.autoPauseMemory,
+    autoResume: record.autoResume,
     startedAt: (record.startedAt ?? record.createdAt).toISOString(),
     expiresAt: record.expiresAt.toISOString(),
     endedAt: record.endedAt?.toISOString(),

@@ -3,6 +3,16 @@ import { MessagePattern, Payload } from '@nestjs/microservices';
 import { SandboxRoute, SandboxView } from '@kiln/contracts';
 import {
   CreateSandboxCommand,
+  CreateSnapshotCommand,
+  DeleteSnapshotCommand,
+  DeleteSnapshotReply,
+  ForkCommand,
+  ForkReply,
+  ListSnapshotsQuery,
+  PauseCommand,
+  ResumeReply,
+  SnapshotInfoView,
+  SnapshotPage,
   KillReply,
   ListSandboxesQuery,
   RefreshCommand,
@@ -15,13 +25,17 @@ import {
   UpdateNetworkCommand,
 } from '@kiln/messaging';
 import { SandboxLifecycleService } from './sandbox-lifecycle.service';
+import { NamedSnapshotsService } from './named-snapshots.service';
 import { SchedulerRpcExceptionFilter } from '../rpc/scheduler-rpc-exception.filter';
 
 /** NATS request/reply surface of the scheduler; the gateway is its caller. */
 @Controller()
 @UseFilters(SchedulerRpcExceptionFilter)
 export class SandboxesController {
-  constructor(private readonly lifecycle: SandboxLifecycleService) {}
+  constructor(
+    private readonly lifecycle: SandboxLifecycleService,
+    private readonly snapshots: NamedSnapshotsService,
+  ) {}
 
   @MessagePattern(Subjects.sandboxCreate)
   create(@Payload() command: CreateSandboxCommand): Promise<SandboxView> {
@@ -54,18 +68,43 @@ export class SandboxesController {
   }
 
   @MessagePattern(Subjects.sandboxPause)
-  pause(@Payload() ref: SandboxRef): Promise<SandboxView> {
-    return this.lifecycle.pause(ref);
+  pause(@Payload() command: PauseCommand): Promise<SandboxView> {
+    return this.lifecycle.pause(command);
   }
 
   @MessagePattern(Subjects.sandboxResume)
-  resume(@Payload() command: ResumeCommand): Promise<SandboxView> {
+  resume(@Payload() command: ResumeCommand): Promise<ResumeReply> {
     return this.lifecycle.resume(command);
   }
 
   @MessagePattern(Subjects.sandboxConnect)
-  connect(@Payload() command: ResumeCommand): Promise<SandboxView> {
+  connect(@Payload() command: ResumeCommand): Promise<ResumeReply> {
     return this.lifecycle.connect(command);
+  }
+
+  @MessagePattern(Subjects.sandboxAutoResume)
+  autoResume(@Payload() request: { sandboxId: string }): Promise<SandboxRoute> {
+    return this.lifecycle.autoResume(request.sandboxId);
+  }
+
+  @MessagePattern(Subjects.sandboxFork)
+  fork(@Payload() command: ForkCommand): Promise<ForkReply> {
+    return this.lifecycle.fork(command);
+  }
+
+  @MessagePattern(Subjects.snapshotCreate)
+  createSnapshot(@Payload() command: CreateSnapshotCommand): Promise<SnapshotInfoView> {
+    return this.snapshots.create(command);
+  }
+
+  @MessagePattern(Subjects.snapshotList)
+  listSnapshots(@Payload() query: ListSnapshotsQuery): Promise<SnapshotPage> {
+    return this.snapshots.list(query);
+  }
+
+  @MessagePattern(Subjects.snapshotDelete)
+  deleteSnapshot(@Payload() command: DeleteSnapshotCommand): Promise<DeleteSnapshotReply> {
+    return this.snapshots.delete(command);
   }
 
   @MessagePattern(Subjects.sandboxRoute)

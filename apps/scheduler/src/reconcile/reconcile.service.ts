@@ -7,6 +7,8 @@ import { MetricsRegistry } from '@kiln/telemetry';
 import { HostAgentClients } from '../hosts/host-agent-clients';
 import { SandboxLifecycleService } from '../lifecycle/sandbox-lifecycle.service';
 
+const PAUSE_STATES: readonly SandboxState[] = [SandboxState.Pausing, SandboxState.Paused, SandboxState.Resuming];
+
 /** Seconds past its expiry before the sweep kills a running sandbox: its timeout job normally does it on time. */
 const EXPIRY_GRACE_SECONDS = 10;
 
@@ -76,6 +78,12 @@ export class ReconcileService implements OnModuleInit, OnApplicationShutdown {
       this.logger.warn(
         `${event.kind} event for ${event.sandboxId} (on host ${String(sandbox.hostId)}) from ${fromHost === undefined ? 'no host' : `host ${fromHost}`} ignored`,
       );
+      return;
+    }
+    if (PAUSE_STATES.includes(sandbox.state as SandboxState)) {
+      // A paused sandbox has no VM to exit (its VMM stops as part of the pause); one pausing or resuming is settled by
+      // whoever drives that transition (or the deadline sweep) from what the host says it has, not from this event.
+      this.logger.log(`${event.kind} event for ${event.sandboxId} ignored: it is ${sandbox.state}`);
       return;
     }
     if (event.kind === 'exited') {

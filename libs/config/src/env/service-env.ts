@@ -92,6 +92,32 @@ export class NatsClientEnv extends CommonEnv {
   @IsInt() @Min(0)
   SANDBOX_RECONCILE_GRACE_MS: number = 30_000;
 
+  /**
+   * Scheduler: how long a pause (running → pausing → paused) may take, stored on the row as the pausing deadline and
+   * sent as the host call's deadline. Unset: SANDBOX_HOST_CREATE_DEADLINE_MS. The gateway waits for a pause, resume,
+   * fork or snapshot as long as for a create (SANDBOX_CREATE_TIMEOUT_MS), so each must be shorter than that.
+   */
+  @IsOptional() @IsInt() @Min(200)
+  @ValidateBy({
+    name: 'pauseDeadlineChain',
+    validator: {
+      validate: (value: unknown, args) => typeof value !== 'number' || value < (args?.object as NatsClientEnv).SANDBOX_CREATE_TIMEOUT_MS,
+      defaultMessage: (args) => `SANDBOX_PAUSE_DEADLINE_MS must be shorter than SANDBOX_CREATE_TIMEOUT_MS (${(args?.object as NatsClientEnv).SANDBOX_CREATE_TIMEOUT_MS})`,
+    },
+  })
+  SANDBOX_PAUSE_DEADLINE_MS?: number;
+
+  /** Scheduler: how long a resume (paused → resuming → running) may take; as SANDBOX_PAUSE_DEADLINE_MS otherwise. */
+  @IsOptional() @IsInt() @Min(200)
+  @ValidateBy({
+    name: 'resumeDeadlineChain',
+    validator: {
+      validate: (value: unknown, args) => typeof value !== 'number' || value < (args?.object as NatsClientEnv).SANDBOX_CREATE_TIMEOUT_MS,
+      defaultMessage: (args) => `SANDBOX_RESUME_DEADLINE_MS must be shorter than SANDBOX_CREATE_TIMEOUT_MS (${(args?.object as NatsClientEnv).SANDBOX_CREATE_TIMEOUT_MS})`,
+    },
+  })
+  SANDBOX_RESUME_DEADLINE_MS?: number;
+
   /** The broken links of the create deadline chain, each naming both values; empty when the chain holds. */
   static createDeadlineChainViolations(env: NatsClientEnv): string[] {
     const links: Array<[inner: string, innerMs: number, outer: string, outerMs: number]> = [
@@ -108,6 +134,16 @@ export class NatsClientEnv extends CommonEnv {
       .filter(([, innerMs, , outerMs]) => Number.isFinite(innerMs) && Number.isFinite(outerMs) && !(innerMs < outerMs))
       .map(([inner, innerMs, outer, outerMs]) => `${inner} (${innerMs}) must be shorter than ${outer} (${outerMs})`);
   }
+}
+
+/** A pause's budget (SANDBOX_PAUSE_DEADLINE_MS, else the create's). */
+export function pauseDeadlineMs(env: NatsClientEnv): number {
+  return env.SANDBOX_PAUSE_DEADLINE_MS ?? env.SANDBOX_HOST_CREATE_DEADLINE_MS;
+}
+
+/** A resume's budget (SANDBOX_RESUME_DEADLINE_MS, else the create's). */
+export function resumeDeadlineMs(env: NatsClientEnv): number {
+  return env.SANDBOX_RESUME_DEADLINE_MS ?? env.SANDBOX_HOST_CREATE_DEADLINE_MS;
 }
 
 /** Control-plane apps keep their state in Postgres. */

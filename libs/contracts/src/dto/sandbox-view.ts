@@ -21,7 +21,12 @@ export interface SandboxView {
   trafficAccessToken?: string;
   network: SandboxNetworkSettings;
   envdVersion: string;
+  /** E2B lifecycle: pause (true) or kill at the timeout. */
   autoPause: boolean;
+  /** Whether the pause at timeout keeps memory (E2B autoPauseMemory). */
+  autoPauseMemory: boolean;
+  /** Traffic resumes the sandbox while it is paused (E2B autoResume.enabled). */
+  autoResume: boolean;
   startedAt: string;
   expiresAt: string;
   endedAt?: string;
@@ -39,6 +44,11 @@ export interface SandboxRoute {
   trafficAccessToken?: string;
   /** Host header to send to user ports instead of the caller's (`${PORT}` is the port). */
   maskRequestHost?: string;
+  /**
+   * Set while the sandbox is paused (or pausing) and traffic may resume it: autoResume is on and its pause kept memory
+   * (E2B: a disk-only pause is never resumed by traffic).
+   */
+  autoResume?: boolean;
 }
 
 /**

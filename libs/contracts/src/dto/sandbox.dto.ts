@@ -5,6 +5,7 @@ import {
   IsBoolean,
   IsIn,
   IsInt,
+  IsObject,
   IsOptional,
   IsString,
   Matches,
@@ -68,6 +69,13 @@ export class UpdateSandboxNetworkDto extends EgressListsDto {
   allow_internet_access?: boolean;
 }
 
+/** E2B's SandboxAutoResumeConfig. */
+export class SandboxAutoResumeDto {
+  @IsOptional()
+  @IsBoolean()
+  enabled?: boolean;
+}
+
 /** Body of `POST /sandboxes` (E2B's NewSandbox). */
 export class NewSandboxDto {
   @IsString()
@@ -85,6 +93,24 @@ export class NewSandboxDto {
   @IsOptional()
   @IsBoolean()
   autoPause?: boolean;
+
+  /** E2B: whether the pause at timeout keeps memory (default true); false cannot be combined with autoResume. */
+  @IsOptional()
+  @IsBoolean()
+  autoPauseMemory?: boolean;
+
+  @IsOptional()
+  @ValidateNested()
+  @Type(() => SandboxAutoResumeDto)
+  autoResume?: SandboxAutoResumeDto;
+
+  /**
+   * The SDK option's own shape (`{ onTimeout: 'kill' | 'pause' | { action, keepMemory }, autoResume }`), which the
+   * SDKs turn into autoPause/autoPauseMemory/autoResume but hand-written clients may send; read by `lifecycleOf`.
+   */
+  @IsOptional()
+  @IsObject()
+  lifecycle?: Record<string, unknown>;
 
   /** Accepted and ignored, as E2B does: every sandbox's envd is secured with its own token. */
   @IsOptional()
@@ -137,6 +163,75 @@ export class ResumeSandboxDto {
   @IsOptional()
   @IsBoolean()
   autoPause?: boolean;
+
+  /** E2B: false resumes from disk only (a cold boot); refused unless the deployment implements it (Kiln does not). */
+  @IsOptional()
+  @IsBoolean()
+  memory?: boolean;
+}
+
+/** Body of `POST /sandboxes/{id}/pause` (E2B's SandboxPauseRequest). */
+export class PauseSandboxDto {
+  /** Keep memory (default true); false keeps only the filesystem and the resume cold-boots. */
+  @IsOptional()
+  @IsBoolean()
+  memory?: boolean;
+}
+
+/** Longest fork batch one request may ask for (E2B: 1..100). */
+export const MAX_FORK_COUNT = 100;
+
+/** Body of `POST /sandboxes/{id}/fork` (E2B's SandboxForkRequest). */
+export class SandboxForkDto {
+  @IsOptional()
+  @IsInt()
+  @Min(0)
+  @Max(MAX_SANDBOX_TIMEOUT_SECONDS)
+  timeout?: number;
+
+  @IsOptional()
+  @IsInt()
+  @Min(1)
+  @Max(MAX_FORK_COUNT)
+  count?: number;
+}
+
+/** A snapshot's name: what `Sandbox.create(name)` resolves, so a template alias (no namespace, no tag). */
+export const SNAPSHOT_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]*$/;
+
+/** Body of `POST /sandboxes/{id}/snapshots` (E2B's SandboxSnapshotRequest). */
+export class SandboxSnapshotDto {
+  @IsOptional()
+  @IsString()
+  @MinLength(1)
+  @MaxLength(64)
+  @Matches(SNAPSHOT_NAME_PATTERN, { message: 'name must be lowercase letters, digits, . _ - (starting with a letter or digit)' })
+  name?: string;
+}
+
+/** Query of `GET /snapshots`. */
+export class ListSnapshotsQueryDto {
+  @IsOptional()
+  @IsString()
+  @MaxLength(64)
+  sandboxID?: string;
+
+  @IsOptional()
+  @IsString()
+  @MaxLength(200)
+  name?: string;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(100)
+  limit?: number;
+
+  @IsOptional()
+  @IsString()
+  @MaxLength(512)
+  nextToken?: string;
 }
 
 export const SANDBOX_ID_PATTERN = /^[a-z0-9]{1,64}$/;

@@ -33,6 +33,10 @@ export interface NewSandboxRecord {
   diskMib: number;
   timeoutSeconds: number;
   autoPause: boolean;
+  /** Default true. */
+  autoPauseMemory?: boolean;
+  /** Default false. */
+  autoResume?: boolean;
   metadata: Record<string, string>;
   network: SandboxNetworkSettings;
   requestKey?: string;
@@ -60,12 +64,32 @@ export interface TransitionPatch {
   deadlineAt?: Date;
   /** Set with the move to running: what the host says it started. */
   started?: HostStartReport;
+  /** A resume's timeout becomes the sandbox's. */
+  timeoutSeconds?: number;
+  /** The deprecated `autoPause` of a resume/connect. */
+  autoPause?: boolean;
+  /**
+   * Checked with the move (a resume: the sandbox takes vCPUs and memory again), under the team's row lock like a
+   * create; TeamQuotaExceededError leaves the row as it was.
+   */
+  quota?: TeamQuota;
   /**
    * Set with a create's move to running: this template's spawn counter and last-spawned time move in the same
    * transaction, so they count exactly the creates that reached running (a failed create, or one killed while
    * starting, never counts; a retried create with the same request key makes no new transition, so counts once).
    */
   spawnedFromTemplate?: string;
+}
+
+/** A pause as the host reported it (PauseArtifacts), plus whether the host confirmed it (false: settled by GetSandbox). */
+export interface PauseArtifactsRecord {
+  keepMemory: boolean;
+  memoryBytes: number;
+  stateBytes: number;
+  diskBytes: number;
+  manifestSha256: string;
+  durationMs?: number;
+  reported: boolean;
 }
 
 /** Which sandboxes a list shows. Only started sandboxes (`startedAt` set) are ever listed. */
@@ -125,6 +149,8 @@ export class SandboxRepository {
             expiresAt: new Date(Date.now() + input.timeoutSeconds * 1000),
             deadlineAt: input.deadlineAt,
             autoPause: input.autoPause,
+            autoPauseMemory: input.autoPauseMemory ?? true,
+            autoResume: input.autoResume ?? false,
             metadata: input.metadata,
             egress: { allowOut: input.network.egress.allowOut, denyOut: input.network.egress.denyOut },
             allowInternetAccess: input.network.allowInternetAccess,
@@ -159,8 +185,9 @@ export class SandboxRepository {
     const allowedFrom = from.filter((state) => canTransition(state, to));
     if (allowedFrom.length === 0) return null;
     return this.prisma.$transaction(async (tx) => {
-      const current = await tx.sandbox.findUnique({ where: { id }, select: { state: true } });
+      const current = await tx.sandbox.findUnique({ where: { id }, select: { state: true, teamId: true, vcpus: true, memoryMib: true } });
       if (!current || !allowedFrom.includes(current.state as SandboxState)) return null;
+      if (patch.quota) await lockTeamAndCheckQuota(tx, current, patch.quota);
       const { count } = await tx.sandbox.updateMany({
         where: { id, state: current.state },
         data: {
@@ -171,6 +198,8 @@ export class SandboxRepository {
           ...(patch.startedAt ? { startedAt: patch.startedAt } : {}),
           ...(patch.expiresAt ? { expiresAt: patch.expiresAt } : {}),
           ...(patch.endedAt ? { endedAt: patch.endedAt } : {}),
+          ...(patch.timeoutSeconds !== undefined ? { timeoutSeconds: patch.timeoutSeconds } : {}),
+          ...(patch.autoPause !== undefined ? { autoPause: patch.autoPause } : {}),
           ...(isTransitional(to) ? (patch.deadlineAt ? { deadlineAt: patch.deadlineAt } : {}) : { deadlineAt: null }),
           ...(patch.started
             ? {
@@ -260,11 +289,48 @@ export class SandboxRepository {
     return count === 1 ? this.find(id) : null;
   }
 
-  /** Live sandboxes placed on a host, for reconcile against what the host reports. */
+  /**
+   * Sandboxes placed on a host that the host should have, for reconcile against what it reports. Paused ones count:
+   * a paused sandbox stays on its host (its artifacts), so the host lists it and it is no orphan.
+   */
   liveOnHost(hostId: string): Promise<SandboxRecord[]> {
     return this.prisma.sandbox.findMany({
-      where: { hostId, state: { in: [SandboxState.Starting, SandboxState.Running, SandboxState.Pausing, SandboxState.Resuming] } },
+      where: {
+        hostId,
+        state: { in: [SandboxState.Starting, SandboxState.Running, SandboxState.Pausing, SandboxState.Paused, SandboxState.Resuming] },
+      },
     });
+  }
+
+  /**
+   * Stores what the host's pause wrote, as the sandbox's one pause record (a pause over a pause replaces it: the host
+   * keeps only what the latest needs).
+   */
+  async recordPause(sandboxId: string, hostId: string, artifacts: PauseArtifactsRecord): Promise<void> {
+    await this.prisma.$transaction(async (tx) => {
+      await tx.snapshot.deleteMany({ where: { sandboxId, kind: 'pause' } });
+      await tx.snapshot.create({
+        data: {
+          kind: 'pause',
+          sandboxId,
+          hostId,
+          path: sandboxId,
+          manifest: { ...artifacts },
+          sizeBytes: BigInt(artifacts.memoryBytes + artifacts.stateBytes + artifacts.diskBytes),
+        },
+      });
+    });
+  }
+
+  /** The sandbox's pause record, if it is (or was last) paused. */
+  async pauseOf(sandboxId: string): Promise<PauseArtifactsRecord | null> {
+    const row = await this.prisma.snapshot.findFirst({ where: { sandboxId, kind: 'pause' } });
+    return row ? (row.manifest as unknown as PauseArtifactsRecord) : null;
+  }
+
+  /** Forgets the pause record once the host removed the artifacts (the sandbox ended) or the sandbox runs again. */
+  async clearPause(sandboxId: string): Promise<void> {
+    await this.prisma.snapshot.deleteMany({ where: { sandboxId, kind: 'pause' } });
   }
 
   /** Resources held per host by sandboxes that are placed and not yet ended. */

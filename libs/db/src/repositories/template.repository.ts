@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { BuildState } from '@kiln/contracts';
 import { PrismaService } from '../prisma.service';
+import { HostSnapshotLocation } from './named-snapshot.repository';
 
 export interface ResolvedTemplate {
   templateId: string;
@@ -12,6 +13,8 @@ export interface ResolvedTemplate {
   memoryMib: number;
   diskMib: number;
   envdVersion?: string;
+  /** Set for a named snapshot: sandboxes from it start from these artifacts, on that host only. */
+  snapshot?: HostSnapshotLocation;
 }
 
 @Injectable()
@@ -32,7 +35,22 @@ export class TemplateRepository {
     });
     if (!template) return null;
     const build = template.builds[0];
+    const snapshotRow =
+      template.isSnapshot && build
+        ? await this.prisma.snapshot.findFirst({ where: { kind: 'template', buildId: build.id, hostId: { not: null } } })
+        : null;
+    const manifest = (snapshotRow?.manifest ?? {}) as { hostTemplateId?: string; hostBuildId?: string };
     return {
+      ...(snapshotRow
+        ? {
+            snapshot: {
+              snapshotId: snapshotRow.path,
+              hostId: snapshotRow.hostId as string,
+              hostTemplateId: manifest.hostTemplateId ?? '',
+              hostBuildId: manifest.hostBuildId ?? build?.contentHash ?? '',
+            },
+          }
+        : {}),
       templateId: template.id,
       alias: alias?.alias ?? template.aliases[0]?.alias,
       buildId: build?.id,

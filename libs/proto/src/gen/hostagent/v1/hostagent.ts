@@ -29,6 +29,8 @@ export enum SandboxState {
   SANDBOX_STATE_PAUSED = 3,
   SANDBOX_STATE_STOPPING = 4,
   SANDBOX_STATE_EXITED = 5,
+  SANDBOX_STATE_PAUSING = 6,
+  SANDBOX_STATE_RESUMING = 7,
   UNRECOGNIZED = -1,
 }
 
@@ -69,7 +71,14 @@ export interface CreateSandboxRequest {
   /** Lifetime the control plane enforces; kept in the host's record and reported back for diagnostics. */
   timeoutSeconds: number;
   teamId: string;
-  egress: EgressPolicy | undefined;
+  egress:
+    | EgressPolicy
+    | undefined;
+  /**
+   * Start from this named snapshot (CreateSnapshot) instead of the template build's snapshot. template_id and build_id
+   * are then the snapshot's own (as CreateSnapshot reported them); vcpus and memory_mib must match it.
+   */
+  snapshotId: string;
 }
 
 export interface CreateSandboxRequest_EnvVarsEntry {
@@ -109,17 +118,103 @@ export interface ListSandboxesResponse {
 
 export interface PauseSandboxRequest {
   sandboxId: string;
+  /**
+   * E2B's pause `memory` (default true in the API; the control plane always sets it): false keeps only the disk, and
+   * a resume cold-boots from it.
+   */
+  keepMemory: boolean;
+}
+
+/** What the pause wrote, as the host did it (stored by the control plane). */
+export interface PauseArtifacts {
+  keepMemory: boolean;
+  /** Guest memory pages saved (only those changed since the sandbox's restore point) and their bytes. */
+  memoryBytes: number;
+  /** Device state (CPU, devices) bytes. */
+  stateBytes: number;
+  /** The sandbox's own disk layer, allocated bytes. */
+  diskBytes: number;
+  /** sha256 of the manifest that lists every artifact file with its sha256. */
+  manifestSha256: string;
 }
 
 export interface PauseSandboxResponse {
-  snapshotId: string;
+  sandboxId: string;
+  artifacts: PauseArtifacts | undefined;
+  durationMs: number;
 }
 
 export interface ResumeSandboxRequest {
   sandboxId: string;
-  snapshotId: string;
   timeoutSeconds: number;
   envdAccessToken: string;
+  /** The egress rules to apply on resume (the control plane's stored policy). */
+  egress: EgressPolicy | undefined;
+}
+
+/** One sandbox to start from a checkpoint, resolved by the control plane like a create. */
+export interface ForkTarget {
+  sandboxId: string;
+  envdAccessToken: string;
+  timeoutSeconds: number;
+  metadata: { [key: string]: string };
+  teamId: string;
+  egress: EgressPolicy | undefined;
+}
+
+export interface ForkTarget_MetadataEntry {
+  key: string;
+  value: string;
+}
+
+export interface ForkSandboxRequest {
+  sourceSandboxId: string;
+  forks: ForkTarget[];
+}
+
+export interface ForkResult {
+  sandboxId: string;
+  /** Set when the fork runs. */
+  sandbox:
+    | SandboxInfo
+    | undefined;
+  /** Set when it did not start: a gRPC status code name (e.g. RESOURCE_EXHAUSTED) and why. */
+  errorCode: string;
+  errorMessage: string;
+}
+
+export interface ForkSandboxResponse {
+  results: ForkResult[];
+  /** How long the source was stopped for the checkpoint. */
+  checkpointMs: number;
+}
+
+export interface CreateSnapshotRequest {
+  sandboxId: string;
+  /** Chosen by the control plane; [a-z0-9-], at most 64 characters. */
+  snapshotId: string;
+}
+
+export interface SnapshotInfo {
+  snapshotId: string;
+  sourceSandboxId: string;
+  /** The template build the snapshot's memory is based on. */
+  templateId: string;
+  buildId: string;
+  vcpus: number;
+  memoryMib: number;
+  sizeBytes: number;
+  manifestSha256: string;
+  /** Unix epoch milliseconds. */
+  createdAtMs: number;
+}
+
+export interface DeleteSnapshotRequest {
+  snapshotId: string;
+}
+
+export interface DeleteSnapshotResponse {
+  existed: boolean;
 }
 
 export interface SandboxInfo {
@@ -186,9 +281,34 @@ export interface HostAgentClient {
 
   listSandboxes(request: ListSandboxesRequest): Observable<ListSandboxesResponse>;
 
+  /**
+   * Stops the VM, saves its device state and the memory pages it changed since its restore point (with keep_memory),
+   * keeps its disk layer, and releases the VMM process, slot and RAM. The sandbox stays on this host, paused.
+   */
+
   pauseSandbox(request: PauseSandboxRequest): Observable<PauseSandboxResponse>;
 
+  /** Restores a paused sandbox (verifying its artifacts first), re-initialises the guest and applies the egress policy. */
+
   resumeSandbox(request: ResumeSandboxRequest): Observable<SandboxInfo>;
+
+  /**
+   * Checkpoints a running sandbox in place (it keeps running) and starts each fork from that checkpoint. Each fork
+   * succeeds or fails on its own; the reply has one result per requested fork, in order.
+   */
+
+  forkSandbox(request: ForkSandboxRequest): Observable<ForkSandboxResponse>;
+
+  /**
+   * Checkpoints a running sandbox in place into a named snapshot that outlives it; CreateSandbox with snapshot_id
+   * starts sandboxes from it.
+   */
+
+  createSnapshot(request: CreateSnapshotRequest): Observable<SnapshotInfo>;
+
+  /** Removes a named snapshot's artifacts (once no sandbox being started from it still needs them). Idempotent. */
+
+  deleteSnapshot(request: DeleteSnapshotRequest): Observable<DeleteSnapshotResponse>;
 
   hostInfo(request: HostInfoRequest): Observable<HostInfoResponse>;
 
@@ -210,11 +330,40 @@ export interface HostAgentController {
     request: ListSandboxesRequest,
   ): Promise<ListSandboxesResponse> | Observable<ListSandboxesResponse> | ListSandboxesResponse;
 
+  /**
+   * Stops the VM, saves its device state and the memory pages it changed since its restore point (with keep_memory),
+   * keeps its disk layer, and releases the VMM process, slot and RAM. The sandbox stays on this host, paused.
+   */
+
   pauseSandbox(
     request: PauseSandboxRequest,
   ): Promise<PauseSandboxResponse> | Observable<PauseSandboxResponse> | PauseSandboxResponse;
 
+  /** Restores a paused sandbox (verifying its artifacts first), re-initialises the guest and applies the egress policy. */
+
   resumeSandbox(request: ResumeSandboxRequest): Promise<SandboxInfo> | Observable<SandboxInfo> | SandboxInfo;
+
+  /**
+   * Checkpoints a running sandbox in place (it keeps running) and starts each fork from that checkpoint. Each fork
+   * succeeds or fails on its own; the reply has one result per requested fork, in order.
+   */
+
+  forkSandbox(
+    request: ForkSandboxRequest,
+  ): Promise<ForkSandboxResponse> | Observable<ForkSandboxResponse> | ForkSandboxResponse;
+
+  /**
+   * Checkpoints a running sandbox in place into a named snapshot that outlives it; CreateSandbox with snapshot_id
+   * starts sandboxes from it.
+   */
+
+  createSnapshot(request: CreateSnapshotRequest): Promise<SnapshotInfo> | Observable<SnapshotInfo> | SnapshotInfo;
+
+  /** Removes a named snapshot's artifacts (once no sandbox being started from it still needs them). Idempotent. */
+
+  deleteSnapshot(
+    request: DeleteSnapshotRequest,
+  ): Promise<DeleteSnapshotResponse> | Observable<DeleteSnapshotResponse> | DeleteSnapshotResponse;
 
   hostInfo(request: HostInfoRequest): Promise<HostInfoResponse> | Observable<HostInfoResponse> | HostInfoResponse;
 
@@ -234,6 +383,9 @@ export function HostAgentControllerMethods() {
       "listSandboxes",
       "pauseSandbox",
       "resumeSandbox",
+      "forkSandbox",
+      "createSnapshot",
+      "deleteSnapshot",
       "hostInfo",
       "updateSandboxNetwork",
     ];

@@ -1,0 +1,2 @@
+export * from './checkpoint.errors';
+export * from './checkpoint-store';
