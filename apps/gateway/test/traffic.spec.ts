@@ -350,12 +350,12 @@ describe('sandbox traffic routing', () => {
     expect((await send('/', addressed(doomed))).status).toBe(502);
   });
 
-  it('refuses traffic for a paused sandbox with 409', async () => {
+  it('refuses traffic for a paused sandbox with 502 (the SDK reads it as not running)', async () => {
     const paused = await stack.seedSandbox({ teamId: team.teamId, proxyUrl: upstreamUrl, state: SandboxState.Paused });
     const response = await send('/', addressed(paused));
-    expect(response.status).toBe(409);
-    // E2B's client-proxy answer for a paused sandbox traffic cannot resume.
-    expect(await response.json()).toEqual({ code: 409, message: 'The sandbox is paused', error_code: 'conflict', sandboxId: paused, canAutoResume: false });
+    expect(response.status).toBe(502);
+    // Why, in the body: paused, and traffic cannot resume it.
+    expect(await response.json()).toEqual({ code: 502, message: 'The sandbox is paused', error_code: 'conflict', sandboxId: paused, canAutoResume: false });
   });
 
   it('resumes a paused sandbox with autoResume for its traffic (one resume for many requests), then serves them', async () => {

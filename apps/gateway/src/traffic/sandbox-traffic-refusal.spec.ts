@@ -13,12 +13,12 @@ describe('refusalFor', () => {
     });
   });
 
-  it('answers 409 for a paused or pausing sandbox and lets running ones through', () => {
+  it('answers 502 for a paused or pausing sandbox and lets running ones through', () => {
     expect(refusalFor(address, route(SandboxState.Paused))).toEqual({
-      status: 409,
-      body: { code: 409, message: 'The sandbox is paused', error_code: 'conflict', sandboxId: 'abc', canAutoResume: false },
+      status: 502,
+      body: { code: 502, message: 'The sandbox is paused', error_code: 'conflict', sandboxId: 'abc', canAutoResume: false },
     });
-    expect(refusalFor(address, route(SandboxState.Pausing))?.status).toBe(409);
+    expect(refusalFor(address, route(SandboxState.Pausing))?.status).toBe(502);
     expect(refusalFor(address, route(SandboxState.Running))).toBeUndefined();
   });
 

@@ -55,10 +55,11 @@ export function refusalFor(address: SandboxAddress, failure: KilnError | Sandbox
     return { status, body: { code: status, message: failure.message, error_code: failure.code, sandboxId }, ...(retryAfterSeconds ? { retryAfterSeconds } : {}) };
   }
   if (PAUSED_STATES.includes(failure.state)) {
-    // E2B's client-proxy: 409 {sandboxId, message: 'The sandbox is paused', code, canAutoResume} (Sandbox.connect resumes it).
+    // 502, as for any sandbox the proxy cannot reach: the SDK's isRunning() reads a 502 from envd's /health as "not
+    // running" (E2B's own SDK suite checks it after a pause); the body says why (Sandbox.connect resumes it).
     return {
-      status: 409,
-      body: { code: 409, message: 'The sandbox is paused', error_code: ErrorCode.Conflict, sandboxId, canAutoResume: failure.autoResume ?? false },
+      status: 502,
+      body: { code: 502, message: 'The sandbox is paused', error_code: ErrorCode.Conflict, sandboxId, canAutoResume: failure.autoResume ?? false },
     };
   }
   return undefined;
