@@ -2,3 +2,4 @@
 export { guestAgentHealthy, waitForGuestAgent, type GuestAgentHealthOptions } from './guest-health';
 export { initGuestAgent } from './guest-init';
 export { warmGuestAgent, type GuestWarmUpOptions } from './guest-warm-up';
+export { syncGuestFilesystems } from './guest-sync';

@@ -31,7 +31,7 @@ import { RootfsLayer, RootfsLayers } from '../rootfs';
 import { SnapshotError, TemplateNotReadyError, TemplateSnapshot, TemplateSnapshotReadiness, TemplateSnapshots, type TemplateSnapshotStatus } from '../snapshot';
 import { coldBootSpec, InvalidTemplateIdError, TemplateNotFoundError, TemplateStore } from '../template';
 import { VMM_DRIVER, VmExit, VmHandle, VmmDriver, type VmCheckpoint, type VmDiskSpec, type VmSpec } from '../vmm';
-import { initGuestAgent, waitForGuestAgent } from '../guest-agent-client';
+import { initGuestAgent, syncGuestFilesystems, waitForGuestAgent } from '../guest-agent-client';
 import { HostCapacity, hostCapacityFrom } from './host-capacity';
 import { RecordSealer } from './record-sealer';
 import { SandboxRecord, SandboxRecordStore, type PausedState } from './sandbox-record';
@@ -124,6 +124,8 @@ interface VmPlacement {
 
 /** A paused sandbox's checkpoint, in its clone directory (removed with it). */
 const PAUSED_CHECKPOINT_DIR = 'paused';
+/** How long a pause without memory waits for the guest's `sync`. */
+const GUEST_SYNC_TIMEOUT_MS = 30_000;
 /** A sandbox paused without memory boots its kernel again: as long as a template boot may take under TCG. */
 const COLD_BOOT_TIMEOUT_MS = 120_000;
 
@@ -646,6 +648,12 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
           files = checkpointFiles(checkpoint);
           timings = { ...checkpoint.timings, checkpointMs: checkpoint.durationMs };
         } else {
+          // What the guest wrote is in its page cache, which this pause drops: it goes to its disk first. A guest
+          // that does not answer is paused anyway, with what its disk holds (crash-consistent, as E2B words it).
+          await syncGuestFilesystems(slot.hostAddress, GUEST_AGENT_PORT, live.guestConnections, {
+            accessToken: record.envdAccessToken,
+            timeoutMs: GUEST_SYNC_TIMEOUT_MS,
+          }).catch((error) => this.logger.warn(`sync in ${sandboxId} before its pause failed: ${describeError(error)}`));
           // Stopping the vCPUs drains and flushes the disk: the layer is whole once stop returns.
           await vm.pause();
         }
