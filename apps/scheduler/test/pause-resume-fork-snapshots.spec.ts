@@ -226,6 +226,28 @@ describe('pause, resume, fork and snapshots (real Postgres, Redis, NATS; fake ho
       expect(await stateOf(sandbox.sandboxId)).toBe(SandboxState.Error);
     });
 
+    it('a resume whose host could not be asked afterwards stays resuming, and settles to what the host has at its deadline', async () => {
+      const sandbox = await create();
+      const host = sandbox.hostId === 'host-a' ? hostA : hostB;
+      await pause(sandbox.sandboxId);
+      // The agent committed the resume and died before answering; while it restarts it answers nothing.
+      host.resumeOutcome = { fail: grpc.status.UNAVAILABLE, details: 'Connection dropped' };
+      host.resumeCommitsBeforeFailing = true;
+      host.getSandboxUnavailable = true;
+      try {
+        await expect(connect(sandbox.sandboxId, 30)).rejects.toMatchObject({ code: ErrorCode.Unavailable });
+        // Not back to paused: the host runs it.
+        expect(await stateOf(sandbox.sandboxId)).toBe(SandboxState.Resuming);
+      } finally {
+        host.resumeOutcome = undefined;
+        host.resumeCommitsBeforeFailing = false;
+        host.getSandboxUnavailable = false;
+      }
+      await prisma.sandbox.update({ where: { id: sandbox.sandboxId }, data: { deadlineAt: new Date(Date.now() - 60_000) } });
+      await scheduler.get(ReconcileService).reconcileOnce();
+      expect(await stateOf(sandbox.sandboxId)).toBe(SandboxState.Running);
+    });
+
     it('pauses instead of killing at the timeout with autoPause (keepMemory from autoPauseMemory)', async () => {
       const sandbox = await create({ timeoutSeconds: 1, autoPause: true, autoPauseMemory: false });
       const host = sandbox.hostId === 'host-a' ? hostA : hostB;
@@ -325,6 +347,23 @@ describe('pause, resume, fork and snapshots (real Postgres, Redis, NATS; fake ho
       expect(await stateOf(first.sandboxId)).toBe(SandboxState.Paused);
       await client.request(Subjects.sandboxKill, { teamId: team, sandboxId: second.sandboxId }, 5_000);
       expect((await client.request(Subjects.sandboxConnect, { teamId: team, sandboxId: first.sandboxId, timeoutSeconds: 30 }, 10_000)).resumed).toBe(true);
+    });
+
+    it('paused sandboxes count as disk: the disk quota counts them, and resuming one adds no disk', async () => {
+      const team = (await scheduler.get(TeamRepository).ensure(`diskquota-${db.name}`)).id;
+      const first = await create({}, team);
+      const diskMib = (await prisma.sandbox.findUniqueOrThrow({ where: { id: first.sandboxId } })).diskMib;
+      // Room for two sandboxes' disks, and vCPUs/memory for many.
+      await scheduler.get(TeamRepository).setQuota(team, { maxConcurrentSandboxes: 10, maxDiskMib: 2 * diskMib });
+      await client.request(Subjects.sandboxPause, { teamId: team, sandboxId: first.sandboxId }, 10_000);
+      const second = await create({}, team);
+      // The paused one still holds its disk: a third is over the disk quota, named as such.
+      const refused = await create({}, team).catch((error: unknown) => error);
+      expect(refused).toMatchObject({ code: ErrorCode.QuotaExceeded });
+      expect((refused as Error).message).toMatch(/disk \(MiB\)/);
+      // Its resume adds no disk (it already counts), so it fits.
+      expect((await client.request(Subjects.sandboxConnect, { teamId: team, sandboxId: first.sandboxId, timeoutSeconds: 30 }, 10_000)).resumed).toBe(true);
+      for (const sandboxId of [first.sandboxId, second.sandboxId]) await client.request(Subjects.sandboxKill, { teamId: team, sandboxId }, 5_000);
     });
 
     it('auto-resume for traffic: resumes a paused sandbox with autoResume and answers its route; refuses one without', async () => {

@@ -163,6 +163,7 @@ export class SandboxLifecycleService implements OnModuleInit {
       maxConcurrentSandboxes: this.env.TEAM_MAX_CONCURRENT_SANDBOXES,
       maxVcpus: this.env.TEAM_MAX_VCPUS,
       maxMemoryMib: this.env.TEAM_MAX_MEMORY_MIB,
+      maxDiskMib: this.env.TEAM_MAX_DISK_MIB,
     };
   }
 
@@ -630,11 +631,10 @@ export class SandboxLifecycleService implements OnModuleInit {
         await this.moveTo(resuming, [SandboxState.Resuming], SandboxState.Paused, { reason: `resume failed: ${failure.message}` });
         throw failure;
       }
-      if (!(await this.settleWithHost(resuming, `resume failed: ${failure.message}`, undefined, timeout))) {
-        // The host could not be asked: a failed ResumeSandbox leaves the sandbox paused with its artifacts (the host's
-        // contract), so the row goes back to paused and a later resume tries again.
-        await this.moveTo(resuming, [SandboxState.Resuming], SandboxState.Paused, { reason: `resume failed: ${failure.message}` });
-      }
+      // The host could not be asked (its agent died, say): the resume may have committed there, so the row stays
+      // resuming and the deadline sweep settles it to what the host reports once it answers, as a pause's does.
+      // (Moving it back to paused here left a sandbox running on its host under a paused row, with no timeout.)
+      await this.settleWithHost(resuming, `resume failed: ${failure.message}`, undefined, timeout);
       const now = await this.sandboxes.find(id);
       if (now?.state === SandboxState.Running) return now;
       throw failure;

@@ -314,6 +314,10 @@ export class SchedulerEnv extends RedisBackedEnv {
 
   @IsInt() @Min(0)
   TEAM_MAX_MEMORY_MIB: number = 204_800;
+
+  /** Disk of every sandbox that holds one, paused ones included (a paused sandbox costs disk, not RAM): 1 TiB. */
+  @IsInt() @Min(0)
+  TEAM_MAX_DISK_MIB: number = 1_048_576;
 }
 
 export class TemplateBuilderEnv extends RedisBackedEnv {

@@ -185,7 +185,7 @@ export class SandboxRepository {
     const allowedFrom = from.filter((state) => canTransition(state, to));
     if (allowedFrom.length === 0) return null;
     return this.prisma.$transaction(async (tx) => {
-      const current = await tx.sandbox.findUnique({ where: { id }, select: { state: true, teamId: true, vcpus: true, memoryMib: true } });
+      const current = await tx.sandbox.findUnique({ where: { id }, select: { state: true, teamId: true, vcpus: true, memoryMib: true, diskMib: true } });
       if (!current || !allowedFrom.includes(current.state as SandboxState)) return null;
       if (patch.quota) await lockTeamAndCheckQuota(tx, current, patch.quota);
       const { count } = await tx.sandbox.updateMany({

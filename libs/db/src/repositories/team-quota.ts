@@ -6,6 +6,8 @@ export interface TeamQuota {
   maxConcurrentSandboxes: number;
   maxVcpus: number;
   maxMemoryMib: number;
+  /** Over every sandbox that holds a disk on a host: those above and the paused ones (their artifacts). */
+  maxDiskMib: number;
 }
 
 /**
@@ -21,7 +23,10 @@ export const QUOTA_COUNTED_STATES: readonly SandboxState[] = [
   SandboxState.Resuming,
 ];
 
-export type QuotaLimit = 'concurrent sandboxes' | 'vCPUs' | 'memory (MiB)';
+/** Disk is held by every sandbox not ended: a paused one keeps its disk layer and memory checkpoint. */
+export const DISK_COUNTED_STATES: readonly SandboxState[] = [...QUOTA_COUNTED_STATES, SandboxState.Paused];
+
+export type QuotaLimit = 'concurrent sandboxes' | 'vCPUs' | 'memory (MiB)' | 'disk (MiB)';
 
 /** A create that would take the team over one of its limits: 429 with the limit named. */
 export class TeamQuotaExceededError extends KilnError {
@@ -43,6 +48,7 @@ interface TeamQuotaRow {
   max_concurrent_sandboxes: number | null;
   max_vcpus: number | null;
   max_memory_mib: number | null;
+  max_disk_mib: number | null;
 }
 
 /**
@@ -52,26 +58,34 @@ interface TeamQuotaRow {
  */
 export async function lockTeamAndCheckQuota(
   tx: Prisma.TransactionClient,
-  wanted: { teamId: string; vcpus: number; memoryMib: number },
+  wanted: { teamId: string; vcpus: number; memoryMib: number; diskMib: number; state?: string },
   defaults: TeamQuota,
 ): Promise<void> {
   const [team] = await tx.$queryRaw<TeamQuotaRow[]>`
-    SELECT max_concurrent_sandboxes, max_vcpus, max_memory_mib FROM teams WHERE id = ${wanted.teamId}::uuid FOR UPDATE`;
+    SELECT max_concurrent_sandboxes, max_vcpus, max_memory_mib, max_disk_mib FROM teams WHERE id = ${wanted.teamId}::uuid FOR UPDATE`;
   if (!team) throw KilnError.notFound(`team ${wanted.teamId}`);
   const quota: TeamQuota = {
     maxConcurrentSandboxes: team.max_concurrent_sandboxes ?? defaults.maxConcurrentSandboxes,
     maxVcpus: team.max_vcpus ?? defaults.maxVcpus,
     maxMemoryMib: team.max_memory_mib ?? defaults.maxMemoryMib,
+    maxDiskMib: team.max_disk_mib ?? defaults.maxDiskMib,
   };
   const usage = await tx.sandbox.aggregate({
     where: { teamId: wanted.teamId, state: { in: [...QUOTA_COUNTED_STATES] } },
     _count: { _all: true },
     _sum: { vcpus: true, memoryMib: true },
   });
+  const disk = await tx.sandbox.aggregate({
+    where: { teamId: wanted.teamId, state: { in: [...DISK_COUNTED_STATES] } },
+    _sum: { diskMib: true },
+  });
+  // A paused sandbox being resumed already holds its disk: only a new sandbox adds one.
+  const wantedDisk = wanted.state !== undefined && DISK_COUNTED_STATES.includes(wanted.state as SandboxState) ? 0 : wanted.diskMib;
   const checks: Array<[QuotaLimit, number, number, number]> = [
     ['concurrent sandboxes', quota.maxConcurrentSandboxes, usage._count._all, 1],
     ['vCPUs', quota.maxVcpus, usage._sum.vcpus ?? 0, wanted.vcpus],
     ['memory (MiB)', quota.maxMemoryMib, usage._sum.memoryMib ?? 0, wanted.memoryMib],
+    ['disk (MiB)', quota.maxDiskMib, disk._sum.diskMib ?? 0, wantedDisk],
   ];
   for (const [limit, max, inUse, requested] of checks) {
     if (inUse + requested > max) throw new TeamQuotaExceededError(limit, max, inUse, requested);

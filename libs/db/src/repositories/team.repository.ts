@@ -11,7 +11,7 @@ export class TeamRepository {
   }
 
   /** Sets the team's own quota overrides; a null field falls back to the scheduler's default, an omitted one is kept. */
-  async setQuota(teamId: string, quota: { maxConcurrentSandboxes?: number | null; maxVcpus?: number | null; maxMemoryMib?: number | null }): Promise<void> {
+  async setQuota(teamId: string, quota: { maxConcurrentSandboxes?: number | null; maxVcpus?: number | null; maxMemoryMib?: number | null; maxDiskMib?: number | null }): Promise<void> {
     await this.prisma.team.update({ where: { id: teamId }, data: quota });
   }
 }
