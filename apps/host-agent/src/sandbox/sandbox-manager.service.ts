@@ -421,16 +421,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     }
     // Checked again: another create of the same id may have passed the first check while the snapshot loaded.
     if (this.sandboxes.has(input.sandboxId)) throw new KilnError(ErrorCode.AlreadyExists, `sandbox ${input.sandboxId} already exists on this host`);
-    this.reserveCapacity(input.sandboxId, vcpus, memoryMib);
-
-    const live: LiveSandbox = {
-      record: { sandboxId: input.sandboxId, vcpus, memoryMib } as SandboxRecord,
-      state: 'starting',
-      stopping: false,
-      guestConnections: guestConnectionPool(),
-      startAbort: new AbortController(),
-    };
-    this.sandboxes.set(input.sandboxId, live);
+    const live = this.placeStarting(input.sandboxId, vcpus, memoryMib);
     const starting = this.start(
       live,
       {
@@ -981,16 +972,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     if (this.sandboxes.has(input.sandboxId)) throw new KilnError(ErrorCode.AlreadyExists, `sandbox ${input.sandboxId} already exists on this host`);
     const egress = this.checkEgress(input.egress);
     const t0 = performance.now();
-    const { vcpus, memoryMib } = manifest.vm;
-    this.reserveCapacity(input.sandboxId, vcpus, memoryMib);
-    const live: LiveSandbox = {
-      record: { sandboxId: input.sandboxId, vcpus, memoryMib } as SandboxRecord,
-      state: 'starting',
-      stopping: false,
-      guestConnections: guestConnectionPool(),
-      startAbort: new AbortController(),
-    };
-    this.sandboxes.set(input.sandboxId, live);
+    const live = this.placeStarting(input.sandboxId, manifest.vm.vcpus, manifest.vm.memoryMib);
     this.checkpoints.pin(dir);
     const starting = this.start(
       live,
@@ -1108,6 +1090,20 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     await this.teardown(sandboxId, live.vm, live.slot, live.record.rootfs ? { path: live.record.rootfs.path } : undefined, live.record.cloneDir);
     this.publish('destroyed', live.record, 'destroyed on request');
     return true;
+  }
+
+  /** Reserves the host's room for a sandbox being started and puts it in the map as starting (its create owns it). */
+  private placeStarting(sandboxId: string, vcpus: number, memoryMib: number): LiveSandbox {
+    this.reserveCapacity(sandboxId, vcpus, memoryMib);
+    const live: LiveSandbox = {
+      record: { sandboxId, vcpus, memoryMib } as SandboxRecord,
+      state: 'starting',
+      stopping: false,
+      guestConnections: guestConnectionPool(),
+      startAbort: new AbortController(),
+    };
+    this.sandboxes.set(sandboxId, live);
+    return live;
   }
 
   private reserveCapacity(sandboxId: string, vcpus: number, memoryMib: number): void {

@@ -1,6 +1,7 @@
 export * from './snapshot.errors';
 export * from './snapshot.module';
-export { SNAPSHOT_NETWORK, SNAPSHOT_OPTIONS, TemplateSnapshots, sha256File } from './template-snapshots';
+export { SNAPSHOT_NETWORK, SNAPSHOT_OPTIONS, TemplateSnapshots } from './template-snapshots';
+export { sha256File } from '../file-integrity';
 export type {
   CloneOptions,
   SnapshotManifest,

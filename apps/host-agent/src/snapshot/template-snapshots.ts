@@ -1,9 +1,9 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger } from '@nestjs/common';
+import { sha256File, syncFileData } from '../file-integrity';
 import { runHostCommand } from '../host-command/host-command';
 import { GUEST_AGENT_PORT, type NetworkSlot } from '../network';
 import { TemplateStore, coldBootSpec, type TemplateBuild } from '../template';
@@ -272,7 +272,7 @@ export class TemplateSnapshots {
       const files = {} as SnapshotManifest['files'];
       for (const name of SNAPSHOT_FILES) {
         const path = join(staging, name);
-        await fsyncFile(path);
+        await syncFileData(path);
         const sha256 = await sha256File(path);
         const { size } = await stat(path);
         files[name] = { bytes: size, sha256 };
@@ -368,20 +368,6 @@ async function fileFingerprint(dir: string): Promise<string> {
   return parts.join('|');
 }
 
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
-
-async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 function basenameOf(path: string): string {
   return path.slice(path.lastIndexOf('/') + 1);

@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { createHash } from 'node:crypto';
-import { access, chown, mkdir, open as openFile, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Optional } from '@nestjs/common';
 import { VmCgroups, VmCgroupsConfig, type VmCgroupPlacement } from '../cgroup';
+import { sha256File, syncFileData } from '../file-integrity';
 import { AccelerationProbe } from './acceleration-probe';
 import { hostTscKhz } from './host-tsc';
 import { applyChangedPages, captureChangedPages, findGuestRamAreas } from './guest-memory-pages';
@@ -507,9 +507,9 @@ class QemuVmHandle implements VmHandle {
 
     const changedMemory = { pagesPath: join(dir, 'memory.pages'), indexPath: join(dir, 'memory.index') };
     const captured = await captureChangedPages(this.pid, await findGuestRamAreas(this.pid, memoryFile.path), changedMemory);
-    const [stateBytes, stateSha256] = await Promise.all([stat(statePath).then((s) => s.size), sha256Of(statePath)]);
+    const [stateBytes, stateSha256] = await Promise.all([stat(statePath).then((s) => s.size), sha256File(statePath)]);
     const memorySaved = performance.now();
-    await Promise.all([statePath, changedMemory.pagesPath, changedMemory.indexPath].map(fsyncPath));
+    await Promise.all([statePath, changedMemory.pagesPath, changedMemory.indexPath].map(syncFileData));
     const done = performance.now();
     return {
       statePath,
@@ -613,19 +613,6 @@ async function assertReadable(spec: VmSpec, snapshot: VmSnapshotRef | undefined)
     } catch {
       throw new InvalidVmSpecError(`vm ${spec.id}: ${what} ${path} does not exist`);
     }
-  }
-}
-
-async function sha256Of(path: string): Promise<string> {
-  return createHash('sha256').update(await readFile(path)).digest('hex');
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const handle = await openFile(path, 'r');
-  try {
-    await handle.datasync();
-  } finally {
-    await handle.close();
   }
 }
 

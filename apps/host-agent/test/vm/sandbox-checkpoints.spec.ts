@@ -1,23 +1,12 @@
 import 'reflect-metadata';
-import { existsSync, mkdirSync, readFileSync, readlinkSync, symlinkSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { open, readdir, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { Module, type INestApplicationContext } from '@nestjs/common';
-import { NestFactory } from '@nestjs/core';
-import { createClient } from '@connectrpc/connect';
-import { createConnectTransport } from '@connectrpc/connect-node';
-import { ConfigModule, HostAgentEnv, loadConfig } from '@kiln/config';
 import { ErrorCode, KilnError } from '@kiln/contracts';
-import { MessagingModule } from '@kiln/messaging';
-import { Process } from '@kiln/proto/process';
-import { TelemetryModule } from '@kiln/telemetry';
 import { startPrivateNats, type PrivateServer } from '@kiln/testing';
-import { hostResourceModules } from '../../src/host-modules';
-import { NetworkModule, NetworkSlotPool } from '../../src/network';
-import { SandboxManager, type LiveSandbox } from '../../src/sandbox/sandbox-manager.service';
-import { SandboxModule } from '../../src/sandbox/sandbox.module';
-import { DATA_DIR } from './vm-test-context';
+import type { LiveSandbox } from '../../src/sandbox/sandbox-manager.service';
+import { removeSuiteNetwork, runInSandbox, startSandboxAgent, type SandboxAgent } from './sandbox-agent-harness';
 
 /**
  * Pause/resume with memory, fork and named snapshots on real VMs, through the sandbox manager as the agent wires it.
@@ -27,58 +16,9 @@ const TEST_DATA_DIR = '/var/lib/kiln-test-checkpoints';
 const PREFIX = 'ktck';
 const CIDR = '10.214.0.0/24';
 
-async function startAgent(nats: PrivateServer): Promise<{ app: INestApplicationContext; manager: SandboxManager }> {
-  mkdirSync(TEST_DATA_DIR, { recursive: true });
-  for (const shared of ['templates', 'images', 'cache', 'vmm']) {
-    const link = join(TEST_DATA_DIR, shared);
-    if (!existsSync(link) && existsSync(join(DATA_DIR, shared))) symlinkSync(join(DATA_DIR, shared), link);
-  }
-  const env = loadConfig(HostAgentEnv, {
-    ...process.env,
-    NATS_URL: nats.url,
-    KILN_DATA_DIR: TEST_DATA_DIR,
-    KILN_NETWORK_PREFIX: PREFIX,
-    KILN_SLOT_CIDR: CIDR,
-    KILN_NETWORK_PREFILL: '1',
-    KILN_MAX_SANDBOXES: '8',
-    KILN_CLONE_POOL_SIZE: '0',
-    KILN_HOST_ID: 'checkpoints-test',
-    HOST_REGISTRATION_TOKEN: 'checkpoints-test-registration',
-  });
-  @Module({
-    imports: [
-      ConfigModule.forRoot(HostAgentEnv, env),
-      TelemetryModule.forRoot({ service: 'host-agent-test', logLevel: 'warn' }),
-      MessagingModule.forRoot({ natsUrl: nats.url, name: 'host-agent-test' }),
-      SandboxModule.register(hostResourceModules(env)),
-    ],
-  })
-  class CheckpointsTestModule {}
-  const app = await NestFactory.createApplicationContext(CheckpointsTestModule, { logger: ['error', 'warn'], abortOnError: false });
-  app.enableShutdownHooks();
-  return { app, manager: app.get(SandboxManager) };
-}
-
-async function removeSuiteNetwork(): Promise<void> {
-  @Module({ imports: [NetworkModule.register({ namePrefix: PREFIX, slotCidr: CIDR, prefill: 0 })] })
-  class NetworkCleanupModule {}
-  const app = await NestFactory.createApplicationContext(NetworkCleanupModule, { logger: ['error'] });
-  const pool = app.get(NetworkSlotPool);
-  await pool.init([]);
-  await pool.destroyAll();
-  await app.close();
-}
-
-async function run(live: LiveSandbox, command: string): Promise<string> {
-  const headers: Record<string, string> = live.record.envdAccessToken ? { 'X-Access-Token': live.record.envdAccessToken } : {};
-  const client = createClient(Process, createConnectTransport({ baseUrl: `http://${live.slot!.hostAddress}:49983`, httpVersion: '1.1', nodeOptions: { agent: live.guestConnections } }));
-  let out = '';
-  for await (const r of client.start({ process: { cmd: '/bin/bash', args: ['-c', command], envs: {} } }, { headers, timeoutMs: 60_000 })) {
-    const e = r.event?.event;
-    if (e?.case === 'data' && e.value.output.case === 'stdout') out += Buffer.from(e.value.output.value).toString();
-  }
-  return out;
-}
+const SUITE = { dataDir: TEST_DATA_DIR, prefix: PREFIX, cidr: CIDR, hostId: 'checkpoints-test' };
+const startAgent = (nats: PrivateServer) => startSandboxAgent(SUITE, nats);
+const run = runInSandbox;
 
 /** GET / of the guest's port 8000, straight to its slot address (the host side of the guest's network). */
 function httpGet(live: LiveSandbox, port = 8000): Promise<{ status: number; body: string }> {
@@ -137,7 +77,7 @@ const READ_COUNTER = 'rm -f /tmp/counter; kill -USR1 $(cat /tmp/counter.pid); fo
 
 describe('pause, resume, fork and named snapshots (real VMs)', () => {
   let nats: PrivateServer;
-  let agent: { app: INestApplicationContext; manager: SandboxManager };
+  let agent: SandboxAgent;
 
   beforeAll(async () => {
     nats = await startPrivateNats();
@@ -149,7 +89,7 @@ describe('pause, resume, fork and named snapshots (real VMs)', () => {
     for (const live of agent?.manager.list() ?? []) await agent.manager.destroy(live.record.sandboxId).catch(() => undefined);
     await agent?.app.close();
     await nats?.stop();
-    await removeSuiteNetwork();
+    await removeSuiteNetwork(SUITE);
     for (const dir of ['sandboxes', 'clones', 'checkpoints']) await rm(join(TEST_DATA_DIR, dir), { recursive: true, force: true });
   });
 

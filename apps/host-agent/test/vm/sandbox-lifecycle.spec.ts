@@ -1,26 +1,18 @@
 import 'reflect-metadata';
-import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Module, type INestApplicationContext } from '@nestjs/common';
-import { NestFactory } from '@nestjs/core';
-import { createClient } from '@connectrpc/connect';
-import { createConnectTransport } from '@connectrpc/connect-node';
-import { ConfigModule, HostAgentEnv, loadConfig } from '@kiln/config';
+import { type INestApplicationContext } from '@nestjs/common';
+import { HostAgentEnv } from '@kiln/config';
 import { ErrorCode, KilnError } from '@kiln/contracts';
-import { MessagingModule } from '@kiln/messaging';
-import { Process } from '@kiln/proto/process';
-import { TelemetryModule } from '@kiln/telemetry';
 import { eventually as eventuallyEvery, startPrivateNats, type PrivateServer } from '@kiln/testing';
 import { ClonePool } from '../../src/clone-pool';
-import { hostResourceModules } from '../../src/host-modules';
-import { NetworkModule, NetworkSlotPool } from '../../src/network';
+import { NetworkSlotPool } from '../../src/network';
 import { RootfsLayers } from '../../src/rootfs';
-import { SandboxManager, type LiveSandbox } from '../../src/sandbox/sandbox-manager.service';
-import { SandboxModule } from '../../src/sandbox/sandbox.module';
+import { SandboxManager } from '../../src/sandbox/sandbox-manager.service';
 import { TemplateSnapshots } from '../../src/snapshot';
 import { VMM_DRIVER, type VmmDriver } from '../../src/vmm';
-import { DATA_DIR } from './vm-test-context';
+import { removeSuiteNetwork, runInSandbox, startSandboxAgent } from './sandbox-agent-harness';
 
 /**
  * The sandbox manager and its clone pool wired as the agent wires them (real VMs, real network slots, a private
@@ -38,55 +30,16 @@ interface AgentContext {
   driver: VmmDriver;
 }
 
+const SUITE = { dataDir: TEST_DATA_DIR, prefix: 'ktsl', cidr: '10.212.0.0/24', hostId: 'lifecycle-test' };
+
 async function startAgent(nats: PrivateServer, poolSize: number, warmPool = false): Promise<AgentContext> {
-  mkdirSync(TEST_DATA_DIR, { recursive: true });
-  for (const shared of ['templates', 'images', 'cache', 'vmm']) {
-    const link = join(TEST_DATA_DIR, shared);
-    if (!existsSync(link) && existsSync(join(DATA_DIR, shared))) symlinkSync(join(DATA_DIR, shared), link);
-  }
-  const env = loadConfig(HostAgentEnv, {
-    ...process.env,
-    NATS_URL: nats.url,
-    KILN_DATA_DIR: TEST_DATA_DIR,
-    KILN_NETWORK_PREFIX: 'ktsl',
-    KILN_SLOT_CIDR: '10.212.0.0/24',
-    KILN_NETWORK_PREFILL: '1',
-    KILN_MAX_SANDBOXES: '8',
-    KILN_CLONE_POOL_SIZE: String(poolSize),
-    KILN_CLONE_POOL_WARM: String(warmPool),
-    KILN_HOST_ID: 'lifecycle-test',
-    HOST_REGISTRATION_TOKEN: 'lifecycle-test-registration',
-  });
-  const host = hostResourceModules(env);
-  @Module({
-    imports: [
-      ConfigModule.forRoot(HostAgentEnv, env),
-      TelemetryModule.forRoot({ service: 'host-agent-test', logLevel: 'warn' }),
-      MessagingModule.forRoot({ natsUrl: nats.url, name: 'host-agent-test' }),
-      SandboxModule.register(host),
-    ],
-  })
-  class LifecycleTestModule {}
-  const app = await NestFactory.createApplicationContext(LifecycleTestModule, { logger: ['error', 'warn'], abortOnError: false });
-  app.enableShutdownHooks();
-  return { app, manager: app.get(SandboxManager), clones: app.get(ClonePool), slots: app.get(NetworkSlotPool), driver: app.get<VmmDriver>(VMM_DRIVER) };
+  const { app, manager } = await startSandboxAgent(SUITE, nats, { KILN_CLONE_POOL_SIZE: String(poolSize), KILN_CLONE_POOL_WARM: String(warmPool) });
+  return { app, manager, clones: app.get(ClonePool), slots: app.get(NetworkSlotPool), driver: app.get<VmmDriver>(VMM_DRIVER) };
 }
 
 /** VM start-up under TCG takes seconds; poll often, wait long. */
 const eventually = <T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>) =>
   eventuallyEvery(what, probe, { timeoutMs: 120_000, intervalMs: 50 });
-
-/** Every network slot with this suite's prefix, as `npm run down` removes an agent's. */
-async function removeSuiteNetwork(): Promise<void> {
-  @Module({ imports: [NetworkModule.register({ namePrefix: 'ktsl', slotCidr: '10.212.0.0/24', prefill: 0 })] })
-  class NetworkCleanupModule {}
-  const app = await NestFactory.createApplicationContext(NetworkCleanupModule, { logger: ['error'] });
-  const pool = app.get(NetworkSlotPool);
-  await pool.init([]);
-  await pool.destroyAll();
-  await app.close();
-}
-
 
 /** The nice value of every thread of a process (field 19 of /proc/<pid>/task/<tid>/stat). */
 function threadNiceness(pid: number): number[] {
@@ -103,17 +56,6 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
-}
-
-async function runInSandbox(live: LiveSandbox, command: string): Promise<string> {
-  const headers: Record<string, string> = live.record.envdAccessToken ? { 'X-Access-Token': live.record.envdAccessToken } : {};
-  const client = createClient(Process, createConnectTransport({ baseUrl: `http://${live.slot!.hostAddress}:49983`, httpVersion: '1.1', nodeOptions: { agent: live.guestConnections } }));
-  let out = '';
-  for await (const r of client.start({ process: { cmd: '/bin/bash', args: ['-c', command], envs: {} } }, { headers, timeoutMs: 60_000 })) {
-    const e = r.event?.event;
-    if (e?.case === 'data' && e.value.output.case === 'stdout') out += Buffer.from(e.value.output.value).toString();
-  }
-  return out;
 }
 
 const create = (manager: SandboxManager, sandboxId: string) =>
@@ -139,7 +81,7 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
 
   afterAll(async () => {
     await nats?.stop();
-    await removeSuiteNetwork();
+    await removeSuiteNetwork(SUITE);
     await rm(CLONES_DIR, { recursive: true, force: true });
   });
 

@@ -1,22 +1,10 @@
 import 'reflect-metadata';
-import { existsSync, mkdirSync, readFileSync, readlinkSync, symlinkSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Module, type INestApplicationContext } from '@nestjs/common';
-import { NestFactory } from '@nestjs/core';
-import { createClient } from '@connectrpc/connect';
-import { createConnectTransport } from '@connectrpc/connect-node';
-import { ConfigModule, HostAgentEnv, loadConfig } from '@kiln/config';
-import { MessagingModule } from '@kiln/messaging';
-import { Process } from '@kiln/proto/process';
-import { TelemetryModule } from '@kiln/telemetry';
 import { eventually, startPrivateNats, type PrivateServer } from '@kiln/testing';
 import { CPU_PERIOD_US, VmCgroups } from '../../src/cgroup';
-import { hostResourceModules } from '../../src/host-modules';
-import { NetworkModule, NetworkSlotPool } from '../../src/network';
-import { SandboxManager, type LiveSandbox } from '../../src/sandbox/sandbox-manager.service';
-import { SandboxModule } from '../../src/sandbox/sandbox.module';
-import { DATA_DIR } from './vm-test-context';
+import { removeSuiteNetwork, runInSandbox, startSandboxAgent, type SandboxAgent } from './sandbox-agent-harness';
 
 /**
  * Per-VM cgroups with the agent wired as in production (sandbox manager, real VMs) in a data dir of its own that
@@ -26,64 +14,13 @@ const TEST_DATA_DIR = '/var/lib/kiln-test-cgroups';
 const PREFIX = 'ktcgr';
 const CIDR = '10.231.0.0/24';
 
-interface Agent {
-  app: INestApplicationContext;
-  manager: SandboxManager;
-  cgroups: VmCgroups;
-  env: HostAgentEnv;
-}
+const SUITE = { dataDir: TEST_DATA_DIR, prefix: PREFIX, cidr: CIDR, hostId: 'cgroups-test' };
+
+type Agent = SandboxAgent & { cgroups: VmCgroups };
 
 async function startAgent(nats: PrivateServer): Promise<Agent> {
-  mkdirSync(TEST_DATA_DIR, { recursive: true });
-  for (const shared of ['templates', 'images', 'cache', 'vmm']) {
-    const link = join(TEST_DATA_DIR, shared);
-    if (!existsSync(link) && existsSync(join(DATA_DIR, shared))) symlinkSync(join(DATA_DIR, shared), link);
-  }
-  const env = loadConfig(HostAgentEnv, {
-    ...process.env,
-    NATS_URL: nats.url,
-    KILN_DATA_DIR: TEST_DATA_DIR,
-    KILN_NETWORK_PREFIX: PREFIX,
-    KILN_SLOT_CIDR: CIDR,
-    KILN_NETWORK_PREFILL: '1',
-    KILN_MAX_SANDBOXES: '4',
-    KILN_CLONE_POOL_SIZE: '0',
-    KILN_HOST_ID: 'cgroup-test',
-    HOST_REGISTRATION_TOKEN: 'cgroup-test-registration',
-  });
-  @Module({
-    imports: [
-      ConfigModule.forRoot(HostAgentEnv, env),
-      TelemetryModule.forRoot({ service: 'host-agent-test', logLevel: 'warn' }),
-      MessagingModule.forRoot({ natsUrl: nats.url, name: 'host-agent-test' }),
-      SandboxModule.register(hostResourceModules(env)),
-    ],
-  })
-  class CgroupTestModule {}
-  const app = await NestFactory.createApplicationContext(CgroupTestModule, { logger: ['error', 'warn'], abortOnError: false });
-  app.enableShutdownHooks();
-  return { app, manager: app.get(SandboxManager), cgroups: app.get(VmCgroups), env };
-}
-
-async function removeSuiteNetwork(): Promise<void> {
-  @Module({ imports: [NetworkModule.register({ namePrefix: PREFIX, slotCidr: CIDR, prefill: 0 })] })
-  class NetworkCleanupModule {}
-  const app = await NestFactory.createApplicationContext(NetworkCleanupModule, { logger: ['error'] });
-  const pool = app.get(NetworkSlotPool);
-  await pool.init([]);
-  await pool.destroyAll();
-  await app.close();
-}
-
-async function runInSandbox(live: LiveSandbox, command: string): Promise<string> {
-  const headers: Record<string, string> = live.record.envdAccessToken ? { 'X-Access-Token': live.record.envdAccessToken } : {};
-  const client = createClient(Process, createConnectTransport({ baseUrl: `http://${live.slot!.hostAddress}:49983`, httpVersion: '1.1', nodeOptions: { agent: live.guestConnections } }));
-  let out = '';
-  for await (const r of client.start({ process: { cmd: '/bin/bash', args: ['-c', command], envs: {} } }, { headers, timeoutMs: 60_000 })) {
-    const e = r.event?.event;
-    if (e?.case === 'data' && e.value.output.case === 'stdout') out += Buffer.from(e.value.output.value).toString();
-  }
-  return out;
+  const agent = await startSandboxAgent(SUITE, nats);
+  return { ...agent, cgroups: agent.app.get(VmCgroups) };
 }
 
 /** The group a process is in for one controller, from /proc/<pid>/cgroup (v1 "n:cpu,...:path", else v2 "0::path"). */
@@ -113,7 +50,7 @@ describe('per-VM cgroups (real VMs)', () => {
     expect(await agent?.cgroups.removeAll()).not.toBe(false);
     await agent?.app.close();
     await nats?.stop();
-    await removeSuiteNetwork();
+    await removeSuiteNetwork(SUITE);
   });
 
   it("a sandbox's VMM runs in its own group with cpu, memory and pids limits from the VM; the group goes with it", async () => {

@@ -1,0 +1,1 @@
+export { sha256File, syncFileData } from './file-integrity';
