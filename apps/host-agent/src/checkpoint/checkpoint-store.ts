@@ -147,6 +147,8 @@ export class CheckpointStore {
       await handle.close();
     }
     await rename(partial, join(dir, MANIFEST));
+    // Every file was hashed by this process just now (while written, or above): restores from it (a fork's) skip it.
+    this.verified.set(dir, await this.fingerprint(dir, full));
     return { manifest: full, manifestSha256: createHash('sha256').update(text).digest('hex') };
   }
 

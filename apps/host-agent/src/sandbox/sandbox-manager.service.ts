@@ -79,6 +79,8 @@ export interface LiveSandbox {
   networkUpdate?: Promise<unknown>;
   /** The pause, resume, fork or snapshot in progress: one at a time per sandbox. */
   operation?: Promise<unknown>;
+  /** A committed pause releasing the VMM, its RAM and slot (after its answer): whatever comes next waits for it. */
+  releasing?: Promise<unknown>;
   /**
    * Keep-alive connections to this sandbox's guest. Per sandbox, because slots are reused:
    * a pooled socket to a dead guest at the same address must never serve the next one.
@@ -124,6 +126,8 @@ interface VmPlacement {
 
 /** A paused sandbox's checkpoint, in its clone directory (removed with it). */
 const PAUSED_CHECKPOINT_DIR = 'paused';
+/** Forks started at once (the rest wait for a turn). */
+const FORK_CONCURRENCY = 4;
 /** How long a pause without memory waits for the guest's `sync`. */
 const GUEST_SYNC_TIMEOUT_MS = 30_000;
 /** A sandbox paused without memory boots its kernel again: as long as a template boot may take under TCG. */
@@ -600,7 +604,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
 
   /** Runs `operation` once the sandbox's previous pause/resume/fork/snapshot (and network update) is done. */
   private exclusive<T>(live: LiveSandbox, operation: () => Promise<T>): Promise<T> {
-    const run = Promise.all([live.operation?.catch(() => undefined), live.networkUpdate?.catch(() => undefined)]).then(operation);
+    const run = Promise.all([live.operation?.catch(() => undefined), live.networkUpdate?.catch(() => undefined), live.releasing]).then(operation);
     live.operation = run.catch(() => undefined);
     return run;
   }
@@ -667,18 +671,25 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
         live.state = 'running';
         throw new KilnError(ErrorCode.Unavailable, `pause of ${sandboxId} failed (it is still running): ${describeError(error)}`);
       }
-      // Committed: what is left is releasing what a paused sandbox does not hold.
+      // Committed. What a paused sandbox does not hold (the VMM with its RAM, the slot) is released right after the
+      // answer; the sandbox's next operation, and a destroy, wait for that.
       live.record = { ...record, paused };
       live.stopping = true;
       this.notifyEnding(sandboxId);
-      await vm.kill().catch((error) => this.logger.warn(`kill of paused ${sandboxId} failed: ${describeError(error)}`));
-      live.guestConnections.destroy();
-      live.guestConnections = guestConnectionPool();
-      await this.slots.release(slot).catch((error) => this.logger.warn(`slot release for paused ${sandboxId} failed: ${describeError(error)}`));
       live.vm = undefined;
       live.slot = undefined;
-      live.stopping = false;
       live.state = 'paused';
+      const connections = live.guestConnections;
+      live.guestConnections = guestConnectionPool();
+      live.releasing = (async () => {
+        await vm.kill().catch((error) => this.logger.warn(`kill of paused ${sandboxId} failed: ${describeError(error)}`));
+        connections.destroy();
+        await this.slots.release(slot).catch((error) => this.logger.warn(`slot release for paused ${sandboxId} failed: ${describeError(error)}`));
+        live.stopping = false;
+      })();
+      void live.releasing.finally(() => {
+        live.releasing = undefined;
+      });
       const durationMs = performance.now() - started;
       this.pauseSeconds.observe({ memory: String(keepMemory) }, durationMs / 1000);
       this.logger.log(`paused ${sandboxId} in ${durationMs.toFixed(0)} ms (${paused.memoryBytes} B of memory pages, ${paused.stateBytes} B of device state)`);
@@ -773,15 +784,21 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     const dir = await this.checkpoints.newForkDir();
     try {
       const taken = await this.exclusive(live, () => this.checkpointInPlace(live, dir, `fork-${basename(dir)}`, 'fork'));
-      const results: ForkReport['results'] = [];
-      // One at a time: each restore competes for the same cores, and under TCG two at once are slower than in turn.
-      for (const target of targets) {
-        try {
-          results.push({ sandboxId: target.sandboxId, sandbox: await this.createFromCheckpoint(target, dir, taken.manifest, live.record.envdAccessToken) });
-        } catch (error) {
-          results.push({ sandboxId: target.sandboxId, error: error instanceof KilnError ? error : new KilnError(ErrorCode.Unavailable, describeError(error)) });
+      // Started side by side, a few at a time: each is mostly waiting (a qemu-img, a VMM's start-up, the guest's
+      // /init), so their waits overlap; more at once would only queue on the cores.
+      const results: ForkReport['results'] = new Array(targets.length);
+      let next = 0;
+      const startNext = async (): Promise<void> => {
+        for (let index = next++; index < targets.length; index = next++) {
+          const target = targets[index];
+          try {
+            results[index] = { sandboxId: target.sandboxId, sandbox: await this.createFromCheckpoint(target, dir, taken.manifest, live.record.envdAccessToken) };
+          } catch (error) {
+            results[index] = { sandboxId: target.sandboxId, error: error instanceof KilnError ? error : new KilnError(ErrorCode.Unavailable, describeError(error)) };
+          }
         }
-      }
+      };
+      await Promise.all(Array.from({ length: Math.min(FORK_CONCURRENCY, targets.length) }, startNext));
       return { results, checkpointMs: taken.stoppedMs };
     } finally {
       this.checkpoints.unpin(dir);
@@ -1080,9 +1097,9 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       await live.vm?.exited;
       return true;
     }
-    if (live.state === 'pausing' || live.state === 'resuming') {
+    if (live.state === 'pausing' || live.state === 'resuming' || live.releasing) {
       // Each ends running or paused, its resources accounted for: the destroy then removes whichever it is.
-      await live.operation;
+      await Promise.all([live.operation, live.releasing]);
       return this.destroy(sandboxId);
     }
     live.state = 'stopping';

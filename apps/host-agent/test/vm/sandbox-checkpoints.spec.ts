@@ -4,7 +4,7 @@ import { open, readdir, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { ErrorCode, KilnError } from '@kiln/contracts';
-import { startPrivateNats, type PrivateServer } from '@kiln/testing';
+import { eventually, startPrivateNats, type PrivateServer } from '@kiln/testing';
 import type { LiveSandbox } from '../../src/sandbox/sandbox-manager.service';
 import { removeSuiteNetwork, runInSandbox, startSandboxAgent, type SandboxAgent } from './sandbox-agent-harness';
 
@@ -107,7 +107,8 @@ describe('pause, resume, fork and named snapshots (real VMs)', () => {
       // The bytes kept follow the pages the guest changed, far below its 512 MiB of RAM.
       expect(report.paused.memoryBytes).toBeLessThan(256 * 1024 * 1024);
       expect(manager.get('ckcycle')?.state).toBe('paused');
-      expect(alive(pid)).toBe(false);
+      // The VMM (and its RAM) goes right after the answer.
+      await eventually('the paused VMM to be gone', () => !alive(pid), { timeoutMs: 10_000, intervalMs: 20 });
       expect(manager.get('ckcycle')?.slot).toBeUndefined();
       expect(manager.usage().memoryMib).toBe(0);
       // Pausing twice is a conflict (the SDK reads it as "already paused").
