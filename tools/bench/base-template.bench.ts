@@ -165,7 +165,7 @@ async function measuredCreate(set: PackageSet, id: string, measure = true): Prom
   const started = performance.now();
   await agent.client.createSandbox({
     sandboxId: id, templateId: 'base', buildId: snapshot.build.buildId, vcpus: snapshot.manifest.vcpus, memoryMib: snapshot.manifest.memoryMib,
-    envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 300, teamId: 'bench', egress: { allowOut: [], denyOut: [] },
+    envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 300, teamId: 'bench', egress: { allowOut: [], denyOut: [] }, snapshotId: '',
   });
   const firstByteMs = await firstStdoutByte(agentEnvd(agent, { 'E2b-Sandbox-Id': id, 'X-Access-Token': 'bench-token' }), started);
   try {

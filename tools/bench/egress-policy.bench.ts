@@ -67,6 +67,7 @@ async function main(): Promise<void> {
         timeoutSeconds: 300,
         teamId: 'bench',
         egress,
+        snapshotId: '',
       });
     const shell = (id: string) => agentEnvd(agent!, { 'E2b-Sandbox-Id': id, 'X-Access-Token': TOKEN });
     console.log(`egress policy benchmark: host agent with a pool of ${POOL_SIZE}, ${host.acceleration === 2 ? 'TCG' : 'KVM'}, template base/${base.buildId}`);

@@ -77,7 +77,7 @@ async function main(): Promise<void> {
     const onDemand = await startHostAgent('on-demand', { ports: { http: 39_420, grpc: 39_421, proxy: 39_422 }, dataDir: '/var/lib/kiln-bench-nopool', prefix: 'kbod', cidr: '10.207.0.0/24', poolSize: 0 });
     agents.push(onDemand);
     const create = (agent: BenchAgent, id: string) =>
-      agent.client.createSandbox({ sandboxId: id, templateId: 'base', buildId: snapshot.build.buildId, vcpus: snapshot.manifest.vcpus, memoryMib: snapshot.manifest.memoryMib, envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 300, teamId: 'bench', egress: { allowOut: [], denyOut: [] } });
+      agent.client.createSandbox({ sandboxId: id, templateId: 'base', buildId: snapshot.build.buildId, vcpus: snapshot.manifest.vcpus, memoryMib: snapshot.manifest.memoryMib, envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 300, teamId: 'bench', egress: { allowOut: [], denyOut: [] }, snapshotId: '' });
     const kilnFirstByte = async (agent: BenchAgent, id: string) => {
       const started = performance.now();
       await create(agent, id);

@@ -119,7 +119,7 @@ async function main(): Promise<void> {
     console.log(`accelerator ${(await probe.report()).accelerator}; template base/${snapshot.build.buildId}, ${snapshot.manifest.vcpus} vCPU, ${guestMib} MiB; KILN_VMM_CGROUP=${process.env.KILN_VMM_CGROUP ?? 'auto'}`);
     agent = await startHostAgent('noisy', { ports: { http: 39_530, grpc: 39_531, proxy: 39_532 }, dataDir: '/var/lib/kiln-bench-noisy', prefix: PREFIX, cidr: '10.232.0.0/24', poolSize: 0 });
     const create = (id: string) =>
-      agent!.client.createSandbox({ sandboxId: id, templateId: 'base', buildId: snapshot.build.buildId, vcpus: snapshot.manifest.vcpus, memoryMib: guestMib, envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 600, teamId: 'bench', egress: { allowOut: [], denyOut: [] } });
+      agent!.client.createSandbox({ sandboxId: id, templateId: 'base', buildId: snapshot.build.buildId, vcpus: snapshot.manifest.vcpus, memoryMib: guestMib, envVars: {}, metadata: {}, envdAccessToken: 'bench-token', timeoutSeconds: 600, teamId: 'bench', egress: { allowOut: [], denyOut: [] }, snapshotId: '' });
     const client = (id: string) => envdProcess(`http://127.0.0.1:${agent!.ports.proxy}`, { 'E2b-Sandbox-Id': id, 'X-Access-Token': 'bench-token' });
     const health = watchHealth(agent);
     await create('kbnn-neighbour');

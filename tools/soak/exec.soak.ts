@@ -112,7 +112,7 @@ async function main(): Promise<void> {
       const sandboxId = `ksoak-${i}`;
       await agent.client.createSandbox({
         sandboxId, templateId: 'base', buildId: base.buildId, vcpus: 0, memoryMib: 0, envVars: {}, metadata: {},
-        envdAccessToken: `soak-token-${i}`, timeoutSeconds: 3600, teamId: 'soak', egress: { allowOut: [], denyOut: [] },
+        envdAccessToken: `soak-token-${i}`, timeoutSeconds: 3600, teamId: 'soak', egress: { allowOut: [], denyOut: [] }, snapshotId: '',
       });
       sandboxIds.push(sandboxId);
     }

@@ -197,6 +197,7 @@ describe('host agent with real VMs (TCG here)', () => {
       timeoutSeconds: 60,
       teamId: 'nobody',
       egress: { allowOut: [], denyOut: [] },
+      snapshotId: '',
     });
     await eventually('the stray VM to appear or its create to end', async () =>
       (await agent.listSandboxes()).sandboxes.some((s) => s.sandboxId === stray) || (await created.then(() => true, () => true)),
