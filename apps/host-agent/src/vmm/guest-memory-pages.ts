@@ -1,5 +1,3 @@
-import { createHash } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { VmSnapshotError } from './vmm.errors';
@@ -12,24 +10,10 @@ import { VmSnapshotError } from './vmm.errors';
  * pages a checkpoint must keep are exactly the anonymous ones, whatever the VM's RAM size. A restore maps the same
  * template file private and writes those pages back through /proc/<pid>/mem before the device state is loaded.
  *
- * Files: `pages` holds the changed pages back to back; the index lists them as runs of (first page, page count),
- * little-endian u32 pairs, in ascending order. Both are hashed while they are written.
+ * The copies themselves run on a worker thread (PAGE_COPY_WORKER_SOURCE below).
  */
 
 export const PAGE_SIZE = 4096;
-/** pagemap entry flags, in the entry's high 32-bit word (bits 63, 62, 61 of the entry). */
-const PAGEMAP_PRESENT = 0x8000_0000;
-const PAGEMAP_SWAPPED = 0x4000_0000;
-const PAGEMAP_FILE_OR_SHARED = 0x2000_0000;
-/** Pages copied per read or write of /proc/<pid>/mem when restoring: bounds the buffer, keeps syscalls few. */
-const COPY_CHUNK_PAGES = 1024;
-/** Pages gathered before one write to the pages file (and one hand-over to the hashing thread): 2 MiB. */
-const STAGING_PAGES = 512;
-/**
- * Staging buffers, reused: one filling while others are hashed. Fresh memory is dear where the host itself is a VM
- * (every first touch of a page may trap to the outer hypervisor), so the buffers travel between threads, not anew.
- */
-const STAGING_BUFFERS = 3;
 
 /** One VMA of the guest-RAM mapping: its address range and where in the memory file it starts. */
 export interface GuestRamArea {
@@ -85,61 +69,11 @@ function makedev(major: number, minor: number): number {
 
 /**
  * Writes every page of the guest-RAM areas that the VMM holds privately (written since the restore, in RAM or in
- * swap) to `files`. The VM must be stopped: pages read while vCPUs run would not match the saved device state.
- * Pages are staged in large buffers (few syscalls for scattered pages) and hashed on another thread while the next
- * buffer fills.
+ * swap) to `files`, hashing them as they go. The VM must be stopped: pages read while vCPUs run would not match the
+ * saved device state. The copy runs on the page-copy worker (see PAGE_COPY_WORKER_SOURCE).
  */
 export async function captureChangedPages(pid: number, areas: GuestRamArea[], files: MemoryPagesFiles): Promise<CapturedMemoryPages> {
-  const runs = changedPageRuns(pid, areas);
-  const hasher = new Sha256OffThread(STAGING_BUFFERS, STAGING_PAGES * PAGE_SIZE);
-  const mem = openSync(`/proc/${pid}/mem`, 'r');
-  const out = openSync(files.pagesPath, 'wx', 0o600);
-  let pages = 0;
-  try {
-    let staging = await hasher.buffer();
-    let staged = 0;
-    const flush = async () => {
-      if (staged === 0) return;
-      writeFully(out, staging.subarray(0, staged));
-      hasher.update(staging, staged);
-      staging = await hasher.buffer();
-      staged = 0;
-    };
-    for (const run of runs) {
-      const area = areaOf(areas, run.firstPage, run.count);
-      for (let done = 0; done < run.count; ) {
-        const count = Math.min(STAGING_PAGES - staged / PAGE_SIZE, run.count - done);
-        const address = area.start + (run.firstPage + done) * PAGE_SIZE - area.fileOffset;
-        readFully(mem, staging, count * PAGE_SIZE, address, pid, staged);
-        staged += count * PAGE_SIZE;
-        done += count;
-        pages += count;
-        if (staged === staging.length) await flush();
-      }
-    }
-    await flush();
-  } catch (error) {
-    hasher.abandon();
-    throw error;
-  } finally {
-    closeSync(mem);
-    closeSync(out);
-  }
-  const index = encodeIndex(runs);
-  const indexFd = openSync(files.indexPath, 'wx', 0o600);
-  try {
-    writeFully(indexFd, index);
-  } finally {
-    closeSync(indexFd);
-  }
-  return {
-    pages,
-    bytes: pages * PAGE_SIZE,
-    runs: runs.length,
-    pagesSha256: await hasher.digest(),
-    indexSha256: createHash('sha256').update(index).digest('hex'),
-    indexBytes: index.length,
-  };
+  return (await pageCopier.run({ kind: 'capture', pid, areas, files })) as CapturedMemoryPages;
 }
 
 /**
@@ -147,179 +81,177 @@ export async function captureChangedPages(pid: number, areas: GuestRamArea[], fi
  * write makes the VMM's own copy of the page, as the guest's write did in the VM they were captured from.
  */
 export async function applyChangedPages(pid: number, areas: GuestRamArea[], files: MemoryPagesFiles): Promise<{ pages: number }> {
-  const runs = decodeIndex(await readFile(files.indexPath), files.indexPath);
-  const mem = openSync(`/proc/${pid}/mem`, 'r+');
-  const source = openSync(files.pagesPath, 'r');
-  let pages = 0;
-  try {
-    const expectedBytes = runs.reduce((sum, run) => sum + run.count, 0) * PAGE_SIZE;
-    const { size } = fstatSync(source);
-    if (size !== expectedBytes) throw new VmSnapshotError(`${files.pagesPath}: ${size} bytes, its index lists ${expectedBytes}`);
-    const buffer = Buffer.allocUnsafe(COPY_CHUNK_PAGES * PAGE_SIZE);
-    let position = 0;
-    for (const run of runs) {
-      const area = areaOf(areas, run.firstPage, run.count);
-      for (let done = 0; done < run.count; ) {
-        const count = Math.min(COPY_CHUNK_PAGES, run.count - done);
-        const length = count * PAGE_SIZE;
-        readFully(source, buffer, length, position, pid);
-        const address = area.start + (run.firstPage + done) * PAGE_SIZE - area.fileOffset;
-        let written = 0;
-        while (written < length) written += writeSync(mem, buffer, written, length - written, address + written);
-        position += length;
-        done += count;
-        pages += count;
-      }
-    }
-  } finally {
-    closeSync(mem);
-    closeSync(source);
-  }
-  return { pages };
-}
-
-interface PageRun {
-  /** Page number within guest RAM (the memory file). */
-  firstPage: number;
-  count: number;
-}
-
-/** Runs of pages the VMM holds privately, from one pagemap read per area. */
-function changedPageRuns(pid: number, areas: GuestRamArea[]): PageRun[] {
-  const pagemap = openSync(`/proc/${pid}/pagemap`, 'r');
-  const runs: PageRun[] = [];
-  try {
-    for (const area of areas) {
-      const pageCount = (area.end - area.start) / PAGE_SIZE;
-      const entries = Buffer.allocUnsafe(pageCount * 8);
-      readFully(pagemap, entries, entries.length, (area.start / PAGE_SIZE) * 8, pid);
-      const firstPageOfArea = area.fileOffset / PAGE_SIZE;
-      let runStart = -1;
-      for (let i = 0; i <= pageCount; i++) {
-        let changed = false;
-        if (i < pageCount) {
-          // The flags are bits 61-63: the high word is enough (and reading it is far cheaper than a BigInt).
-          const flags = entries.readUInt32LE(i * 8 + 4);
-          changed = (flags & PAGEMAP_SWAPPED) !== 0 || ((flags & PAGEMAP_PRESENT) !== 0 && (flags & PAGEMAP_FILE_OR_SHARED) === 0);
-        }
-        if (changed && runStart < 0) runStart = i;
-        if (!changed && runStart >= 0) {
-          runs.push({ firstPage: firstPageOfArea + runStart, count: i - runStart });
-          runStart = -1;
-        }
-      }
-    }
-  } finally {
-    closeSync(pagemap);
-  }
-  return runs;
-}
-
-function areaOf(areas: GuestRamArea[], firstPage: number, count = 1): GuestRamArea {
-  const from = firstPage * PAGE_SIZE;
-  const to = from + count * PAGE_SIZE;
-  const area = areas.find((a) => from >= a.fileOffset && to <= a.fileOffset + (a.end - a.start));
-  if (!area) throw new VmSnapshotError(`guest pages ${firstPage}..${firstPage + count - 1} are outside the VMM's guest RAM`);
-  return area;
-}
-
-function encodeIndex(runs: PageRun[]): Buffer {
-  const index = Buffer.alloc(runs.length * 8);
-  runs.forEach((run, i) => {
-    index.writeUInt32LE(run.firstPage, i * 8);
-    index.writeUInt32LE(run.count, i * 8 + 4);
-  });
-  return index;
-}
-
-function decodeIndex(index: Buffer, path: string): PageRun[] {
-  if (index.length % 8 !== 0) throw new VmSnapshotError(`${path}: ${index.length} bytes is not a list of page runs`);
-  const runs: PageRun[] = [];
-  let next = 0;
-  for (let offset = 0; offset < index.length; offset += 8) {
-    const run = { firstPage: index.readUInt32LE(offset), count: index.readUInt32LE(offset + 4) };
-    if (run.count === 0 || run.firstPage < next) throw new VmSnapshotError(`${path}: page runs out of order at entry ${offset / 8}`);
-    next = run.firstPage + run.count;
-    runs.push(run);
-  }
-  return runs;
-}
-
-function readFully(fd: number, buffer: Buffer, length: number, position: number, pid: number, at = 0): void {
-  let done = 0;
-  while (done < length) {
-    const n = readSync(fd, buffer, at + done, length - done, position + done);
-    if (n === 0) throw new VmSnapshotError(`short read at ${position + done} (VMM ${pid})`);
-    done += n;
-  }
-}
-
-function writeFully(fd: number, data: Buffer): void {
-  let done = 0;
-  while (done < data.length) done += writeSync(fd, data, done, data.length - done);
+  return (await pageCopier.run({ kind: 'apply', pid, areas, files })) as { pages: number };
 }
 
 /**
- * A sha256 computed on a worker thread from buffers handed over (transferred, not copied) as they are written, and
- * handed back once hashed: hashing the pages costs the checkpoint nothing on a host with a core to spare. Inline
- * source, so bundled tools need no extra file.
+ * The page copies, on one long-lived worker thread: tens of MiB go through /proc/<pid>/mem per checkpoint or
+ * restore, and on the agent's event loop that would stall its proxy, gRPC and every other sandbox's requests for as
+ * long. Plain JavaScript, inline, so bundled tools need no extra file.
+ *
+ * Files: `pages` holds the changed pages back to back; the index lists them as runs of (first page, page count),
+ * little-endian u32 pairs, ascending. pagemap entry flags are in each entry's high 32-bit word: present (bit 63),
+ * swapped (62), file-page or shared-anon (61); a page the VMM holds privately is swapped, or present and not file.
  */
-class Sha256OffThread {
-  private static readonly source = `
-    const { parentPort } = require('node:worker_threads');
-    const hash = require('node:crypto').createHash('sha256');
-    parentPort.on('message', (m) => {
-      if (m.buffer) {
-        hash.update(new Uint8Array(m.buffer, 0, m.length));
-        parentPort.postMessage({ buffer: m.buffer }, [m.buffer]);
-      } else {
-        parentPort.postMessage({ digest: hash.digest('hex') });
-      }
-    });`;
-  private readonly worker = new Worker(Sha256OffThread.source, { eval: true });
-  private readonly free: ArrayBuffer[] = [];
-  private readonly waiting: Array<(buffer: ArrayBuffer) => void> = [];
-  private readonly failed: Promise<never>;
-  private digestOf: ((digest: string) => void) | undefined;
+const PAGE_COPY_WORKER_SOURCE = `
+  const { parentPort } = require('node:worker_threads');
+  const { createHash } = require('node:crypto');
+  const { openSync, readSync, writeSync, closeSync, fstatSync, readFileSync } = require('node:fs');
+  const PAGE = ${PAGE_SIZE};
+  const CHUNK_PAGES = 512;
+  const buffer = Buffer.allocUnsafe(CHUNK_PAGES * PAGE);
+  const PRESENT = 0x80000000, SWAPPED = 0x40000000, FILE = 0x20000000;
 
-  constructor(count: number, private readonly size: number) {
-    for (let i = 0; i < count; i++) this.free.push(new ArrayBuffer(size));
-    this.failed = new Promise((_, reject) => this.worker.once('error', reject));
-    this.failed.catch(() => undefined);
-    this.worker.on('message', (m: { buffer?: ArrayBuffer; digest?: string }) => {
-      if (m.buffer) {
-        const next = this.waiting.shift();
-        if (next) next(m.buffer);
-        else this.free.push(m.buffer);
-      } else if (m.digest) {
-        this.digestOf?.(m.digest);
+  function readFully(fd, target, length, position, at) {
+    for (let done = 0; done < length; ) {
+      const n = readSync(fd, target, (at || 0) + done, length - done, position + done);
+      if (n === 0) throw new Error('short read at ' + (position + done));
+      done += n;
+    }
+  }
+  function writeFully(fd, data, position) {
+    for (let done = 0; done < data.length; ) {
+      done += writeSync(fd, data, done, data.length - done, position === undefined ? null : position + done);
+    }
+  }
+  function areaOf(areas, firstPage, count) {
+    const from = firstPage * PAGE, to = from + count * PAGE;
+    const area = areas.find((a) => from >= a.fileOffset && to <= a.fileOffset + (a.end - a.start));
+    if (!area) throw new Error('guest pages ' + firstPage + '..' + (firstPage + count - 1) + " are outside the VMM's guest RAM");
+    return area;
+  }
+  function changedRuns(pid, areas) {
+    const pagemap = openSync('/proc/' + pid + '/pagemap', 'r');
+    const runs = [];
+    try {
+      for (const area of areas) {
+        const pageCount = (area.end - area.start) / PAGE;
+        const entries = Buffer.allocUnsafe(pageCount * 8);
+        readFully(pagemap, entries, entries.length, (area.start / PAGE) * 8);
+        const first = area.fileOffset / PAGE;
+        let runStart = -1;
+        for (let i = 0; i <= pageCount; i++) {
+          let changed = false;
+          if (i < pageCount) {
+            const flags = entries.readUInt32LE(i * 8 + 4);
+            changed = (flags & SWAPPED) !== 0 || ((flags & PRESENT) !== 0 && (flags & FILE) === 0);
+          }
+          if (changed && runStart < 0) runStart = i;
+          if (!changed && runStart >= 0) { runs.push([first + runStart, i - runStart]); runStart = -1; }
+        }
       }
+    } finally { closeSync(pagemap); }
+    return runs;
+  }
+  function capture({ pid, areas, files }) {
+    const runs = changedRuns(pid, areas);
+    const mem = openSync('/proc/' + pid + '/mem', 'r');
+    const out = openSync(files.pagesPath, 'wx', 0o600);
+    const hash = createHash('sha256');
+    let pages = 0, staged = 0;
+    const flush = () => {
+      if (staged === 0) return;
+      const chunk = buffer.subarray(0, staged);
+      writeFully(out, chunk);
+      hash.update(chunk);
+      staged = 0;
+    };
+    try {
+      for (const [firstPage, count] of runs) {
+        const area = areaOf(areas, firstPage, count);
+        for (let done = 0; done < count; ) {
+          const n = Math.min(CHUNK_PAGES - staged / PAGE, count - done);
+          readFully(mem, buffer, n * PAGE, area.start + (firstPage + done) * PAGE - area.fileOffset, staged);
+          staged += n * PAGE; done += n; pages += n;
+          if (staged === buffer.length) flush();
+        }
+      }
+      flush();
+    } finally { closeSync(mem); closeSync(out); }
+    const index = Buffer.alloc(runs.length * 8);
+    runs.forEach(([firstPage, count], i) => { index.writeUInt32LE(firstPage, i * 8); index.writeUInt32LE(count, i * 8 + 4); });
+    const indexFd = openSync(files.indexPath, 'wx', 0o600);
+    try { writeFully(indexFd, index); } finally { closeSync(indexFd); }
+    return { pages, bytes: pages * PAGE, runs: runs.length, pagesSha256: hash.digest('hex'),
+      indexSha256: createHash('sha256').update(index).digest('hex'), indexBytes: index.length };
+  }
+  function apply({ pid, areas, files }) {
+    const index = readFileSync(files.indexPath);
+    if (index.length % 8 !== 0) throw new Error(files.indexPath + ': ' + index.length + ' bytes is not a list of page runs');
+    const runs = [];
+    let next = 0, total = 0;
+    for (let at = 0; at < index.length; at += 8) {
+      const firstPage = index.readUInt32LE(at), count = index.readUInt32LE(at + 4);
+      if (count === 0 || firstPage < next) throw new Error(files.indexPath + ': page runs out of order at entry ' + at / 8);
+      next = firstPage + count; total += count;
+      runs.push([firstPage, count]);
+    }
+    const mem = openSync('/proc/' + pid + '/mem', 'r+');
+    const source = openSync(files.pagesPath, 'r');
+    let pages = 0, position = 0;
+    try {
+      const size = fstatSync(source).size;
+      if (size !== total * PAGE) throw new Error(files.pagesPath + ': ' + size + ' bytes, its index lists ' + total * PAGE);
+      for (const [firstPage, count] of runs) {
+        const area = areaOf(areas, firstPage, count);
+        for (let done = 0; done < count; ) {
+          const n = Math.min(CHUNK_PAGES, count - done);
+          readFully(source, buffer, n * PAGE, position);
+          writeFully(mem, buffer.subarray(0, n * PAGE), area.start + (firstPage + done) * PAGE - area.fileOffset);
+          position += n * PAGE; done += n; pages += n;
+        }
+      }
+    } finally { closeSync(mem); closeSync(source); }
+    return { pages };
+  }
+  parentPort.on('message', ({ id, job }) => {
+    try {
+      parentPort.postMessage({ id, result: job.kind === 'capture' ? capture(job) : apply(job) });
+    } catch (error) {
+      parentPort.postMessage({ id, error: error.message });
+    }
+  });`;
+
+type PageCopyJob = { kind: 'capture' | 'apply'; pid: number; areas: GuestRamArea[]; files: MemoryPagesFiles };
+
+/** Runs page copies on the worker, one after another; an idle worker never holds the process alive. */
+class PageCopier {
+  private worker: Worker | undefined;
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (result: unknown) => void; reject: (error: Error) => void }>();
+
+  run(job: PageCopyJob): Promise<unknown> {
+    const worker = this.started();
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      if (this.pending.size === 1) worker.ref();
+      worker.postMessage({ id, job });
     });
   }
 
-  /** A buffer to fill, once the worker has one back. */
-  async buffer(): Promise<Buffer> {
-    const ready = this.free.pop();
-    const buffer = ready ?? (await Promise.race([new Promise<ArrayBuffer>((resolve) => this.waiting.push(resolve)), this.failed]));
-    return Buffer.from(buffer, 0, this.size);
-  }
-
-  /** Hands the first `length` bytes of `buffer` (one from buffer()) over: the caller must not touch it again. */
-  update(buffer: Buffer, length: number): void {
-    this.worker.postMessage({ buffer: buffer.buffer, length }, [buffer.buffer as ArrayBuffer]);
-  }
-
-  async digest(): Promise<string> {
-    try {
-      const digest = new Promise<string>((resolve) => (this.digestOf = resolve));
-      this.worker.postMessage({});
-      return await Promise.race([digest, this.failed]);
-    } finally {
-      await this.worker.terminate();
-    }
-  }
-
-  abandon(): void {
-    void this.worker.terminate();
+  private started(): Worker {
+    if (this.worker) return this.worker;
+    const worker = new Worker(PAGE_COPY_WORKER_SOURCE, { eval: true });
+    worker.unref();
+    worker.on('message', (reply: { id: number; result?: unknown; error?: string }) => {
+      const waiting = this.pending.get(reply.id);
+      if (!waiting) return;
+      this.pending.delete(reply.id);
+      if (this.pending.size === 0) worker.unref();
+      if (reply.error !== undefined) waiting.reject(new VmSnapshotError(reply.error));
+      else waiting.resolve(reply.result);
+    });
+    const fail = (error: Error) => {
+      if (this.worker === worker) this.worker = undefined;
+      for (const [, waiting] of this.pending) waiting.reject(new VmSnapshotError(`page copy worker failed: ${error.message}`));
+      this.pending.clear();
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => fail(new Error(`exited (${code})`)));
+    this.worker = worker;
+    return worker;
   }
 }
+
+const pageCopier = new PageCopier();
