@@ -32,6 +32,10 @@ export class FakeHostAgent {
   /** After a failed pause, what GetSandbox reports: the VM left running (default) or paused. */
   afterFailedPause: 'running' | 'paused' = 'running';
   resumeOutcome: FakeOutcome;
+  /** A failed resume that took effect first: the agent committed it and died before answering. */
+  resumeCommitsBeforeFailing = false;
+  /** GetSandbox answers UNAVAILABLE, as an agent that is restarting. */
+  getSandboxUnavailable = false;
   resumeDelayMs = 0;
   /** Fork targets at these positions fail with RESOURCE_EXHAUSTED. */
   failForkAt = new Set<number>();
@@ -103,6 +107,7 @@ export class FakeHostAgent {
       },
       getSandbox: (call: Call, callback: Callback) => {
         const { sandboxId } = call.request as { sandboxId: string };
+        if (this.getSandboxUnavailable) return callback({ code: grpc.status.UNAVAILABLE, details: 'the fake host is restarting' });
         if (this.running.has(sandboxId)) return callback(null, info(sandboxId, HostSandboxState.SANDBOX_STATE_RUNNING));
         if (this.paused.has(sandboxId)) return callback(null, info(sandboxId, HostSandboxState.SANDBOX_STATE_PAUSED));
         callback({ code: grpc.status.NOT_FOUND, details: `sandbox ${sandboxId} not found` });
@@ -133,6 +138,10 @@ export class FakeHostAgent {
         if (this.resumeOutcome === 'hang') return;
         const outcome = this.resumeOutcome;
         const answer = () => {
+          if (outcome && this.resumeCommitsBeforeFailing && this.paused.has(request.sandboxId)) {
+            this.paused.delete(request.sandboxId);
+            this.running.add(request.sandboxId);
+          }
           if (outcome) return callback({ code: outcome.fail, details: outcome.details ?? 'the fake host was told to fail this resume' });
           if (!this.paused.has(request.sandboxId)) return callback({ code: grpc.status.NOT_FOUND, details: 'not paused here' });
           this.paused.delete(request.sandboxId);
