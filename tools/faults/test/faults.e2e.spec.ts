@@ -1,9 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { Client as PgClient } from 'pg';
 import { Sandbox } from 'e2b';
 import { generateKilnNatsUsers, renderNatsServerConfig } from '@kiln/messaging';
+import { SandboxState as HostSandboxState } from '@kiln/proto/hostagent';
 import { eventually, RestartableServer, startRestartableNats, startRestartablePostgres, startRestartableRedis } from '@kiln/testing';
 import { hostAgentClient } from '../../e2e/harness/host-agent-client';
 import { internalTlsFiles } from '../../e2e/harness/internal-tls';
@@ -22,6 +23,10 @@ const FAULT_STACK: Omit<StackOptions, 'dependencies'> = {
     SANDBOX_HOST_CREATE_DEADLINE_MS: '45000',
     SANDBOX_CREATE_TIMEOUT_MS: '50000',
     SANDBOX_RECONCILE_GRACE_MS: '10000',
+    // Likewise for a pause or resume orphaned by a kill: its row is settled to what the host has within seconds. Still
+    // well above what either takes here (a pause ~0.3-1.6 s, a resume ~1.3-1.5 s under TCG on a busy host).
+    SANDBOX_PAUSE_DEADLINE_MS: '8000',
+    SANDBOX_RESUME_DEADLINE_MS: '15000',
   },
 };
 
@@ -100,6 +105,20 @@ async function agentAccount(stack: StackInfo): Promise<AgentAccount | undefined>
 }
 
 /**
+ * The clones ready in the `base` template's pool. The templates directory is shared with the machine's other stacks,
+ * so the agent may also keep pools for templates that come and go (a benchmark's, say): those are still counted as
+ * pooled clones (kiln_agent_clone_pool_ready) and so owned, but only `base`'s pool says whether the host is at rest.
+ */
+async function basePoolReady(stack: StackInfo): Promise<number | undefined> {
+  const agent = hostAgentClient(stack.hostAgent.grpcAddress, internalTlsFiles(stack.internalTlsDir, 'scheduler'));
+  try {
+    return (await agent.hostInfo().catch(() => undefined))?.templates.find((t) => t.templateId === 'base')?.readyClones;
+  } finally {
+    agent.close();
+  }
+}
+
+/**
  * The host at rest: the clone pool full again (the agent refills it after every take and replaces a clone that
  * died), nothing being prepared, and the counts unchanged for a few seconds.
  */
@@ -111,8 +130,10 @@ async function settled(stack: StackInfo, poolSize: number): Promise<{ counts: Re
       await new Promise((r) => setTimeout(r, 2_000));
       const account = await agentAccount(stack);
       const counts = resourceCounts(stack);
-      const now = JSON.stringify({ account, counts });
-      const atRest = account !== undefined && account.pooledClones === poolSize && account.slotsPreparing === 0 && now === previous;
+      const basePool = await basePoolReady(stack);
+      const now = JSON.stringify({ account, counts, basePool });
+      const poolFull = basePool === poolSize;
+      const atRest = account !== undefined && poolFull && account.slotsPreparing === 0 && now === previous;
       previous = now;
       return atRest ? { counts, account: account! } : undefined;
     },
@@ -122,14 +143,14 @@ async function settled(stack: StackInfo, poolSize: number): Promise<{ counts: Re
 
 /**
  * Whatever the host holds that nothing owns. Every qemu, clone dir and qcow2 layer belongs to a pooled clone or a
- * sandbox; every slot namespace (with its veth and nft table) is one the pool leased or keeps free; every sandbox
- * dir is a live sandbox's.
+ * sandbox (a paused one keeps its clone dir and layer but no qemu); every slot namespace (with its veth and nft
+ * table) is one the pool leased or keeps free; every sandbox dir is a live or paused sandbox's.
  */
-function unowned(counts: ResourceCounts, account: AgentAccount): Record<string, number> {
+function unowned(counts: ResourceCounts, account: AgentAccount, pausedSandboxes = 0): Record<string, number> {
   const owners = account.pooledClones + account.sandboxes;
   const slots = account.slotsLeased + account.slotsFree;
   const excess: Record<string, number> = {
-    qemu: counts.qemu - owners,
+    qemu: counts.qemu - (owners - pausedSandboxes),
     cloneDirs: counts.cloneDirs - owners,
     qcow2Layers: counts.qcow2Layers - owners,
     sandboxDirs: counts.sandboxDirs - account.sandboxes,
@@ -140,12 +161,73 @@ function unowned(counts: ResourceCounts, account: AgentAccount): Record<string, 
   return Object.fromEntries(Object.entries(excess).filter(([, n]) => n !== 0));
 }
 
+/** The host agent's on-disk record of a sandbox: its clone dir and, once a pause committed, `paused`. */
+interface HostRecord {
+  cloneDir?: string;
+  paused?: { checkpointDir: string };
+}
+
+function hostRecord(stack: StackInfo, sandboxId: string): HostRecord | undefined {
+  try {
+    return JSON.parse(readFileSync(join(stack.dataDir, 'sandboxes', sandboxId, 'sandbox.json'), 'utf8')) as HostRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Pause checkpoints (`clones/<clone>/paused`, by clone dir name) and fork checkpoints (`checkpoints/forks/*`) on the host. */
+function checkpointDirs(stack: StackInfo): { pausedClones: string[]; forks: string[] } {
+  const clones = join(stack.dataDir, 'clones');
+  const forks = join(stack.dataDir, 'checkpoints', 'forks');
+  return {
+    pausedClones: existsSync(clones) ? readdirSync(clones).filter((clone) => existsSync(join(clones, clone, 'paused'))).sort() : [],
+    forks: existsSync(forks) ? readdirSync(forks) : [],
+  };
+}
+
+/** Polls `check` every few ms (the windows aimed at last a few hundred ms): whether it held before `timeoutMs`. */
+async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, everyMs = 5): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await check()) return true;
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  return false;
+}
+
+/**
+ * A kill mid-pause or mid-resume, aimed at one side of the host's commit point (saving its record with `paused` for a
+ * pause, without it for a resume): `before` kills while the host is inside the transition and has not committed,
+ * `after` kills as soon as the record shows the commit (while the host still releases the VMM and slot, or brings
+ * the guest up, and before the scheduler has stored the outcome).
+ */
+interface TransitionFault {
+  component: 'host-agent' | 'scheduler';
+  phase: 'pause' | 'resume';
+  aim: 'before' | 'after';
+  /** The route a resume goes through. */
+  via?: 'resume' | 'connect';
+}
+
+const TRANSITION_FAULTS: TransitionFault[] = [
+  { component: 'host-agent', phase: 'pause', aim: 'before' },
+  { component: 'host-agent', phase: 'pause', aim: 'after' },
+  { component: 'host-agent', phase: 'resume', aim: 'before', via: 'connect' },
+  { component: 'host-agent', phase: 'resume', aim: 'after', via: 'resume' },
+  { component: 'scheduler', phase: 'pause', aim: 'before' },
+  { component: 'scheduler', phase: 'resume', aim: 'after', via: 'connect' },
+];
+
+/** The file each transition fault writes before its pause, read back in whatever state the sandbox ends. */
+const MARKER_PATH = '/home/user/before-fault.txt';
+
 /**
  * The fault battery (issue 10): each part of the platform (host agent, one VM, scheduler, gateway, NATS, Redis,
  * Postgres) is killed with SIGKILL in the middle of a create and in the middle of a kill, then brought back. After
  * recovery and reconcile: no sandbox record lost, none stuck in a transitional state, every sandbox that runs is
  * usable, and the host holds exactly what it held before (no leaked netns, veth, qemu, qcow2 layer, clone dir,
- * sandbox dir or nft table). Its counts are printed per fault.
+ * sandbox dir or nft table). Its counts are printed per fault. The host agent and the scheduler are also killed
+ * mid-pause and mid-resume (issue 13), on either side of the host's commit point.
  */
 describe('faults-e2e: kill -9 anything mid-create and mid-kill; nothing lost, stuck or leaked', () => {
   let stack: StackInfo;
@@ -326,4 +408,127 @@ describe('faults-e2e: kill -9 anything mid-create and mid-kill; nothing lost, st
       }
     });
   }
+  /**
+   * Issue 13: SIGKILL of the host agent or the scheduler mid-pause and mid-resume (through the public API). After the
+   * component is back, the sandbox ends running or paused (never half-way, never lost), the API, the row and the host
+   * agree on which, and that state works: a paused one resumes with the file written before the pause, a running one
+   * runs a command and has the file. The host holds nothing beyond its account (a paused sandbox: its clone dir and
+   * layer, no VMM or slot), a pause checkpoint only for a paused sandbox, and no fork checkpoint.
+   */
+  describe('mid-pause and mid-resume', () => {
+    const sdkOpts = () => ({ apiKey: stack.apiKey, apiUrl: stack.apiUrl, sandboxUrl: stack.sandboxUrl, domain: stack.domain });
+    const rowOf = async (id: string) => (await query<{ state: string; state_reason: string | null }>('select state::text as state, state_reason from sandboxes where id = $1', [id]))[0];
+
+    /** Pause checkpoints exactly for the sandboxes the host has paused; no fork checkpoint. */
+    async function checkpointsMatchHost(agent: ReturnType<typeof hostAgentClient>): Promise<void> {
+      const { sandboxes } = await agent.listSandboxes();
+      const pausedClones = sandboxes
+        .filter((s) => s.state === HostSandboxState.SANDBOX_STATE_PAUSED)
+        .map((s) => hostRecord(stack, s.sandboxId)?.cloneDir)
+        .map((dir) => (dir ? basename(dir) : 'no clone dir'))
+        .sort();
+      expect(checkpointDirs(stack)).toEqual({ pausedClones, forks: [] });
+    }
+
+    for (const fault of TRANSITION_FAULTS) {
+      const title = `${fault.component} killed with SIGKILL mid-${fault.phase}${fault.via ? ` (POST /${fault.via})` : ''}, ${fault.aim} the host's commit`;
+      // The host is at rest here: the previous test ended by waiting for it and checking that nothing leaked.
+      it(`${title}: ends running or paused, that state works, nothing leaked`, async () => {
+        const id = await createSandbox();
+        expect(id).toBeDefined();
+        const sandboxId = id!;
+        const marker = `written before: ${title}`;
+        await (await Sandbox.connect(sandboxId, sdkOpts())).files.write(MARKER_PATH, marker);
+        if (fault.phase === 'resume') {
+          expect((await api(`/sandboxes/${sandboxId}/pause`, { method: 'POST', body: '{}' })).status).toBe(204);
+          expect(hostRecord(stack, sandboxId)?.paused).toBeDefined();
+        }
+        const cloneDir = hostRecord(stack, sandboxId)?.cloneDir;
+        expect(cloneDir).toBeDefined();
+
+        let agent = hostAgentClient(stack.hostAgent.grpcAddress, internalTlsFiles(stack.internalTlsDir, 'scheduler'));
+        const hostCommitted = () => {
+          const paused = hostRecord(stack, sandboxId)?.paused !== undefined;
+          return fault.phase === 'pause' ? paused : !paused;
+        };
+        // The trigger of each aim: the host inside the transition and not committed, or the commit on its disk.
+        const trigger: () => boolean | Promise<boolean> =
+          fault.aim === 'after'
+            ? hostCommitted
+            : fault.component === 'scheduler'
+              ? async () => (await rowOf(sandboxId))?.state === (fault.phase === 'pause' ? 'pausing' : 'resuming') && !hostCommitted()
+              : fault.phase === 'pause'
+                ? () => existsSync(join(cloneDir!, 'paused', 'device-state')) && !hostCommitted()
+                : async () => (await agent.getSandbox({ sandboxId }).catch(() => undefined))?.state === HostSandboxState.SANDBOX_STATE_RESUMING && !hostCommitted();
+
+        const started = Date.now();
+        let clientStatus: number | undefined;
+        const path = fault.phase === 'pause' ? `/sandboxes/${sandboxId}/pause` : `/sandboxes/${sandboxId}/${fault.via}`;
+        void api(path, { method: 'POST', body: fault.phase === 'pause' ? '{}' : JSON.stringify({ timeout: 600 }) }).then(
+          (r) => (clientStatus = r.status),
+          () => (clientStatus = 0),
+        );
+        const triggered = await until(trigger, 20_000);
+        await killApp(stack, fault.component);
+        const killedAfterMs = Date.now() - started;
+        // For a killed agent its record is final now; a killed scheduler's host goes on, so this is at the kill.
+        const hit = hostCommitted() ? 'after' : 'before';
+        const rowAtKill = (await rowOf(sandboxId))?.state;
+        agent.close();
+        stack = await restartApp(stack, fault.component);
+        agent = hostAgentClient(stack.hostAgent.grpcAddress, internalTlsFiles(stack.internalTlsDir, 'scheduler'));
+        try {
+          // Settled by the caller's own error handling or, once its deadline passed, by reconcile from what the host has.
+          const row = await eventually(
+            'the row to leave its transition',
+            async () => {
+              const r = await rowOf(sandboxId);
+              return r && !TRANSITIONAL.includes(r.state) ? r : undefined;
+            },
+            { timeoutMs: 120_000, intervalMs: 500 },
+          );
+          const settledAfterMs = Date.now() - started;
+          expect({ sandboxId, state: row.state }).toEqual({ sandboxId, state: expect.stringMatching(/^(running|paused)$/) });
+          const shown = await api(`/sandboxes/${sandboxId}`);
+          expect(shown.status).toBe(200);
+          const apiState = ((await shown.json()) as { state: string }).state;
+          const onHost = await eventually('the host agent to answer', async () => agent.getSandbox({ sandboxId }).catch(() => undefined), { timeoutMs: 60_000 });
+          const hostState = onHost.state === HostSandboxState.SANDBOX_STATE_PAUSED ? 'paused' : onHost.state === HostSandboxState.SANDBOX_STATE_RUNNING ? 'running' : `other (${onHost.state})`;
+          // Not half-way anywhere: the API, the row and the host say the same.
+          expect({ api: apiState, row: row.state, host: hostState }).toEqual({ api: row.state, row: row.state, host: row.state });
+          const ended = row.state;
+
+          // At rest with the sandbox running or paused: nothing beyond the account, a checkpoint only if it is paused.
+          const mid = await settled(stack, POOL_SIZE);
+          expect(unowned(mid.counts, mid.account, ended === 'paused' ? 1 : 0)).toEqual({});
+          await checkpointsMatchHost(agent);
+
+          // Whatever state it reports works.
+          if (ended === 'paused') {
+            expect(existsSync(join(cloneDir!, 'paused', 'manifest.json'))).toBe(true);
+            expect((await api(`/sandboxes/${sandboxId}/connect`, { method: 'POST', body: JSON.stringify({ timeout: 600 }) })).status).toBe(201);
+          }
+          const sandbox = await Sandbox.connect(sandboxId, sdkOpts());
+          expect((await sandbox.commands.run(`echo alive && cat ${MARKER_PATH}`)).stdout).toBe(`alive\n${marker}`);
+          await checkpointsMatchHost(agent);
+
+          await cleanUp();
+          const after = await settled(stack, POOL_SIZE);
+          const leaked = unowned(after.counts, after.account);
+          summary.push(
+            `  ${fault.component.padEnd(10)} mid-${fault.phase.padEnd(6)} aimed ${fault.aim.padEnd(6)} hit ${hit.padEnd(6)} the host's commit ` +
+              `(${triggered ? 'trigger seen' : 'trigger NOT seen'}, killed ${killedAfterMs} ms after the request, row ${rowAtKill} then): ` +
+              `ended ${ended} (${row.state_reason ?? ''}) after ${settledAfterMs} ms, client got ${clientStatus ?? 'no answer yet'}, ` +
+              `works: yes; leaked ${JSON.stringify(leaked)}; checkpoints left ${JSON.stringify(checkpointDirs(stack))}`,
+          );
+          expect(leaked).toEqual({});
+          expect(checkpointDirs(stack)).toEqual({ pausedClones: [], forks: [] });
+          // The case aimed at is the one hit (the triggers sit on the two sides of the commit).
+          expect({ triggered, hit }).toEqual({ triggered: true, hit: fault.aim });
+        } finally {
+          agent.close();
+        }
+      });
+    }
+  });
 });

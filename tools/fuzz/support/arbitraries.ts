@@ -5,8 +5,14 @@ import type { RawRequest } from './raw-http';
 export interface FuzzTargets {
   apiKey: string;
   otherTeamApiKey: string;
-  /** The one live sandbox; never killed, paused, shortened or re-initialised by a generated request. */
+  /** The one live sandbox; never killed, paused, forked, snapshotted, shortened or re-initialised by a generated request. */
   sandboxId: string;
+  /**
+   * The sandbox the pause, resume, connect, fork and snapshot routes act on: generated requests may pause and resume
+   * it (it may end either way), fork it and snapshot it, but never kill or shorten it, never pause it without its
+   * memory, and only sometimes send a fork or snapshot that could succeed (each costs a VM or a disk copy).
+   */
+  persistenceSandboxId: string;
   envdAccessToken: string;
   domain: string;
   /** A port inside the sandbox with a server of our own on it (user-port traffic). */
@@ -219,6 +225,38 @@ function neverCreates(body: Record<string, unknown>): Record<string, unknown> {
   return body;
 }
 
+/** The routes that act on the persistence sandbox (`{sandboxID}` is it, not the live sandbox). */
+const PERSISTENCE_ROUTE = /^(\/v2)?\/sandboxes\/\{sandboxID\}\/(pause|resume|connect|fork|snapshots)$/;
+/** Fields of their bodies (E2B's SandboxPauseRequest, ResumedSandbox/ConnectSandbox, SandboxForkRequest, SandboxSnapshotRequest). */
+const PERSISTENCE_FIELDS = ['memory', 'timeout', 'autoPause', 'count', 'name', 'keepMemory'];
+/** Fork counts and snapshot names that fail validation: what a fork or snapshot gets unless it may succeed. */
+const BAD_FORK_COUNTS: unknown[] = [0, -1, 101, 1.5, '1', null, true, 2 ** 53, 'fuzz-not-a-number'];
+const BAD_SNAPSHOT_NAMES: unknown[] = ['', 'Fuzz Upper Case', '-leading-dash', 'a/b', 'x'.repeat(65), 7, null, ['a'], '..'];
+
+/**
+ * What the persistence sandbox survives: pauses keep memory (a cold boot under TCG takes longer than the fuzz's answer
+ * budget), resumes never shorten it, forks and snapshots are made malformed unless `mayAct` (about one in four).
+ */
+function persistenceBody(path: string, body: Buffer | undefined, mayAct: boolean, pick: number): Buffer | undefined {
+  const action = /\/(pause|resume|connect|fork|snapshots)$/.exec(path)?.[1];
+  const poison = (object: Record<string, unknown>): Record<string, unknown> => {
+    if (action === 'fork' && !mayAct) return { ...object, count: BAD_FORK_COUNTS[pick % BAD_FORK_COUNTS.length] };
+    if (action === 'fork') return { ...object, count: 1 };
+    if (action === 'snapshots' && !mayAct) return { ...object, name: BAD_SNAPSHOT_NAMES[pick % BAD_SNAPSHOT_NAMES.length] };
+    if (action === 'pause' && object.memory === false) return { ...object, memory: true };
+    if ((action === 'resume' || action === 'connect') && typeof object.timeout === 'number' && object.timeout < 3600) return { ...object, timeout: 3600 };
+    return object;
+  };
+  if (!body) return action === 'fork' || action === 'snapshots' ? Buffer.from(JSON.stringify(poison({}))) : undefined;
+  try {
+    const parsed = JSON.parse(body.toString('utf8'));
+    if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) return Buffer.from(JSON.stringify(poison(parsed)));
+  } catch {
+    // not JSON: refused as it is
+  }
+  return body;
+}
+
 /** Changes the live sandbox could not survive (a timeout or refresh shortening it) are made malformed. */
 function neverShortens(body: Record<string, unknown>): Record<string, unknown> {
   return { ...body, timeout: 'fuzz-not-a-number', duration: 'fuzz-not-a-number' };
@@ -250,6 +288,11 @@ export function restRequest(t: FuzzTargets): fc.Arbitrary<RawRequest> {
     { weight: 3, arbitrary: oddString.map((s) => encodeURIComponent(s.replace(/[\ud800-\udfff]/g, '\ufffd'))) },
     { weight: 1, arbitrary: oddString },
   );
+  // Mostly the persistence sandbox itself: the state changes a valid request makes are what those routes are about.
+  const persistenceIdParam = fc.oneof(
+    { weight: 2, arbitrary: fc.constant(t.persistenceSandboxId) },
+    { weight: 1, arbitrary: sandboxIdParam.map((id) => id.split(t.sandboxId).join(t.persistenceSandboxId)) },
+  );
   const otherParam = fc.oneof(fc.constantFrom('base', 'fuzz', 'x'), oddString.map((s) => encodeURIComponent(s.replace(/[\ud800-\udfff]/g, '\ufffd'))), oddString);
   const route = fc.oneof(
     { weight: 8, arbitrary: fc.constantFrom(...t.restRoutes) },
@@ -273,14 +316,27 @@ export function restRequest(t: FuzzTargets): fc.Arbitrary<RawRequest> {
       body,
       idempotencyKey: fc.option(oddString.map(headerSafe), { freq: 8 }),
       origin: fc.option(fc.constantFrom('https://evil.example', 'null', '*'), { freq: 8 }),
+      persistenceId: persistenceIdParam,
+      persistenceBody: fc.oneof(
+        { weight: 6, arbitrary: jsonBodyOf(oddObject(PERSISTENCE_FIELDS)) },
+        { weight: 2, arbitrary: jsonBodyOf(oddValue) },
+        { weight: 2, arbitrary: fc.constant(undefined) },
+      ),
+      mayAct: fc.integer({ min: 0, max: 3 }).map((n) => n === 0),
+      pick: fc.nat(),
     })
     .map((r) => {
       const method = r.method ?? r.route.method;
-      const path = r.route.path.replace('{sandboxID}', r.sandboxId).replace(/\{[A-Za-z]+\}/g, r.otherParam);
+      const persistenceRoute = PERSISTENCE_ROUTE.test(r.route.path);
+      const sandboxId = persistenceRoute ? r.persistenceId : r.sandboxId;
+      const path = r.route.path.replace('{sandboxID}', sandboxId).replace(/\{[A-Za-z]+\}/g, r.otherParam);
       let auth = r.auth;
-      let bodyBytes = r.body;
-      const onLiveSandbox = path.includes(t.sandboxId) && !path.includes(`${t.sandboxId}x`) && auth.some(([, v]) => v === t.apiKey);
-      if (onLiveSandbox && method.toUpperCase() === 'DELETE') auth = [['X-API-Key', t.otherTeamApiKey]];
+      let bodyBytes = persistenceRoute ? r.persistenceBody : r.body;
+      const withKey = auth.some(([, v]) => v === t.apiKey);
+      const onLiveSandbox = path.includes(t.sandboxId) && !path.includes(`${t.sandboxId}x`) && withKey;
+      const onPersistenceSandbox = path.includes(t.persistenceSandboxId) && !path.includes(`${t.persistenceSandboxId}x`) && withKey;
+      if ((onLiveSandbox || onPersistenceSandbox) && method.toUpperCase() === 'DELETE') auth = [['X-API-Key', t.otherTeamApiKey]];
+      if (onPersistenceSandbox && persistenceRoute && method.toUpperCase() === 'POST') bodyBytes = persistenceBody(path, bodyBytes, r.mayAct, r.pick);
       if (onLiveSandbox && /\/(timeout|refreshes)/.test(path) && bodyBytes) {
         // Keep what was generated, minus anything that could shorten the sandbox's life.
         try {

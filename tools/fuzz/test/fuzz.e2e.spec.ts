@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { eventually } from '@kiln/testing';
@@ -19,7 +19,9 @@ const FUZZ_STACK: StackOptions = {
   stackFile: join(ROOT, '.kiln', 'fuzz', 'stack.json'),
   // The fuzz sends thousands of requests with bad or no API keys: the per-address limit for those would answer most
   // of them 429 before they reach the code under test.
-  commonEnv: { RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE: '1000000' },
+  // Generated forks that succeed each start a VM: the team's sandbox quota (the live and persistence sandboxes plus
+  // two) bounds how many can run at once; the rest are answered 429.
+  commonEnv: { RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE: '1000000', TEAM_MAX_CONCURRENT_SANDBOXES: '4' },
 };
 const FAILURES_FILE = join(ROOT, '.kiln', 'fuzz', 'failures.log');
 
@@ -138,6 +140,7 @@ describe('malformed input fuzz (REST API, sandbox-traffic listener, envd)', () =
   let stack: StackInfo;
   let targets: FuzzTargets;
   let startedPids: Record<string, number>;
+  let persistenceToken: string;
 
   const guest = () => envdProcessClient(stack.sandboxUrl, targets.sandboxId, targets.envdAccessToken);
 
@@ -205,31 +208,102 @@ describe('malformed input fuzz (REST API, sandbox-traffic listener, envd)', () =
     }
   }
 
+  const api = (path: string, init: RequestInit = {}) =>
+    fetch(`${stack.apiUrl}${path}`, {
+      ...init,
+      headers: { 'X-API-Key': stack.apiKey, ...(init.body ? { 'content-type': 'application/json' } : {}) },
+      signal: AbortSignal.timeout(120_000),
+    });
+
+  /**
+   * The persistence routes reach the code they fuzz: its sandbox pauses (204) and comes back (201), then runs; it forks
+   * (one fork, 201) and snapshots (201). The fork and the snapshot stay for the run and go in the clean-up, which must
+   * find them.
+   */
+  async function persistenceControls(): Promise<void> {
+    const id = targets.persistenceSandboxId;
+    expect((await api(`/sandboxes/${id}/pause`, { method: 'POST', body: '{}' })).status).toBe(204);
+    expect((await api(`/sandboxes/${id}/connect`, { method: 'POST', body: JSON.stringify({ timeout: 3600 }) })).status).toBe(201);
+    expect((await runCommand(envdProcessClient(stack.sandboxUrl, id, persistenceToken), 'echo alive')).stdout).toBe('alive\n');
+    const fork = await api(`/sandboxes/${id}/fork`, { method: 'POST', body: JSON.stringify({ count: 1, timeout: 3600 }) });
+    expect(fork.status).toBe(201);
+    expect(((await fork.json()) as Array<{ sandbox?: { sandboxID: string } }>)[0]?.sandbox?.sandboxID).toEqual(expect.any(String));
+    const snapshot = await api(`/sandboxes/${id}/snapshots`, { method: 'POST', body: JSON.stringify({ name: 'fuzz-control' }) });
+    expect(snapshot.status).toBe(201);
+  }
+
+  /** Checkpoint directories on the fuzz stack's host: pause checkpoints by clone, fork and snapshot checkpoints. */
+  function checkpointDirs(): { pausedClones: string[]; forks: string[]; snapshots: string[] } {
+    const under = (...parts: string[]) => {
+      const dir = join(stack.dataDir, ...parts);
+      return existsSync(dir) ? readdirSync(dir) : [];
+    };
+    return {
+      pausedClones: under('clones').filter((clone) => existsSync(join(stack.dataDir, 'clones', clone, 'paused'))),
+      forks: under('checkpoints', 'forks'),
+      snapshots: under('checkpoints', 'snapshots'),
+    };
+  }
+
+  /**
+   * After the fuzz: the persistence sandbox ended running or paused, never lost or half-way, and works once resumed;
+   * every fork and snapshot the generated requests made is killed or deleted, and their checkpoints are gone.
+   */
+  async function cleanUpPersistence(): Promise<{ endedAs: string; forksKilled: number; snapshotsDeleted: number }> {
+    const id = targets.persistenceSandboxId;
+    const shown = await api(`/sandboxes/${id}`);
+    expect(shown.status).toBe(200);
+    const endedAs = ((await shown.json()) as { state: string }).state;
+    expect(['running', 'paused']).toContain(endedAs);
+    if (endedAs === 'paused') expect((await api(`/sandboxes/${id}/connect`, { method: 'POST', body: JSON.stringify({ timeout: 3600 }) })).status).toBe(201);
+    expect((await runCommand(envdProcessClient(stack.sandboxUrl, id, persistenceToken), 'echo alive')).stdout).toBe('alive\n');
+
+    const listed = await api('/v2/sandboxes?state=running,paused&limit=100');
+    expect(listed.status).toBe(200);
+    const forks = ((await listed.json()) as Array<{ sandboxID: string }>).map((s) => s.sandboxID).filter((s) => s !== id && s !== targets.sandboxId);
+    for (const fork of forks) expect({ fork, status: (await api(`/sandboxes/${fork}`, { method: 'DELETE' })).status }).toEqual({ fork, status: 204 });
+    let snapshotsDeleted = 0;
+    for (;;) {
+      const page = await api('/snapshots?limit=100');
+      expect(page.status).toBe(200);
+      const snapshots = (await page.json()) as Array<{ snapshotID: string }>;
+      if (!snapshots.length) break;
+      for (const { snapshotID } of snapshots) {
+        expect({ snapshotID, status: (await api(`/templates/${encodeURIComponent(snapshotID)}`, { method: 'DELETE' })).status }).toEqual({ snapshotID, status: 204 });
+        snapshotsDeleted++;
+      }
+    }
+    // Checkpoints nobody references are collected after each teardown and delete.
+    await eventually('the fork and snapshot checkpoints to be collected', async () => {
+      const dirs = checkpointDirs();
+      return dirs.pausedClones.length + dirs.forks.length + dirs.snapshots.length === 0 ? true : undefined;
+    }, { timeoutMs: 60_000 }).catch(() => undefined);
+    expect(checkpointDirs()).toEqual({ pausedClones: [], forks: [], snapshots: [] });
+    return { endedAs, forksKilled: forks.length, snapshotsDeleted };
+  }
+
   beforeAll(async () => {
     stack = await startStack(FUZZ_STACK);
     startedPids = { ...stack.pids };
     const sandbox = await createSandbox(stack, { timeout: 3600 });
+    const persistenceSandbox = await createSandbox(stack, { timeout: 3600 });
+    persistenceToken = persistenceSandbox.envdAccessToken!;
     const openapi = (await (await fetch(`${stack.apiUrl}/openapi.json`)).json()) as { paths: Record<string, Record<string, unknown>> };
     const restRoutes = [
       ...Object.entries(openapi.paths).flatMap(([path, methods]) => Object.keys(methods).map((method) => ({ method: method.toUpperCase(), path }))),
       ...NOT_SUPPORTED_ROUTES.map(({ method, path }) => ({ method, path })),
-      { method: 'POST', path: '/sandboxes/{sandboxID}/pause' },
-      { method: 'POST', path: '/sandboxes/{sandboxID}/resume' },
     ];
     targets = {
       apiKey: stack.apiKey,
       otherTeamApiKey: stack.otherTeamApiKey,
       sandboxId: sandbox.sandboxID,
+      persistenceSandboxId: persistenceSandbox.sandboxID,
       envdAccessToken: sandbox.envdAccessToken!,
       domain: stack.domain,
       userPort: USER_PORT,
       restRoutes,
-      notSupported: new Set([
-        ...NOT_SUPPORTED_ROUTES.map(({ method, path }) => `${method} ${path}`),
-        'POST /sandboxes/{sandboxID}/pause',
-        'POST /sandboxes/{sandboxID}/resume',
-      ]),
-      notSupportedMethods: new Set([...NOT_SUPPORTED_ROUTES.map(({ method }) => method), 'POST']),
+      notSupported: new Set(NOT_SUPPORTED_ROUTES.map(({ method, path }) => `${method} ${path}`)),
+      notSupportedMethods: new Set(NOT_SUPPORTED_ROUTES.map(({ method }) => method)),
     };
     // A server of our own on a user port (Node's: it answers every method, unlike python's http.server's 501s), and
     // the scratch directory generated writes stay under.
@@ -267,8 +341,12 @@ describe('malformed input fuzz (REST API, sandbox-traffic listener, envd)', () =
     const ports: Record<Surface, number> = { rest: portOf(stack.apiUrl), traffic: portOf(stack.sandboxUrl), envd: portOf(stack.sandboxUrl) };
     const arbitraries: Record<Surface, fc.Arbitrary<RawRequest>> = { rest: restRequest(targets), traffic: trafficRequest(targets), envd: envdRequest(targets) };
     const surfaces = Object.keys(SURFACES) as Surface[];
-    say(`fuzz seed ${SEED} (KILN_FUZZ_SEED), ${TOTAL_REQUESTS} requests (KILN_FUZZ_REQUESTS); sandbox ${targets.sandboxId}; ${targets.restRoutes.length} REST routes`);
+    say(
+      `fuzz seed ${SEED} (KILN_FUZZ_SEED), ${TOTAL_REQUESTS} requests (KILN_FUZZ_REQUESTS); sandbox ${targets.sandboxId}, ` +
+        `persistence sandbox ${targets.persistenceSandboxId}; ${targets.restRoutes.length} REST routes`,
+    );
     await controls();
+    await persistenceControls();
 
     // Warm-up with another seed: JIT, connection pools and caches reach their working size before the baseline.
     const warmUp = new Tally();
@@ -312,6 +390,11 @@ describe('malformed input fuzz (REST API, sandbox-traffic listener, envd)', () =
     await controls();
     const guestAfter = await guestAgentMemory();
     expect(guestAfter.pid).toBe(guestBefore.pid);
+    const persistence = await cleanUpPersistence();
+    // At least the control's fork and snapshot.
+    expect(persistence.forksKilled).toBeGreaterThanOrEqual(1);
+    expect(persistence.snapshotsDeleted).toBeGreaterThanOrEqual(1);
+    say(`  persistence sandbox ended ${persistence.endedAs} and works; forks killed ${persistence.forksKilled}, snapshots deleted ${persistence.snapshotsDeleted}; no checkpoint left`);
 
     // Memory back to its baseline once the run is over: polled, since each process frees on its own GC schedule.
     await new Promise((r) => setTimeout(r, SETTLE_MS));
