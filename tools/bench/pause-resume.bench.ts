@@ -9,7 +9,7 @@
  * BENCH_WRITE_MIB (guest data written before each pause, default 16), BENCH_FORKS (default 1,3,10), BENCH_IDLE_MS
  * (idle time before PSS is read, default 2000), KILN_DATA_DIR, KILN_VMM_TCG_TB_MIB.
  *
- * Uses its own slot prefix (kbpr, 10.220.0.0/24) and scratch dir, and registers private templates (`kbpr-<size>m-<pid>`,
+ * Uses its own slot prefix (kbpr, 10.222.0.0/24) and scratch dir, and registers private templates (`kbpr-<size>m-<pid>`,
  * hard links to base's build files with their own template.json) for the sizes base does not have; their snapshots are
  * made on first use (a cold boot each). Removes VMs, slots, layers, scratch dir and private templates at the end.
  */
@@ -174,7 +174,7 @@ async function main(): Promise<void> {
   // A detached VM's exit is only seen through its (unref'd) child process: keep the loop alive until the end.
   const keepAlive = setInterval(() => undefined, 60_000);
   const workDir = await mkdtemp('/tmp/kbpr-');
-  const { pool, layers, config, templates, probe, driver, snapshots } = vmLayerForBench({ slotPrefix: 'kbpr', slotCidr: '10.220.0.0/24', workDir, bootTimeoutMs: 180_000 });
+  const { pool, layers, config, templates, probe, driver, snapshots } = vmLayerForBench({ slotPrefix: 'kbpr', slotCidr: '10.222.0.0/24', workDir, bootTimeoutMs: 180_000 });
   const store = new CheckpointStore(join(workDir, 'checkpoints'));
   const cgroups = new VmCgroups(VmCgroupsConfig.fromEnv());
   const qemuVersion = parseQemuVersion(await readQemuVersionLine(config.qemuBinary))!;

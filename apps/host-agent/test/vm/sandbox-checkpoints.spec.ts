@@ -10,11 +10,11 @@ import { removeSuiteNetwork, runInSandbox, startSandboxAgent, type SandboxAgent 
 
 /**
  * Pause/resume with memory, fork and named snapshots on real VMs, through the sandbox manager as the agent wires it.
- * A data dir of its own that shares the built templates; slot prefix ktck, 10.214.0.0/24.
+ * A data dir of its own that shares the built templates; slot prefix ktck, 10.224.0.0/24.
  */
 const TEST_DATA_DIR = '/var/lib/kiln-test-checkpoints';
 const PREFIX = 'ktck';
-const CIDR = '10.214.0.0/24';
+const CIDR = '10.224.0.0/24';
 
 const SUITE = { dataDir: TEST_DATA_DIR, prefix: PREFIX, cidr: CIDR, hostId: 'checkpoints-test' };
 const startAgent = (nats: PrivateServer) => startSandboxAgent(SUITE, nats);
