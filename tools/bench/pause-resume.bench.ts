@@ -20,9 +20,9 @@ import { copyFile, link, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile 
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { VmCgroups, VmCgroupsConfig } from '../../apps/host-agent/src/cgroup';
-import { CHECKPOINT_FILES, CheckpointStore, type CheckpointKind, type CheckpointManifest } from '../../apps/host-agent/src/checkpoint';
+import { CHECKPOINT_FILES, CheckpointStore, checkpointVmShape, type CheckpointKind, type CheckpointManifest } from '../../apps/host-agent/src/checkpoint';
 import { waitForGuestAgent } from '../../apps/host-agent/src/guest-agent-client';
-import type { NetworkSlot } from '../../apps/host-agent/src/network';
+import { GUEST_AGENT_PORT, type NetworkSlot } from '../../apps/host-agent/src/network';
 import type { RootfsLayer } from '../../apps/host-agent/src/rootfs';
 import type { TemplateSnapshot } from '../../apps/host-agent/src/snapshot';
 import type { TemplateStore } from '../../apps/host-agent/src/template';
@@ -107,19 +107,8 @@ function manifestOf(id: string, kind: CheckpointKind, snapshot: TemplateSnapshot
     templateId: snapshot.build.templateId,
     buildId: snapshot.build.buildId,
     keepMemory: true,
-    vm: {
-      vcpus: spec.vcpus,
-      memoryMib: spec.memoryMib,
-      kernelPath: spec.kernelPath,
-      initrdPath: spec.initrdPath,
-      kernelArgs: spec.kernelArgs,
-      memoryFilePath: spec.memoryFile!.path,
-      // As the agent names a template snapshot's memory file: by the sha256 its snapshot manifest records.
-      memoryFileIdentity: `sha256:${snapshot.manifest.files.memory?.sha256}`,
-      guestMac: spec.network!.guestMac,
-      accelerator: spec.accelerator ?? 'tcg',
-      guestAgentPort: snapshot.build.agentPort,
-    },
+    // As the agent names a template snapshot's memory file: by the sha256 its snapshot manifest records.
+    vm: checkpointVmShape(spec, `sha256:${snapshot.manifest.files.memory?.sha256}`, snapshot.build.agentPort ?? GUEST_AGENT_PORT),
     createdAt: new Date().toISOString(),
     timings: {},
   };

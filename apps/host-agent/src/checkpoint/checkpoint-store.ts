@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { sha256File } from '../file-integrity';
-import type { VmAccelerator } from '../vmm';
+import type { VmAccelerator, VmSpec } from '../vmm';
 import { CheckpointCorruptError, CheckpointNotFoundError, InvalidCheckpointIdError } from './checkpoint.errors';
 
 export const CHECKPOINT_FORMAT_VERSION = 1;
@@ -38,6 +38,22 @@ export interface CheckpointVmShape {
   guestMac: string;
   accelerator: VmAccelerator;
   guestAgentPort: number;
+}
+
+/** The shape of the VM `spec` describes, as a checkpoint of it records it. */
+export function checkpointVmShape(spec: VmSpec, memoryFileIdentity: string, guestAgentPort: number): CheckpointVmShape {
+  return {
+    vcpus: spec.vcpus,
+    memoryMib: spec.memoryMib,
+    kernelPath: spec.kernelPath,
+    initrdPath: spec.initrdPath,
+    kernelArgs: spec.kernelArgs,
+    memoryFilePath: spec.memoryFile?.path ?? '',
+    memoryFileIdentity,
+    guestMac: spec.network?.guestMac ?? '',
+    accelerator: spec.accelerator ?? 'tcg',
+    guestAgentPort,
+  };
 }
 
 export interface CheckpointFileEntry {
