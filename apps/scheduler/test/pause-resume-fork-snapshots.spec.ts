@@ -238,11 +238,20 @@ describe('pause, resume, fork and snapshots (real Postgres, Redis, NATS; fake ho
         await expect(connect(sandbox.sandboxId, 30)).rejects.toMatchObject({ code: ErrorCode.Unavailable });
         // Not back to paused: the host runs it.
         expect(await stateOf(sandbox.sandboxId)).toBe(SandboxState.Resuming);
+        // Past its deadline with the host still unable to answer: neither failed nor destroyed (it may be whole on the
+        // host), it waits for the host for another deadline.
+        await prisma.sandbox.update({ where: { id: sandbox.sandboxId }, data: { deadlineAt: new Date(Date.now() - 60_000) } });
+        await scheduler.get(ReconcileService).reconcileOnce();
+        expect(await stateOf(sandbox.sandboxId)).toBe(SandboxState.Resuming);
+        expect(host.destroyed).not.toContain(sandbox.sandboxId);
+        const row = await prisma.sandbox.findUniqueOrThrow({ where: { id: sandbox.sandboxId } });
+        expect(row.deadlineAt!.getTime()).toBeGreaterThan(Date.now());
       } finally {
         host.resumeOutcome = undefined;
         host.resumeCommitsBeforeFailing = false;
         host.getSandboxUnavailable = false;
       }
+      // The host answers again: the row follows what it has.
       await prisma.sandbox.update({ where: { id: sandbox.sandboxId }, data: { deadlineAt: new Date(Date.now() - 60_000) } });
       await scheduler.get(ReconcileService).reconcileOnce();
       expect(await stateOf(sandbox.sandboxId)).toBe(SandboxState.Running);

@@ -341,6 +341,17 @@ export class SandboxLifecycleService implements OnModuleInit {
     if (sandbox.state === SandboxState.Pausing || sandbox.state === SandboxState.Resuming) {
       // Never half-way and never lost: the host says whether the VM runs or is paused, and the row follows it.
       if (await this.settleWithHost(sandbox, `${sandbox.state} did not finish by its deadline (scheduler restarted?)`)) return true;
+      // Its host is registered but cannot be asked (an agent restarting, a network blip): whether the pause or resume
+      // committed there is unknown, and failing the row would destroy a sandbox that may be whole. It waits for the
+      // host for another deadline; a host gone for good is for host liveness to declare, not a guess made here.
+      const host = sandbox.hostId ? await this.hosts.get(sandbox.hostId) : null;
+      if (host) {
+        const wait = sandbox.state === SandboxState.Pausing ? pauseDeadlineMs(this.env) : resumeDeadlineMs(this.env);
+        if (await this.sandboxes.extendDeadline(sandbox.id, sandbox.state as SandboxState, new Date(Date.now() + wait))) {
+          this.logger.warn(`sandbox ${sandbox.id} is still ${sandbox.state}: its host ${host.id} cannot be asked; waiting ${wait} ms more`);
+          return false;
+        }
+      }
     }
     const what = sandbox.state === SandboxState.Pending || sandbox.state === SandboxState.Starting ? this.createDeadlineReason() : `${sandbox.state} did not finish by its deadline`;
     const failed = await this.moveTo(sandbox, [sandbox.state as SandboxState], SandboxState.Error, {
@@ -903,8 +914,10 @@ export class SandboxLifecycleService implements OnModuleInit {
       // Reading it settles it: no caller sees a transition that can no longer finish as if it still might.
       await this.failPastDeadline(sandbox);
       const settled = await this.sandboxes.find(sandbox.id);
-      // A pause or resume past its deadline settles to running or paused (what the host has), which stays visible.
-      if (settled && !isTransitional(settled.state) && LIVE_OR_PAUSED.includes(settled.state as SandboxState)) return settled;
+      // A pause or resume past its deadline settles to running or paused (what the host has), or keeps waiting for a
+      // host that cannot be asked yet: either way it stays visible.
+      const waitingForHost = settled?.state === SandboxState.Pausing || settled?.state === SandboxState.Resuming;
+      if (settled && LIVE_OR_PAUSED.includes(settled.state as SandboxState) && (!isTransitional(settled.state) || waitingForHost)) return settled;
       throw KilnError.notFound(`sandbox ${ref.sandboxId}`);
     }
     return sandbox;

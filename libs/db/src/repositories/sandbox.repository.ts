@@ -272,6 +272,12 @@ export class SandboxRepository {
     return this.prisma.sandbox.count({ where: listWhere(filter) });
   }
 
+  /** Moves the deadline of a row still in `state` (a transition waiting on a host that cannot be asked yet). */
+  async extendDeadline(id: string, state: SandboxState, deadlineAt: Date): Promise<boolean> {
+    const { count } = await this.prisma.sandbox.updateMany({ where: { id, state }, data: { deadlineAt, version: { increment: 1 } } });
+    return count > 0;
+  }
+
   async setExpiry(id: string, expiresAt: Date, timeoutSeconds?: number): Promise<SandboxRecord | null> {
     const { count } = await this.prisma.sandbox.updateMany({
       where: { id, state: { in: [...LIVE_SANDBOX_STATES, SandboxState.Paused] } },
