@@ -7,15 +7,15 @@ import { SNAPSHOT_NETWORK, SNAPSHOT_OPTIONS, TemplateSnapshots, type SnapshotOpt
 export interface SnapshotModuleOptions extends Partial<Omit<SnapshotOptions, 'guestNameservers'>>, Pick<SnapshotOptions, 'guestNameservers'> {
   /** Must include the app's NetworkModule instance (the template boot leases a slot from its pool). */
   imports: NonNullable<ModuleMetadata['imports']>;
-  /** Kiln data dir (templates, scratch space for template boots); default KILN_DATA_DIR. */
-  dataDir?: string;
+  /** Kiln data dir (templates, scratch space for template boots): the agent's KILN_DATA_DIR. */
+  dataDir: string;
 }
 
 /** Template snapshots: creation (template boot + save) and clone restore. */
 @Module({})
 export class SnapshotModule {
   static register(options: SnapshotModuleOptions): DynamicModule {
-    const dataDir = options.dataDir ?? process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
+    const { dataDir } = options;
     const resolved: SnapshotOptions = {
       bootTimeoutMs: options.bootTimeoutMs ?? 120_000,
       runDir: options.runDir ?? `${dataDir}/run/template-boot`,

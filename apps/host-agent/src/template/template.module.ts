@@ -4,11 +4,11 @@ import { TEMPLATE_STORE_OPTIONS, TemplateStore, type TemplateStoreOptions } from
 /** The on-disk template store (templates built by tools/guest-image and their snapshots). */
 @Module({})
 export class TemplateModule {
-  static register(options: Partial<TemplateStoreOptions> = {}): DynamicModule {
-    const resolved: TemplateStoreOptions = { dataDir: options.dataDir ?? process.env.KILN_DATA_DIR ?? '/var/lib/kiln' };
+  /** `dataDir`: the agent's KILN_DATA_DIR, from its validated env. */
+  static register(options: TemplateStoreOptions): DynamicModule {
     return {
       module: TemplateModule,
-      providers: [{ provide: TEMPLATE_STORE_OPTIONS, useValue: resolved }, TemplateStore],
+      providers: [{ provide: TEMPLATE_STORE_OPTIONS, useValue: { dataDir: options.dataDir } }, TemplateStore],
       exports: [TemplateStore],
     };
   }

@@ -1,7 +1,7 @@
 import { Module } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
 import { CgroupModule } from '../cgroup/cgroup.module';
-import { TemplateModule } from '../template/template.module';
+import { TEMPLATE_STORE_OPTIONS, TemplateStore } from '../template/template-store';
 import { AccelerationProbe } from './acceleration-probe';
 import { QemuMicrovmDriver } from './qemu-microvm.driver';
 import { VmmConfig } from './vmm.config';
@@ -13,13 +13,16 @@ import { VMM_DRIVER } from './vmm-driver';
  * harness) validates the same variables from the environment.
  */
 @Module({
-  imports: [TemplateModule.register(), CgroupModule],
+  imports: [CgroupModule],
   providers: [
     {
       provide: VmmConfig,
       useFactory: (env?: HostAgentEnv) => (env ? VmmConfig.from(env) : VmmConfig.fromEnv()),
       inject: [{ token: HostAgentEnv, optional: true }],
     },
+    // The probe boots a template: the store of the same data dir as the VMM's config, not one read from elsewhere.
+    { provide: TEMPLATE_STORE_OPTIONS, useFactory: (config: VmmConfig) => ({ dataDir: config.dataDir }), inject: [VmmConfig] },
+    TemplateStore,
     AccelerationProbe,
     QemuMicrovmDriver,
     { provide: VMM_DRIVER, useExisting: QemuMicrovmDriver },

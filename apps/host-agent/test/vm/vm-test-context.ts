@@ -77,6 +77,7 @@ export async function startVmTestApp(): Promise<VmTestApp> {
       // The agent's default resolvers, so the shared `base` snapshot this may make is the one an agent would make.
       SnapshotModule.register({
         imports: [network],
+        dataDir: DATA_DIR,
         runDir: join(workDir, 'template-boot'),
         bootTimeoutMs: 120_000,
         guestNameservers: ipListEntries(DEFAULT_GUEST_NAMESERVERS),
