@@ -112,6 +112,11 @@ export class HostAgentGrpcController implements HostAgentController {
     return toInfo(await this.sandboxes.updateNetwork(request.sandboxId, egressOf(request.egress)));
   }
 
+  /** Replaced by the template-build module (issue 14, in progress). */
+  buildTemplate(): never {
+    throw new KilnError(ErrorCode.NotImplemented, 'BuildTemplate is not implemented on this host yet');
+  }
+
   async destroySandbox(request: DestroySandboxRequest): Promise<DestroySandboxResponse> {
     return { existed: await this.sandboxes.destroy(request.sandboxId) };
   }

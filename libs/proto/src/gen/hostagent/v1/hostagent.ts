@@ -42,6 +42,122 @@ export enum Acceleration {
 }
 
 /**
+ * A template build as the template builder resolved it. COPY steps name files the builder stored in the artifact
+ * store; the host verifies their sha256 before it uses them.
+ */
+export interface BuildTemplateRequest {
+  /** The host identity of the result: <data>/templates/<template_id>/<build_id>/ (as CreateSandbox names builds). */
+  templateId: string;
+  buildId: string;
+  base: BuildBase | undefined;
+  steps: BuildStep[];
+  /**
+   * Launched in the template VM before its memory is saved (as the template's user, in its workdir, with its envs);
+   * empty: none.
+   */
+  startCmd: string;
+  /** Run until it exits 0 before the snapshot is taken; empty: none (with a start command, E2B waits 20 s then). */
+  readyCmd: string;
+  vcpus: number;
+  memoryMib: number;
+  /** Size of the template's disk as the guest sees it; 0: the content plus headroom. */
+  diskMib: number;
+  /** Rebuild every step, whatever the cache holds (E2B skipCache / force). */
+  force: boolean;
+}
+
+export interface BuildBase {
+  /** An existing template build (host identities): its rootfs is the base, its envs/workdir/user carry over. */
+  template?:
+    | TemplateBuildRef
+    | undefined;
+  /** debian:<suite> / ubuntu:<suite> (built with mmdebstrap) or an OCI image reference (pulled with skopeo). */
+  image?: string | undefined;
+  registry: RegistryCredentials | undefined;
+}
+
+export interface TemplateBuildRef {
+  templateId: string;
+  buildId: string;
+}
+
+export interface RegistryCredentials {
+  username: string;
+  password: string;
+}
+
+export interface BuildStep {
+  /** RUN [command, user?], COPY [src, dest, user?, mode?], ENV [k1, v1, k2, v2…], WORKDIR [path], USER [name]. */
+  type: string;
+  args: string[];
+  /** COPY: E2B's filesHash of the sources (part of the step's cache key). */
+  filesHash: string;
+  /** COPY: the uploaded archive (tar or tar.gz of the sources, paths relative to the context), absolute path. */
+  filesPath: string;
+  /** COPY: sha256 of that archive as stored. */
+  filesSha256: string;
+  /** Rebuild this step (and so every later one) whatever the cache holds. */
+  force: boolean;
+}
+
+export interface BuildTemplateEvent {
+  log?: BuildLogLine | undefined;
+  step?: BuildStepDone | undefined;
+  failed?: BuildStepFailed | undefined;
+  result?: BuildTemplateResult | undefined;
+}
+
+/** Step numbers follow E2B's BuildStatusReason.step: 0 is the base, 1..N the steps, N+1 the finalization. */
+export interface BuildLogLine {
+  /** debug, info, warn, error */
+  level: string;
+  message: string;
+  step: number;
+  /** Unix epoch milliseconds. */
+  atMs: number;
+}
+
+export interface BuildStepDone {
+  step: number;
+  cached: boolean;
+  /** The cache key of the step's filesystem result (sha256 of the parent's key, the step and its files' content). */
+  layerKey: string;
+  durationMs: number;
+}
+
+/** A user step failed (non-zero exit, missing file, ready command never succeeded): not retried. */
+export interface BuildStepFailed {
+  step: number;
+  message: string;
+}
+
+export interface BuildTemplateResult {
+  /** Files of the built template under <data>/templates/<template_id>/<build_id>/ with their sha256. */
+  artifacts: BuildArtifact[];
+  diskMib: number;
+  envdVersion: string;
+  /** What sandboxes of the template start with. */
+  envs: { [key: string]: string };
+  workdir: string;
+  user: string;
+  startCmd: string;
+  readyCmd: string;
+  vcpus: number;
+  memoryMib: number;
+}
+
+export interface BuildTemplateResult_EnvsEntry {
+  key: string;
+  value: string;
+}
+
+export interface BuildArtifact {
+  name: string;
+  bytes: number;
+  sha256: string;
+}
+
+/**
  * E2B's egress rules, normalised by the control plane (libs/contracts normaliseEgressPolicy): allow_out holds IPv4
  * CIDRs and domain patterns (example.com, *.example.com), deny_out IPv4 CIDRs; allow wins over deny. The host's
  * platform floor (host services, other slots, private and special ranges) holds whatever they say.
@@ -315,6 +431,16 @@ export interface HostAgentClient {
   /** Replaces a running sandbox's egress rules; new connections follow them at once. */
 
   updateSandboxNetwork(request: UpdateSandboxNetworkRequest): Observable<SandboxInfo>;
+
+  /**
+   * Builds a template in a build microVM on this host: the base layer, then each step (a step whose cache key is
+   * already on this host is reused), then the flattened rootfs, the start and ready commands and the template
+   * snapshot. Streams log lines and step results; ends with exactly one BuildTemplateResult or BuildStepFailed. A
+   * failing user step is BuildStepFailed (never retried); a gRPC error is an infrastructure failure (may be retried).
+   * Cancelling the call stops the build and removes its VM, slot and temp files.
+   */
+
+  buildTemplate(request: BuildTemplateRequest): Observable<BuildTemplateEvent>;
 }
 
 export interface HostAgentController {
@@ -372,6 +498,16 @@ export interface HostAgentController {
   updateSandboxNetwork(
     request: UpdateSandboxNetworkRequest,
   ): Promise<SandboxInfo> | Observable<SandboxInfo> | SandboxInfo;
+
+  /**
+   * Builds a template in a build microVM on this host: the base layer, then each step (a step whose cache key is
+   * already on this host is reused), then the flattened rootfs, the start and ready commands and the template
+   * snapshot. Streams log lines and step results; ends with exactly one BuildTemplateResult or BuildStepFailed. A
+   * failing user step is BuildStepFailed (never retried); a gRPC error is an infrastructure failure (may be retried).
+   * Cancelling the call stops the build and removes its VM, slot and temp files.
+   */
+
+  buildTemplate(request: BuildTemplateRequest): Observable<BuildTemplateEvent>;
 }
 
 export function HostAgentControllerMethods() {
@@ -388,6 +524,7 @@ export function HostAgentControllerMethods() {
       "deleteSnapshot",
       "hostInfo",
       "updateSandboxNetwork",
+      "buildTemplate",
     ];
     for (const method of grpcMethods) {
       const descriptor: any = Reflect.getOwnPropertyDescriptor(constructor.prototype, method);
