@@ -10,6 +10,7 @@ umask 022
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 KILN_STATE=${KILN_STATE:-$ROOT/.kiln}
 export KILN_DATA_DIR=${KILN_DATA_DIR:-/var/lib/kiln}
+export KILN_ARTIFACT_DIR=${KILN_ARTIFACT_DIR:-$KILN_DATA_DIR/artifacts}
 export PATH="$ROOT/node_modules/.bin:$PATH"
 export NX_DAEMON=false NX_NO_CLOUD=true NX_TUI=false NX_SKIP_NX_CACHE=${NX_SKIP_NX_CACHE:-false}
 

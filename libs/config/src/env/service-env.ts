@@ -189,6 +189,13 @@ function IsInternalTlsFile(): PropertyDecorator {
 }
 
 export class GatewayEnv extends RedisBackedEnv {
+  /**
+   * The artifact store (a local directory, shared by the services of one machine): uploaded build context archives
+   * and built templates, each with its sha256 (libs/artifacts).
+   */
+  @IsString() @Matches(/^\//, { message: 'KILN_ARTIFACT_DIR must be an absolute path' })
+  KILN_ARTIFACT_DIR: string = '/var/lib/kiln/artifacts';
+
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3000;
 
@@ -324,6 +331,13 @@ export class TemplateBuilderEnv extends RedisBackedEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3002;
 
+  /**
+   * The artifact store (a local directory, shared by the services of one machine): uploaded build context archives
+   * and built templates, each with its sha256 (libs/artifacts).
+   */
+  @IsString() @Matches(/^\//, { message: 'KILN_ARTIFACT_DIR must be an absolute path' })
+  KILN_ARTIFACT_DIR: string = '/var/lib/kiln/artifacts';
+
   @IsInt() @Min(1) @Max(16)
   BUILD_CONCURRENCY: number = 1;
 }
@@ -346,6 +360,13 @@ export const DEFAULT_GUEST_NAMESERVERS = '8.8.8.8,1.1.1.1';
 export class HostVmmEnv extends NatsClientEnv {
   @IsString() @Matches(/^\//, { message: 'KILN_DATA_DIR must be an absolute path' })
   KILN_DATA_DIR: string = '/var/lib/kiln';
+
+  /**
+   * The artifact store (a local directory, shared by the services of one machine): uploaded build context archives
+   * and built templates, each with its sha256 (libs/artifacts).
+   */
+  @IsString() @Matches(/^\//, { message: 'KILN_ARTIFACT_DIR must be an absolute path' })
+  KILN_ARTIFACT_DIR: string = '/var/lib/kiln/artifacts';
 
   /** auto probes KVM once per host (a guest must really boot) and falls back to TCG. */
   @IsIn(['auto', 'kvm', 'tcg'])
