@@ -37,4 +37,7 @@ fi
 
 mount --move /dev /newroot/dev
 umount /proc /sys
-exec switch_root /newroot /usr/bin/tini -g -- /opt/kiln/init
+# Templates built from images carry a static tini of Kiln's own (the image may have none, or one for another libc).
+tini=/usr/bin/tini
+[ -x /newroot/opt/kiln/bin/tini ] && tini=/opt/kiln/bin/tini
+exec switch_root /newroot "$tini" -g -- /opt/kiln/init

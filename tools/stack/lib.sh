@@ -21,6 +21,8 @@ die() { printf '\033[1;31m[kiln]\033[0m %s\n' "$*" >&2; exit 1; }
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs xfsprogs iproute2 iptables nftables
   debootstrap mmdebstrap tini curl ca-certificates conntrack
+  # Template builds from images: pull (skopeo), unpack (umoci), make node self-contained (patchelf); the tests' registry.
+  skopeo umoci patchelf docker-registry
   postgresql redis-server nats-server
   # The dev domain (KILN_DOMAIN, kiln.localhost) and its certificate: *.localhost names resolve to loopback through
   # myhostname, and openssl makes the local CA and the wildcard certificate of the gateway's TLS listener.

@@ -12,6 +12,7 @@ import { ResolverConfig } from './runtime/resolver-config';
 import { guestDutiesEnabled, type GuestDutiesMode } from './runtime/guest-duties';
 import { OomPolicy } from './runtime/oom-policy';
 import { SystemUserDirectory } from './users/system-users';
+import { applyTemplateDefaults, readTemplateDefaults, TEMPLATE_DEFAULTS_PATH } from './runtime/template-defaults';
 
 export const DEFAULT_PORT = 49983;
 
@@ -19,10 +20,12 @@ interface CliOptions {
   port: number;
   host?: string;
   guestDuties: GuestDutiesMode;
+  /** The template's ENV/WORKDIR/USER (see template-defaults.ts). */
+  templateDefaults: string;
 }
 
 function parseCli(argv: string[]): CliOptions {
-  const options: CliOptions = { port: DEFAULT_PORT, guestDuties: 'auto' };
+  const options: CliOptions = { port: DEFAULT_PORT, guestDuties: 'auto', templateDefaults: TEMPLATE_DEFAULTS_PATH };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2);
     const value = () => inline ?? argv[++i];
@@ -42,8 +45,11 @@ function parseCli(argv: string[]): CliOptions {
         options.guestDuties = mode;
         break;
       }
+      case '--template-defaults':
+        options.templateDefaults = value();
+        break;
       case '--help':
-        process.stdout.write('guest-agent [--port N] [--host ADDR] [--guest-duties auto|on|off]\n');
+        process.stdout.write('guest-agent [--port N] [--host ADDR] [--guest-duties auto|on|off] [--template-defaults PATH]\n');
         process.exit(0);
       // falls through (exit does not return)
       default:
@@ -73,6 +79,8 @@ async function main(): Promise<void> {
     process.stderr.write(`guest-agent: ${(err as Error).message}; file metadata is off, command ends use a quiet period\n`);
   }
   const state = new AgentState();
+  // A built template's sandboxes run every command with its ENV, WORKDIR and USER unless a request says otherwise.
+  applyTemplateDefaults(state, readTemplateDefaults(options.templateDefaults, (message) => process.stderr.write(`guest-agent: ${message}\n`)));
   const users = new SystemUserDirectory();
   const processes = new ProcessTable(addon);
   const metadata = new FileMetadataStore(addon);

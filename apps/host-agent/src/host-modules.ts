@@ -6,6 +6,8 @@ import { NetworkModule } from './network';
 import { RootfsModule, RootfsOptions } from './rootfs';
 import { SnapshotModule } from './snapshot';
 import { TemplateModule } from './template';
+import { BaseLayersConfig, BaseLayersModule } from './template-build/base-layers';
+import { TemplateBuildModule } from './template-build';
 
 /** Slots made beyond the sandbox limit: template boots also lease a slot while they snapshot. */
 const TEMPLATE_BOOT_SLOTS = 2;
@@ -16,6 +18,8 @@ export interface HostResourceModules {
   templates: DynamicModule;
   snapshots: DynamicModule;
   clones: DynamicModule;
+  /** Template builds (BuildTemplate) and the artifact store they publish to. */
+  templateBuilds: DynamicModule;
 }
 
 /**
@@ -34,14 +38,32 @@ export function hostResourceModules(env: HostAgentEnv): HostResourceModules {
     namePrefix: env.KILN_NETWORK_PREFIX,
     slotCidr: env.KILN_SLOT_CIDR,
     prefill: env.KILN_NETWORK_PREFILL,
-    maxSlots: env.KILN_MAX_SANDBOXES + TEMPLATE_BOOT_SLOTS + clonePoolSlots(clonePool),
+    // Template builds hold a slot each on top: a build never takes a sandbox's place.
+    maxSlots: env.KILN_MAX_SANDBOXES + TEMPLATE_BOOT_SLOTS + clonePoolSlots(clonePool) + env.KILN_TEMPLATE_BUILD_CONCURRENCY,
     dnsResolvers: ipListEntries(env.KILN_GUEST_NAMESERVERS),
     openRanges: ipListEntries(env.KILN_EGRESS_OPEN_RANGES),
     egressProxyPort: env.KILN_EGRESS_PROXY_PORT,
   });
   const rootfs = RootfsModule.register({ driver: env.KILN_ROOTFS_DRIVER as RootfsOptions['driver'], vmm: 'qemu' });
   const templates = TemplateModule.register({ dataDir: env.KILN_DATA_DIR });
-  const snapshots = SnapshotModule.register({ imports: [network], dataDir: env.KILN_DATA_DIR, guestNameservers: ipListEntries(env.KILN_GUEST_NAMESERVERS) });
+  const snapshots = SnapshotModule.register({
+    imports: [network],
+    dataDir: env.KILN_DATA_DIR,
+    guestNameservers: ipListEntries(env.KILN_GUEST_NAMESERVERS),
+    readyTimeoutMs: env.KILN_TEMPLATE_READY_TIMEOUT_SECONDS * 1000,
+  });
   const clones = ClonePoolModule.register({ network, rootfs, snapshots }, clonePool);
-  return { network, rootfs, templates, snapshots, clones };
+  const templateBuilds = TemplateBuildModule.register(
+    { network, templates, snapshots, baseLayers: BaseLayersModule.register({ config: BaseLayersConfig.from(env), templates }) },
+    {
+      dataDir: env.KILN_DATA_DIR,
+      artifactDir: env.KILN_ARTIFACT_DIR,
+      concurrency: env.KILN_TEMPLATE_BUILD_CONCURRENCY,
+      stepTimeoutMs: env.KILN_TEMPLATE_BUILD_STEP_TIMEOUT_SECONDS * 1000,
+      bootTimeoutMs: 120_000,
+      guestNameservers: ipListEntries(env.KILN_GUEST_NAMESERVERS),
+      runtimeTemplateId: 'base',
+    },
+  );
+  return { network, rootfs, templates, snapshots, clones, templateBuilds };
 }

@@ -23,6 +23,11 @@ export interface ArtifactStore {
   write(key: string, body: Readable, options?: ArtifactWriteOptions): Promise<ArtifactInfo>;
   /** Copies a local file in (as write). */
   writeFile(key: string, sourcePath: string): Promise<ArtifactInfo>;
+  /**
+   * Makes `toKey` an artifact with the bytes (and recorded sha256) of `fromKey` without reading them again: a
+   * rebuild whose result is unchanged publishes its files this way. ArtifactNotFoundError when there is no `fromKey`.
+   */
+  copy(fromKey: string, toKey: string): Promise<ArtifactInfo>;
   /** The recorded size and sha256, or undefined when there is no such artifact. */
   stat(key: string): Promise<ArtifactInfo | undefined>;
   /** Keys under a prefix (`templates/t1/`), sorted. */

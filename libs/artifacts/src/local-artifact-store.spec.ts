@@ -51,6 +51,17 @@ describe('LocalArtifactStore', () => {
     expect(await store.list('files/')).toEqual([]);
   });
 
+  it('copies an artifact under a new key with its record, without reading it again', async () => {
+    const info = await store.write('templates/t1/b1/rootfs.ext4', Readable.from(['disk bytes']));
+    expect(await store.copy('templates/t1/b1/rootfs.ext4', 'templates/t1/b2/rootfs.ext4')).toEqual({ ...info, key: 'templates/t1/b2/rootfs.ext4' });
+    await store.removePrefix('templates/t1/b1/');
+    expect(await store.stat('templates/t1/b2/rootfs.ext4')).toEqual({ ...info, key: 'templates/t1/b2/rootfs.ext4' });
+    const out = join(root, 'out', 'copy');
+    await store.fetchTo('templates/t1/b2/rootfs.ext4', out);
+    expect(await readFile(out, 'utf8')).toBe('disk bytes');
+    await expect(store.copy('templates/t1/b1/rootfs.ext4', 'templates/t1/b3/x')).rejects.toThrow('not found');
+  });
+
   it('removes a prefix', async () => {
     await store.write('templates/t1/b1/a', Readable.from(['1']));
     await store.write('templates/t2/b1/a', Readable.from(['2']));

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, link, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -47,6 +47,27 @@ export class LocalArtifactStore implements ArtifactStore {
 
   writeFile(key: string, sourcePath: string): Promise<ArtifactInfo> {
     return this.write(key, createReadStream(sourcePath));
+  }
+
+  async copy(fromKey: string, toKey: string): Promise<ArtifactInfo> {
+    const recorded = await this.stat(fromKey);
+    if (!recorded) throw new ArtifactNotFoundError(fromKey);
+    const path = this.pathOf(toKey);
+    await mkdir(dirname(path), { recursive: true });
+    const partial = `${path}${PARTIAL_MARK}${randomBytes(6).toString('hex')}`;
+    try {
+      // Artifacts are read-only once written (0444, never rewritten in place): both keys may share the file.
+      await link(this.pathOf(fromKey), partial).catch(async (error: NodeJS.ErrnoException) => {
+        if (error.code !== 'EXDEV' && error.code !== 'EMLINK') throw error;
+        await copyFile(this.pathOf(fromKey), partial);
+        await chmod(partial, 0o444);
+      });
+      await writeFile(`${path}${META_SUFFIX}`, JSON.stringify({ bytes: recorded.bytes, sha256: recorded.sha256 }));
+      await rename(partial, path);
+      return { key: toKey, bytes: recorded.bytes, sha256: recorded.sha256 };
+    } finally {
+      await rm(partial, { force: true });
+    }
   }
 
   async stat(key: string): Promise<ArtifactInfo | undefined> {

@@ -17,7 +17,7 @@ import { ConfigError } from './load-config';
  */
 export const INTERNAL_TRUST_DOMAIN = 'kiln';
 
-export type InternalService = 'scheduler' | 'gateway' | 'host-agent';
+export type InternalService = 'scheduler' | 'gateway' | 'host-agent' | 'template-builder';
 
 /** `spiffe://kiln/<service>`: the URI SAN a service's internal certificate carries. */
 export function spiffeIdOf(service: string): string {
@@ -138,12 +138,13 @@ export function grpcChannelCredentials(material: InternalTlsMaterial, expected: 
 /**
  * A grpc-js server interceptor that ends every call whose client certificate does not name one of `allowed` with
  * PERMISSION_DENIED, before the handler sees it. (TLS already refused clients without a CA-signed certificate.)
+ * `allowed` may depend on the method (its path, `/package.Service/Method`).
  */
-export function grpcCallerInterceptor(allowed: readonly InternalService[]): ServerInterceptor {
-  return (_method, call) =>
+export function grpcCallerInterceptor(allowed: readonly InternalService[] | ((methodPath: string) => readonly InternalService[])): ServerInterceptor {
+  return (method, call) =>
     new ServerInterceptingCall(call, {
       start: (next) => {
-        const refusal = peerRefusal(call.getAuthContext().sslPeerCertificate, allowed);
+        const refusal = peerRefusal(call.getAuthContext().sslPeerCertificate, typeof allowed === 'function' ? allowed(method.path) : allowed);
         if (!refusal) return next();
         next({
           onReceiveMetadata: (_metadata: Metadata) => call.sendStatus({ code: status.PERMISSION_DENIED, details: refusal }),

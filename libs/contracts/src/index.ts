@@ -9,4 +9,5 @@ export * from './dto/sandbox.dto';
 export * from './dto/api-key';
 export * from './dto/sandbox-view';
 export * from './queues/template-build-queue';
+export * from './queues/template-build-definition';
 export * from './network/egress-policy';

@@ -9,6 +9,7 @@ import { SandboxRepository } from './repositories/sandbox.repository';
 import { TeamRepository } from './repositories/team.repository';
 import { TemplateRepository } from './repositories/template.repository';
 import { NamedSnapshotRepository } from './repositories/named-snapshot.repository';
+import { TemplateAuthoringRepository } from './repositories/template-authoring.repository';
 
 export interface DbOptions {
   databaseUrl: string;
@@ -16,7 +17,7 @@ export interface DbOptions {
   migrate: boolean;
 }
 
-const REPOSITORIES = [ApiKeyRepository, TeamRepository, SandboxRepository, TemplateRepository, HostRepository, NamedSnapshotRepository];
+const REPOSITORIES = [ApiKeyRepository, TeamRepository, SandboxRepository, TemplateRepository, HostRepository, NamedSnapshotRepository, TemplateAuthoringRepository];
 
 @Global()
 @Module({})

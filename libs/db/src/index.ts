@@ -6,6 +6,7 @@ export * from './repositories/api-key.repository';
 export * from './repositories/team.repository';
 export * from './repositories/team-quota';
 export * from './repositories/template.repository';
+export * from './repositories/template-authoring.repository';
 export * from './repositories/host.repository';
 export * from './repositories/sandbox.repository';
 export * from './repositories/named-snapshot.repository';

@@ -2,6 +2,7 @@ import {
   SANDBOX_EVENTS_STREAM,
   SANDBOX_EVENTS_SUBJECT_PREFIX,
   Subjects,
+  TEMPLATE_BUILD_LOGS_SUBJECTS,
   hostHeartbeatSubject,
   hostRegisterSubject,
   sandboxEventSubjectsOf,
@@ -72,8 +73,9 @@ export function serviceNatsPermissions(service: NatsServiceUser): NatsPermission
     case 'gateway':
       return {
         publish: GATEWAY_REQUESTS,
-        // Core-NATS subscription to every lifecycle event (route invalidation), not a JetStream consumer.
-        subscribe: [`${SANDBOX_EVENTS_SUBJECT_PREFIX}.>`, inboxOf(service)],
+        // Core-NATS subscription to every lifecycle event (route invalidation), not a JetStream consumer; and the
+        // live logs of template builds (streamed to SDK clients following a build).
+        subscribe: [`${SANDBOX_EVENTS_SUBJECT_PREFIX}.>`, TEMPLATE_BUILD_LOGS_SUBJECTS, inboxOf(service)],
         allowResponses: false,
       };
     case 'scheduler':
@@ -87,8 +89,8 @@ export function serviceNatsPermissions(service: NatsServiceUser): NatsPermission
     case 'host-monitor':
       return { publish: [], subscribe: [Subjects.hostHeartbeat, inboxOf(service)], allowResponses: false };
     case 'template-builder':
-      // Carries the NATS variables of every app but sends and receives nothing over NATS today.
-      return { publish: [], subscribe: [], allowResponses: false };
+      // Publishes the logs of the builds it runs; hears cancellations (every replica: the one running the build acts).
+      return { publish: [TEMPLATE_BUILD_LOGS_SUBJECTS], subscribe: [Subjects.templateBuildCancel, inboxOf(service)], allowResponses: false };
   }
 }
 

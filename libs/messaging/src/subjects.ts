@@ -28,6 +28,8 @@ export const Subjects = {
   hostRegister: 'kiln.scheduler.hosts.register.>',
   /** Every host's heartbeat (`hostHeartbeatSubject(hostId)`): the scheduler's and host monitor's subscription. */
   hostHeartbeat: 'kiln.hosts.heartbeat.>',
+  /** The gateway asks the template builders to stop a build (TemplateBuildCancel); fire-and-forget. */
+  templateBuildCancel: 'kiln.templates.builds.cancel',
 } as const;
 
 /*
@@ -272,6 +274,7 @@ export interface RequestMap {
 /** Fire-and-forget subjects (core NATS). */
 export interface EventMap {
   [subject: HostHeartbeatSubject]: HostHeartbeat;
+  [Subjects.templateBuildCancel]: TemplateBuildCancel;
 }
 
 export type RequestSubject = keyof RequestMap;
@@ -332,3 +335,23 @@ export function sandboxEventSourceOf(subject: string): SandboxEventSource | unde
 }
 
 export type { ErrorPayload };
+
+// ---- Template builds ---------------------------------------------------------------------------
+
+const TEMPLATE_BUILDS_PREFIX = 'kiln.templates.builds';
+
+/**
+ * `kiln.templates.builds.<buildId>.logs`: the template builder publishes each log entry of a build (one JSON
+ * TemplateBuildLogEntry per message, in order) once it is stored; the gateway may follow a build there.
+ */
+export function templateBuildLogsSubject(buildId: string): string {
+  return `${TEMPLATE_BUILDS_PREFIX}.${buildId}.logs`;
+}
+
+/** Stop a build: the template builder running it cancels its host call and ends it `error` ("cancelled"). */
+export interface TemplateBuildCancel {
+  buildId: string;
+}
+
+/** Every build's log subject: what the template builder may publish on and a follower may subscribe to. */
+export const TEMPLATE_BUILD_LOGS_SUBJECTS = `${TEMPLATE_BUILDS_PREFIX}.*.logs`;

@@ -11,7 +11,7 @@ export class ControlPlaneModule {
   static register(host: HostResourceModules, sandboxes: DynamicModule): DynamicModule {
     return {
       module: ControlPlaneModule,
-      imports: [host.network, host.templates, host.clones, VmmModule, sandboxes],
+      imports: [host.network, host.templates, host.clones, host.templateBuilds, VmmModule, sandboxes],
       controllers: [HostAgentGrpcController],
       providers: [HostInfoService, ControlPlaneLink],
       exports: [HostInfoService],

@@ -22,9 +22,13 @@ import {
   SandboxInfo,
   SandboxState,
   UpdateSandboxNetworkRequest,
+  type BuildTemplateEvent,
+  type BuildTemplateRequest,
   type EgressPolicy,
 } from '@kiln/proto/hostagent';
+import type { Observable } from 'rxjs';
 import { HostInfoService } from '../control-plane/host-info.service';
+import { TemplateBuildService } from '../template-build';
 import { LiveSandbox, SandboxManager } from '../sandbox/sandbox-manager.service';
 import { GrpcExceptionFilter } from './grpc-exception.filter';
 
@@ -86,6 +90,7 @@ export class HostAgentGrpcController implements HostAgentController {
   constructor(
     private readonly sandboxes: SandboxManager,
     private readonly hostDescription: HostInfoService,
+    private readonly templateBuilds: TemplateBuildService,
   ) {}
 
   async createSandbox(request: CreateSandboxRequest, _metadata?: Metadata, call?: ServerUnaryCall<unknown, unknown>): Promise<SandboxInfo> {
@@ -112,9 +117,9 @@ export class HostAgentGrpcController implements HostAgentController {
     return toInfo(await this.sandboxes.updateNetwork(request.sandboxId, egressOf(request.egress)));
   }
 
-  /** Replaced by the template-build module (issue 14, in progress). */
-  buildTemplate(): never {
-    throw new KilnError(ErrorCode.NotImplemented, 'BuildTemplate is not implemented on this host yet');
+  /** Server streaming: the build's events as they happen; a cancelled call unsubscribes, which stops the build. */
+  buildTemplate(request: BuildTemplateRequest): Observable<BuildTemplateEvent> {
+    return this.templateBuilds.build(request);
   }
 
   async destroySandbox(request: DestroySandboxRequest): Promise<DestroySandboxResponse> {

@@ -32,3 +32,17 @@ export class TemplateNotReadyError extends SnapshotError {
     super(`template ${templateId} is not ready: ${reason}`);
   }
 }
+
+/**
+ * A built template's ready command never exited 0 within the bound (or its start command could not be launched):
+ * the template's own definition is at fault, so the build reports it as a failed step, with the commands' output.
+ */
+export class TemplateReadyError extends SnapshotError {
+  constructor(
+    message: string,
+    /** The last lines the start and ready commands printed. */
+    readonly output: string,
+  ) {
+    super(message);
+  }
+}

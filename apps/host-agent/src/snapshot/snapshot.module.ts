@@ -20,6 +20,7 @@ export class SnapshotModule {
       bootTimeoutMs: options.bootTimeoutMs ?? 120_000,
       runDir: options.runDir ?? `${dataDir}/run/template-boot`,
       guestNameservers: options.guestNameservers,
+      readyTimeoutMs: options.readyTimeoutMs ?? 120_000,
     };
     return {
       module: SnapshotModule,

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger } from '@nestjs/common';
@@ -10,6 +10,7 @@ import { TemplateStore, coldBootSpec, type TemplateBuild } from '../template';
 import { VMM_DRIVER, type PreparedRestore, type VmAccelerator, type VmDiskSpec, type VmHandle, type VmmDriver, type VmNetworkSpec, type VmSpec, type VmStartOptions } from '../vmm';
 import { waitForGuestAgent, warmGuestAgent } from '../guest-agent-client';
 import { SnapshotIntegrityError, SnapshotMissingError, SnapshotOutdatedError, TemplateBootError } from './snapshot.errors';
+import { startTemplateCommands } from './template-start';
 
 /** Network slots for the template boot; NetworkSlotPool satisfies it. */
 export interface SnapshotNetwork {
@@ -30,6 +31,8 @@ export interface SnapshotOptions {
    * ext4 write costs ~175 ms of its create.
    */
   guestNameservers: string[];
+  /** How long a built template's ready command may keep failing before its snapshot fails (TemplateReadyError); default 120 s. */
+  readyTimeoutMs?: number;
 }
 
 const SNAPSHOT_FILES = ['memory', 'disk.qcow2', 'state', 'restore-kernel', 'restore-initrd'] as const;
@@ -192,6 +195,34 @@ export class TemplateSnapshots {
     return this.driver.prepareRestore(this.cloneSpec(snapshot, clone), { statePath: snapshot.statePath });
   }
 
+  /**
+   * Gives `target` the snapshot of `source` (hard links, a manifest of its own): for a template build whose rootfs,
+   * kernel, shape and start command are those of `source` (a rebuild of an unchanged definition), booting it again
+   * would save the same state. The snapshot's disk names its backing rootfs relatively, so it serves the target's.
+   */
+  async adopt(target: TemplateBuild, source: TemplateSnapshot): Promise<TemplateSnapshot> {
+    await this.verify(source);
+    const staging = `${target.snapshotDir}.partial-${randomBytes(4).toString('hex')}`;
+    await mkdir(staging, { recursive: true });
+    await chmod(staging, 0o755);
+    try {
+      for (const name of SNAPSHOT_FILES) {
+        await link(join(source.dir, name), join(staging, name));
+        await link(join(source.dir, `${name}.sha256`), join(staging, `${name}.sha256`));
+      }
+      const manifest: SnapshotManifest = { ...source.manifest, templateId: target.templateId, buildId: target.buildId, createdAt: new Date().toISOString() };
+      await writeFile(join(staging, 'manifest.json'), JSON.stringify(manifest, null, 2));
+      await rename(staging, target.snapshotDir);
+      const snapshot = describeSnapshot(target, manifest);
+      // The same files (inodes) the source's verification hashed.
+      this.verified.set(snapshot.dir, await fileFingerprint(snapshot.dir));
+      return snapshot;
+    } catch (error) {
+      await rm(staging, { recursive: true, force: true });
+      throw error;
+    }
+  }
+
   private async loadOrCreate(build: TemplateBuild): Promise<TemplateSnapshot> {
     try {
       return await this.load(build);
@@ -262,6 +293,14 @@ export class TemplateSnapshots {
         await warmGuestAgent(slot.hostAddress, build.agentPort ?? GUEST_AGENT_PORT, { nameservers: this.options.guestNameservers });
       } catch (error) {
         throw new TemplateBootError(`template ${build.templateId}/${build.buildId}: guest agent warm-up failed: ${(error as Error).message}`);
+      }
+      // A built template's start command runs in every sandbox from the moment it exists: launched here, after the
+      // warm-up (its /init set the clock and resolvers), and waited for through the ready command.
+      if (build.startCmd || build.readyCmd) {
+        const { readyAfterMs } = await startTemplateCommands(slot.hostAddress, build.agentPort ?? GUEST_AGENT_PORT, build, {
+          readyTimeoutMs: this.options.readyTimeoutMs ?? 120_000,
+        });
+        this.logger.log(`template ${build.templateId}/${build.buildId}: start command ready after ${readyAfterMs} ms`);
       }
       await writeRestoreBootFiles(build.kernelPath, staging);
       const accelerator: VmAccelerator = vm.spec.accelerator ?? 'tcg';

@@ -1,7 +1,8 @@
 import { access, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Optional } from '@nestjs/common';
 import { CorruptTemplateError, InvalidTemplateIdError, TemplateNotFoundError } from './template.errors';
+import { TemplateFetcher } from './template-fetcher';
 
 export const TEMPLATE_STORE_OPTIONS = Symbol('TEMPLATE_STORE_OPTIONS');
 
@@ -24,6 +25,12 @@ export interface TemplateManifest {
   kernelRelease: string;
   agentPort: number;
   createdAt?: string;
+  /** Built templates (template-build): what their sandboxes start with, and the command running in the snapshot. */
+  envs?: Record<string, string>;
+  workdir?: string;
+  user?: string;
+  startCmd?: string;
+  readyCmd?: string;
 }
 
 /** One build of a template, with absolute paths. Files are read-only: sandboxes layer on top. */
@@ -41,6 +48,13 @@ export interface TemplateBuild {
   agentPort: number;
   /** Where the template's memory snapshot lives (may not exist yet). */
   snapshotDir: string;
+  /** Launched in the template VM before its memory is saved, as `user` in `workdir` with `envs` (built templates). */
+  startCmd?: string;
+  /** Run until it exits 0 before the memory is saved. */
+  readyCmd?: string;
+  envs?: Record<string, string>;
+  workdir?: string;
+  user?: string;
 }
 
 export interface TemplateSummary {
@@ -54,7 +68,11 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** Read side of the on-disk template store: list templates, resolve a template to a build. */
 @Injectable()
 export class TemplateStore {
-  constructor(@Inject(TEMPLATE_STORE_OPTIONS) private readonly options: TemplateStoreOptions) {}
+  constructor(
+    @Inject(TEMPLATE_STORE_OPTIONS) private readonly options: TemplateStoreOptions,
+    /** Set: a named build this host lacks is fetched from the artifact store on first use. */
+    @Optional() @Inject(TemplateFetcher) private readonly fetcher?: TemplateFetcher,
+  ) {}
 
   get root(): string {
     return join(this.options.dataDir, 'templates');
@@ -83,6 +101,7 @@ export class TemplateStore {
       manifest = JSON.parse(await readFile(join(dir, 'template.json'), 'utf8')) as TemplateManifest;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        if (buildId !== undefined && (await this.fetcher?.fetch(templateId, buildId))) return this.resolve(templateId, buildId);
         throw new TemplateNotFoundError(`template ${templateId} has no build ${chosen}`);
       }
       throw new CorruptTemplateError(`template ${templateId}/${chosen}: unreadable template.json: ${(error as Error).message}`);
@@ -100,6 +119,7 @@ export class TemplateStore {
       kernelRelease: manifest.kernelRelease,
       agentPort: manifest.agentPort,
       snapshotDir: join(dir, 'snapshot'),
+      ...optionalStrings(manifest),
     };
     if (!Number.isInteger(build.vcpus) || !Number.isInteger(build.memoryMib) || typeof build.kernelArgs !== 'string') {
       throw new CorruptTemplateError(`template ${templateId}/${chosen}: template.json lacks vcpus/memoryMib/kernelArgs`);
@@ -119,6 +139,18 @@ export class TemplateStore {
     const current = await readlink(join(dir, 'current')).catch(() => undefined);
     return { templateId, currentBuildId: current && buildIds.includes(current) ? current : undefined, buildIds };
   }
+}
+
+/** The built-template fields of a manifest, kept only when they have the right type. */
+function optionalStrings(manifest: TemplateManifest): Pick<TemplateBuild, 'startCmd' | 'readyCmd' | 'envs' | 'workdir' | 'user'> {
+  const picked: Pick<TemplateBuild, 'startCmd' | 'readyCmd' | 'envs' | 'workdir' | 'user'> = {};
+  for (const field of ['startCmd', 'readyCmd', 'workdir', 'user'] as const) {
+    const value = manifest[field];
+    if (typeof value === 'string' && value !== '') picked[field] = value;
+  }
+  const envs = manifest.envs;
+  if (envs && typeof envs === 'object' && !Array.isArray(envs) && Object.values(envs).every((v) => typeof v === 'string')) picked.envs = { ...envs };
+  return picked;
 }
 
 function assertName(what: string, value: string): void {

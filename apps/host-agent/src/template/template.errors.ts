@@ -14,3 +14,12 @@ export class TemplateNotFoundError extends TemplateError {}
 
 /** The build directory exists but its template.json or files are unusable. */
 export class CorruptTemplateError extends TemplateError {}
+
+/**
+ * A build this host lacks could not be fetched from the artifact store (unreadable, incomplete). A subclass of
+ * TemplateNotFoundError: to the caller the host still does not have the build (CreateSandbox: FAILED_PRECONDITION).
+ */
+export class TemplateFetchError extends TemplateNotFoundError {}
+
+/** A fetched artifact does not hash to the sha256 the store recorded for it: refused, nothing kept. */
+export class TemplateArtifactCorruptError extends TemplateFetchError {}

@@ -5,7 +5,7 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ChannelCredentials, Client, ServiceError, credentials, loadPackageDefinition, status } from '@grpc/grpc-js';
+import { ChannelCredentials, Client, ClientReadableStream, ServiceError, credentials, loadPackageDefinition, status } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
@@ -17,7 +17,9 @@ import { MetricsRegistry } from '@kiln/telemetry';
 import { freePort } from '@kiln/testing';
 import { HostInfoService } from '../../src/control-plane/host-info.service';
 import { hostAgentGrpcOptions } from '../../src/grpc/grpc-server-options';
+import { throwError } from 'rxjs';
 import { HostAgentGrpcController } from '../../src/grpc/host-agent.grpc.controller';
+import { InvalidBuildRequestError, TemplateBuildService } from '../../src/template-build';
 import { SandboxTrafficProxy } from '../../src/proxy/sandbox-traffic-proxy';
 import { SandboxManager } from '../../src/sandbox/sandbox-manager.service';
 
@@ -32,7 +34,7 @@ const files = (service: string) => ({ caFile: join(dir, 'ca.pem'), certFile: joi
 const material = (service: string) => loadInternalTls(files(service));
 
 type Unary = (request: object, callback: (error: ServiceError | null, response: { sandboxes: unknown[] }) => void) => void;
-type HostAgentGrpc = Client & { listSandboxes: Unary };
+type HostAgentGrpc = Client & { listSandboxes: Unary; buildTemplate: (request: object) => ClientReadableStream<unknown> };
 
 function grpcClient(address: string, channelCredentials: ChannelCredentials): HostAgentGrpc {
   const definition = loadSync(HOSTAGENT_PROTO_PATH, { ...GRPC_LOADER_OPTIONS, includeDirs: [...GRPC_LOADER_OPTIONS.includeDirs] });
@@ -54,8 +56,24 @@ async function listSandboxes(address: string, channelCredentials: ChannelCredent
   }
 }
 
+/** BuildTemplate (server streaming) with the given credentials: the status it ended with, and how many events came. */
+async function buildTemplate(address: string, channelCredentials: ChannelCredentials): Promise<{ code: number; details: string; events: number }> {
+  const client = grpcClient(address, channelCredentials);
+  try {
+    return await new Promise((resolve) => {
+      let events = 0;
+      const call = client.buildTemplate({ templateId: 'mtls-check', buildId: '00000000-0000-4000-8000-000000000000' });
+      call.on('data', () => events++);
+      call.on('error', (error: ServiceError) => resolve({ code: error.code, details: error.details, events }));
+      call.on('status', (end: { code: number; details: string }) => end.code === status.OK && resolve({ code: end.code, details: end.details, events }));
+    });
+  } finally {
+    client.close();
+  }
+}
+
 beforeAll(() => {
-  // template-builder: a certificate from the same CA, of a Kiln service that has no business on a host agent.
+  // template-builder: a certificate from the same CA, of a Kiln service that may only run builds on a host agent.
   execFileSync('bash', [join(ROOT, 'tools', 'stack', 'internal-tls.sh'), dir, '127.0.0.1,localhost', 'scheduler', 'gateway', 'host-agent', 'template-builder']);
 });
 
@@ -71,6 +89,8 @@ describe('host agent gRPC over mTLS', () => {
     providers: [
       { provide: SandboxManager, useValue: sandboxes },
       { provide: HostInfoService, useValue: {} },
+      // The handler past the identity check: a build of nothing is refused as the build service refuses it.
+      { provide: TemplateBuildService, useValue: { build: () => throwError(() => new InvalidBuildRequestError('base: a template or an image is required')) } },
     ],
   })
   class GrpcOnlyModule {}
@@ -102,6 +122,19 @@ describe('host agent gRPC over mTLS', () => {
       code: status.PERMISSION_DENIED,
       details: expect.stringContaining('spiffe://kiln/template-builder may not call this service'),
     });
+  });
+
+  it('lets the template builder call BuildTemplate and nothing else (control: the scheduler reaches the same handler)', async () => {
+    // Past the identity check the handler answers (today UNIMPLEMENTED until the host's build module lands, later an
+    // argument error for this empty build): the template builder gets exactly what the scheduler gets.
+    const asScheduler = await buildTemplate(address, grpcChannelCredentials(material('scheduler')));
+    const asTemplateBuilder = await buildTemplate(address, grpcChannelCredentials(material('template-builder')));
+    expect(asScheduler.code).not.toBe(status.PERMISSION_DENIED);
+    expect(asScheduler.code).not.toBe(status.UNAVAILABLE);
+    expect(asTemplateBuilder).toEqual(asScheduler);
+    // On any other method it is still refused, while the gateway keeps its rights.
+    expect(await listSandboxes(address, grpcChannelCredentials(material('template-builder')))).toMatchObject({ code: status.PERMISSION_DENIED });
+    expect(await listSandboxes(address, grpcChannelCredentials(material('gateway')))).toEqual({ sandboxes: [] });
   });
 
   it('makes the scheduler refuse a server whose certificate is not a host agent’s', async () => {

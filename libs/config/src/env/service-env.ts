@@ -196,6 +196,18 @@ export class GatewayEnv extends RedisBackedEnv {
   @IsString() @Matches(/^\//, { message: 'KILN_ARTIFACT_DIR must be an absolute path' })
   KILN_ARTIFACT_DIR: string = '/var/lib/kiln/artifacts';
 
+  /**
+   * The scheduler's token key (see SchedulerEnv). The gateway derives from it (with a label of its own) the key that
+   * signs template file upload URLs, so every gateway replica accepts the URLs of the others. Unset: a random key
+   * per process, so an upload URL only works on the gateway that issued it.
+   */
+  @IsOptional() @IsString() @MinLength(32) @IsRealSecretInProduction()
+  KILN_SANDBOX_TOKEN_KEY?: string;
+
+  /** Largest template build-context archive (`PUT /templates/{id}/files/{hash}`) accepted; larger ones get 413. */
+  @IsInt() @Min(1)
+  TEMPLATE_UPLOAD_MAX_BYTES: number = 2 * 1024 * 1024 * 1024;
+
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3000;
 
@@ -340,6 +352,27 @@ export class TemplateBuilderEnv extends RedisBackedEnv {
 
   @IsInt() @Min(1) @Max(16)
   BUILD_CONCURRENCY: number = 1;
+
+  /** A build still running after this long is stopped and fails (a step that never ends); not retried. */
+  @IsInt() @Min(1)
+  BUILD_TIMEOUT_SECONDS: number = 3600;
+
+  /** A build goes only to a host whose last heartbeat is younger than this (as the scheduler places sandboxes). */
+  @IsInt() @Min(1)
+  HOST_HEARTBEAT_TTL_SECONDS: number = 15;
+
+  /**
+   * Internal mTLS: the template builder presents spiffe://kiln/template-builder to host agents' gRPC (which lets it
+   * call BuildTemplate only) and requires spiffe://kiln/host-agent.
+   */
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CA_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CERT_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_KEY_FILE?: string;
 }
 
 export class HostMonitorEnv extends ControlPlaneEnv {
@@ -517,6 +550,41 @@ export class HostAgentEnv extends HostVmmEnv {
   /** Network slots kept ready ahead of demand. */
   @IsInt() @Min(0) @Max(256)
   KILN_NETWORK_PREFILL: number = 4;
+
+  /**
+   * Template builds from images: the registry of references without one (`python:3` → docker.io/library/python:3),
+   * an optional mirror those pulls go to instead (host[:port]), and registries reached without TLS verification
+   * (comma-separated host[:port]; 127.0.0.1 and localhost always are).
+   */
+  @IsString() @Matches(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, { message: 'KILN_BUILD_REGISTRY must be host[:port]' })
+  KILN_BUILD_REGISTRY: string = 'docker.io';
+
+  @IsOptional() @IsString() @Matches(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, { message: 'KILN_BUILD_REGISTRY_MIRROR must be host[:port]' })
+  KILN_BUILD_REGISTRY_MIRROR?: string;
+
+  @IsString() @Matches(/^$|^[A-Za-z0-9.-]+(:\d{1,5})?(\s*,\s*[A-Za-z0-9.-]+(:\d{1,5})?)*$/, {
+    message: 'KILN_BUILD_INSECURE_REGISTRIES must be a comma-separated list of host[:port]',
+  })
+  KILN_BUILD_INSECURE_REGISTRIES: string = '';
+
+  /** Debian mirror for `debian:<suite>` bases; unset: the host's apt source (/etc/apt/sources.list.d/debian.sources). */
+  @IsOptional() @IsString() @Matches(/^https?:\/\/\S+$/, { message: 'KILN_BUILD_DEBIAN_MIRROR must be an http(s) URL' })
+  KILN_BUILD_DEBIAN_MIRROR?: string;
+
+  /**
+   * Template builds run at once on this host (each holds a build VM and a network slot of its own, beyond the
+   * sandbox limit); more wait their turn.
+   */
+  @IsInt() @Min(1) @Max(16)
+  KILN_TEMPLATE_BUILD_CONCURRENCY: number = 1;
+
+  /** Upper bound on one RUN or COPY step of a template build; past it the step fails. */
+  @IsInt() @Min(10)
+  KILN_TEMPLATE_BUILD_STEP_TIMEOUT_SECONDS: number = 3600;
+
+  /** How long a built template's ready command may keep failing before its snapshot (and build) fails. */
+  @IsInt() @Min(1) @Max(3600)
+  KILN_TEMPLATE_READY_TIMEOUT_SECONDS: number = 120;
 
   /**
    * Prefix of every namespace, veth and nftables table this agent creates. Two agents on one

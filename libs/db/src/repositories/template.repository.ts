@@ -3,6 +3,12 @@ import { BuildState } from '@kiln/contracts';
 import { PrismaService } from '../prisma.service';
 import { HostSnapshotLocation } from './named-snapshot.repository';
 
+/** E2B's implicit tag: `name` and `name:default` mean the newest ready build unless `default` was assigned. */
+export const DEFAULT_TEMPLATE_TAG = 'default';
+
+/** Tags that, unassigned, mean the newest ready build: E2B's `default`, and `latest` as image references use it. */
+export const IMPLICIT_TEMPLATE_TAGS: readonly string[] = [DEFAULT_TEMPLATE_TAG, 'latest'];
+
 export interface ResolvedTemplate {
   templateId: string;
   alias?: string;
@@ -22,11 +28,13 @@ export class TemplateRepository {
   constructor(private readonly prisma: PrismaService) {}
 
   /**
-   * Resolves an id or alias visible to the team (its own or public) to the
-   * template and its latest ready build. Null when the team may not see it.
+   * Resolves an id or alias visible to the team (its own or public) to the template and a ready build: for
+   * `name:tag` the build the tag names (none when that build is not ready), otherwise (and for `name:default` or
+   * `name:latest` when no such tag was assigned) the newest ready build. Null when the team may not see it or the tag does not
+   * exist. Snapshots ignore tags (their names carry none).
    */
   async resolve(ref: string, teamId: string): Promise<ResolvedTemplate | null> {
-    const name = ref.split(':')[0];
+    const [name, tag] = ref.split(':');
     const alias = await this.prisma.templateAlias.findUnique({ where: { alias: name } });
     const templateId = alias?.templateId ?? name;
     const template = await this.prisma.template.findFirst({
@@ -34,7 +42,12 @@ export class TemplateRepository {
       include: { builds: { where: { state: BuildState.Ready }, orderBy: { createdAt: 'desc' }, take: 1 }, aliases: true },
     });
     if (!template) return null;
-    const build = template.builds[0];
+    let build: (typeof template.builds)[number] | undefined = template.builds[0];
+    if (tag && !template.isSnapshot) {
+      const tagged = await this.prisma.templateTag.findUnique({ where: { templateId_tag: { templateId: template.id, tag } }, include: { build: true } });
+      if (!tagged && !IMPLICIT_TEMPLATE_TAGS.includes(tag)) return null;
+      if (tagged) build = tagged.build.state === BuildState.Ready ? tagged.build : undefined;
+    }
     const snapshotRow =
       template.isSnapshot && build
         ? await this.prisma.snapshot.findFirst({ where: { kind: 'template', buildId: build.id, hostId: { not: null } } })
@@ -92,12 +105,23 @@ export class TemplateRepository {
     });
   }
 
-  listVisible(teamId: string) {
-    return this.prisma.template.findMany({
+  /**
+   * Templates the team may see, oldest first, each with its aliases, its newest build (`builds[0]`, any state), its
+   * newest ready build (`latestReady`) and how many builds it has.
+   */
+  async listVisible(teamId: string) {
+    const templates = await this.prisma.template.findMany({
       where: { OR: [{ public: true }, { teamId }] },
-      include: { aliases: true, builds: { orderBy: { createdAt: 'desc' }, take: 1 } },
+      include: { aliases: { orderBy: { createdAt: 'asc' } }, builds: { orderBy: [{ createdAt: 'desc' }, { id: 'desc' }], take: 1 }, _count: { select: { builds: true } } },
       orderBy: { createdAt: 'asc' },
     });
+    const ready = await this.prisma.templateBuild.findMany({
+      where: { templateId: { in: templates.map((t) => t.id) }, state: BuildState.Ready },
+      orderBy: [{ templateId: 'asc' }, { createdAt: 'desc' }, { id: 'desc' }],
+      distinct: ['templateId'],
+    });
+    const readyByTemplate = new Map(ready.map((b) => [b.templateId, b]));
+    return templates.map((t) => ({ ...t, latestReady: readyByTemplate.get(t.id) ?? null }));
   }
 
   /** Registers a platform template (public) with one alias and a ready build; idempotent. */
