@@ -306,7 +306,7 @@ describe.each(variants)('$name rendered', ({ view }) => {
     });
   });
 
-  describe.each(['scheduler', 'gateway', 'host-agent'])('%s internal mTLS', (app) => {
+  describe.each(['scheduler', 'gateway', 'host-agent', 'template-builder'])('%s internal mTLS', (app) => {
     it('reads the internal CA, its certificate and key from a Secret of its own, mounted read-only and readable by its group only', () => {
       const { template, container } = workload(app);
       const config = loadedConfig(app);

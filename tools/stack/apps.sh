@@ -111,20 +111,20 @@ ensure_dev_certificate() {
 }
 
 # The internal plane's mTLS (host agent gRPC and proxy; libs/config/src/internal-tls.ts): a CA of its own (key 0600)
-# and the scheduler's, gateway's and host agent's certificates under $KILN_STATE/internal-tls, made once and kept
-# across `down`, each renewed by ensure_internal_tls (internal-tls.sh) when it nears expiry. The CA is separate from
+# and the scheduler's, gateway's, template builder's and host agent's certificates under $KILN_STATE/internal-tls,
+# made once and kept across `down`, each renewed by ensure_internal_tls (internal-tls.sh) when it nears expiry. The CA is separate from
 # the TLS listener's: that one is trusted by SDK users, this one vouches only for Kiln's own services.
 ensure_internal_certificates() {
   local dir="$KILN_STATE/internal-tls" addresses=127.0.0.1,localhost
   case ",$addresses," in *",${KILN_HOST_ADDRESS:-127.0.0.1},"*) ;; *) addresses="$addresses,$KILN_HOST_ADDRESS" ;; esac
-  ensure_internal_tls "$dir" "$addresses" scheduler gateway host-agent || die "could not make the internal certificates in $dir"
+  ensure_internal_tls "$dir" "$addresses" scheduler gateway host-agent template-builder || die "could not make the internal certificates in $dir"
   export KILN_INTERNAL_CA_FILE="$dir/ca.pem"
 }
 
 # The internal certificate and key of an app that has one (start_app), as env assignments.
 internal_tls_env_of() {
   case $1 in
-    scheduler | gateway | host-agent)
+    scheduler | gateway | host-agent | template-builder)
       [ -n "${KILN_INTERNAL_CA_FILE:-}" ] || return 0
       local dir
       dir=$(dirname "$KILN_INTERNAL_CA_FILE")

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The internal plane's CA and service certificates (mTLS between the scheduler/gateway and host agents; see
-# libs/config/src/internal-tls.ts). One implementation for `npm run up` (apps.sh sources this file) and the test
+# The internal plane's CA and service certificates (mTLS between the scheduler, gateway and template builder and the
+# host agents; see libs/config/src/internal-tls.ts). One implementation for `npm run up` (apps.sh sources this file) and the test
 # stacks (tools/e2e/harness/stack-harness.ts and the host-agent suites run it as a script).
 #
 #   internal-tls.sh DIR ADDRESSES [SERVICE...]
 #
-# DIR gets, once: ca.pem + ca-key.pem (0600), and for each SERVICE (default: scheduler gateway host-agent)
-# <service>.pem + <service>-key.pem (0600) whose URI SAN is spiffe://kiln/<service>. ADDRESSES (comma-separated IPs
+# DIR gets, once: ca.pem + ca-key.pem (0600), and for each SERVICE (default: scheduler gateway host-agent
+# template-builder) <service>.pem + <service>-key.pem (0600) whose URI SAN is spiffe://kiln/<service>. ADDRESSES (comma-separated IPs
 # and names) go into the host-agent certificate's SANs, so clients that also match host names can. A certificate is
 # made again when it is missing, not from this CA, expires within 30 days or has other SANs; the CA when it expires
 # within 60 days (which then remakes every certificate).
@@ -27,7 +27,7 @@ ensure_internal_tls() {
   local dir=$1 addresses=$2
   shift 2
   local services=("$@")
-  [ ${#services[@]} -gt 0 ] || services=(scheduler gateway host-agent)
+  [ ${#services[@]} -gt 0 ] || services=(scheduler gateway host-agent template-builder)
   mkdir -p "$dir"
   if ! { [ -s "$dir/ca.pem" ] && [ -s "$dir/ca-key.pem" ] && openssl x509 -in "$dir/ca.pem" -noout -checkend $((60 * 86400)) >/dev/null 2>&1; }; then
     (

@@ -9,11 +9,11 @@ import { RegisterTemplateJob, TEMPLATE_BUILD_QUEUE } from '@kiln/contracts';
 import { TemplateBuilderEnv, loadConfig } from '@kiln/config';
 import { TemplateRepository, TeamRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
-import { PrivateServer, startPrivateRedis } from '@kiln/testing';
+import { PrivateServer, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
 
 /** The worker consumes a real BullMQ queue in Redis and writes the template to real Postgres. */
-describe('template-builder worker (real Redis, Postgres)', () => {
+describe('template-builder worker (real Redis, Postgres, NATS)', () => {
   let db: TestDatabase;
   let app: NestFastifyApplication;
   let redis: IORedis;
@@ -22,10 +22,11 @@ describe('template-builder worker (real Redis, Postgres)', () => {
   let eventsRedis: IORedis;
   let dir: string;
   let redisServer: PrivateServer;
+  let natsServer: PrivateServer;
 
   beforeAll(async () => {
-    [db, redisServer] = await Promise.all([createTestDatabase(), startPrivateRedis()]);
-    const env = loadConfig(TemplateBuilderEnv, { REDIS_URL: redisServer.url, DATABASE_URL: db.url, LOG_LEVEL: 'silent' });
+    [db, redisServer, natsServer] = await Promise.all([createTestDatabase(), startPrivateRedis(), startPrivateNats()]);
+    const env = loadConfig(TemplateBuilderEnv, { REDIS_URL: redisServer.url, DATABASE_URL: db.url, NATS_URL: natsServer.url, LOG_LEVEL: 'silent' });
     app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(env), new FastifyAdapter(), { logger: false });
     await app.listen(0, '127.0.0.1');
     redis = new IORedis(env.REDIS_URL, { maxRetriesPerRequest: null });
@@ -43,6 +44,7 @@ describe('template-builder worker (real Redis, Postgres)', () => {
     await app?.close();
     await db?.drop();
     await redisServer?.stop();
+    await natsServer?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
