@@ -8,6 +8,7 @@ import { refuseConnectMethod } from './http-errors/connect-method';
 import { frameworkErrors } from './http-errors/framework-errors';
 import { requireJsonBodies } from './http-errors/json-body-policy';
 import { OpenApiDocument } from './openapi/openapi-document';
+import { acceptTemplateUploadBodies } from './templates/template-upload-body';
 import { TlsEdgeListener } from './tls-edge/tls-edge.listener';
 import { TlsEdgeModule } from './tls-edge/tls-edge.module';
 import { readTlsEdgeCredentials } from './tls-edge/tls-credentials';
@@ -49,6 +50,7 @@ export async function startGateway(env: GatewayEnv, options: { host?: string } =
       trustedProxies: ipListEntries(env.TRUSTED_PROXIES),
       configure: (created) => {
         requireJsonBodies(created.getHttpAdapter().getInstance());
+        acceptTemplateUploadBodies(created.getHttpAdapter().getInstance());
         created.getHttpServer().on('connect', (_req: unknown, socket: Duplex) => refuseConnectMethod(socket));
         // The SDK also runs in browsers. Keys travel in headers, never cookies, so any origin may call.
         created.enableCors({ origin: '*', credentials: false, exposedHeaders: ['x-next-token', 'x-total-running', 'retry-after'], maxAge: 600 });

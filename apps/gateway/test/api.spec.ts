@@ -296,11 +296,13 @@ describe('templates', () => {
     expect((await call('GET', '/templates/aliases/nope')).status).toBe(404);
   });
 
-  it("hides another team's private template alias behind 404", async () => {
+  it("answers another team's private template alias with 403 (E2B: the name is taken; the SDK's exists() reads it so) and lists it nowhere", async () => {
     await stack.prisma.template.create({ data: { id: 'private-b', teamId: teamB.teamId, public: false, aliases: { create: { alias: 'secret-b' } } } });
     expect((await call('GET', '/templates/aliases/secret-b', { key: teamB.apiKey })).status).toBe(200);
     const answer = await call('GET', '/templates/aliases/secret-b', { key: teamA.apiKey });
-    expect(answer.status).toBe(404);
+    expect(answer.status).toBe(403);
+    expect(answer.body).toEqual({ code: 403, message: 'template alias secret-b belongs to another team', error_code: 'permission_denied' });
+    expect((await call('GET', '/templates/private-b', { key: teamA.apiKey })).status).toBe(404);
     expect((await call('GET', '/templates')).body.map((t: { templateID: string }) => t.templateID)).not.toContain('private-b');
   });
 });

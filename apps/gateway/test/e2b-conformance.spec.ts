@@ -371,7 +371,7 @@ describe('pause, resume, connect, fork and snapshots over HTTP (a fake host agen
     expect((await call('DELETE', `/templates/${encodeURIComponent(named.body.snapshotID)}`)).status).toBe(404);
     expect((await call('DELETE', `/templates/${encodeURIComponent(unnamed.body.snapshotID)}`, { key: otherTeam.apiKey })).status).toBe(404);
     const template = await call('DELETE', '/templates/base');
-    expect({ status: template.status, error_code: template.body.error_code }).toEqual({ status: 501, error_code: 'not_implemented' });
+    expect({ status: template.status, error_code: template.body.error_code }).toEqual({ status: 403, error_code: 'permission_denied' });
     expect((await call('GET', '/snapshots')).body).toEqual([unnamed.body]);
   });
 });

@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { isTemplateFileUpload } from '../templates/template-upload-body';
 
 function hasBody(request: FastifyRequest): boolean {
   const length = request.headers['content-length'];
@@ -12,7 +13,8 @@ function hasBody(request: FastifyRequest): boolean {
  */
 export function requireJsonBodies(fastify: FastifyInstance): void {
   fastify.addHook('onRequest', async (request) => {
-    if (!hasBody(request)) return;
+    // The one route whose body is not JSON: a template build-context archive (acceptTemplateUploadBodies).
+    if (!hasBody(request) || isTemplateFileUpload(request)) return;
     const type = request.headers['content-type']?.split(';')[0]?.trim().toLowerCase();
     if (type === undefined || type === 'application/json') return;
     throw Object.assign(new Error(`unsupported content type '${type}': send application/json`), { statusCode: 415 });

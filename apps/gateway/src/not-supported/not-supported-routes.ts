@@ -19,22 +19,14 @@ export interface NotSupportedRoute {
 export const NOT_SUPPORTED_ROUTES: readonly NotSupportedRoute[] = [
   // Sandboxes
   { method: 'GET', path: '/sandboxes/metrics', feature: 'metrics of several sandboxes at once' },
-  // Templates: building, editing, tags (DELETE /templates/{templateID} is TemplatesController's: snapshots are deleted, other templates answer 501)
+  // Templates: the deprecated build API (v1/v2) and editing (the v3 build API, tags, status and logs are TemplateBuildsController's)
   { method: 'GET', path: '/v2/templates', feature: 'the paged template list (GET /templates is served)' },
-  { method: 'POST', path: '/v3/templates', feature: 'building templates' },
-  { method: 'POST', path: '/v2/templates', feature: 'building templates' },
-  { method: 'POST', path: '/templates', feature: 'building templates' },
+  { method: 'POST', path: '/v2/templates', feature: 'building templates with the v2 API (use POST /v3/templates)' },
+  { method: 'POST', path: '/templates', feature: 'building templates with the v1 API (use POST /v3/templates)' },
   { method: 'POST', path: '/templates/{templateID}', feature: 'rebuilding a template' },
   { method: 'PATCH', path: '/templates/{templateID}', feature: 'updating a template' },
   { method: 'PATCH', path: '/v2/templates/{templateID}', feature: 'updating a template' },
-  { method: 'GET', path: '/templates/{templateID}/files/{hash}', feature: 'uploading template build files' },
-  { method: 'POST', path: '/templates/{templateID}/builds/{buildID}', feature: 'starting a template build' },
-  { method: 'POST', path: '/v2/templates/{templateID}/builds/{buildID}', feature: 'starting a template build' },
-  { method: 'GET', path: '/templates/{templateID}/builds/{buildID}/status', feature: 'template build status' },
-  { method: 'GET', path: '/templates/{templateID}/builds/{buildID}/logs', feature: 'template build logs' },
-  { method: 'POST', path: '/templates/tags', feature: 'template tags' },
-  { method: 'DELETE', path: '/templates/tags', feature: 'template tags' },
-  { method: 'GET', path: '/templates/{templateID}/tags', feature: 'template tags' },
+  { method: 'POST', path: '/templates/{templateID}/builds/{buildID}', feature: 'starting a template build with the v1 API (use POST /v2/templates/{templateID}/builds/{buildID})' },
   // Volumes
   { method: 'GET', path: '/volumes', feature: 'volumes' },
   { method: 'POST', path: '/volumes', feature: 'volumes' },

@@ -15,7 +15,7 @@ function spawnCountersOf(template: { spawnCount: bigint; lastSpawnedAt: Date | n
 /** E2B's `Template`. */
 export class TemplateBody {
   @ApiProperty() templateID: string;
-  @ApiProperty({ description: 'Latest build (empty when the template was never built)' }) buildID: string;
+  @ApiProperty({ description: 'Last successful build (else the newest; empty when the template has no build)' }) buildID: string;
   @ApiProperty() cpuCount: number;
   @ApiProperty() memoryMB: number;
   @ApiProperty() diskSizeMB: number;
@@ -27,9 +27,9 @@ export class TemplateBody {
   @ApiPropertyOptional({ nullable: true, type: Object }) createdBy: null;
   @ApiPropertyOptional({ nullable: true, type: String, format: 'date-time' }) lastSpawnedAt: string | null;
   @ApiProperty() spawnCount: number;
-  @ApiProperty({ description: 'Builds known for this template (Kiln reports whether the latest exists)' }) buildCount: number;
+  @ApiProperty({ description: 'Builds of this template' }) buildCount: number;
   @ApiProperty() envdVersion: string;
-  @ApiProperty({ enum: ['building', 'waiting', 'ready', 'error'] }) buildStatus: string;
+  @ApiProperty({ enum: ['building', 'waiting', 'ready', 'error'], description: 'Status of the newest build' }) buildStatus: string;
 }
 
 /** E2B's `TemplateBuild`. */
@@ -37,7 +37,7 @@ export class TemplateBuildBody {
   @ApiProperty({ format: 'uuid' }) buildID: string;
   @ApiProperty({ enum: ['building', 'waiting', 'ready', 'error'] }) status: string;
   @ApiProperty({ format: 'date-time' }) createdAt: string;
-  @ApiProperty({ format: 'date-time', description: 'Kiln builds change once, when they finish' }) updatedAt: string;
+  @ApiProperty({ format: 'date-time' }) updatedAt: string;
   @ApiPropertyOptional({ format: 'date-time' }) finishedAt?: string;
   @ApiProperty() cpuCount: number;
   @ApiProperty() memoryMB: number;
@@ -65,11 +65,12 @@ export class TemplateAliasBody {
 }
 
 export function toTemplateBody(template: VisibleTemplate): TemplateBody {
+  // E2B: buildID is the last successful build; buildStatus (and the resources) are the newest build's.
   const latest = template.builds[0];
   const aliases = template.aliases.map((a) => a.alias);
   return {
     templateID: template.id,
-    buildID: latest?.id ?? '',
+    buildID: template.latestReady?.id ?? latest?.id ?? '',
     cpuCount: latest?.vcpus ?? template.vcpus,
     memoryMB: latest?.memoryMib ?? template.memoryMib,
     diskSizeMB: latest?.diskMib ?? template.diskMib,
@@ -80,7 +81,7 @@ export function toTemplateBody(template: VisibleTemplate): TemplateBody {
     updatedAt: template.updatedAt.toISOString(),
     createdBy: null,
     ...spawnCountersOf(template),
-    buildCount: template.builds.length,
+    buildCount: template._count.builds,
     envdVersion: latest?.envdVersion ?? ENVD_COMPAT_VERSION,
     buildStatus: latest?.state ?? 'waiting',
   };
@@ -91,7 +92,7 @@ export function toTemplateBuildBody(build: TemplateBuildRecord): TemplateBuildBo
     buildID: build.id,
     status: build.state,
     createdAt: build.createdAt.toISOString(),
-    updatedAt: (build.finishedAt ?? build.createdAt).toISOString(),
+    updatedAt: build.updatedAt.toISOString(),
     ...(build.finishedAt ? { finishedAt: build.finishedAt.toISOString() } : {}),
     cpuCount: build.vcpus,
     memoryMB: build.memoryMib,

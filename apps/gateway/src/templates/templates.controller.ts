@@ -8,7 +8,7 @@ import { TemplateBuildsQueryDto } from './template-request.dto';
 import { TemplateAliasBody, TemplateBody, TemplateWithBuildsBody } from './template-responses';
 import { TemplatesService } from './templates.service';
 import { SandboxesService } from '../sandboxes/sandboxes.service';
-import { notSupported } from '../not-supported/not-supported-routes';
+import { TemplateBuildsService } from './template-builds.service';
 
 @ApiTags('templates')
 @ApiSecurity('ApiKeyAuth')
@@ -17,6 +17,7 @@ export class TemplatesController {
   constructor(
     private readonly templates: TemplatesService,
     private readonly sandboxes: SandboxesService,
+    private readonly builds: TemplateBuildsService,
   ) {}
 
   @Get()
@@ -46,6 +47,7 @@ export class TemplatesController {
     return page.template;
   }
 
+  /** 404: no template has the name; 403: another team's (the SDK's `Template.exists` reads it as "taken"). */
   @Get('aliases/:alias')
   @ApiOkResponse({ type: TemplateAliasBody })
   byAlias(@CallerTeam() team: AuthenticatedTeam, @Param('alias') alias: string): Promise<TemplateAliasBody> {
@@ -54,17 +56,21 @@ export class TemplatesController {
   }
 
   /**
-   * What the SDK's `Sandbox.deleteSnapshot(snapshotId)` calls: a snapshot (by id or name, with its tag) is deleted with
-   * its artifacts (204; 404 when the team has none by that name, which the SDK reads as "not found"). Deleting a
-   * template that is not a snapshot is not implemented (501, as before).
+   * A built template of the team (by id or name) is deleted with its builds, tags and built files, its unfinished
+   * builds cancelled (409 while a sandbox or snapshot uses it). A snapshot (what `Sandbox.deleteSnapshot` calls,
+   * by id or name with its tag) is deleted with its artifacts. 404 when the team has neither by that reference;
+   * a public platform template is 403.
    */
   @Delete(':templateID')
   @HttpCode(204)
-  @ApiOperation({ summary: 'Delete a snapshot (deleting other templates is not supported)' })
-  @ApiNoContentResponse({ description: 'The snapshot and its artifacts are deleted' })
+  @ApiOperation({ summary: 'Delete a template or a snapshot' })
+  @ApiNoContentResponse({ description: 'The template (or snapshot) and its artifacts are deleted' })
   async delete(@CallerTeam() team: AuthenticatedTeam, @Param('templateID') templateId: string): Promise<void> {
     if (templateId.length > 200 || !TEMPLATE_REF_PATTERN.test(templateId)) throw KilnError.invalid('templateID must be a template or snapshot id or name');
+    if (await this.builds.deleteTemplate(team.teamId, templateId)) return;
+    await this.builds.refusePublicDelete(team.teamId, templateId);
     const deleted = await this.sandboxes.deleteSnapshot(team.teamId, templateId);
-    if (!deleted) throw notSupported({ method: 'DELETE', path: '/templates/{templateID}', feature: 'deleting a template' });
+    // Visible but neither the team's template nor its snapshot: nothing it may delete.
+    if (!deleted) throw KilnError.notFound(`template ${templateId}`);
   }
 }

@@ -1,13 +1,16 @@
 import { Injectable } from '@nestjs/common';
-import { KilnError } from '@kiln/contracts';
-import { TemplateRepository, decodeKeysetCursor, encodeKeysetCursor } from '@kiln/db';
+import { ErrorCode, KilnError } from '@kiln/contracts';
+import { TemplateAuthoringRepository, TemplateRepository, decodeKeysetCursor, encodeKeysetCursor } from '@kiln/db';
 import { TEMPLATE_BUILDS_MAX_LIMIT } from './template-request.dto';
 import { TemplateAliasBody, TemplateBody, TemplateWithBuildsBody, toTemplateBody, toTemplateWithBuildsBody } from './template-responses';
 
 /** Templates a team may use: its own and the platform's public ones. */
 @Injectable()
 export class TemplatesService {
-  constructor(private readonly templates: TemplateRepository) {}
+  constructor(
+    private readonly templates: TemplateRepository,
+    private readonly authoring: TemplateAuthoringRepository,
+  ) {}
 
   async list(teamId: string): Promise<TemplateBody[]> {
     return (await this.templates.listVisible(teamId)).map(toTemplateBody);
@@ -36,11 +39,15 @@ export class TemplatesService {
     };
   }
 
-  /** Another team's private alias is reported missing (404), never forbidden: existence is not leaked. */
+  /**
+   * E2B's alias check, which the SDK's `Template.exists` reads: 404 when no template has the name, 403 when another
+   * team's does (the name is taken: names are global), the template otherwise. Unlike the other routes this tells a
+   * team that a name exists elsewhere, as E2B does; it reveals nothing else about it.
+   */
   async byAlias(teamId: string, alias: string): Promise<TemplateAliasBody> {
-    const visible = await this.templates.listVisible(teamId);
-    const template = visible.find((t) => t.aliases.some((a) => a.alias === alias));
-    if (!template) throw KilnError.notFound(`template alias ${alias}`);
-    return { templateID: template.id, public: template.public };
+    const holder = await this.authoring.aliasHolder(alias);
+    if (!holder) throw KilnError.notFound(`template alias ${alias}`);
+    if (!holder.public && holder.teamId !== teamId) throw new KilnError(ErrorCode.PermissionDenied, `template alias ${alias} belongs to another team`);
+    return { templateID: holder.templateId, public: holder.public };
   }
 }

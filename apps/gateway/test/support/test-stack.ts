@@ -140,6 +140,8 @@ export class TestStack {
       NATS_URL: this.natsUrl,
       REDIS_URL: this.redisUrl,
       NATS_REQUEST_TIMEOUT_MS: '5000',
+      // As deployed: the gateway signs template upload URLs with a key derived from the scheduler's.
+      KILN_SANDBOX_TOKEN_KEY: GATEWAY_TEST_SANDBOX_TOKEN_KEY,
       LOG_LEVEL: 'warn',
       ...overrides,
     });
