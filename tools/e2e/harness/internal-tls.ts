@@ -10,7 +10,7 @@ const SCRIPT = [join(__dirname, '..', '..', 'stack', 'internal-tls.sh'), join(pr
 ) ?? 'tools/stack/internal-tls.sh';
 
 /** The services of a test stack that hold internal certificates (see libs/config/src/internal-tls.ts). */
-export const INTERNAL_TLS_SERVICES = ['scheduler', 'gateway', 'host-agent'] as const;
+export const INTERNAL_TLS_SERVICES = ['scheduler', 'gateway', 'host-agent', 'template-builder'] as const;
 
 /**
  * Makes a test stack's internal CA and service certificates in `dir` with the same script `npm run up` uses

@@ -1,6 +1,6 @@
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import 'reflect-metadata';
 import { ApiKeyRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
@@ -129,10 +129,23 @@ function startProcess(command: string, args: string[], env: NodeJS.ProcessEnv, l
 
 function prepareDataDir(dataDir: string): void {
   mkdirSync(dataDir, { recursive: true });
-  for (const shared of ['templates', 'images', 'cache', 'vmm']) {
+  for (const shared of ['images', 'cache', 'vmm']) {
     const link = join(dataDir, shared);
     if (!existsSync(link) && existsSync(join(SHARED_DATA_DIR, shared))) symlinkSync(join(SHARED_DATA_DIR, shared), link);
   }
+  // The built-in templates (base) are shared; templates the suites build are the stack's own, as are its artifact
+  // store and build cache: an earlier run's (or an older layout's link to the shared dir) are dropped.
+  const templates = join(dataDir, 'templates');
+  if (lstatSync(templates, { throwIfNoEntry: false })?.isSymbolicLink()) rmSync(templates);
+  mkdirSync(templates, { recursive: true });
+  for (const entry of readdirSync(templates, { withFileTypes: true })) {
+    if (!entry.isSymbolicLink()) rmSync(join(templates, entry.name), { recursive: true, force: true });
+  }
+  for (const builtIn of existsSync(join(SHARED_DATA_DIR, 'templates')) ? readdirSync(join(SHARED_DATA_DIR, 'templates')) : []) {
+    const link = join(templates, builtIn);
+    if (!existsSync(link)) symlinkSync(join(SHARED_DATA_DIR, 'templates', builtIn), link);
+  }
+  for (const own of ['artifacts', 'build-cache']) rmSync(join(dataDir, own), { recursive: true, force: true });
 }
 
 /** The host id of a stack's host agent (its NATS user is hostAgentNatsUser of it). */
@@ -205,6 +218,7 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
     HOST_REGISTRATION_TOKEN: token,
     KILN_SANDBOX_TOKEN_KEY: `${options.name}-sandbox-token-key-${randomBytes(24).toString('hex')}`,
     HOST_HEARTBEAT_TTL_SECONDS: '15',
+    KILN_ARTIFACT_DIR: join(options.dataDir, 'artifacts'),
     ...options.commonEnv,
   };
   const apps: Array<{ name: string; env: Record<string, string>; port: number; timeoutMs: number }> = [
@@ -241,7 +255,7 @@ export async function startStack(options: StackOptions = E2E_STACK): Promise<Sta
   const appEnvs: Record<string, Record<string, string>> = {};
   try {
     for (const app of apps) {
-      const certificate = ['scheduler', 'gateway', 'host-agent'].includes(app.name) ? internalTlsEnv(internalTlsDir, app.name) : {};
+      const certificate = ['scheduler', 'gateway', 'host-agent', 'template-builder'].includes(app.name) ? internalTlsEnv(internalTlsDir, app.name) : {};
       const natsUser = app.name === 'host-agent' ? hostAgentNatsUser(hostId) : app.name;
       const env = { ...common, ...certificate, ...natsCredentialsEnv(natsUsers, natsUser), ...app.env } as Record<string, string>;
       appEnvs[app.name] = env;

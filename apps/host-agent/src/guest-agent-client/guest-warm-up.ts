@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Agent } from 'node:http';
-import { createClient } from '@connectrpc/connect';
+import { Code, ConnectError, createClient, type Client } from '@connectrpc/connect';
 import { GUEST_ENTROPY_SEED_BYTES, type GuestInitBody } from '@kiln/contracts/guest-init';
 import { createConnectTransport } from '@connectrpc/connect-node';
 import { Filesystem } from '@kiln/proto/filesystem';
@@ -46,15 +46,27 @@ async function warmUp(
   const transport = createConnectTransport({ baseUrl: `http://${address}:${port}`, httpVersion: '1.1', nodeOptions: { agent: connections } });
   const processes = createClient(Process, transport);
   const filesystem = createClient(Filesystem, transport);
+  // Templates built from images may lack bash (busybox, alpine): their warm-up runs the shell they have.
+  const shell = await firstExisting(filesystem, ['/bin/bash', '/bin/sh', '/opt/kiln/bin/busybox'], timeoutMs);
+  const warmUpCommand = shell === '/bin/bash' ? LOGIN_SHELL_COMMAND : { cmd: shell, args: shell.endsWith('busybox') ? ['sh', '-c', 'true'] : ['-c', 'true'], envs: {} };
   for (let run = 0; run < commandRuns; run++) {
     let exitCode: number | undefined;
-    for await (const response of processes.start({ process: LOGIN_SHELL_COMMAND }, { timeoutMs })) {
+    for await (const response of processes.start({ process: warmUpCommand }, { timeoutMs })) {
       if (response.event?.event.case === 'end') exitCode = response.event.event.value.exitCode;
     }
     if (exitCode !== 0) throw new Error(`warm-up command exited with ${exitCode ?? 'no end event'}`);
   }
-  await filesystem.listDir({ path: '/home/user', depth: 1 }, { timeoutMs });
-  await filesystem.stat({ path: '/home/user' }, { timeoutMs });
+  // The default user's home as the SDK lists it first; a template whose default user is another (an image's own
+  // User) may not read /home/user, and then lists its root instead.
+  const listed = await filesystem.listDir({ path: '/home/user', depth: 1 }, { timeoutMs }).then(
+    () => '/home/user',
+    (error: unknown) => {
+      if (error instanceof ConnectError && (error.code === Code.PermissionDenied || error.code === Code.NotFound)) return '/';
+      throw error;
+    },
+  );
+  if (listed === '/') await filesystem.listDir({ path: '/', depth: 1 }, { timeoutMs });
+  await filesystem.stat({ path: listed }, { timeoutMs });
   // /init as every create sends it (clock step, since a guest without an RTC boots at the epoch; CRNG reseed; a
   // token), one request that must present the token, and /init again to clear it: the guest ends as it began,
   // with no token and no env vars, and the token check's code has run.
@@ -68,9 +80,24 @@ async function warmUp(
     nameservers,
   });
   let exitCode: number | undefined;
-  for await (const response of processes.start({ process: { cmd: '/bin/true', args: [], envs: {} } }, { timeoutMs, headers: { 'x-access-token': warmUpToken } })) {
+  const tokenCommand = shell === '/bin/bash' ? { cmd: '/bin/true', args: [], envs: {} } : warmUpCommand;
+  for await (const response of processes.start({ process: tokenCommand }, { timeoutMs, headers: { 'x-access-token': warmUpToken } })) {
     if (response.event?.event.case === 'end') exitCode = response.event.event.value.exitCode;
   }
   if (exitCode !== 0) throw new Error(`warm-up command with a token exited with ${exitCode ?? 'no end event'}`);
   await init({ accessToken: '' }, warmUpToken);
+}
+
+async function firstExisting(filesystem: Client<typeof Filesystem>, paths: string[], timeoutMs: number): Promise<string> {
+  for (const path of paths) {
+    const found = await filesystem.stat({ path }, { timeoutMs }).then(
+      () => true,
+      (error: unknown) => {
+        if (error instanceof ConnectError && error.code === Code.NotFound) return false;
+        throw error;
+      },
+    );
+    if (found) return path;
+  }
+  throw new Error(`the guest has none of ${paths.join(', ')}`);
 }

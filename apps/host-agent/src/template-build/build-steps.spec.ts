@@ -1,5 +1,5 @@
 import type { BuildStep } from '@kiln/proto/hostagent';
-import { applyToContext, baseKey, layerKey, normaliseAbsolute, parseStep, type BuildContext } from './build-steps';
+import { applyToContext, baseKey, forcedLayerKey, layerKey, normaliseAbsolute, parseStep, type BuildContext } from './build-steps';
 import { InvalidBuildRequestError } from './template-build.errors';
 
 const step = (type: string, args: string[], extra: Partial<BuildStep> = {}): BuildStep => ({
@@ -60,6 +60,15 @@ describe('build steps', () => {
       const key = layerKey(parent, run, context);
       expect(key).toMatch(/^[0-9a-f]{64}$/);
       expect(layerKey(parent, run, { ...context, envs: { B: '2', A: '1' } })).toBe(key);
+    });
+
+    it('of a forced step are fresh per build and never the cached plain key', () => {
+      const key = layerKey(parent, run, context);
+      const forcedOne = forcedLayerKey(key, 'build-1');
+      expect(forcedOne).toMatch(/^[0-9a-f]{64}$/);
+      expect(forcedOne).not.toBe(key);
+      expect(forcedLayerKey(key, 'build-1')).toBe(forcedOne);
+      expect(forcedLayerKey(key, 'build-2')).not.toBe(forcedOne);
     });
 
     it('change with the parent, the step, its user, its files and the context it runs with', () => {

@@ -135,6 +135,15 @@ export function layerKey(parentKey: string, step: Extract<ParsedStep, { type: 'R
     .digest('hex');
 }
 
+/**
+ * The key of a step rebuilt on purpose (skipCache / force): a fresh layer of this build's own. It never replaces the
+ * cached layer under the plain key, whose cached children back onto it by path (rewriting it would change their
+ * base under them); later builds without force may still reuse the earlier cache.
+ */
+export function forcedLayerKey(plainKey: string, buildId: string): string {
+  return createHash('sha256').update(JSON.stringify({ format: LAYER_FORMAT, forced: plainKey, build: buildId })).digest('hex');
+}
+
 /** The key of a base: a template build (immutable once built) or an image's prepared layer. */
 export function baseKey(base: { template: { templateId: string; buildId: string } } | { imageKey: string }): string {
   const identity = 'template' in base ? `template:${base.template.templateId}/${base.template.buildId}` : `image:${base.imageKey}`;

@@ -44,7 +44,8 @@ export class LayerStore {
 
   /** A scratch dir for one build (VM run dirs, overlays, archives, the flattened rootfs). */
   async scratch(buildId: string): Promise<string> {
-    const dir = join(this.tmpDir, `${buildId.slice(0, 40)}-${randomBytes(4).toString('hex')}`);
+    // Short: a build VM's state dir lives below it, and its sockets' paths must fit a unix socket address.
+    const dir = join(this.tmpDir, `${buildId.replace(/[^A-Za-z0-9]/g, '').slice(0, 12)}-${randomBytes(3).toString('hex')}`);
     await mkdir(dir, { recursive: true });
     return dir;
   }

@@ -36,8 +36,8 @@ describe('TemplateBuildService', () => {
   afterEach(() => rm(dataDir, { recursive: true, force: true }));
 
   it('at start, kills the VMs of builds a previous agent was running and removes their scratch space and partial results', async () => {
-    const stepDir = join(dataDir, 'build-cache', 'tmp', 'b1-abcd', 'step-2');
-    await mkdir(join(stepDir, 'run', 'vm'), { recursive: true });
+    const stepDir = join(dataDir, 'build-cache', 'tmp', 'b1-abcd', 's2');
+    await mkdir(join(stepDir, 'r', 'vm'), { recursive: true });
     await writeFile(join(stepDir, 'disk.qcow2'), 'overlay');
     const layers = join(dataDir, 'build-cache', 'layers');
     await mkdir(join(layers, `${'a'.repeat(64)}.partial-1234`), { recursive: true });
@@ -48,7 +48,7 @@ describe('TemplateBuildService', () => {
 
     await service.onModuleInit();
 
-    expect(terminated).toEqual([join(stepDir, 'run', 'vm')]);
+    expect(terminated).toEqual([join(stepDir, 'r', 'vm')]);
     expect(await readdir(join(dataDir, 'build-cache', 'tmp'))).toEqual([]);
     // Finished layers and template builds stay.
     expect(await readdir(layers)).toEqual(['b'.repeat(64)]);

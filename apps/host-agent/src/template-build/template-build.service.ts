@@ -13,7 +13,7 @@ import { TemplateStore, type TemplateBuild, type TemplateManifest } from '../tem
 import { VMM_DRIVER, type VmmDriver } from '../vmm';
 import { BaseLayers } from './base-layers';
 import { BaseLayerUserError } from './base-layers/base-layers.errors';
-import { applyToContext, baseKey, layerKey, needsFilesystem, normaliseAbsolute, parseStep, type BuildContext, type ParsedStep } from './build-steps';
+import { applyToContext, baseKey, forcedLayerKey, layerKey, needsFilesystem, normaliseAbsolute, parseStep, type BuildContext, type ParsedStep } from './build-steps';
 import { BuildVm } from './build-vm';
 import { COPY_SCRIPT, ENSURE_WORKDIR_SCRIPT } from './guest-scripts';
 import { LayerStore, type ParentDisk } from './layer-store';
@@ -79,7 +79,7 @@ export class TemplateBuildService implements OnModuleInit {
   async onModuleInit(): Promise<void> {
     for (const build of await readdir(this.layers.tmpDir).catch(() => [] as string[])) {
       for (const step of await readdir(join(this.layers.tmpDir, build)).catch(() => [] as string[])) {
-        const stateDir = join(this.layers.tmpDir, build, step, 'run', 'vm');
+        const stateDir = join(this.layers.tmpDir, build, step, 'r', 'vm');
         if (await this.driver.terminate(stateDir).catch(() => false)) this.logger.warn(`killed leftover build VM in ${stateDir}`);
       }
     }
@@ -209,7 +209,8 @@ export class TemplateBuildService implements OnModuleInit {
           run.stepDone(n, !forced, parent.key, startedAt);
           continue;
         }
-        const key = layerKey(parent.key, step, context);
+        const plainKey = layerKey(parent.key, step, context);
+        const key = forced ? forcedLayerKey(plainKey, request.buildId) : plainKey;
         const cached = forced ? undefined : await this.layers.find(key);
         if (cached) {
           run.log(n, `CACHED [step ${n}] ${describeStep(step)}`);
@@ -259,8 +260,10 @@ export class TemplateBuildService implements OnModuleInit {
       throw new BaseLayerUnavailableError(`base image ${image}: ${(error as Error).message}`);
     }
     const key = baseKey({ imageKey: prepared.key });
-    // The image's User may be `uid[:gid]`: the guest agent runs commands as names, so a uid becomes its passwd name.
-    let user = prepared.config.user?.split(':')[0] || 'root';
+    // E2B's default for templates is `user` (created in every base layer), not Docker's root: an image that names no
+    // User gets it. An image that does keeps its own. A User may be `uid[:gid]`: the guest agent runs commands as
+    // names, so a uid becomes its passwd name.
+    let user = prepared.config.user?.split(':')[0] || 'user';
     if (/^\d+$/.test(user)) {
       const entry = await passwdEntry(prepared.rootfsPath, user);
       if (!entry) throw new UserStepError(0, `step 0: the image's user ${prepared.config.user} has no /etc/passwd entry`);
@@ -284,7 +287,7 @@ export class TemplateBuildService implements OnModuleInit {
     key: string,
     context: BuildContext,
   ): Promise<ParentDisk> {
-    const dir = join(run.scratch, `step-${n}`);
+    const dir = join(run.scratch, `s${n}`);
     await mkdir(dir, { recursive: true });
     try {
       const overlay = join(dir, 'disk.qcow2');
@@ -296,7 +299,7 @@ export class TemplateBuildService implements OnModuleInit {
         vcpus: run.vcpus,
         memoryMib: run.memoryMib,
         disk: overlay,
-        runDir: join(dir, 'run'),
+        runDir: join(dir, 'r'),
         bootTimeoutMs: this.options.bootTimeoutMs,
         nameservers: this.options.guestNameservers,
         signal: run.signal,

@@ -54,6 +54,24 @@ describe('TemplateStore', () => {
     expect(await store.list()).toEqual([{ templateId: 'base', currentBuildId: 'bbbb', buildIds: ['aaaa', 'bbbb'] }]);
   });
 
+  it('lists a template whose directory is a link to one elsewhere (built-in templates shared by data dirs), not a link to a file', async () => {
+    const shared = await mkdtemp(join(tmpdir(), 'kiln-shared-templates-'));
+    try {
+      const elsewhere = new TemplateStore({ dataDir: shared });
+      const dir = join(shared, 'templates', 'base', 'cccc');
+      await mkdir(dir, { recursive: true });
+      await symlink('cccc', join(shared, 'templates/base/current'));
+      await mkdir(join(dataDir, 'templates'), { recursive: true });
+      await symlink(join(shared, 'templates', 'base'), join(dataDir, 'templates', 'base'));
+      await writeFile(join(shared, 'a-file'), 'x');
+      await symlink(join(shared, 'a-file'), join(dataDir, 'templates', 'not-a-template'));
+      expect(await store.list()).toEqual([{ templateId: 'base', currentBuildId: 'cccc', buildIds: ['cccc'] }]);
+      expect(await elsewhere.list()).toEqual(await store.list());
+    } finally {
+      await rm(shared, { recursive: true, force: true });
+    }
+  });
+
   it('rejects ids that are not plain names', async () => {
     await expect(store.resolve('../etc')).rejects.toBeInstanceOf(InvalidTemplateIdError);
     await expect(store.resolve('base', 'a/b')).rejects.toBeInstanceOf(InvalidTemplateIdError);

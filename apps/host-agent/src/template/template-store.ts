@@ -1,4 +1,4 @@
-import { access, readdir, readFile, readlink } from 'node:fs/promises';
+import { access, readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Inject, Injectable, Optional } from '@nestjs/common';
 import { CorruptTemplateError, InvalidTemplateIdError, TemplateNotFoundError } from './template.errors';
@@ -82,7 +82,9 @@ export class TemplateStore {
     const entries = await readdir(this.root, { withFileTypes: true }).catch(() => []);
     const summaries: TemplateSummary[] = [];
     for (const entry of entries) {
-      if (!entry.isDirectory() || !NAME.test(entry.name)) continue;
+      // A template may be a link to a directory elsewhere (built-in templates shared by several data dirs).
+      const isDirectory = entry.isDirectory() || (entry.isSymbolicLink() && (await stat(join(this.root, entry.name)).then((s) => s.isDirectory(), () => false)));
+      if (!isDirectory || !NAME.test(entry.name)) continue;
       summaries.push(await this.summary(entry.name));
     }
     return summaries.sort((a, b) => a.templateId.localeCompare(b.templateId));
