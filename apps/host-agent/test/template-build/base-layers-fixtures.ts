@@ -1,7 +1,9 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, mkdirSync, readFileSync, symlinkSync, writeFileSync, existsSync, copyFileSync, chmodSync, realpathSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { freePort } from '@kiln/testing';
+
+export { freePort };
 import { BaseLayers, BaseLayersConfig, KilnRuntimeSource } from '../../src/template-build/base-layers';
 import { TemplateStore } from '../../src/template';
 
@@ -74,17 +76,6 @@ export function makeRuntimeTemplate(dataDir: string): void {
 export function baseLayersFor(config: BaseLayersConfig): BaseLayers {
   const templates = new TemplateStore({ dataDir: config.dataDir });
   return new BaseLayers(config, new KilnRuntimeSource(config, templates));
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
 }
 
 /** Debian's docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, htpasswd (bcrypt) auth, temp storage. */
