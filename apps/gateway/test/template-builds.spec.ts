@@ -125,10 +125,15 @@ describe('template build API: create → upload → start → status → tags �
   });
 
   it('refuses bad resources and names taken by another team or a public template', async () => {
-    for (const body of [{ name: 'x', memoryMB: 1025 }, { name: 'x', cpuCount: 0 }, { name: 'x', memoryMB: 64 }, { name: 'bad name' }, {}, { name: 'x', tags: ['bad tag'] }]) {
+    for (const body of [{ name: 'x', memoryMB: 1025 }, { name: 'x', cpuCount: 0 }, { name: 'x', memoryMB: 64 }, { name: 'bad name' }, {}, { name: 'x', tags: ['bad tag'] }, { name: 'x', minFreeDiskMb: 4096 }]) {
       const answer = await call('POST', '/v3/templates', { body });
       expect({ body, status: answer.status, code: answer.body.code }).toEqual({ body, status: 400, code: 400 });
     }
+    // minFreeDiskMb (SDK 2.51) up to the 1 GiB every build leaves free is served, more is refused naming it.
+    const tooMuchFree = await call('POST', '/v3/templates', { body: { name: 'x', minFreeDiskMb: 4096 } });
+    expect(tooMuchFree.body.message).toMatch(/minFreeDiskMb/);
+    const withFree = await call('POST', '/v3/templates', { body: { name: 'free-disk-app', minFreeDiskMb: 512 } });
+    expect(withFree.status).toBe(202);
     const taken = await call('POST', '/v3/templates', { key: teamB.apiKey, body: { name: 'my-app' } });
     expect(taken.status).toBe(403);
     expect(taken.body).toMatchObject({ code: 403, message: "template name 'my-app' is already taken" });

@@ -24,6 +24,9 @@ export const BUILD_MAX_VCPUS = 8;
 export const BUILD_MAX_MEMORY_MIB = 8192;
 
 /** E2B's TemplateBuildRequestV3 (`POST /v3/templates`); `alias` is the deprecated spelling of `name`. */
+/** Free space every built template's filesystem has (the host agent grows the shrunk rootfs by this much). */
+export const BUILD_FREE_DISK_MIB = 1024;
+
 export class TemplateBuildRequestV3Dto {
   @ApiPropertyOptional({ description: 'name or name:tag', maxLength: 128 })
   @IsOptional() @IsString() @MaxLength(128 + 1 + 128)
@@ -48,6 +51,14 @@ export class TemplateBuildRequestV3Dto {
   @ApiPropertyOptional({ minimum: 128, maximum: BUILD_MAX_MEMORY_MIB, description: 'MiB, even' })
   @IsOptional() @IsInt() @Min(128) @Max(BUILD_MAX_MEMORY_MIB) @IsDivisibleBy(2, { message: 'memoryMB must be an even number' })
   memoryMB?: number;
+
+  /**
+   * Free space wanted on the template's filesystem after the steps (SDK ≥ 2.51). Every build leaves 1 GiB free
+   * (content + 1 GiB); growing further is not implemented, so more is refused rather than silently ignored.
+   */
+  @ApiPropertyOptional({ minimum: 0, maximum: BUILD_FREE_DISK_MIB })
+  @IsOptional() @IsInt() @Min(0) @Max(BUILD_FREE_DISK_MIB, { message: `minFreeDiskMb above ${BUILD_FREE_DISK_MIB} is not supported: every build leaves ${BUILD_FREE_DISK_MIB} MiB free` })
+  minFreeDiskMb?: number;
 }
 
 /** E2B's AssignTemplateTagsRequest (`POST /templates/tags`). */

@@ -289,7 +289,27 @@ export class GatewayEnv extends RedisBackedEnv {
   KILN_INTERNAL_KEY_FILE?: string;
 }
 
-export class SchedulerEnv extends RedisBackedEnv {
+/**
+ * A control-plane service that calls host agents' gRPC (the scheduler, the template builder): it only picks hosts
+ * whose last heartbeat is younger than HOST_HEARTBEAT_TTL_SECONDS, and speaks internal mTLS, presenting
+ * spiffe://kiln/<service> and requiring spiffe://kiln/host-agent (the host agent lets the template builder call
+ * BuildTemplate only).
+ */
+export class HostAgentCallerEnv extends RedisBackedEnv {
+  @IsInt() @Min(1)
+  HOST_HEARTBEAT_TTL_SECONDS: number = 15;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CA_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_CERT_FILE?: string;
+
+  @IsInternalTlsFile()
+  KILN_INTERNAL_KEY_FILE?: string;
+}
+
+export class SchedulerEnv extends HostAgentCallerEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3001;
 
@@ -304,22 +324,8 @@ export class SchedulerEnv extends RedisBackedEnv {
   @IsString() @MinLength(32) @IsRealSecretInProduction()
   KILN_SANDBOX_TOKEN_KEY: string;
 
-  /** A host whose last heartbeat is older than this is not placed on. */
-  @IsInt() @Min(1)
-  HOST_HEARTBEAT_TTL_SECONDS: number = 15;
-
   @IsInt() @Min(1)
   RECONCILE_INTERVAL_SECONDS: number = 30;
-
-  /** Internal mTLS: the scheduler presents spiffe://kiln/scheduler to host agents' gRPC and requires spiffe://kiln/host-agent. */
-  @IsInternalTlsFile()
-  KILN_INTERNAL_CA_FILE?: string;
-
-  @IsInternalTlsFile()
-  KILN_INTERNAL_CERT_FILE?: string;
-
-  @IsInternalTlsFile()
-  KILN_INTERNAL_KEY_FILE?: string;
 
   /**
    * Default quota of every team, over its sandboxes that hold host resources (pending, starting, running, pausing,
@@ -339,7 +345,7 @@ export class SchedulerEnv extends RedisBackedEnv {
   TEAM_MAX_DISK_MIB: number = 1_048_576;
 }
 
-export class TemplateBuilderEnv extends RedisBackedEnv {
+export class TemplateBuilderEnv extends HostAgentCallerEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3002;
 
@@ -357,22 +363,6 @@ export class TemplateBuilderEnv extends RedisBackedEnv {
   @IsInt() @Min(1)
   BUILD_TIMEOUT_SECONDS: number = 3600;
 
-  /** A build goes only to a host whose last heartbeat is younger than this (as the scheduler places sandboxes). */
-  @IsInt() @Min(1)
-  HOST_HEARTBEAT_TTL_SECONDS: number = 15;
-
-  /**
-   * Internal mTLS: the template builder presents spiffe://kiln/template-builder to host agents' gRPC (which lets it
-   * call BuildTemplate only) and requires spiffe://kiln/host-agent.
-   */
-  @IsInternalTlsFile()
-  KILN_INTERNAL_CA_FILE?: string;
-
-  @IsInternalTlsFile()
-  KILN_INTERNAL_CERT_FILE?: string;
-
-  @IsInternalTlsFile()
-  KILN_INTERNAL_KEY_FILE?: string;
 }
 
 export class HostMonitorEnv extends ControlPlaneEnv {
