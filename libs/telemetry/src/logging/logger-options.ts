@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import pino, { Logger, LoggerOptions } from 'pino';
+import pino, { LoggerOptions } from 'pino';
 import type { Params } from 'nestjs-pino';
 
 function headerValue(req: IncomingMessage, name: string): string | undefined {
@@ -23,10 +23,6 @@ export function baseLoggerOptions(service: string, level: string): LoggerOptions
   };
 }
 
-/** Plain JSON logger for code that runs outside Nest (CLIs, the host agent's child processes). */
-export function createLogger(service: string, level = process.env.LOG_LEVEL ?? 'info'): Logger {
-  return pino(baseLoggerOptions(service, level));
-}
 
 export function nestLoggerParams(service: string, level: string): Params {
   return {
