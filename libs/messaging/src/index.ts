@@ -8,3 +8,4 @@ export * from './messaging.module';
 export * from './nats-auth';
 export * from './nats-permissions';
 export * from './nats-server-config';
+export * from './fleet';

@@ -1,3 +1,4 @@
+import type { HostMachineInfo, HostUsageReport } from './fleet';
 import type { EgressPolicy, ErrorPayload, SandboxNetworkSettings, SandboxRoute, SandboxState, SandboxView } from '@kiln/contracts';
 
 /**
@@ -24,9 +25,9 @@ export const Subjects = {
   sandboxRoute: 'kiln.scheduler.sandboxes.route',
   sandboxUpdateNetwork: 'kiln.scheduler.sandboxes.update-network',
   sandboxLogs: 'kiln.scheduler.sandboxes.logs',
-  /** Every host's registration (`hostRegisterSubject(hostId)`): the scheduler's subscription. */
-  hostRegister: 'kiln.scheduler.hosts.register.>',
-  /** Every host's heartbeat (`hostHeartbeatSubject(hostId)`): the scheduler's and host monitor's subscription. */
+  /** Every host's registration (`hostRegisterSubject(hostId)`): the host monitor's subscription. */
+  hostRegister: 'kiln.hosts.register.>',
+  /** Every host's heartbeat (`hostHeartbeatSubject(hostId)`): the host monitor's subscription. */
   hostHeartbeat: 'kiln.hosts.heartbeat.>',
   /** The gateway asks the template builders to stop a build (TemplateBuildCancel); fire-and-forget. */
   templateBuildCancel: 'kiln.templates.builds.cancel',
@@ -38,7 +39,7 @@ export const Subjects = {
  * one in the payload is not. The id goes last because host ids may hold dots (a hostname): `<prefix>.<hostId>` is
  * granted exactly, so host `a` cannot publish as host `a.b`.
  */
-const HOST_REGISTER_PREFIX = 'kiln.scheduler.hosts.register';
+const HOST_REGISTER_PREFIX = 'kiln.hosts.register';
 const HOST_HEARTBEAT_PREFIX = 'kiln.hosts.heartbeat';
 
 export type HostRegisterSubject = `${typeof HOST_REGISTER_PREFIX}.${string}`;
@@ -210,16 +211,21 @@ export interface HostCapacity {
   vcpus: number;
   memoryMib: number;
   sandboxes: number;
+  /** Disk for sandboxes' writable layers and checkpoints (MiB); agents from before the fleet send none. */
+  diskMib?: number;
 }
 
+/**
+ * A host agent's registration, answered by the host monitor. The first one carries a one-time join token
+ * (`token`, minted by the monitor for this host id); the reply hands back the host's credential, which the agent
+ * keeps and presents (`credential`) on every later registration. The subject's host id is vouched for by NATS.
+ */
 export interface HostRegistration {
   hostId: string;
-  /**
-   * The shared registration secret: sent on the agent's first registration only. Its later re-registrations (which
-   * heal a scheduler that lost its host table) go without it: the subject's host id, which only that host's NATS
-   * user may publish on, vouches for a host the scheduler already knows; an unknown host is asked for the token.
-   */
+  /** One-time join token: only on a registration without a credential. */
   token?: string;
+  /** The host credential the monitor issued on its first registration. */
+  credential?: string;
   /** host:port of the agent's gRPC server. */
   grpcAddress: string;
   /** Base URL of the agent's sandbox-traffic proxy. */
@@ -231,21 +237,27 @@ export interface HostRegistration {
   templates: string[];
   /** Of those, the ones with a restored clone waiting: a create placed here skips the restore. */
   readyCloneTemplates: string[];
+  machine?: HostMachineInfo;
 }
 
 export interface HostRegistrationReply {
   accepted: boolean;
+  /** The interval the agent must heartbeat at: the monitor's, so timing is set in one place. */
   heartbeatIntervalSeconds: number;
+  /** Issued when the registration used a join token: the agent stores it (0600) and presents it from then on. */
+  hostCredential?: string;
 }
 
 export interface HostHeartbeat {
   hostId: string;
   at: string;
   capacity: HostCapacity;
-  usage: HostCapacity;
+  usage: HostCapacity & Partial<Pick<HostUsageReport, 'diskUsedMib' | 'starting'>>;
   templates: string[];
   readyCloneTemplates: string[];
   sandboxIds: string[];
+  acceleration?: 'kvm' | 'tcg';
+  agentVersion?: string;
 }
 
 /** Request/reply subjects: payload → reply. */
