@@ -91,12 +91,13 @@ ensure_loopback_names() {
   fi
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# port_open PORT [ADDRESS]: something accepts connections there (default 127.0.0.1).
+port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 wait_port() {
-  local port=$1 what=$2
-  for _ in $(seq 1 100); do port_open "$port" && return 0; sleep 0.2; done
-  die "$what did not start listening on 127.0.0.1:$port"
+  local port=$1 what=$2 address=${3:-127.0.0.1}
+  for _ in $(seq 1 100); do port_open "$port" "$address" && return 0; sleep 0.2; done
+  die "$what did not start listening on $address:$port"
 }
 
 ensure_services() {

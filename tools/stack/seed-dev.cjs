@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Seeds the dev stack: a `dev` team with an API key, and every template found in the
 // host's template store registered through the template-builder's queue. Prints the
-// lines of .kiln/dev.env on stdout. Reuses a still-valid key from an earlier run.
+// lines of .kiln/dev.env on stdout (with the admin API's token when the stack set one). Reuses a still-valid key from an earlier run.
 'use strict';
 require('reflect-metadata');
 const { existsSync, readFileSync, readdirSync } = require('node:fs');
@@ -68,6 +68,9 @@ async function main() {
         `E2B_API_KEY=${key}`,
         `E2B_DOMAIN=${domain}`,
         ...(env.KILN_DEV_CA_FILE ? [`NODE_EXTRA_CA_CERTS=${env.KILN_DEV_CA_FILE}`] : []),
+        // The admin API's token (X-Admin-Token on /nodes): the gateway's KILN_ADMIN_TOKEN, a secret apps.sh's
+        // stack_env generates once and exports; without it the gateway's admin API is disabled, so no line.
+        ...(env.KILN_ADMIN_TOKEN ? [`KILN_ADMIN_TOKEN=${env.KILN_ADMIN_TOKEN}`] : []),
         '',
       ].join('\n'),
     );

@@ -4,6 +4,7 @@ import { ConfigModule, GatewayEnv } from '@kiln/config';
 import { DbModule } from '@kiln/db';
 import { MessagingModule, natsAuthOf } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
+import { AdminModule } from './admin/admin.module';
 import { ApiKeyGuard } from './auth/api-key.guard';
 import { AuthModule } from './auth/auth.module';
 import { GatewayHealthModule } from './health/health.module';
@@ -36,6 +37,7 @@ export class AppModule {
         TrafficModule,
         SandboxesModule,
         TemplatesModule,
+        AdminModule,
         NotSupportedModule,
       ],
       providers: [

@@ -34,7 +34,6 @@ describe('gateway during NATS and Redis outages', () => {
     const schedulerEnv = loadConfig(SchedulerEnv, {
       ...common,
       HTTP_PORT: String(await freePort()),
-      HOST_REGISTRATION_TOKEN: 'outage-test-registration-token',
       KILN_SANDBOX_TOKEN_KEY: 'outage-test-sandbox-token-key-0123456789',
       RECONCILE_INTERVAL_SECONDS: '3600',
     });

@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
@@ -18,7 +19,8 @@ import { VMM_DRIVER, VmmDriver, VmmModule } from './vmm';
  * removes every network slot and firewall table the agent made. Images and snapshots stay.
  */
 void runOrExit('host-agent-teardown', async () => {
-  const env = loadConfig(HostAgentEnv, { HOST_REGISTRATION_TOKEN: 'teardown-needs-no-token', ...process.env });
+  // Teardown opens no sealed secrets (see below), so it runs without the agent's state key: any real-looking key will do.
+  const env = loadConfig(HostAgentEnv, { KILN_HOST_STATE_KEY: randomBytes(32).toString('base64url'), ...process.env });
   const host = hostResourceModules(env);
 
   // The env as a provider: the VMM and cgroup settings (the cgroup parent is named after the network prefix).
@@ -27,7 +29,7 @@ void runOrExit('host-agent-teardown', async () => {
 
   const app = await NestFactory.createApplicationContext(TeardownModule, { logger: ['error', 'warn'], abortOnError: false });
   // Teardown reads no secrets: a sealer with any key lists the records (tokens it cannot open are left out).
-  const records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'), new RecordSealer(env.KILN_HOST_STATE_KEY ?? env.HOST_REGISTRATION_TOKEN));
+  const records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'), new RecordSealer(env.KILN_HOST_STATE_KEY));
   const vmm = app.get<VmmDriver>(VMM_DRIVER);
   const layers = app.get(RootfsLayers);
   let problems = 0;

@@ -3,6 +3,7 @@ import { ConfigModule, SchedulerEnv } from '@kiln/config';
 import { DbModule } from '@kiln/db';
 import { MessagingModule, natsAuthOf } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
+import { FleetModule } from './fleet/fleet.module';
 import { HostsModule } from './hosts/hosts.module';
 import { LifecycleModule } from './lifecycle/lifecycle.module';
 import { PingController } from './ping/ping.controller';
@@ -20,6 +21,7 @@ export class AppModule {
         TelemetryModule.forRoot({ service: SERVICE_NAME, logLevel: env.LOG_LEVEL }),
         DbModule.forRoot({ databaseUrl: env.DATABASE_URL, migrate: true }),
         MessagingModule.forRoot({ natsUrl: env.NATS_URL, name: SERVICE_NAME, auth: natsAuthOf(env) }),
+        FleetModule,
         HostsModule,
         LifecycleModule,
         ReconcileModule,

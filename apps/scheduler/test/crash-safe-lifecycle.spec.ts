@@ -3,15 +3,15 @@ import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { INestApplicationContext } from '@nestjs/common';
 import { DEFAULT_NETWORK_SETTINGS, ErrorCode, SandboxState } from '@kiln/contracts';
 import { SchedulerEnv, loadConfig } from '@kiln/config';
-import { HostRepository, PrismaService, SandboxRepository, TeamRepository, TemplateRepository } from '@kiln/db';
+import { PrismaService, SandboxRepository, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { MessagingClient, Subjects } from '@kiln/messaging';
 import { PrivateServer, RestartableServer, TcpRelay, eventually, freePort, startPrivateNats, startRestartableRedis } from '@kiln/testing';
 import { ReconcileService } from '../src/reconcile/reconcile.service';
 import { FakeHostAgent } from './support/fake-host-agent';
+import { registerTestHost } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
 
-const TOKEN = 'crash-safety-registration-token';
 /** A short create deadline chain, in the required order, so deadlines pass within a test. */
 const CHAIN = {
   SANDBOX_GUEST_INIT_DEADLINE_MS: '500',
@@ -50,13 +50,11 @@ describe('crash-safe sandbox lifecycle (real Postgres, Redis, NATS, a fake host 
       DATABASE_URL: db.url,
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
-      HOST_REGISTRATION_TOKEN: TOKEN,
       KILN_SANDBOX_TOKEN_KEY: 'crash-safety-sandbox-token-key-0123456789',
       LOG_LEVEL: 'silent',
       HTTP_PORT: String(await freePort()),
-      // The test drives reconcile itself and keeps the fake host fresh without heartbeats.
+      // The test drives reconcile itself.
       RECONCILE_INTERVAL_SECONDS: '3600',
-      HOST_HEARTBEAT_TTL_SECONDS: '3600',
       ...CHAIN,
     });
     scheduler = await startScheduler(env);
@@ -67,7 +65,7 @@ describe('crash-safe sandbox lifecycle (real Postgres, Redis, NATS, a fake host 
       .get(TemplateRepository)
       .ensurePublicTemplate({ templateId: 'base', alias: 'base', vcpus: 1, memoryMib: 512, diskMib: 2048, envdVersion: '0.5.7', contentHash: 'crash-safety' });
     hostId = 'fake-host';
-    await scheduler.get(HostRepository).register({
+    await registerTestHost(scheduler, {
       hostId,
       address: host.address,
       proxyUrl: 'http://127.0.0.1:1',
@@ -247,7 +245,6 @@ describe('scheduler with Postgres unreachable (through a relay the test cuts)', 
       DATABASE_URL: relayed.toString(),
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
-      HOST_REGISTRATION_TOKEN: TOKEN,
       KILN_SANDBOX_TOKEN_KEY: 'crash-safety-sandbox-token-key-0123456789',
       LOG_LEVEL: 'silent',
       HTTP_PORT: String(await freePort()),

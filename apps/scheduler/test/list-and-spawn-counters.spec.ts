@@ -3,11 +3,12 @@ import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { INestApplicationContext } from '@nestjs/common';
 import { DEFAULT_NETWORK_SETTINGS, ErrorCode, SandboxState } from '@kiln/contracts';
 import { SchedulerEnv, loadConfig } from '@kiln/config';
-import { HostRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
+import { PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { ListSandboxesQuery, MessagingClient, SandboxPage, Subjects } from '@kiln/messaging';
 import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { FakeHostAgent } from './support/fake-host-agent';
+import { registerTestHost } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
 
 jest.setTimeout(60_000);
@@ -32,12 +33,10 @@ describe('sandbox list query and template spawn counters (real Postgres, Redis, 
       DATABASE_URL: db.url,
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
-      HOST_REGISTRATION_TOKEN: 'list-and-spawns-registration-token',
       KILN_SANDBOX_TOKEN_KEY: 'list-and-spawns-sandbox-token-key-0123456789',
       LOG_LEVEL: 'silent',
       HTTP_PORT: String(await freePort()),
       RECONCILE_INTERVAL_SECONDS: '3600',
-      HOST_HEARTBEAT_TTL_SECONDS: '3600',
     });
     scheduler = await startScheduler(env);
     caller = await startCaller(env.NATS_URL);
@@ -221,7 +220,7 @@ describe('sandbox list query and template spawn counters (real Postgres, Redis, 
 
     beforeAll(async () => {
       teamId = (await teams.ensure(`spawn-${db.name}`)).id;
-      await scheduler.get(HostRepository).register({
+      await registerTestHost(scheduler, {
         hostId: 'fake-host',
         address: host.address,
         proxyUrl: 'http://127.0.0.1:1',

@@ -1,26 +1,24 @@
 import 'reflect-metadata';
 import { INestApplicationContext } from '@nestjs/common';
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
-import { ErrorCode, SandboxState } from '@kiln/contracts';
+import { SandboxState } from '@kiln/contracts';
 import { SchedulerEnv, loadConfig } from '@kiln/config';
 import { HostRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import {
-  HostHeartbeat,
-  MessagingClient,
+  HOST_LOST_REASON,
+  HostEventStream,
+  NatsConnectionHolder,
   NatsUser,
   SandboxEventStream,
   generateKilnNatsUsers,
   hostAgentNatsUser,
-  hostHeartbeatSubject,
-  hostRegisterSubject,
   natsCredentialsEnv,
   renderNatsServerConfig,
 } from '@kiln/messaging';
 import { PrivateServer, eventually, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
+import { hostViewOf, putHostView, untilFleetViewsHold } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
-
-const TOKEN = 'nats-authorisation-registration-token';
 
 /**
  * The scheduler on a NATS server that admits Kiln's users only (the generated config): what a host says about a
@@ -38,25 +36,30 @@ describe('scheduler behind authenticated NATS: hosts speak only for themselves',
   let agentB: INestApplicationContext;
   let teamId: string;
 
-  const capacity = { vcpus: 8, memoryMib: 8192, sandboxes: 8 };
-  const registration = (hostId: string) => ({
+  const hostRecord = (hostId: string) => ({
     hostId,
-    grpcAddress: '127.0.0.1:1',
+    address: '127.0.0.1:1',
     proxyUrl: 'http://127.0.0.1:1',
-    acceleration: 'tcg' as const,
+    acceleration: 'tcg',
     version: 'test',
-    capacity,
+    vcpus: 8,
+    memoryMib: 8192,
+    sandboxes: 8,
     templates: ['base'],
     readyCloneTemplates: [],
   });
-  const heartbeat = (hostId: string, vcpusUsed: number): HostHeartbeat => ({
+  const running = (id: string, hostId: string) => ({
+    id,
+    teamId,
+    templateId: 'base',
+    state: SandboxState.Running,
     hostId,
-    at: new Date().toISOString(),
-    capacity,
-    usage: { vcpus: vcpusUsed, memoryMib: 0, sandboxes: 0 },
-    templates: ['base'],
-    readyCloneTemplates: [],
-    sandboxIds: [],
+    vcpus: 1,
+    memoryMib: 512,
+    diskMib: 2048,
+    timeoutSeconds: 300,
+    expiresAt: new Date(Date.now() + 300_000),
+    startedAt: new Date(),
   });
   const agentAs = (hostId: string) => {
     const { NATS_USER, NATS_PASSWORD } = natsCredentialsEnv(users, hostAgentNatsUser(hostId));
@@ -75,12 +78,10 @@ describe('scheduler behind authenticated NATS: hosts speak only for themselves',
       NATS_URL: nats.url,
       ...natsCredentialsEnv(users, 'scheduler'),
       REDIS_URL: redis.url,
-      HOST_REGISTRATION_TOKEN: TOKEN,
       KILN_SANDBOX_TOKEN_KEY: 'nats-authorisation-sandbox-token-key-0123456789',
       LOG_LEVEL: 'silent',
       HTTP_PORT: String(await freePort()),
       RECONCILE_INTERVAL_SECONDS: '3600',
-      HOST_HEARTBEAT_TTL_SECONDS: '3600',
     });
     scheduler = await startScheduler(env);
     [agentA, agentB] = await Promise.all([agentAs(hostA), agentAs(hostB)]);
@@ -88,6 +89,8 @@ describe('scheduler behind authenticated NATS: hosts speak only for themselves',
     await scheduler
       .get(TemplateRepository)
       .ensurePublicTemplate({ templateId: 'base', alias: 'base', vcpus: 1, memoryMib: 512, diskMib: 2048, envdVersion: '0.5.7', contentHash: 'nats-auth' });
+    // The rows the host monitor would have written when the hosts joined (sandboxes refer to them).
+    for (const hostId of [hostA, hostB]) await scheduler.get(HostRepository).register(hostRecord(hostId));
   }, 60_000);
 
   afterAll(async () => {
@@ -99,53 +102,27 @@ describe('scheduler behind authenticated NATS: hosts speak only for themselves',
     await redis?.stop();
   }, 60_000);
 
-  it('registers a host once with the token, then without it on its own subject; never as another host', async () => {
-    const b = agentB.get(MessagingClient);
-    // Unknown host, no token: refused. With the token: registered. Then a re-registration without it: accepted.
-    await expect(b.request(hostRegisterSubject(hostB), registration(hostB), 5_000)).rejects.toMatchObject({ code: ErrorCode.Unauthenticated });
-    await expect(b.request(hostRegisterSubject(hostB), { ...registration(hostB), token: TOKEN }, 5_000)).resolves.toMatchObject({ accepted: true });
-    await expect(b.request(hostRegisterSubject(hostB), registration(hostB), 5_000)).resolves.toMatchObject({ accepted: true });
+  it("follows the host monitor's KV entries and handles its host state events, as the scheduler's NATS user", async () => {
+    const credentials = natsCredentialsEnv(users, 'host-monitor');
+    const monitor = await startCaller(nats.url, { user: credentials.NATS_USER, password: credentials.NATS_PASSWORD });
+    try {
+      const nc = monitor.get(NatsConnectionHolder).nc;
+      const view = hostViewOf(hostRecord(hostA), { usage: { vcpus: 3 } });
+      await putHostView(nc, view);
+      await untilFleetViewsHold([scheduler], hostA, view);
 
-    // Host A, on its own subject, claiming to be B (even with the token): refused, B's row untouched.
-    const a = agentA.get(MessagingClient);
-    await expect(
-      a.request(hostRegisterSubject(hostA), { ...registration(hostB), token: TOKEN, grpcAddress: '127.0.0.1:6666' }, 5_000),
-    ).rejects.toMatchObject({ code: ErrorCode.PermissionDenied });
-    // On B's subject it cannot even send it (NATS refuses the publish, so no one answers).
-    await expect(a.request(hostRegisterSubject(hostB), { ...registration(hostB), token: TOKEN, grpcAddress: '127.0.0.1:6666' }, 2_000)).rejects.toBeDefined();
-    expect((await scheduler.get(HostRepository).get(hostB))?.address).toBe('127.0.0.1:1');
-  });
-
-  it("ignores a heartbeat about host B sent by host A, and applies B's own", async () => {
-    const hosts = scheduler.get(HostRepository);
-    const usedVcpus = async () => (await hosts.get(hostB))?.vcpuUsed;
-    await agentB.get(MessagingClient).emit(hostHeartbeatSubject(hostB), heartbeat(hostB, 1));
-    await eventually("B's heartbeat applied", async () => (await usedVcpus()) === 1 || undefined);
-
-    // Forged (on A's own subject, the only one A may publish on), then B's genuine one: delivered in that order.
-    await agentA.get(MessagingClient).emit(hostHeartbeatSubject(hostA), heartbeat(hostB, 7));
-    await agentB.get(MessagingClient).emit(hostHeartbeatSubject(hostB), heartbeat(hostB, 2));
-    await eventually("B's second heartbeat applied", async () => (await usedVcpus()) === 2 || undefined);
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    expect(await usedVcpus()).toBe(2);
+      // A dead host's running sandbox ends host_lost: the scheduler's durable consumer read the event and acked it.
+      await scheduler.get(PrismaService).sandbox.create({ data: running('lostwithhost1', hostA) });
+      await new HostEventStream(monitor.get(NatsConnectionHolder)).publish({ kind: 'state-changed', hostId: hostA, from: 'unhealthy', to: 'dead', reason: 'silent', at: new Date().toISOString() });
+      await eventually('the host_lost sandbox', async () => (await scheduler.get(PrismaService).sandbox.findUnique({ where: { id: 'lostwithhost1' } }))?.stateReason === HOST_LOST_REASON || undefined);
+    } finally {
+      await monitor.close();
+    }
   });
 
   it("leaves host B's sandbox running when host A publishes a crash event for it, and applies B's own", async () => {
     const prisma = scheduler.get(PrismaService);
-    const running = (id: string) => ({
-      id,
-      teamId,
-      templateId: 'base',
-      state: SandboxState.Running,
-      hostId: hostB,
-      vcpus: 1,
-      memoryMib: 512,
-      diskMib: 2048,
-      timeoutSeconds: 300,
-      expiresAt: new Date(Date.now() + 300_000),
-      startedAt: new Date(),
-    });
-    await prisma.sandbox.createMany({ data: [running('forgedtarget1'), running('genuinecrash1')] });
+    await prisma.sandbox.createMany({ data: [running('forgedtarget1', hostB), running('genuinecrash1', hostB)] });
     const at = new Date().toISOString();
 
     // A forged crash for B's sandbox, on A's own subject (A's user may publish nothing else), then B's real crash of

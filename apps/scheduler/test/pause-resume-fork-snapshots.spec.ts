@@ -4,13 +4,14 @@ import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { INestApplicationContext } from '@nestjs/common';
 import { DEFAULT_NETWORK_SETTINGS, ErrorCode, SandboxState, SandboxView } from '@kiln/contracts';
 import { SchedulerEnv, loadConfig } from '@kiln/config';
-import { HostRepository, PrismaService, SandboxRepository, TeamRepository, TemplateRepository } from '@kiln/db';
+import { PrismaService, SandboxRepository, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { MessagingClient, Subjects } from '@kiln/messaging';
 import { PrivateServer, eventually, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { ReconcileService } from '../src/reconcile/reconcile.service';
 import { SandboxTokens } from '../src/lifecycle/sandbox-tokens';
 import { FakeHostAgent } from './support/fake-host-agent';
+import { registerTestHost } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
 
 jest.setTimeout(60_000);
@@ -47,7 +48,7 @@ describe('pause, resume, fork and snapshots (real Postgres, Redis, NATS; fake ho
 
   async function registerHosts(preferred: 'a' | 'b'): Promise<void> {
     for (const [hostId, host] of [['host-a', hostA], ['host-b', hostB]] as const) {
-      await scheduler.get(HostRepository).register({
+      await registerTestHost(scheduler, {
         hostId,
         address: host.address,
         proxyUrl: 'http://127.0.0.1:1',
@@ -72,12 +73,10 @@ describe('pause, resume, fork and snapshots (real Postgres, Redis, NATS; fake ho
       DATABASE_URL: db.url,
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
-      HOST_REGISTRATION_TOKEN: 'pause-resume-registration-token',
       KILN_SANDBOX_TOKEN_KEY: TOKEN_KEY,
       LOG_LEVEL: 'silent',
       HTTP_PORT: String(await freePort()),
       RECONCILE_INTERVAL_SECONDS: '3600',
-      HOST_HEARTBEAT_TTL_SECONDS: '3600',
       SANDBOX_PAUSE_DEADLINE_MS: '3000',
       SANDBOX_RESUME_DEADLINE_MS: '3000',
     });

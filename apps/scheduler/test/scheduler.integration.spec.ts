@@ -6,14 +6,13 @@ import { DEFAULT_NETWORK_SETTINGS, ErrorCode, KilnError, SandboxState } from '@k
 import { SchedulerEnv, loadConfig } from '@kiln/config';
 import { PrismaService, SandboxRepository, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
-import { MessagingClient, MessagingModule, Subjects, hostHeartbeatSubject, hostRegisterSubject, natsServerOptions } from '@kiln/messaging';
+import { MessagingClient, MessagingModule, Subjects, natsServerOptions } from '@kiln/messaging';
 import { TelemetryModule } from '@kiln/telemetry';
-import { PrivateServer, eventually, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
+import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { AppModule } from '../src/app.module';
 import { PlacementService } from '../src/placement/placement.service';
 import { SandboxTokens } from '../src/lifecycle/sandbox-tokens';
-
-const TOKEN = 'integration-test-registration-token';
+import { registerTestHost, removeTestHost, setTestHostState } from './support/fleet-hosts';
 
 /** Real scheduler (in-process) on real Postgres, Redis and NATS; a separate Nest context plays the gateway. */
 describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
@@ -32,11 +31,9 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
       DATABASE_URL: db.url,
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
-      HOST_REGISTRATION_TOKEN: TOKEN,
       KILN_SANDBOX_TOKEN_KEY: 'scheduler-integration-sandbox-token-key',
       LOG_LEVEL: 'silent',
       HTTP_PORT: String(await freePort()),
-      HOST_HEARTBEAT_TTL_SECONDS: '15',
     });
     scheduler = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(env), new FastifyAdapter(), { logger: false });
     scheduler.connectMicroservice(natsServerOptions(env.NATS_URL, 'scheduler'));
@@ -94,60 +91,47 @@ describe('scheduler over NATS (real Postgres, Redis, NATS)', () => {
     await expect(failure).rejects.toMatchObject({ code: ErrorCode.NotFound });
   });
 
-  it('rejects host registration with a wrong token and accepts the right one', async () => {
-    const registration = {
-      hostId: 'test-host-1',
-      grpcAddress: '127.0.0.1:1',
-      proxyUrl: 'http://127.0.0.1:1',
-      acceleration: 'tcg' as const,
-      version: 'test',
-      capacity: { vcpus: 4, memoryMib: 4096, sandboxes: 4 },
-      templates: ['base'],
-      readyCloneTemplates: [],
-    };
-    await expect(client.request(hostRegisterSubject(registration.hostId), { ...registration, token: 'wrong-token-wrong-token' }, 5_000)).rejects.toMatchObject({
-      code: ErrorCode.Unauthenticated,
-    });
-    const reply = await client.request(hostRegisterSubject(registration.hostId), { ...registration, token: TOKEN }, 5_000);
-    expect(reply.accepted).toBe(true);
-    const host = await scheduler.get(PrismaService).host.findUniqueOrThrow({ where: { id: 'test-host-1' } });
-    expect(host.state).toBe('ready');
-    // Leave no placeable host behind for the capacity test below.
-    await scheduler.get(PrismaService).host.delete({ where: { id: 'test-host-1' } });
-  });
-
   it('places on a host with a clone of the template waiting first, then one that caches it, then the least loaded', async () => {
     const prisma = scheduler.get(PrismaService);
     const placement = scheduler.get(PlacementService);
-    const capacity = { vcpus: 4, memoryMib: 4096, sandboxes: 4 };
-    const usage = { vcpus: 0, memoryMib: 0, sandboxes: 0 };
     const hosts = { empty: 'place-empty', cached: 'place-cached', ready: 'place-ready' };
-    const register = (hostId: string, templates: string[], readyCloneTemplates: string[]) =>
-      client.request(
-        hostRegisterSubject(hostId),
-        { hostId, token: TOKEN, grpcAddress: '127.0.0.1:1', proxyUrl: 'http://127.0.0.1:1', acceleration: 'tcg' as const, version: 'test', capacity, templates, readyCloneTemplates },
-        5_000,
-      );
-    const order = async () => (await placement.candidates({ templateId: 'base', vcpus: 1, memoryMib: 512 })).map((c) => c.hostId);
+    const record = (hostId: string, templates: string[], readyCloneTemplates: string[]) => ({
+      hostId,
+      address: '127.0.0.1:1',
+      proxyUrl: 'http://127.0.0.1:1',
+      acceleration: 'tcg',
+      version: 'test',
+      vcpus: 4,
+      memoryMib: 4096,
+      sandboxes: 4,
+      templates,
+      readyCloneTemplates,
+    });
+    const request = (templateId: string) => ({ templateId, vcpus: 1, memoryMib: 512, diskMib: 2048 });
+    const order = (templateId = 'base') => placement.candidates(request(templateId)).map((c) => c.hostId);
     try {
       // Host ids sort the other way round, so only the template and clone readiness can produce this order.
-      await register(hosts.empty, [], []);
-      await register(hosts.cached, ['base'], []);
-      await register(hosts.ready, ['base'], ['base']);
-      expect(await order()).toEqual([hosts.ready, hosts.cached, hosts.empty]);
-      expect((await placement.candidates({ templateId: 'other', vcpus: 1, memoryMib: 512 })).map((c) => c.hostId)).toEqual([hosts.cached, hosts.empty, hosts.ready]);
+      await registerTestHost(scheduler, record(hosts.empty, [], []));
+      await registerTestHost(scheduler, record(hosts.cached, ['base'], []), { usage: { memoryMib: 1024, vcpus: 1, sandboxes: 1 } });
+      await registerTestHost(scheduler, record(hosts.ready, ['base'], ['base']), { usage: { memoryMib: 2048, vcpus: 2, sandboxes: 2 } });
+      expect(order()).toEqual([hosts.ready, hosts.cached, hosts.empty]);
+      // No locality for another template: the least loaded first.
+      expect(order('other')).toEqual([hosts.empty, hosts.cached, hosts.ready]);
 
-      // Readiness follows the heartbeats: the ready host's pool ran dry and the other refilled.
-      const at = new Date().toISOString();
-      await client.emit(hostHeartbeatSubject(hosts.ready), { hostId: hosts.ready, at, capacity, usage, templates: ['base'], readyCloneTemplates: [], sandboxIds: [] });
-      await client.emit(hostHeartbeatSubject(hosts.cached), { hostId: hosts.cached, at, capacity, usage, templates: ['base'], readyCloneTemplates: ['base'], sandboxIds: [] });
-      const reordered = await eventually('placement to follow the heartbeats', async () => {
-        const now = await order();
-        return now[0] === hosts.cached && now;
-      });
-      expect(reordered).toEqual([hosts.cached, hosts.ready, hosts.empty]);
+      // Readiness follows the monitor's KV entries: the ready host's pool ran dry and the other refilled.
+      await registerTestHost(scheduler, record(hosts.ready, ['base'], []), { usage: { memoryMib: 2048, vcpus: 2, sandboxes: 2 } });
+      await registerTestHost(scheduler, record(hosts.cached, ['base'], ['base']), { usage: { memoryMib: 1024, vcpus: 1, sandboxes: 1 } });
+      expect(order()).toEqual([hosts.cached, hosts.ready, hosts.empty]);
+
+      // Draining, cordoned, unhealthy and dead hosts get nothing new; a removed one is gone from the view.
+      await setTestHostState(scheduler, hosts.cached, 'draining');
+      await setTestHostState(scheduler, hosts.ready, 'unhealthy');
+      expect(order()).toEqual([hosts.empty]);
+      await removeTestHost(scheduler, hosts.empty);
+      expect(order()).toEqual([]);
     } finally {
       // Leave no placeable host behind for the capacity test below.
+      for (const hostId of Object.values(hosts)) await removeTestHost(scheduler, hostId);
       await prisma.host.deleteMany({ where: { id: { in: Object.values(hosts) } } });
     }
   });

@@ -16,24 +16,23 @@ function start(env: Record<string, string>) {
 /** The built app, as deployed: bad configuration must fail fast with one clear line. */
 describe('scheduler start-up with bad configuration', () => {
   it('names a missing variable and exits 78 without starting', () => {
-    const result = start({ HOST_REGISTRATION_TOKEN: 'a-long-enough-registration-token', KILN_SANDBOX_TOKEN_KEY: 'a-sandbox-token-key-of-32-characters' });
+    const result = start({ KILN_SANDBOX_TOKEN_KEY: 'a-sandbox-token-key-of-32-characters' });
     expect(result.status).toBe(78);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
     expect(result.stderr).toMatch(/^scheduler: fatal: invalid configuration: DATABASE_URL must be a postgres\/postgresql URL \(unset\)/);
   });
 
   it('names a malformed variable', () => {
-    const result = start({ DATABASE_URL: 'mysql://nope', HOST_REGISTRATION_TOKEN: 'short' });
+    const result = start({ DATABASE_URL: 'mysql://nope', KILN_SANDBOX_TOKEN_KEY: 'short' });
     expect(result.status).toBe(78);
     expect(result.stderr).toContain('DATABASE_URL must be a postgres/postgresql URL');
-    expect(result.stderr).toContain('HOST_REGISTRATION_TOKEN must be longer than or equal to 16 characters');
+    expect(result.stderr).toContain('KILN_SANDBOX_TOKEN_KEY must be longer than or equal to 32 characters');
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
   });
 
   it('gives up on an unreachable database with one line, not a hang', () => {
     const result = start({
       DATABASE_URL: 'postgresql://postgres@127.0.0.1:1/kiln',
-      HOST_REGISTRATION_TOKEN: 'a-long-enough-registration-token',
       KILN_SANDBOX_TOKEN_KEY: 'a-sandbox-token-key-of-32-characters',
     });
     expect(result.status).toBe(69);
@@ -46,7 +45,6 @@ describe('scheduler start-up with bad configuration', () => {
     const result = start({
       DATABASE_URL: 'postgresql://postgres@127.0.0.1:5432/postgres',
       NATS_URL: 'nats://127.0.0.1:1',
-      HOST_REGISTRATION_TOKEN: 'a-long-enough-registration-token',
       KILN_SANDBOX_TOKEN_KEY: 'a-sandbox-token-key-of-32-characters',
     });
     expect(result.status).toBe(69);

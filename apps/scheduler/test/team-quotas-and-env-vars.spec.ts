@@ -3,11 +3,12 @@ import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { INestApplicationContext } from '@nestjs/common';
 import { DEFAULT_NETWORK_SETTINGS, ErrorCode, HTTP_STATUS_BY_ERROR_CODE, SandboxState } from '@kiln/contracts';
 import { SchedulerEnv, loadConfig } from '@kiln/config';
-import { HostRepository, PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
+import { PrismaService, TeamRepository, TemplateRepository } from '@kiln/db';
 import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { MessagingClient, Subjects } from '@kiln/messaging';
 import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { FakeHostAgent } from './support/fake-host-agent';
+import { registerTestHost } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
 
 jest.setTimeout(60_000);
@@ -39,12 +40,10 @@ describe('team quotas and env vars at create (real Postgres, Redis, NATS, a fake
       DATABASE_URL: db.url,
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
-      HOST_REGISTRATION_TOKEN: 'quota-test-registration-token',
       KILN_SANDBOX_TOKEN_KEY: 'quota-test-sandbox-token-key-0123456789abcdef',
       LOG_LEVEL: 'silent',
       HTTP_PORT: String(await freePort()),
       RECONCILE_INTERVAL_SECONDS: '3600',
-      HOST_HEARTBEAT_TTL_SECONDS: '3600',
       // Deployment defaults small enough to reach: 3 sandboxes, and memory for 4 of them.
       TEAM_MAX_CONCURRENT_SANDBOXES: '3',
       TEAM_MAX_VCPUS: '100',
@@ -64,7 +63,7 @@ describe('team quotas and env vars at create (real Postgres, Redis, NATS, a fake
       envdVersion: '0.5.7',
       contentHash: 'quota-test',
     });
-    await scheduler.get(HostRepository).register({
+    await registerTestHost(scheduler, {
       hostId: 'fake-host',
       address: host.address,
       proxyUrl: 'http://127.0.0.1:1',

@@ -7,9 +7,9 @@ import { ConfigError, GatewayEnv, HostAgentEnv, SchedulerEnv, loadConfig } from 
 import { identityOfCertificate, internalTlsOf, loadInternalTls, peerRefusal } from '../src/internal-tls';
 
 const ROOT = join(__dirname, '..', '..', '..');
-const SCHEDULER = { DATABASE_URL: 'postgresql://db:5432/kiln', HOST_REGISTRATION_TOKEN: 'a-registration-token', KILN_SANDBOX_TOKEN_KEY: 'k'.repeat(32) };
+const SCHEDULER = { DATABASE_URL: 'postgresql://db:5432/kiln', KILN_SANDBOX_TOKEN_KEY: 'k'.repeat(32) };
 const GATEWAY = { DATABASE_URL: 'postgresql://db:5432/kiln' };
-const HOST_AGENT = { HOST_REGISTRATION_TOKEN: 'a-registration-token' };
+const HOST_AGENT = { KILN_HOST_STATE_KEY: 'a-host-state-key-of-thirty-two-chars' };
 const FILES = { KILN_INTERNAL_CA_FILE: '/tls/ca.pem', KILN_INTERNAL_CERT_FILE: '/tls/svc.pem', KILN_INTERNAL_KEY_FILE: '/tls/svc-key.pem' };
 
 /** The configuration problems loadConfig reports ('' when there are none). */

@@ -16,25 +16,41 @@ describe('loadConfig', () => {
     expect(error).toBeInstanceOf(ConfigError);
     const message = (error as Error).message;
     expect(message.split('\n')).toHaveLength(1);
-    for (const name of ['GRPC_PORT', 'KILN_DATA_DIR', 'KILN_VMM_ACCEL', 'HOST_REGISTRATION_TOKEN']) expect(message).toContain(name);
+    for (const name of ['GRPC_PORT', 'KILN_DATA_DIR', 'KILN_VMM_ACCEL', 'KILN_HOST_STATE_KEY']) expect(message).toContain(name);
   });
 
   it('reads boolean variables from their text ("false" is false) and names a value that is neither', () => {
-    const token = { HOST_REGISTRATION_TOKEN: 'a-registration-token' };
-    expect(loadConfig(HostAgentEnv, token).KILN_CLONE_POOL_WARM).toBe(false);
-    expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'true' }).KILN_CLONE_POOL_WARM).toBe(true);
-    expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'false' }).KILN_CLONE_POOL_WARM).toBe(false);
-    expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: '0' }).KILN_CLONE_POOL_WARM).toBe(false);
-    expect(loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'On' }).KILN_CLONE_POOL_WARM).toBe(true);
-    expect(() => loadConfig(HostAgentEnv, { ...token, KILN_CLONE_POOL_WARM: 'sometimes' })).toThrow(/KILN_CLONE_POOL_WARM must be true or false/);
+    const stateKey = { KILN_HOST_STATE_KEY: 'a-host-state-key-of-thirty-two-chars' };
+    expect(loadConfig(HostAgentEnv, stateKey).KILN_CLONE_POOL_WARM).toBe(false);
+    expect(loadConfig(HostAgentEnv, { ...stateKey, KILN_CLONE_POOL_WARM: 'true' }).KILN_CLONE_POOL_WARM).toBe(true);
+    expect(loadConfig(HostAgentEnv, { ...stateKey, KILN_CLONE_POOL_WARM: 'false' }).KILN_CLONE_POOL_WARM).toBe(false);
+    expect(loadConfig(HostAgentEnv, { ...stateKey, KILN_CLONE_POOL_WARM: '0' }).KILN_CLONE_POOL_WARM).toBe(false);
+    expect(loadConfig(HostAgentEnv, { ...stateKey, KILN_CLONE_POOL_WARM: 'On' }).KILN_CLONE_POOL_WARM).toBe(true);
+    expect(() => loadConfig(HostAgentEnv, { ...stateKey, KILN_CLONE_POOL_WARM: 'sometimes' })).toThrow(/KILN_CLONE_POOL_WARM must be true or false/);
+  });
+
+  it("takes the host agent's fleet settings: a required state key, an optional join token, disk capacity 0 = detect", () => {
+    const stateKey = { KILN_HOST_STATE_KEY: 'a-host-state-key-of-thirty-two-chars' };
+    const env = loadConfig(HostAgentEnv, stateKey);
+    expect(env).toMatchObject({ KILN_JOIN_TOKEN: undefined, KILN_CAPACITY_DISK_MIB: 0 });
+    expect(loadConfig(HostAgentEnv, { ...stateKey, KILN_JOIN_TOKEN: 'kjt1.payload.signature', KILN_CAPACITY_DISK_MIB: '20480' })).toMatchObject({
+      KILN_JOIN_TOKEN: 'kjt1.payload.signature',
+      KILN_CAPACITY_DISK_MIB: 20480,
+    });
+    expect(() => loadConfig(HostAgentEnv, {})).toThrow(/KILN_HOST_STATE_KEY must be longer than or equal to 32 characters/);
+    expect(() => loadConfig(HostAgentEnv, { KILN_HOST_STATE_KEY: 'too-short' })).toThrow(/KILN_HOST_STATE_KEY must be longer than or equal to 32 characters \(got 9 characters, not shown\)/);
+    expect(() => loadConfig(HostAgentEnv, { ...stateKey, KILN_JOIN_TOKEN: 'kjt1.short' })).toThrow(/KILN_JOIN_TOKEN must be longer than or equal to 16 characters \(got 10 characters, not shown\)/);
+    expect(() => loadConfig(HostAgentEnv, { ...stateKey, KILN_CAPACITY_DISK_MIB: '-1' })).toThrow(/KILN_CAPACITY_DISK_MIB/);
+    // The heartbeat interval is no longer the agent's to set: it comes from the monitor's registration reply.
+    expect(env).not.toHaveProperty('HEARTBEAT_INTERVAL_SECONDS');
   });
 
   it('takes a list of at most three resolver IPs for sandboxes', () => {
-    const token = { HOST_REGISTRATION_TOKEN: 'a-registration-token' };
-    expect(loadConfig(HostAgentEnv, token).KILN_GUEST_NAMESERVERS).toBe('8.8.8.8,1.1.1.1');
-    expect(ipListEntries(loadConfig(HostAgentEnv, { ...token, KILN_GUEST_NAMESERVERS: ' 10.0.0.53 , 2001:db8::53' }).KILN_GUEST_NAMESERVERS)).toEqual(['10.0.0.53', '2001:db8::53']);
-    expect(() => loadConfig(HostAgentEnv, { ...token, KILN_GUEST_NAMESERVERS: 'dns.example.com' })).toThrow(/KILN_GUEST_NAMESERVERS/);
-    expect(() => loadConfig(HostAgentEnv, { ...token, KILN_GUEST_NAMESERVERS: '1.1.1.1,1.0.0.1,8.8.8.8,8.8.4.4' })).toThrow(/at most 3/);
+    const stateKey = { KILN_HOST_STATE_KEY: 'a-host-state-key-of-thirty-two-chars' };
+    expect(loadConfig(HostAgentEnv, stateKey).KILN_GUEST_NAMESERVERS).toBe('8.8.8.8,1.1.1.1');
+    expect(ipListEntries(loadConfig(HostAgentEnv, { ...stateKey, KILN_GUEST_NAMESERVERS: ' 10.0.0.53 , 2001:db8::53' }).KILN_GUEST_NAMESERVERS)).toEqual(['10.0.0.53', '2001:db8::53']);
+    expect(() => loadConfig(HostAgentEnv, { ...stateKey, KILN_GUEST_NAMESERVERS: 'dns.example.com' })).toThrow(/KILN_GUEST_NAMESERVERS/);
+    expect(() => loadConfig(HostAgentEnv, { ...stateKey, KILN_GUEST_NAMESERVERS: '1.1.1.1,1.0.0.1,8.8.8.8,8.8.4.4' })).toThrow(/at most 3/);
   });
 
   it('validates the VMM settings on their own for tools that run VMs without the agent', () => {
@@ -43,10 +59,10 @@ describe('loadConfig', () => {
   });
 
   it('gives VMMs a uid range that covers every VM the agent may run', () => {
-    const token = { HOST_REGISTRATION_TOKEN: 'a-registration-token' };
-    expect(loadConfig(HostAgentEnv, token)).toMatchObject({ KILN_VMM_UID_BASE: 200_000, KILN_VMM_UID_COUNT: 65_536 });
+    const stateKey = { KILN_HOST_STATE_KEY: 'a-host-state-key-of-thirty-two-chars' };
+    expect(loadConfig(HostAgentEnv, stateKey)).toMatchObject({ KILN_VMM_UID_BASE: 200_000, KILN_VMM_UID_COUNT: 65_536 });
     // 8 sandboxes + 2 × 4 pooled clones + 2 template boots.
-    const sized = { ...token, KILN_MAX_SANDBOXES: '8', KILN_CLONE_POOL_SIZE: '2', KILN_CLONE_POOL_TEMPLATES: '4' };
+    const sized = { ...stateKey, KILN_MAX_SANDBOXES: '8', KILN_CLONE_POOL_SIZE: '2', KILN_CLONE_POOL_TEMPLATES: '4' };
     expect(loadConfig(HostAgentEnv, { ...sized, KILN_VMM_UID_COUNT: '18' }).KILN_VMM_UID_COUNT).toBe(18);
     expect(() => loadConfig(HostAgentEnv, { ...sized, KILN_VMM_UID_COUNT: '17' })).toThrow(/KILN_VMM_UID_COUNT must cover/);
     // Base 0: QEMU stays root, no range needed.
@@ -57,7 +73,7 @@ describe('loadConfig', () => {
   });
 
   it("gives pauses and resumes the create's budget unless set, and refuses one the gateway would not wait for", () => {
-    const base = { DATABASE_URL: 'postgresql://db:5432/kiln', HOST_REGISTRATION_TOKEN: 'a-registration-token', KILN_SANDBOX_TOKEN_KEY: 'k'.repeat(40) };
+    const base = { DATABASE_URL: 'postgresql://db:5432/kiln', KILN_SANDBOX_TOKEN_KEY: 'k'.repeat(40) };
     const defaults = loadConfig(SchedulerEnv, base);
     expect([pauseDeadlineMs(defaults), resumeDeadlineMs(defaults)]).toEqual([defaults.SANDBOX_HOST_CREATE_DEADLINE_MS, defaults.SANDBOX_HOST_CREATE_DEADLINE_MS]);
     const set = loadConfig(SchedulerEnv, { ...base, SANDBOX_PAUSE_DEADLINE_MS: '5000', SANDBOX_RESUME_DEADLINE_MS: '7000' });

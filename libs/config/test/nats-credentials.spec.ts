@@ -3,7 +3,7 @@ import { ConfigError, GatewayEnv, HostAgentEnv, HostMonitorEnv, SchedulerEnv, Te
 
 const BASE = {
   DATABASE_URL: 'postgresql://db:5432/kiln',
-  HOST_REGISTRATION_TOKEN: 'a-registration-token',
+  KILN_HOST_STATE_KEY: 'a-host-state-key-of-thirty-two-chars',
   KILN_SANDBOX_TOKEN_KEY: 'k'.repeat(32),
 };
 const CREDENTIALS = { NATS_USER: 'scheduler', NATS_PASSWORD: randomBytes(24).toString('base64url') };

@@ -73,7 +73,6 @@ describe('secrets in production (NODE_ENV=production)', () => {
     const placeholders = {
       DATABASE_URL: 'postgresql://kiln:change-me@db:5432/kiln',
       REDIS_URL: 'redis://redis:6379',
-      HOST_REGISTRATION_TOKEN: 'change-me-host-registration-token',
       KILN_SANDBOX_TOKEN_KEY: 'change-me-sandbox-token-derivation-key',
       KILN_HOST_STATE_KEY: 'x'.repeat(40),
     };
@@ -85,7 +84,7 @@ describe('secrets in production (NODE_ENV=production)', () => {
         return (error as Error).message;
       }
     })();
-    for (const name of ['DATABASE_URL', 'REDIS_URL', 'HOST_REGISTRATION_TOKEN', 'KILN_SANDBOX_TOKEN_KEY']) expect(scheduler).toContain(`${name} `);
+    for (const name of ['DATABASE_URL', 'REDIS_URL', 'KILN_SANDBOX_TOKEN_KEY']) expect(scheduler).toContain(`${name} `);
     expect(() => loadConfig(HostAgentEnv, { ...placeholders, NODE_ENV: 'production' })).toThrow(/KILN_HOST_STATE_KEY repeats a single character/);
 
     // Control: the same values are fine in development and tests (the dev stack and test suites use readable values).
@@ -116,7 +115,6 @@ describe('configuration errors', () => {
     try {
       loadConfig(SchedulerEnv, {
         NODE_ENV: 'production',
-        HOST_REGISTRATION_TOKEN: 'short-but-real-x',
         KILN_SANDBOX_TOKEN_KEY: 'Kq3-too-short',
         REDIS_URL: 'redis://:password@redis:6379',
         DATABASE_URL: 'postgresql://kiln:Secret1@db/kiln',

@@ -1,3 +1,4 @@
+import { HOSTS_KV_BUCKET, HOST_EVENTS_STREAM, HOST_EVENTS_SUBJECT_PREFIX, MonitorSubjects } from './fleet';
 import {
   SANDBOX_EVENTS_STREAM,
   SANDBOX_EVENTS_SUBJECT_PREFIX,
@@ -5,6 +6,7 @@ import {
   TEMPLATE_BUILD_LOGS_SUBJECTS,
   hostHeartbeatSubject,
   hostRegisterSubject,
+  sandboxEventSubject,
   sandboxEventSubjectsOf,
 } from './subjects';
 
@@ -15,7 +17,8 @@ import {
  *
  * A host agent's user is per host (`host:<hostId>`) and may publish only on subjects carrying its own host id, so
  * the host id of a heartbeat, registration or lifecycle event subject is vouched for by the server: the scheduler
- * takes it from the subject and ignores what the payload claims (see hosts.controller.ts and reconcile.service.ts).
+ * host monitor and the scheduler take it from the subject and ignore what the payload claims (the monitor's
+ * registration and heartbeat handlers, the scheduler's reconcile.service.ts).
  *
  * Replies: requesters receive them on their own inbox prefix (`natsInboxPrefix`), so no user can read another's
  * replies (a route reply carries an envd token); responders answer through `allow_responses`, which lets them
@@ -60,10 +63,19 @@ function inboxOf(user: string): string {
   return `${natsInboxPrefix(user)}.>`;
 }
 
-/** Every request subject the gateway sends: the sandbox API and the scheduler's health ping. */
-const GATEWAY_REQUESTS = Object.entries(Subjects)
-  .filter(([name]) => name !== 'hostRegister' && name !== 'hostHeartbeat')
-  .map(([, subject]) => subject);
+/** Every request subject the gateway sends: the sandbox API, the scheduler's health ping and the admin API's. */
+const GATEWAY_REQUESTS = [
+  ...Object.entries(Subjects)
+    .filter(([name]) => name !== 'hostRegister' && name !== 'hostHeartbeat')
+    .map(([, subject]) => subject),
+  ...Object.values(MonitorSubjects),
+];
+
+/** Every admin request the monitor answers (derived from MonitorSubjects, so a new one cannot drift from its grant). */
+const MONITOR_REQUESTS = Object.values(MonitorSubjects);
+
+/** Host agents' `created` lifecycle events: the monitor counts them per host (E2B's node create counters). */
+export const SANDBOX_CREATED_BY_HOSTS = sandboxEventSubject('created', { hostId: '>' });
 
 const JETSTREAM_ACCOUNT_INFO = '$JS.API.INFO';
 
@@ -82,12 +94,20 @@ export function serviceNatsPermissions(service: NatsServiceUser): NatsPermission
       return {
         // It owns the event stream and its durable consumer (JetStream API), acks what it consumed, and publishes
         // its own transitions. Requests it answers go back through allowResponses.
-        publish: [sandboxEventSubjectsOf('scheduler'), '$JS.API.>', `$JS.ACK.${SANDBOX_EVENTS_STREAM}.>`],
-        subscribe: ['kiln.scheduler.>', Subjects.hostHeartbeat, inboxOf(service)],
+        // It also acks the host events its durable consumer took (KILN_HOST_EVENTS) and watches the hosts KV bucket
+        // (an ordered consumer: JetStream API plus its inbox).
+        publish: [sandboxEventSubjectsOf('scheduler'), '$JS.API.>', `$JS.ACK.${SANDBOX_EVENTS_STREAM}.>`, `$JS.ACK.${HOST_EVENTS_STREAM}.>`],
+        subscribe: ['kiln.scheduler.>', inboxOf(service)],
         allowResponses: true,
       };
     case 'host-monitor':
-      return { publish: [], subscribe: [Subjects.hostHeartbeat, inboxOf(service)], allowResponses: false };
+      // The one owner of host liveness: answers registrations and the admin API, hears heartbeats and hosts' create
+      // events, writes the hosts KV bucket and the host events stream (and creates both: JetStream API).
+      return {
+        publish: ['$JS.API.>', `$KV.${HOSTS_KV_BUCKET}.>`, `${HOST_EVENTS_SUBJECT_PREFIX}.>`],
+        subscribe: [Subjects.hostRegister, Subjects.hostHeartbeat, ...MONITOR_REQUESTS, SANDBOX_CREATED_BY_HOSTS, inboxOf(service)],
+        allowResponses: true,
+      };
     case 'template-builder':
       // Publishes the logs of the builds it runs; hears cancellations (every replica: the one running the build acts).
       return { publish: [TEMPLATE_BUILD_LOGS_SUBJECTS], subscribe: [Subjects.templateBuildCancel, inboxOf(service)], allowResponses: false };

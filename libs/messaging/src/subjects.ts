@@ -1,4 +1,15 @@
-import type { HostMachineInfo, HostUsageReport } from './fleet';
+import { MonitorSubjects } from './fleet';
+import type {
+  HostMachineInfo,
+  HostUsageReport,
+  HostView,
+  JoinTokenCreateCommand,
+  JoinTokenReply,
+  NodeRef,
+  NodeRemoveReply,
+  NodeSetStatusCommand,
+  NodesListReply,
+} from './fleet';
 import type { EgressPolicy, ErrorPayload, SandboxNetworkSettings, SandboxRoute, SandboxState, SandboxView } from '@kiln/contracts';
 
 /**
@@ -281,6 +292,14 @@ export interface RequestMap {
   [Subjects.sandboxUpdateNetwork]: [UpdateNetworkCommand, SandboxView];
   [Subjects.sandboxLogs]: [SandboxRef, SandboxLogsReply];
   [subject: HostRegisterSubject]: [HostRegistration, HostRegistrationReply];
+  // The gateway's admin API asks the host monitor. An unknown host id is a not_found error (never an empty reply);
+  // set-status answers the host's view after the change; remove is a conflict while the host has live sandboxes
+  // and is not dead.
+  [MonitorSubjects.nodesList]: [Record<string, never>, NodesListReply];
+  [MonitorSubjects.nodesGet]: [NodeRef, HostView];
+  [MonitorSubjects.nodesSetStatus]: [NodeSetStatusCommand, HostView];
+  [MonitorSubjects.nodesRemove]: [NodeRef, NodeRemoveReply];
+  [MonitorSubjects.joinTokenCreate]: [JoinTokenCreateCommand, JoinTokenReply];
 }
 
 /** Fire-and-forget subjects (core NATS). */

@@ -1,6 +1,10 @@
 import { JSONCodec, NatsConnection, NatsError, connect, createInbox } from 'nats';
 import { PrivateServer, eventually, startPrivateNats } from '@kiln/testing';
 import {
+  HOSTS_KV_BUCKET,
+  HOST_EVENTS_STREAM,
+  HostEventStream,
+  MonitorSubjects,
   NatsUser,
   SANDBOX_EVENTS_STREAM,
   SANDBOX_EVENTS_SUBJECT_PREFIX,
@@ -10,6 +14,7 @@ import {
   hostAgentNatsUser,
   hostHeartbeatSubject,
   hostRegisterSubject,
+  hostStateEventSubject,
   natsAuthOptions,
   renderNatsServerConfig,
   sandboxEventSourceOf,
@@ -89,15 +94,15 @@ describe('NATS users and permissions (real nats-server, generated config)', () =
 
   it("lets a host publish heartbeats and registrations on its own subjects only, not on another host's", async () => {
     const agentA = await connectAs(hostAgentNatsUser(hostA));
-    const scheduler = await connectAs('scheduler');
+    const monitor = await connectAs('host-monitor');
 
-    // Control: its own subjects arrive, with no violation.
-    expect(await received(scheduler, Subjects.hostHeartbeat, () => publishViolation(agentA, hostHeartbeatSubject(hostA)))).toEqual([hostHeartbeatSubject(hostA)]);
+    // Control: its own subjects arrive at the host monitor, with no violation.
+    expect(await received(monitor, Subjects.hostHeartbeat, () => publishViolation(agentA, hostHeartbeatSubject(hostA)))).toEqual([hostHeartbeatSubject(hostA)]);
     expect(await publishViolation(agentA, hostHeartbeatSubject(hostA))).toBeUndefined();
     expect(await publishViolation(agentA, hostRegisterSubject(hostA))).toBeUndefined();
 
     // Host B's (whose id extends A's with a dot): refused by the server and never delivered.
-    expect(await received(scheduler, Subjects.hostHeartbeat, () => publishViolation(agentA, hostHeartbeatSubject(hostB)))).toEqual([]);
+    expect(await received(monitor, Subjects.hostHeartbeat, () => publishViolation(agentA, hostHeartbeatSubject(hostB)))).toEqual([]);
     expect(await publishViolation(agentA, hostHeartbeatSubject(hostB))).toBeDefined();
     expect(await publishViolation(agentA, hostRegisterSubject(hostB))).toBeDefined();
     // Nor the old unscoped subject, nor a scheduler request.
@@ -148,6 +153,47 @@ describe('NATS users and permissions (real nats-server, generated config)', () =
     ]) {
       expect(await publishViolation(gateway, forged)).toBeDefined();
     }
+  });
+
+  it('lets the host monitor own the hosts KV bucket and the host events stream, and nothing of the sandboxes', async () => {
+    const holder = new NatsConnectionHolder();
+    await holder.open(nats.url, 'monitor-js', { user: 'host-monitor', password: users.find((u) => u.user === 'host-monitor')!.password });
+    try {
+      const kv = await holder.nc.jetstream().views.kv(HOSTS_KV_BUCKET, { history: 1 });
+      await expect(kv.put(hostA, JSON.stringify({ hostId: hostA }))).resolves.toBeGreaterThan(0);
+      await expect(kv.delete(hostA)).resolves.toBeUndefined();
+      const events = new HostEventStream(holder);
+      await events.ensureStream();
+      const at = new Date().toISOString();
+      await expect(events.publish({ kind: 'state-changed', hostId: hostA, from: 'ready', to: 'dead', reason: 'test', at })).resolves.toBeGreaterThan(0);
+      // Not a host's voice, nor the scheduler's.
+      for (const forged of [hostHeartbeatSubject(hostA), sandboxEventSubject('crashed', { hostId: hostA }), sandboxEventSubject('transition', 'scheduler'), Subjects.sandboxCreate]) {
+        expect(await publishViolation(holder.nc, forged)).toBeDefined();
+      }
+    } finally {
+      await holder.onApplicationShutdown();
+    }
+  });
+
+  it("lets the gateway ask the monitor's admin subjects, and hosts not; the scheduler no longer hears heartbeats", async () => {
+    const gateway = await connectAs('gateway', 'gateway-admin');
+    const monitor = await connectAs('host-monitor', 'monitor-admin');
+    const agentA = await connectAs(hostAgentNatsUser(hostA), 'agent-a-admin');
+    for (const subject of Object.values(MonitorSubjects)) {
+      expect(await received(monitor, subject, () => publishViolation(gateway, subject))).toEqual([subject]);
+      expect(await publishViolation(agentA, subject)).toBeDefined();
+    }
+    // The gateway reads hosts through the monitor only: not the KV bucket's subjects, not host events.
+    expect(await publishViolation(gateway, `$KV.${HOSTS_KV_BUCKET}.${hostA}`)).toBeDefined();
+    expect(await publishViolation(gateway, hostStateEventSubject(hostA))).toBeDefined();
+
+    const scheduler = await connectAs('scheduler', 'scheduler-heartbeats');
+    const errors: NatsError[] = [];
+    scheduler.subscribe(Subjects.hostHeartbeat, { callback: (error) => error && errors.push(error) });
+    await scheduler.flush();
+    await eventually('the heartbeat subscription refused', () => errors.length >= 1 || undefined, { timeoutMs: 5_000 });
+    // It acks what its durable consumer of host events took.
+    expect(await publishViolation(scheduler, `$JS.ACK.${HOST_EVENTS_STREAM}.scheduler-host-state.1.1.1.1.0`)).toBeUndefined();
   });
 
   it("keeps each user's replies to itself: no one may subscribe to another user's inbox or to every reply", async () => {

@@ -14,11 +14,12 @@ export const INTERNAL_TLS_SERVICES = ['scheduler', 'gateway', 'host-agent', 'tem
 
 /**
  * Makes a test stack's internal CA and service certificates in `dir` with the same script `npm run up` uses
- * (tools/stack/internal-tls.sh), plus any `extra` services (a suite's wrong-identity probes). The stack's run folder
- * owns them: startStack empties it on every start.
+ * (tools/stack/internal-tls.sh), plus any `extra` services (a suite's wrong-identity probes). `hostAgentAddresses`
+ * are the host-agent certificate's address SANs (a fleet's agents are at addresses of their own). The stack's run
+ * folder owns them: startStack empties it on every start.
  */
-export function makeInternalTls(dir: string, extra: string[] = []): void {
-  execFileSync('bash', [SCRIPT, dir, '127.0.0.1,localhost', ...INTERNAL_TLS_SERVICES, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+export function makeInternalTls(dir: string, extra: string[] = [], hostAgentAddresses: string[] = ['127.0.0.1', 'localhost']): void {
+  execFileSync('bash', [SCRIPT, dir, hostAgentAddresses.join(','), ...INTERNAL_TLS_SERVICES, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
 /** The PEM files of `service`'s certificate in a directory makeInternalTls filled. */

@@ -40,6 +40,10 @@ function applyRule(schema: Schema, rule: { name?: string; constraints?: unknown[
       schema.type = 'string';
       schema.enum = first;
       break;
+    case 'isUuid':
+      schema.type = 'string';
+      schema.format = 'uuid';
+      break;
     case 'isStringRecord':
       schema.type = 'object';
       schema.additionalProperties = { type: 'string' };

@@ -5,7 +5,6 @@ import { GatewayEnv, SchedulerEnv, loadConfig } from '@kiln/config';
 import { DEFAULT_NETWORK_SETTINGS, SandboxNetworkSettings, SandboxState } from '@kiln/contracts';
 import {
   ApiKeyRepository,
-  HostRepository,
   PrismaService,
   SandboxRepository,
   TeamRepository,
@@ -18,6 +17,7 @@ import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@k
 import type { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { AppModule as SchedulerAppModule, SERVICE_NAME as SCHEDULER_SERVICE } from '../../../scheduler/src/app.module';
 import { SandboxTokens } from '../../../scheduler/src/lifecycle/sandbox-tokens';
+import { FleetPublishingHostRepository } from '../../../scheduler/test/support/fleet-hosts';
 import { RunningGateway, startGateway } from '../../src/gateway';
 
 /** The in-process scheduler's token key: tests derive a seeded sandbox's tokens with it (`stack.tokens`). */
@@ -59,7 +59,8 @@ export class TestStack {
   teams: TeamRepository;
   apiKeys: ApiKeyRepository;
   templates: TemplateRepository;
-  hosts: HostRepository;
+  /** Registering a host here also puts it in the fleet view (the KV bucket the scheduler places from), as the host monitor would. */
+  hosts: FleetPublishingHostRepository;
   sandboxes: SandboxRepository;
   /** Derives seeded sandboxes' envd and traffic tokens exactly as the scheduler does. */
   readonly tokens = new SandboxTokens({ KILN_SANDBOX_TOKEN_KEY: GATEWAY_TEST_SANDBOX_TOKEN_KEY } as SchedulerEnv);
@@ -97,7 +98,7 @@ export class TestStack {
     this.teams = new TeamRepository(this.prisma);
     this.apiKeys = new ApiKeyRepository(this.prisma);
     this.templates = new TemplateRepository(this.prisma);
-    this.hosts = new HostRepository(this.prisma);
+    this.hosts = new FleetPublishingHostRepository(this.prisma, this.natsUrl, () => (this.scheduler ? [this.scheduler] : []));
     this.sandboxes = new SandboxRepository(this.prisma);
 
     if (withScheduler) await this.startScheduler();
@@ -110,11 +111,9 @@ export class TestStack {
       DATABASE_URL: this.databaseUrl,
       NATS_URL: this.natsUrl,
       REDIS_URL: this.redisUrl,
-      HOST_REGISTRATION_TOKEN: 'gateway-test-registration-token',
       KILN_SANDBOX_TOKEN_KEY: GATEWAY_TEST_SANDBOX_TOKEN_KEY,
-      // Seeded hosts never heartbeat; keep the reconciler from reaping them mid-test.
+      // Seeded hosts have no agent that could list their sandboxes: keep the reconciler from ending them mid-test.
       RECONCILE_INTERVAL_SECONDS: '3600',
-      HOST_HEARTBEAT_TTL_SECONDS: '3600',
       LOG_LEVEL: 'warn',
     });
     this.scheduler = await startHttpService(SchedulerAppModule.forRoot(env), {
@@ -222,6 +221,7 @@ export class TestStack {
     for (const gateway of this.extraGateways) await gateway.close().catch(() => undefined);
     await this.gateway?.close().catch(() => undefined);
     await this.scheduler?.close().catch(() => undefined);
+    await this.hosts?.close().catch(() => undefined);
     await this.prisma?.$disconnect().catch(() => undefined);
     await this.nats?.stop();
     await this.redis?.stop();

@@ -37,7 +37,7 @@ describe('template snapshot state through the agent: /health, CreateSandbox and 
 
   beforeEach(async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'kiln-readiness-'));
-    const env = loadConfig(HostAgentEnv, { HOST_REGISTRATION_TOKEN: 'test-token-0123456789', KILN_DATA_DIR: dataDir });
+    const env = loadConfig(HostAgentEnv, { KILN_HOST_STATE_KEY: 'readiness-test-host-state-key-0123456789', KILN_DATA_DIR: dataDir });
     // Faster than the env allows (whole seconds), so the retries happen within the test.
     Object.assign(env, { KILN_SNAPSHOT_RETRY_INITIAL_SECONDS: 0.05, KILN_SNAPSHOT_RETRY_MAX_SECONDS: 0.1 });
     manager = new SandboxManager(

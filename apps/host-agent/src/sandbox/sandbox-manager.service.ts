@@ -255,7 +255,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     private readonly events: SandboxEventStream,
     metrics: MetricsRegistry,
   ) {
-    this.sealer = new RecordSealer(env.KILN_HOST_STATE_KEY ?? env.HOST_REGISTRATION_TOKEN);
+    this.sealer = new RecordSealer(env.KILN_HOST_STATE_KEY);
     this.records = new SandboxRecordStore(join(env.KILN_DATA_DIR, 'sandboxes'), this.sealer);
     this.checkpoints = new CheckpointStore(join(env.KILN_DATA_DIR, 'checkpoints'));
     this.pauseSeconds = metrics.histogram('kiln_agent_sandbox_pause_seconds', 'PauseSandbox on the host, by whether memory was kept', ['memory'], [0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5]);

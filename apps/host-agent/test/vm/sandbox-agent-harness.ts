@@ -50,7 +50,8 @@ export async function startSandboxAgent(host: SuiteHost, nats: PrivateServer, se
     KILN_MAX_SANDBOXES: '8',
     KILN_CLONE_POOL_SIZE: '0',
     KILN_HOST_ID: host.hostId,
-    HOST_REGISTRATION_TOKEN: `${host.hostId}-registration`,
+    // Fixed per suite host, so an agent restarted by a suite opens the records its predecessor sealed.
+    KILN_HOST_STATE_KEY: `${host.hostId}-host-state-key`.padEnd(32, '0'),
     ...settings,
   });
   @Module({

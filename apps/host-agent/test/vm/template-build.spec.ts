@@ -60,7 +60,7 @@ async function startBuildAgent(nats: PrivateServer, artifactDir: string): Promis
     KILN_MAX_SANDBOXES: '4',
     KILN_CLONE_POOL_SIZE: '0',
     KILN_HOST_ID: SUITE.hostId,
-    HOST_REGISTRATION_TOKEN: `${SUITE.hostId}-registration`,
+    KILN_HOST_STATE_KEY: `${SUITE.hostId}-host-state-key`.padEnd(32, '0'),
     KILN_TEMPLATE_READY_TIMEOUT_SECONDS: '10',
   });
   const host = hostResourceModules(env);

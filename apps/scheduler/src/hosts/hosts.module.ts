@@ -1,11 +1,9 @@
 import { Module } from '@nestjs/common';
 import { HostAgentClients } from './host-agent-clients';
-import { HostRegistryService } from './host-registry.service';
-import { HostsController } from './hosts.controller';
 
+/** Calls to host agents. Which hosts exist and are alive is the host monitor's (the fleet view follows it). */
 @Module({
-  controllers: [HostsController],
-  providers: [HostRegistryService, HostAgentClients],
-  exports: [HostRegistryService, HostAgentClients],
+  providers: [HostAgentClients],
+  exports: [HostAgentClients],
 })
 export class HostsModule {}

@@ -48,7 +48,7 @@ import {
 } from '@kiln/messaging';
 import { MetricsRegistry } from '@kiln/telemetry';
 import { HostAgentClients } from '../hosts/host-agent-clients';
-import { PlacementCandidate, PlacementService } from '../placement/placement.service';
+import { HostReservation, PlacementCandidate, PlacementService } from '../placement/placement.service';
 import { SandboxTimeoutJob, SandboxTimeouts } from '../timeouts/sandbox-timeouts';
 import { ForkSandboxResponse, SandboxInfo, SandboxState as HostSandboxState } from '@kiln/proto/hostagent';
 import { newSandboxId } from './sandbox-ids';
@@ -191,58 +191,76 @@ export class SandboxLifecycleService implements OnModuleInit {
     envVars: Record<string, string>,
     snapshot?: HostSnapshotLocation,
   ): Promise<SandboxView> {
-    const all = await this.placement.candidates({ templateId: sandbox.templateId, vcpus: sandbox.vcpus, memoryMib: sandbox.memoryMib });
-    // A named snapshot's artifacts live on one host: its sandboxes start there or nowhere.
-    const candidates = snapshot ? all.filter((c) => c.hostId === snapshot.hostId) : all;
+    const candidates = this.placement.candidates(
+      { templateId: sandbox.templateId, vcpus: sandbox.vcpus, memoryMib: sandbox.memoryMib, diskMib: sandbox.diskMib },
+      // A named snapshot's artifacts live on one host: its sandboxes start there or nowhere.
+      snapshot ? { onlyHostId: snapshot.hostId } : {},
+    );
     if (candidates.length === 0) {
+      this.placement.recordResult('no_host');
       const reason = snapshot ? `the snapshot's host ${snapshot.hostId} is unavailable or has no free capacity` : 'no host with free capacity';
       await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Error, { reason, endedAt: new Date() });
       throw new KilnError(ErrorCode.ResourceExhausted, snapshot ? `${reason} right now` : 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
     }
 
+    // Reserved before anything awaits, so this replica's next decision already counts this sandbox on that host.
+    let nextReservation: HostReservation | undefined = this.placement.reserve(candidates[0].hostId, sandbox);
     let lastError: KilnError | undefined;
     for (const [attempt, host] of candidates.entries()) {
-      if (remainingMs(sandbox) < MIN_HOST_ATTEMPT_MS) {
-        lastError = new KilnError(ErrorCode.Unavailable, this.createDeadlineReason(), RETRY_AFTER_SECONDS);
-        await this.moveTo(sandbox, [SandboxState.Pending, SandboxState.Starting], SandboxState.Error, { reason: lastError.message, endedAt: new Date() });
-        throw lastError;
-      }
-      const starting =
-        attempt === 0
-          ? await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Starting, { hostId: host.hostId })
-          : await this.sandboxes.reassignHost(sandbox.id, host.hostId);
-      if (!starting) throw await this.endedWhileStarting(sandbox.id);
-      let started: HostStartReport;
+      // Held while the host works on it (and until its heartbeats show it); released on every way out but success.
+      const reservation = nextReservation ?? this.placement.reserve(host.hostId, sandbox);
+      nextReservation = undefined;
+      let placed = false;
       try {
-        started = await this.createOnHost(starting, host, hostBuildId, envVars, snapshot);
-      } catch (error) {
-        lastError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, String(error));
-        // A full host is a reason to try the next one; anything else is the sandbox's failure.
-        if (lastError.code === ErrorCode.ResourceExhausted) continue;
-        await this.moveTo(starting, [SandboxState.Starting], SandboxState.Error, { reason: lastError.message, endedAt: new Date() });
-        // A timed-out or failed create may still have left a VM. Not awaited: a host that hung on the create may hang
-        // on this too, and the caller's answer must not wait for it (reconcile's orphan pass retries it).
-        void this.destroyOnHost(host.hostId, host.grpcAddress, sandbox.id);
-        throw lastError;
+        if (remainingMs(sandbox) < MIN_HOST_ATTEMPT_MS) {
+          lastError = new KilnError(ErrorCode.Unavailable, this.createDeadlineReason(), RETRY_AFTER_SECONDS);
+          await this.moveTo(sandbox, [SandboxState.Pending, SandboxState.Starting], SandboxState.Error, { reason: lastError.message, endedAt: new Date() });
+          throw lastError;
+        }
+        const starting =
+          attempt === 0
+            ? await this.moveTo(sandbox, [SandboxState.Pending], SandboxState.Starting, { hostId: host.hostId })
+            : await this.sandboxes.reassignHost(sandbox.id, host.hostId);
+        if (!starting) throw await this.endedWhileStarting(sandbox.id);
+        let started: HostStartReport;
+        try {
+          started = await this.createOnHost(starting, host, hostBuildId, envVars, snapshot);
+          reservation.settle();
+          placed = true;
+        } catch (error) {
+          lastError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, String(error));
+          // A full host is a reason to try the next one; anything else is the sandbox's failure.
+          if (lastError.code === ErrorCode.ResourceExhausted) continue;
+          this.placement.recordResult('failed');
+          await this.moveTo(starting, [SandboxState.Starting], SandboxState.Error, { reason: lastError.message, endedAt: new Date() });
+          // A timed-out or failed create may still have left a VM. Not awaited: a host that hung on the create may hang
+          // on this too, and the caller's answer must not wait for it (reconcile's orphan pass retries it).
+          void this.destroyOnHost(host.hostId, host.grpcAddress, sandbox.id);
+          throw lastError;
+        }
+        const now = new Date();
+        // Expiry is part of the move to running: a crash right after it leaves a row the expiry sweep still covers.
+        const running = await this.moveTo(starting, [SandboxState.Starting], SandboxState.Running, {
+          startedAt: now,
+          expiresAt: new Date(now.getTime() + sandbox.timeoutSeconds * 1000),
+          started,
+          // Counted on reaching running, not on request: E2B counts sandboxes its create actually started.
+          spawnedFromTemplate: sandbox.templateId,
+        });
+        if (!running) {
+          // Killed (or failed by reconcile) while the VM was being made: nothing else knows of this VM, so this path removes it.
+          await this.destroyOnHost(host.hostId, host.grpcAddress, sandbox.id);
+          throw await this.endedWhileStarting(sandbox.id);
+        }
+        this.placement.recordResult('placed');
+        // Only a shortcut to the exact moment; when Redis is down the sweep expires the sandbox instead.
+        await this.timeouts.schedule(running.id, running.expiresAt);
+        return this.view(running);
+      } finally {
+        if (!placed) reservation.release();
       }
-      const now = new Date();
-      // Expiry is part of the move to running: a crash right after it leaves a row the expiry sweep still covers.
-      const running = await this.moveTo(starting, [SandboxState.Starting], SandboxState.Running, {
-        startedAt: now,
-        expiresAt: new Date(now.getTime() + sandbox.timeoutSeconds * 1000),
-        started,
-        // Counted on reaching running, not on request: E2B counts sandboxes its create actually started.
-        spawnedFromTemplate: sandbox.templateId,
-      });
-      if (!running) {
-        // Killed (or failed by reconcile) while the VM was being made: nothing else knows of this VM, so this path removes it.
-        await this.destroyOnHost(host.hostId, host.grpcAddress, sandbox.id);
-        throw await this.endedWhileStarting(sandbox.id);
-      }
-      // Only a shortcut to the exact moment; when Redis is down the sweep expires the sandbox instead.
-      await this.timeouts.schedule(running.id, running.expiresAt);
-      return this.view(running);
     }
+    this.placement.recordResult('all_full');
     await this.moveTo(sandbox, [SandboxState.Pending, SandboxState.Starting], SandboxState.Error, { reason: 'every candidate host was full', endedAt: new Date() });
     throw new KilnError(ErrorCode.ResourceExhausted, lastError?.message ?? 'no host has room for this sandbox right now', RETRY_AFTER_SECONDS);
   }
@@ -894,11 +912,14 @@ export class SandboxLifecycleService implements OnModuleInit {
     await this.killRecord(sandbox, 'timeout');
   }
 
-  /** Called by reconcile and host events: the VM is gone, so the record follows. */
-  async markGone(sandboxId: string, to: SandboxState.Killed | SandboxState.Error, reason: string): Promise<boolean> {
+  /**
+   * Called by reconcile and host events: the VM is gone, so the record follows. `from` narrows the states it may be
+   * ended from (a lost host ends running sandboxes, never a paused one that changed state since it was read).
+   */
+  async markGone(sandboxId: string, to: SandboxState.Killed | SandboxState.Error, reason: string, from: readonly SandboxState[] = LIVE_OR_PAUSED): Promise<boolean> {
     const sandbox = await this.sandboxes.find(sandboxId);
     if (!sandbox) return false;
-    const moved = await this.moveTo(sandbox, LIVE_OR_PAUSED, to, { reason, endedAt: new Date() });
+    const moved = await this.moveTo(sandbox, [...from], to, { reason, endedAt: new Date() });
     if (moved) {
       await this.timeouts.cancel(sandboxId);
       await this.sandboxes.clearPause(sandboxId);

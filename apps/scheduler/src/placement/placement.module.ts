@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
+import { FleetModule } from '../fleet/fleet.module';
 import { PlacementService } from './placement.service';
 
-@Module({ providers: [PlacementService], exports: [PlacementService] })
+@Module({ imports: [FleetModule], providers: [PlacementService], exports: [PlacementService] })
 export class PlacementModule {}

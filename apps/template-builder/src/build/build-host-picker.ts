@@ -1,5 +1,4 @@
 import { Injectable } from '@nestjs/common';
-import { TemplateBuilderEnv } from '@kiln/config';
 import { HostRepository } from '@kiln/db';
 import { BuildHost } from './build-host-client';
 import { BuildInfrastructureError } from './template-build.errors';
@@ -13,27 +12,26 @@ export interface BuildPlacement {
 }
 
 /**
- * Picks the host a build runs on among the registered hosts with a fresh heartbeat: among those with memory for the
- * build VM, the one with the template's step cache first, then one that holds the base, then the one with the most
- * free memory. No fresh host is an
- * infrastructure failure (the job is retried: a host may be restarting).
+ * Picks the host a build runs on among the hosts the host monitor holds `ready` (draining, cordoned, unhealthy and
+ * dead hosts get no builds): among those with memory for the build VM, the one with the template's step cache
+ * first, then one that holds the base, then the one with the most free memory. The row's usage and templates are
+ * the ones of the host's registration (the monitor keeps live usage in its KV view, not the row), so memory is a
+ * tie-breaker, not a promise: a host that turns out full fails the build's host call, which is retried. No ready
+ * host is an infrastructure failure (the job is retried: a host may be restarting).
  */
 @Injectable()
 export class BuildHostPicker {
-  constructor(
-    private readonly env: TemplateBuilderEnv,
-    private readonly hosts: HostRepository,
-  ) {}
+  constructor(private readonly hosts: HostRepository) {}
 
   async pick(placement: BuildPlacement): Promise<BuildHost> {
-    const fresh = await this.hosts.fresh(this.env.HOST_HEARTBEAT_TTL_SECONDS);
-    if (!fresh.length) throw new BuildInfrastructureError('no host is available to run the build (none registered with a fresh heartbeat)');
-    const free = (h: (typeof fresh)[number]) => h.memoryMibCapacity - h.memoryMibUsed;
-    const score = (h: (typeof fresh)[number]) =>
+    const ready = await this.hosts.ready();
+    if (!ready.length) throw new BuildInfrastructureError('no host is available to run the build (none is ready)');
+    const free = (h: (typeof ready)[number]) => h.memoryMibCapacity - h.memoryMibUsed;
+    const score = (h: (typeof ready)[number]) =>
       (free(h) >= placement.memoryMib ? 4 : 0) +
       (h.id === placement.previousBuildHostId ? 2 : 0) +
       (placement.baseTemplateId && h.cachedTemplates.includes(placement.baseTemplateId) ? 1 : 0);
-    const [best] = [...fresh].sort((a, b) => score(b) - score(a) || free(b) - free(a) || a.id.localeCompare(b.id));
+    const [best] = [...ready].sort((a, b) => score(b) - score(a) || free(b) - free(a) || a.id.localeCompare(b.id));
     return { id: best.id, address: best.address };
   }
 }

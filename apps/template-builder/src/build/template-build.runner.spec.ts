@@ -88,7 +88,7 @@ describe('TemplateBuildRunner (host events → build state and logs; real Postgr
       env,
       store,
       new BuildRequestResolver(artifacts, store),
-      new BuildHostPicker(env, new HostRepository(prisma)),
+      new BuildHostPicker(new HostRepository(prisma)),
       client,
       cancellations,
       (buildId, entry) => published.push({ buildId, entry }),
@@ -260,7 +260,7 @@ describe('TemplateBuildRunner (host events → build state and logs; real Postgr
       { ...env, BUILD_TIMEOUT_SECONDS: 60 } as TemplateBuilderEnv,
       store,
       new BuildRequestResolver(artifacts, store),
-      new BuildHostPicker(env, new HostRepository(prisma)),
+      new BuildHostPicker(new HostRepository(prisma)),
       client,
       cancellations,
       () => undefined,
@@ -306,9 +306,10 @@ describe('TemplateBuildRunner (host events → build state and logs; real Postgr
     expect(client.calls).toHaveLength(0);
   });
 
-  it('retries when no host is fresh', async () => {
+  it.each(['unhealthy', 'dead', 'draining', 'cordoned'] as const)('retries when the only host is %s (no ready host)', async (state) => {
     const { buildId } = await copyBuild();
-    await prisma.host.update({ where: { id: 'host-a' }, data: { lastHeartbeatAt: new Date(Date.now() - 3_600_000) } });
+    // The host monitor's verdict, whatever the last heartbeat: a fresh heartbeat does not make a host ready.
+    await prisma.host.update({ where: { id: 'host-a' }, data: { state, lastHeartbeatAt: new Date() } });
     try {
       const failure = await runner.run(buildId, { number: 1, of: 3 }).catch((error: unknown) => error);
       expect(failure).toBeInstanceOf(BuildInfrastructureError);

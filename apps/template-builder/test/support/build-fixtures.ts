@@ -11,7 +11,7 @@ export function newTemplateId(): string {
   return Array.from(randomBytes(20), (b) => alphabet[b % alphabet.length]).join('');
 }
 
-/** A registered host with a fresh heartbeat, as the scheduler records one. */
+/** A registered host the host monitor holds `ready`. */
 export async function seedHost(prisma: PrismaService, hostId: string, address: string, memoryMib = 8192): Promise<void> {
   const data = {
     address,

@@ -204,6 +204,13 @@ export class GatewayEnv extends RedisBackedEnv {
   @IsOptional() @IsString() @MinLength(32) @IsRealSecretInProduction()
   KILN_SANDBOX_TOKEN_KEY?: string;
 
+  /**
+   * The admin API's token (E2B's `X-Admin-Token`: `/nodes` routes, join tokens for new hosts). Unset: the admin API
+   * is disabled and its routes answer 403, so a deployment that never chose a token exposes no fleet control.
+   */
+  @IsOptional() @IsString() @MinLength(32) @IsRealSecretInProduction()
+  KILN_ADMIN_TOKEN?: string;
+
   /** Largest template build-context archive (`PUT /templates/{id}/files/{hash}`) accepted; larger ones get 413. */
   @IsInt() @Min(1)
   TEMPLATE_UPLOAD_MAX_BYTES: number = 2 * 1024 * 1024 * 1024;
@@ -290,15 +297,12 @@ export class GatewayEnv extends RedisBackedEnv {
 }
 
 /**
- * A control-plane service that calls host agents' gRPC (the scheduler, the template builder): it only picks hosts
- * whose last heartbeat is younger than HOST_HEARTBEAT_TTL_SECONDS, and speaks internal mTLS, presenting
+ * A control-plane service that calls host agents' gRPC (the scheduler, the template builder). Which hosts are alive
+ * is the host monitor's decision (a host's state), not the caller's; a caller speaks internal mTLS, presenting
  * spiffe://kiln/<service> and requiring spiffe://kiln/host-agent (the host agent lets the template builder call
  * BuildTemplate only).
  */
 export class HostAgentCallerEnv extends RedisBackedEnv {
-  @IsInt() @Min(1)
-  HOST_HEARTBEAT_TTL_SECONDS: number = 15;
-
   @IsInternalTlsFile()
   KILN_INTERNAL_CA_FILE?: string;
 
@@ -313,10 +317,6 @@ export class SchedulerEnv extends HostAgentCallerEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3001;
 
-  /** Shared secret host agents present when they register. */
-  @IsString() @MinLength(16) @IsRealSecretInProduction()
-  HOST_REGISTRATION_TOKEN: string;
-
   /**
    * Key every sandbox's envd and traffic access tokens are derived from (HMAC-SHA256 of the sandbox id), so no token
    * is ever stored. Rotating it invalidates the tokens of running sandboxes.
@@ -324,8 +324,19 @@ export class SchedulerEnv extends HostAgentCallerEnv {
   @IsString() @MinLength(32) @IsRealSecretInProduction()
   KILN_SANDBOX_TOKEN_KEY: string;
 
+  /**
+   * Reconcile pass period. Passes run under a Redis lease, so with several replicas one of them runs each pass
+   * (while Redis is unreachable every replica runs its own: the transitions are conditional, so that is only wasteful).
+   */
   @IsInt() @Min(1)
   RECONCILE_INTERVAL_SECONDS: number = 30;
+
+  /**
+   * Placement's best-of-K: besides every host with the template cached or a clone of it ready, K hosts sampled at
+   * random from the rest are scored, so one decision costs O(K + cached hosts), not a sort of the whole fleet.
+   */
+  @IsInt() @Min(1) @Max(1000)
+  PLACEMENT_SAMPLE_SIZE: number = 5;
 
   /**
    * Default quota of every team, over its sandboxes that hold host resources (pending, starting, running, pausing,
@@ -365,12 +376,51 @@ export class TemplateBuilderEnv extends HostAgentCallerEnv {
 
 }
 
+/** Heartbeat interval < unhealthy threshold < dead threshold, or the host monitor's state machine makes no sense. */
+function hostLivenessTimingViolation(env: HostMonitorEnv): string | undefined {
+  const { HOST_HEARTBEAT_INTERVAL_SECONDS: interval, HOST_UNHEALTHY_AFTER_SECONDS: unhealthy, HOST_DEAD_AFTER_SECONDS: dead } = env;
+  if (![interval, unhealthy, dead].every((value) => typeof value === 'number')) return undefined;
+  if (!(interval < unhealthy)) return `HOST_HEARTBEAT_INTERVAL_SECONDS (${interval}) must be below HOST_UNHEALTHY_AFTER_SECONDS (${unhealthy})`;
+  if (!(unhealthy < dead)) return `HOST_UNHEALTHY_AFTER_SECONDS (${unhealthy}) must be below HOST_DEAD_AFTER_SECONDS (${dead})`;
+  return undefined;
+}
+
+/**
+ * The host monitor: the one owner of host liveness. A host silent for HOST_UNHEALTHY_AFTER_SECONDS is `unhealthy`
+ * (gets nothing new), for HOST_DEAD_AFTER_SECONDS `dead` (its running sandboxes are lost).
+ */
 export class HostMonitorEnv extends ControlPlaneEnv {
   @IsInt() @Min(1) @Max(65535)
   HTTP_PORT: number = 3003;
 
+  /** What the monitor tells every agent to heartbeat at (the registration reply), so timing is set in one place. */
   @IsInt() @Min(1)
-  HOST_HEARTBEAT_TTL_SECONDS: number = 15;
+  HOST_HEARTBEAT_INTERVAL_SECONDS: number = 2;
+
+  @IsInt() @Min(1)
+  @ValidateBy({
+    name: 'hostLivenessTiming',
+    validator: {
+      validate: (_value: unknown, args) => hostLivenessTimingViolation(args?.object as HostMonitorEnv) === undefined,
+      defaultMessage: (args) => hostLivenessTimingViolation(args?.object as HostMonitorEnv) ?? 'invalid host liveness timing',
+    },
+  })
+  HOST_UNHEALTHY_AFTER_SECONDS: number = 6;
+
+  @IsInt() @Min(1)
+  HOST_DEAD_AFTER_SECONDS: number = 12;
+
+  /** Heartbeats update memory; the hosts' KV entries are rewritten in batches this often (transitions at once). */
+  @IsInt() @Min(10) @Max(60_000)
+  HOST_VIEW_FLUSH_MS: number = 1000;
+
+  /** HMAC key of one-time join tokens (libs/messaging/src/join-token.ts); the stack scripts mint with the same key. */
+  @IsString() @MinLength(32) @IsRealSecretInProduction()
+  HOST_JOIN_TOKEN_KEY: string;
+
+  /** The longest lifetime a join token may be minted with (requests asking for more are capped). */
+  @IsInt() @Min(60)
+  HOST_JOIN_TOKEN_MAX_TTL_SECONDS: number = 86400;
 }
 
 /** Public resolvers: a host's own may be a loopback stub or a cluster DNS that sandboxes must not query. */
@@ -520,15 +570,17 @@ export class HostAgentEnv extends HostVmmEnv {
   @IsString() @MinLength(1)
   KILN_HOST_ADDRESS: string = '127.0.0.1';
 
-  @IsString() @MinLength(16) @IsRealSecretInProduction()
-  HOST_REGISTRATION_TOKEN: string;
-
   /**
-   * Key the secrets in this host's sandbox records (their envd tokens) are sealed with on disk (AES-256-GCM, HKDF).
-   * Unset: derived from HOST_REGISTRATION_TOKEN; set it to rotate that token without losing running sandboxes.
+   * One-time join token the host monitor minted for this host id (`POST /nodes/join-tokens`, or
+   * tools/stack/join-token.cjs). Needed only while the agent has no stored credential: the first registration
+   * exchanges it for the host credential, kept in `<KILN_DATA_DIR>/host-credential` (0600) and presented from then on.
    */
-  @IsOptional() @IsString() @MinLength(32) @IsRealSecretInProduction()
-  KILN_HOST_STATE_KEY?: string;
+  @IsOptional() @IsString() @MinLength(16)
+  KILN_JOIN_TOKEN?: string;
+
+  /** Key the secrets in this host's sandbox records (their envd tokens) are sealed with on disk (AES-256-GCM, HKDF). */
+  @IsString() @MinLength(32) @IsRealSecretInProduction()
+  KILN_HOST_STATE_KEY: string;
 
   @IsIn(['auto', 'qcow2', 'reflink', 'copy'])
   KILN_ROOTFS_DRIVER: string = 'auto';
@@ -661,6 +713,7 @@ export class HostAgentEnv extends HostVmmEnv {
   @IsInt() @Min(0)
   KILN_CAPACITY_MEMORY_MIB: number = 0;
 
-  @IsInt() @Min(1)
-  HEARTBEAT_INTERVAL_SECONDS: number = 5;
+  /** Disk this host offers to sandboxes' layers and checkpoints (MiB); 0 means "the size of KILN_DATA_DIR's filesystem". */
+  @IsInt() @Min(0)
+  KILN_CAPACITY_DISK_MIB: number = 0;
 }

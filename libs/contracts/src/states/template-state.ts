@@ -10,6 +10,8 @@ export enum HostState {
   Registering = 'registering',
   Ready = 'ready',
   Draining = 'draining',
+  Cordoned = 'cordoned',
   Unhealthy = 'unhealthy',
+  Dead = 'dead',
   Offline = 'offline',
 }

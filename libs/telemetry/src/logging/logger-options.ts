@@ -19,7 +19,8 @@ export function baseLoggerOptions(service: string, level: string): LoggerOptions
     level,
     base: { service },
     timestamp: pino.stdTimeFunctions.isoTime,
-    redact: ['req.headers["x-api-key"]', 'req.headers["x-access-token"]', 'req.headers["e2b-traffic-access-token"]', 'req.headers.authorization'],
+    // Credentials in headers: API keys, the admin API's token (X-Admin-Token), sandbox tokens.
+    redact: ['req.headers["x-api-key"]', 'req.headers["x-admin-token"]', 'req.headers["x-access-token"]', 'req.headers["e2b-traffic-access-token"]', 'req.headers.authorization'],
   };
 }
 
