@@ -36,7 +36,8 @@ function lookup(
 /**
  * The environment a container starts with, as the kubelet builds it: `envFrom`
  * sources in order, then `env` entries overriding them. Missing ConfigMaps, Secrets
- * or keys throw (the pod would not start).
+ * or keys throw (the pod would not start), unless an `optional` Secret key reference
+ * names them (the variable is then unset).
  */
 export function resolveContainerEnv(container: IContainer, sources: ConfigSources): Map<string, EnvValue> {
   const env = new Map<string, EnvValue>();
@@ -60,7 +61,9 @@ export function resolveContainerEnv(container: IContainer, sources: ConfigSource
       const { name, key } = ref.configMapKeyRef;
       env.set(entry.name, { value: lookup('ConfigMap', sources.configMaps, name, key)[key], source: `ConfigMap ${name}/${key}` });
     } else if (ref.secretKeyRef) {
-      const { name, key } = ref.secretKeyRef;
+      const { name, key, optional } = ref.secretKeyRef;
+      // An optional reference to a Secret or key that does not exist leaves the variable unset, as the kubelet does.
+      if (optional && (name === undefined || !(key in (sources.secrets.get(name) ?? {})))) continue;
       env.set(entry.name, { value: lookup('Secret', sources.secrets, name, key)[key], source: `Secret ${name}/${key}` });
     } else if (ref.fieldRef) {
       const sample = DOWNWARD_API_SAMPLES[ref.fieldRef.fieldPath];

@@ -20,7 +20,8 @@ export interface Kustomization {
 
 export const DEPLOY_ROOT = resolve(__dirname, '..');
 const YAML_FILE = /\.ya?ml$/;
-const SKIPPED_DIRS = new Set(['node_modules', 'dist', 'test']);
+/** Not Kubernetes manifests: prometheus/ holds Prometheus' own configuration (checked by monitoring.spec.ts). */
+const SKIPPED_DIRS = new Set(['node_modules', 'dist', 'test', 'prometheus']);
 
 export function yamlFilesUnder(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {

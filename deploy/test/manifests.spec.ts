@@ -15,7 +15,7 @@ import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisrup
 import type { IContainer } from 'kubernetes-models/v1/Container';
 import type { IProbe } from 'kubernetes-models/v1/Probe';
 import type { IService } from 'kubernetes-models/v1/Service';
-import { declaredVariables, requiredVariables } from './container-env';
+import { declaredVariables, requiredVariables, resolveContainerEnv } from './container-env';
 import { applyJsonPatch, renderKustomization } from './kustomize-render';
 import {
   DEPLOY_ROOT,
@@ -411,16 +411,52 @@ describe.each(variants)('$name rendered', ({ view }) => {
     });
   });
 
+  describe('host-monitor Deployment', () => {
+    it('runs exactly one replica, replaced with Recreate so two monitors never run side by side', () => {
+      const { object } = workload('host-monitor');
+      expect((object as IDeployment).spec?.replicas).toBe(1);
+      expect((object as IDeployment).spec?.strategy?.type).toBe('Recreate');
+    });
+  });
+
   describe('cross-app settings', () => {
-    it('host agents beat at least twice per heartbeat TTL of the scheduler and host-monitor', () => {
-      const interval = Number(loadedConfig('host-agent').HEARTBEAT_INTERVAL_SECONDS);
-      for (const app of ['scheduler', 'host-monitor']) {
-        expect(Number(loadedConfig(app).HOST_HEARTBEAT_TTL_SECONDS)).toBeGreaterThanOrEqual(2 * interval);
+    it('only the host monitor sets host liveness timing, and it declares a silent host dead within 15 s', () => {
+      const monitor = loadedConfig('host-monitor');
+      const [interval, unhealthy, dead] = ['HOST_HEARTBEAT_INTERVAL_SECONDS', 'HOST_UNHEALTHY_AFTER_SECONDS', 'HOST_DEAD_AFTER_SECONDS'].map((name) => Number(monitor[name]));
+      expect(interval).toBeLessThan(unhealthy);
+      expect(unhealthy).toBeLessThan(dead);
+      expect(dead).toBeLessThanOrEqual(15);
+      const timing = /^(HOST_HEARTBEAT_|HOST_UNHEALTHY_|HOST_DEAD_|HEARTBEAT_INTERVAL)/;
+      for (const app of APP_NAMES.filter((a) => a !== 'host-monitor')) {
+        expect([app, Object.keys(containerEnv(app)).filter((name) => timing.test(name))]).toEqual([app, []]);
       }
     });
 
-    it('host agents present the registration token the scheduler expects', () => {
-      expect(loadedConfig('host-agent').HOST_REGISTRATION_TOKEN).toBe(loadedConfig('scheduler').HOST_REGISTRATION_TOKEN);
+    it('hosts join with a one-time token the host monitor alone signs, never a shared registration secret', () => {
+      expect(view.secretVariables(workload('host-monitor').container)).toContain('HOST_JOIN_TOKEN_KEY');
+      for (const app of APP_NAMES) {
+        const names = Object.keys(containerEnv(app));
+        expect([app, names.includes('HOST_REGISTRATION_TOKEN')]).toEqual([app, false]);
+        if (app !== 'host-monitor') expect([app, names.includes('HOST_JOIN_TOKEN_KEY')]).toEqual([app, false]);
+      }
+      // The join token is a per-node Secret the operator creates while a node joins (README): not shipped, so unset.
+      const joinToken = workload('host-agent').container.env?.find((e) => e.name === 'KILN_JOIN_TOKEN')?.valueFrom?.secretKeyRef;
+      expect(joinToken).toEqual({ name: 'host-agent-join-token', key: 'KILN_JOIN_TOKEN', optional: true });
+      expect(view.ofKind<{ metadata: { name: string } }>('Secret').map((secret) => secret.metadata.name)).not.toContain('host-agent-join-token');
+      expect(loadedConfig('host-agent').KILN_JOIN_TOKEN).toBeUndefined();
+      expect(String(loadedConfig('host-agent').KILN_HOST_STATE_KEY)).toHaveLength(64);
+    });
+
+    it("gives the gateway the admin API's token from kiln-secrets, and without the key the gateway starts with the admin API off", () => {
+      expect(view.secretVariables(workload('gateway').container)).toContain('KILN_ADMIN_TOKEN');
+      expect(String(loadedConfig('gateway').KILN_ADMIN_TOKEN)).toHaveLength(64);
+      const withoutKey = new Map(view.sources.secrets);
+      const { KILN_ADMIN_TOKEN: _removed, ...rest } = withoutKey.get('kiln-secrets') ?? {};
+      withoutKey.set('kiln-secrets', rest);
+      const env = resolveContainerEnv(workload('gateway').container, { configMaps: view.sources.configMaps, secrets: withoutKey });
+      const deployed = Object.fromEntries([...env].map(([name, { value, source }]) => [name, source.startsWith('Secret ') ? replacePlaceholders(value) : value]));
+      expect(deployed.KILN_ADMIN_TOKEN).toBeUndefined();
+      expect((loadConfig(GatewayEnv, deployed) as GatewayEnv).KILN_ADMIN_TOKEN).toBeUndefined();
     });
 
     it('the control-plane apps share one database', () => {
