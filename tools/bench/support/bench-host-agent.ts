@@ -1,4 +1,5 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -16,6 +17,8 @@ import { envdProcess } from './envd-process';
 // Bundled into a temp dir by run-bench.mjs, so the repository is found from the working directory.
 const ROOT = process.env.KILN_ROOT ?? process.cwd();
 const SHARED_DATA_DIR = process.env.KILN_DATA_DIR ?? '/var/lib/kiln';
+/** One per bench run: a bench agent restarted within the run opens the sandbox records it sealed before. */
+const BENCH_HOST_STATE_KEY = randomBytes(32).toString('base64url');
 
 export interface BenchAgent {
   name: string;
@@ -98,7 +101,9 @@ export async function startHostAgent(name: string, options: { ports: BenchAgent[
       KILN_CLONE_POOL_SIZE: String(options.poolSize),
       KILN_CLONE_POOL_WARM: process.env.BENCH_POOL_WARM ?? 'false',
       KILN_HOST_ID: `bench-${name}`,
-      HOST_REGISTRATION_TOKEN: `bench-${process.pid}-not-registered`,
+      // Bench agents are driven over gRPC and never join a fleet: a join token no monitor minted keeps them out.
+      KILN_JOIN_TOKEN: `bench-${process.pid}-not-registered`,
+      KILN_HOST_STATE_KEY: BENCH_HOST_STATE_KEY,
       ...options.env,
     },
     stdio: ['ignore', 'inherit', 'inherit'],
