@@ -386,6 +386,25 @@ wait_healthy() {
   die "$app did not become healthy within ${2:-180}s (log: $RUN_DIR/$app.log)"
 }
 
+# Waits until the host monitor reports every given host `ready` (asked through the gateway's admin API, with the
+# stack's KILN_ADMIN_TOKEN), so that `up` returns with a stack that can place sandboxes.
+wait_hosts_ready() {
+  local deadline=$((SECONDS + ${HOSTS_READY_TIMEOUT_SECONDS:-180})) host state pending
+  while :; do
+    pending=()
+    for host in "$@"; do
+      state=$(curl -fs --max-time 5 -H "X-Admin-Token: $KILN_ADMIN_TOKEN" "http://127.0.0.1:${HEALTH_PORT[gateway]}/nodes/$host" |
+        node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{process.stdout.write(JSON.parse(s).kilnState||"")}catch{}})') || state=""
+      [ "$state" = ready ] || pending+=("$host${state:+ ($state)}")
+    done
+    [ ${#pending[@]} = 0 ] && return 0
+    if [ $SECONDS -ge $deadline ]; then
+      die "host agents not ready with the host monitor within ${HOSTS_READY_TIMEOUT_SECONDS:-180}s: ${pending[*]} (logs: $RUN_DIR/host-agent*.log, $RUN_DIR/host-monitor.log)"
+    fi
+    sleep 0.5
+  done
+}
+
 stop_app() {
   local app=$1 pidfile="$RUN_DIR/$1.pid" pid
   [ -f "$pidfile" ] || return 0

@@ -38,11 +38,13 @@ ensure_internal_certificates
 # Agents of an earlier layout that this one does not have (the root-namespace agent when a fleet starts, fleet
 # agents beyond N) stop first, and their VMs, slots and namespaces go with them.
 read -r -a layout_agents <<< "$(agent_apps | tr '\n' ' ')"
+retired_host_ids=()
 for app in $(known_agent_apps); do
   case " ${layout_agents[*]} " in *" $app "*) continue ;; esac
   index=$(fleet_index_of "$app")
   if app_running "$app" || [ -f "$RUN_DIR/$app.pid" ] || { [ -n "$index" ] && [ -e "/run/netns/$(fleet_netns "$index")" ]; }; then
     log "retiring $app: this layout has ${#layout_agents[@]} host agent(s)"
+    retired_host_ids+=("$(agent_host_id "$app")")
     stop_app "$app"
     teardown_agent "$app"
     [ -z "$index" ] || fleet_remove_agent "$index"
@@ -85,6 +87,15 @@ node "$ROOT/tools/stack/seed-dev.cjs" > "$KILN_STATE/dev.env.tmp"
 mv "$KILN_STATE/dev.env.tmp" "$KILN_STATE/dev.env"
 # shellcheck disable=SC1091
 source "$KILN_STATE/dev.env"
+# A sandbox can be placed once its host has registered with the host monitor and the schedulers' fleet view holds it
+# ready; the agent registers once it has probed KVM, which takes seconds. Usage is printed only then.
+read -r -a agent_host_ids <<< "$(for app in "${stack_apps[@]}"; do is_agent_app "$app" && agent_host_id "$app"; done | tr '\n' ' ')"
+wait_hosts_ready "${agent_host_ids[@]}"
+# Retired agents leave the fleet (the monitor forgets them and revokes their credentials) instead of staying listed dead.
+for host in "${retired_host_ids[@]}"; do
+  curl -fs -o /dev/null --max-time 10 -X DELETE -H "X-Admin-Token: $KILN_ADMIN_TOKEN" "http://127.0.0.1:${HEALTH_PORT[gateway]}/nodes/$host" &&
+    log "removed retired host $host from the fleet"
+done
 
 https_port=""
 [ "$TLS_PORT" = 443 ] || https_port=":$TLS_PORT"
