@@ -9,7 +9,7 @@ import { MessagingClient, Subjects } from '@kiln/messaging';
 import { PrivateServer, RestartableServer, TcpRelay, eventually, freePort, startPrivateNats, startRestartableRedis } from '@kiln/testing';
 import { ReconcileService } from '../src/reconcile/reconcile.service';
 import { FakeHostAgent } from './support/fake-host-agent';
-import { registerTestHost } from './support/fleet-hosts';
+import { registerTestHost, testHostRecord } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
 
 /** A short create deadline chain, in the required order, so deadlines pass within a test. */
@@ -65,18 +65,7 @@ describe('crash-safe sandbox lifecycle (real Postgres, Redis, NATS, a fake host 
       .get(TemplateRepository)
       .ensurePublicTemplate({ templateId: 'base', alias: 'base', vcpus: 1, memoryMib: 512, diskMib: 2048, envdVersion: '0.5.7', contentHash: 'crash-safety' });
     hostId = 'fake-host';
-    await registerTestHost(scheduler, {
-      hostId,
-      address: host.address,
-      proxyUrl: 'http://127.0.0.1:1',
-      acceleration: 'tcg',
-      version: 'test',
-      vcpus: 64,
-      memoryMib: 65536,
-      sandboxes: 64,
-      templates: ['base'],
-      readyCloneTemplates: ['base'],
-    });
+    await registerTestHost(scheduler, testHostRecord(hostId, host.address, { readyCloneTemplates: ['base'] }));
   }, 60_000);
 
   afterAll(async () => {

@@ -12,7 +12,7 @@ import { FleetViewService } from '../src/fleet/fleet-view.service';
 import { ReconcileService } from '../src/reconcile/reconcile.service';
 import { RedisConnection } from '../src/timeouts/redis-connection';
 import { FakeHostAgent } from './support/fake-host-agent';
-import { deleteHostView, hostViewOf, putHostView, registerTestHost, removeTestHost, setTestHostState, untilFleetViewsHold } from './support/fleet-hosts';
+import { deleteHostView, hostViewOf, putHostView, registerTestHost, removeTestHost, setTestHostState, testHostRecord, untilFleetViewsHold } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
 
 jest.setTimeout(60_000);
@@ -33,19 +33,8 @@ describe('fleet: view, host loss and placement across two scheduler replicas', (
   let teamId: string;
   const agents = ['fleet-a', 'fleet-b', 'fleet-c'].map((name) => new FakeHostAgent(name));
 
-  const record = (agent: FakeHostAgent, overrides: Partial<HostRegistrationRecord> = {}): HostRegistrationRecord => ({
-    hostId: agent.hostName,
-    address: agent.address,
-    proxyUrl: 'http://127.0.0.1:1',
-    acceleration: 'tcg',
-    version: 'test',
-    vcpus: 64,
-    memoryMib: 65536,
-    sandboxes: 64,
-    templates: ['base'],
-    readyCloneTemplates: [],
-    ...overrides,
-  });
+  const record = (agent: FakeHostAgent, overrides: Partial<HostRegistrationRecord> = {}): HostRegistrationRecord =>
+    testHostRecord(agent.hostName, agent.address, overrides);
   const prisma = () => schedulers[0].get(PrismaService);
   const hostEvents = () => new HostEventStream(schedulers[0].get(NatsConnectionHolder));
   const stateEvent = (hostId: string, from: HostStateEvent['from'], to: HostStateEvent['to']): HostStateEvent => ({
@@ -253,6 +242,37 @@ describe('fleet: view, host loss and placement across two scheduler replicas', (
     expect(placedAfter[0] + placedAfter[1] - placedBefore[0] - placedBefore[1]).toBe(50);
 
     await removeTestHost(schedulers, agents[2].hostName);
+  });
+
+  it('sends a create on to the next host when the chosen one cannot be reached (dead but not declared dead yet)', async () => {
+    // Two candidates only: fleet-a, and a host nothing listens at.
+    await removeTestHost(schedulers, agents[1].hostName);
+    await registerTestHost(schedulers, record(agents[0]));
+    // Nothing listens at its address; its clone of base waiting makes it the first candidate.
+    const gone = testHostRecord('fleet-gone', `127.0.0.1:${await freePort()}`, { readyCloneTemplates: ['base'] });
+    await registerTestHost(schedulers, gone);
+    try {
+      agents[0].createRequests.length = 0;
+      const view = await client.request(
+        Subjects.sandboxCreate,
+        { teamId, templateRef: 'base', timeoutSeconds: 300, autoPause: false, network: DEFAULT_NETWORK_SETTINGS, metadata: {}, envVars: {} },
+        30_000,
+      );
+      expect(agents[0].createRequests.map((r) => r.sandboxId)).toEqual([view.sandboxId]);
+      const row = await prisma().sandbox.findUniqueOrThrow({ where: { id: view.sandboxId } });
+      expect({ state: row.state, hostId: row.hostId }).toEqual({ state: SandboxState.Running, hostId: agents[0].hostName });
+      // The control: with no other candidate, the unreachable host's failure is the create's (503), not a retry loop.
+      await removeTestHost(schedulers, agents[0].hostName);
+      await expect(
+        client.request(
+          Subjects.sandboxCreate,
+          { teamId, templateRef: 'base', timeoutSeconds: 300, autoPause: false, network: DEFAULT_NETWORK_SETTINGS, metadata: {}, envVars: {} },
+          30_000,
+        ),
+      ).rejects.toMatchObject({ code: 'unavailable' });
+    } finally {
+      await removeTestHost(schedulers, gone.hostId);
+    }
   });
 });
 

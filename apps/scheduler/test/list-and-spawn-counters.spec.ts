@@ -8,7 +8,7 @@ import { TestDatabase, createTestDatabase } from '@kiln/db/testing';
 import { ListSandboxesQuery, MessagingClient, SandboxPage, Subjects } from '@kiln/messaging';
 import { PrivateServer, freePort, startPrivateNats, startPrivateRedis } from '@kiln/testing';
 import { FakeHostAgent } from './support/fake-host-agent';
-import { registerTestHost } from './support/fleet-hosts';
+import { registerTestHost, testHostRecord } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
 
 jest.setTimeout(60_000);
@@ -220,18 +220,7 @@ describe('sandbox list query and template spawn counters (real Postgres, Redis, 
 
     beforeAll(async () => {
       teamId = (await teams.ensure(`spawn-${db.name}`)).id;
-      await registerTestHost(scheduler, {
-        hostId: 'fake-host',
-        address: host.address,
-        proxyUrl: 'http://127.0.0.1:1',
-        acceleration: 'tcg',
-        version: 'test',
-        vcpus: 64,
-        memoryMib: 65536,
-        sandboxes: 64,
-        templates: ['base'],
-        readyCloneTemplates: ['base'],
-      });
+      await registerTestHost(scheduler, testHostRecord('fake-host', host.address, { readyCloneTemplates: ['base'] }));
     });
 
     afterEach(() => {

@@ -11,7 +11,7 @@ import { PrivateServer, eventually, freePort, startPrivateNats, startPrivateRedi
 import { ReconcileService } from '../src/reconcile/reconcile.service';
 import { SandboxTokens } from '../src/lifecycle/sandbox-tokens';
 import { FakeHostAgent } from './support/fake-host-agent';
-import { registerTestHost } from './support/fleet-hosts';
+import { registerTestHost, testHostRecord } from './support/fleet-hosts';
 import { startCaller, startScheduler } from './support/scheduler-app';
 
 jest.setTimeout(60_000);
@@ -48,19 +48,11 @@ describe('pause, resume, fork and snapshots (real Postgres, Redis, NATS; fake ho
 
   async function registerHosts(preferred: 'a' | 'b'): Promise<void> {
     for (const [hostId, host] of [['host-a', hostA], ['host-b', hostB]] as const) {
-      await registerTestHost(scheduler, {
-        hostId,
-        address: host.address,
-        proxyUrl: 'http://127.0.0.1:1',
-        acceleration: 'tcg',
-        version: 'test',
-        vcpus: 64,
-        memoryMib: 65536,
-        sandboxes: 64,
-        templates: ['base'],
+      await registerTestHost(
+        scheduler,
         // Placement prefers a host with a clone ready: this decides where a plain create lands.
-        readyCloneTemplates: hostId === `host-${preferred}` ? ['base'] : [],
-      });
+        testHostRecord(hostId, host.address, { readyCloneTemplates: hostId === `host-${preferred}` ? ['base'] : [] }),
+      );
     }
   }
 

@@ -668,15 +668,17 @@ export async function stopStack(info: StackInfo): Promise<void> {
   if (leftovers.length) throw new Error(`the e2e stack left resources behind: ${leftovers.join('; ')}`);
 }
 
+/** A command's output, or '' when it fails (a probe of what is left on the machine). */
+function run(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
+}
+
 /** A fleet's namespaces, links, control address and nft table that are still there. */
 export function fleetLeftovers(fleet: StackFleet): string[] {
-  const run = (cmd: string, args: string[]) => {
-    try {
-      return execFileSync(cmd, args, { encoding: 'utf8' });
-    } catch {
-      return '';
-    }
-  };
   const found: string[] = [];
   const netns = run('ip', ['netns', 'list']).split('\n').map((l) => l.split(' ')[0]).filter((name) => new RegExp(`^${fleet.netnsPrefix}\\d+$`).test(name));
   if (netns.length) found.push(`fleet netns ${netns.join(',')}`);
@@ -689,13 +691,6 @@ export function fleetLeftovers(fleet: StackFleet): string[] {
 
 /** Everything the suite's host agent could have left on this machine, named. */
 export function hostLeftovers(info: Pick<StackInfo, 'networkPrefix' | 'dataDir'>): string[] {
-  const run = (cmd: string, args: string[]) => {
-    try {
-      return execFileSync(cmd, args, { encoding: 'utf8' });
-    } catch {
-      return '';
-    }
-  };
   const found: string[] = [];
   const netns = run('ip', ['netns', 'list']).split('\n').filter((l) => l.startsWith(`${info.networkPrefix}-`));
   if (netns.length) found.push(`netns ${netns.map((l) => l.split(' ')[0]).join(',')}`);

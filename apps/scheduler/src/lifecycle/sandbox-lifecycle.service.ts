@@ -231,6 +231,15 @@ export class SandboxLifecycleService implements OnModuleInit {
           lastError = error instanceof KilnError ? error : new KilnError(ErrorCode.Internal, String(error));
           // A full host is a reason to try the next one; anything else is the sandbox's failure.
           if (lastError.code === ErrorCode.ResourceExhausted) continue;
+          // So is a host that cannot be reached while another candidate is left: one that died and is not declared
+          // dead yet (up to HOST_DEAD_AFTER_SECONDS), or a restarted agent whose channel is still reconnecting. In
+          // case it did make the VM, it is destroyed there (reconcile's orphan pass retries it: the row now names
+          // another host).
+          if (lastError.code === ErrorCode.Unavailable && attempt < candidates.length - 1) {
+            this.logger.warn(`create of ${sandbox.id} on ${host.hostId} failed (${lastError.message}); trying the next host`);
+            void this.destroyOnHost(host.hostId, host.grpcAddress, sandbox.id);
+            continue;
+          }
           this.placement.recordResult('failed');
           await this.moveTo(starting, [SandboxState.Starting], SandboxState.Error, { reason: lastError.message, endedAt: new Date() });
           // A timed-out or failed create may still have left a VM. Not awaited: a host that hung on the create may hang

@@ -16,6 +16,23 @@ export type TestHostOverrides = Partial<Omit<HostView, 'usage' | 'capacity'>> & 
   capacity?: Partial<HostView['capacity']>;
 };
 
+/** A fake host agent's registration as the scheduler suites use it: 64 vCPUs, 64 GiB, 64 sandboxes, `base` cached. */
+export function testHostRecord(hostId: string, address: string, overrides: Partial<HostRegistrationRecord> = {}): HostRegistrationRecord {
+  return {
+    hostId,
+    address,
+    proxyUrl: 'http://127.0.0.1:1',
+    acceleration: 'tcg',
+    version: 'test',
+    vcpus: 64,
+    memoryMib: 65536,
+    sandboxes: 64,
+    templates: ['base'],
+    readyCloneTemplates: [],
+    ...overrides,
+  };
+}
+
 /** The HostView the monitor would publish for a host that just registered with `record` (no usage yet). */
 export function hostViewOf(record: HostRegistrationRecord, overrides: TestHostOverrides = {}): HostView {
   const now = new Date().toISOString();

@@ -30,14 +30,6 @@ export interface HostRegistrationRecord {
   adminState?: HostAdminStateValue;
 }
 
-export interface HostUsageRecord {
-  vcpus: number;
-  memoryMib: number;
-  sandboxes: number;
-  templates: string[];
-  readyCloneTemplates: string[];
-}
-
 const UNIQUE_VIOLATION = 'P2002';
 
 @Injectable()
@@ -121,35 +113,5 @@ export class HostRepository {
       data: { state: HostState.Offline, stateChangedAt: at, credentialHash: null },
     });
     return count === 1;
-  }
-
-  /**
-   * @deprecated Liveness is the host monitor's (KV bucket KILN_HOSTS); kept until its last caller (the scheduler's
-   * old host registry) is gone. Returns false for a host that never registered: heartbeats do not create hosts.
-   */
-  async heartbeat(hostId: string, usage: HostUsageRecord, at = new Date()): Promise<boolean> {
-    const { count } = await this.prisma.host.updateMany({
-      where: { id: hostId },
-      data: {
-        lastHeartbeatAt: at,
-        vcpuUsed: usage.vcpus,
-        memoryMibUsed: usage.memoryMib,
-        sandboxCount: usage.sandboxes,
-        cachedTemplates: usage.templates,
-        readyCloneTemplates: usage.readyCloneTemplates,
-      },
-    });
-    return count === 1;
-  }
-
-  /**
-   * @deprecated Use `ready()` (the monitor's verdict) or the fleet view; kept until its last callers (old placement,
-   * template builder) move. Ready hosts whose heartbeat is younger than `ttlSeconds`.
-   */
-  fresh(ttlSeconds: number): Promise<HostRecord[]> {
-    return this.prisma.host.findMany({
-      where: { state: HostState.Ready, lastHeartbeatAt: { gte: new Date(Date.now() - ttlSeconds * 1000) } },
-      orderBy: { id: 'asc' },
-    });
   }
 }
