@@ -39,12 +39,14 @@ export class FakeHostAgent {
   resumeDelayMs = 0;
   /** Fork targets at these positions fail with RESOURCE_EXHAUSTED. */
   failForkAt = new Set<number>();
-  private readonly server = new grpc.Server();
+  private server = new grpc.Server();
   address = '';
 
   constructor(readonly hostName = 'fake-host') {}
 
+  /** Starts serving; after a stop, again on the same address (a restarted agent keeps its port). */
   async start(): Promise<void> {
+    this.server = new grpc.Server();
     const definition = protoLoader.loadSync(HOSTAGENT_PROTO_PATH, { ...GRPC_LOADER_OPTIONS, includeDirs: [...GRPC_LOADER_OPTIONS.includeDirs] });
     const proto = grpc.loadPackageDefinition(definition) as unknown as { kiln: { hostagent: { v1: { HostAgent: { service: grpc.ServiceDefinition } } } } };
     type Call = grpc.ServerUnaryCall<Record<string, unknown>, unknown>;
@@ -191,7 +193,7 @@ export class FakeHostAgent {
       },
     });
     const port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+      this.server.bindAsync(this.address || '127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
     );
     this.address = `127.0.0.1:${port}`;
   }
