@@ -1,6 +1,6 @@
 import { AckPolicy, DeliverPolicy, JSONCodec, connect } from 'nats';
 import { Client as PgClient } from 'pg';
-import { SANDBOX_EVENTS_STREAM, SandboxLifecycleEvent, natsAuthOptions } from '@kiln/messaging';
+import { HOSTS_KV_BUCKET, HostView, SANDBOX_EVENTS_STREAM, SandboxLifecycleEvent, hostKvKey, natsAuthOptions } from '@kiln/messaging';
 import { SchedulerEnv, loadConfig } from '@kiln/config';
 import { HostAgentClients } from '../../../apps/scheduler/src/hosts/host-agent-clients';
 import { eventually } from '@kiln/testing';
@@ -35,19 +35,30 @@ describe('inter-service wiring (real stack)', () => {
     }
   });
 
-  it('registers the host agent and keeps its heartbeat fresh in Postgres', async () => {
-    const first = await eventually('a registered host', async () => {
-      const { rows } = await db.query('select state, last_heartbeat_at from hosts where id = $1', [stack.hostAgent.hostId]);
-      return rows[0];
-    });
-    expect(first.state).toBe('ready');
-    const later = await eventually('a newer heartbeat', async () => {
-      const { rows } = await db.query('select last_heartbeat_at from hosts where id = $1', [stack.hostAgent.hostId]);
-      return rows[0].last_heartbeat_at > first.last_heartbeat_at ? rows[0] : undefined;
-    }, { timeoutMs: 15_000 });
-    expect(Date.now() - new Date(later.last_heartbeat_at).getTime()).toBeLessThan(15_000);
+  it('registers the host agent with the host monitor, which keeps its view in the fleet KV fresh', async () => {
+    const { rows } = await db.query('select state from hosts where id = $1', [stack.hostAgent.hostId]);
+    expect(rows[0]?.state).toBe('ready');
+    // What every scheduler replica places from: the monitor's HostView in the KV bucket, read as the scheduler does.
+    const scheduler = stack.natsUsers.find((user) => user.user === 'scheduler')!;
+    const nc = await connect({ servers: stack.natsUrl, ...natsAuthOptions({ user: scheduler.user, password: scheduler.password }) });
+    try {
+      const kv = await nc.jetstream().views.kv(HOSTS_KV_BUCKET);
+      const read = async () => JSONCodec<HostView>().decode((await kv.get(hostKvKey(stack.hostAgent.hostId)))!.value);
+      const first = await read();
+      expect({ state: first.state, grpcAddress: first.grpcAddress }).toEqual({ state: 'ready', grpcAddress: stack.hostAgent.grpcAddress });
+      const later = await eventually('a newer heartbeat in the view', async () => {
+        const view = await read();
+        return view.lastHeartbeatAt > first.lastHeartbeatAt ? view : undefined;
+      }, { timeoutMs: 15_000 });
+      expect(Date.now() - new Date(later.lastHeartbeatAt).getTime()).toBeLessThan(15_000);
+      expect(later.templates).toContain('base');
+    } finally {
+      await nc.close();
+    }
     const metrics = await (await fetch(`http://127.0.0.1:${stack.httpPorts['host-monitor']}/metrics`)).text();
-    expect(metrics).toContain(`kiln_host_heartbeats_total{host="${stack.hostAgent.hostId}"`);
+    expect(metrics).toMatch(/^kiln_host_heartbeats_total(\{[^}]*\})? [1-9]/m);
+    const ready = metrics.split('\n').find((line) => line.startsWith('kiln_host_state{') && line.includes(`host="${stack.hostAgent.hostId}"`) && line.includes('state="ready"'));
+    expect(ready?.split(' ').pop()).toBe('1');
   });
 
   it('tells placement which templates have a restored clone waiting on the host', async () => {
@@ -64,11 +75,20 @@ describe('inter-service wiring (real stack)', () => {
     } finally {
       clients.onApplicationShutdown();
     }
-    const row = await eventually('base among the host row\'s ready-clone templates', async () => {
-      const { rows } = await db.query<{ ready_clone_templates: string[] }>('select ready_clone_templates from hosts where id = $1', [stack.hostAgent.hostId]);
-      return rows[0]?.ready_clone_templates.includes('base') && rows[0];
-    }, { timeoutMs: 30_000 });
-    expect(row.ready_clone_templates).toContain('base');
+    // Placement reads it from the host monitor's view of the host (the KV bucket), fed by the agent's heartbeats.
+    const scheduler = stack.natsUsers.find((user) => user.user === 'scheduler')!;
+    const nc = await connect({ servers: stack.natsUrl, ...natsAuthOptions({ user: scheduler.user, password: scheduler.password }) });
+    try {
+      const kv = await nc.jetstream().views.kv(HOSTS_KV_BUCKET);
+      const view = await eventually('base among the host view\'s ready-clone templates', async () => {
+        const entry = await kv.get(hostKvKey(stack.hostAgent.hostId));
+        const current = entry && JSONCodec<HostView>().decode(entry.value);
+        return current?.readyCloneTemplates.includes('base') && current;
+      }, { timeoutMs: 30_000 });
+      expect(view.readyCloneTemplates).toContain('base');
+    } finally {
+      await nc.close();
+    }
   });
 
   it('records every lifecycle transition as a sandbox event and on the JetStream stream', async () => {

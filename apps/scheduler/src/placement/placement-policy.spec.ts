@@ -139,12 +139,25 @@ describe('placement policy', () => {
     expect(ids(placementCandidates(fleetOf(hosts), REQUEST, options({ random: seeded(9) })))).toEqual(['h377']);
   });
 
-  it('with onlyHostId, offers that host if it may take the sandbox and nothing else', () => {
+  it('with onlyHostId, offers that host if it is ready (full in the view: it decides) and nothing else', () => {
     const fleet = fleetOf([host('a'), host('b', { used: { vcpus: 16 } }), host('c', { state: 'draining' })]);
     expect(ids(placementCandidates(fleet, REQUEST, options({ onlyHostId: 'a' })))).toEqual(['a']);
-    expect(placementCandidates(fleet, REQUEST, options({ onlyHostId: 'b' }))).toEqual([]);
+    expect(ids(placementCandidates(fleet, REQUEST, options({ onlyHostId: 'b' })))).toEqual(['b']);
+    expect(placementCandidates(fleet, REQUEST, options({ onlyHostId: 'b', reserved: () => ({ vcpus: 16, memoryMib: 0, diskMib: 0, sandboxes: 1 }) }))).toEqual([]);
     expect(placementCandidates(fleet, REQUEST, options({ onlyHostId: 'c' }))).toEqual([]);
     expect(placementCandidates(fleet, REQUEST, options({ onlyHostId: 'missing' }))).toEqual([]);
+  });
+
+  it('tries the ready hosts the view shows full when no host has room in the view (it trails the hosts)', () => {
+    const fleet = fleetOf([
+      host('full', { used: { vcpus: 16, sandboxes: 32 } }),
+      host('fuller', { used: { vcpus: 16, memoryMib: 16384, sandboxes: 32 } }),
+      host('drained', { state: 'draining' }),
+    ]);
+    expect(ids(placementCandidates(fleet, REQUEST, options())).sort()).toEqual(['full', 'fuller']);
+    // This replica's own in-flight creates are exact, not trailing: a host they fill is not offered.
+    const reserved = (hostId: string) => (hostId === 'full' ? { vcpus: 16, memoryMib: 0, diskMib: 0, sandboxes: 16 } : undefined);
+    expect(ids(placementCandidates(fleet, REQUEST, options({ reserved })))).toEqual(['fuller']);
   });
 
   it('returns nothing when no host may take the sandbox', () => {

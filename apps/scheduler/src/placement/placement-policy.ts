@@ -33,6 +33,8 @@ export interface PlacementOptions {
   reserved: (hostId: string) => ReservedResources | undefined;
   /** Only this host may take the sandbox (a named snapshot's artifacts live on one host). */
   onlyHostId?: string;
+  /** Hosts' reported usage is set aside (the fallback when no host has room in the view); reservations still count. */
+  ignoreReportedUsage?: boolean;
 }
 
 /** Locality of a host for a template: a waiting clone skips the restore, a cached build skips the fetch. */
@@ -65,15 +67,22 @@ export function localityOf(host: HostView, templateId: string): Locality {
  * and dead hosts get nothing new), or without room once its reported usage and this replica's reservations are
  * counted.
  */
-export function scoreHost(host: HostView, request: PlacementRequest, reserved: ReservedResources | undefined, locality = localityOf(host, request.templateId)): ScoredHost | undefined {
+export function scoreHost(
+  host: HostView,
+  request: PlacementRequest,
+  reserved: ReservedResources | undefined,
+  locality = localityOf(host, request.templateId),
+  ignoreReportedUsage = false,
+): ScoredHost | undefined {
   if (host.state !== 'ready') return undefined;
   const held = reserved ?? NOTHING_RESERVED;
-  const freeVcpus = host.capacity.vcpus - host.usage.vcpus - held.vcpus - request.vcpus;
-  const freeMemory = host.capacity.memoryMib - host.usage.memoryMib - held.memoryMib - request.memoryMib;
-  const sandboxes = host.usage.sandboxes + held.sandboxes;
+  const used = ignoreReportedUsage ? NOTHING_RESERVED : host.usage;
+  const freeVcpus = host.capacity.vcpus - used.vcpus - held.vcpus - request.vcpus;
+  const freeMemory = host.capacity.memoryMib - used.memoryMib - held.memoryMib - request.memoryMib;
+  const sandboxes = used.sandboxes + held.sandboxes;
   if (freeVcpus < 0 || freeMemory < 0 || sandboxes + 1 > host.capacity.sandboxes) return undefined;
   // A host that reports no disk capacity (an agent from before disk accounting) is not refused on disk.
-  if (host.capacity.diskMib > 0 && host.capacity.diskMib - host.usage.diskMib - held.diskMib < request.diskMib) return undefined;
+  if (host.capacity.diskMib > 0 && host.capacity.diskMib - used.diskMib - held.diskMib < request.diskMib) return undefined;
   const freeFraction = Math.min(freeMemory / host.capacity.memoryMib, freeVcpus / host.capacity.vcpus);
   return { host, locality, freeFraction, sandboxes };
 }
@@ -95,7 +104,8 @@ export function compareScored(a: ScoredHost, b: ScoredHost): number {
 export function placementCandidates(fleet: PlacementFleet, request: PlacementRequest, options: PlacementOptions): ScoredHost[] {
   if (options.onlyHostId !== undefined) {
     const host = fleet.hosts.find((h) => h.hostId === options.onlyHostId);
-    const scored = host && scoreHost(host, request, options.reserved(host.hostId));
+    // The view may trail the host (see below): a ready host with no room in the view is still asked.
+    const scored = host && (scoreHost(host, request, options.reserved(host.hostId)) ?? scoreHost(host, request, options.reserved(host.hostId), undefined, true));
     return scored ? [scored] : [];
   }
   const local = fleet.withTemplate(request.templateId);
@@ -108,7 +118,15 @@ export function placementCandidates(fleet: PlacementFleet, request: PlacementReq
     // The rest of the fleet: a host holding the template was a candidate above already.
     ...sampleEligible(fleet.hosts, request, options, Locality.None, (host) => localityOf(host, request.templateId) === Locality.None),
   ];
-  return chosen.sort(compareScored);
+  if (chosen.length) return chosen.sort(compareScored);
+  // No ready host has room as the view tells it. The view trails the hosts by a heartbeat and a flush (about 3 s), so
+  // sandboxes killed just now may still be counted: ready hosts are tried anyway with their reported usage set aside
+  // (this replica's own in-flight creates still count), and each decides for itself (a full one answers
+  // RESOURCE_EXHAUSTED and the create moves on).
+  return sampleEligible(fleet.hosts, request, { ...options, ignoreReportedUsage: true }, Locality.None).map((scored) => ({
+    ...scored,
+    locality: localityOf(scored.host, request.templateId),
+  })).sort(compareScored);
 }
 
 /**
@@ -132,7 +150,7 @@ function sampleEligible(
     seen.add(index);
     const host = tier[index];
     if (!belongs(host)) return;
-    const scored = scoreHost(host, request, options.reserved(host.hostId), locality);
+    const scored = scoreHost(host, request, options.reserved(host.hostId), locality, options.ignoreReportedUsage);
     if (scored) picked.push(scored);
   };
   if (tier.length <= options.sampleSize) {
