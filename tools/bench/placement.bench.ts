@@ -22,6 +22,7 @@ import type { FleetHostState, HostView, NatsConnectionHolder } from '@kiln/messa
 import { FleetViewService } from '../../apps/scheduler/src/fleet/fleet-view.service';
 import { PlacementRequest, ReservedResources, placementCandidates, rankWholeFleet } from '../../apps/scheduler/src/placement/placement-policy';
 import { percentile } from './support/sample-stats';
+import { seededRandom } from '@kiln/testing';
 
 const DECISIONS = Number(process.env.BENCH_DECISIONS ?? 20_000);
 const HOSTS = Number(process.env.BENCH_HOSTS ?? 1000);
@@ -29,19 +30,8 @@ const SAMPLE_SIZE = 5;
 const UPDATES_BETWEEN_DECISIONS = 10;
 const WARMUP = 2_000;
 
-/** Seeded (mulberry32), so every run simulates the same fleet. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-const random = seeded(15);
+const random = seededRandom(15);
 const TEMPLATES = ['base', ...Array.from({ length: 19 }, (_, i) => `tpl-${i}`)];
 const TEMPLATE_SHARE = new Map(TEMPLATES.map((t, i) => [t, i === 0 ? 0.9 : 0.05 + random() * 0.25]));
 
@@ -116,7 +106,7 @@ function main(): void {
   const bestOfK: Decide = (request) => placementCandidates(view, request, { sampleSize: SAMPLE_SIZE, random: Math.random, reserved }).length;
   const fullSort: Decide = (request) => rankWholeFleet(view, request, reserved).length;
 
-  const churnRandom = seeded(99);
+  const churnRandom = seededRandom(99);
   const churn = () => {
     for (let u = 0; u < UPDATES_BETWEEN_DECISIONS; u++) {
       const host = view.hosts[Math.floor(churnRandom() * view.hosts.length)];

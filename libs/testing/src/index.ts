@@ -3,3 +3,4 @@ export * from './private-servers';
 export * from './eventually';
 export * from './restartable-servers';
 export * from './tcp-relay';
+export * from './seeded-random';

@@ -1,5 +1,6 @@
 import type { FleetHostState, HostView } from '@kiln/messaging';
 import {
+import { seededRandom } from '@kiln/testing';
   Locality,
   PlacementFleet,
   PlacementOptions,
@@ -40,22 +41,11 @@ function fleetOf(hosts: HostView[]): PlacementFleet {
   };
 }
 
-/** A seeded generator (mulberry32): the same seed draws the same hosts. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const REQUEST: PlacementRequest = { templateId: 'base', vcpus: 2, memoryMib: 2048, diskMib: 4096 };
 
 function options(overrides: Partial<PlacementOptions> = {}): PlacementOptions {
-  return { sampleSize: 5, random: seeded(1), reserved: () => undefined, ...overrides };
+  return { sampleSize: 5, random: seededRandom(1), reserved: () => undefined, ...overrides };
 }
 
 const ids = (candidates: Array<{ host: HostView }>) => candidates.map((c) => c.host.hostId);
@@ -117,18 +107,18 @@ describe('placement policy', () => {
   it('samples at most K hosts per locality tier, and the same random draws pick the same hosts', () => {
     const hosts = Array.from({ length: 200 }, (_, i) => host(`h${String(i).padStart(3, '0')}`, { templates: i < 100 ? ['base'] : [] }));
     const fleet = fleetOf(hosts);
-    const first = placementCandidates(fleet, REQUEST, options({ sampleSize: 3, random: seeded(42) }));
+    const first = placementCandidates(fleet, REQUEST, options({ sampleSize: 3, random: seededRandom(42) }));
     expect(first).toHaveLength(6);
     expect(first.slice(0, 3).every((c) => c.locality === Locality.Cached)).toBe(true);
     expect(first.slice(3).every((c) => c.locality === Locality.None)).toBe(true);
     expect(new Set(ids(first)).size).toBe(6);
-    expect(ids(placementCandidates(fleet, REQUEST, options({ sampleSize: 3, random: seeded(42) })))).toEqual(ids(first));
-    expect(ids(placementCandidates(fleet, REQUEST, options({ sampleSize: 3, random: seeded(7) })))).not.toEqual(ids(first));
+    expect(ids(placementCandidates(fleet, REQUEST, options({ sampleSize: 3, random: seededRandom(42) })))).toEqual(ids(first));
+    expect(ids(placementCandidates(fleet, REQUEST, options({ sampleSize: 3, random: seededRandom(7) })))).not.toEqual(ids(first));
   });
 
   it('spreads: many decisions over equal hosts land on many of them, not on one', () => {
     const fleet = fleetOf(Array.from({ length: 100 }, (_, i) => host(`h${i}`)));
-    const random = seeded(3);
+    const random = seededRandom(3);
     const chosen = new Set(Array.from({ length: 50 }, () => placementCandidates(fleet, REQUEST, options({ random }))[0].host.hostId));
     expect(chosen.size).toBeGreaterThan(20);
   });
@@ -136,7 +126,7 @@ describe('placement policy', () => {
   it('finds the one host with room in a nearly full fleet, where random draws keep missing', () => {
     const hosts = Array.from({ length: 500 }, (_, i) => host(`h${i}`, { used: { vcpus: 16 } }));
     hosts[377] = host('h377');
-    expect(ids(placementCandidates(fleetOf(hosts), REQUEST, options({ random: seeded(9) })))).toEqual(['h377']);
+    expect(ids(placementCandidates(fleetOf(hosts), REQUEST, options({ random: seededRandom(9) })))).toEqual(['h377']);
   });
 
   it('with onlyHostId, offers that host if it is ready (full in the view: it decides) and nothing else', () => {
@@ -166,7 +156,7 @@ describe('placement policy', () => {
   });
 
   it('agrees with the whole-fleet ranking on the best host when K covers the fleet', () => {
-    const random = seeded(11);
+    const random = seededRandom(11);
     const hosts = Array.from({ length: 8 }, (_, i) =>
       host(`h${i}`, { used: { vcpus: Math.floor(random() * 14), memoryMib: Math.floor(random() * 14_000) }, templates: i % 3 === 0 ? ['base'] : [] }),
     );
