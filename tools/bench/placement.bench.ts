@@ -19,10 +19,10 @@
 import 'reflect-metadata';
 import { performance } from 'node:perf_hooks';
 import type { FleetHostState, HostView, NatsConnectionHolder } from '@kiln/messaging';
+import { seededRandom } from '@kiln/testing';
 import { FleetViewService } from '../../apps/scheduler/src/fleet/fleet-view.service';
 import { PlacementRequest, ReservedResources, placementCandidates, rankWholeFleet } from '../../apps/scheduler/src/placement/placement-policy';
 import { percentile } from './support/sample-stats';
-import { seededRandom } from '@kiln/testing';
 
 const DECISIONS = Number(process.env.BENCH_DECISIONS ?? 20_000);
 const HOSTS = Number(process.env.BENCH_HOSTS ?? 1000);

@@ -1,6 +1,6 @@
+import { seededRandom } from '@kiln/testing';
 import type { FleetHostState, HostView } from '@kiln/messaging';
 import {
-import { seededRandom } from '@kiln/testing';
   Locality,
   PlacementFleet,
   PlacementOptions,
