@@ -13,8 +13,12 @@ export class DatabaseUnavailableError extends KilnError {
   }
 }
 
-/** Prisma codes for "could not reach / lost / timed out on the server" (not for a query that was wrong). */
-const UNREACHABLE_PRISMA_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2024']);
+/**
+ * Prisma codes for "could not reach / lost / timed out on the server" (not for a query that was wrong). P2028 is an
+ * interactive transaction that could not start or finish in its time (the pool was exhausted by a burst): overloaded,
+ * retryable, a 503 rather than a 500.
+ */
+const UNREACHABLE_PRISMA_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2024', 'P2028']);
 /** SQLSTATE classes and codes that mean the server went away or will not take connections now. */
 const UNAVAILABLE_SQLSTATE = /^(08...|57P0[1-3]|53300)$/;
 /** node-postgres and socket errors raised before Postgres said anything. */

@@ -1,7 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { Prisma, Sandbox } from '@prisma/client';
 import { EgressPolicy, LIVE_SANDBOX_STATES, SandboxNetworkSettings, SandboxState, canTransition } from '@kiln/contracts';
-import { TeamQuota, lockTeamAndCheckQuota } from './team-quota';
+import { TEAM_LOCK_TRANSACTION, TeamQuota, lockTeamAndCheckQuota } from './team-quota';
 import { SortOrder } from '../keyset-cursor';
 import { PrismaService } from '../prisma.service';
 
@@ -161,7 +161,7 @@ export class SandboxRepository {
         });
         await tx.sandboxEvent.create({ data: { sandboxId: row.id, toState: SandboxState.Pending, reason: 'requested' } });
         return row;
-      });
+      }, quota ? TEAM_LOCK_TRANSACTION : undefined);
       return { sandbox, created: true };
     } catch (error) {
       if (input.requestKey && error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2002') {
@@ -223,7 +223,8 @@ export class SandboxRepository {
       });
       const sandbox = await tx.sandbox.findUniqueOrThrow({ where: { id } });
       return { sandbox, from: current.state as SandboxState };
-    });
+      // Bounded as the creates are: in a burst it waits for a pooled connection behind them (and may take the lock).
+    }, TEAM_LOCK_TRANSACTION);
   }
 
   /** Points a starting sandbox at another host (placement fell through to the next candidate). */

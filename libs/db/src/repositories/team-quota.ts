@@ -56,6 +56,14 @@ interface TeamQuotaRow {
  * `wanted`'s size fits the team's quota. A concurrent create of the same team waits on the lock and, once it has it,
  * counts the sandbox this transaction inserted (read committed: each statement sees what committed before it).
  */
+/**
+ * Bounds of a transaction that takes a team's row lock (creates and quota-counted transitions). A burst of one team's
+ * creates queues on that lock and, while queued, holds pooled connections, so the next transaction may wait for a
+ * connection longer than Prisma's default 2 s (`maxWait`) and its own lock wait counts against the default 5 s
+ * `timeout`. Each one is a few short statements; these bounds let a burst of 50 on two cores drain instead of failing.
+ */
+export const TEAM_LOCK_TRANSACTION = { maxWait: 15_000, timeout: 15_000 } as const;
+
 export async function lockTeamAndCheckQuota(
   tx: Prisma.TransactionClient,
   wanted: { teamId: string; vcpus: number; memoryMib: number; diskMib: number; state?: string },
