@@ -8,13 +8,6 @@ import { GRPC_LOADER_OPTIONS, HOSTAGENT_PACKAGE, HOSTAGENT_PROTO_PATH } from '@k
 import { HOST_AGENT_SERVICE_NAME, HostAgentClient } from '@kiln/proto/hostagent';
 import { Observable, TimeoutError, firstValueFrom, timeout } from 'rxjs';
 
-/**
- * A channel whose host went away retries its connection with backoff, and a call meanwhile fails at once with the last
- * error. gRPC's default backoff grows to 120 s, so an agent restarted after a crash or a partition would stay
- * unreachable from this replica long after it is listening and back in the fleet view; capped at 2 s here.
- */
-const RECONNECT_CHANNEL_OPTIONS = { 'grpc.initial_reconnect_backoff_ms': 250, 'grpc.max_reconnect_backoff_ms': 2_000 };
-
 interface CachedClient {
   address: string;
   proxy: ClientGrpcProxy;
@@ -48,7 +41,6 @@ export class HostAgentClients implements OnApplicationShutdown {
         package: HOSTAGENT_PACKAGE,
         protoPath: HOSTAGENT_PROTO_PATH,
         loader: { ...GRPC_LOADER_OPTIONS, includeDirs: [...GRPC_LOADER_OPTIONS.includeDirs] },
-        channelOptions: RECONNECT_CHANNEL_OPTIONS,
         ...(this.credentials ? { credentials: this.credentials } : {}),
       },
     }) as ClientGrpcProxy;
