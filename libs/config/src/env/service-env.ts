@@ -332,8 +332,9 @@ export class SchedulerEnv extends HostAgentCallerEnv {
   RECONCILE_INTERVAL_SECONDS: number = 30;
 
   /**
-   * Placement's best-of-K: besides every host with the template cached or a clone of it ready, K hosts sampled at
-   * random from the rest are scored, so one decision costs O(K + cached hosts), not a sort of the whole fleet.
+   * Placement's best-of-K: up to K eligible hosts are drawn at random from each locality tier (a clone of the
+   * template waiting, the template cached, the rest) and only those are ranked, so one decision costs O(K), not a
+   * sort of the whole fleet (apps/scheduler/src/placement/placement-policy.ts).
    */
   @IsInt() @Min(1) @Max(1000)
   PLACEMENT_SAMPLE_SIZE: number = 5;
