@@ -258,10 +258,10 @@ describe('fleet: view, host loss and placement across two scheduler replicas', (
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
     await agent.start();
-    const restartedAt = Date.now();
-    await eventually('the restarted agent answers', () => list().then(() => true, () => false), { timeoutMs: 10_000, intervalMs: 200 });
-    // gRPC's channel, idle between the failed calls, connects afresh on the next call once the agent listens again.
-    expect(Date.now() - restartedAt).toBeLessThan(4_000);
+    // gRPC's channel, idle between the failed calls, connects afresh on a call once the agent listens again: answered
+    // within one reconnect gap, never left waiting for gRPC's longest backoff (120 s). Not a latency bound: on a loaded
+    // 2-core CI host the first answer has taken from under a second to almost 6 s.
+    await eventually('the restarted agent answers', () => list().then(() => true, () => false), { timeoutMs: 15_000, intervalMs: 200 });
   });
 
   it('sends a create on to the next host when the chosen one cannot be reached (dead but not declared dead yet)', async () => {
