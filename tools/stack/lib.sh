@@ -27,6 +27,8 @@ APT_PACKAGES=(
   # The dev domain (KILN_DOMAIN, kiln.localhost) and its certificate: *.localhost names resolve to loopback through
   # myhostname, and openssl makes the local CA and the wildcard certificate of the gateway's TLS listener.
   libnss-myhostname openssl
+  # The native UFFD worker (apps/host-agent/uffd-worker): C toolchain, OpenSSL (sha256), cJSON, sanitizer runtimes.
+  gcc make libc6-dev libssl-dev libcjson-dev libasan8 libubsan1
 )
 
 ensure_root() {
