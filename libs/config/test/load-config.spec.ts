@@ -58,6 +58,26 @@ describe('loadConfig', () => {
     expect(() => loadConfig(HostVmmEnv, { KILN_VMM_TCG_TB_MIB: '4' })).toThrow(/KILN_VMM_TCG_TB_MIB/);
   });
 
+  it('picks the VMM (qemu unless KILN_VMM=firecracker) and takes absolute paths for Firecracker, its jailer, kernel and the UFFD worker', () => {
+    expect(loadConfig(HostVmmEnv, {})).toMatchObject({
+      KILN_VMM: 'qemu',
+      KILN_FIRECRACKER_BINARY: '/usr/local/bin/firecracker',
+      KILN_JAILER_BINARY: '/usr/local/bin/jailer',
+      KILN_JAILER_CHROOT_BASE: '/srv/jailer',
+      KILN_FIRECRACKER_KERNEL: undefined,
+      KILN_UFFD_WORKER_BINARY: undefined,
+    });
+    expect(loadConfig(HostVmmEnv, { KILN_VMM: 'firecracker', KILN_FIRECRACKER_KERNEL: '/k/vmlinux', KILN_UFFD_WORKER_BINARY: '/w/kiln-uffd-worker' })).toMatchObject({
+      KILN_VMM: 'firecracker',
+      KILN_FIRECRACKER_KERNEL: '/k/vmlinux',
+      KILN_UFFD_WORKER_BINARY: '/w/kiln-uffd-worker',
+    });
+    expect(() => loadConfig(HostVmmEnv, { KILN_VMM: 'cloud-hypervisor' })).toThrow(/KILN_VMM must be one of the following values: qemu, firecracker/);
+    for (const variable of ['KILN_FIRECRACKER_BINARY', 'KILN_JAILER_BINARY', 'KILN_FIRECRACKER_KERNEL', 'KILN_JAILER_CHROOT_BASE', 'KILN_UFFD_WORKER_BINARY']) {
+      expect(() => loadConfig(HostVmmEnv, { [variable]: 'relative/path' })).toThrow(`${variable} must be an absolute path`);
+    }
+  });
+
   it('gives VMMs a uid range that covers every VM the agent may run', () => {
     const stateKey = { KILN_HOST_STATE_KEY: 'a-host-state-key-of-thirty-two-chars' };
     expect(loadConfig(HostAgentEnv, stateKey)).toMatchObject({ KILN_VMM_UID_BASE: 200_000, KILN_VMM_UID_COUNT: 65_536 });

@@ -1,7 +1,36 @@
+import { join, resolve } from 'node:path';
 import { ConfigError, HostVmmEnv, loadConfig } from '@kiln/config';
 import { InvalidVmSpecError } from './vmm.errors';
 
 export type AcceleratorSetting = 'auto' | 'kvm' | 'tcg';
+
+/** KILN_VMM: which driver runs the host's VMs. */
+export type VmmKind = 'qemu' | 'firecracker';
+
+/** Where Firecracker's pieces are on this host (KILN_FIRECRACKER_*, KILN_JAILER_*). */
+export interface FirecrackerHostSettings {
+  binary: string;
+  jailerBinary: string;
+  /** Uncompressed ELF vmlinux every Firecracker VM boots. */
+  kernelPath: string;
+  /** The jailer's --chroot-base-dir. */
+  chrootBase: string;
+}
+
+/**
+ * The UFFD worker this checkout builds (apps/host-agent/uffd-worker/build): this file sits two levels below
+ * apps/host-agent both as source (src/vmm) and compiled (dist/vmm).
+ */
+export const DEFAULT_UFFD_WORKER_BINARY = resolve(__dirname, '..', '..', 'uffd-worker', 'build', 'kiln-uffd-worker');
+
+export function defaultFirecrackerSettings(dataDir: string): FirecrackerHostSettings {
+  return {
+    binary: '/usr/local/bin/firecracker',
+    jailerBinary: '/usr/local/bin/jailer',
+    kernelPath: join(dataDir, 'firecracker', 'vmlinux'),
+    chrootBase: '/srv/jailer',
+  };
+}
 
 /** Host-level VMM settings (HostVmmEnv, part of the agent's validated environment). */
 export class VmmConfig {
@@ -20,6 +49,11 @@ export class VmmConfig {
      * undefined: QEMU stays root (KILN_VMM_UID_BASE=0).
      */
     readonly vmmUids?: { base: number; count: number },
+    /** KILN_VMM. */
+    readonly vmm: VmmKind = 'qemu',
+    readonly firecracker: FirecrackerHostSettings = defaultFirecrackerSettings(dataDir),
+    /** KILN_UFFD_WORKER_BINARY: serves the guest memory of Firecracker restores. */
+    readonly uffdWorkerBinary: string = DEFAULT_UFFD_WORKER_BINARY,
   ) {}
 
   static from(env: HostVmmEnv): VmmConfig {
@@ -30,6 +64,14 @@ export class VmmConfig {
       env.KILN_VMM_TCG_TB_MIB,
       env.KILN_VMM_PROBE_TIMEOUT_MS,
       env.KILN_VMM_UID_BASE === 0 ? undefined : { base: env.KILN_VMM_UID_BASE, count: env.KILN_VMM_UID_COUNT },
+      env.KILN_VMM as VmmKind,
+      {
+        binary: env.KILN_FIRECRACKER_BINARY,
+        jailerBinary: env.KILN_JAILER_BINARY,
+        kernelPath: env.KILN_FIRECRACKER_KERNEL ?? join(env.KILN_DATA_DIR, 'firecracker', 'vmlinux'),
+        chrootBase: env.KILN_JAILER_CHROOT_BASE,
+      },
+      env.KILN_UFFD_WORKER_BINARY ?? DEFAULT_UFFD_WORKER_BINARY,
     );
   }
 

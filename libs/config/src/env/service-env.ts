@@ -525,6 +525,36 @@ export class HostVmmEnv extends NatsClientEnv {
    */
   @IsInt() @Min(0) @Max(400)
   KILN_VMM_CGROUP_CPU_HEADROOM_PERCENT: number = 50;
+
+  /**
+   * Which VMM runs the host's VMs: qemu (QEMU microvm over QMP) or firecracker (Firecracker under its jailer, guest
+   * memory of restores served by the UFFD worker). firecracker is checked at start-up (binary, jailer, kernel, a
+   * usable /dev/kvm): the agent refuses to start, in one line, when any is missing.
+   */
+  @IsIn(['qemu', 'firecracker'])
+  KILN_VMM: string = 'qemu';
+
+  /** The Firecracker binary (a static musl build, the same release as the jailer); the jailer copies it per VM. */
+  @IsString() @Matches(/^\//, { message: 'KILN_FIRECRACKER_BINARY must be an absolute path' })
+  KILN_FIRECRACKER_BINARY: string = '/usr/local/bin/firecracker';
+
+  @IsString() @Matches(/^\//, { message: 'KILN_JAILER_BINARY must be an absolute path' })
+  KILN_JAILER_BINARY: string = '/usr/local/bin/jailer';
+
+  /** Uncompressed ELF vmlinux Firecracker boots every VM with (it takes no bzImage). Unset: <KILN_DATA_DIR>/firecracker/vmlinux. */
+  @IsOptional() @IsString() @Matches(/^\//, { message: 'KILN_FIRECRACKER_KERNEL must be an absolute path' })
+  KILN_FIRECRACKER_KERNEL?: string;
+
+  /**
+   * Where the jailer builds each VM's chroot (<base>/firecracker/<vm id>/root). The VM's kernel and disk are hard-linked
+   * into it, so it must be on the same filesystem as KILN_DATA_DIR.
+   */
+  @IsString() @Matches(/^\//, { message: 'KILN_JAILER_CHROOT_BASE must be an absolute path' })
+  KILN_JAILER_CHROOT_BASE: string = '/srv/jailer';
+
+  /** The UFFD worker (apps/host-agent/uffd-worker). Unset: that project's build output in this checkout. */
+  @IsOptional() @IsString() @Matches(/^\//, { message: 'KILN_UFFD_WORKER_BINARY must be an absolute path' })
+  KILN_UFFD_WORKER_BINARY?: string;
 }
 
 export class HostAgentEnv extends HostVmmEnv {

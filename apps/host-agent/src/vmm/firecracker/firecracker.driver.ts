@@ -1,0 +1,686 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { access, chown, copyFile, link, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { setPriority } from 'node:os';
+import { dirname, isAbsolute, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Inject, Injectable, Optional } from '@nestjs/common';
+import { VmCgroups, VmCgroupsConfig } from '../../cgroup';
+import { sha256File, syncFileData } from '../../file-integrity';
+import { UffdWorkerSupervisor, type UffdWorkerProcess } from '../uffd';
+import { VmmConfig } from '../vmm.config';
+import { processStartTicks, VmmIdentityLeases, type VmmIdentity } from '../vmm-identities';
+import { InvalidVmSpecError, VmAdoptError, VmNotRunningError, VmSnapshotError, VmStartError } from '../vmm.errors';
+import type {
+  PreparedRestore,
+  VmCheckpoint,
+  VmExit,
+  VmHandle,
+  VmmDriver,
+  VmRunState,
+  VmSnapshotRef,
+  VmSnapshotResult,
+  VmSpec,
+  VmStartOptions,
+  VmStartTimings,
+} from '../vmm-driver';
+import { FirecrackerApiClient } from './firecracker-api.client';
+import { buildJailerArgs, CHROOT_FILES, jailDirFor, jailerIdFor, type JailerCgroup } from './firecracker-jailer';
+import { ChangedPagesBase } from './changed-pages-base';
+import { changedPagesFromDiff } from './diff-memory';
+import { FirecrackerCheckpointBaseLostError, FirecrackerConnectionError, FirecrackerStartError } from './firecracker.errors';
+
+/** What adopt() and terminate() need to find and trust a VM again; written to the VM's state dir. */
+interface FirecrackerRuntimeRecord {
+  driver: 'firecracker';
+  pid: number;
+  /** Field 22 of /proc/<pid>/stat: tells a live VMM from an unrelated process that reused the pid. */
+  processStartTicks: string;
+  identity: VmmIdentity;
+  jailerId: string;
+  jailDir: string;
+  apiSocketPath: string;
+  spec: VmSpec;
+  startedAt: string;
+}
+
+const STATE_FILES = { runtime: 'vm.json', vmmLog: 'firecracker.log', uffdStats: 'uffd-stats.sock' } as const;
+
+/** The checkpoint's file names (checkpoint-store's CHECKPOINT_FILES). */
+const CHECKPOINT_FILE = { deviceState: 'device-state', memoryPages: 'memory.pages', memoryIndex: 'memory.index' } as const;
+
+/** The drive and interface ids Kiln gives every Firecracker VM (snapshots restore them by these ids). */
+const ROOT_DRIVE_ID = 'rootfs';
+const NET_IFACE_ID = 'eth0';
+
+const DEFAULT_START_TIMEOUT_MS = 30_000;
+const BACKGROUND_NICE = 19;
+const ADOPTED_LIVENESS_POLL_MS = 500;
+const MAX_UNIX_SOCKET_PATH = 107;
+const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
+/** Firecracker's MachineConfiguration.vcpu_count range. */
+const MAX_VCPUS = 32;
+
+/**
+ * Runs each VM as Firecracker under its jailer: a uid/gid of its own (the VmmIdentities range), a chroot holding
+ * only what the VM needs (kernel, disk, the restore's device state, the UFFD worker's socket), the slot's network
+ * namespace, and a cgroup the jailer creates with the VM's limits. Configured over Firecracker's REST API on the
+ * unix socket in the chroot. A restore's guest memory is served lazily by a UFFD worker (PUT /snapshot/load with a
+ * Uffd memory backend). The jailer execs Firecracker in place (no --daemonize, no --new-pid-ns): the pid spawned
+ * here is Firecracker's own, leading its own process group.
+ */
+@Injectable()
+export class FirecrackerDriver implements VmmDriver {
+  readonly name = 'firecracker';
+  private readonly identities: VmmIdentityLeases | undefined;
+
+  constructor(
+    @Inject(VmmConfig) private readonly config: VmmConfig,
+    @Inject(UffdWorkerSupervisor) private readonly uffdWorkers: UffdWorkerSupervisor,
+    // Absent (tools, contract tests): the jailer creates no cgroup.
+    @Optional() @Inject(VmCgroups) private readonly cgroups?: VmCgroups,
+    @Optional() @Inject(VmCgroupsConfig) private readonly cgroupsConfig?: VmCgroupsConfig,
+  ) {
+    const uids = config.vmmUids;
+    this.identities = uids && new VmmIdentityLeases(join(config.dataDir, 'vmm', 'uid-leases'), uids.base, uids.count);
+  }
+
+  async spawn(spec: VmSpec, options: VmStartOptions = {}): Promise<VmHandle> {
+    return (await this.startProcess(spec, undefined, options)).complete(false);
+  }
+
+  async restore(spec: VmSpec, snapshot: VmSnapshotRef, options: VmStartOptions = {}): Promise<VmHandle> {
+    return (await this.startProcess(spec, snapshot, options)).complete(false);
+  }
+
+  async prepareRestore(spec: VmSpec, snapshot: VmSnapshotRef, options: VmStartOptions = {}): Promise<PreparedRestore> {
+    const started = await this.startProcess(spec, snapshot, options);
+    return { handle: started.handle, start: () => started.complete(true) };
+  }
+
+  async adopt(stateDir: string): Promise<VmHandle> {
+    let record: FirecrackerRuntimeRecord;
+    try {
+      record = await readRuntimeRecord(stateDir);
+    } catch (error) {
+      throw new VmAdoptError(`no VM record in ${stateDir}: ${(error as Error).message}`);
+    }
+    const ticks = await processStartTicks(record.pid);
+    if (ticks === undefined || ticks !== record.processStartTicks) {
+      throw new VmAdoptError(`VM ${record.spec.id} (pid ${record.pid}) is no longer running`);
+    }
+    const api = new FirecrackerApiClient(record.apiSocketPath);
+    try {
+      await api.getInstanceInfo();
+    } catch (error) {
+      throw new VmAdoptError(`VM ${record.spec.id}: its API socket does not answer: ${(error as Error).message}`);
+    }
+    const handle = new FirecrackerVmHandle(record.spec, record.pid, api, record.jailDir, stateDir, undefined);
+    handle.watchAdoptedProcess(record.processStartTicks);
+    void handle.exited.then(() => this.cleanUp(record.spec.id, record.identity, record.jailDir));
+    return handle;
+  }
+
+  async terminate(stateDir: string): Promise<boolean> {
+    const record = await readRuntimeRecord(stateDir).catch(() => undefined);
+    if (!record) return false;
+    const ticks = await processStartTicks(record.pid);
+    if (ticks === undefined || ticks !== record.processStartTicks) {
+      await this.cleanUp(record.spec.id, record.identity, record.jailDir);
+      return false;
+    }
+    killGroupOrProcess(record.pid);
+    for (let waited = 0; waited < 5_000 && (await processStartTicks(record.pid)) === ticks; waited += 10) await delay(10);
+    await this.cleanUp(record.spec.id, record.identity, record.jailDir);
+    return true;
+  }
+
+  /** After the VMM is gone: its jail (links and sockets only; the disk's data stays in the CoW layer) and its uid lease. */
+  private async cleanUp(vmId: string, identity: VmmIdentity, jailDir: string): Promise<void> {
+    await rm(jailDir, { recursive: true, force: true }).catch(() => undefined);
+    if (this.identities) await this.identities.release(identity, vmId).catch(() => undefined);
+  }
+
+  private async jailerCgroup(spec: VmSpec): Promise<JailerCgroup | undefined> {
+    if (!this.cgroups || !this.cgroupsConfig) return undefined;
+    const version = await this.cgroups.version();
+    if (version === 'off') return undefined;
+    const limits = this.cgroups.limitsFor({ vcpus: spec.vcpus, memoryMib: spec.memoryMib, accelerator: 'kvm' });
+    return { version, parent: this.cgroupsConfig.parent, limits };
+  }
+
+  /**
+   * Builds the VM's chroot, spawns the jailer and waits for Firecracker's API. A restore first starts the UFFD worker
+   * (it verifies the snapshot's files before it listens: a bad snapshot fails here, before any VMM runs). complete()
+   * then configures and starts the guest (cold boot) or loads the snapshot and resumes it (restore).
+   */
+  private async startProcess(
+    spec: VmSpec,
+    snapshot: VmSnapshotRef | undefined,
+    options: VmStartOptions,
+  ): Promise<{ handle: FirecrackerVmHandle; complete: (prepared: boolean) => Promise<VmHandle> }> {
+    const { binary: firecrackerBinary, jailerBinary, chrootBase, kernelPath } = this.config.firecracker;
+    const jailerId = jailerIdFor(spec.id);
+    const { jailDir, rootDir } = jailDirFor(chrootBase, firecrackerBinary, jailerId);
+    validateFirecrackerSpec(spec, rootDir);
+    await assertReadable(spec, kernelPath, snapshot);
+    const stateDir = spec.stateDir;
+    await mkdir(stateDir, { recursive: true });
+
+    // A jail left by an earlier VM of the same id goes first: the jailer reuses an existing directory as it is.
+    await rm(jailDir, { recursive: true, force: true });
+    await mkdir(rootDir, { recursive: true, mode: 0o755 });
+    const identity: VmmIdentity = (await this.identities?.claim(spec.id)) ?? { uid: 0, gid: 0 };
+    let worker: UffdWorkerProcess | undefined;
+    const abandon = async () => {
+      await worker?.stop().catch(() => undefined);
+      await this.cleanUp(spec.id, identity, jailDir);
+    };
+
+    let cgroup: JailerCgroup | undefined;
+    try {
+      // Links, not copies: the disk must be the sandbox's own CoW layer; the kernel and initrd are only read.
+      await linkInto(kernelPath, join(rootDir, CHROOT_FILES.kernel), 'copy');
+      if (spec.initrdPath) await linkInto(spec.initrdPath, join(rootDir, CHROOT_FILES.initrd), 'copy');
+      await linkInto(spec.rootDisk.path, join(rootDir, CHROOT_FILES.rootDisk), 'link');
+      if (!spec.rootDisk.readOnly) await chown(join(rootDir, CHROOT_FILES.rootDisk), identity.uid, identity.gid);
+      // A new VM starts with no changed pages of its own; a restore from a checkpoint with that checkpoint's.
+      await ChangedPagesBase.reset(stateDir, snapshot?.changedMemory);
+      if (snapshot) {
+        await linkInto(snapshot.statePath, join(rootDir, CHROOT_FILES.restoreState), 'copy');
+        const statsSocketPath = join(stateDir, STATE_FILES.uffdStats);
+        worker = await this.uffdWorkers.start({
+          // The snapshot's directory: a template snapshot (memory + manifest) or a checkpoint (manifest, memory.pages/index).
+          snapshotDir: dirname(snapshot.statePath),
+          socketPath: join(rootDir, CHROOT_FILES.uffdSocket),
+          statsSocketPath,
+          timeoutMs: options.timeoutMs,
+        });
+        // The worker binds its socket 0600 as root; the jailed Firecracker connects as the VM's uid.
+        await chown(join(rootDir, CHROOT_FILES.uffdSocket), identity.uid, identity.gid);
+      }
+      cgroup = await this.jailerCgroup(spec);
+    } catch (error) {
+      await abandon();
+      if (error instanceof VmStartError || error instanceof InvalidVmSpecError) throw error;
+      throw new FirecrackerStartError(`vm ${spec.id}: preparing its jail failed: ${(error as Error).message}`, error);
+    }
+
+    const jailerArgs = buildJailerArgs({
+      jailerId,
+      firecrackerBinary,
+      uid: identity.uid,
+      gid: identity.gid,
+      chrootBase,
+      netnsPath: spec.network?.netnsPath,
+      cgroup,
+    });
+    const [file, argv] = options.background
+      ? ['nice', ['-n', String(BACKGROUND_NICE), jailerBinary, ...jailerArgs]]
+      : [jailerBinary, jailerArgs];
+    const logPath = join(stateDir, STATE_FILES.vmmLog);
+    const logFd = openSync(logPath, 'a');
+    let child: ChildProcess;
+    const launchedAt = performance.now();
+    try {
+      child = spawn(file, argv, { detached: true, stdio: ['ignore', logFd, logFd] });
+    } catch (error) {
+      await abandon();
+      throw new FirecrackerStartError(`vm ${spec.id}: spawning the jailer failed: ${(error as Error).message}`, error);
+    } finally {
+      closeSync(logFd);
+    }
+    child.unref();
+
+    const exitedEarly = new AbortController();
+    const childExit = new Promise<VmExit>((resolve) => {
+      child.once('error', (error) => {
+        exitedEarly.abort(error.message);
+        resolve({ code: null, signal: null, reason: `spawn failed: ${error.message}`, at: new Date() });
+      });
+      child.once('exit', (code, signal) => {
+        exitedEarly.abort(`exited with ${code ?? signal}`);
+        resolve({ code, signal, reason: 'process-exit', at: new Date() });
+      });
+    });
+    // The worker, the jail and the uid lease live exactly as long as the VMM.
+    void childExit.then(abandon);
+
+    const timeoutMs = options.timeoutMs ?? DEFAULT_START_TIMEOUT_MS;
+    const fail = async (error: unknown): Promise<never> => {
+      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+        try {
+          killGroupOrProcess(child.pid);
+        } catch {
+          /* already gone */
+        }
+      }
+      await Promise.race([childExit, delay(5_000)]);
+      await abandon();
+      const lastWords = (await tail(logPath, 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
+      throw new FirecrackerStartError(
+        `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${lastWords ? ` (firecracker: ${lastWords})` : ''}`,
+        error,
+      );
+    };
+
+    try {
+      const pid = await new Promise<number>((resolve, reject) => {
+        if (child.pid !== undefined) return resolve(child.pid);
+        child.once('spawn', () => resolve(child.pid as number));
+        child.once('error', reject);
+      });
+      if (this.identities) await this.identities.bind(identity, spec.id, pid);
+      const apiSocketPath = join(rootDir, CHROOT_FILES.apiSocket);
+      const api = await FirecrackerApiClient.connect(apiSocketPath, timeoutMs, exitedEarly.signal);
+      const controlReadyMs = performance.now() - launchedAt;
+      const vm = new FirecrackerVmHandle(spec, pid, api, jailDir, stateDir, childExit, worker);
+      const record: FirecrackerRuntimeRecord = {
+        driver: 'firecracker',
+        pid,
+        processStartTicks: (await processStartTicks(pid)) ?? '',
+        identity,
+        jailerId,
+        jailDir,
+        apiSocketPath,
+        spec,
+        startedAt: new Date().toISOString(),
+      };
+      await writeFileAtomic(join(stateDir, STATE_FILES.runtime), JSON.stringify(record, null, 2));
+
+      const complete = async (prepared: boolean): Promise<VmHandle> => {
+        const since = prepared ? performance.now() : launchedAt;
+        try {
+          if (snapshot) {
+            vm.restoring = true;
+            await api.putSnapshotLoad({
+              snapshot_path: `/${CHROOT_FILES.restoreState}`,
+              mem_backend: { backend_type: 'Uffd', backend_path: `/${CHROOT_FILES.uffdSocket}` },
+              // A restored clone may be checkpointed: Diff snapshots need the pages it dirties from here on.
+              track_dirty_pages: true,
+              resume_vm: false,
+              ...(spec.network ? { network_overrides: [{ iface_id: NET_IFACE_ID, host_dev_name: spec.network.tapName }] } : {}),
+            });
+            vm.restoring = false;
+            if (!options.startPaused) await api.patchVm('Resumed');
+          } else {
+            await configureColdBoot(api, spec);
+            await api.putAction('InstanceStart');
+            // Firecracker has no "start paused": the vCPUs run from InstanceStart until this pause lands.
+            if (options.startPaused) await api.patchVm('Paused');
+          }
+        } catch (error) {
+          return fail(error);
+        }
+        vm.startTimings = { controlReadyMs, runningMs: performance.now() - since };
+        return vm;
+      };
+      return { handle: vm, complete };
+    } catch (error) {
+      return fail(error);
+    }
+  }
+}
+
+/** The pre-boot configuration of a cold boot, in the order Firecracker's getting-started guide uses. */
+async function configureColdBoot(api: FirecrackerApiClient, spec: VmSpec): Promise<void> {
+  await api.putMachineConfig({ vcpu_count: spec.vcpus, mem_size_mib: spec.memoryMib, smt: false, track_dirty_pages: false });
+  await api.putBootSource({
+    kernel_image_path: `/${CHROOT_FILES.kernel}`,
+    boot_args: spec.kernelArgs,
+    ...(spec.initrdPath ? { initrd_path: `/${CHROOT_FILES.initrd}` } : {}),
+  });
+  await api.putDrive({
+    drive_id: ROOT_DRIVE_ID,
+    is_root_device: true,
+    is_read_only: spec.rootDisk.readOnly === true,
+    path_on_host: `/${CHROOT_FILES.rootDisk}`,
+  });
+  if (spec.network) {
+    await api.putNetworkInterface({ iface_id: NET_IFACE_ID, host_dev_name: spec.network.tapName, guest_mac: spec.network.guestMac.toLowerCase() });
+  }
+}
+
+class FirecrackerVmHandle implements VmHandle {
+  readonly exited: Promise<VmExit>;
+  startTimings?: VmStartTimings;
+  /** Between PUT /snapshot/load and its answer: state() says 'restoring'. */
+  restoring = false;
+  private resolveExited!: (exit: VmExit) => void;
+  private exitInfo: VmExit | undefined;
+  private livenessTimer: NodeJS.Timeout | undefined;
+  private detached = false;
+
+  constructor(
+    readonly spec: VmSpec,
+    readonly pid: number,
+    private readonly api: FirecrackerApiClient,
+    private readonly jailDir: string,
+    private readonly stateDir: string,
+    childExit: Promise<VmExit> | undefined,
+    /** Serves a restored VM's guest memory; stopped with the VM. */
+    readonly uffdWorker?: UffdWorkerProcess,
+  ) {
+    this.exited = new Promise((resolve) => (this.resolveExited = resolve));
+    childExit?.then((exit) => this.markExited(exit));
+  }
+
+  get id(): string {
+    return this.spec.id;
+  }
+
+  get hasExited(): boolean {
+    return this.exitInfo !== undefined;
+  }
+
+  private get rootDir(): string {
+    return join(this.jailDir, 'root');
+  }
+
+  watchAdoptedProcess(startTicks: string): void {
+    this.livenessTimer = setInterval(() => {
+      void processStartTicks(this.pid).then((ticks) => {
+        if (ticks !== startTicks) this.markExited({ code: null, signal: null, reason: 'process-gone', at: new Date() });
+      });
+    }, ADOPTED_LIVENESS_POLL_MS);
+    this.livenessTimer.unref();
+  }
+
+  async state(): Promise<VmRunState> {
+    if (this.exitInfo) return 'exited';
+    if (this.restoring) return 'restoring';
+    const { state } = await this.controlled((api) => api.getInstanceInfo());
+    if (state === 'Running') return 'running';
+    if (state === 'Paused') return 'paused';
+    return 'other';
+  }
+
+  async pause(): Promise<void> {
+    await this.controlled((api) => api.patchVm('Paused'));
+  }
+
+  async resume(): Promise<void> {
+    await this.controlled((api) => api.patchVm('Resumed'));
+  }
+
+  async setForeground(): Promise<void> {
+    this.control();
+    const tasks = await readdir(`/proc/${this.pid}/task`).catch(() => [] as string[]);
+    for (const tid of tasks) {
+      try {
+        setPriority(Number(tid), 0);
+      } catch (error) {
+        const code = (error as { info?: { code?: string } }).info?.code ?? (error as NodeJS.ErrnoException).code;
+        if (code !== 'ESRCH') throw error;
+      }
+    }
+  }
+
+  /**
+   * A Full snapshot: device state to `statePath`, guest RAM to the VM's memory file when it has one (a template
+   * boot keeps RAM there), else next to the state as `<statePath>.memory`. Firecracker writes both inside its chroot;
+   * the agent moves them out. The VM stays paused.
+   */
+  async snapshot(statePath: string): Promise<VmSnapshotResult> {
+    const started = performance.now();
+    await this.pauseIfRunning();
+    const { state, memory } = await this.createSnapshot('Full');
+    if (this.spec.memoryFile && !this.spec.memoryFile.share) {
+      // Any snapshot restarts Firecracker's dirty log: a later Diff would miss what the guest changed until now.
+      await ChangedPagesBase.markLost(this.stateDir, 'a Full snapshot was taken, which restarted the dirty-page log');
+    }
+    const memoryPath = this.spec.memoryFile?.path ?? `${statePath}.memory`;
+    await moveOut(state, statePath);
+    await moveOut(memory, memoryPath);
+    const { size } = await stat(statePath);
+    return { statePath, stateBytes: size, durationMs: performance.now() - started };
+  }
+
+  /**
+   * A Diff snapshot of a restored clone, in Kiln's checkpoint layout: `device-state` (Firecracker's snapshot file) and
+   * `memory.pages` + `memory.index`, the pages the guest changed from its memory file. Firecracker's Diff memory file
+   * (sparse: the pages dirtied since the restore or the previous snapshot) is merged onto the pages the clone had
+   * changed before that (its restore checkpoint's, then each checkpoint's own result): see diff-memory.ts. The VM
+   * stays paused. Once Firecracker has written the Diff its dirty log is spent: if keeping the pages fails after that,
+   * the clone refuses later checkpoints (FirecrackerCheckpointBaseLostError) rather than write incomplete ones.
+   */
+  async checkpoint(dir: string): Promise<VmCheckpoint> {
+    const memoryFile = this.spec.memoryFile;
+    if (!memoryFile || memoryFile.share) {
+      throw new VmSnapshotError(`vm ${this.id}: only a clone (restored from a snapshot) can be checkpointed`);
+    }
+    const base = await ChangedPagesBase.read(this.stateDir);
+    if ('lost' in base) throw new FirecrackerCheckpointBaseLostError(`vm ${this.id} cannot be checkpointed any more: ${base.lost}`);
+    const started = performance.now();
+    await this.pauseIfRunning();
+    const stopped = performance.now();
+    const { state, memory } = await this.createSnapshot('Diff');
+    const statePath = join(dir, CHECKPOINT_FILE.deviceState);
+    const changedMemory = { pagesPath: join(dir, CHECKPOINT_FILE.memoryPages), indexPath: join(dir, CHECKPOINT_FILE.memoryIndex) };
+    // What a failure removes: only files this checkpoint wrote (the conversion removes its own partial output).
+    const written: string[] = [];
+    try {
+      await moveOut(state, statePath);
+      written.push(statePath);
+      const stateSaved = performance.now();
+      const [converted, stateBytes, stateSha256] = await Promise.all([
+        changedPagesFromDiff({ diffPath: memory, base: base.files, out: changedMemory }),
+        stat(statePath).then((s) => s.size),
+        sha256File(statePath),
+      ]);
+      written.push(changedMemory.pagesPath, changedMemory.indexPath);
+      const memorySaved = performance.now();
+      await Promise.all([statePath, changedMemory.pagesPath, changedMemory.indexPath].map(syncFileData));
+      const done = performance.now();
+      await ChangedPagesBase.replace(this.stateDir, changedMemory).catch((error: Error) =>
+        ChangedPagesBase.markLost(this.stateDir, `keeping checkpoint ${dir}'s pages as the next base failed: ${error.message}`),
+      );
+      return {
+        statePath,
+        stateBytes,
+        changedMemory: { ...changedMemory, pages: converted.pages, bytes: converted.bytes, runs: converted.runs, indexBytes: converted.indexBytes },
+        sha256: { state: stateSha256, pages: converted.pagesSha256, index: converted.indexSha256 },
+        durationMs: done - started,
+        timings: { stopMs: stopped - started, deviceStateMs: stateSaved - stopped, memoryMs: memorySaved - stateSaved, syncMs: done - memorySaved },
+      };
+    } catch (error) {
+      await ChangedPagesBase.markLost(this.stateDir, `the Diff snapshot into ${dir} failed after Firecracker wrote it: ${(error as Error).message}`).catch(
+        () => undefined,
+      );
+      await Promise.all(written.map((path) => rm(path, { force: true })));
+      throw error instanceof VmSnapshotError ? error : new VmSnapshotError(`vm ${this.id}: checkpoint failed: ${(error as Error).message}`);
+    } finally {
+      await Promise.all([rm(state, { force: true }), rm(memory, { force: true })]);
+    }
+  }
+
+  async stop(timeoutMs = 10_000): Promise<VmExit> {
+    if (this.exitInfo) return this.exitInfo;
+    try {
+      // x86 guests booted with reboot=k turn Ctrl+Alt+Del into a reboot, on which Firecracker exits.
+      await this.control().putAction('SendCtrlAltDel');
+    } catch {
+      // Not accepted (paused, or gone): kill() below.
+    }
+    const exit = await Promise.race([this.exited, delay(timeoutMs).then(() => undefined)]);
+    return exit ?? this.kill();
+  }
+
+  async kill(): Promise<VmExit> {
+    if (this.exitInfo) return this.exitInfo;
+    try {
+      killGroupOrProcess(this.pid);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ESRCH') {
+        this.markExited({ code: null, signal: 'SIGKILL', reason: 'process-gone', at: new Date() });
+      } else {
+        throw error;
+      }
+    }
+    return this.exited;
+  }
+
+  detach(): void {
+    this.detached = true;
+    if (this.livenessTimer) clearInterval(this.livenessTimer);
+  }
+
+  private async pauseIfRunning(): Promise<void> {
+    const { state } = await this.controlled((api) => api.getInstanceInfo());
+    if (state === 'Running') await this.controlled((api) => api.patchVm('Paused'));
+  }
+
+  /** PUT /snapshot/create into fresh files in the chroot; returns their host paths. */
+  private async createSnapshot(type: 'Full' | 'Diff'): Promise<{ state: string; memory: string }> {
+    const state = join(this.rootDir, CHROOT_FILES.snapshotState);
+    const memory = join(this.rootDir, CHROOT_FILES.snapshotMemory);
+    await Promise.all([rm(state, { force: true }), rm(memory, { force: true })]);
+    try {
+      await this.controlled((api) =>
+        api.putSnapshotCreate({ snapshot_type: type, snapshot_path: `/${CHROOT_FILES.snapshotState}`, mem_file_path: `/${CHROOT_FILES.snapshotMemory}` }),
+      );
+    } catch (error) {
+      await Promise.all([rm(state, { force: true }), rm(memory, { force: true })]);
+      if (error instanceof VmNotRunningError) throw error;
+      throw new VmSnapshotError(`vm ${this.id}: ${type} snapshot failed: ${(error as Error).message}`);
+    }
+    return { state, memory };
+  }
+
+  private control(): FirecrackerApiClient {
+    if (this.exitInfo) throw new VmNotRunningError(`vm ${this.id} has exited (${this.exitInfo.reason})`);
+    if (this.detached) throw new VmNotRunningError(`vm ${this.id} was detached from this driver`);
+    return this.api;
+  }
+
+  /** A call whose socket broke because the VMM died reports VmNotRunningError, once its exit is seen. */
+  private async controlled<T>(exchange: (api: FirecrackerApiClient) => Promise<T>): Promise<T> {
+    try {
+      return await exchange(this.control());
+    } catch (error) {
+      if (!(error instanceof FirecrackerConnectionError)) throw error;
+      const exit = await Promise.race([this.exited, delay(EXIT_AFTER_CONTROL_CLOSED_MS).then(() => undefined)]);
+      throw exit ? new VmNotRunningError(`vm ${this.id} has exited (${exit.reason})`) : error;
+    }
+  }
+
+  private markExited(exit: VmExit): void {
+    if (this.exitInfo) return;
+    this.exitInfo = exit;
+    if (this.livenessTimer) clearInterval(this.livenessTimer);
+    void this.uffdWorker?.stop().catch(() => undefined);
+    void rm(join(this.stateDir, STATE_FILES.uffdStats), { force: true });
+    this.resolveExited(exit);
+  }
+}
+
+/** What Firecracker and its jailer accept, checked before anything is created. */
+export function validateFirecrackerSpec(spec: VmSpec, rootDir: string): void {
+  const fail = (message: string): never => {
+    throw new InvalidVmSpecError(`vm ${JSON.stringify(spec.id)}: ${message}`);
+  };
+  if (typeof spec.id !== 'string' || !VM_ID.test(spec.id)) fail('id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}');
+  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > MAX_VCPUS) fail(`vcpus must be an integer in 1..${MAX_VCPUS} (Firecracker)`);
+  if (!Number.isInteger(spec.memoryMib) || spec.memoryMib < 64 || spec.memoryMib > 1024 * 1024) fail('memoryMib must be an integer of at least 64');
+  for (const [name, value] of [
+    ['initrdPath', spec.initrdPath],
+    ['rootDisk.path', spec.rootDisk?.path],
+    ['stateDir', spec.stateDir],
+    ['memoryFile.path', spec.memoryFile?.path],
+    ['network.netnsPath', spec.network?.netnsPath],
+  ] as Array<[string, string | undefined]>) {
+    if (value === undefined || (name === 'initrdPath' && value === '')) continue;
+    if (typeof value !== 'string' || !isAbsolute(value) || /[\0\n]/.test(value)) fail(`${name} must be an absolute path on one line`);
+  }
+  if (!spec.rootDisk || typeof spec.rootDisk.path !== 'string') fail('rootDisk.path must be an absolute path');
+  if (spec.rootDisk.format !== 'raw') fail(`rootDisk.format must be raw: Firecracker has no ${spec.rootDisk.format} driver`);
+  if (typeof spec.kernelArgs !== 'string' || /[\0\n]/.test(spec.kernelArgs)) fail('kernelArgs must be one line');
+  if (spec.network) {
+    if (!INTERFACE_NAME.test(spec.network.tapName)) fail('network.tapName is not a valid interface name');
+    if (!MAC.test(spec.network.guestMac)) fail('network.guestMac must look like 02:fc:00:00:00:06');
+  }
+  if (spec.accelerator === 'tcg') fail('Firecracker runs on KVM only (accelerator tcg)');
+  if (join(rootDir, CHROOT_FILES.apiSocket).length > MAX_UNIX_SOCKET_PATH) fail('KILN_JAILER_CHROOT_BASE is too long for the API socket path');
+}
+
+async function assertReadable(spec: VmSpec, kernelPath: string, snapshot: VmSnapshotRef | undefined): Promise<void> {
+  const files: Array<[string, string]> = [
+    ['kernel (KILN_FIRECRACKER_KERNEL)', kernelPath],
+    ['root disk', spec.rootDisk.path],
+  ];
+  if (spec.initrdPath) files.push(['initrd', spec.initrdPath]);
+  if (snapshot) files.push(['snapshot state', snapshot.statePath]);
+  if (spec.network) files.push(['network namespace', spec.network.netnsPath]);
+  for (const [what, path] of files) {
+    try {
+      await access(path);
+    } catch {
+      throw new InvalidVmSpecError(`vm ${spec.id}: ${what} ${path} does not exist`);
+    }
+  }
+}
+
+/**
+ * Puts `source` into the chroot at `target`. A hard link shares the inode (the disk must: the guest writes the
+ * sandbox's CoW layer); read-only inputs may fall back to a copy across filesystems, the disk may not.
+ */
+async function linkInto(source: string, target: string, acrossFilesystems: 'copy' | 'link'): Promise<void> {
+  try {
+    await link(source, target);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+    if (acrossFilesystems === 'link') {
+      throw new InvalidVmSpecError(`${source} is on another filesystem than the jail ${dirname(target)}: KILN_JAILER_CHROOT_BASE must share KILN_DATA_DIR's filesystem`);
+    }
+    await copyFile(source, target);
+  }
+}
+
+/** Moves a file Firecracker wrote in its chroot to where the agent keeps it, owned by root again. */
+async function moveOut(source: string, target: string): Promise<void> {
+  try {
+    await rename(source, target);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+    await copyFile(source, target);
+    await rm(source, { force: true });
+  }
+  await chown(target, 0, 0).catch(() => undefined);
+}
+
+async function readRuntimeRecord(stateDir: string): Promise<FirecrackerRuntimeRecord> {
+  const record = JSON.parse(await readFile(join(stateDir, STATE_FILES.runtime), 'utf8')) as FirecrackerRuntimeRecord;
+  if (record.driver !== 'firecracker') throw new Error(`the record is of driver ${String(record.driver)}`);
+  return record;
+}
+
+async function writeFileAtomic(path: string, content: string): Promise<void> {
+  const partial = `${path}.partial`;
+  await writeFile(partial, content);
+  await rename(partial, path);
+}
+
+async function tail(path: string, maxBytes = 2000): Promise<string> {
+  try {
+    return (await readFile(path, 'utf8')).slice(-maxBytes).trim();
+  } catch {
+    return '';
+  }
+}
+
+function killGroupOrProcess(pid: number): void {
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+    process.kill(pid, 'SIGKILL');
+  }
+}
+
+const EXIT_AFTER_CONTROL_CLOSED_MS = 1_000;
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,11 @@
+export * from './firecracker.errors';
+export * from './firecracker-api';
+export { FirecrackerApiClient } from './firecracker-api.client';
+export { buildJailerArgs, CHROOT_FILES, jailDirFor, jailerIdFor } from './firecracker-jailer';
+export type { JailerArgsInput, JailerCgroup } from './firecracker-jailer';
+export { checkFirecrackerHost } from './firecracker-preflight';
+export { FirecrackerDriver, validateFirecrackerSpec } from './firecracker.driver';
+export { changedPagesFromDiff } from './diff-memory';
+export type { ConvertedChangedMemory, DiffMemoryInput, PageRun } from './diff-memory';
+export { loadDataExtentsReader } from './data-extents';
+export type { DataExtent, DataExtentsReader } from './data-extents';
