@@ -133,11 +133,43 @@ static void defer(uint64_t addr, uint64_t read_ns) {
   ndeferred++;
 }
 
+/*
+ * The last ranges UNMAP dropped or REMAP moved away from (a ring). A fault there that has not been served yet raced the
+ * change: it was read in the same batch as the event (layout events apply first) or was being retried after EAGAIN.
+ * Touched only by the fault loop's thread.
+ */
+#define RETIRED_RANGES 64
+static struct {
+  uint64_t start, end;
+} retired[RETIRED_RANGES];
+static size_t nretired;
+
+static void retire_range(uint64_t start, uint64_t end) {
+  retired[nretired % RETIRED_RANGES].start = start;
+  retired[nretired % RETIRED_RANGES].end = end;
+  nretired++;
+}
+
+static int was_retired(uint64_t addr) {
+  size_t n = nretired < RETIRED_RANGES ? nretired : RETIRED_RANGES;
+  for (size_t i = 0; i < n; i++)
+    if (addr >= retired[i].start && addr < retired[i].end) return 1;
+  return 0;
+}
+
 /* Serves one fault; returns 0 when done with it (served, raced, or the range is gone), 1 when it must be retried. */
 static int serve_fault(uint64_t addr, uint64_t read_ns) {
   const struct region *r = region_of_addr(addr);
   if (!r) {
-    /* Outside every region we were told of (or were told to drop): nothing sane to install. */
+    /*
+     * A fault that raced the unmapping or moving of its page: the faulting thread sleeps until someone wakes it, so
+     * wake it; it retries against the new layout (SIGSEGV where nothing is mapped any more, as for any process).
+     */
+    if (was_retired(addr)) {
+      wake(addr);
+      return 0;
+    }
+    /* Outside every region we were ever told of: nothing sane to install, and a wake would only make it fault again. */
     fprintf(stderr, "kiln-uffd-worker: fault at 0x%llx outside every guest region, ignored\n", (unsigned long long)addr);
     return 0;
   }
@@ -160,7 +192,10 @@ static int serve_fault(uint64_t addr, uint64_t read_ns) {
       break;
     case RETRY_LATER: return 1;
     case PEER_GONE: atomic_store(&peer_gone, 1); return 0;
-    case VMA_GONE: return 0;
+    case VMA_GONE:
+      /* Our uffd no longer covers the page (its event is not read yet): the thread retries against what is there now. */
+      wake(addr);
+      return 0;
   }
   stats_record_latency(&stats, now_ns() - read_ns);
   return 0;
@@ -183,8 +218,9 @@ static void split_regions_at(uint64_t at) {
   }
 }
 
-/* UNMAP drops [start, end) from the regions; REMAP moves it by `shift` (to - from). */
+/* UNMAP drops [start, end) from the regions; REMAP moves it to `to`. */
 static void apply_layout_change(uint64_t start, uint64_t end, int unmap, uint64_t to) {
+  retire_range(start, end);
   split_regions_at(start);
   split_regions_at(end);
   for (size_t i = 0; i < nregions;) {
