@@ -5,6 +5,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MetricsRegistry } from '@kiln/telemetry';
+import { CHECKPOINT_FILES, CheckpointStore } from '../../checkpoint';
 import { DEFAULT_UFFD_WORKER_BINARY } from '../vmm.config';
 import { UffdMetrics } from './uffd-metrics';
 import { UffdWorkerSupervisor, type UffdWorkerExit, type UffdWorkerProcess } from './uffd-worker.supervisor';
@@ -189,6 +190,44 @@ describe('UffdWorkerSupervisor with the real kiln-uffd-worker', () => {
     const error = await refusal(await checkpoint('fork-corrupt', template, true));
     expect(error.exitCode).toBe(2);
     expect(error.workerReason).toMatch(/sha256/);
+  });
+
+  it("starts on a checkpoint sealed by the agent's own CheckpointStore (the layout a pause writes), and refuses it once a page changes", async () => {
+    const template = await templateSnapshot('sealed-base');
+    const checkpointDir = join(dir, 'sealed-pause');
+    await mkdir(checkpointDir);
+    const pages = randomBytes(3 * PAGE);
+    const index = Buffer.alloc(8);
+    index.writeUInt32LE(10, 0);
+    index.writeUInt32LE(3, 4);
+    await writeFile(join(checkpointDir, CHECKPOINT_FILES.memoryPages), pages);
+    await writeFile(join(checkpointDir, CHECKPOINT_FILES.memoryIndex), index);
+    await writeFile(join(checkpointDir, CHECKPOINT_FILES.deviceState), randomBytes(512));
+    const templateSha = (JSON.parse(await readFile(join(template, 'manifest.json'), 'utf8')) as { files: { memory: { sha256: string } } }).files.memory.sha256;
+    await new CheckpointStore(dir).seal(
+      checkpointDir,
+      {
+        id: 'pause-sbx',
+        kind: 'pause',
+        sourceSandboxId: 'sbx',
+        teamId: 'team',
+        templateId: 'base',
+        buildId: 'build',
+        keepMemory: true,
+        // As the sandbox manager names a template's memory file: by the sha256 its snapshot manifest records.
+        vm: { vcpus: 1, memoryMib: 1, kernelPath: '/k', initrdPath: '/i', kernelArgs: '', memoryFilePath: join(template, 'memory'), memoryFileIdentity: `sha256:${templateSha}`, guestMac: '', accelerator: 'tcg', guestAgentPort: 49983 },
+        createdAt: new Date().toISOString(),
+        timings: {},
+      },
+      { [CHECKPOINT_FILES.deviceState]: {}, [CHECKPOINT_FILES.memoryPages]: {}, [CHECKPOINT_FILES.memoryIndex]: {} },
+    );
+    const worker = await start(checkpointDir);
+    expect((await worker.stats()).state).toBe('waiting');
+    await worker.stop();
+
+    pages[PAGE] ^= 0xff;
+    await writeFile(join(checkpointDir, CHECKPOINT_FILES.memoryPages), pages);
+    expect((await refusal(checkpointDir)).workerReason).toMatch(/memory\.pages.*sha256/);
   });
 
   it('passes --prefetch: a list inside guest RAM is accepted, one past its end is refused in one line', async () => {
