@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { access, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { setPriority } from 'node:os';
+import { access, chown, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Optional } from '@nestjs/common';
@@ -17,10 +16,18 @@ import { VmmConfig } from './vmm.config';
 import { processStartTicks, VmmIdentityLeases, type VmmIdentity } from './vmm-identities';
 import { prepareConfinementDir, SnapshotReceiver } from './vm-confinement';
 import {
+  BACKGROUND_NICE,
+  DEFAULT_START_TIMEOUT_MS,
+  delay,
+  fileTail,
+  killGroupOrProcess,
+  VmmProcessHandle,
+  writeFileAtomic,
+} from './vmm-process';
+import {
   InvalidVmSpecError,
   QmpConnectionError,
   VmAdoptError,
-  VmNotRunningError,
   VmSnapshotError,
   VmStartError,
 } from './vmm.errors';
@@ -35,7 +42,6 @@ import type {
   VmSnapshotResult,
   VmSpec,
   VmStartOptions,
-  VmStartTimings,
 } from './vmm-driver';
 
 /** What adopt() needs to find and trust a VM again; written next to the QMP socket. */
@@ -63,9 +69,9 @@ const DEVICE_STATE_FILE = 'device-state';
 const INCOMING_FD = 3;
 /** fd numbers of the root disk in an unprivileged child (see QemuLaunchOptions.rootDiskFds). */
 const ROOT_DISK_FDS = { readWrite: 4, readOnly: 5 };
-const DEFAULT_START_TIMEOUT_MS = 30_000;
-const BACKGROUND_NICE = 19;
-const ADOPTED_LIVENESS_POLL_MS = 500;
+
+
+
 
 /**
  * Runs each VM as a detached QEMU microvm process (own session and process group, so it
@@ -291,7 +297,7 @@ export class QemuMicrovmDriver implements VmmDriver {
       await Promise.race([childExit, delay(5_000)]);
       // A handle already given out (prepared restore) learns of the exit through childExit.
       // QEMU's own last words go on the same line: callers log errors one line long.
-      const lastWords = (await tail(join(stateDir, STATE_FILES.vmmLog), 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
+      const lastWords = (await fileTail(join(stateDir, STATE_FILES.vmmLog), 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
       throw new VmStartError(
         `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${lastWords ? ` (qemu: ${lastWords})` : ''}`,
       );
@@ -342,44 +348,39 @@ export class QemuMicrovmDriver implements VmmDriver {
   }
 }
 
-class QemuVmHandle implements VmHandle {
-  readonly exited: Promise<VmExit>;
-  startTimings?: VmStartTimings;
-  private resolveExited!: (exit: VmExit) => void;
-  private exitInfo: VmExit | undefined;
-  private livenessTimer: NodeJS.Timeout | undefined;
-  private detached = false;
-
+class QemuVmHandle extends VmmProcessHandle<QmpClient> implements VmHandle {
   constructor(
-    readonly spec: VmSpec,
-    readonly pid: number,
+    spec: VmSpec,
+    pid: number,
     private readonly qmp: QmpClient,
     private readonly stateDir: string,
     childExit: Promise<VmExit> | undefined,
     /** The VM's own uid/gid QEMU runs as; the socket its snapshot is written to must be open to it. */
     private readonly identity: VmmIdentity | undefined,
   ) {
-    this.exited = new Promise((resolve) => (this.resolveExited = resolve));
-    childExit?.then((exit) => this.markExited(exit));
+    super(spec, pid, childExit);
     qmp.on('close', () => void this.onControlClosed());
   }
 
-  get id(): string {
-    return this.spec.id;
+  protected controlChannel(): QmpClient {
+    return this.qmp;
   }
 
-  get hasExited(): boolean {
-    return this.exitInfo !== undefined;
+  protected requestExit(qmp: QmpClient): Promise<void> {
+    return qmp.execute('quit').then(() => undefined);
   }
 
-  /** For VMs whose parent is not this process: no exit event, so watch the pid. */
-  watchAdoptedProcess(startTicks: string): void {
-    this.livenessTimer = setInterval(() => {
-      void processStartTicks(this.pid).then((ticks) => {
-        if (ticks !== startTicks) this.markExited({ code: null, signal: null, reason: 'process-gone', at: new Date() });
-      });
-    }, ADOPTED_LIVENESS_POLL_MS);
-    this.livenessTimer.unref();
+  protected isControlBroken(error: unknown): boolean {
+    return error instanceof QmpConnectionError;
+  }
+
+  protected override onDetach(): void {
+    this.qmp.close();
+  }
+
+  protected override onExited(): void {
+    this.qmp.close();
+    void rm(join(this.stateDir, STATE_FILES.qmpSocket), { force: true });
   }
 
   /** Loads the snapshot stream QEMU was started to wait for (-incoming defer) and lets it run. */
@@ -420,20 +421,6 @@ class QemuVmHandle implements VmHandle {
     await this.controlled((qmp) => qmp.execute('cont'));
   }
 
-  async setForeground(): Promise<void> {
-    this.control();
-    // Niceness is per thread on Linux: every vCPU and I/O thread QEMU started inherited the background value.
-    const tasks = await readdir(`/proc/${this.pid}/task`).catch(() => [] as string[]);
-    for (const tid of tasks) {
-      try {
-        setPriority(Number(tid), 0);
-      } catch (error) {
-        // A thread that ended since the listing (libuv reports it as a SystemError with info.code).
-        const code = (error as { info?: { code?: string } }).info?.code ?? (error as NodeJS.ErrnoException).code;
-        if (code !== 'ESRCH') throw error;
-      }
-    }
-  }
 
   async snapshot(statePath: string): Promise<VmSnapshotResult> {
     const qmp = this.control();
@@ -458,7 +445,7 @@ class QemuVmHandle implements VmHandle {
         if (info.status === 'completed') break;
         if (info.status === 'failed' || info.status === 'cancelled') {
           // QEMU often gives no error-desc: its log says what went wrong.
-          const vmmLog = (await tail(join(this.stateDir, STATE_FILES.vmmLog), 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
+          const vmmLog = (await fileTail(join(this.stateDir, STATE_FILES.vmmLog), 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
           throw new VmSnapshotError(`vm ${this.id}: migration ${info.status}: ${info['error-desc'] ?? 'no detail'}${vmmLog ? `; qemu log: ${vmmLog}` : ''}`);
         }
         if (performance.now() > deadline) throw new VmSnapshotError(`vm ${this.id}: snapshot timed out`);
@@ -521,59 +508,6 @@ class QemuVmHandle implements VmHandle {
     };
   }
 
-  async stop(timeoutMs = 10_000): Promise<VmExit> {
-    if (this.exitInfo) return this.exitInfo;
-    try {
-      await this.control().execute('quit');
-    } catch {
-      // The socket closing mid-quit is the VM going away; anything else ends in kill() below.
-    }
-    const exit = await Promise.race([this.exited, delay(timeoutMs).then(() => undefined)]);
-    return exit ?? this.kill();
-  }
-
-  async kill(): Promise<VmExit> {
-    if (this.exitInfo) return this.exitInfo;
-    try {
-      // The VMM leads its own process group (detached spawn): nice and nsenter exec it, so that is QEMU alone.
-      killGroupOrProcess(this.pid);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ESRCH') {
-        this.markExited({ code: null, signal: 'SIGKILL', reason: 'process-gone', at: new Date() });
-      } else {
-        throw error;
-      }
-    }
-    return this.exited;
-  }
-
-  detach(): void {
-    this.detached = true;
-    if (this.livenessTimer) clearInterval(this.livenessTimer);
-    this.qmp.close();
-  }
-
-  private control(): QmpClient {
-    if (this.exitInfo) throw new VmNotRunningError(`vm ${this.id} has exited (${this.exitInfo.reason})`);
-    if (this.detached) throw new VmNotRunningError(`vm ${this.id} was detached from this driver`);
-    return this.qmp;
-  }
-
-  /**
-   * Runs a QMP exchange. QEMU closes its control socket only when it exits, so a socket closed under a command is
-   * the VM dying: once the process is gone (onControlClosed), the caller gets VmNotRunningError and `exited` is
-   * settled, instead of a bare connection error that races the exit.
-   */
-  private async controlled<T>(exchange: (qmp: QmpClient) => Promise<T>): Promise<T> {
-    try {
-      return await exchange(this.control());
-    } catch (error) {
-      if (!(error instanceof QmpConnectionError)) throw error;
-      const exit = await Promise.race([this.exited, delay(EXIT_AFTER_CONTROL_CLOSED_MS).then(() => undefined)]);
-      throw exit ? new VmNotRunningError(`vm ${this.id} has exited (${exit.reason})`) : error;
-    }
-  }
-
   private async onControlClosed(): Promise<void> {
     if (this.detached || this.exitInfo) return;
     // QEMU closes the socket only when it exits, but the process may still be tearing down
@@ -588,14 +522,6 @@ class QemuVmHandle implements VmHandle {
     }
   }
 
-  private markExited(exit: VmExit): void {
-    if (this.exitInfo) return;
-    this.exitInfo = exit;
-    if (this.livenessTimer) clearInterval(this.livenessTimer);
-    this.qmp.close();
-    void rm(join(this.stateDir, STATE_FILES.qmpSocket), { force: true });
-    this.resolveExited(exit);
-  }
 }
 
 async function assertReadable(spec: VmSpec, snapshot: VmSnapshotRef | undefined): Promise<void> {
@@ -623,33 +549,7 @@ async function readRuntimeRecord(stateDir: string): Promise<VmRuntimeRecord> {
 // Adopting a VM and leasing its uid both tell a live VMM from a reused pid the same way; tests import it from here.
 export { processStartTicks };
 
-async function writeFileAtomic(path: string, content: string): Promise<void> {
-  const partial = `${path}.partial`;
-  await writeFile(partial, content);
-  await rename(partial, path);
-}
 
-async function tail(path: string, maxBytes = 2000): Promise<string> {
-  try {
-    const text = await readFile(path, 'utf8');
-    return text.slice(-maxBytes).trim();
-  } catch {
-    return '';
-  }
-}
 
-function killGroupOrProcess(pid: number): void {
-  try {
-    process.kill(-pid, 'SIGKILL');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
-    process.kill(pid, 'SIGKILL');
-  }
-}
 
-/** How long a command whose control socket closed waits for the VMM process to be gone (it unmaps guest RAM). */
-const EXIT_AFTER_CONTROL_CLOSED_MS = 1_000;
 
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}

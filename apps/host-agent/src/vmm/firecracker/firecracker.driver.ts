@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { access, chown, copyFile, link, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { setPriority } from 'node:os';
+import { access, chown, copyFile, link, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Optional } from '@nestjs/common';
@@ -10,6 +9,15 @@ import { sha256File, syncFileData } from '../../file-integrity';
 import { UffdWorkerSupervisor, type UffdWorkerProcess } from '../uffd';
 import { VmmConfig } from '../vmm.config';
 import { processStartTicks, VmmIdentityLeases, type VmmIdentity } from '../vmm-identities';
+import {
+  BACKGROUND_NICE,
+  DEFAULT_START_TIMEOUT_MS,
+  delay,
+  fileTail,
+  killGroupOrProcess,
+  VmmProcessHandle,
+  writeFileAtomic,
+} from '../vmm-process';
 import { InvalidVmSpecError, VmAdoptError, VmNotRunningError, VmSnapshotError, VmStartError } from '../vmm.errors';
 import type {
   PreparedRestore,
@@ -22,7 +30,6 @@ import type {
   VmSnapshotResult,
   VmSpec,
   VmStartOptions,
-  VmStartTimings,
 } from '../vmm-driver';
 import { FirecrackerApiClient } from './firecracker-api.client';
 import { buildJailerArgs, CHROOT_FILES, jailDirFor, jailerIdFor, type JailerCgroup } from './firecracker-jailer';
@@ -53,9 +60,9 @@ const CHECKPOINT_FILE = { deviceState: 'device-state', memoryPages: 'memory.page
 const ROOT_DRIVE_ID = 'rootfs';
 const NET_IFACE_ID = 'eth0';
 
-const DEFAULT_START_TIMEOUT_MS = 30_000;
-const BACKGROUND_NICE = 19;
-const ADOPTED_LIVENESS_POLL_MS = 500;
+
+
+
 const MAX_UNIX_SOCKET_PATH = 107;
 const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
@@ -259,7 +266,7 @@ export class FirecrackerDriver implements VmmDriver {
       }
       await Promise.race([childExit, delay(5_000)]);
       await abandon();
-      const lastWords = (await tail(logPath, 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
+      const lastWords = (await fileTail(logPath, 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
       throw new FirecrackerStartError(
         `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${lastWords ? ` (firecracker: ${lastWords})` : ''}`,
         error,
@@ -343,19 +350,13 @@ async function configureColdBoot(api: FirecrackerApiClient, spec: VmSpec): Promi
   }
 }
 
-class FirecrackerVmHandle implements VmHandle {
-  readonly exited: Promise<VmExit>;
-  startTimings?: VmStartTimings;
+class FirecrackerVmHandle extends VmmProcessHandle<FirecrackerApiClient> implements VmHandle {
   /** Between PUT /snapshot/load and its answer: state() says 'restoring'. */
   restoring = false;
-  private resolveExited!: (exit: VmExit) => void;
-  private exitInfo: VmExit | undefined;
-  private livenessTimer: NodeJS.Timeout | undefined;
-  private detached = false;
 
   constructor(
-    readonly spec: VmSpec,
-    readonly pid: number,
+    spec: VmSpec,
+    pid: number,
     private readonly api: FirecrackerApiClient,
     private readonly jailDir: string,
     private readonly stateDir: string,
@@ -363,29 +364,29 @@ class FirecrackerVmHandle implements VmHandle {
     /** Serves a restored VM's guest memory; stopped with the VM. */
     readonly uffdWorker?: UffdWorkerProcess,
   ) {
-    this.exited = new Promise((resolve) => (this.resolveExited = resolve));
-    childExit?.then((exit) => this.markExited(exit));
+    super(spec, pid, childExit);
   }
 
-  get id(): string {
-    return this.spec.id;
+  protected controlChannel(): FirecrackerApiClient {
+    return this.api;
   }
 
-  get hasExited(): boolean {
-    return this.exitInfo !== undefined;
+  /** x86 guests booted with reboot=k turn Ctrl+Alt+Del into a reboot, on which Firecracker exits. */
+  protected requestExit(api: FirecrackerApiClient): Promise<void> {
+    return api.putAction('SendCtrlAltDel');
+  }
+
+  protected isControlBroken(error: unknown): boolean {
+    return error instanceof FirecrackerConnectionError;
+  }
+
+  protected override onExited(): void {
+    void this.uffdWorker?.stop().catch(() => undefined);
+    void rm(join(this.stateDir, STATE_FILES.uffdStats), { force: true });
   }
 
   private get rootDir(): string {
     return join(this.jailDir, 'root');
-  }
-
-  watchAdoptedProcess(startTicks: string): void {
-    this.livenessTimer = setInterval(() => {
-      void processStartTicks(this.pid).then((ticks) => {
-        if (ticks !== startTicks) this.markExited({ code: null, signal: null, reason: 'process-gone', at: new Date() });
-      });
-    }, ADOPTED_LIVENESS_POLL_MS);
-    this.livenessTimer.unref();
   }
 
   async state(): Promise<VmRunState> {
@@ -405,18 +406,6 @@ class FirecrackerVmHandle implements VmHandle {
     await this.controlled((api) => api.patchVm('Resumed'));
   }
 
-  async setForeground(): Promise<void> {
-    this.control();
-    const tasks = await readdir(`/proc/${this.pid}/task`).catch(() => [] as string[]);
-    for (const tid of tasks) {
-      try {
-        setPriority(Number(tid), 0);
-      } catch (error) {
-        const code = (error as { info?: { code?: string } }).info?.code ?? (error as NodeJS.ErrnoException).code;
-        if (code !== 'ESRCH') throw error;
-      }
-    }
-  }
 
   /**
    * A Full snapshot: device state to `statePath`, guest RAM to the VM's memory file when it has one (a template
@@ -496,37 +485,6 @@ class FirecrackerVmHandle implements VmHandle {
     }
   }
 
-  async stop(timeoutMs = 10_000): Promise<VmExit> {
-    if (this.exitInfo) return this.exitInfo;
-    try {
-      // x86 guests booted with reboot=k turn Ctrl+Alt+Del into a reboot, on which Firecracker exits.
-      await this.control().putAction('SendCtrlAltDel');
-    } catch {
-      // Not accepted (paused, or gone): kill() below.
-    }
-    const exit = await Promise.race([this.exited, delay(timeoutMs).then(() => undefined)]);
-    return exit ?? this.kill();
-  }
-
-  async kill(): Promise<VmExit> {
-    if (this.exitInfo) return this.exitInfo;
-    try {
-      killGroupOrProcess(this.pid);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ESRCH') {
-        this.markExited({ code: null, signal: 'SIGKILL', reason: 'process-gone', at: new Date() });
-      } else {
-        throw error;
-      }
-    }
-    return this.exited;
-  }
-
-  detach(): void {
-    this.detached = true;
-    if (this.livenessTimer) clearInterval(this.livenessTimer);
-  }
-
   private async pauseIfRunning(): Promise<void> {
     const { state } = await this.controlled((api) => api.getInstanceInfo());
     if (state === 'Running') await this.controlled((api) => api.patchVm('Paused'));
@@ -549,31 +507,7 @@ class FirecrackerVmHandle implements VmHandle {
     return { state, memory };
   }
 
-  private control(): FirecrackerApiClient {
-    if (this.exitInfo) throw new VmNotRunningError(`vm ${this.id} has exited (${this.exitInfo.reason})`);
-    if (this.detached) throw new VmNotRunningError(`vm ${this.id} was detached from this driver`);
-    return this.api;
-  }
 
-  /** A call whose socket broke because the VMM died reports VmNotRunningError, once its exit is seen. */
-  private async controlled<T>(exchange: (api: FirecrackerApiClient) => Promise<T>): Promise<T> {
-    try {
-      return await exchange(this.control());
-    } catch (error) {
-      if (!(error instanceof FirecrackerConnectionError)) throw error;
-      const exit = await Promise.race([this.exited, delay(EXIT_AFTER_CONTROL_CLOSED_MS).then(() => undefined)]);
-      throw exit ? new VmNotRunningError(`vm ${this.id} has exited (${exit.reason})`) : error;
-    }
-  }
-
-  private markExited(exit: VmExit): void {
-    if (this.exitInfo) return;
-    this.exitInfo = exit;
-    if (this.livenessTimer) clearInterval(this.livenessTimer);
-    void this.uffdWorker?.stop().catch(() => undefined);
-    void rm(join(this.stateDir, STATE_FILES.uffdStats), { force: true });
-    this.resolveExited(exit);
-  }
 }
 
 /** What Firecracker and its jailer accept, checked before anything is created. */
@@ -656,31 +590,7 @@ async function readRuntimeRecord(stateDir: string): Promise<FirecrackerRuntimeRe
   return record;
 }
 
-async function writeFileAtomic(path: string, content: string): Promise<void> {
-  const partial = `${path}.partial`;
-  await writeFile(partial, content);
-  await rename(partial, path);
-}
 
-async function tail(path: string, maxBytes = 2000): Promise<string> {
-  try {
-    return (await readFile(path, 'utf8')).slice(-maxBytes).trim();
-  } catch {
-    return '';
-  }
-}
 
-function killGroupOrProcess(pid: number): void {
-  try {
-    process.kill(-pid, 'SIGKILL');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
-    process.kill(pid, 'SIGKILL');
-  }
-}
 
-const EXIT_AFTER_CONTROL_CLOSED_MS = 1_000;
 
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
