@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream';
 import { SecureContext, TLSSocket, createSecureContext } from 'node:tls';
 import { GatewayEnv } from '@kiln/config';
 import { MetricsRegistry } from '@kiln/telemetry';
-import { SandboxTrafficProxy } from '../traffic/sandbox-traffic.proxy';
+import { IDLE_KEEP_ALIVE_MS, SandboxTrafficProxy } from '../traffic/sandbox-traffic.proxy';
 import { EdgeRefusal, edgeRequestRoute, edgeRouteOf } from './edge-host';
 import { TlsEdgeCredentials, readTlsEdgeCredentials } from './tls-credentials';
 
@@ -20,9 +20,6 @@ const ALPN_PROTOCOLS = ['http/1.1'];
 
 /** A client that has not finished its handshake by then is dropped (the default, 120 s, feeds slow-handshake floods). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
-
-/** Idle keep-alive connections are kept as long as the API listener keeps its own (Fastify's default): a TLS handshake is worth reusing. */
-const KEEP_ALIVE_TIMEOUT_MS = 72_000;
 
 /** Same bound as the traffic listener's: how long a shutdown waits for in-flight requests before cutting them. */
 const SHUTDOWN_DRAIN_MS = 10_000;
@@ -106,7 +103,8 @@ export class TlsEdgeListener implements BeforeApplicationShutdown {
         done(new UnknownServerNameError(`no service is named ${servername}`));
       },
     });
-    server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+    // Like the plain traffic listener's (and the API's): besides, a TLS handshake is worth reusing.
+    server.keepAliveTimeout = IDLE_KEEP_ALIVE_MS;
     server.on('request', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, api, trafficServer));
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head, api, trafficServer));
     server.on('tlsClientError', (error: Error & { code?: string }) => {

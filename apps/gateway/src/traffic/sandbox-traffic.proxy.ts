@@ -66,6 +66,13 @@ export function refusalFor(address: SandboxAddress, failure: KilnError | Sandbox
 }
 
 /**
+ * How long an idle client connection is kept: as long as the API listener keeps its own (Fastify's default, 72 s).
+ * SDKs reuse their connections; with Node's default of 5 s a client whose own idle timer fires late (a busy event loop)
+ * picks a connection the listener is closing at that moment, and its request fails with ECONNRESET.
+ */
+export const IDLE_KEEP_ALIVE_MS = 72_000;
+
+/**
  * The sandbox-traffic listener (E2B_SANDBOX_URL): finds the host agent that owns
  * the sandbox, applies the edge policy (`ingressDecision`: envd's access token on
  * port 49983, the traffic access token and Host mask on user ports) and streams the
@@ -116,6 +123,7 @@ export class SandboxTrafficProxy implements OnApplicationBootstrap, OnApplicatio
     this.server = createServer((req, res) => {
       this.handleRequest(req, res).catch((error) => this.failed(error, () => (res.headersSent ? res.destroy() : sendJson(res, INTERNAL_REFUSAL))));
     });
+    this.server.keepAliveTimeout = IDLE_KEEP_ALIVE_MS;
     this.server.on('upgrade', (req, socket, head) => {
       this.handleUpgrade(req, socket, head).catch((error) => this.failed(error, () => writeRawJson(socket, INTERNAL_REFUSAL)));
     });

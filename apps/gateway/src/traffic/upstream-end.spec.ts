@@ -1,5 +1,6 @@
 import 'reflect-metadata';
-import { Server, ServerResponse, createServer } from 'node:http';
+import { Agent, Server, ServerResponse, createServer, request } from 'node:http';
+import type { Socket } from 'node:net';
 import type { GatewayEnv } from '@kiln/config';
 import { SandboxRoute, SandboxState } from '@kiln/contracts';
 import { MessagingClient, NatsConnectionHolder, SandboxEventStream } from '@kiln/messaging';
@@ -143,6 +144,45 @@ describe('gateway traffic: an upstream end reaches the caller at once', () => {
     expect(await rest).toBe('end');
     expect(await cutCount()).toBe(before);
   });
+});
+
+describe('gateway traffic: idle caller connections', () => {
+  /** Two requests on one keep-alive connection, `idleMs` apart; whether the server had closed it in between. */
+  async function reusedAfter(port: number, idleMs: number): Promise<{ closedWhileIdle: boolean; sameSocket: boolean }> {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const get = () =>
+        new Promise<{ socket: Socket; status: number }>((resolve, reject) => {
+          const req = request({ port, host: '127.0.0.1', path: '/health', agent, headers: { 'e2b-sandbox-id': 'idle', 'e2b-sandbox-port': '49983', 'x-access-token': TOKEN } }, (res) => {
+            res.resume();
+            res.on('end', () => resolve({ socket: req.socket as Socket, status: res.statusCode ?? 0 }));
+          });
+          req.on('error', reject);
+          req.end();
+        });
+      const first = await get();
+      let closedWhileIdle = false;
+      first.socket.once('close', () => (closedWhileIdle = true));
+      await new Promise((r) => setTimeout(r, idleMs));
+      const second = await get();
+      return { closedWhileIdle, sameSocket: second.socket === first.socket };
+    } finally {
+      agent.destroy();
+    }
+  }
+
+  it('keeps an idle connection past Node\'s 5 s default, so a client reusing it late is not reset (control: a default server closes it)', async () => {
+    const plain = createServer((_req, res) => res.end('{}'));
+    await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve));
+    try {
+      const control = await reusedAfter((plain.address() as { port: number }).port, 6_000);
+      expect(control).toEqual({ closedWhileIdle: true, sameSocket: false });
+    } finally {
+      plain.closeAllConnections();
+      await new Promise((resolve) => plain.close(resolve));
+    }
+    expect(await reusedAfter(gateway.port, 6_000)).toEqual({ closedWhileIdle: false, sameSocket: true });
+  }, 20_000);
 });
 
 describe('route cache: lifecycle events drop routes', () => {
