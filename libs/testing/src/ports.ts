@@ -1,7 +1,23 @@
 import { connect, createServer } from 'node:net';
 
-/** A TCP port nothing listens on right now (the kernel's choice). */
+/** Every port freePort() handed out in this process: a port closed again is free to the kernel, not to us. */
+const handedOut = new Set<number>();
+
+/**
+ * A TCP port nothing listens on right now (the kernel's choice), never one this process was given before: the ports of
+ * a stack are picked before anything binds them, and the kernel may well offer a port it offered a moment ago (a host
+ * agent once got the same port for its HTTP listener and its egress proxy, and failed with EADDRINUSE).
+ */
 export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await kernelFreePort();
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    return port;
+  }
+}
+
+function kernelFreePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
