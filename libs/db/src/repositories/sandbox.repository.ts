@@ -118,7 +118,31 @@ export interface SandboxPageRequest {
  */
 @Injectable()
 export class SandboxRepository {
+  /**
+   * The tail of each team's queue of quota transactions in this process. Each such transaction takes the team's row
+   * lock, and one waiting for it holds a pooled connection all the while: a burst of one team's creates would hold the
+   * whole pool waiting on one lock, and every other query of the process would time out waiting for a connection
+   * (node-postgres's connectionTimeoutMillis). Queued here instead, they wait without a connection, one per team at a
+   * time per process; the row lock still orders them across replicas.
+   */
+  private readonly teamTurns = new Map<string, Promise<void>>();
+
   constructor(private readonly prisma: PrismaService) {}
+
+  /** Runs `work` once every earlier quota transaction of `teamId` in this process has ended. */
+  private async inTeamTurn<T>(teamId: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.teamTurns.get(teamId) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => (release = resolve));
+    this.teamTurns.set(teamId, mine);
+    await previous;
+    try {
+      return await work();
+    } finally {
+      release();
+      if (this.teamTurns.get(teamId) === mine) this.teamTurns.delete(teamId);
+    }
+  }
 
   /**
    * Inserts a pending sandbox; with a request key, a retry returns the existing row instead. With `quota` (the
@@ -132,36 +156,38 @@ export class SandboxRepository {
       if (existing) return { sandbox: existing, created: false };
     }
     try {
-      const sandbox = await this.prisma.$transaction(async (tx) => {
-        if (quota) await lockTeamAndCheckQuota(tx, input, quota);
-        const row = await tx.sandbox.create({
-          data: {
-            id: input.id,
-            teamId: input.teamId,
-            templateId: input.templateId,
-            buildId: input.buildId,
-            alias: input.alias,
-            state: SandboxState.Pending,
-            vcpus: input.vcpus,
-            memoryMib: input.memoryMib,
-            diskMib: input.diskMib,
-            timeoutSeconds: input.timeoutSeconds,
-            expiresAt: new Date(Date.now() + input.timeoutSeconds * 1000),
-            deadlineAt: input.deadlineAt,
-            autoPause: input.autoPause,
-            autoPauseMemory: input.autoPauseMemory ?? true,
-            autoResume: input.autoResume ?? false,
-            metadata: input.metadata,
-            egress: { allowOut: input.network.egress.allowOut, denyOut: input.network.egress.denyOut },
-            allowInternetAccess: input.network.allowInternetAccess,
-            allowPublicTraffic: input.network.allowPublicTraffic,
-            maskRequestHost: input.network.maskRequestHost ?? null,
-            requestKey: input.requestKey,
-          },
-        });
-        await tx.sandboxEvent.create({ data: { sandboxId: row.id, toState: SandboxState.Pending, reason: 'requested' } });
-        return row;
-      }, quota ? TEAM_LOCK_TRANSACTION : undefined);
+      const insert = () =>
+        this.prisma.$transaction(async (tx) => {
+          if (quota) await lockTeamAndCheckQuota(tx, input, quota);
+          const row = await tx.sandbox.create({
+            data: {
+              id: input.id,
+              teamId: input.teamId,
+              templateId: input.templateId,
+              buildId: input.buildId,
+              alias: input.alias,
+              state: SandboxState.Pending,
+              vcpus: input.vcpus,
+              memoryMib: input.memoryMib,
+              diskMib: input.diskMib,
+              timeoutSeconds: input.timeoutSeconds,
+              expiresAt: new Date(Date.now() + input.timeoutSeconds * 1000),
+              deadlineAt: input.deadlineAt,
+              autoPause: input.autoPause,
+              autoPauseMemory: input.autoPauseMemory ?? true,
+              autoResume: input.autoResume ?? false,
+              metadata: input.metadata,
+              egress: { allowOut: input.network.egress.allowOut, denyOut: input.network.egress.denyOut },
+              allowInternetAccess: input.network.allowInternetAccess,
+              allowPublicTraffic: input.network.allowPublicTraffic,
+              maskRequestHost: input.network.maskRequestHost ?? null,
+              requestKey: input.requestKey,
+            },
+          });
+          await tx.sandboxEvent.create({ data: { sandboxId: row.id, toState: SandboxState.Pending, reason: 'requested' } });
+          return row;
+        }, quota ? TEAM_LOCK_TRANSACTION : undefined);
+      const sandbox = quota ? await this.inTeamTurn(input.teamId, insert) : await insert();
       return { sandbox, created: true };
     } catch (error) {
       if (input.requestKey && error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2002') {
