@@ -216,9 +216,13 @@ describe('template build API: create → upload → start → status → tags �
       startCmd: 'python3 -m http.server 8000',
       readyCmd: 'ss -ltn | grep -q :8000',
     };
+    const status = async () => (await call('GET', `/templates/${templateId}/builds/${buildId}/status`)).body.status;
+    // E2B's statuses: `waiting` until the build is started, `building` from the start on, queued or not.
+    expect(await status()).toBe('waiting');
     const accepted = await start(definition);
     expect(accepted.status).toBe(202);
     expect((await start(definition)).status).toBe(409);
+    expect(await status()).toBe('building');
 
     const row = await stack.prisma.templateBuild.findUniqueOrThrow({ where: { id: buildId } });
     const base = await stack.prisma.templateBuild.findFirstOrThrow({ where: { templateId: 'base', state: 'ready' } });
@@ -387,8 +391,9 @@ describe('through the official SDK (e2b): Template.buildInBackground, getBuildSt
       expect(existsSync(join(artifactDir, 'files', teamA.teamId, copy.filesHash!))).toBe(true);
       expect(row).toMatchObject({ vcpus: 1, memoryMib: 512, startCmd: 'python3 -m http.server 8000', readyCmd: expect.stringContaining('8000') });
 
+      // Started and queued (no builder runs here): the SDK expects `building` right after buildInBackground.
       const status = await Template.getBuildStatus(info, opts);
-      expect(status).toMatchObject({ templateID: info.templateId, buildID: info.buildId, status: 'waiting', logEntries: [] });
+      expect(status).toMatchObject({ templateID: info.templateId, buildID: info.buildId, status: 'building', logEntries: [] });
 
       expect(await Template.exists('sdk-app', opts)).toBe(true);
       // Another team's name exists too (it is taken); an unknown one does not.

@@ -35,6 +35,7 @@ import {
   UploadTooLargeError,
 } from './templates.errors';
 import { UploadTokens } from './upload-token';
+import { e2bBuildStatus } from './template-responses';
 
 /** The SDK's defaults when a create omits them (Template.build: cpuCount 2, memoryMB 1024). */
 const DEFAULT_BUILD_VCPUS = 2;
@@ -224,7 +225,7 @@ export class TemplateBuildsService {
     const info: TemplateBuildInfoBody = {
       templateID: template.id,
       buildID: build.id,
-      status: build.state,
+      status: e2bBuildStatus(build),
       logs: rows.map(formatLogLine),
       logEntries: rows.map(toLogEntry),
     };

@@ -1,10 +1,19 @@
 import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
-import { ENVD_COMPAT_VERSION } from '@kiln/contracts';
+import { BuildState, ENVD_COMPAT_VERSION } from '@kiln/contracts';
 import type { TemplateRepository } from '@kiln/db';
 
 type VisibleTemplate = Awaited<ReturnType<TemplateRepository['listVisible']>>[number];
 type FoundTemplate = NonNullable<Awaited<ReturnType<TemplateRepository['findVisible']>>>;
 type TemplateBuildRecord = Awaited<ReturnType<TemplateRepository['buildsPage']>>[number];
+
+/**
+ * A build's status as E2B reports it: `waiting` until it is started (POST /v2/templates/{id}/builds/{buildID} with its
+ * definition), `building` from then on, whether a builder has picked it up yet or not (the SDK's `buildInBackground`
+ * expects `building` straight away), then `ready` or `error`. Kiln's row stays `waiting` while the build is queued.
+ */
+export function e2bBuildStatus(build: { state: string; definition: unknown }): string {
+  return build.state === BuildState.Waiting && build.definition !== null ? BuildState.Building : build.state;
+}
 
 /** The counters the scheduler moves when a sandbox from the template reaches running. */
 function spawnCountersOf(template: { spawnCount: bigint; lastSpawnedAt: Date | null }): { spawnCount: number; lastSpawnedAt: string | null } {
@@ -83,14 +92,14 @@ export function toTemplateBody(template: VisibleTemplate): TemplateBody {
     ...spawnCountersOf(template),
     buildCount: template._count.builds,
     envdVersion: latest?.envdVersion ?? ENVD_COMPAT_VERSION,
-    buildStatus: latest?.state ?? 'waiting',
+    buildStatus: latest ? e2bBuildStatus(latest) : BuildState.Waiting,
   };
 }
 
 export function toTemplateBuildBody(build: TemplateBuildRecord): TemplateBuildBody {
   return {
     buildID: build.id,
-    status: build.state,
+    status: e2bBuildStatus(build),
     createdAt: build.createdAt.toISOString(),
     updatedAt: build.updatedAt.toISOString(),
     ...(build.finishedAt ? { finishedAt: build.finishedAt.toISOString() } : {}),
