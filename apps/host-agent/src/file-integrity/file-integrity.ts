@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { copyFile, link, open } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 
 /**
@@ -87,5 +87,18 @@ export async function syncFileData(path: string): Promise<void> {
     await handle.datasync();
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * Hard-links `source` at `target` (content that never changes: no second copy on disk); a copy when they are on
+ * different filesystems, or an error when `acrossFilesystems` is 'refuse' (a link is required, e.g. a disk layer).
+ */
+export async function linkOrCopy(source: string, target: string, acrossFilesystems: 'copy' | 'refuse' = 'copy'): Promise<void> {
+  try {
+    await link(source, target);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EXDEV' || acrossFilesystems === 'refuse') throw error;
+    await copyFile(source, target);
   }
 }

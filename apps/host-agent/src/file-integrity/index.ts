@@ -1,1 +1,1 @@
-export { sha256File, syncFileData } from './file-integrity';
+export { linkOrCopy, sha256File, syncFileData } from './file-integrity';

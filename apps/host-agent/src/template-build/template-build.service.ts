@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, copyFile, link, mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { linkOrCopy } from '../file-integrity';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger, type OnModuleInit } from '@nestjs/common';
@@ -548,15 +549,6 @@ function describeStep(step: ParsedStep): string {
   }
 }
 
-/** Hard link (the runtime's files never change); a copy when the data dir spans filesystems. */
-async function linkOrCopy(source: string, target: string): Promise<void> {
-  try {
-    await link(source, target);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
-    await copyFile(source, target);
-  }
-}
 
 /** Re-points `<template>/current` at the build, atomically (a symlink renamed over the old one). */
 async function pointCurrentAt(templateDir: string, buildId: string): Promise<void> {

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { copyFile, link, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { linkOrCopy } from '../../file-integrity';
 import { join } from 'node:path';
 import type { ChangedMemoryFiles } from '../vmm-driver';
 
@@ -64,11 +65,3 @@ async function removeAll(stateDir: string, keep = new Set<string>()): Promise<vo
   await Promise.all(names.filter((name) => name.startsWith(PREFIX) && !keep.has(name)).map((name) => rm(join(stateDir, name), { force: true })));
 }
 
-async function linkOrCopy(source: string, target: string): Promise<void> {
-  try {
-    await link(source, target);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
-    await copyFile(source, target);
-  }
-}

@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { access, chown, copyFile, link, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { access, chown, copyFile, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Optional } from '@nestjs/common';
 import { VmCgroups, VmCgroupsConfig } from '../../cgroup';
-import { sha256File, syncFileData } from '../../file-integrity';
+import { linkOrCopy, sha256File, syncFileData } from '../../file-integrity';
 import { UffdWorkerSupervisor, type UffdWorkerProcess } from '../uffd';
 import { VmmConfig } from '../vmm.config';
 import { processStartTicks, VmmIdentityLeases, type VmmIdentity } from '../vmm-identities';
@@ -560,16 +560,12 @@ async function assertReadable(spec: VmSpec, kernelPath: string, snapshot: VmSnap
  * Puts `source` into the chroot at `target`. A hard link shares the inode (the disk must: the guest writes the
  * sandbox's CoW layer); read-only inputs may fall back to a copy across filesystems, the disk may not.
  */
+/** Puts a file into the jail; the disk layer must be a link (writes go to the sandbox's own layer), the rest may be copies. */
 async function linkInto(source: string, target: string, acrossFilesystems: 'copy' | 'link'): Promise<void> {
-  try {
-    await link(source, target);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
-    if (acrossFilesystems === 'link') {
-      throw new InvalidVmSpecError(`${source} is on another filesystem than the jail ${dirname(target)}: KILN_JAILER_CHROOT_BASE must share KILN_DATA_DIR's filesystem`);
-    }
-    await copyFile(source, target);
-  }
+  await linkOrCopy(source, target, acrossFilesystems === 'link' ? 'refuse' : 'copy').catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EXDEV') throw error;
+    throw new InvalidVmSpecError(`${source} is on another filesystem than the jail ${dirname(target)}: KILN_JAILER_CHROOT_BASE must share KILN_DATA_DIR's filesystem`);
+  });
 }
 
 /** Moves a file Firecracker wrote in its chroot to where the agent keeps it, owned by root again. */
