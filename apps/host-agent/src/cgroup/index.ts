@@ -3,6 +3,16 @@ export * from './cgroup.module';
 export type { CgroupBackend, CgroupLimits } from './cgroup-backend';
 export { CgroupV1 } from './cgroup-v1';
 export { CgroupV2 } from './cgroup-v2';
-export { detectCgroupHost } from './cgroup-detect';
+export { detectCgroupHost, type CgroupHost } from './cgroup-detect';
 export { VmCgroupsConfig, type CgroupMode } from './vm-cgroups.config';
-export { CGROUP_BACKEND, CPU_PERIOD_US, VmCgroups, type VmCgroupPlacement, type VmResources } from './vm-cgroups.service';
+export {
+  CGROUP_BACKEND,
+  CGROUP_HOST,
+  CPU_PERIOD_US,
+  jailerParentFor,
+  VM_GROUP_PREFIX,
+  VmCgroups,
+  vmGroupName,
+  type VmCgroupPlacement,
+  type VmResources,
+} from './vm-cgroups.service';

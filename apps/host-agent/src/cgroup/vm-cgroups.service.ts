@@ -10,10 +10,13 @@ import { VmCgroupsConfig } from './vm-cgroups.config';
 
 /** Injection token for a backend chosen by the caller instead of by detection (tests). */
 export const CGROUP_BACKEND = Symbol('CGROUP_BACKEND');
+/** Injection token for the host's cgroup layout instead of reading /proc/self (tests). */
+export const CGROUP_HOST = Symbol('CGROUP_HOST');
 
 /** Period of the CFS bandwidth limit: the kernel default, short enough that a throttled VMM is not visibly jerky. */
 export const CPU_PERIOD_US = 100_000;
-const VM_GROUP_PREFIX = 'vm-';
+/** Every VM group's name starts with it: start-up reconciliation considers only such children of the parent. */
+export const VM_GROUP_PREFIX = 'vm-';
 const REMOVE_ATTEMPTS = 50;
 const REMOVE_RETRY_MS = 20;
 /**
@@ -46,12 +49,15 @@ export interface VmCgroupPlacement {
 export class VmCgroups implements OnModuleInit {
   private readonly logger = new Logger(VmCgroups.name);
   private started: Promise<CgroupBackend | undefined> | undefined;
+  private detectedHost: Promise<CgroupHost> | undefined;
   /** The pid (undefined until entered) each group was made for: a late release must not remove a successor's group. */
   private readonly owners = new Map<string, number | undefined>();
+  private warnedNoJailerParent = false;
 
   constructor(
     @Inject(VmCgroupsConfig) private readonly config: VmCgroupsConfig,
     @Optional() @Inject(CGROUP_BACKEND) private readonly backendOverride?: CgroupBackend,
+    @Optional() @Inject(CGROUP_HOST) private readonly hostOverride?: CgroupHost,
   ) {}
 
   async onModuleInit(): Promise<void> {
@@ -77,7 +83,7 @@ export class VmCgroups implements OnModuleInit {
   async prepare(vmId: string, vm: VmResources): Promise<VmCgroupPlacement | undefined> {
     const backend = await this.backend();
     if (!backend) return undefined;
-    const name = groupName(vmId);
+    const name = vmGroupName(vmId);
     const limits = this.limitsFor(vm);
     try {
       await backend.create(name, limits).catch(async (error: NodeJS.ErrnoException) => {
@@ -105,9 +111,45 @@ export class VmCgroups implements OnModuleInit {
     };
   }
 
+  /** The name of the VM's group under the parent (what paths(), limitsOf() and release() use for `vmId`). */
+  groupName(vmId: string): string {
+    return vmGroupName(vmId);
+  }
+
+  /**
+   * The parent for Firecracker's jailer (--parent-cgroup): a path relative to each hierarchy's mount, under which
+   * the jailer creates `<mount>/<parent>/<id>`. With the jailer id being the VM's group name, that is exactly the
+   * group this class would have made, so release() and start-up reconciliation treat it as one of its own.
+   * Undefined when cgroups are off, or under `auto` on a v1 host where the jailer cannot reach this class's parent.
+   */
+  async jailerParent(): Promise<string | undefined> {
+    const backend = await this.backend();
+    if (!backend) return undefined;
+    const placement = jailerParentFor(backend.version, this.config.parent, await this.host());
+    if ('parent' in placement) return placement.parent;
+    // An explicit KILN_VMM_CGROUP=v1 promises limits on every VM: refusing the VM keeps that promise. Under auto a
+    // VM without limits is what this host gets anyway when it has no usable cgroups, so Firecracker VMs degrade the
+    // same way (QEMU VMs, which VmCgroups places itself, keep their limits) and the operator is told once.
+    if (this.config.mode === 'v1') throw new CgroupSetupError(`KILN_VMM_CGROUP=v1 but the Firecracker jailer cannot place VMs here: ${placement.refused}`);
+    if (!this.warnedNoJailerParent) {
+      this.warnedNoJailerParent = true;
+      this.logger.warn(`Firecracker VMs run without a jailer cgroup (no per-VM limits) on this host: ${placement.refused}`);
+    }
+    return undefined;
+  }
+
   /** Records the group of a VM this process did not start (adopted after a restart), so its exit releases it. */
   adopted(vmId: string, pid: number): void {
-    this.owners.set(groupName(vmId), pid);
+    this.recordGroupOwner(vmGroupName(vmId), pid);
+  }
+
+  /**
+   * Records `pid` as the process the group `name` holds when this class did not make it (the Firecracker jailer
+   * does; or the VM was adopted after a restart): releaseGroup() then removes it only for that pid, so a late
+   * release of an earlier VM of the same name leaves its successor's group alone.
+   */
+  recordGroupOwner(name: string, pid: number): void {
+    this.owners.set(name, pid);
   }
 
   /**
@@ -115,9 +157,13 @@ export class VmCgroups implements OnModuleInit {
    * first: the group is the VM's, nothing else runs in it. A group since taken by a VM of the same id is left alone.
    */
   async release(vmId: string, pid: number | undefined): Promise<void> {
+    await this.releaseGroup(vmGroupName(vmId), pid);
+  }
+
+  /** release() for a group known by its name (the Firecracker jailer's: its --id). */
+  async releaseGroup(name: string, pid: number | undefined): Promise<void> {
     const backend = await this.backend().catch(() => undefined);
     if (!backend) return;
-    const name = groupName(vmId);
     if (this.owners.has(name) && this.owners.get(name) !== pid) return;
     this.owners.delete(name);
     for (let attempt = 0; attempt < REMOVE_ATTEMPTS; attempt++) {
@@ -133,7 +179,7 @@ export class VmCgroups implements OnModuleInit {
       await delay(REMOVE_RETRY_MS);
     }
     // Start-up reconciliation removes it once empty.
-    this.logger.warn(`vm ${vmId}: its cgroup ${backend.paths(name).join(', ')} is still busy; left for the next start`);
+    this.logger.warn(`cgroup ${backend.paths(name).join(', ')} is still busy; left for the next start`);
   }
 
   /**
@@ -158,15 +204,15 @@ export class VmCgroups implements OnModuleInit {
 
   /** The VM's group directories (one per v1 hierarchy); [] when cgroups are off. */
   async paths(vmId: string): Promise<string[]> {
-    return (await this.backend())?.paths(groupName(vmId)) ?? [];
+    return (await this.backend())?.paths(vmGroupName(vmId)) ?? [];
   }
 
   async limitsOf(vmId: string): Promise<CgroupLimits | undefined> {
-    return (await this.backend())?.readLimits(groupName(vmId));
+    return (await this.backend())?.readLimits(vmGroupName(vmId));
   }
 
   async processesOf(vmId: string): Promise<number[]> {
-    return (await this.backend())?.processes(groupName(vmId)) ?? [];
+    return (await this.backend())?.processes(vmGroupName(vmId)) ?? [];
   }
 
   private backend(): Promise<CgroupBackend | undefined> {
@@ -174,8 +220,13 @@ export class VmCgroups implements OnModuleInit {
     return this.started;
   }
 
+  private host(): Promise<CgroupHost> {
+    this.detectedHost ??= this.hostOverride ? Promise.resolve(this.hostOverride) : detectCgroupHost();
+    return this.detectedHost;
+  }
+
   private async start(): Promise<CgroupBackend | undefined> {
-    const backend = this.backendOverride ?? selectBackend(this.config, await detectCgroupHost());
+    const backend = this.backendOverride ?? selectBackend(this.config, await this.host());
     if (!backend) {
       if (this.config.mode === 'auto') {
         this.logger.warn('no usable cgroup v2 or v1 controllers (cpu, memory, pids): VMs run without per-VM limits');
@@ -208,6 +259,28 @@ export function selectBackend(config: VmCgroupsConfig, host: CgroupHost): Cgroup
   throw new CgroupUnavailableError(`KILN_VMM_CGROUP=${mode} but this host has ${found}; v1 controllers: ${v1}`);
 }
 
+/**
+ * Where the jailer's `--parent-cgroup` must point for its `<mount>/<parent>/<id>` to land in selectBackend's parent:
+ * v2 keeps the parent at the mount's top; v1 keeps it under the agent's own group in each hierarchy, and the jailer
+ * takes one parent for every controller, so that works only when the agent's group is the same path in the cpu,
+ * memory and pids hierarchies. The jailer refuses an absolute parent: the result has no leading '/'.
+ */
+export function jailerParentFor(version: 'v2' | 'v1', parent: string, host: CgroupHost): { parent: string } | { refused: string } {
+  if (version === 'v2') return { parent: relativeToMount(parent) };
+  const ownPaths = V1_CONTROLLERS.map((controller) => host.v1OwnPaths[controller] ?? '/');
+  if (new Set(ownPaths.map((own) => join('/', own))).size > 1) {
+    const groups = V1_CONTROLLERS.map((controller, i) => `${controller} ${ownPaths[i]}`).join(', ');
+    return {
+      refused: `the agent's cgroup v1 groups differ per controller (${groups}) and the jailer takes one --parent-cgroup for all of them`,
+    };
+  }
+  return { parent: relativeToMount(join(ownPaths[0]!, parent)) };
+}
+
+function relativeToMount(path: string): string {
+  return join('/', path).slice(1);
+}
+
 async function reconcileGroups(backend: CgroupBackend, minAgeMs: number): Promise<{ removed: string[]; kept: string[] }> {
   const removed: string[] = [];
   const kept: string[] = [];
@@ -226,7 +299,8 @@ async function reconcileGroups(backend: CgroupBackend, minAgeMs: number): Promis
   return { removed, kept };
 }
 
-function groupName(vmId: string): string {
+/** The name VmCgroups gives a VM's group (the Firecracker driver's jailer id too, when the jailer accepts it). */
+export function vmGroupName(vmId: string): string {
   return `${VM_GROUP_PREFIX}${vmId}`;
 }
 

@@ -89,14 +89,15 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
     };
   }
 
-  async function control(id: string, behaviour: Record<string, unknown>): Promise<void> {
+  /** The fake reads its behaviour and writes its records under the jailer id (`vm-<VM id>`): these take the VM id. */
+  async function control(vmId: string, behaviour: Record<string, unknown>): Promise<void> {
     const path = join(chrootBase, 'fake-control.json');
     const current = JSON.parse(await readFile(path, 'utf8').catch(() => '{}')) as Record<string, unknown>;
-    await writeFile(path, JSON.stringify({ ...current, [id]: behaviour }));
+    await writeFile(path, JSON.stringify({ ...current, [jailerIdFor(vmId)]: behaviour }));
   }
 
-  async function records(id: string): Promise<Recorded[]> {
-    const text = await readFile(join(chrootBase, 'records', `${id}.jsonl`), 'utf8').catch(() => '');
+  async function records(vmId: string): Promise<Recorded[]> {
+    const text = await readFile(join(chrootBase, 'records', `${jailerIdFor(vmId)}.jsonl`), 'utf8').catch(() => '');
     return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as Recorded);
   }
 
@@ -139,7 +140,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
     const [jailer] = await records(spec.id);
     expect(jailer.who).toBe('jailer');
     expect(jailer.argv).toEqual([
-      '--id', spec.id,
+      '--id', jailerIdFor(spec.id),
       '--exec-file', FAKE_FIRECRACKER,
       '--uid', '0',
       '--gid', '0',
@@ -181,7 +182,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
   it("the fake checks request shapes: unknown fields, wrong enums, missing required fields and wrong types get Firecracker's 400", async () => {
     const spec = await newSpec();
     const vm = await track(driver.spawn(spec, { startPaused: true }));
-    const socketPath = join(chrootBase, 'fake-firecracker.cjs', spec.id, 'root', 'api.sock');
+    const socketPath = join(chrootBase, 'fake-firecracker.cjs', jailerIdFor(spec.id), 'root', 'api.sock');
     const bad: Array<[string, string, unknown, RegExp]> = [
       ['PATCH', '/vm', { state: 'Running' }, /Vm.state must be one of Paused, Resumed/],
       ['PATCH', '/vm', { state: 'Paused', extra: 1 }, /Vm.extra is not a field of this request/],
@@ -264,7 +265,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
       expect(list[0].backendIsSocket).toBe(true);
       expect(list[1].body).toEqual({ state: 'Resumed' });
       expect(await vm.state()).toBe('running');
-      const worker = supervisor.workers().find((w) => w.socketPath.endsWith('/uffd.sock') && w.socketPath.includes(`/${spec.id}/`));
+      const worker = supervisor.workers().find((w) => w.socketPath.endsWith('/uffd.sock') && w.socketPath.includes(`/${jailerIdFor(spec.id)}/`));
       expect(worker).toBeDefined();
       expect((await worker!.stats()).state).toBe('waiting');
       // The worker lives as long as the VM.
@@ -339,7 +340,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
       for (const value of [checkpoint.durationMs, ...Object.values(checkpoint.timings)]) expect(value).toBeGreaterThanOrEqual(0);
       // Only the checkpoint's files in the dir; Firecracker's snapshot files are gone from the jail.
       expect((await readdir(dir)).sort()).toEqual(['device-state', 'memory.index', 'memory.pages']);
-      const jailRoot = join(chrootBase, 'fake-firecracker.cjs', spec.id, 'root');
+      const jailRoot = join(chrootBase, 'fake-firecracker.cjs', jailerIdFor(spec.id), 'root');
       expect(existsSync(join(jailRoot, 'snapshot.memory')) || existsSync(join(jailRoot, 'snapshot.vmstate'))).toBe(false);
       expect(await vm.state()).toBe('paused');
 
@@ -450,7 +451,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
       expect(cause).toBeInstanceOf(FirecrackerApiError);
       expect([cause.status, cause.faultMessage]).toEqual([400, `fake: injected failure at ${step}`]);
       await expectVmmGone(spec.id);
-      expect(supervisor.workers().filter((w) => w.socketPath.includes(`/${spec.id}/`))).toEqual([]);
+      expect(supervisor.workers().filter((w) => w.socketPath.includes(`/${jailerIdFor(spec.id)}/`))).toEqual([]);
     });
 
     it('restore refused by the worker (wrong sha256): UffdWorkerStartError with its one line, no VMM is started', async () => {
@@ -460,7 +461,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
       expect(error).toBeInstanceOf(UffdWorkerStartError);
       expect((error as UffdWorkerStartError).workerReason).toMatch(/sha256/);
       expect(await records(spec.id)).toEqual([]);
-      expect(existsSync(join(chrootBase, 'fake-firecracker.cjs', spec.id))).toBe(false);
+      expect(existsSync(join(chrootBase, 'fake-firecracker.cjs', jailerIdFor(spec.id)))).toBe(false);
     });
   });
 
@@ -473,7 +474,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
     expect(exit.signal).toBe('SIGKILL');
     expect(vm.hasExited).toBe(true);
     expect(await processStartTicks(vm.pid)).toBeUndefined();
-    await waitFor(() => !existsSync(join(chrootBase, 'fake-firecracker.cjs', spec.id)));
+    await waitFor(() => !existsSync(join(chrootBase, 'fake-firecracker.cjs', jailerIdFor(spec.id))));
     await expect(vm.pause()).rejects.toThrow(/has exited/);
   });
 
@@ -544,8 +545,9 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
     const id = `${spec.id}_x`;
     const vm = await track(driver.spawn({ ...spec, id, stateDir: `${spec.stateDir}-x` }));
     const jailerId = jailerIdFor(id);
-    expect(jailerId).toMatch(/^vm-\d+-x-[0-9a-f]{8}$/);
-    const [jailer] = await records(jailerId);
+    // VmCgroups' group name for the VM (vm-<VM id>), the underscore made a hyphen plus a hash of the VM id.
+    expect(jailerId).toMatch(/^vm-vm-\d+-x-[0-9a-f]{8}$/);
+    const [jailer] = await records(id);
     expect(jailer.argv?.slice(0, 2)).toEqual(['--id', jailerId]);
     expect(await vm.state()).toBe('running');
     // Control: the fake jailer really checks ids, so the mapping above is what made the start work.
@@ -571,7 +573,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
     const pid = (await records(id)).find((r) => r.who === 'jailer')?.pid;
     expect(pid).toBeDefined();
     await waitFor(async () => (await processStartTicks(pid!)) === undefined);
-    await waitFor(() => !existsSync(join(chrootBase, 'fake-firecracker.cjs', id)));
+    await waitFor(() => !existsSync(join(chrootBase, 'fake-firecracker.cjs', jailerIdFor(id))));
   }
 });
 

@@ -1,3 +1,4 @@
+import { VM_GROUP_PREFIX, vmGroupName } from '../../cgroup';
 import { buildJailerArgs, jailDirFor, jailerIdFor } from './firecracker-jailer';
 
 describe('jailer command line', () => {
@@ -24,14 +25,22 @@ describe('jailer command line', () => {
     ]);
   });
 
-  it('maps VM ids to jailer ids (letters, digits, hyphens, at most 64) without collisions', () => {
-    expect(jailerIdFor('sbx-abc')).toBe('sbx-abc');
+  it("maps VM ids to jailer ids that are VmCgroups' group names for the VM (letters, digits, hyphens, at most 64) without collisions", () => {
+    expect(jailerIdFor('sbx-abc')).toBe('vm-sbx-abc');
+    expect(jailerIdFor('sbx-abc')).toBe(vmGroupName('sbx-abc'));
     const a = jailerIdFor('a_b');
     const b = jailerIdFor('a-b');
-    expect(a).toMatch(/^a-b-[0-9a-f]{8}$/);
+    expect(a).toMatch(/^vm-a-b-[0-9a-f]{8}$/);
+    expect(b).toBe('vm-a-b');
     expect(a).not.toBe(b);
+    // 61 characters fit with the prefix; 62 do not, and get the hash instead of being cut to a neighbour's name.
+    expect(jailerIdFor('x'.repeat(61))).toBe(`vm-${'x'.repeat(61)}`);
+    const cut = jailerIdFor('x'.repeat(62));
+    expect(cut).toMatch(/^vm-x{52}-[0-9a-f]{8}$/);
+    expect(cut).not.toBe(jailerIdFor('x'.repeat(63)));
     const long = jailerIdFor(`${'x'.repeat(63)}_`);
     expect(long).toMatch(/^[A-Za-z0-9-]{64}$/);
+    for (const id of [a, b, cut, long]) expect(id.startsWith(VM_GROUP_PREFIX)).toBe(true);
   });
 
   it('puts the jail where the jailer builds it', () => {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { basename, join } from 'node:path';
-import type { CgroupLimits } from '../../cgroup';
+import { vmGroupName, type CgroupLimits } from '../../cgroup';
 
 /** Names of the files the driver puts in a VM's chroot, as the jailed Firecracker sees them (its `/`). */
 export const CHROOT_FILES = {
@@ -19,14 +19,17 @@ export const CHROOT_FILES = {
 } as const;
 
 /**
- * Firecracker's instance id: letters, digits and hyphens, 1-64 characters (validate_instance_id in the jailer).
- * Kiln's VM ids may also hold underscores: those become hyphens plus a hash of the original id, so two VM ids never
- * map to one jail.
+ * Firecracker's instance id, which also names the cgroup the jailer creates under --parent-cgroup: the VM's group name
+ * in VmCgroups (`vm-<VM id>`), so that group is VmCgroups' own (released with the VM, removed by start-up
+ * reconciliation when a VM died while no agent ran). The jailer takes letters, digits and hyphens, 1-64 characters
+ * (validate_instance_id); any other name (an underscore, too long with the prefix) becomes hyphens, cut to fit, plus
+ * a hash of the VM id, so two VM ids never map to one jail or group.
  */
 export function jailerIdFor(vmId: string): string {
-  if (/^[A-Za-z0-9-]{1,64}$/.test(vmId)) return vmId;
+  const groupName = vmGroupName(vmId);
+  if (/^[A-Za-z0-9-]{1,64}$/.test(groupName)) return groupName;
   const suffix = createHash('sha256').update(vmId).digest('hex').slice(0, 8);
-  return `${vmId.replace(/[^A-Za-z0-9-]/g, '-').slice(0, 64 - suffix.length - 1)}-${suffix}`;
+  return `${groupName.replace(/[^A-Za-z0-9-]/g, '-').slice(0, 64 - suffix.length - 1)}-${suffix}`;
 }
 
 /** Where the jailer builds a VM's jail: <chroot base>/<exec file name>/<id>, its chroot being `root` in it. */
@@ -38,6 +41,7 @@ export function jailDirFor(chrootBase: string, firecrackerBinary: string, jailer
 /** The cgroup the jailer creates for the VM (--cgroup-version, --parent-cgroup, one --cgroup per limit). */
 export interface JailerCgroup {
   version: 'v2' | 'v1';
+  /** Relative to each hierarchy's mount point (VmCgroups.jailerParent); the jailer refuses an absolute one. */
   parent: string;
   limits: CgroupLimits;
 }

@@ -73,7 +73,8 @@ const MAX_VCPUS = 32;
 /**
  * Runs each VM as Firecracker under its jailer: a uid/gid of its own (the VmmIdentities range), a chroot holding
  * only what the VM needs (kernel, disk, the restore's device state, the UFFD worker's socket), the slot's network
- * namespace, and a cgroup the jailer creates with the VM's limits. Configured over Firecracker's REST API on the
+ * namespace, and a cgroup the jailer creates with the VM's limits (VmCgroups' group for the VM: the jailer id is its
+ * name, the parent VmCgroups' own; released when the VMM exits). Configured over Firecracker's REST API on the
  * unix socket in the chroot. A restore's guest memory is served lazily by a UFFD worker (PUT /snapshot/load with a
  * Uffd memory backend). The jailer execs Firecracker in place (no --daemonize, no --new-pid-ns): the pid spawned
  * here is Firecracker's own, leading its own process group.
@@ -126,7 +127,9 @@ export class FirecrackerDriver implements VmmDriver {
     }
     const handle = new FirecrackerVmHandle(record.spec, record.pid, api, record.jailDir, stateDir, undefined);
     handle.watchAdoptedProcess(record.processStartTicks);
-    void handle.exited.then(() => this.cleanUp(record.spec.id, record.identity, record.jailDir));
+    // The jailer made the VM's group for this pid: only this pid's exit removes it.
+    this.cgroups?.recordGroupOwner(record.jailerId, record.pid);
+    void handle.exited.then(() => this.cleanUp(record));
     return handle;
   }
 
@@ -135,27 +138,36 @@ export class FirecrackerDriver implements VmmDriver {
     if (!record) return false;
     const ticks = await processStartTicks(record.pid);
     if (ticks === undefined || ticks !== record.processStartTicks) {
-      await this.cleanUp(record.spec.id, record.identity, record.jailDir);
+      await this.cleanUp(record);
       return false;
     }
     killGroupOrProcess(record.pid);
     for (let waited = 0; waited < 5_000 && (await processStartTicks(record.pid)) === ticks; waited += 10) await delay(10);
-    await this.cleanUp(record.spec.id, record.identity, record.jailDir);
+    await this.cleanUp(record);
     return true;
   }
 
-  /** After the VMM is gone: its jail (links and sockets only; the disk's data stays in the CoW layer) and its uid lease. */
-  private async cleanUp(vmId: string, identity: VmmIdentity, jailDir: string): Promise<void> {
-    await rm(jailDir, { recursive: true, force: true }).catch(() => undefined);
-    if (this.identities) await this.identities.release(identity, vmId).catch(() => undefined);
+  /**
+   * After the VMM is gone: its jail (links and sockets only; the disk's data stays in the CoW layer), its uid lease
+   * and the cgroup the jailer made for it (named by the jailer id; a record's own id, so a VM started before the id
+   * scheme changed is still found). `pid` is undefined when no jailer ran: then no group was made for this VM, and
+   * one of that name is not this VM's to remove. Never throws: it runs on exit paths.
+   */
+  private async cleanUp(vm: { spec: { id: string }; identity: VmmIdentity; jailDir: string; jailerId: string; pid?: number }): Promise<void> {
+    await rm(vm.jailDir, { recursive: true, force: true }).catch(() => undefined);
+    if (this.identities) await this.identities.release(vm.identity, vm.spec.id).catch(() => undefined);
+    if (vm.pid !== undefined && this.cgroups && this.cgroupsConfig) await this.cgroups.releaseGroup(vm.jailerId, vm.pid).catch(() => undefined);
   }
 
   private async jailerCgroup(spec: VmSpec): Promise<JailerCgroup | undefined> {
     if (!this.cgroups || !this.cgroupsConfig) return undefined;
     const version = await this.cgroups.version();
     if (version === 'off') return undefined;
+    // Undefined on a v1 host whose agent sits in different groups per controller (VmCgroups warns once).
+    const parent = await this.cgroups.jailerParent();
+    if (parent === undefined) return undefined;
     const limits = this.cgroups.limitsFor({ vcpus: spec.vcpus, memoryMib: spec.memoryMib, accelerator: 'kvm' });
-    return { version, parent: this.cgroupsConfig.parent, limits };
+    return { version, parent, limits };
   }
 
   /**
@@ -181,9 +193,10 @@ export class FirecrackerDriver implements VmmDriver {
     await mkdir(rootDir, { recursive: true, mode: 0o755 });
     const identity: VmmIdentity = (await this.identities?.claim(spec.id)) ?? { uid: 0, gid: 0 };
     let worker: UffdWorkerProcess | undefined;
-    const abandon = async () => {
+    /** `pid`: the jailer's (= the VMM's) once spawned; its group is released only for it. */
+    const abandon = async (pid?: number) => {
       await worker?.stop().catch(() => undefined);
-      await this.cleanUp(spec.id, identity, jailDir);
+      await this.cleanUp({ spec, identity, jailDir, jailerId, pid });
     };
 
     let cgroup: JailerCgroup | undefined;
@@ -252,8 +265,8 @@ export class FirecrackerDriver implements VmmDriver {
         resolve({ code, signal, reason: 'process-exit', at: new Date() });
       });
     });
-    // The worker, the jail and the uid lease live exactly as long as the VMM.
-    void childExit.then(abandon);
+    // The worker, the jail, the uid lease and the cgroup live exactly as long as the VMM.
+    void childExit.then(() => abandon(child.pid));
 
     const timeoutMs = options.timeoutMs ?? DEFAULT_START_TIMEOUT_MS;
     const fail = async (error: unknown): Promise<never> => {
@@ -265,7 +278,7 @@ export class FirecrackerDriver implements VmmDriver {
         }
       }
       await Promise.race([childExit, delay(5_000)]);
-      await abandon();
+      await abandon(child.pid);
       const lastWords = (await fileTail(logPath, 600)).split('\n').filter(Boolean).slice(-3).join(' | ');
       throw new FirecrackerStartError(
         `vm ${spec.id}: ${snapshot ? 'restore' : 'boot'} failed: ${(error as Error).message}${lastWords ? ` (firecracker: ${lastWords})` : ''}`,
@@ -279,6 +292,8 @@ export class FirecrackerDriver implements VmmDriver {
         child.once('spawn', () => resolve(child.pid as number));
         child.once('error', reject);
       });
+      // The jailer is creating the VM's group for this pid: an earlier VM's late release must leave it alone.
+      this.cgroups?.recordGroupOwner(jailerId, pid);
       if (this.identities) await this.identities.bind(identity, spec.id, pid);
       const apiSocketPath = join(rootDir, CHROOT_FILES.apiSocket);
       const api = await FirecrackerApiClient.connect(apiSocketPath, timeoutMs, exitedEarly.signal);
