@@ -14,6 +14,7 @@ import { processStartTicks } from '../../src/vmm/vmm-identities';
 import { DEFAULT_UFFD_WORKER_BINARY, VmmConfig } from '../../src/vmm/vmm.config';
 import { InvalidVmSpecError, VmSnapshotError } from '../../src/vmm/vmm.errors';
 import type { VmCheckpoint, VmHandle, VmSpec } from '../../src/vmm/vmm-driver';
+import { fakeVmSpec } from './fake-vm-spec';
 
 const FAKE_FIRECRACKER = join(__dirname, 'fake-firecracker.cjs');
 const FAKE_JAILER = join(__dirname, 'fake-jailer.cjs');
@@ -70,24 +71,12 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
   });
 
   async function newSpec(overrides: Partial<VmSpec> = {}): Promise<VmSpec> {
-    const id = `vm-${++counter}`;
-    const dir = join(base, id);
-    await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, 'rootfs.raw'), Buffer.alloc(4096));
-    return {
-      id,
-      vcpus: 2,
-      memoryMib: 256,
-      kernelPath: '/ignored/bzImage',
-      initrdPath: '',
-      kernelArgs: 'console=ttyS0 reboot=k panic=1',
-      rootDisk: { path: join(dir, 'rootfs.raw'), format: 'raw' },
+    return fakeVmSpec(base, `vm-${++counter}`, {
       network: { netnsPath: join(base, 'netns'), tapName: 'tap0', guestMac: '02:FC:00:00:00:05' },
-      stateDir: join(dir, 'state'),
-      serialLogPath: join(dir, 'serial.log'),
       ...overrides,
-    };
+    });
   }
+
 
   /** The fake reads its behaviour and writes its records under the jailer id (`vm-<VM id>`): these take the VM id. */
   async function control(vmId: string, behaviour: Record<string, unknown>): Promise<void> {

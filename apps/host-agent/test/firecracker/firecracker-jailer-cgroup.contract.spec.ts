@@ -14,6 +14,7 @@ import { UffdWorkerSupervisor } from '../../src/vmm/uffd';
 import { processStartTicks } from '../../src/vmm/vmm-identities';
 import { VmmConfig } from '../../src/vmm/vmm.config';
 import type { VmHandle, VmSpec } from '../../src/vmm/vmm-driver';
+import { fakeVmSpec } from './fake-vm-spec';
 
 jest.setTimeout(60_000);
 
@@ -133,22 +134,9 @@ describeOnCgroups(suiteName, () => {
   });
 
   async function newSpec(): Promise<VmSpec> {
-    const id = `cg-${++counter}`;
-    const dir = join(base, id);
-    await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, 'rootfs.raw'), Buffer.alloc(4096));
-    return {
-      id,
-      vcpus: 2,
-      memoryMib: 256,
-      kernelPath: '/ignored/bzImage',
-      initrdPath: '',
-      kernelArgs: 'console=ttyS0 reboot=k panic=1',
-      rootDisk: { path: join(dir, 'rootfs.raw'), format: 'raw' },
-      stateDir: join(dir, 'state'),
-      serialLogPath: join(dir, 'serial.log'),
-    };
+    return fakeVmSpec(base, `cg-${++counter}`);
   }
+
 
   async function jailerRecord(vmId: string): Promise<JailerRecord> {
     const text = await readFile(join(chrootBase, 'records', `${jailerIdFor(vmId)}.jsonl`), 'utf8');
