@@ -227,15 +227,22 @@ describe('host monitor (real NATS, JetStream, Postgres)', () => {
     await expect(client.request(MonitorSubjects.nodesGet, { hostId: `${prefix}-nobody` }, 5_000)).rejects.toMatchObject({ code: ErrorCode.NotFound });
   });
 
-  it("counts a host's created sandboxes from its lifecycle events", async () => {
+  it("counts a host's created and failed creates from its lifecycle events (a crash is neither)", async () => {
     const hostId = `${prefix}-creates`;
     await join(hostId);
     const created = { kind: 'created', sandboxId: 'sbx1', hostId, at: new Date().toISOString() };
     nc.publish(sandboxEventSubject('created', { hostId }), JSON.stringify(created));
     nc.publish(sandboxEventSubject('created', { hostId }), JSON.stringify({ ...created, sandboxId: 'sbx2' }));
     nc.publish(sandboxEventSubject('crashed', { hostId }), JSON.stringify({ ...created, kind: 'crashed' }));
-    await eventually('two creates counted', async () => (await client.request(MonitorSubjects.nodesGet, { hostId }, 5_000)).createSuccesses === 2 || undefined);
-    await eventually('the count in KV', async () => (await kvView(nc, hostId))?.createSuccesses === 2 || undefined);
+    nc.publish(sandboxEventSubject('create_failed', { hostId }), JSON.stringify({ ...created, sandboxId: 'sbx3', kind: 'create_failed' }));
+    await eventually('two creates and one failure counted', async () => {
+      const view = await client.request(MonitorSubjects.nodesGet, { hostId }, 5_000);
+      return (view.createSuccesses === 2 && view.createFails === 1) || undefined;
+    });
+    await eventually('the counts in KV', async () => {
+      const view = await kvView(nc, hostId);
+      return (view?.createSuccesses === 2 && view.createFails === 1) || undefined;
+    });
   });
 
   it('removes a host only once it is empty or dead: offline row without credential, KV entry gone, a removed event', async () => {

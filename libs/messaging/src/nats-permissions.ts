@@ -76,6 +76,8 @@ const MONITOR_REQUESTS = Object.values(MonitorSubjects);
 
 /** Host agents' `created` lifecycle events: the monitor counts them per host (E2B's node create counters). */
 export const SANDBOX_CREATED_BY_HOSTS = sandboxEventSubject('created', { hostId: '>' });
+/** Host agents' `create_failed` lifecycle events: the monitor's per-host createFails. */
+export const SANDBOX_CREATE_FAILURES_BY_HOSTS = sandboxEventSubject('create_failed', { hostId: '>' });
 
 const JETSTREAM_ACCOUNT_INFO = '$JS.API.INFO';
 
@@ -105,7 +107,7 @@ export function serviceNatsPermissions(service: NatsServiceUser): NatsPermission
       // events, writes the hosts KV bucket and the host events stream (and creates both: JetStream API).
       return {
         publish: ['$JS.API.>', `$KV.${HOSTS_KV_BUCKET}.>`, `${HOST_EVENTS_SUBJECT_PREFIX}.>`],
-        subscribe: [Subjects.hostRegister, Subjects.hostHeartbeat, ...MONITOR_REQUESTS, SANDBOX_CREATED_BY_HOSTS, inboxOf(service)],
+        subscribe: [Subjects.hostRegister, Subjects.hostHeartbeat, ...MONITOR_REQUESTS, SANDBOX_CREATED_BY_HOSTS, SANDBOX_CREATE_FAILURES_BY_HOSTS, inboxOf(service)],
         allowResponses: true,
       };
     case 'template-builder':

@@ -320,7 +320,12 @@ export const SANDBOX_EVENTS_STREAM = 'KILN_SANDBOX_EVENTS';
 /** Every lifecycle event's subject starts with it; the stream holds `<prefix>.>`. */
 export const SANDBOX_EVENTS_SUBJECT_PREFIX = 'kiln.events.sandbox';
 
-export type SandboxLifecycleKind = 'created' | 'exited' | 'crashed' | 'destroyed' | 'transition';
+/**
+ * `create_failed`: a host agent accepted a create and could not start the sandbox (restore, resume, guest init; not a
+ * refusal for lack of room, not a destroy during the start). Told apart from `crashed`, which a running sandbox's
+ * death also is, for E2B's per-node createFails.
+ */
+export type SandboxLifecycleKind = 'created' | 'create_failed' | 'exited' | 'crashed' | 'destroyed' | 'transition';
 
 export interface SandboxLifecycleEvent {
   kind: SandboxLifecycleKind;

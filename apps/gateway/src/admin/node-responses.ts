@@ -75,7 +75,7 @@ export class NodeDetailBody {
   @ApiProperty() sandboxCount: number;
   @ApiProperty({ type: NodeMetricsBody }) metrics: NodeMetricsBody;
   @ApiProperty() createSuccesses: number;
-  @ApiProperty({ description: 'Not distinguished by Kiln yet: always 0' }) createFails: number;
+  @ApiProperty({ description: 'Creates the node accepted and could not start, since the host monitor started' }) createFails: number;
   @ApiProperty({ description: "The host agent's version" }) version: string;
   @ApiProperty() commit: string;
   @ApiProperty({ type: MachineInfoBody }) machineInfo: MachineInfoBody;

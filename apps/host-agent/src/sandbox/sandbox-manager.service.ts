@@ -516,6 +516,9 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
           `guest console tail: ${await consoleTail(clone?.serialLogPath)}`,
       );
       await this.teardown(sandboxId, clone?.vm, clone?.slot, clone?.layer, clone?.dir);
+      // E2B's per-node createFails: a start this host accepted and could not finish. A destroy during the start and
+      // a refusal for lack of a slot are not the host failing.
+      if (!abort.aborted && !(error instanceof SlotsExhaustedError)) this.publishCreateFailed(input, reason);
       if ((exit || abort.aborted) && cause instanceof KilnError) throw new KilnError(cause.code, `sandbox ${sandboxId} did not start: ${reason}`);
       if (error instanceof SlotsExhaustedError) throw new KilnError(ErrorCode.ResourceExhausted, 'no free network slot on this host');
       if (error instanceof KilnError) throw error;
@@ -1175,6 +1178,13 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     void this.events
       .publish({ kind, sandboxId: record.sandboxId, teamId: record.teamId, hostId: this.hostId, reason, exitCode, at: new Date().toISOString() }, { hostId: this.hostId })
       .catch((error) => this.logger.warn(`publishing ${kind} for ${record.sandboxId} failed: ${describeError(error)}`));
+  }
+
+  private publishCreateFailed(input: CreateSandboxInput, reason: string): void {
+    const event = { kind: 'create_failed' as const, sandboxId: input.sandboxId, teamId: input.teamId, hostId: this.hostId, reason, at: new Date().toISOString() };
+    void this.events
+      .publish(event, { hostId: this.hostId })
+      .catch((error) => this.logger.warn(`publishing create_failed for ${input.sandboxId} failed: ${describeError(error)}`));
   }
 
   get hostId(): string {

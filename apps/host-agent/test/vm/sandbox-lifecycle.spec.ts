@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { type INestApplicationContext } from '@nestjs/common';
 import { HostAgentEnv } from '@kiln/config';
 import { ErrorCode, KilnError } from '@kiln/contracts';
+import { sandboxEventSubject, type SandboxLifecycleEvent } from '@kiln/messaging';
+import { connect, type NatsConnection } from 'nats';
 import { eventually as eventuallyEvery, startPrivateNats, type PrivateServer } from '@kiln/testing';
 import { ClonePool } from '../../src/clone-pool';
 import { NetworkSlotPool } from '../../src/network';
@@ -151,8 +153,15 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
 
   describe('without a pool (every create restores on demand)', () => {
     let agent: AgentContext;
+    let listener: NatsConnection;
+    /** The host's create_failed lifecycle events (E2B's per-node createFails), by sandbox id. */
+    const createFailures: SandboxLifecycleEvent[] = [];
 
     beforeAll(async () => {
+      listener = await connect({ servers: nats.url });
+      listener.subscribe(sandboxEventSubject('create_failed', { hostId: SUITE.hostId }), {
+        callback: (_error, message) => createFailures.push(message.json<SandboxLifecycleEvent>()),
+      });
       agent = await startAgent(nats, 0);
       // The snapshot is made (or verified) in the background at start; the races below need it ready.
       await agent.app.get(TemplateSnapshots).ensure('base');
@@ -160,6 +169,7 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
 
     afterAll(async () => {
       await agent?.app.close();
+      await listener?.close();
     });
 
     /** Starts a create and resolves with its outcome once the VM exists but the guest has not answered /init. */
@@ -189,6 +199,9 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
       expect(existsSync(cloneDir)).toBe(false);
       expect(existsSync(join(TEST_DATA_DIR, 'sandboxes', 'slrace1'))).toBe(false);
       expect(agent.slots.stats().leased).toBe(leasedBefore);
+      // A destroy during the start is not the host failing a create (the next test's control: there it is one).
+      await listener.flush();
+      expect(createFailures.filter((event) => event.sandboxId === 'slrace1')).toEqual([]);
     });
 
     it('a VM that dies while the guest is starting fails the create at once, not at its deadline', async () => {
@@ -201,6 +214,11 @@ describe('sandbox lifecycle and clone pool (real VMs)', () => {
       expect((error as Error).message).toMatch(/VM exited while starting/);
       expect(agent.manager.get('slrace2')).toBeUndefined();
       expect(existsSync(cloneDir)).toBe(false);
+      const failure = await eventually('a create_failed event for slrace2', () => createFailures.find((event) => event.sandboxId === 'slrace2'));
+      expect(failure).toMatchObject({ kind: 'create_failed', hostId: SUITE.hostId, teamId: 'lifecycle' });
+      expect(failure.reason).toMatch(/VM exited while starting/);
+      // Checked again now that an event published with slrace1's end would long have arrived.
+      expect(createFailures.map((event) => event.sandboxId)).not.toContain('slrace1');
     });
 
     it('a restarted agent adopts its sandboxes and removes clone directories nobody claims, killing their VMs', async () => {

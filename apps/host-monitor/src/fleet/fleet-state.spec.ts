@@ -247,8 +247,11 @@ describe('FleetState', () => {
     fleet.register(registration('h1'));
     expect(fleet.countCreateSuccess('h1')).toBe(true);
     expect(fleet.countCreateSuccess('ghost')).toBe(false);
+    expect(fleet.countCreateFailure('h1')).toBe(true);
+    expect(fleet.countCreateFailure('h1')).toBe(true);
+    expect(fleet.countCreateFailure('ghost')).toBe(false);
     fleet.register(registration('h1'));
-    expect(fleet.get('h1')).toMatchObject({ createSuccesses: 1, createFails: 0 });
+    expect(fleet.get('h1')).toMatchObject({ createSuccesses: 1, createFails: 2 });
   });
 
   it('hands out dirty views as snapshots taken when asked', () => {

@@ -210,6 +210,15 @@ export class FleetState {
     return true;
   }
 
+  /** A sandbox create failed on the host after it accepted it; false for a host the monitor does not know. */
+  countCreateFailure(hostId: string): boolean {
+    const tracked = this.hosts.get(hostId);
+    if (!tracked) return false;
+    tracked.view.createFails += 1;
+    tracked.dirty = true;
+    return true;
+  }
+
   get(hostId: string): HostView | undefined {
     return this.hosts.get(hostId)?.view;
   }

@@ -148,6 +148,11 @@ export class FleetService implements OnApplicationBootstrap, OnApplicationShutdo
     this.state.countCreateSuccess(hostId);
   }
 
+  /** A sandbox create failed on the host after it accepted it (its `create_failed` lifecycle event). */
+  countCreateFailure(hostId: string): void {
+    this.state.countCreateFailure(hostId);
+  }
+
   views(): HostView[] {
     return this.state.views();
   }

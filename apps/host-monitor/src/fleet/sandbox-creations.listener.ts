@@ -1,19 +1,18 @@
 import { Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import type { Subscription } from 'nats';
-import { NatsConnectionHolder, SANDBOX_CREATED_BY_HOSTS, sandboxEventSourceOf } from '@kiln/messaging';
+import { NatsConnectionHolder, SANDBOX_CREATE_FAILURES_BY_HOSTS, SANDBOX_CREATED_BY_HOSTS, sandboxEventSourceOf } from '@kiln/messaging';
 import { FleetService } from './fleet.service';
 
 /**
- * Every host agent's `created` lifecycle event: E2B's per-node create counter (HostView.createSuccesses). A plain
- * core-NATS subscription (the events are also on JetStream, but a count since start needs no durable consumer).
- * createFails stays 0: a create that fails during start reaches NATS as `crashed`, which a crash of a running
- * sandbox also is, so the two cannot be told apart here.
+ * Every host agent's `created` and `create_failed` lifecycle events: E2B's per-node create counters
+ * (HostView.createSuccesses, createFails). Plain core-NATS subscriptions (the events are also on JetStream, but a
+ * count since start needs no durable consumer).
  */
 
 @Injectable()
 export class SandboxCreationsListener implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger(SandboxCreationsListener.name);
-  private subscription?: Subscription;
+  private readonly subscriptions: Subscription[] = [];
 
   constructor(
     private readonly nats: NatsConnectionHolder,
@@ -21,20 +20,27 @@ export class SandboxCreationsListener implements OnApplicationBootstrap, OnAppli
   ) {}
 
   onApplicationBootstrap(): void {
-    this.subscription = this.nats.nc.subscribe(SANDBOX_CREATED_BY_HOSTS, {
+    this.subscriptions.push(
+      this.count(SANDBOX_CREATED_BY_HOSTS, (hostId) => this.fleet.countCreateSuccess(hostId)),
+      this.count(SANDBOX_CREATE_FAILURES_BY_HOSTS, (hostId) => this.fleet.countCreateFailure(hostId)),
+    );
+  }
+
+  onApplicationShutdown(): void {
+    for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
+  }
+
+  private count(subject: string, countFor: (hostId: string) => void): Subscription {
+    return this.nats.nc.subscribe(subject, {
       callback: (error, message) => {
         if (error) {
-          this.logger.warn(`sandbox creations subscription: ${String(error)}`);
+          this.logger.warn(`${subject} subscription: ${String(error)}`);
           return;
         }
         // The subject's host id is vouched for by the NATS permissions; the payload's is not.
         const source = sandboxEventSourceOf(message.subject);
-        if (source && source !== 'scheduler') this.fleet.countCreateSuccess(source.hostId);
+        if (source && source !== 'scheduler') countFor(source.hostId);
       },
     });
-  }
-
-  onApplicationShutdown(): void {
-    this.subscription?.unsubscribe();
   }
 }
