@@ -1,4 +1,5 @@
 import { Client } from 'pg';
+import { SandboxState } from '@kiln/contracts';
 import { PrismaService } from '../src/prisma.service';
 import { SandboxRepository, type NewSandboxRecord } from '../src/repositories/sandbox.repository';
 import { TEAM_LOCK_TRANSACTION, lockTeamAndCheckQuota, type TeamQuota } from '../src/repositories/team-quota';
@@ -94,5 +95,23 @@ describe('a burst of one team’s quota-checked creates (real Postgres)', () => 
     expect(other).toBe('answered');
     expect(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason))).toEqual([]);
     expect(await prisma.sandbox.count({ where: { teamId, id: { startsWith: 'bst' } } })).toBe(BURST);
+  });
+
+  it('quota-checked resumes queue with them: every paused sandbox resumes and other queries still get a connection', async () => {
+    const repository = new SandboxRepository(prisma);
+    for (let i = 0; i < BURST; i++) await repository.createPending(sandbox(teamId, `rsm${i}`));
+    // Paused, as the scheduler's pause leaves them (the transitions there are not what this test is about).
+    await prisma.sandbox.updateMany({ where: { teamId, id: { startsWith: 'rsm' } }, data: { state: SandboxState.Paused } });
+    const { released } = await holdTeamLock();
+    const resumes = Array.from({ length: BURST }, (_, i) =>
+      repository.transition(`rsm${i}`, [SandboxState.Paused], SandboxState.Resuming, { quota: QUOTA, reason: 'resume requested' }),
+    );
+    const other = await otherQueryDuringBurst();
+    const results = await Promise.allSettled(resumes);
+    await released;
+    expect(other).toBe('answered');
+    expect(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason))).toEqual([]);
+    expect(results.filter((r) => r.status === 'fulfilled' && r.value !== null)).toHaveLength(BURST);
+    expect(await prisma.sandbox.count({ where: { teamId, id: { startsWith: 'rsm' }, state: SandboxState.Resuming } })).toBe(BURST);
   });
 });

@@ -210,6 +210,22 @@ export class SandboxRepository {
   ): Promise<{ sandbox: SandboxRecord; from: SandboxState } | null> {
     const allowedFrom = from.filter((state) => canTransition(state, to));
     if (allowedFrom.length === 0) return null;
+    if (patch.quota) {
+      // A quota-checked transition (a resume) takes the team's row lock as a create does, so it queues with the team's
+      // creates (inTeamTurn). A sandbox's team never changes: reading it first is safe.
+      const owner = await this.prisma.sandbox.findUnique({ where: { id }, select: { teamId: true } });
+      if (!owner) return null;
+      return this.inTeamTurn(owner.teamId, () => this.transitionNow(id, allowedFrom, to, patch));
+    }
+    return this.transitionNow(id, allowedFrom, to, patch);
+  }
+
+  private transitionNow(
+    id: string,
+    allowedFrom: SandboxState[],
+    to: SandboxState,
+    patch: TransitionPatch,
+  ): Promise<{ sandbox: SandboxRecord; from: SandboxState } | null> {
     return this.prisma.$transaction(async (tx) => {
       const current = await tx.sandbox.findUnique({ where: { id }, select: { state: true, teamId: true, vcpus: true, memoryMib: true, diskMib: true } });
       if (!current || !allowedFrom.includes(current.state as SandboxState)) return null;
