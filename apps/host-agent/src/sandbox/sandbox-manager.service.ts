@@ -204,6 +204,13 @@ interface CloneSource {
   currentAccessToken?: string;
 }
 
+/** A destroy's reason for aborting a start: not the host failing the create, unlike a VM's death while starting. */
+class DestroyedWhileStartingError extends KilnError {
+  constructor() {
+    super(ErrorCode.Conflict, 'destroyed while starting');
+  }
+}
+
 function vmExitedWhileStarting(exit: VmExit): KilnError {
   return new KilnError(ErrorCode.Unavailable, `VM exited while starting (${exit.reason}${exit.signal ? `, ${exit.signal}` : ''})`);
 }
@@ -518,7 +525,8 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       await this.teardown(sandboxId, clone?.vm, clone?.slot, clone?.layer, clone?.dir);
       // E2B's per-node createFails: a start this host accepted and could not finish. A destroy during the start and
       // a refusal for lack of a slot are not the host failing.
-      if (!abort.aborted && !(error instanceof SlotsExhaustedError)) this.publishCreateFailed(input, reason);
+      const destroyed = abort.aborted && abort.reason instanceof DestroyedWhileStartingError;
+      if (!destroyed && !(error instanceof SlotsExhaustedError)) this.publishCreateFailed(input, reason);
       if ((exit || abort.aborted) && cause instanceof KilnError) throw new KilnError(cause.code, `sandbox ${sandboxId} did not start: ${reason}`);
       if (error instanceof SlotsExhaustedError) throw new KilnError(ErrorCode.ResourceExhausted, 'no free network slot on this host');
       if (error instanceof KilnError) throw error;
@@ -1081,7 +1089,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     if (!live) return false;
     if (live.state === 'starting' && live.startAbort) {
       // The create owns its resources until it finishes: stop it, and let its failure path remove them.
-      live.startAbort.abort(new KilnError(ErrorCode.Conflict, 'destroyed while starting'));
+      live.startAbort.abort(new DestroyedWhileStartingError());
       await live.started;
       this.publish('destroyed', live.record, 'destroyed while starting');
       return true;
