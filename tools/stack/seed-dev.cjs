@@ -6,7 +6,7 @@
 require('reflect-metadata');
 const { existsSync, readFileSync, readdirSync } = require('node:fs');
 const { join } = require('node:path');
-const { Queue, QueueEvents } = require('bullmq');
+const { Job, Queue } = require('bullmq');
 const IORedis = require('ioredis').default;
 const { TEMPLATE_BUILD_QUEUE } = require('@kiln/contracts');
 const { ApiKeyRepository, PrismaService, TeamRepository } = require('@kiln/db');
@@ -30,22 +30,36 @@ async function registerTemplates() {
     : [];
   if (manifests.length === 0) throw new Error(`no built templates under ${templatesDir}; run the guest image build first`);
   const redis = new IORedis(env.REDIS_URL || 'redis://127.0.0.1:6379', { maxRetriesPerRequest: null });
-  const eventsRedis = redis.duplicate();
   const queue = new Queue(TEMPLATE_BUILD_QUEUE, { connection: redis });
-  const events = new QueueEvents(TEMPLATE_BUILD_QUEUE, { connection: eventsRedis });
   try {
-    await events.waitUntilReady();
     const registered = [];
     for (const manifestPath of manifests) {
-      const job = await queue.add('register-template', { manifestPath }, { removeOnComplete: true, removeOnFail: 50 });
-      registered.push(await job.waitUntilFinished(events, 60_000));
+      // Kept a while once completed: the result is read from the job itself (see waitForJob).
+      const job = await queue.add('register-template', { manifestPath }, { removeOnComplete: { age: 3600, count: 100 }, removeOnFail: 50 });
+      registered.push(await waitForJob(queue, job.id, 60_000));
     }
     return registered;
   } finally {
-    await events.close();
     await queue.close();
     await redis.quit();
-    await eventsRedis.quit();
+  }
+}
+
+/**
+ * The job's result once it completed, polled from Redis. Not QueueEvents' waitUntilFinished: its event stream is read
+ * from '$' after it connects and again after each blocking read times out, so a completion written in between is never
+ * seen (a second `npm run up`, whose registration is quick, waited out its 60 s on one).
+ */
+async function waitForJob(queue, jobId, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await Job.fromId(queue, jobId);
+    if (!job) throw new Error(`register-template job ${jobId} is gone from the queue`);
+    const state = await job.getState();
+    if (state === 'completed') return job.returnvalue;
+    if (state === 'failed') throw new Error(`register-template job ${jobId} failed: ${job.failedReason}`);
+    if (Date.now() > deadline) throw new Error(`register-template job ${jobId} did not finish within ${timeoutMs} ms (state ${state}; is the template-builder running?)`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
 
