@@ -9,11 +9,12 @@ import { FirecrackerApiError, FirecrackerCheckpointBaseLostError, FirecrackerCon
 import { FirecrackerDriver } from '../../src/vmm/firecracker/firecracker.driver';
 import { FirecrackerStartError } from '../../src/vmm/firecracker/firecracker.errors';
 import { jailerIdFor } from '../../src/vmm/firecracker/firecracker-jailer';
-import { UffdWorkerStartError, UffdWorkerSupervisor } from '../../src/vmm/uffd';
+import { UffdWorkerStartError, UffdWorkerSupervisor, type UffdWorkerRecord } from '../../src/vmm/uffd';
 import { processStartTicks } from '../../src/vmm/vmm-identities';
 import { DEFAULT_UFFD_WORKER_BINARY, VmmConfig } from '../../src/vmm/vmm.config';
 import { InvalidVmSpecError, VmSnapshotError } from '../../src/vmm/vmm.errors';
 import type { VmCheckpoint, VmHandle, VmSpec } from '../../src/vmm/vmm-driver';
+import { bundleOwner, startReapedOwner, type ReapedOwner } from '../support/owner-process';
 import { fakeVmSpec } from './fake-vm-spec';
 
 const FAKE_FIRECRACKER = join(__dirname, 'fake-firecracker.cjs');
@@ -39,6 +40,7 @@ interface Recorded {
 describe('contract: FirecrackerDriver against a recording fake of the Firecracker API and jailer (no Firecracker binary on this machine)', () => {
   let base: string;
   let chrootBase: string;
+  let config: VmmConfig;
   let driver: FirecrackerDriver;
   let supervisor: UffdWorkerSupervisor;
   const handles: VmHandle[] = [];
@@ -52,7 +54,7 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
     // An uncompressed ELF64 header is all the driver reads of the kernel (the fake boots nothing).
     await writeFile(join(base, 'vmlinux'), Buffer.concat([Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01]), Buffer.alloc(64)]));
     await writeFile(join(base, 'netns'), '');
-    const config = new VmmConfig(base, 'qemu-system-x86_64', 'kvm', 128, 1000, undefined, 'firecracker', {
+    config = new VmmConfig(base, 'qemu-system-x86_64', 'kvm', 128, 1000, undefined, 'firecracker', {
       binary: FAKE_FIRECRACKER,
       jailerBinary: FAKE_JAILER,
       kernelPath: join(base, 'vmlinux'),
@@ -441,6 +443,91 @@ describe('contract: FirecrackerDriver against a recording fake of the Firecracke
       expect([cause.status, cause.faultMessage]).toEqual([400, `fake: injected failure at ${step}`]);
       await expectVmmGone(spec.id);
       expect(supervisor.workers().filter((w) => w.socketPath.includes(`/${jailerIdFor(spec.id)}/`))).toEqual([]);
+    });
+
+    describe('after an agent restart: the restoring agent is a separate process whose process group is SIGKILLed, a second driver with its own supervisor takes over', () => {
+      let owner: ReapedOwner<{ vmPids: number[] }>;
+      const restored: VmSpec[] = [];
+      /** vm.json as the first agent wrote it (the fields these tests read). */
+      const runtimeRecord = async (spec: VmSpec) =>
+        JSON.parse(await readFile(join(spec.stateDir, 'vm.json'), 'utf8')) as { pid: number; processStartTicks: string; uffdWorker?: UffdWorkerRecord };
+
+      beforeAll(async () => {
+        const bundle = join(base, 'firecracker-owner.js');
+        await bundleOwner(join(__dirname, 'firecracker-owner-process.ts'), bundle);
+        const restores: Array<{ spec: VmSpec; snapshot: { statePath: string } }> = [];
+        for (let i = 0; i < 2; i++) {
+          const spec = await newSpec();
+          const statePath = await templateSnapshot(`${spec.id}-snap`);
+          restored.push({ ...spec, memoryFile: { path: join(base, `${spec.id}-snap`, 'memory'), share: false } });
+          restores.push({ spec: restored[i], snapshot: { statePath } });
+        }
+        owner = await startReapedOwner(bundle, [JSON.stringify({ dataDir: base, firecracker: config.firecracker, uffdWorkerBinary: config.uffdWorkerBinary, restores })]);
+        await owner.killGroup();
+      });
+
+      afterAll(async () => {
+        // Whatever a failed case left running goes; the subreaper stays until it has reaped it.
+        for (const spec of restored) {
+          const record = await runtimeRecord(spec).catch(() => undefined);
+          for (const [pid, ticks] of [[record?.pid, record?.processStartTicks], [record?.uffdWorker?.pid, record?.uffdWorker?.processStartTicks]]) {
+            if (pid === undefined || (await processStartTicks(pid as number)) !== ticks) continue;
+            process.kill(pid as number, 'SIGKILL');
+            await waitFor(() => !existsSync(`/proc/${pid}`));
+          }
+        }
+        await owner?.stopReaper();
+      });
+
+      it('contract (fake Firecracker, real worker): the VM and its worker outlived the agent; adopt() takes over the worker recorded in vm.json (the running pid), the new supervisor lists it, and a kill through the adopted handle ends the worker and leaves no sockets', async () => {
+        const spec = restored[0];
+        const record = await runtimeRecord(spec);
+        expect(record.pid).toBe(owner.started.vmPids[0]);
+        const worker = record.uffdWorker!;
+        expect(worker).toEqual({
+          pid: expect.any(Number),
+          processStartTicks: expect.stringMatching(/^\d+$/),
+          socketPath: join(chrootBase, 'fake-firecracker.cjs', jailerIdFor(spec.id), 'root', 'uffd.sock'),
+          statsSocketPath: join(spec.stateDir, 'uffd-stats.sock'),
+        });
+        // Both survived the SIGKILL of the first agent's group: the same processes as recorded.
+        expect(await processStartTicks(record.pid)).toBe(record.processStartTicks);
+        expect(await processStartTicks(worker.pid)).toBe(worker.processStartTicks);
+        expect((await readFile(`/proc/${worker.pid}/cmdline`, 'utf8')).split('\0')[0]).toBe(config.uffdWorkerBinary);
+
+        const secondSupervisor = new UffdWorkerSupervisor(config.uffdWorkerBinary);
+        const secondDriver = new FirecrackerDriver(config, secondSupervisor);
+        const vm = await secondDriver.adopt(spec.stateDir);
+        expect(vm.pid).toBe(record.pid);
+        expect(await vm.state()).toBe('running');
+        const adoptedWorkers = secondSupervisor.workers();
+        expect(adoptedWorkers.map((w) => [w.pid, w.socketPath, w.statsSocketPath])).toEqual([[worker.pid, worker.socketPath, worker.statsSocketPath]]);
+        expect((await adoptedWorkers[0].stats()).state).toBe('waiting');
+
+        await vm.kill();
+        // The worker lives as long as the VM, adopted or not.
+        await waitFor(async () => (await processStartTicks(worker.pid)) === undefined);
+        await waitFor(() => secondSupervisor.workers().length === 0);
+        expect(await adoptedWorkers[0].exited).toEqual({ code: null, signal: null, statusUnknown: true });
+        expect(existsSync(worker.socketPath)).toBe(false);
+        expect(existsSync(worker.statsSocketPath)).toBe(false);
+        await waitFor(() => !existsSync(join(chrootBase, 'fake-firecracker.cjs', jailerIdFor(spec.id))));
+      });
+
+      it('contract (fake Firecracker, real worker): terminate(stateDir) of such a VM also stops its recorded worker, which no handshake ever reached and so would wait for ever', async () => {
+        const spec = restored[1];
+        const record = await runtimeRecord(spec);
+        const worker = record.uffdWorker!;
+        // Still there: the fake never connects to the worker, so the VMM's death would not end it.
+        expect(await processStartTicks(worker.pid)).toBe(worker.processStartTicks);
+        const secondSupervisor = new UffdWorkerSupervisor(config.uffdWorkerBinary);
+        expect(await new FirecrackerDriver(config, secondSupervisor).terminate(spec.stateDir)).toBe(true);
+        expect(await processStartTicks(record.pid)).toBeUndefined();
+        expect(await processStartTicks(worker.pid)).toBeUndefined();
+        expect(secondSupervisor.workers()).toEqual([]);
+        expect(existsSync(worker.socketPath)).toBe(false);
+        expect(existsSync(worker.statsSocketPath)).toBe(false);
+      });
     });
 
     it('restore refused by the worker (wrong sha256): UffdWorkerStartError with its one line, no VMM is started', async () => {

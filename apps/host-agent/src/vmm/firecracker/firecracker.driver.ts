@@ -3,10 +3,10 @@ import { closeSync, openSync } from 'node:fs';
 import { access, chown, copyFile, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Inject, Injectable, Optional } from '@nestjs/common';
+import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import { VmCgroups, VmCgroupsConfig } from '../../cgroup';
 import { linkOrCopy, sha256File, syncFileData } from '../../file-integrity';
-import { UffdWorkerSupervisor, type UffdWorkerProcess } from '../uffd';
+import { UffdWorkerAdoptError, UffdWorkerSupervisor, type UffdWorkerProcess, type UffdWorkerRecord } from '../uffd';
 import { VmmConfig } from '../vmm.config';
 import { processStartTicks, VmmIdentityLeases, type VmmIdentity } from '../vmm-identities';
 import {
@@ -49,6 +49,8 @@ interface FirecrackerRuntimeRecord {
   apiSocketPath: string;
   spec: VmSpec;
   startedAt: string;
+  /** A restore's UFFD worker: it outlives the agent like the VMM, and adopt() takes it over with the VM. */
+  uffdWorker?: UffdWorkerRecord;
 }
 
 const STATE_FILES = { runtime: 'vm.json', vmmLog: 'firecracker.log', uffdStats: 'uffd-stats.sock' } as const;
@@ -76,12 +78,14 @@ const MAX_VCPUS = 32;
  * namespace, and a cgroup the jailer creates with the VM's limits (VmCgroups' group for the VM: the jailer id is its
  * name, the parent VmCgroups' own; released when the VMM exits). Configured over Firecracker's REST API on the
  * unix socket in the chroot. A restore's guest memory is served lazily by a UFFD worker (PUT /snapshot/load with a
- * Uffd memory backend). The jailer execs Firecracker in place (no --daemonize, no --new-pid-ns): the pid spawned
- * here is Firecracker's own, leading its own process group.
+ * Uffd memory backend), which outlives the agent like the VMM and is adopted with it (vm.json records both). The
+ * jailer execs Firecracker in place (no --daemonize, no --new-pid-ns): the pid spawned here is Firecracker's own,
+ * leading its own process group.
  */
 @Injectable()
 export class FirecrackerDriver implements VmmDriver {
   readonly name = 'firecracker';
+  private readonly logger = new Logger(FirecrackerDriver.name);
   private readonly identities: VmmIdentityLeases | undefined;
 
   constructor(
@@ -117,6 +121,8 @@ export class FirecrackerDriver implements VmmDriver {
     }
     const ticks = await processStartTicks(record.pid);
     if (ticks === undefined || ticks !== record.processStartTicks) {
+      // A worker still waiting for this VM (one that never connected does not notice it is gone) serves nobody.
+      await this.stopRecordedWorker(record);
       throw new VmAdoptError(`VM ${record.spec.id} (pid ${record.pid}) is no longer running`);
     }
     const api = new FirecrackerApiClient(record.apiSocketPath);
@@ -125,7 +131,8 @@ export class FirecrackerDriver implements VmmDriver {
     } catch (error) {
       throw new VmAdoptError(`VM ${record.spec.id}: its API socket does not answer: ${(error as Error).message}`);
     }
-    const handle = new FirecrackerVmHandle(record.spec, record.pid, api, record.jailDir, stateDir, undefined);
+    const worker = record.uffdWorker && (await this.adoptWorker(record.spec.id, record.uffdWorker));
+    const handle = new FirecrackerVmHandle(record.spec, record.pid, api, record.jailDir, stateDir, undefined, worker);
     handle.watchAdoptedProcess(record.processStartTicks);
     // The jailer made the VM's group for this pid: only this pid's exit removes it.
     this.cgroups?.recordGroupOwner(record.jailerId, record.pid);
@@ -138,13 +145,37 @@ export class FirecrackerDriver implements VmmDriver {
     if (!record) return false;
     const ticks = await processStartTicks(record.pid);
     if (ticks === undefined || ticks !== record.processStartTicks) {
+      await this.stopRecordedWorker(record);
       await this.cleanUp(record);
       return false;
     }
     killGroupOrProcess(record.pid);
     for (let waited = 0; waited < 5_000 && (await processStartTicks(record.pid)) === ticks; waited += 10) await delay(10);
+    await this.stopRecordedWorker(record);
     await this.cleanUp(record);
     return true;
+  }
+
+  /**
+   * The worker of an adopted VM. One that is gone is not fatal to the VM: a guest whose pages were all served already
+   * runs on, and killing it here would end a VM that may be fine; a guest that touches a page never served blocks
+   * that vCPU, as nothing can serve it any more.
+   */
+  private async adoptWorker(vmId: string, recorded: UffdWorkerRecord): Promise<UffdWorkerProcess | undefined> {
+    try {
+      return await this.uffdWorkers.adopt(recorded);
+    } catch (error) {
+      if (!(error instanceof UffdWorkerAdoptError)) throw error;
+      this.logger.warn(`vm ${vmId}: adopted without its UFFD worker (${error.message}); a guest page it never served would block the vCPU touching it`);
+      return undefined;
+    }
+  }
+
+  /** Ends the recorded worker of a VM that is gone: it exits by itself when its VMM closes the socket, unless none ever connected. */
+  private async stopRecordedWorker(record: FirecrackerRuntimeRecord): Promise<void> {
+    if (!record.uffdWorker) return;
+    const worker = await this.uffdWorkers.adopt(record.uffdWorker).catch(() => undefined);
+    await worker?.stop().catch(() => undefined);
   }
 
   /**
@@ -309,6 +340,12 @@ export class FirecrackerDriver implements VmmDriver {
         apiSocketPath,
         spec,
         startedAt: new Date().toISOString(),
+        uffdWorker: worker && {
+          pid: worker.pid,
+          processStartTicks: (await processStartTicks(worker.pid)) ?? '',
+          socketPath: worker.socketPath,
+          statsSocketPath: worker.statsSocketPath,
+        },
       };
       await writeFileAtomic(join(stateDir, STATE_FILES.runtime), JSON.stringify(record, null, 2));
 

@@ -28,8 +28,9 @@ interface UffdSnapshot {
 }
 
 /**
- * The host's UFFD workers in Prometheus: totals of every worker this agent started, read from the live ones at
- * scrape time plus what exited ones last reported (folded in when they exit, so the counters never go back).
+ * The host's UFFD workers in Prometheus: totals of every worker this agent started or adopted, read from the live
+ * ones at scrape time plus what exited ones last reported (folded in when they exit, so the counters never go back).
+ * An adopted worker's counters run from its own start, before this agent's: they count here in full.
  *
  * The latency histogram is built from the workers' per-bucket counts. prom-client's Histogram can only observe
  * single values, so it is a small registered metric of its own that emits the `_bucket`/`_sum`/`_count` series

@@ -15,3 +15,9 @@ export class UffdWorkerStartError extends VmStartError {
 
 /** A worker's stats could not be read (socket gone, timeout) or its JSON line is not the documented shape. */
 export class UffdWorkerStatsError extends VmmError {}
+
+/**
+ * A recorded worker cannot be adopted: its pid is gone or now belongs to another process (its start ticks differ), or
+ * the record holds no start ticks to check it by.
+ */
+export class UffdWorkerAdoptError extends VmmError {}
