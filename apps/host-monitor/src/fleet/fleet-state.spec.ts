@@ -245,11 +245,11 @@ describe('FleetState', () => {
   it('counts creates per host and keeps the count across a re-registration', () => {
     const { fleet } = setup();
     fleet.register(registration('h1'));
-    expect(fleet.countCreateSuccess('h1')).toBe(true);
-    expect(fleet.countCreateSuccess('ghost')).toBe(false);
-    expect(fleet.countCreateFailure('h1')).toBe(true);
-    expect(fleet.countCreateFailure('h1')).toBe(true);
-    expect(fleet.countCreateFailure('ghost')).toBe(false);
+    expect(fleet.countCreate('h1', 'succeeded')).toBe(true);
+    expect(fleet.countCreate('ghost', 'succeeded')).toBe(false);
+    expect(fleet.countCreate('h1', 'failed')).toBe(true);
+    expect(fleet.countCreate('h1', 'failed')).toBe(true);
+    expect(fleet.countCreate('ghost', 'failed')).toBe(false);
     fleet.register(registration('h1'));
     expect(fleet.get('h1')).toMatchObject({ createSuccesses: 1, createFails: 2 });
   });

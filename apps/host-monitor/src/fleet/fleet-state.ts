@@ -1,6 +1,9 @@
 import type { FleetHostState, HostAdminState, HostHeartbeat, HostMachineInfo, HostRegistration, HostStateEventKind, HostView } from '@kiln/messaging';
 import { HostBusyError, HostNotFoundError } from './fleet.errors';
 
+/** How a create the host accepted ended: its `created` or `create_failed` lifecycle event. */
+export type CreateOutcome = 'succeeded' | 'failed';
+
 /** Milliseconds since the epoch; injectable so the state machine is tested without waiting. */
 export interface FleetClock {
   now(): number;
@@ -201,20 +204,15 @@ export class FleetState {
     return view;
   }
 
-  /** A sandbox create succeeded on the host (E2B's node counters); false for a host the monitor does not know. */
-  countCreateSuccess(hostId: string): boolean {
+  /**
+   * A sandbox create on the host ended (E2B's node counters createSuccesses/createFails); false for a host the monitor
+   * does not know.
+   */
+  countCreate(hostId: string, outcome: CreateOutcome): boolean {
     const tracked = this.hosts.get(hostId);
     if (!tracked) return false;
-    tracked.view.createSuccesses += 1;
-    tracked.dirty = true;
-    return true;
-  }
-
-  /** A sandbox create failed on the host after it accepted it; false for a host the monitor does not know. */
-  countCreateFailure(hostId: string): boolean {
-    const tracked = this.hosts.get(hostId);
-    if (!tracked) return false;
-    tracked.view.createFails += 1;
+    if (outcome === 'succeeded') tracked.view.createSuccesses += 1;
+    else tracked.view.createFails += 1;
     tracked.dirty = true;
     return true;
   }

@@ -3,7 +3,7 @@ import { HostMonitorEnv } from '@kiln/config';
 import type { HostAdminState, HostHeartbeat, HostStateEvent, HostView } from '@kiln/messaging';
 import { FleetMetrics } from './fleet-metrics';
 import { FleetPublisher } from './fleet-publisher';
-import { FleetClock, FleetRegistration, FleetState, FleetTransition, SYSTEM_CLOCK, isLive } from './fleet-state';
+import { type CreateOutcome, FleetClock, FleetRegistration, FleetState, FleetTransition, SYSTEM_CLOCK, isLive } from './fleet-state';
 
 /** Injection token of the fleet's clock (tests may provide their own; default: the system clock). */
 export const FLEET_CLOCK = Symbol('FLEET_CLOCK');
@@ -143,14 +143,9 @@ export class FleetService implements OnApplicationBootstrap, OnApplicationShutdo
     });
   }
 
-  /** A sandbox create succeeded on the host (its `created` lifecycle event). */
-  countCreateSuccess(hostId: string): void {
-    this.state.countCreateSuccess(hostId);
-  }
-
-  /** A sandbox create failed on the host after it accepted it (its `create_failed` lifecycle event). */
-  countCreateFailure(hostId: string): void {
-    this.state.countCreateFailure(hostId);
+  /** A sandbox create on the host ended (its `created` or `create_failed` lifecycle event). */
+  countCreate(hostId: string, outcome: CreateOutcome): void {
+    this.state.countCreate(hostId, outcome);
   }
 
   views(): HostView[] {

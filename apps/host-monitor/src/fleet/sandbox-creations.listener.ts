@@ -21,8 +21,8 @@ export class SandboxCreationsListener implements OnApplicationBootstrap, OnAppli
 
   onApplicationBootstrap(): void {
     this.subscriptions.push(
-      this.count(SANDBOX_CREATED_BY_HOSTS, (hostId) => this.fleet.countCreateSuccess(hostId)),
-      this.count(SANDBOX_CREATE_FAILURES_BY_HOSTS, (hostId) => this.fleet.countCreateFailure(hostId)),
+      this.count(SANDBOX_CREATED_BY_HOSTS, (hostId) => this.fleet.countCreate(hostId, 'succeeded')),
+      this.count(SANDBOX_CREATE_FAILURES_BY_HOSTS, (hostId) => this.fleet.countCreate(hostId, 'failed')),
     );
   }
 
