@@ -7,9 +7,7 @@ export { detectCgroupHost, type CgroupHost } from './cgroup-detect';
 export { VmCgroupsConfig, type CgroupMode } from './vm-cgroups.config';
 export {
   CGROUP_BACKEND,
-  CGROUP_HOST,
   CPU_PERIOD_US,
-  jailerParentFor,
   VM_GROUP_PREFIX,
   VmCgroups,
   vmGroupName,

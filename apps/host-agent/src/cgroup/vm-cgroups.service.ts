@@ -111,11 +111,6 @@ export class VmCgroups implements OnModuleInit {
     };
   }
 
-  /** The name of the VM's group under the parent (what paths(), limitsOf() and release() use for `vmId`). */
-  groupName(vmId: string): string {
-    return vmGroupName(vmId);
-  }
-
   /**
    * The parent for Firecracker's jailer (--parent-cgroup): a path relative to each hierarchy's mount, under which
    * the jailer creates `<mount>/<parent>/<id>`. With the jailer id being the VM's group name, that is exactly the

@@ -526,7 +526,7 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
       // E2B's per-node createFails: a start this host accepted and could not finish. A destroy during the start and
       // a refusal for lack of a slot are not the host failing.
       const destroyed = abort.aborted && abort.reason instanceof DestroyedWhileStartingError;
-      if (!destroyed && !(error instanceof SlotsExhaustedError)) this.publishCreateFailed(input, reason);
+      if (!destroyed && !(error instanceof SlotsExhaustedError)) this.publish('create_failed', input, reason);
       if ((exit || abort.aborted) && cause instanceof KilnError) throw new KilnError(cause.code, `sandbox ${sandboxId} did not start: ${reason}`);
       if (error instanceof SlotsExhaustedError) throw new KilnError(ErrorCode.ResourceExhausted, 'no free network slot on this host');
       if (error instanceof KilnError) throw error;
@@ -1182,17 +1182,11 @@ export class SandboxManager implements OnModuleInit, OnApplicationBootstrap, OnA
     });
   }
 
-  private publish(kind: SandboxLifecycleKind, record: SandboxRecord, reason?: string, exitCode?: number): void {
+  /** `sandbox`: its record, or a create's input before any record exists (create_failed). */
+  private publish(kind: SandboxLifecycleKind, sandbox: Pick<SandboxRecord, 'sandboxId' | 'teamId'>, reason?: string, exitCode?: number): void {
     void this.events
-      .publish({ kind, sandboxId: record.sandboxId, teamId: record.teamId, hostId: this.hostId, reason, exitCode, at: new Date().toISOString() }, { hostId: this.hostId })
-      .catch((error) => this.logger.warn(`publishing ${kind} for ${record.sandboxId} failed: ${describeError(error)}`));
-  }
-
-  private publishCreateFailed(input: CreateSandboxInput, reason: string): void {
-    const event = { kind: 'create_failed' as const, sandboxId: input.sandboxId, teamId: input.teamId, hostId: this.hostId, reason, at: new Date().toISOString() };
-    void this.events
-      .publish(event, { hostId: this.hostId })
-      .catch((error) => this.logger.warn(`publishing create_failed for ${input.sandboxId} failed: ${describeError(error)}`));
+      .publish({ kind, sandboxId: sandbox.sandboxId, teamId: sandbox.teamId, hostId: this.hostId, reason, exitCode, at: new Date().toISOString() }, { hostId: this.hostId })
+      .catch((error) => this.logger.warn(`publishing ${kind} for ${sandbox.sandboxId} failed: ${describeError(error)}`));
   }
 
   get hostId(): string {

@@ -7,7 +7,7 @@ import { Logger } from '@nestjs/common';
 import { parsePids } from '../../src/cgroup/cgroup-backend';
 import { detectCgroupHost, parseMountinfo, parseProcCgroup, v1Usable, v2Usable, type CgroupHost } from '../../src/cgroup/cgroup-detect';
 import { VmCgroupsConfig } from '../../src/cgroup/vm-cgroups.config';
-import { VmCgroups } from '../../src/cgroup/vm-cgroups.service';
+import { VmCgroups, vmGroupName } from '../../src/cgroup/vm-cgroups.service';
 import { FirecrackerDriver } from '../../src/vmm/firecracker/firecracker.driver';
 import { buildJailerArgs, jailerIdFor } from '../../src/vmm/firecracker/firecracker-jailer';
 import { UffdWorkerSupervisor } from '../../src/vmm/uffd';
@@ -110,7 +110,7 @@ describeOnCgroups(suiteName, () => {
     host = probe.v1GroupsDiffer ? { ...detected, v1OwnPaths: { cpu: '/', memory: '/', pids: '/' } } : detected;
     vmCgroups = agent();
     await vmCgroups.onModuleInit();
-    driver = new FirecrackerDriver(vmmConfig, supervisor, vmCgroups, config);
+    driver = new FirecrackerDriver(vmmConfig, supervisor, vmCgroups);
   });
 
   afterEach(async () => {
@@ -160,7 +160,7 @@ describeOnCgroups(suiteName, () => {
     const spec = await newSpec();
     const vm = await track(driver.spawn(spec));
     const jailerId = jailerIdFor(spec.id);
-    expect(jailerId).toBe(vmCgroups.groupName(spec.id));
+    expect(jailerId).toBe(vmGroupName(spec.id));
     const parent = await vmCgroups.jailerParent();
     expect(parent).toBe(PARENT);
     const record = await jailerRecord(spec.id);
@@ -193,7 +193,7 @@ describeOnCgroups(suiteName, () => {
   it('(c) a VM adopted by a restarted agent and then killed from outside: that agent removes its group', async () => {
     const spec = await newSpec();
     const firstAgent = agent();
-    const firstDriver = new FirecrackerDriver(vmmConfig, supervisor, firstAgent, config);
+    const firstDriver = new FirecrackerDriver(vmmConfig, supervisor, firstAgent);
     // The first agent is "gone" once it detaches; its process still holds the VMM as a child, so its exit handling
     // would run here too: stubbed, so what removes the group can only be the restarted agent.
     jest.spyOn(firstAgent, 'releaseGroup').mockResolvedValue(undefined);
@@ -205,7 +205,7 @@ describeOnCgroups(suiteName, () => {
     const restarted = agent();
     await restarted.onModuleInit();
     const releases = jest.spyOn(restarted, 'releaseGroup');
-    const adopted = await new FirecrackerDriver(vmmConfig, supervisor, restarted, config).adopt(spec.stateDir);
+    const adopted = await new FirecrackerDriver(vmmConfig, supervisor, restarted).adopt(spec.stateDir);
     expect(adopted.pid).toBe(vm.pid);
     expect(await restarted.processesOf(spec.id)).toEqual([vm.pid]);
     process.kill(vm.pid, 'SIGKILL');
@@ -258,7 +258,7 @@ describeOnCgroups(suiteName, () => {
       expect(await ownLayout.jailerParent()).toBeUndefined();
       expect(warn).toHaveBeenCalledWith(expect.stringMatching(/^Firecracker VMs run without a jailer cgroup .*differ per controller/));
       const spec = await newSpec();
-      const vm = await track(new FirecrackerDriver(vmmConfig, supervisor, ownLayout, ownConfig).spawn(spec));
+      const vm = await track(new FirecrackerDriver(vmmConfig, supervisor, ownLayout).spawn(spec));
       const record = await jailerRecord(spec.id);
       expect(record.argv).not.toContain('--cgroup-version');
       expect(record.argv).not.toContain('--cgroup');

@@ -2,13 +2,13 @@ import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join, resolve } from 'node:path';
-import { build } from 'esbuild';
 import { type NetworkSlot } from '../../src/network';
 import { coldBootSpec } from '../../src/template';
 import { guestAgentHealthy, waitForGuestAgent } from '../../src/guest-agent-client';
 import { QemuMicrovmDriver, VmAdoptError, VmNotRunningError, InvalidVmSpecError, type VmHandle, type VmSpec } from '../../src/vmm';
 import { processStartTicks } from '../../src/vmm/qemu-microvm.driver';
 import { Cleanup, readText, startVmTestApp, type VmTestApp } from './vm-test-context';
+import { bundleOwner } from '../support/owner-process';
 
 // One cold-booted VM carries the whole lifecycle (boot, pause, adopt, kill -9): under TCG a
 // boot costs ~8 s of both cores, so the steps share it and run in order.
@@ -102,19 +102,9 @@ describe('QEMU microvm driver (real TCG VM, base template)', () => {
   });
 
   it('keeps a VM running when the process that started it is killed, and adopts it afterwards', async () => {
-    // The owner is a separate Node process (the agent's stand-in), bundled the way benches are.
+    // The owner is a separate Node process (the agent's stand-in).
     const ownerBundle = join(ctx.workDir, 'vm-owner.js');
-    await build({
-      entryPoints: [join(__dirname, 'vm-owner-process.ts')],
-      outfile: ownerBundle,
-      bundle: true,
-      platform: 'node',
-      target: 'node20',
-      format: 'cjs',
-      conditions: ['development'],
-      packages: 'external',
-      logLevel: 'error',
-    });
+    await bundleOwner(join(__dirname, 'vm-owner-process.ts'), ownerBundle);
     const base = await ctx.templates.resolve('base');
     const layer = await ctx.layers.createLayer('ktvm-orphan', base.rootfs, ctx.workDir);
     const orphanSpec: VmSpec = {

@@ -4,7 +4,7 @@ import { access, chown, copyFile, mkdir, readFile, rename, rm, stat } from 'node
 import { dirname, isAbsolute, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
-import { VmCgroups, VmCgroupsConfig } from '../../cgroup';
+import { VmCgroups } from '../../cgroup';
 import { linkOrCopy, sha256File, syncFileData } from '../../file-integrity';
 import { UffdWorkerAdoptError, UffdWorkerSupervisor, type UffdWorkerProcess, type UffdWorkerRecord } from '../uffd';
 import { VmmConfig } from '../vmm.config';
@@ -93,7 +93,6 @@ export class FirecrackerDriver implements VmmDriver {
     @Inject(UffdWorkerSupervisor) private readonly uffdWorkers: UffdWorkerSupervisor,
     // Absent (tools, contract tests): the jailer creates no cgroup.
     @Optional() @Inject(VmCgroups) private readonly cgroups?: VmCgroups,
-    @Optional() @Inject(VmCgroupsConfig) private readonly cgroupsConfig?: VmCgroupsConfig,
   ) {
     const uids = config.vmmUids;
     this.identities = uids && new VmmIdentityLeases(join(config.dataDir, 'vmm', 'uid-leases'), uids.base, uids.count);
@@ -187,11 +186,11 @@ export class FirecrackerDriver implements VmmDriver {
   private async cleanUp(vm: { spec: { id: string }; identity: VmmIdentity; jailDir: string; jailerId: string; pid?: number }): Promise<void> {
     await rm(vm.jailDir, { recursive: true, force: true }).catch(() => undefined);
     if (this.identities) await this.identities.release(vm.identity, vm.spec.id).catch(() => undefined);
-    if (vm.pid !== undefined && this.cgroups && this.cgroupsConfig) await this.cgroups.releaseGroup(vm.jailerId, vm.pid).catch(() => undefined);
+    if (vm.pid !== undefined && this.cgroups) await this.cgroups.releaseGroup(vm.jailerId, vm.pid).catch(() => undefined);
   }
 
   private async jailerCgroup(spec: VmSpec): Promise<JailerCgroup | undefined> {
-    if (!this.cgroups || !this.cgroupsConfig) return undefined;
+    if (!this.cgroups) return undefined;
     const version = await this.cgroups.version();
     if (version === 'off') return undefined;
     // Undefined on a v1 host whose agent sits in different groups per controller (VmCgroups warns once).
@@ -612,7 +611,6 @@ async function assertReadable(spec: VmSpec, kernelPath: string, snapshot: VmSnap
  * Puts `source` into the chroot at `target`. A hard link shares the inode (the disk must: the guest writes the
  * sandbox's CoW layer); read-only inputs may fall back to a copy across filesystems, the disk may not.
  */
-/** Puts a file into the jail; the disk layer must be a link (writes go to the sandbox's own layer), the rest may be copies. */
 async function linkInto(source: string, target: string, acrossFilesystems: 'copy' | 'link'): Promise<void> {
   await linkOrCopy(source, target, acrossFilesystems === 'link' ? 'refuse' : 'copy').catch((error: NodeJS.ErrnoException) => {
     if (error.code !== 'EXDEV') throw error;
